@@ -1,0 +1,6 @@
+"""bptt: recurrent networks trained by backpropagation through time, every derivative by hand."""
+from .gradcheck import GradcheckReport, gradcheck
+from .model import Gradients, Model
+
+__version__ = "0.1.0"
+__all__ = ["Model", "Gradients", "gradcheck", "GradcheckReport", "__version__"]

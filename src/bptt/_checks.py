@@ -1,0 +1,96 @@
+"""Checks at the door: every public entry point validates what it is given here.
+
+Each failure raises ``ValueError`` naming the argument, what came and what was
+expected, so a user never has to read a traceback from deep inside a kernel.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def dtype_of(name: str, value) -> np.dtype:
+    """Resolve a dtype given as a string or numpy dtype; only float32 and float64."""
+    try:
+        dt = np.dtype(value)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in FLOAT_DTYPES:
+        raise ValueError(f"{name}: expected 'float32' or 'float64', got {value!r}")
+    return dt
+
+
+def choice(name: str, value, options) -> str:
+    if value not in options:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {value!r}")
+    return value
+
+
+def positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _shape_text(dims) -> str:
+    return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def float_array(name: str, value, dtype: np.dtype, dims: tuple, finite: bool = True) -> np.ndarray:
+    """Return ``value`` as an array of ``dtype`` whose shape matches ``dims``.
+
+    ``dims`` holds ints (must match) or strings (any size, used in messages), e.g.
+    ``("T", "B", 3)``. Lists are converted to ``dtype``; an ndarray must already
+    have it (silent casts hide precision mistakes). Empty sizes are refused.
+    """
+    if isinstance(value, np.ndarray):
+        arr = value
+        if arr.dtype != dtype:
+            raise ValueError(
+                f"{name}: expected dtype {np.dtype(dtype).name} (the model's dtype), "
+                f"got {arr.dtype.name}; convert with .astype('{np.dtype(dtype).name}')"
+            )
+    else:
+        try:
+            arr = np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name}: expected an array of numbers, got {type(value).__name__}") from exc
+    _check_shape(name, arr, dims)
+    if finite and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(f"{name}: expected finite numbers, got {arr[tuple(bad)]} at index {tuple(int(i) for i in bad)}")
+    return arr
+
+
+def _check_shape(name: str, arr: np.ndarray, dims: tuple) -> None:
+    expected = _shape_text(dims)
+    if arr.ndim != len(dims):
+        raise ValueError(f"{name}: expected shape {expected}, got shape {arr.shape} ({arr.ndim} dimensions instead of {len(dims)})")
+    for size, want in zip(arr.shape, dims):
+        if isinstance(want, int) and size != want:
+            raise ValueError(f"{name}: expected shape {expected}, got shape {arr.shape}")
+        if size == 0:
+            raise ValueError(f"{name}: expected shape {expected} with no empty dimension, got shape {arr.shape}")
+
+
+def class_targets(name: str, value, dims: tuple, num_classes: int) -> np.ndarray:
+    """Integer class indices in [0, num_classes)."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+            raise ValueError(f"{name}: expected integer class indices, got dtype {arr.dtype.name}; convert with .astype(int)")
+        raise ValueError(f"{name}: expected integer class indices, got dtype {arr.dtype.name}")
+    _check_shape(name, arr, dims)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{name}: expected class indices in [0, {num_classes - 1}], got values in [{lo}, {hi}]")
+    return arr.astype(np.intp, copy=False)
+
+
+def bool_mask(name: str, value, dims: tuple) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype != np.bool_:
+        raise ValueError(f"{name}: expected a boolean array (True = valid step), got dtype {arr.dtype.name}")
+    _check_shape(name, arr, dims)
+    return arr

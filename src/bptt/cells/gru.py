@@ -1,0 +1,149 @@
+"""GRU layer over a whole sequence in PyTorch's form (r, z, n).
+
+    r = σ(W_xr x_t + W_hr h_{t-1} + b_r)                       (G1)
+    z = σ(W_xz x_t + W_hz h_{t-1} + b_z)                       (G2)
+    q_t = W_hn h_{t-1} + b_hn                                  (G3)
+    n = tanh(W_xn x_t + b_in + r ⊙ q_t)                        (G4)
+    h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}                            (G5)
+
+Shapes (row-vector batches, time-major):
+    x (T, B, D)  W_x (3H, D)  W_h (3H, H)  b_h (3H,)  b_hn (H,)  h0 (B, H)  h (T, B, H)
+
+b_h = [b_ir + b_hr, b_iz + b_hz, b_in]: PyTorch's two biases summed where they only
+appear summed; b_hn stays apart because the reset gate multiplies it. Inside, the
+blocks are reordered to (z, r, n) so that the sigmoid gates are contiguous for the
+forward pass (one tanh, σ(z) = ½·tanh(z/2) + ½ (A3)) and the blocks scaled by δn are
+contiguous for the backward pass. Equation numbers refer to docs/derivation.md.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+GATES = 3
+STATE = ("h",)
+_PERM = np.array([1, 0, 2])           # internal block k is PyTorch block _PERM[k]: (z, r, n)
+_UNPERM = np.argsort(_PERM)
+_HALF = np.array([0.5, 0.5, 1.0])
+
+
+def param_shapes(input_size: int, hidden_size: int) -> dict:
+    H = hidden_size
+    return {"W_x": (3 * H, input_size), "W_h": (3 * H, H), "b_h": (3 * H,), "b_hn": (H,)}
+
+
+def _to_internal(w, H, halve):
+    blocks = w.reshape(3, H, -1)[_PERM]
+    if halve:
+        blocks = blocks * _HALF.astype(w.dtype)[:, None, None]
+    return blocks.reshape(w.shape)
+
+
+def _to_torch_order(w, H):
+    return np.ascontiguousarray(w.reshape(3, H, -1)[_UNPERM].reshape(w.shape))
+
+
+class Tape(NamedTuple):
+    x: np.ndarray              # (T, B, D)
+    h0: np.ndarray             # (B, H)
+    gates: np.ndarray          # (T, B, 3H) activated z, r, n (internal order)
+    q: np.ndarray              # (T, B, H) W_hn h_{t-1} + b_hn                       (G3)
+    h: np.ndarray              # (T, B, H)
+    mask: np.ndarray | None    # (T, B) bool
+
+
+def forward(params, x, state0, mask=None):
+    T, B, D = x.shape
+    H = params["W_h"].shape[1]
+    W_x = _to_internal(params["W_x"], H, halve=True)
+    W_hT = _to_internal(params["W_h"], H, halve=True).T
+    b = _to_internal(params["b_h"], H, halve=True).reshape(-1)
+    b_hn = params["b_hn"]
+    (h_prev,) = state0
+    gates = np.matmul(x.reshape(T * B, D), W_x.T)                  # (T·B, 3H) input parts
+    gates += b
+    gates = gates.reshape(T, B, 3 * H)
+    q = np.empty((T, B, H), dtype=gates.dtype)
+    h = np.empty((T, B, H), dtype=gates.dtype)
+    rec = np.empty((B, 3 * H), dtype=gates.dtype)
+    tmp = np.empty((B, H), dtype=gates.dtype)
+    for t in range(T):
+        gt = gates[t]
+        np.matmul(h_prev, W_hT, out=rec)
+        zr = gt[:, :2 * H]
+        np.add(zr, rec[:, :2 * H], out=zr)
+        np.tanh(zr, out=zr)
+        np.multiply(zr, 0.5, out=zr)
+        np.add(zr, 0.5, out=zr)                                    # (G1), (G2) via (A3)
+        z, r, n = gt[:, :H], gt[:, H:2 * H], gt[:, 2 * H:]
+        np.add(rec[:, 2 * H:], b_hn, out=q[t])                     # (G3)
+        np.multiply(r, q[t], out=tmp)
+        np.add(n, tmp, out=n)
+        np.tanh(n, out=n)                                          # (G4)
+        np.subtract(h_prev, n, out=tmp)
+        np.multiply(tmp, z, out=tmp)
+        np.add(n, tmp, out=h[t])                                   # (G5) n + z(h_{t-1} − n)
+        if mask is not None:
+            np.copyto(h[t], h_prev, where=~mask[t, :, None])       # (M1)
+        h_prev = h[t]
+    return h, (h_prev,), Tape(x, state0[0], gates, q, h, mask)
+
+
+def backward(params, dh, dstateT, tape):
+    """dh (T, B, H): ∂L/∂h_t from above; dstateT: (∂L/∂h_T,) from the future."""
+    x, gates, q, h, mask = tape.x, tape.gates, tape.q, tape.h, tape.mask
+    T, B, D = x.shape
+    H = h.shape[2]
+    dt = h.dtype
+    W_x = _to_internal(params["W_x"], H, halve=False)
+    W_h = _to_internal(params["W_h"], H, halve=False)
+    G = gates.reshape(T, B, 3, H)
+    z, r, n = G[:, :, 0], G[:, :, 1], G[:, :, 2]
+    # Bulk factors; the loop scales them in place. d_rec holds the gradients of the
+    # recurrent pre-activations [z_z, z_r, q] (G8), (G9); d_n those of n's pre-activation (G7).
+    d_rec = np.empty((T, B, 3, H), dtype=dt)
+    np.subtract(tape.h0, n[0], out=d_rec[0, :, 0])
+    np.subtract(h[:-1], n[1:], out=d_rec[1:, :, 0])
+    d_rec[:, :, 0] *= z * (1 - z)                                  # (G8) (h_{t-1} − n)·z(1 − z)
+    np.multiply(q, r * (1 - r), out=d_rec[:, :, 1])                # (G9) q·r(1 − r)
+    d_rec[:, :, 2] = r                                             # (G9) r
+    d_n = (1 - z) * (1 - n * n)                                    # (G7) (1 − z)(1 − n²)
+    if mask is None:
+        carry = z                                                  # (G6) z_t: h_{t-1}'s direct share
+    else:
+        m = mask[:, :, None].astype(dt)
+        d_rec[:, :, 0] *= m                                        # (M2)
+        d_n *= m
+        carry = m * z + (1 - m)                                    # (G6) with (M3)
+    dh_t = np.empty((B, H), dtype=dt)
+    tmp = np.empty((B, H), dtype=dt)
+    dh_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[0].copy()
+    d_rows = d_rec.reshape(T, B, 3 * H)
+    for t in range(T - 1, -1, -1):
+        if dh is None:
+            np.copyto(dh_t, dh_next)
+        else:
+            np.add(dh[t], dh_next, out=dh_t)                       # (G6)
+        np.multiply(d_n[t], dh_t, out=d_n[t])                      # (G7)
+        np.multiply(d_rec[t, :, 0], dh_t, out=d_rec[t, :, 0])      # (G8)
+        np.multiply(d_rec[t, :, 1:], d_n[t][:, None, :], out=d_rec[t, :, 1:])   # (G9)
+        np.matmul(d_rows[t], W_h, out=dh_next)                     # (G6) W_hᵀ [δz_z, δz_r, δq]
+        np.multiply(dh_t, carry[t], out=tmp)
+        np.add(dh_next, tmp, out=dh_next)                          # (G6) + z ⊙ dh_t
+    d2 = d_rec.reshape(T * B, 3 * H)
+    dn2 = d_n.reshape(T * B, H)
+    x2 = x.reshape(T * B, D)
+    dW_h = d_rows[0].T @ tape.h0                                   # (G10)
+    if T > 1:
+        dW_h += d2[B:].T @ h[:-1].reshape((T - 1) * B, H)
+    dW_x = np.concatenate([d2[:, :2 * H].T @ x2, dn2.T @ x2])      # (G10) input side: [δz_z, δz_r, δn]
+    db = np.concatenate([d2[:, :2 * H].sum(axis=0), dn2.sum(axis=0)])
+    grads = {
+        "W_x": _to_torch_order(dW_x, H),
+        "W_h": _to_torch_order(dW_h, H),
+        "b_h": _to_torch_order(db, H).reshape(-1),
+        "b_hn": d2[:, 2 * H:].sum(axis=0),                         # (G10)
+    }
+    dx = (d2[:, :2 * H] @ W_x[:2 * H] + dn2 @ W_x[2 * H:]).reshape(T, B, D)   # (G11)
+    return dx, (dh_next,), grads

@@ -1,0 +1,157 @@
+"""LSTM layer over a whole sequence in PyTorch's gate order (i, f, g, o).
+
+    z_t = W_x x_t + W_h h_{t-1} + b_h                          (L1)  z = [z_i, z_f, z_g, z_o]
+    i = σ(z_i)  f = σ(z_f)  g = tanh(z_g)  o = σ(z_o)          (L2)
+    c_t = f ⊙ c_{t-1} + i ⊙ g                                  (L3)
+    h_t = o ⊙ tanh(c_t)                                        (L4)
+
+Shapes (row-vector batches, time-major):
+    x (T, B, D)  W_x (4H, D)  W_h (4H, H)  b_h (4H,)  h0, c0 (B, H)  h, c (T, B, H)
+
+b_h is PyTorch's b_ih + b_hh. Inside, the gate blocks are reordered to (g, i, f, o):
+the three sigmoid gates are then contiguous for the forward pass (one tanh over all
+4H, σ(z) = ½·tanh(z/2) + ½ (A3), with their weights pre-scaled by ½), and the three
+gates driven by dc are contiguous for the backward pass. Parameters and gradients
+keep PyTorch's order at the interface. Equation numbers refer to docs/derivation.md.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+GATES = 4
+STATE = ("h", "c")
+_PERM = np.array([2, 0, 1, 3])        # internal block k is PyTorch block _PERM[k]: (g, i, f, o)
+_UNPERM = np.argsort(_PERM)
+_HALF = np.array([1.0, 0.5, 0.5, 0.5])
+
+
+def param_shapes(input_size: int, hidden_size: int) -> dict:
+    H = hidden_size
+    return {"W_x": (4 * H, input_size), "W_h": (4 * H, H), "b_h": (4 * H,)}
+
+
+def _to_internal(w, H, halve):
+    blocks = w.reshape(4, H, -1)[_PERM]
+    if halve:
+        blocks = blocks * _HALF.astype(w.dtype)[:, None, None]
+    return blocks.reshape(w.shape)
+
+
+def _to_torch_order(w, H):
+    return np.ascontiguousarray(w.reshape(4, H, -1)[_UNPERM].reshape(w.shape))
+
+
+class Tape(NamedTuple):
+    x: np.ndarray              # (T, B, D)
+    h0: np.ndarray             # (B, H)
+    c0: np.ndarray             # (B, H)
+    gates: np.ndarray          # (T, B, 4H) activated gates, internal order (g, i, f, o)
+    c: np.ndarray              # (T, B, H)
+    h: np.ndarray              # (T, B, H)
+    mask: np.ndarray | None    # (T, B) bool
+
+
+def forward(params, x, state0, mask=None):
+    T, B, D = x.shape
+    H = params["W_h"].shape[1]
+    W_x = _to_internal(params["W_x"], H, halve=True)
+    W_hT = _to_internal(params["W_h"], H, halve=True).T
+    b = _to_internal(params["b_h"], H, halve=True).reshape(-1)
+    h_prev, c_prev = state0
+    gates = np.matmul(x.reshape(T * B, D), W_x.T)                  # (T·B, 4H) (L1), input part
+    gates += b
+    gates = gates.reshape(T, B, 4 * H)
+    c = np.empty((T, B, H), dtype=gates.dtype)
+    h = np.empty((T, B, H), dtype=gates.dtype)
+    rec = np.empty((B, 4 * H), dtype=gates.dtype)
+    ig = np.empty((B, H), dtype=gates.dtype)
+    for t in range(T):
+        gt = gates[t]
+        np.matmul(h_prev, W_hT, out=rec)
+        np.add(gt, rec, out=gt)                                    # (L1)
+        np.tanh(gt, out=gt)                                        # (L2) g, and tanh(z/2) for i, f, o
+        sig = gt[:, H:]
+        np.multiply(sig, 0.5, out=sig)
+        np.add(sig, 0.5, out=sig)                                  # (A3) σ = ½·tanh(z/2) + ½
+        np.multiply(gt[:, 2 * H:3 * H], c_prev, out=c[t])
+        np.multiply(gt[:, H:2 * H], gt[:, :H], out=ig)
+        np.add(c[t], ig, out=c[t])                                 # (L3)
+        np.tanh(c[t], out=h[t])
+        np.multiply(h[t], gt[:, 3 * H:], out=h[t])                 # (L4)
+        if mask is not None:
+            keep = ~mask[t, :, None]
+            np.copyto(h[t], h_prev, where=keep)                    # (M1)
+            np.copyto(c[t], c_prev, where=keep)
+        h_prev, c_prev = h[t], c[t]
+    return h, (h_prev, c_prev), Tape(x, state0[0], state0[1], gates, c, h, mask)
+
+
+def backward(params, dh, dstateT, tape):
+    """dh (T, B, H): ∂L/∂h_t from above; dstateT: (∂L/∂h_T, ∂L/∂c_T) from the future."""
+    x, gates, c, h, mask = tape.x, tape.gates, tape.c, tape.h, tape.mask
+    T, B, D = x.shape
+    H = h.shape[2]
+    dt = h.dtype
+    W_x = _to_internal(params["W_x"], H, halve=False)
+    W_h = _to_internal(params["W_h"], H, halve=False)
+    G = gates.reshape(T, B, 4, H)
+    g, i, f, o = G[:, :, 0], G[:, :, 1], G[:, :, 2], G[:, :, 3]
+    # Factors that do not depend on the backward recursion, for all steps in bulk.
+    # dz holds them first and is scaled in place by dc_t or dh_t inside the loop.
+    dz = np.empty((T, B, 4, H), dtype=dt)
+    np.multiply(i, 1 - g * g, out=dz[:, :, 0])                     # (L8) z_g: i(1 − g²)
+    np.multiply(g, i * (1 - i), out=dz[:, :, 1])                   # (L8) z_i: g·i(1 − i)
+    f_d = f * (1 - f)
+    np.multiply(f_d[0], tape.c0, out=dz[0, :, 2])                  # (L8) z_f: c_{t-1}·f(1 − f)
+    np.multiply(f_d[1:], c[:-1], out=dz[1:, :, 2])
+    tanh_c = np.tanh(c)
+    np.multiply(tanh_c, o * (1 - o), out=dz[:, :, 3])              # (L7) z_o: tanh(c)·o(1 − o)
+    k_c = np.multiply(tanh_c, tanh_c, out=tanh_c)
+    np.subtract(1, k_c, out=k_c)
+    np.multiply(k_c, o, out=k_c)                                   # (L6) o(1 − tanh²c)
+    if mask is not None:
+        m = mask[:, :, None].astype(dt)                            # (T, B, 1)
+        dz[:, :, 3] *= m                                           # (M2)
+        k_c *= m
+        keep = 1 - m
+    dh_t = np.empty((B, H), dtype=dt)
+    dc_t = np.empty((B, H), dtype=dt)
+    tmp = np.empty((B, H), dtype=dt)
+    dh_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[0].copy()
+    dc_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[1].copy()
+    dz_rows = dz.reshape(T, B, 4 * H)
+    for t in range(T - 1, -1, -1):
+        if dh is None:
+            np.copyto(dh_t, dh_next)
+        else:
+            np.add(dh[t], dh_next, out=dh_t)                       # (L5)
+        np.multiply(dh_t, k_c[t], out=dc_t)
+        if mask is None:
+            np.add(dc_t, dc_next, out=dc_t)                        # (L6)
+        else:
+            np.multiply(dc_next, m[t], out=tmp)
+            np.add(dc_t, tmp, out=dc_t)                            # (L6) with (M2)
+        np.multiply(dz[t, :, :3], dc_t[:, None, :], out=dz[t, :, :3])   # (L8)
+        np.multiply(dz[t, :, 3], dh_t, out=dz[t, :, 3])            # (L7)
+        np.matmul(dz_rows[t], W_h, out=dh_next)                    # (L5) W_hᵀ δz_t
+        if mask is None:
+            np.multiply(dc_t, f[t], out=dc_next)                   # (L9)
+        else:
+            np.multiply(dc_next, keep[t], out=tmp)
+            np.multiply(dc_t, f[t], out=dc_next)                   # (L9)
+            np.add(dc_next, tmp, out=dc_next)                      # (M3)
+            np.multiply(dh_t, keep[t], out=tmp)
+            np.add(dh_next, tmp, out=dh_next)                      # (M3)
+    dz2 = dz.reshape(T * B, 4 * H)
+    dW_h = dz_rows[0].T @ tape.h0                                  # (L10), t = 1 term
+    if T > 1:
+        dW_h += dz2[B:].T @ h[:-1].reshape((T - 1) * B, H)         # (L10)
+    grads = {
+        "W_x": _to_torch_order(dz2.T @ x.reshape(T * B, D), H),    # (L10)
+        "W_h": _to_torch_order(dW_h, H),
+        "b_h": _to_torch_order(dz2.sum(axis=0), H).reshape(-1),    # (L10)
+    }
+    dx = (dz2 @ W_x).reshape(T, B, D)                              # (L11)
+    return dx, (dh_next, dc_next), grads

@@ -1,0 +1,91 @@
+"""Elman RNN layer over a whole sequence, forward and backward side by side.
+
+    a_t = W_x x_t + W_h h_{t-1} + b_h          (R1)
+    h_t = f(a_t),  f in tanh, relu, sigmoid, identity   (R2)
+
+Shapes (row-vector batches, time-major):
+    x (T, B, D)  W_x (H, D)  W_h (H, H)  b_h (H,)  h0 (B, H)  h (T, B, H)  mask (T, B)
+
+b_h is PyTorch's b_ih + b_hh: the two only ever appear summed. Equation numbers
+refer to docs/derivation.md.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..ops import ACTIVATIONS
+
+GATES = 1
+STATE = ("h",)
+
+
+def param_shapes(input_size: int, hidden_size: int) -> dict:
+    H = hidden_size
+    return {"W_x": (H, input_size), "W_h": (H, H), "b_h": (H,)}
+
+
+class Tape(NamedTuple):
+    x: np.ndarray              # (T, B, D)  the layer's input
+    h0: np.ndarray             # (B, H)
+    h: np.ndarray              # (T, B, H)  outputs; f'(a_t) is recovered from them (A2)
+    mask: np.ndarray | None    # (T, B) bool
+    nonlinearity: str
+
+
+def forward(params, x, state0, mask=None, nonlinearity="tanh"):
+    W_x, W_h, b_h = params["W_x"], params["W_h"], params["b_h"]
+    T, B, D = x.shape
+    H = W_h.shape[0]
+    f = ACTIVATIONS[nonlinearity].forward
+    (h_prev,) = state0
+    # (R1) input part of every step in one GEMM; h holds a_t until f turns it into h_t.
+    h = np.matmul(x.reshape(T * B, D), W_x.T)                      # (T·B, H)
+    h += b_h
+    h = h.reshape(T, B, H)
+    W_hT = W_h.T
+    rec = np.empty((B, H), dtype=h.dtype)
+    for t in range(T):
+        np.matmul(h_prev, W_hT, out=rec)                           # (B, H)
+        np.add(h[t], rec, out=h[t])                                # (R1)
+        f(h[t], h[t])                                              # (R2)
+        if mask is not None:
+            np.copyto(h[t], h_prev, where=~mask[t, :, None])       # (M1) padded steps keep the state
+        h_prev = h[t]
+    return h, (h_prev,), Tape(x, state0[0], h, mask, nonlinearity)
+
+
+def backward(params, dh, dstateT, tape):
+    """dh (T, B, H): ∂L/∂h_t from above; dstateT: (∂L/∂h_T,) flowing in from the future."""
+    W_x, W_h = params["W_x"], params["W_h"]
+    x, h0, h, mask = tape.x, tape.h0, tape.h, tape.mask
+    T, B, D = x.shape
+    H = h.shape[2]
+    # δa starts as f'(a_t) for all steps in bulk, then is scaled in place by dh_t.
+    delta_a = ACTIVATIONS[tape.nonlinearity].derivative(h)          # (T, B, H) (A2)
+    if mask is not None:
+        delta_a *= mask[:, :, None]                                 # (M2)
+        keep = (~mask[:, :, None]).astype(h.dtype)                  # (T, B, 1)
+    dh_t = np.empty((B, H), dtype=h.dtype)
+    dh_next = np.zeros((B, H), dtype=h.dtype) if dstateT is None else dstateT[0].copy()
+    for t in range(T - 1, -1, -1):
+        if dh is None:
+            dh_t, dh_next = dh_next, dh_t
+        else:
+            np.add(dh[t], dh_next, out=dh_t)                        # (R3)
+        np.multiply(dh_t, delta_a[t], out=delta_a[t])               # (R4)
+        np.matmul(delta_a[t], W_h, out=dh_next)                     # (R3)/(R9) W_hᵀ δa_t
+        if mask is not None:
+            dh_t *= keep[t]
+            dh_next += dh_t                                         # (M3)
+    da2 = delta_a.reshape(T * B, H)
+    grads = {
+        "W_x": da2.T @ x.reshape(T * B, D),                         # (R5)
+        "W_h": delta_a[0].T @ h0,                                   # (R6), t = 1 term
+        "b_h": da2.sum(axis=0),                                     # (R7)
+    }
+    if T > 1:
+        grads["W_h"] += da2[B:].T @ h[:-1].reshape((T - 1) * B, H)  # (R6), t > 1 terms
+    dx = (da2 @ W_x).reshape(T, B, D)                               # (R8)
+    return dx, (dh_next,), grads

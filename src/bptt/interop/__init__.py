@@ -1,0 +1,1 @@
+"""Floor 6: exchange with other frameworks. ``bptt.interop.torch`` imports torch lazily."""

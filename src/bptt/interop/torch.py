@@ -1,0 +1,105 @@
+"""Load weights from ``torch.nn.RNN/LSTM/GRU`` + ``torch.nn.Linear`` and export them back.
+
+PyTorch keeps two bias vectors per layer, b_ih and b_hh. They enter every gate as a sum,
+so bptt keeps that sum (``b_h``), with one exception: the GRU's hidden bias of n,
+b_hn, sits inside the reset product r ⊙ (W_hn h + b_hn) and is kept apart as ``b_hn``.
+Loading therefore changes no result, and exporting puts the whole sum in b_ih and
+zeros in b_hh (b_hh's n block = b_hn for the GRU).
+
+torch is imported only when these functions run; it is never a dependency of bptt.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..model import Model
+
+_KINDS = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as exc:   # pragma: no cover - depends on the environment
+        raise ImportError("bptt.interop.torch needs PyTorch: pip install torch") from exc
+    return torch
+
+
+def from_torch(rnn, linear, head="identity", loss="mse", outputs="all", reduction="mean") -> Model:
+    """A ``Model`` with the weights of ``rnn`` (nn.RNN/LSTM/GRU) and ``linear`` (nn.Linear).
+
+    Inputs stay time-major (T, B, D) in bptt, whatever ``rnn.batch_first`` says.
+    Dropout between layers is a training-time option of PyTorch, not a weight: ignored.
+    """
+    torch = _torch()
+    kind = _KINDS.get(type(rnn).__name__)
+    if kind is None or not isinstance(rnn, torch.nn.RNNBase):
+        raise ValueError(f"rnn: expected torch.nn.RNN, LSTM or GRU, got {type(rnn).__name__}")
+    if not isinstance(linear, torch.nn.Linear):
+        raise ValueError(f"linear: expected torch.nn.Linear, got {type(linear).__name__}")
+    if rnn.bidirectional:
+        raise ValueError("rnn: bidirectional layers are not supported, got bidirectional=True")
+    if getattr(rnn, "proj_size", 0):
+        raise ValueError(f"rnn: LSTM projections are not supported, got proj_size={rnn.proj_size}")
+    if linear.in_features != rnn.hidden_size:
+        raise ValueError(f"linear: expected in_features = rnn.hidden_size = {rnn.hidden_size}, "
+                         f"got {linear.in_features}")
+    dtype = rnn.weight_hh_l0.dtype
+    if dtype not in (torch.float32, torch.float64) or linear.weight.dtype != dtype:
+        raise ValueError(f"rnn, linear: expected both float32 or both float64, got "
+                         f"{rnn.weight_hh_l0.dtype} and {linear.weight.dtype}")
+    model = Model(kind, rnn.input_size, rnn.hidden_size, linear.out_features, num_layers=rnn.num_layers,
+                  nonlinearity=getattr(rnn, "nonlinearity", "tanh"), head=head, loss=loss,
+                  outputs=outputs, reduction=reduction, dtype=str(dtype).removeprefix("torch."))
+    H = rnn.hidden_size
+
+    def array(t):
+        return t.detach().cpu().numpy().astype(model.dtype, copy=True)
+
+    for l in range(rnn.num_layers):
+        p = model.params
+        p[f"layer{l}.W_x"] = array(getattr(rnn, f"weight_ih_l{l}"))
+        p[f"layer{l}.W_h"] = array(getattr(rnn, f"weight_hh_l{l}"))
+        if rnn.bias:
+            b_ih, b_hh = array(getattr(rnn, f"bias_ih_l{l}")), array(getattr(rnn, f"bias_hh_l{l}"))
+        else:
+            b_ih = b_hh = np.zeros(p[f"layer{l}.b_h"].shape[0], dtype=model.dtype)
+        if kind == "gru":
+            p[f"layer{l}.b_h"] = np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])
+            p[f"layer{l}.b_hn"] = b_hh[2 * H:].copy()
+        else:
+            p[f"layer{l}.b_h"] = b_ih + b_hh
+    model.params["head.W_y"] = array(linear.weight)
+    model.params["head.b_y"] = (array(linear.bias) if linear.bias is not None
+                                else np.zeros(linear.out_features, dtype=model.dtype))
+    return model
+
+
+def to_torch(model: Model):
+    """(nn.RNN/LSTM/GRU, nn.Linear) computing what ``model`` computes (time-major)."""
+    torch = _torch()
+    dtype = getattr(torch, model.dtype.name)
+    kw = dict(input_size=model.input_size, hidden_size=model.hidden_size, num_layers=model.num_layers,
+              dtype=dtype)
+    if model.cell == "rnn":
+        if model.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"model: torch.nn.RNN supports nonlinearity 'tanh' or 'relu', "
+                             f"got {model.nonlinearity!r}")
+        rnn = torch.nn.RNN(nonlinearity=model.nonlinearity, **kw)
+    else:
+        rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[model.cell](**kw)
+    linear = torch.nn.Linear(model.hidden_size, model.output_size, dtype=dtype)
+    H = model.hidden_size
+    with torch.no_grad():
+        for l in range(model.num_layers):
+            p = model.layer_params(l)
+            getattr(rnn, f"weight_ih_l{l}").copy_(torch.from_numpy(p["W_x"]))
+            getattr(rnn, f"weight_hh_l{l}").copy_(torch.from_numpy(p["W_h"]))
+            getattr(rnn, f"bias_ih_l{l}").copy_(torch.from_numpy(p["b_h"]))
+            b_hh = getattr(rnn, f"bias_hh_l{l}")
+            b_hh.zero_()
+            if model.cell == "gru":
+                b_hh[2 * H:] = torch.from_numpy(p["b_hn"])
+        linear.weight.copy_(torch.from_numpy(model.params["head.W_y"]))
+        linear.bias.copy_(torch.from_numpy(model.params["head.b_y"]))
+    return rnn, linear

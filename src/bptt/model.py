@@ -1,0 +1,285 @@
+"""A stack of recurrent layers of one kind, an output head and a loss (floor 3).
+
+All parameters live in one ordered dict, ``model.params``::
+
+    layer0.W_x  layer0.W_h  layer0.b_h  [layer0.b_hn for GRU]  …  head.W_y  head.b_y
+
+and every gradient comes back in a dict with the same keys. Shapes, time-major:
+
+    x (T, B, D)          targets (T, B, O) floats or (T, B) class indices  [outputs="all"]
+    mask (T, B) bool                      (B, O) or (B,)                    [outputs="last"]
+    state: RNN/GRU an array (L, B, H); LSTM a tuple (h (L, B, H), c (L, B, H)), as PyTorch.
+
+A mask marks valid steps: on padded steps the state is carried unchanged (M1) and no
+loss is counted, so the final state and the outputs="last" prediction are each
+sequence's own, taken at its last valid step.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _checks
+from .cells import CELLS, head as head_layer
+from .ops import ACTIVATIONS, HEADS, LOSSES
+
+INITS = ("default", "orthogonal")
+
+
+class Gradients(NamedTuple):
+    loss: float
+    params: dict      # ∂L/∂θ, same keys as model.params
+    x: np.ndarray     # ∂L/∂x (T, B, D)
+    state0: object    # ∂L/∂state0, in the state's structure
+    state: object     # the final state of the forward pass
+
+
+class _Forward(NamedTuple):
+    top: np.ndarray   # (T, B, H) the last layer's outputs
+    states: list      # per layer, a tuple of (B, H) arrays
+    tapes: list
+
+
+class Model:
+    """Recurrent network trained by hand-derived backpropagation through time.
+
+    Args:
+        cell: "rnn" (Elman), "lstm" or "gru".
+        input_size, hidden_size, output_size: D, H, O.
+        num_layers: L recurrent layers stacked; layer l > 0 reads layer l-1's h.
+        nonlinearity: f of the Elman RNN: "tanh", "relu", "sigmoid", "identity".
+        head: g in y = g(W_y h + b_y): "identity", "sigmoid", "softmax".
+        loss: "mse" (any head), "cross_entropy" (softmax head, integer targets),
+            "bce" (sigmoid head, targets in [0, 1]).
+        outputs: "all" (an output at every step) or "last" (at each sequence's last step).
+        reduction: "mean" (over valid positions, and over O for mse and bce) or "sum".
+        dtype: "float32" or "float64".
+        seed: seed of the initialisation.
+        init: "default" (PyTorch's) or "orthogonal" (orthogonal recurrent blocks).
+    """
+
+    def __init__(self, cell, input_size, hidden_size, output_size, num_layers=1,
+                 nonlinearity="tanh", head="identity", loss="mse", outputs="all",
+                 reduction="mean", dtype="float32", seed=None, init="default"):
+        self.cell = _checks.choice("cell", cell, tuple(CELLS))
+        self.input_size = _checks.positive_int("input_size", input_size)
+        self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
+        self.output_size = _checks.positive_int("output_size", output_size)
+        self.num_layers = _checks.positive_int("num_layers", num_layers)
+        self.nonlinearity = _checks.choice("nonlinearity", nonlinearity, tuple(ACTIVATIONS))
+        if cell != "rnn" and nonlinearity != "tanh":
+            raise ValueError(f"nonlinearity: applies to cell='rnn' only, got {nonlinearity!r} with cell={cell!r}")
+        self.head = _checks.choice("head", head, tuple(HEADS))
+        self.loss = _checks.choice("loss", loss, tuple(LOSSES))
+        if head not in LOSSES[loss].heads:
+            raise ValueError(f"head: loss={loss!r} expects head in {LOSSES[loss].heads}, got {head!r}")
+        if loss == "cross_entropy" and output_size < 2:
+            raise ValueError(f"output_size: cross_entropy needs at least 2 classes, got {output_size}")
+        self.outputs = _checks.choice("outputs", outputs, ("all", "last"))
+        self.reduction = _checks.choice("reduction", reduction, ("mean", "sum"))
+        self.dtype = _checks.dtype_of("dtype", dtype)
+        _checks.choice("init", init, INITS)
+        self.layer = CELLS[self.cell]
+        self.params = self._init_params(np.random.default_rng(seed), init)
+
+    # ---- construction -------------------------------------------------------------
+
+    @property
+    def config(self) -> dict:
+        """Everything but the parameters needed to build this model again."""
+        return {k: getattr(self, k) for k in ("cell", "input_size", "hidden_size", "output_size",
+                                              "num_layers", "nonlinearity", "head", "loss",
+                                              "outputs", "reduction")} | {"dtype": self.dtype.name}
+
+    def astype(self, dtype) -> "Model":
+        """A copy of this model with parameters converted to ``dtype``."""
+        other = Model(**(self.config | {"dtype": dtype}))
+        for name, value in self.params.items():
+            other.params[name] = value.astype(other.dtype, copy=True)
+        return other
+
+    def _init_params(self, rng, init):
+        H, dt = self.hidden_size, self.dtype
+        bound = 1.0 / np.sqrt(H)
+
+        def uniform(shape):
+            return rng.uniform(-bound, bound, size=shape)
+
+        params = {}
+        for l in range(self.num_layers):
+            D = self.input_size if l == 0 else H
+            shapes = self.layer.param_shapes(D, H)
+            params[f"layer{l}.W_x"] = uniform(shapes["W_x"])
+            W_h = uniform(shapes["W_h"])
+            if init == "orthogonal":
+                W_h = np.concatenate([_orthogonal(rng, H) for _ in range(self.layer.GATES)])
+            params[f"layer{l}.W_h"] = W_h
+            # PyTorch draws b_ih and b_hh; we keep their sum, except GRU's b_hn (see cells/gru.py).
+            b_ih, b_hh = uniform(shapes["b_h"]), uniform(shapes["b_h"])
+            if self.cell == "gru":
+                params[f"layer{l}.b_h"] = np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])
+                params[f"layer{l}.b_hn"] = b_hh[2 * H:]
+            else:
+                params[f"layer{l}.b_h"] = b_ih + b_hh
+        shapes = head_layer.param_shapes(H, self.output_size)
+        params["head.W_y"] = uniform(shapes["W_y"])     # nn.Linear's default: U(±1/√H)
+        params["head.b_y"] = uniform(shapes["b_y"])
+        return {k: np.ascontiguousarray(v, dtype=dt) for k, v in params.items()}
+
+    def layer_params(self, l: int) -> dict:
+        prefix = f"layer{l}."
+        return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
+
+    def head_params(self) -> dict:
+        return {"W_y": self.params["head.W_y"], "b_y": self.params["head.b_y"]}
+
+    # ---- state ----------------------------------------------------------------------
+
+    def init_state(self, batch: int):
+        """The zero state for ``batch`` sequences, in the public structure."""
+        B = _checks.positive_int("batch", batch)
+        zeros = np.zeros((self.num_layers, B, self.hidden_size), dtype=self.dtype)
+        return (zeros, zeros.copy()) if self.cell == "lstm" else zeros
+
+    def _split_state(self, state, B, name="state0"):
+        """Public state -> list of per-layer tuples, validated."""
+        dims = (self.num_layers, B, self.hidden_size)
+        if state is None:
+            return [tuple(np.zeros((B, self.hidden_size), self.dtype) for _ in self.layer.STATE)
+                    for _ in range(self.num_layers)]
+        if self.cell == "lstm":
+            if not (isinstance(state, (tuple, list)) and len(state) == 2):
+                raise ValueError(f"{name}: expected a tuple (h0, c0) of arrays {dims} for cell='lstm', "
+                                 f"got {type(state).__name__}")
+            arrays = [_checks.float_array(f"{name}[{i}]", s, self.dtype, dims) for i, s in enumerate(state)]
+        else:
+            if isinstance(state, (tuple, list)) and len(state) == 1:
+                state = state[0]
+            arrays = [_checks.float_array(name, state, self.dtype, dims)]
+        return [tuple(a[l] for a in arrays) for l in range(self.num_layers)]
+
+    def _join_state(self, per_layer):
+        arrays = tuple(np.stack([s[i] for s in per_layer]) for i in range(len(self.layer.STATE)))
+        return arrays if self.cell == "lstm" else arrays[0]
+
+    # ---- inputs -----------------------------------------------------------------------
+
+    def _check_inputs(self, x, mask):
+        x = _checks.float_array("x", x, self.dtype, ("T", "B", self.input_size))
+        T, B, _ = x.shape
+        if mask is not None:
+            mask = _checks.bool_mask("mask", mask, (T, B))
+            if self.outputs == "last" and not mask.any(axis=0).all():
+                b = int(np.flatnonzero(~mask.any(axis=0))[0])
+                raise ValueError(f"mask: sequence {b} has no valid step; with outputs='last' "
+                                 f"every sequence needs at least one")
+            if not mask.any():
+                raise ValueError("mask: expected at least one valid step, got none")
+            if mask.all():
+                mask = None      # the unmasked path is faster and gives the same numbers
+        return x, mask
+
+    def _check_targets(self, targets, T, B):
+        lead = (T, B) if self.outputs == "all" else (B,)
+        where = "(T, B)" if self.outputs == "all" else "(B,)"
+        if self.loss == "cross_entropy":
+            return _checks.class_targets(f"targets (class indices {where})", targets, lead, self.output_size)
+        return _checks.float_array("targets", targets, self.dtype, lead + (self.output_size,))
+
+    # ---- forward and backward -----------------------------------------------------------
+
+    def _forward(self, x, state0, mask) -> _Forward:
+        layer_in, states, tapes = x, [], []
+        for l, s0 in enumerate(state0):
+            kwargs = {"nonlinearity": self.nonlinearity} if self.cell == "rnn" else {}
+            layer_in, sT, tape = self.layer.forward(self.layer_params(l), layer_in, s0, mask, **kwargs)
+            states.append(sT)
+            tapes.append(tape)
+        return _Forward(layer_in, states, tapes)
+
+    def _head_rows(self, top):
+        T, B, H = top.shape
+        return top.reshape(T * B, H) if self.outputs == "all" else top[-1]
+
+    def forward(self, x, state0=None, mask=None):
+        """Predictions y = g(o): (T, B, O) or (B, O) with outputs="last"; and the final state."""
+        x, mask = self._check_inputs(x, mask)
+        T, B, _ = x.shape
+        fw = self._forward(x, self._split_state(state0, B), mask)
+        y = HEADS[self.head][0](head_layer.forward(self.head_params(), self._head_rows(fw.top)))
+        if self.outputs == "all":
+            y = y.reshape(T, B, self.output_size)
+        return y, self._join_state(fw.states)
+
+    def _row_weights(self, mask, T, B):
+        """w_n per head row: 0 on padded positions, 1/count for the mean reduction."""
+        if self.outputs == "last":
+            w = np.ones(B, dtype=self.dtype)
+        else:
+            w = np.ones(T * B, dtype=self.dtype) if mask is None else mask.reshape(T * B).astype(self.dtype)
+        if self.reduction == "mean":
+            count = w.sum() * (self.output_size if LOSSES[self.loss].per_element else 1)
+            w /= count
+        return w
+
+    def gradients(self, x, targets, state0=None, mask=None, dstate=None) -> Gradients:
+        """Loss and its exact gradient with respect to every parameter, x and state0.
+
+        ``dstate`` (state structure, optional) is a gradient flowing into the final
+        state from a later chunk; truncated and checkpointed BPTT use it.
+        """
+        x, mask = self._check_inputs(x, mask)
+        T, B, _ = x.shape
+        targets = self._check_targets(targets, T, B)
+        s0 = self._split_state(state0, B)
+        dsT = None if dstate is None else self._split_state(dstate, B, "dstate")
+        fw = self._forward(x, s0, mask)
+        rows = self._head_rows(fw.top)
+        loss, do = self._loss(rows, targets, mask, T, B)
+        d_rows, grads = head_layer.backward(self.head_params(), do, rows)
+        grads = {f"head.{k}": v for k, v in grads.items()}
+        if self.outputs == "all":
+            dh = d_rows.reshape(T, B, self.hidden_size)
+        else:
+            # The last row is the final state itself: its gradient enters as dstate_T.
+            dh = None
+            top = list(dsT[-1]) if dsT is not None else [np.zeros_like(d_rows) for _ in self.layer.STATE]
+            top[0] = top[0] + d_rows
+            dsT = (dsT or [None] * self.num_layers)[:-1] + [tuple(top)]
+        layer_grads, dstate0 = {}, [None] * self.num_layers
+        for l in range(self.num_layers - 1, -1, -1):
+            dh, dstate0[l], g = self.layer.backward(self.layer_params(l), dh, None if dsT is None else dsT[l],
+                                                    fw.tapes[l])
+            layer_grads.update({f"layer{l}.{k}": v for k, v in g.items()})
+        grads = {k: (layer_grads | grads)[k] for k in self.params}
+        return Gradients(loss, grads, dh, self._join_state(dstate0), self._join_state(fw.states))
+
+    def loss_and_grads(self, x, targets, state0=None, mask=None):
+        """(loss, grads, final state); grads has the keys of ``params``."""
+        g = self.gradients(x, targets, state0, mask)
+        return g.loss, g.params, g.state
+
+    def loss_value(self, x, targets, state0=None, mask=None) -> float:
+        """The loss alone, through the same forward pass and loss as ``gradients``."""
+        x, mask = self._check_inputs(x, mask)
+        T, B, _ = x.shape
+        targets = self._check_targets(targets, T, B)
+        fw = self._forward(x, self._split_state(state0, B), mask)
+        return self._loss(self._head_rows(fw.top), targets, mask, T, B)[0]
+
+    def _loss(self, rows, targets, mask, T, B):
+        """Head and loss on all rows at once -> (loss, ∂L/∂o)."""
+        o = head_layer.forward(self.head_params(), rows)
+        tgt = targets.reshape(rows.shape[0], -1) if self.loss != "cross_entropy" else targets.reshape(-1)
+        return LOSSES[self.loss].value_and_grad(o, tgt, self._row_weights(mask, T, B), self.head)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"Model({args})"
+
+
+def _orthogonal(rng, n):
+    """A Haar-random orthogonal (n, n) matrix: QR of a Gaussian, signs fixed by R's diagonal."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))

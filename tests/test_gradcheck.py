@@ -1,0 +1,70 @@
+"""Finite differences agree with the hand-derived gradients: every layer kind, activation,
+head/loss, 1 and 2 layers, outputs at every step or the last, with masks, nonzero biases
+and states, and random targets weighting every output differently."""
+import zlib
+
+import numpy as np
+import pytest
+
+import bptt
+from helpers import HEAD_LOSSES, KINDS, make_model, make_state, make_targets, ragged_mask
+
+TOL = 1e-6
+
+
+def eps_for(nonlinearity):
+    # relu has a kink at 0: keep the 4 probes (±ε, ±2ε) on one side of it.
+    return 1e-4 if nonlinearity == "relu" else 1e-3
+
+
+@pytest.mark.parametrize("cell,nonlinearity", KINDS)
+@pytest.mark.parametrize("head,loss", HEAD_LOSSES)
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("outputs", ["all", "last"])
+def test_gradients_match_finite_differences(cell, nonlinearity, head, loss, layers, outputs):
+    seed = zlib.crc32(repr((cell, nonlinearity, head, loss, layers, outputs)).encode()) % 1000
+    rng = np.random.default_rng(seed)
+    model = make_model(cell, nonlinearity, layers, head=head, loss=loss, outputs=outputs, seed=seed)
+    T, B = 4, 3
+    x = rng.standard_normal((T, B, model.input_size))
+    mask = ragged_mask(T, [4, 2, 3])
+    report = bptt.gradcheck(model, x, make_targets(model, T, B, rng), make_state(model, B, rng), mask,
+                              eps=eps_for(nonlinearity))
+    expected = set(model.params) | {"x", "h0"} | ({"c0"} if cell == "lstm" else set())
+    assert set(report) == expected
+    assert report.worst() < TOL, str(report)
+
+
+@pytest.mark.parametrize("cell,nonlinearity", KINDS)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_gradients_without_mask_and_longer_sequence(cell, nonlinearity, reduction):
+    rng = np.random.default_rng(7)
+    model = make_model(cell, nonlinearity, 2, H=5, reduction=reduction, seed=3)
+    T, B = 9, 2
+    x = rng.standard_normal((T, B, model.input_size))
+    report = bptt.gradcheck(model, x, make_targets(model, T, B, rng), make_state(model, B, rng),
+                            eps=eps_for(nonlinearity))
+    assert report.worst() < TOL, str(report)
+
+
+def test_gradcheck_detects_a_wrong_gradient(monkeypatch):
+    """The checker itself can fail: break one derivative and it must report it."""
+    from bptt.ops import activations
+    broken = activations.ACTIVATIONS["tanh"]._replace(derivative=lambda h: 1 - 0.9 * h * h)
+    monkeypatch.setitem(activations.ACTIVATIONS, "tanh", broken)
+    rng = np.random.default_rng(0)
+    model = make_model("rnn", "tanh")
+    x = rng.standard_normal((3, 2, 3))
+    report = bptt.gradcheck(model, x, make_targets(model, 3, 2, rng))
+    assert report["layer0.W_h"] > 1e-3
+
+
+def test_gradcheck_leaves_model_and_float32_params_unchanged():
+    rng = np.random.default_rng(1)
+    model = make_model("lstm", dtype="float32")
+    before = {k: v.copy() for k, v in model.params.items()}
+    x = rng.standard_normal((3, 2, 3)).astype(np.float32)
+    report = bptt.gradcheck(model, x, make_targets(model, 3, 2, rng))
+    assert report.worst() < TOL       # the check itself runs in float64
+    for k, v in model.params.items():
+        assert v.dtype == np.float32 and np.array_equal(v, before[k])
