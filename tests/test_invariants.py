@@ -90,3 +90,17 @@ def test_float32_gradients_are_close_to_float64():
     for k in g64.params:
         err = np.abs(g32.params[k] - g64.params[k]).max() / np.abs(g64.params[k]).max()
         assert err < 1e-4, k
+
+
+def test_skipping_the_input_gradient_changes_nothing_else():
+    rng = np.random.default_rng(12)
+    model = make_model("gru", layers=2)
+    x = rng.standard_normal((6, 2, 3))
+    targets = make_targets(model, 6, 2, rng)
+    full = model.gradients(x, targets)
+    lean = model.gradients(x, targets, input_grad=False)
+    assert lean.x is None and full.x.shape == x.shape
+    for k in full.params:
+        np.testing.assert_array_equal(lean.params[k], full.params[k])
+    loss, grads, _ = model.loss_and_grads(x, targets)
+    assert loss == full.loss and all(np.array_equal(grads[k], full.params[k]) for k in grads)

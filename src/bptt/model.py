@@ -30,7 +30,7 @@ INITS = ("default", "orthogonal")
 class Gradients(NamedTuple):
     loss: float
     params: dict      # ∂L/∂θ, same keys as model.params
-    x: np.ndarray     # ∂L/∂x (T, B, D)
+    x: np.ndarray     # ∂L/∂x (T, B, D), None when input_grad=False
     state0: object    # ∂L/∂state0, in the state's structure
     state: object     # the final state of the forward pass
 
@@ -223,11 +223,12 @@ class Model:
             w /= count
         return w
 
-    def gradients(self, x, targets, state0=None, mask=None, dstate=None) -> Gradients:
+    def gradients(self, x, targets, state0=None, mask=None, dstate=None, input_grad=True) -> Gradients:
         """Loss and its exact gradient with respect to every parameter, x and state0.
 
         ``dstate`` (state structure, optional) is a gradient flowing into the final
         state from a later chunk; truncated and checkpointed BPTT use it.
+        ``input_grad=False`` skips ∂L/∂x (one GEMM; ``Gradients.x`` is then None).
         """
         x, mask = self._check_inputs(x, mask)
         T, B, _ = x.shape
@@ -250,14 +251,14 @@ class Model:
         layer_grads, dstate0 = {}, [None] * self.num_layers
         for l in range(self.num_layers - 1, -1, -1):
             dh, dstate0[l], g = self.layer.backward(self.layer_params(l), dh, None if dsT is None else dsT[l],
-                                                    fw.tapes[l])
+                                                    fw.tapes[l], need_dx=l > 0 or input_grad)
             layer_grads.update({f"layer{l}.{k}": v for k, v in g.items()})
         grads = {k: (layer_grads | grads)[k] for k in self.params}
         return Gradients(loss, grads, dh, self._join_state(dstate0), self._join_state(fw.states))
 
     def loss_and_grads(self, x, targets, state0=None, mask=None):
         """(loss, grads, final state); grads has the keys of ``params``."""
-        g = self.gradients(x, targets, state0, mask)
+        g = self.gradients(x, targets, state0, mask, input_grad=False)
         return g.loss, g.params, g.state
 
     def loss_value(self, x, targets, state0=None, mask=None) -> float:

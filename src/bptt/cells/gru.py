@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..backends import fused
+
 GATES = 3
 STATE = ("h",)
 _PERM = np.array([1, 0, 2])           # internal block k is PyTorch block _PERM[k]: (z, r, n)
@@ -56,9 +58,11 @@ class Tape(NamedTuple):
 def forward(params, x, state0, mask=None):
     T, B, D = x.shape
     H = params["W_h"].shape[1]
-    W_x = _to_internal(params["W_x"], H, halve=True)
-    W_hT = _to_internal(params["W_h"], H, halve=True).T
-    b = _to_internal(params["b_h"], H, halve=True).reshape(-1)
+    fast = fused.use_for(x.dtype)
+    halve = not fast               # the NumPy path gets σ from one tanh of z/2 (A3)
+    W_x = _to_internal(params["W_x"], H, halve)
+    W_hT = _to_internal(params["W_h"], H, halve).T
+    b = _to_internal(params["b_h"], H, halve).reshape(-1)
     b_hn = params["b_hn"]
     (h_prev,) = state0
     gates = np.matmul(x.reshape(T * B, D), W_x.T)                  # (T·B, 3H) input parts
@@ -67,6 +71,13 @@ def forward(params, x, state0, mask=None):
     q = np.empty((T, B, H), dtype=gates.dtype)
     h = np.empty((T, B, H), dtype=gates.dtype)
     rec = np.empty((B, 3 * H), dtype=gates.dtype)
+    if fast:
+        valid = np.ones((T, B), dtype=bool) if mask is None else mask
+        for t in range(T):
+            np.matmul(h_prev, W_hT, out=rec)
+            fused.gru_forward_step(gates[t], rec, b_hn, h_prev, q[t], h[t], valid[t])   # (G1)-(G5), (M1)
+            h_prev = h[t]
+        return h, (h_prev,), Tape(x, state0[0], gates, q, h, mask)
     tmp = np.empty((B, H), dtype=gates.dtype)
     for t in range(T):
         gt = gates[t]
@@ -90,7 +101,7 @@ def forward(params, x, state0, mask=None):
     return h, (h_prev,), Tape(x, state0[0], gates, q, h, mask)
 
 
-def backward(params, dh, dstateT, tape):
+def backward(params, dh, dstateT, tape, need_dx=True):
     """dh (T, B, H): ∂L/∂h_t from above; dstateT: (∂L/∂h_T,) from the future."""
     x, gates, q, h, mask = tape.x, tape.gates, tape.q, tape.h, tape.mask
     T, B, D = x.shape
@@ -98,17 +109,65 @@ def backward(params, dh, dstateT, tape):
     dt = h.dtype
     W_x = _to_internal(params["W_x"], H, halve=False)
     W_h = _to_internal(params["W_h"], H, halve=False)
+    dh_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[0].copy()
+    recursion = _recursion_fused if fused.use_for(dt) else _recursion_numpy
+    d_rec, d_n = recursion(W_h, dh, dh_next, tape)                 # (T, B, 3H), (T, B, H); dh_next -> t = 0
+    d2 = d_rec.reshape(T * B, 3 * H)
+    dn2 = d_n.reshape(T * B, H)
+    x2 = x.reshape(T * B, D)
+    dW_h = d2[:B].T @ tape.h0                                      # (G10)
+    if T > 1:
+        dW_h += d2[B:].T @ h[:-1].reshape((T - 1) * B, H)
+    dW_x = np.concatenate([d2[:, :2 * H].T @ x2, dn2.T @ x2])      # (G10) input side: [δz_z, δz_r, δn]
+    db = np.concatenate([d2[:, :2 * H].sum(axis=0), dn2.sum(axis=0)])
+    grads = {
+        "W_x": _to_torch_order(dW_x, H),
+        "W_h": _to_torch_order(dW_h, H),
+        "b_h": _to_torch_order(db, H).reshape(-1),
+        "b_hn": d2[:, 2 * H:].sum(axis=0),                         # (G10)
+    }
+    dx = None if not need_dx else \
+        (d2[:, :2 * H] @ W_x[:2 * H] + dn2 @ W_x[2 * H:]).reshape(T, B, D)      # (G11)
+    return dx, (dh_next,), grads
+
+
+def _recursion_fused(W_h, dh, dh_next, tape):
+    """(G6)-(G9) backwards in time, one fused kernel and one GEMM per step."""
+    gates, q, h, mask = tape.gates, tape.q, tape.h, tape.mask
+    T, B, H = h.shape
+    d_rec = np.empty((T, B, 3 * H), dtype=h.dtype)
+    d_n = np.empty((T, B, H), dtype=h.dtype)
+    no_dh = np.zeros((B, H), dtype=h.dtype)
+    direct = np.empty((B, H), dtype=h.dtype)
+    valid = np.ones((T, B), dtype=bool) if mask is None else mask
+    for t in range(T - 1, -1, -1):
+        fused.gru_backward_step(no_dh if dh is None else dh[t], dh_next, gates[t], q[t],
+                                tape.h0 if t == 0 else h[t - 1], valid[t], d_rec[t], d_n[t], direct)
+        np.matmul(d_rec[t], W_h, out=dh_next)                      # (G6) W_hᵀ [δz_z, δz_r, δq]
+        np.add(dh_next, direct, out=dh_next)                       # (G6) + z ⊙ dh_t
+    return d_rec, d_n
+
+
+def _recursion_numpy(W_h, dh, dh_next, tape):
+    """(G6)-(G9) backwards in time: factors in bulk, a few in-place ufuncs per step."""
+    gates, q, h, mask = tape.gates, tape.q, tape.h, tape.mask
+    T, B, H = h.shape
+    dt = h.dtype
     G = gates.reshape(T, B, 3, H)
     z, r, n = G[:, :, 0], G[:, :, 1], G[:, :, 2]
     # Bulk factors; the loop scales them in place. d_rec holds the gradients of the
     # recurrent pre-activations [z_z, z_r, q] (G8), (G9); d_n those of n's pre-activation (G7).
-    d_rec = np.empty((T, B, 3, H), dtype=dt)
-    np.subtract(tape.h0, n[0], out=d_rec[0, :, 0])
-    np.subtract(h[:-1], n[1:], out=d_rec[1:, :, 0])
-    d_rec[:, :, 0] *= z * (1 - z)                                  # (G8) (h_{t-1} − n)·z(1 − z)
-    np.multiply(q, r * (1 - r), out=d_rec[:, :, 1])                # (G9) q·r(1 − r)
+    d_rec = np.subtract(1, gates).reshape(T, B, 3, H)
+    np.multiply(d_rec, G, out=d_rec)                               # gate(1 − gate): σ' for z and r
+    h_minus_n = np.empty((T, B, H), dtype=dt)                      # contiguous: strided outputs are slow
+    np.subtract(tape.h0, n[0], out=h_minus_n[0])
+    np.subtract(h[:-1], n[1:], out=h_minus_n[1:])
+    d_rec[:, :, 0] *= h_minus_n                                    # (G8) (h_{t-1} − n)·z(1 − z)
+    d_rec[:, :, 1] *= q                                            # (G9) q·r(1 − r)
     d_rec[:, :, 2] = r                                             # (G9) r
-    d_n = (1 - z) * (1 - n * n)                                    # (G7) (1 − z)(1 − n²)
+    d_n = np.multiply(n, n, out=h_minus_n)
+    np.subtract(1, d_n, out=d_n)
+    d_n *= 1 - z                                                   # (G7) (1 − z)(1 − n²)
     if mask is None:
         carry = z                                                  # (G6) z_t: h_{t-1}'s direct share
     else:
@@ -118,7 +177,6 @@ def backward(params, dh, dstateT, tape):
         carry = m * z + (1 - m)                                    # (G6) with (M3)
     dh_t = np.empty((B, H), dtype=dt)
     tmp = np.empty((B, H), dtype=dt)
-    dh_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[0].copy()
     d_rows = d_rec.reshape(T, B, 3 * H)
     for t in range(T - 1, -1, -1):
         if dh is None:
@@ -131,19 +189,4 @@ def backward(params, dh, dstateT, tape):
         np.matmul(d_rows[t], W_h, out=dh_next)                     # (G6) W_hᵀ [δz_z, δz_r, δq]
         np.multiply(dh_t, carry[t], out=tmp)
         np.add(dh_next, tmp, out=dh_next)                          # (G6) + z ⊙ dh_t
-    d2 = d_rec.reshape(T * B, 3 * H)
-    dn2 = d_n.reshape(T * B, H)
-    x2 = x.reshape(T * B, D)
-    dW_h = d_rows[0].T @ tape.h0                                   # (G10)
-    if T > 1:
-        dW_h += d2[B:].T @ h[:-1].reshape((T - 1) * B, H)
-    dW_x = np.concatenate([d2[:, :2 * H].T @ x2, dn2.T @ x2])      # (G10) input side: [δz_z, δz_r, δn]
-    db = np.concatenate([d2[:, :2 * H].sum(axis=0), dn2.sum(axis=0)])
-    grads = {
-        "W_x": _to_torch_order(dW_x, H),
-        "W_h": _to_torch_order(dW_h, H),
-        "b_h": _to_torch_order(db, H).reshape(-1),
-        "b_hn": d2[:, 2 * H:].sum(axis=0),                         # (G10)
-    }
-    dx = (d2[:, :2 * H] @ W_x[:2 * H] + dn2 @ W_x[2 * H:]).reshape(T, B, D)   # (G11)
-    return dx, (dh_next,), grads
+    return d_rec, d_n

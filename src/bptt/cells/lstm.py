@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..backends import fused
+
 GATES = 4
 STATE = ("h", "c")
 _PERM = np.array([2, 0, 1, 3])        # internal block k is PyTorch block _PERM[k]: (g, i, f, o)
@@ -56,9 +58,11 @@ class Tape(NamedTuple):
 def forward(params, x, state0, mask=None):
     T, B, D = x.shape
     H = params["W_h"].shape[1]
-    W_x = _to_internal(params["W_x"], H, halve=True)
-    W_hT = _to_internal(params["W_h"], H, halve=True).T
-    b = _to_internal(params["b_h"], H, halve=True).reshape(-1)
+    fast = fused.use_for(x.dtype)
+    halve = not fast               # the NumPy path gets σ from one tanh of z/2 (A3)
+    W_x = _to_internal(params["W_x"], H, halve)
+    W_hT = _to_internal(params["W_h"], H, halve).T
+    b = _to_internal(params["b_h"], H, halve).reshape(-1)
     h_prev, c_prev = state0
     gates = np.matmul(x.reshape(T * B, D), W_x.T)                  # (T·B, 4H) (L1), input part
     gates += b
@@ -66,6 +70,13 @@ def forward(params, x, state0, mask=None):
     c = np.empty((T, B, H), dtype=gates.dtype)
     h = np.empty((T, B, H), dtype=gates.dtype)
     rec = np.empty((B, 4 * H), dtype=gates.dtype)
+    if fast:
+        valid = np.ones((T, B), dtype=bool) if mask is None else mask
+        for t in range(T):
+            np.matmul(h_prev, W_hT, out=rec)
+            fused.lstm_forward_step(gates[t], rec, h_prev, c_prev, h[t], c[t], valid[t])   # (L1)-(L4), (M1)
+            h_prev, c_prev = h[t], c[t]
+        return h, (h_prev, c_prev), Tape(x, state0[0], state0[1], gates, c, h, mask)
     ig = np.empty((B, H), dtype=gates.dtype)
     for t in range(T):
         gt = gates[t]
@@ -88,7 +99,7 @@ def forward(params, x, state0, mask=None):
     return h, (h_prev, c_prev), Tape(x, state0[0], state0[1], gates, c, h, mask)
 
 
-def backward(params, dh, dstateT, tape):
+def backward(params, dh, dstateT, tape, need_dx=True):
     """dh (T, B, H): ∂L/∂h_t from above; dstateT: (∂L/∂h_T, ∂L/∂c_T) from the future."""
     x, gates, c, h, mask = tape.x, tape.gates, tape.c, tape.h, tape.mask
     T, B, D = x.shape
@@ -96,18 +107,59 @@ def backward(params, dh, dstateT, tape):
     dt = h.dtype
     W_x = _to_internal(params["W_x"], H, halve=False)
     W_h = _to_internal(params["W_h"], H, halve=False)
+    dh_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[0].copy()
+    dc_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[1].copy()
+    recursion = _recursion_fused if fused.use_for(dt) else _recursion_numpy
+    dz = recursion(W_h, dh, dh_next, dc_next, tape)                # (T, B, 4H); dh_next, dc_next -> t = 0
+    dz2 = dz.reshape(T * B, 4 * H)
+    dW_h = dz2[:B].T @ tape.h0                                     # (L10), t = 1 term
+    if T > 1:
+        dW_h += dz2[B:].T @ h[:-1].reshape((T - 1) * B, H)         # (L10)
+    grads = {
+        "W_x": _to_torch_order(dz2.T @ x.reshape(T * B, D), H),    # (L10)
+        "W_h": _to_torch_order(dW_h, H),
+        "b_h": _to_torch_order(dz2.sum(axis=0), H).reshape(-1),    # (L10)
+    }
+    dx = (dz2 @ W_x).reshape(T, B, D) if need_dx else None         # (L11)
+    return dx, (dh_next, dc_next), grads
+
+
+def _recursion_fused(W_h, dh, dh_next, dc_next, tape):
+    """(L5)-(L9) backwards in time, one fused kernel and one GEMM per step."""
+    gates, c, mask = tape.gates, tape.c, tape.mask
+    T, B, H = c.shape
+    dz = np.empty((T, B, 4 * H), dtype=c.dtype)
+    no_dh = np.zeros((B, H), dtype=c.dtype)
+    dh_skip = np.empty((B, H), dtype=c.dtype)
+    valid = np.ones((T, B), dtype=bool) if mask is None else mask
+    for t in range(T - 1, -1, -1):
+        fused.lstm_backward_step(no_dh if dh is None else dh[t], dh_next, dc_next, gates[t], c[t],
+                                 tape.c0 if t == 0 else c[t - 1], valid[t], dz[t], dh_skip)
+        np.matmul(dz[t], W_h, out=dh_next)                         # (L5) W_hᵀ δz_t
+        if mask is not None:
+            np.add(dh_next, dh_skip, out=dh_next)                  # (M3)
+    return dz
+
+
+def _recursion_numpy(W_h, dh, dh_next, dc_next, tape):
+    """(L5)-(L9) backwards in time: factors in bulk, a few in-place ufuncs per step."""
+    gates, c, mask = tape.gates, tape.c, tape.mask
+    T, B, H = c.shape
+    dt = c.dtype
     G = gates.reshape(T, B, 4, H)
     g, i, f, o = G[:, :, 0], G[:, :, 1], G[:, :, 2], G[:, :, 3]
     # Factors that do not depend on the backward recursion, for all steps in bulk.
     # dz holds them first and is scaled in place by dc_t or dh_t inside the loop.
-    dz = np.empty((T, B, 4, H), dtype=dt)
-    np.multiply(i, 1 - g * g, out=dz[:, :, 0])                     # (L8) z_g: i(1 − g²)
-    np.multiply(g, i * (1 - i), out=dz[:, :, 1])                   # (L8) z_i: g·i(1 − i)
-    f_d = f * (1 - f)
-    np.multiply(f_d[0], tape.c0, out=dz[0, :, 2])                  # (L8) z_f: c_{t-1}·f(1 − f)
-    np.multiply(f_d[1:], c[:-1], out=dz[1:, :, 2])
+    dz = np.subtract(1, gates).reshape(T, B, 4, H)                 # 1 − gate, all four at once
+    np.multiply(dz, G, out=dz)                                     # gate(1 − gate): σ' for i, f, o
+    np.multiply(g, g, out=dz[:, :, 0])
+    np.subtract(1, dz[:, :, 0], out=dz[:, :, 0])                   # 1 − g²: tanh' for g
+    dz[:, :, 0] *= i                                               # (L8) z_g: i(1 − g²)
+    dz[:, :, 1] *= g                                               # (L8) z_i: g·i(1 − i)
+    dz[0, :, 2] *= tape.c0                                         # (L8) z_f: c_{t-1}·f(1 − f)
+    dz[1:, :, 2] *= c[:-1]
     tanh_c = np.tanh(c)
-    np.multiply(tanh_c, o * (1 - o), out=dz[:, :, 3])              # (L7) z_o: tanh(c)·o(1 − o)
+    dz[:, :, 3] *= tanh_c                                          # (L7) z_o: tanh(c)·o(1 − o)
     k_c = np.multiply(tanh_c, tanh_c, out=tanh_c)
     np.subtract(1, k_c, out=k_c)
     np.multiply(k_c, o, out=k_c)                                   # (L6) o(1 − tanh²c)
@@ -119,8 +171,6 @@ def backward(params, dh, dstateT, tape):
     dh_t = np.empty((B, H), dtype=dt)
     dc_t = np.empty((B, H), dtype=dt)
     tmp = np.empty((B, H), dtype=dt)
-    dh_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[0].copy()
-    dc_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[1].copy()
     dz_rows = dz.reshape(T, B, 4 * H)
     for t in range(T - 1, -1, -1):
         if dh is None:
@@ -144,14 +194,4 @@ def backward(params, dh, dstateT, tape):
             np.add(dc_next, tmp, out=dc_next)                      # (M3)
             np.multiply(dh_t, keep[t], out=tmp)
             np.add(dh_next, tmp, out=dh_next)                      # (M3)
-    dz2 = dz.reshape(T * B, 4 * H)
-    dW_h = dz_rows[0].T @ tape.h0                                  # (L10), t = 1 term
-    if T > 1:
-        dW_h += dz2[B:].T @ h[:-1].reshape((T - 1) * B, H)         # (L10)
-    grads = {
-        "W_x": _to_torch_order(dz2.T @ x.reshape(T * B, D), H),    # (L10)
-        "W_h": _to_torch_order(dW_h, H),
-        "b_h": _to_torch_order(dz2.sum(axis=0), H).reshape(-1),    # (L10)
-    }
-    dx = (dz2 @ W_x).reshape(T, B, D)                              # (L11)
-    return dx, (dh_next, dc_next), grads
+    return dz

@@ -56,7 +56,7 @@ def forward(params, x, state0, mask=None, nonlinearity="tanh"):
     return h, (h_prev,), Tape(x, state0[0], h, mask, nonlinearity)
 
 
-def backward(params, dh, dstateT, tape):
+def backward(params, dh, dstateT, tape, need_dx=True):
     """dh (T, B, H): ∂L/∂h_t from above; dstateT: (∂L/∂h_T,) flowing in from the future."""
     W_x, W_h = params["W_x"], params["W_h"]
     x, h0, h, mask = tape.x, tape.h0, tape.h, tape.mask
@@ -87,5 +87,5 @@ def backward(params, dh, dstateT, tape):
     }
     if T > 1:
         grads["W_h"] += da2[B:].T @ h[:-1].reshape((T - 1) * B, H)  # (R6), t > 1 terms
-    dx = (da2 @ W_x).reshape(T, B, D)                               # (R8)
+    dx = (da2 @ W_x).reshape(T, B, D) if need_dx else None          # (R8)
     return dx, (dh_next,), grads

@@ -1,0 +1,1 @@
+"""Beside all floors: fused kernels for the per-step gate arithmetic (Numba, optional)."""
