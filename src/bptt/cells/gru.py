@@ -22,28 +22,16 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backends import fused
+from ._blocks import GateBlocks
 
 GATES = 3
 STATE = ("h",)
-_PERM = np.array([1, 0, 2])           # internal block k is PyTorch block _PERM[k]: (z, r, n)
-_UNPERM = np.argsort(_PERM)
-_HALF = np.array([0.5, 0.5, 1.0])
+_BLOCKS = GateBlocks(perm=[1, 0, 2], sigmoid=[True, True, False])  # internal order: (z, r, n)
 
 
 def param_shapes(input_size: int, hidden_size: int) -> dict:
     H = hidden_size
     return {"W_x": (3 * H, input_size), "W_h": (3 * H, H), "b_h": (3 * H,), "b_hn": (H,)}
-
-
-def _to_internal(w, H, halve):
-    blocks = w.reshape(3, H, -1)[_PERM]
-    if halve:
-        blocks = blocks * _HALF.astype(w.dtype)[:, None, None]
-    return blocks.reshape(w.shape)
-
-
-def _to_torch_order(w, H):
-    return np.ascontiguousarray(w.reshape(3, H, -1)[_UNPERM].reshape(w.shape))
 
 
 class Tape(NamedTuple):
@@ -60,14 +48,9 @@ def forward(params, x, state0, mask=None):
     H = params["W_h"].shape[1]
     fast = fused.use_for(x.dtype)
     halve = not fast               # the NumPy path gets σ from one tanh of z/2 (A3)
-    W_x = _to_internal(params["W_x"], H, halve)
-    W_hT = _to_internal(params["W_h"], H, halve).T
-    b = _to_internal(params["b_h"], H, halve).reshape(-1)
+    gates, W_hT = _BLOCKS.project_inputs(params, x, halve)        # (T, B, 3H) (G1)-(G4), input parts
     b_hn = params["b_hn"]
     (h_prev,) = state0
-    gates = np.matmul(x.reshape(T * B, D), W_x.T)                  # (T·B, 3H) input parts
-    gates += b
-    gates = gates.reshape(T, B, 3 * H)
     q = np.empty((T, B, H), dtype=gates.dtype)
     h = np.empty((T, B, H), dtype=gates.dtype)
     rec = np.empty((B, 3 * H), dtype=gates.dtype)
@@ -107,8 +90,8 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     T, B, D = x.shape
     H = h.shape[2]
     dt = h.dtype
-    W_x = _to_internal(params["W_x"], H, halve=False)
-    W_h = _to_internal(params["W_h"], H, halve=False)
+    W_x = _BLOCKS.to_internal(params["W_x"], H, halve=False)
+    W_h = _BLOCKS.to_internal(params["W_h"], H, halve=False)
     dh_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[0].copy()
     recursion = _recursion_fused if fused.use_for(dt) else _recursion_numpy
     d_rec, d_n = recursion(W_h, dh, dh_next, tape)                 # (T, B, 3H), (T, B, H); dh_next -> t = 0
@@ -121,9 +104,9 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     dW_x = np.concatenate([d2[:, :2 * H].T @ x2, dn2.T @ x2])      # (G10) input side: [δz_z, δz_r, δn]
     db = np.concatenate([d2[:, :2 * H].sum(axis=0), dn2.sum(axis=0)])
     grads = {
-        "W_x": _to_torch_order(dW_x, H),
-        "W_h": _to_torch_order(dW_h, H),
-        "b_h": _to_torch_order(db, H).reshape(-1),
+        "W_x": _BLOCKS.to_torch_order(dW_x, H),
+        "W_h": _BLOCKS.to_torch_order(dW_h, H),
+        "b_h": _BLOCKS.to_torch_order(db, H).reshape(-1),
         "b_hn": d2[:, 2 * H:].sum(axis=0),                         # (G10)
     }
     dx = None if not need_dx else \

@@ -21,28 +21,16 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backends import fused
+from ._blocks import GateBlocks
 
 GATES = 4
 STATE = ("h", "c")
-_PERM = np.array([2, 0, 1, 3])        # internal block k is PyTorch block _PERM[k]: (g, i, f, o)
-_UNPERM = np.argsort(_PERM)
-_HALF = np.array([1.0, 0.5, 0.5, 0.5])
+_BLOCKS = GateBlocks(perm=[2, 0, 1, 3], sigmoid=[False, True, True, True])  # internal order: (g, i, f, o)
 
 
 def param_shapes(input_size: int, hidden_size: int) -> dict:
     H = hidden_size
     return {"W_x": (4 * H, input_size), "W_h": (4 * H, H), "b_h": (4 * H,)}
-
-
-def _to_internal(w, H, halve):
-    blocks = w.reshape(4, H, -1)[_PERM]
-    if halve:
-        blocks = blocks * _HALF.astype(w.dtype)[:, None, None]
-    return blocks.reshape(w.shape)
-
-
-def _to_torch_order(w, H):
-    return np.ascontiguousarray(w.reshape(4, H, -1)[_UNPERM].reshape(w.shape))
 
 
 class Tape(NamedTuple):
@@ -60,13 +48,8 @@ def forward(params, x, state0, mask=None):
     H = params["W_h"].shape[1]
     fast = fused.use_for(x.dtype)
     halve = not fast               # the NumPy path gets σ from one tanh of z/2 (A3)
-    W_x = _to_internal(params["W_x"], H, halve)
-    W_hT = _to_internal(params["W_h"], H, halve).T
-    b = _to_internal(params["b_h"], H, halve).reshape(-1)
+    gates, W_hT = _BLOCKS.project_inputs(params, x, halve)        # (T, B, 4H) (L1), input part
     h_prev, c_prev = state0
-    gates = np.matmul(x.reshape(T * B, D), W_x.T)                  # (T·B, 4H) (L1), input part
-    gates += b
-    gates = gates.reshape(T, B, 4 * H)
     c = np.empty((T, B, H), dtype=gates.dtype)
     h = np.empty((T, B, H), dtype=gates.dtype)
     rec = np.empty((B, 4 * H), dtype=gates.dtype)
@@ -105,8 +88,8 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     T, B, D = x.shape
     H = h.shape[2]
     dt = h.dtype
-    W_x = _to_internal(params["W_x"], H, halve=False)
-    W_h = _to_internal(params["W_h"], H, halve=False)
+    W_x = _BLOCKS.to_internal(params["W_x"], H, halve=False)
+    W_h = _BLOCKS.to_internal(params["W_h"], H, halve=False)
     dh_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[0].copy()
     dc_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[1].copy()
     recursion = _recursion_fused if fused.use_for(dt) else _recursion_numpy
@@ -116,9 +99,9 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     if T > 1:
         dW_h += dz2[B:].T @ h[:-1].reshape((T - 1) * B, H)         # (L10)
     grads = {
-        "W_x": _to_torch_order(dz2.T @ x.reshape(T * B, D), H),    # (L10)
-        "W_h": _to_torch_order(dW_h, H),
-        "b_h": _to_torch_order(dz2.sum(axis=0), H).reshape(-1),    # (L10)
+        "W_x": _BLOCKS.to_torch_order(dz2.T @ x.reshape(T * B, D), H),    # (L10)
+        "W_h": _BLOCKS.to_torch_order(dW_h, H),
+        "b_h": _BLOCKS.to_torch_order(dz2.sum(axis=0), H).reshape(-1),    # (L10)
     }
     dx = (dz2 @ W_x).reshape(T, B, D) if need_dx else None         # (L11)
     return dx, (dh_next, dc_next), grads
