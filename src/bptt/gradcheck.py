@@ -30,11 +30,12 @@ class GradcheckReport(dict):
 
 
 def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-3,
-              floor: float = 1e-3) -> GradcheckReport:
+              floor: float = 1e-3, **options) -> GradcheckReport:
     """Worst relative error per tensor between backward and central finite differences.
 
     Keys: every name of ``model.params``, then ``"x"`` and ``"h0"`` (and ``"c0"`` for
     an LSTM). Everything runs in float64 on a copy; ``model`` is not changed.
+    ``options`` (resets, loss_mask, loss_count) go to ``Model.gradients`` as they are.
     """
     m = model.astype("float64")
     x = np.array(x, dtype=np.float64)
@@ -44,10 +45,10 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
         state0 = m.init_state(x.shape[1] if x.ndim == 3 else 1)
     state0 = tuple(np.array(s, dtype=np.float64) for s in state0) if model.cell == "lstm" \
         else np.array(state0, dtype=np.float64)
-    g = m.gradients(x, targets, state0, mask)
+    g = m.gradients(x, targets, state0, mask, **options)
 
     def loss():
-        return m.loss_value(x, targets, state0, mask)
+        return m.loss_value(x, targets, state0, mask, **options)
 
     tensors = [(name, m.params[name], g.params[name]) for name in m.params]
     tensors.append(("x", x, g.x))

@@ -165,9 +165,13 @@ class Model:
 
     # ---- inputs -----------------------------------------------------------------------
 
-    def _check_inputs(self, x, mask):
+    def _check_inputs(self, x, mask, resets=None):
         x = _checks.float_array("x", x, self.dtype, ("T", "B", self.input_size))
         T, B, _ = x.shape
+        if resets is not None:
+            resets = _checks.bool_mask("resets", resets, (T, B))
+            if not resets.any():
+                resets = None
         if mask is not None:
             mask = _checks.bool_mask("mask", mask, (T, B))
             if self.outputs == "last" and not mask.any(axis=0).all():
@@ -178,9 +182,11 @@ class Model:
                 raise ValueError("mask: expected at least one valid step, got none")
             if mask.all():
                 mask = None      # the unmasked path is faster and gives the same numbers
-        return x, mask
+        return x, mask, resets
 
     def _check_targets(self, targets, T, B):
+        if targets is None:
+            return None
         lead = (T, B) if self.outputs == "all" else (B,)
         where = "(T, B)" if self.outputs == "all" else "(B,)"
         if self.loss == "cross_entropy":
@@ -189,11 +195,11 @@ class Model:
 
     # ---- forward and backward -----------------------------------------------------------
 
-    def _forward(self, x, state0, mask) -> _Forward:
+    def _forward(self, x, state0, mask, resets=None) -> _Forward:
         layer_in, states, tapes = x, [], []
         for l, s0 in enumerate(state0):
             kwargs = {"nonlinearity": self.nonlinearity} if self.cell == "rnn" else {}
-            layer_in, sT, tape = self.layer.forward(self.layer_params(l), layer_in, s0, mask, **kwargs)
+            layer_in, sT, tape = self.layer.forward(self.layer_params(l), layer_in, s0, mask, resets, **kwargs)
             states.append(sT)
             tapes.append(tape)
         return _Forward(layer_in, states, tapes)
@@ -202,42 +208,54 @@ class Model:
         T, B, H = top.shape
         return top.reshape(T * B, H) if self.outputs == "all" else top[-1]
 
-    def forward(self, x, state0=None, mask=None):
+    def forward(self, x, state0=None, mask=None, resets=None):
         """Predictions y = g(o): (T, B, O) or (B, O) with outputs="last"; and the final state."""
-        x, mask = self._check_inputs(x, mask)
+        x, mask, resets = self._check_inputs(x, mask, resets)
         T, B, _ = x.shape
-        fw = self._forward(x, self._split_state(state0, B), mask)
+        fw = self._forward(x, self._split_state(state0, B), mask, resets)
         y = HEADS[self.head][0](head_layer.forward(self.head_params(), self._head_rows(fw.top)))
         if self.outputs == "all":
             y = y.reshape(T, B, self.output_size)
         return y, self._join_state(fw.states)
 
-    def _row_weights(self, mask, T, B):
-        """w_n per head row: 0 on padded positions, 1/count for the mean reduction."""
+    def _row_weights(self, mask, T, B, loss_mask=None, loss_count=None):
+        """w_n per head row: 0 on padded positions and outside loss_mask, 1/count for the
+        mean reduction (count = loss_count positions if given, else this call's own)."""
         if self.outputs == "last":
             w = np.ones(B, dtype=self.dtype)
         else:
-            w = np.ones(T * B, dtype=self.dtype) if mask is None else mask.reshape(T * B).astype(self.dtype)
+            counted = mask if loss_mask is None else (loss_mask if mask is None else mask & loss_mask)
+            w = np.ones(T * B, dtype=self.dtype) if counted is None else counted.reshape(T * B).astype(self.dtype)
         if self.reduction == "mean":
-            count = w.sum() * (self.output_size if LOSSES[self.loss].per_element else 1)
-            w /= count
+            positions = w.sum() if loss_count is None else loss_count
+            w /= max(positions, 1) * (self.output_size if LOSSES[self.loss].per_element else 1)
         return w
 
-    def gradients(self, x, targets, state0=None, mask=None, dstate=None, input_grad=True) -> Gradients:
+    def gradients(self, x, targets, state0=None, mask=None, dstate=None, input_grad=True,
+                  resets=None, loss_mask=None, loss_count=None) -> Gradients:
         """Loss and its exact gradient with respect to every parameter, x and state0.
 
         ``dstate`` (state structure, optional) is a gradient flowing into the final
         state from a later chunk; truncated and checkpointed BPTT use it.
         ``input_grad=False`` skips ∂L/∂x (one GEMM; ``Gradients.x`` is then None).
+        ``resets`` (T, B) bool: the state of stream b is set to zero before step t.
+        ``targets=None``: no loss in this chunk; only ``dstate`` drives the gradient.
+        ``loss_mask`` (T, B) bool: only these positions add loss (the state still
+        steps everywhere); ``loss_count``: divide a mean by this many positions
+        instead of this call's own count (a chunk of a longer objective).
         """
-        x, mask = self._check_inputs(x, mask)
+        x, mask, resets = self._check_inputs(x, mask, resets)
         T, B, _ = x.shape
         targets = self._check_targets(targets, T, B)
+        if loss_mask is not None:
+            if self.outputs != "all":
+                raise ValueError("loss_mask: applies to outputs='all' only")
+            loss_mask = _checks.bool_mask("loss_mask", loss_mask, (T, B))
         s0 = self._split_state(state0, B)
         dsT = None if dstate is None else self._split_state(dstate, B, "dstate")
-        fw = self._forward(x, s0, mask)
+        fw = self._forward(x, s0, mask, resets)
         rows = self._head_rows(fw.top)
-        loss, do = self._loss(rows, targets, mask, T, B)
+        loss, do = self._loss(rows, targets, mask, T, B, loss_mask, loss_count)
         d_rows, grads = head_layer.backward(self.head_params(), do, rows)
         grads = {f"head.{k}": v for k, v in grads.items()}
         if self.outputs == "all":
@@ -256,24 +274,28 @@ class Model:
         grads = {k: (layer_grads | grads)[k] for k in self.params}
         return Gradients(loss, grads, dh, self._join_state(dstate0), self._join_state(fw.states))
 
-    def loss_and_grads(self, x, targets, state0=None, mask=None):
+    def loss_and_grads(self, x, targets, state0=None, mask=None, resets=None):
         """(loss, grads, final state); grads has the keys of ``params``."""
-        g = self.gradients(x, targets, state0, mask, input_grad=False)
+        g = self.gradients(x, targets, state0, mask, input_grad=False, resets=resets)
         return g.loss, g.params, g.state
 
-    def loss_value(self, x, targets, state0=None, mask=None) -> float:
+    def loss_value(self, x, targets, state0=None, mask=None, resets=None, loss_mask=None,
+                   loss_count=None) -> float:
         """The loss alone, through the same forward pass and loss as ``gradients``."""
-        x, mask = self._check_inputs(x, mask)
+        x, mask, resets = self._check_inputs(x, mask, resets)
         T, B, _ = x.shape
         targets = self._check_targets(targets, T, B)
-        fw = self._forward(x, self._split_state(state0, B), mask)
-        return self._loss(self._head_rows(fw.top), targets, mask, T, B)[0]
+        fw = self._forward(x, self._split_state(state0, B), mask, resets)
+        return self._loss(self._head_rows(fw.top), targets, mask, T, B, loss_mask, loss_count)[0]
 
-    def _loss(self, rows, targets, mask, T, B):
-        """Head and loss on all rows at once -> (loss, ∂L/∂o)."""
+    def _loss(self, rows, targets, mask, T, B, loss_mask=None, loss_count=None):
+        """Head and loss on all rows at once -> (loss, ∂L/∂o); no targets, no loss."""
+        if targets is None:
+            return 0.0, np.zeros((rows.shape[0], self.output_size), dtype=self.dtype)
         o = head_layer.forward(self.head_params(), rows)
         tgt = targets.reshape(rows.shape[0], -1) if self.loss != "cross_entropy" else targets.reshape(-1)
-        return LOSSES[self.loss].value_and_grad(o, tgt, self._row_weights(mask, T, B), self.head)
+        w = self._row_weights(mask, T, B, loss_mask, loss_count)
+        return LOSSES[self.loss].value_and_grad(o, tgt, w, self.head)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())

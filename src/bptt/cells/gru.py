@@ -23,6 +23,7 @@ import numpy as np
 
 from ..backends import fused
 from ._blocks import GateBlocks
+from ._resets import previous_states, steps_with_resets, zero_where
 
 GATES = 3
 STATE = ("h",)
@@ -41,9 +42,10 @@ class Tape(NamedTuple):
     q: np.ndarray              # (T, B, H) W_hn h_{t-1} + b_hn                       (G3)
     h: np.ndarray              # (T, B, H)
     mask: np.ndarray | None    # (T, B) bool
+    resets: np.ndarray | None  # (T, B) bool
 
 
-def forward(params, x, state0, mask=None):
+def forward(params, x, state0, mask=None, resets=None):
     T, B, D = x.shape
     H = params["W_h"].shape[1]
     fast = fused.use_for(x.dtype)
@@ -54,15 +56,20 @@ def forward(params, x, state0, mask=None):
     q = np.empty((T, B, H), dtype=gates.dtype)
     h = np.empty((T, B, H), dtype=gates.dtype)
     rec = np.empty((B, 3 * H), dtype=gates.dtype)
+    reset_at = steps_with_resets(resets, T)
     if fast:
         valid = np.ones((T, B), dtype=bool) if mask is None else mask
         for t in range(T):
+            if reset_at[t]:
+                h_prev = zero_where(h_prev, resets[t])             # (M4)
             np.matmul(h_prev, W_hT, out=rec)
             fused.gru_forward_step(gates[t], rec, b_hn, h_prev, q[t], h[t], valid[t])   # (G1)-(G5), (M1)
             h_prev = h[t]
-        return h, (h_prev,), Tape(x, state0[0], gates, q, h, mask)
+        return h, (h_prev,), Tape(x, state0[0], gates, q, h, mask, resets)
     tmp = np.empty((B, H), dtype=gates.dtype)
     for t in range(T):
+        if reset_at[t]:
+            h_prev = zero_where(h_prev, resets[t])                 # (M4)
         gt = gates[t]
         np.matmul(h_prev, W_hT, out=rec)
         zr = gt[:, :2 * H]
@@ -81,7 +88,7 @@ def forward(params, x, state0, mask=None):
         if mask is not None:
             np.copyto(h[t], h_prev, where=~mask[t, :, None])       # (M1)
         h_prev = h[t]
-    return h, (h_prev,), Tape(x, state0[0], gates, q, h, mask)
+    return h, (h_prev,), Tape(x, state0[0], gates, q, h, mask, resets)
 
 
 def backward(params, dh, dstateT, tape, need_dx=True):
@@ -98,9 +105,12 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     d2 = d_rec.reshape(T * B, 3 * H)
     dn2 = d_n.reshape(T * B, H)
     x2 = x.reshape(T * B, D)
-    dW_h = d2[:B].T @ tape.h0                                      # (G10)
-    if T > 1:
-        dW_h += d2[B:].T @ h[:-1].reshape((T - 1) * B, H)
+    if tape.resets is not None:
+        dW_h = d2.T @ previous_states(tape.h0, h, tape.resets).reshape(T * B, H)    # (G10), (M5)
+    else:
+        dW_h = d2[:B].T @ tape.h0                                  # (G10)
+        if T > 1:
+            dW_h += d2[B:].T @ h[:-1].reshape((T - 1) * B, H)
     dW_x = np.concatenate([d2[:, :2 * H].T @ x2, dn2.T @ x2])      # (G10) input side: [δz_z, δz_r, δn]
     db = np.concatenate([d2[:, :2 * H].sum(axis=0), dn2.sum(axis=0)])
     grads = {
@@ -123,11 +133,16 @@ def _recursion_fused(W_h, dh, dh_next, tape):
     no_dh = np.zeros((B, H), dtype=h.dtype)
     direct = np.empty((B, H), dtype=h.dtype)
     valid = np.ones((T, B), dtype=bool) if mask is None else mask
+    reset_at = steps_with_resets(tape.resets, T)
+    h_in = None if tape.resets is None else previous_states(tape.h0, h, tape.resets)
     for t in range(T - 1, -1, -1):
+        h_prev = h_in[t] if h_in is not None else (tape.h0 if t == 0 else h[t - 1])
         fused.gru_backward_step(no_dh if dh is None else dh[t], dh_next, gates[t], q[t],
-                                tape.h0 if t == 0 else h[t - 1], valid[t], d_rec[t], d_n[t], direct)
+                                h_prev, valid[t], d_rec[t], d_n[t], direct)
         np.matmul(d_rec[t], W_h, out=dh_next)                      # (G6) W_hᵀ [δz_z, δz_r, δq]
         np.add(dh_next, direct, out=dh_next)                       # (G6) + z ⊙ dh_t
+        if reset_at[t]:
+            dh_next[tape.resets[t]] = 0                            # (M5)
     return d_rec, d_n
 
 
@@ -143,8 +158,11 @@ def _recursion_numpy(W_h, dh, dh_next, tape):
     d_rec = np.subtract(1, gates).reshape(T, B, 3, H)
     np.multiply(d_rec, G, out=d_rec)                               # gate(1 − gate): σ' for z and r
     h_minus_n = np.empty((T, B, H), dtype=dt)                      # contiguous: strided outputs are slow
-    np.subtract(tape.h0, n[0], out=h_minus_n[0])
-    np.subtract(h[:-1], n[1:], out=h_minus_n[1:])
+    if tape.resets is not None:
+        np.subtract(previous_states(tape.h0, h, tape.resets), n, out=h_minus_n)   # (M5)
+    else:
+        np.subtract(tape.h0, n[0], out=h_minus_n[0])
+        np.subtract(h[:-1], n[1:], out=h_minus_n[1:])
     d_rec[:, :, 0] *= h_minus_n                                    # (G8) (h_{t-1} − n)·z(1 − z)
     d_rec[:, :, 1] *= q                                            # (G9) q·r(1 − r)
     d_rec[:, :, 2] = r                                             # (G9) r
@@ -161,6 +179,7 @@ def _recursion_numpy(W_h, dh, dh_next, tape):
     dh_t = np.empty((B, H), dtype=dt)
     tmp = np.empty((B, H), dtype=dt)
     d_rows = d_rec.reshape(T, B, 3 * H)
+    reset_at = steps_with_resets(tape.resets, T)
     for t in range(T - 1, -1, -1):
         if dh is None:
             np.copyto(dh_t, dh_next)
@@ -172,4 +191,6 @@ def _recursion_numpy(W_h, dh, dh_next, tape):
         np.matmul(d_rows[t], W_h, out=dh_next)                     # (G6) W_hᵀ [δz_z, δz_r, δq]
         np.multiply(dh_t, carry[t], out=tmp)
         np.add(dh_next, tmp, out=dh_next)                          # (G6) + z ⊙ dh_t
+        if reset_at[t]:
+            dh_next[tape.resets[t]] = 0                            # (M5)
     return d_rec, d_n

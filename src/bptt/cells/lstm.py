@@ -22,6 +22,7 @@ import numpy as np
 
 from ..backends import fused
 from ._blocks import GateBlocks
+from ._resets import previous_states, steps_with_resets, zero_where
 
 GATES = 4
 STATE = ("h", "c")
@@ -41,9 +42,10 @@ class Tape(NamedTuple):
     c: np.ndarray              # (T, B, H)
     h: np.ndarray              # (T, B, H)
     mask: np.ndarray | None    # (T, B) bool
+    resets: np.ndarray | None  # (T, B) bool
 
 
-def forward(params, x, state0, mask=None):
+def forward(params, x, state0, mask=None, resets=None):
     T, B, D = x.shape
     H = params["W_h"].shape[1]
     fast = fused.use_for(x.dtype)
@@ -53,15 +55,20 @@ def forward(params, x, state0, mask=None):
     c = np.empty((T, B, H), dtype=gates.dtype)
     h = np.empty((T, B, H), dtype=gates.dtype)
     rec = np.empty((B, 4 * H), dtype=gates.dtype)
+    reset_at = steps_with_resets(resets, T)
     if fast:
         valid = np.ones((T, B), dtype=bool) if mask is None else mask
         for t in range(T):
+            if reset_at[t]:
+                h_prev, c_prev = zero_where(h_prev, resets[t]), zero_where(c_prev, resets[t])   # (M4)
             np.matmul(h_prev, W_hT, out=rec)
             fused.lstm_forward_step(gates[t], rec, h_prev, c_prev, h[t], c[t], valid[t])   # (L1)-(L4), (M1)
             h_prev, c_prev = h[t], c[t]
-        return h, (h_prev, c_prev), Tape(x, state0[0], state0[1], gates, c, h, mask)
+        return h, (h_prev, c_prev), Tape(x, state0[0], state0[1], gates, c, h, mask, resets)
     ig = np.empty((B, H), dtype=gates.dtype)
     for t in range(T):
+        if reset_at[t]:
+            h_prev, c_prev = zero_where(h_prev, resets[t]), zero_where(c_prev, resets[t])       # (M4)
         gt = gates[t]
         np.matmul(h_prev, W_hT, out=rec)
         np.add(gt, rec, out=gt)                                    # (L1)
@@ -79,7 +86,7 @@ def forward(params, x, state0, mask=None):
             np.copyto(h[t], h_prev, where=keep)                    # (M1)
             np.copyto(c[t], c_prev, where=keep)
         h_prev, c_prev = h[t], c[t]
-    return h, (h_prev, c_prev), Tape(x, state0[0], state0[1], gates, c, h, mask)
+    return h, (h_prev, c_prev), Tape(x, state0[0], state0[1], gates, c, h, mask, resets)
 
 
 def backward(params, dh, dstateT, tape, need_dx=True):
@@ -95,9 +102,12 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     recursion = _recursion_fused if fused.use_for(dt) else _recursion_numpy
     dz = recursion(W_h, dh, dh_next, dc_next, tape)                # (T, B, 4H); dh_next, dc_next -> t = 0
     dz2 = dz.reshape(T * B, 4 * H)
-    dW_h = dz2[:B].T @ tape.h0                                     # (L10), t = 1 term
-    if T > 1:
-        dW_h += dz2[B:].T @ h[:-1].reshape((T - 1) * B, H)         # (L10)
+    if tape.resets is not None:
+        dW_h = dz2.T @ previous_states(tape.h0, h, tape.resets).reshape(T * B, H)   # (L10), (M5)
+    else:
+        dW_h = dz2[:B].T @ tape.h0                                 # (L10), t = 1 term
+        if T > 1:
+            dW_h += dz2[B:].T @ h[:-1].reshape((T - 1) * B, H)     # (L10)
     grads = {
         "W_x": _BLOCKS.to_torch_order(dz2.T @ x.reshape(T * B, D), H),    # (L10)
         "W_h": _BLOCKS.to_torch_order(dW_h, H),
@@ -115,12 +125,18 @@ def _recursion_fused(W_h, dh, dh_next, dc_next, tape):
     no_dh = np.zeros((B, H), dtype=c.dtype)
     dh_skip = np.empty((B, H), dtype=c.dtype)
     valid = np.ones((T, B), dtype=bool) if mask is None else mask
+    reset_at = steps_with_resets(tape.resets, T)
+    c_in = None if tape.resets is None else previous_states(tape.c0, c, tape.resets)
     for t in range(T - 1, -1, -1):
+        c_prev = c_in[t] if c_in is not None else (tape.c0 if t == 0 else c[t - 1])
         fused.lstm_backward_step(no_dh if dh is None else dh[t], dh_next, dc_next, gates[t], c[t],
-                                 tape.c0 if t == 0 else c[t - 1], valid[t], dz[t], dh_skip)
+                                 c_prev, valid[t], dz[t], dh_skip)
         np.matmul(dz[t], W_h, out=dh_next)                         # (L5) W_hᵀ δz_t
         if mask is not None:
             np.add(dh_next, dh_skip, out=dh_next)                  # (M3)
+        if reset_at[t]:
+            dh_next[tape.resets[t]] = 0                            # (M5)
+            dc_next[tape.resets[t]] = 0
     return dz
 
 
@@ -139,8 +155,11 @@ def _recursion_numpy(W_h, dh, dh_next, dc_next, tape):
     np.subtract(1, dz[:, :, 0], out=dz[:, :, 0])                   # 1 − g²: tanh' for g
     dz[:, :, 0] *= i                                               # (L8) z_g: i(1 − g²)
     dz[:, :, 1] *= g                                               # (L8) z_i: g·i(1 − i)
-    dz[0, :, 2] *= tape.c0                                         # (L8) z_f: c_{t-1}·f(1 − f)
-    dz[1:, :, 2] *= c[:-1]
+    if tape.resets is not None:
+        dz[:, :, 2] *= previous_states(tape.c0, c, tape.resets)    # (L8) z_f: c_{t-1}·f(1 − f), (M5)
+    else:
+        dz[0, :, 2] *= tape.c0                                     # (L8) z_f: c_{t-1}·f(1 − f)
+        dz[1:, :, 2] *= c[:-1]
     tanh_c = np.tanh(c)
     dz[:, :, 3] *= tanh_c                                          # (L7) z_o: tanh(c)·o(1 − o)
     k_c = np.multiply(tanh_c, tanh_c, out=tanh_c)
@@ -155,6 +174,7 @@ def _recursion_numpy(W_h, dh, dh_next, dc_next, tape):
     dc_t = np.empty((B, H), dtype=dt)
     tmp = np.empty((B, H), dtype=dt)
     dz_rows = dz.reshape(T, B, 4 * H)
+    reset_at = steps_with_resets(tape.resets, T)
     for t in range(T - 1, -1, -1):
         if dh is None:
             np.copyto(dh_t, dh_next)
@@ -177,4 +197,7 @@ def _recursion_numpy(W_h, dh, dh_next, dc_next, tape):
             np.add(dc_next, tmp, out=dc_next)                      # (M3)
             np.multiply(dh_t, keep[t], out=tmp)
             np.add(dh_next, tmp, out=dh_next)                      # (M3)
+        if reset_at[t]:
+            dh_next[tape.resets[t]] = 0                            # (M5)
+            dc_next[tape.resets[t]] = 0
     return dz

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..ops import ACTIVATIONS
+from ._resets import previous_states, steps_with_resets, zero_where
 
 GATES = 1
 STATE = ("h",)
@@ -31,10 +32,11 @@ class Tape(NamedTuple):
     h0: np.ndarray             # (B, H)
     h: np.ndarray              # (T, B, H)  outputs; f'(a_t) is recovered from them (A2)
     mask: np.ndarray | None    # (T, B) bool
+    resets: np.ndarray | None  # (T, B) bool
     nonlinearity: str
 
 
-def forward(params, x, state0, mask=None, nonlinearity="tanh"):
+def forward(params, x, state0, mask=None, resets=None, nonlinearity="tanh"):
     W_x, W_h, b_h = params["W_x"], params["W_h"], params["b_h"]
     T, B, D = x.shape
     H = W_h.shape[0]
@@ -46,14 +48,17 @@ def forward(params, x, state0, mask=None, nonlinearity="tanh"):
     h = h.reshape(T, B, H)
     W_hT = W_h.T
     rec = np.empty((B, H), dtype=h.dtype)
+    reset_at = steps_with_resets(resets, T)
     for t in range(T):
+        if reset_at[t]:
+            h_prev = zero_where(h_prev, resets[t])                 # (M4)
         np.matmul(h_prev, W_hT, out=rec)                           # (B, H)
         np.add(h[t], rec, out=h[t])                                # (R1)
         f(h[t], h[t])                                              # (R2)
         if mask is not None:
             np.copyto(h[t], h_prev, where=~mask[t, :, None])       # (M1) padded steps keep the state
         h_prev = h[t]
-    return h, (h_prev,), Tape(x, state0[0], h, mask, nonlinearity)
+    return h, (h_prev,), Tape(x, state0[0], h, mask, resets, nonlinearity)
 
 
 def backward(params, dh, dstateT, tape, need_dx=True):
@@ -69,6 +74,7 @@ def backward(params, dh, dstateT, tape, need_dx=True):
         keep = (~mask[:, :, None]).astype(h.dtype)                  # (T, B, 1)
     dh_t = np.empty((B, H), dtype=h.dtype)
     dh_next = np.zeros((B, H), dtype=h.dtype) if dstateT is None else dstateT[0].copy()
+    reset_at = steps_with_resets(tape.resets, T)
     for t in range(T - 1, -1, -1):
         if dh is None:
             dh_t, dh_next = dh_next, dh_t
@@ -79,13 +85,16 @@ def backward(params, dh, dstateT, tape, need_dx=True):
         if mask is not None:
             dh_t *= keep[t]
             dh_next += dh_t                                         # (M3)
+        if reset_at[t]:
+            dh_next[tape.resets[t]] = 0                             # (M5)
     da2 = delta_a.reshape(T * B, H)
-    grads = {
-        "W_x": da2.T @ x.reshape(T * B, D),                         # (R5)
-        "W_h": delta_a[0].T @ h0,                                   # (R6), t = 1 term
-        "b_h": da2.sum(axis=0),                                     # (R7)
-    }
-    if T > 1:
-        grads["W_h"] += da2[B:].T @ h[:-1].reshape((T - 1) * B, H)  # (R6), t > 1 terms
+    grads = {"W_x": da2.T @ x.reshape(T * B, D), "b_h": da2.sum(axis=0)}    # (R5), (R7)
+    if tape.resets is not None:
+        grads["W_h"] = da2.T @ previous_states(h0, h, tape.resets).reshape(T * B, H)   # (R6), (M5)
+    else:
+        grads["W_h"] = delta_a[0].T @ h0                            # (R6), t = 1 term
+        if T > 1:
+            grads["W_h"] += da2[B:].T @ h[:-1].reshape((T - 1) * B, H)   # (R6), t > 1 terms
+    grads = {k: grads[k] for k in ("W_x", "W_h", "b_h")}
     dx = (da2 @ W_x).reshape(T, B, D) if need_dx else None          # (R8)
     return dx, (dh_next,), grads

@@ -1,0 +1,28 @@
+"""Stream resets: the state of stream b is set to zero before step t where resets[t, b].
+
+Forward, the step reads s_in = (1 − r_t) ⊙ s_{t-1} instead of s_{t-1}            (M4)
+Backward, whatever reaches s_in goes on to s_{t-1} times (1 − r_t): nothing crosses
+a reset, and weight gradients use s_in, the state the step really read.           (M5)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def steps_with_resets(resets, T):
+    """Per step, whether any stream resets there (a list of bools; all False without resets)."""
+    return [False] * T if resets is None else resets.any(axis=1).tolist()
+
+
+def zero_where(state, resets_t):
+    """(M4) the state a step reads: zero rows for the streams that reset."""
+    return np.where(resets_t[:, None], 0, state).astype(state.dtype, copy=False)
+
+
+def previous_states(first, seq, resets):
+    """(T, B, H): the state each step read, [first, seq[0], …, seq[T-2]] after (M4)."""
+    prev = np.empty_like(seq)
+    prev[0] = first
+    prev[1:] = seq[:-1]
+    prev *= ~resets[:, :, None]
+    return prev
