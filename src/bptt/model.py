@@ -218,6 +218,11 @@ class Model:
             y = y.reshape(T, B, self.output_size)
         return y, self._join_state(fw.states)
 
+    def advance(self, x, state0=None, mask=None, resets=None):
+        """The state after running x from state0: no head, no loss (checkpointing uses it)."""
+        x, mask, resets = self._check_inputs(x, mask, resets)
+        return self._join_state(self._forward(x, self._split_state(state0, x.shape[1]), mask, resets).states)
+
     def _row_weights(self, mask, T, B, loss_mask=None, loss_count=None):
         """w_n per head row: 0 on padded positions and outside loss_mask, 1/count for the
         mean reduction (count = loss_count positions if given, else this call's own)."""

@@ -1,0 +1,178 @@
+"""Memory-efficient BPTT: keep states at checkpoints, recompute each segment's tape.
+
+The gradient is full BPTT's: a segment's backward takes the gradient flowing into its
+final state from the later segments (dstate) and returns the one flowing to its start,
+exactly as chunks do (docs/derivation.md, "Model: stacking and chunks").
+
+Memory is counted in slots: one slot holds one step of the whole stack's tape, or one
+stored state (a state is smaller than a step of tape, so this overcounts a little).
+
+- budget=None: checkpoints every ⌈√T⌉ steps, one extra forward pass in all.
+- budget=M slots: the schedule of Gruslys et al. 2016 (BPTT-HSM), by their dynamic
+  programme over C(t, m), the least number of forward steps that backpropagates t steps
+  with m slots:
+      C(t, m) = t                                          if t <= m (one taped segment)
+      C(t, 1) = t(t + 1)/2                                 (recompute from the start per step)
+      C(t, m) = min_{1<=y<t} [ y + C(t − y, m − 1) + C(y, m) ]   otherwise
+  (run y steps without tape, store a checkpoint there, do the right part with one slot
+  fewer, then the left part with the slot back). For long sequences the programme runs
+  over units of ⌈T/1000⌉ steps.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from .. import _checks
+
+_MAX_UNITS = 1000       # the programme's table is units × slots; its time grows as units²·slots
+_MAX_SLOTS = 200        # more slots than this are not needed to get close to full speed
+
+
+def checkpointed(model, x, targets, state0=None, mask=None, budget=None, resets=None):
+    """(loss, grads, final state), equal to ``full``'s, holding at most ``budget`` steps of tape."""
+    x, mask, resets = model._check_inputs(x, mask, resets)
+    T, B, _ = x.shape
+    targets = model._check_targets(targets, T, B)
+    model._split_state(state0, B)
+    if budget is not None:
+        budget = _budget(budget)
+    if model.outputs == "all":
+        count = T * B if mask is None else int(mask.sum())
+    else:
+        count = None
+    run = _Run(model, x, targets, mask, resets, count)
+    state = model.init_state(B) if state0 is None else state0
+    if budget is None:
+        final = run.sqrt_schedule(state, max(1, math.ceil(math.sqrt(T))))
+    else:
+        final = run.planned(state, checkpoint_plan(T, budget))
+    return run.loss, run.grads, final
+
+
+class _Run:
+    """One checkpointed backward: the segments' losses and gradients add up here."""
+
+    def __init__(self, model, x, targets, mask, resets, count):
+        self.model, self.x, self.targets, self.mask, self.resets = model, x, targets, mask, resets
+        self.count = count
+        self.T = x.shape[0]
+        self.loss = 0.0
+        self.grads = {k: np.zeros_like(v) for k, v in model.params.items()}
+        self.final_state = None
+
+    def _part(self, a, b):
+        return (self.x[a:b], None if self.mask is None else self.mask[a:b],
+                None if self.resets is None else self.resets[a:b])
+
+    def advance(self, a, b, state, chunk):
+        """The state at b from the state at a, holding at most ``chunk`` steps of tape."""
+        for lo in range(a, b, chunk):
+            x, mask, resets = self._part(lo, min(lo + chunk, b))
+            state = self.model.advance(x, state, mask, resets)
+        return state
+
+    def segment(self, a, b, state, dstate):
+        """Backward of [a, b) with its tape; returns the gradient at its initial state."""
+        x, mask, resets = self._part(a, b)
+        if self.model.outputs == "all":
+            targets = self.targets[a:b]
+        else:
+            targets = self.targets if b == self.T else None      # the head reads the last state
+        g = self.model.gradients(x, targets, state, mask, dstate=dstate, input_grad=False,
+                                 resets=resets, loss_count=self.count)
+        self.loss += g.loss
+        for k, v in g.params.items():
+            self.grads[k] += v
+        if b == self.T:
+            self.final_state = g.state
+        return g.state0
+
+    def sqrt_schedule(self, state, k):
+        starts = list(range(0, self.T, k))
+        states = [state]
+        for a in starts[1:]:
+            states.append(self.advance(a - k, a, states[-1], k))
+        dstate = None
+        for a, s in zip(reversed(starts), reversed(states)):
+            dstate = self.segment(a, min(a + k, self.T), s, dstate)
+        return self.final_state
+
+    def planned(self, state, plan):
+        """Backpropagate all T steps following the plan; pending left parts wait on a stack."""
+        stack, current, dstate = [], (0, self.T, state, plan.slots), None
+        while True:
+            a, b, s, slots = current
+            if b - a <= slots:                                     # one taped segment
+                dstate = self.segment(a, b, s, dstate)
+            elif slots == 1:                                       # no room for a checkpoint:
+                last = self.advance(a, b - 1, s, 1)                # recompute from a for each step
+                dstate = self.segment(b - 1, b, last, dstate)
+                stack.append((a, b - 1, s, 1))
+            else:
+                y = plan.split(b - a, slots)
+                checkpoint = self.advance(a, a + y, s, slots)
+                stack.append((a, a + y, s, slots))                 # the left part, its slot returned
+                current = (a + y, b, checkpoint, slots - 1)        # the right part first
+                continue
+            if not stack:
+                return self.final_state
+            current = stack.pop()
+
+
+class CheckpointPlan:
+    """Gruslys et al.'s optimal splits for T steps and a budget of slots, over units of steps."""
+
+    def __init__(self, T, budget):
+        self.T, self.budget = T, budget
+        # Units of steps keep the table small; two slots per unit at least, so that a
+        # budget of 2 or more can always place a checkpoint.
+        self.unit = max(1, min(math.ceil(T / _MAX_UNITS), budget // 2))
+        self.slots = budget
+        self._units_slots = min(max(1, budget // self.unit), _MAX_SLOTS)
+        n = math.ceil(T / self.unit)
+        self.cost, self._best = _programme(n, self._units_slots)
+
+    def split(self, steps, slots):
+        """Steps to run before the checkpoint, for a span of ``steps`` with ``slots`` slots."""
+        units = math.ceil(steps / self.unit)
+        m = min(max(1, slots // self.unit), self._units_slots)
+        if units <= 1 or m <= 1:
+            return max(1, steps // 2) if m > 1 else steps - 1
+        y = int(self._best[m, min(units, self._best.shape[1] - 1)]) * self.unit
+        return min(max(1, y), steps - 1)
+
+    def forward_steps(self):
+        """The programme's C(T, m) in steps: forward computations including the taped ones."""
+        return int(self.cost[self._units_slots, -1]) * self.unit
+
+
+def checkpoint_plan(T, budget) -> CheckpointPlan:
+    return CheckpointPlan(_checks.positive_int("T", T), _budget(budget))
+
+
+def _budget(budget):
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
+        raise ValueError(f"budget: expected an integer number of steps of tape, got {budget!r}")
+    if budget < 1:
+        raise ValueError(f"budget: expected at least 1 step of tape (the least that holds one step), got {budget}")
+    return int(budget)
+
+
+@lru_cache(maxsize=16)
+def _programme(n, m_max):
+    """cost[m, t] = C(t, m) for t <= n, m <= m_max, and best[m, t] = the optimal y."""
+    t_all = np.arange(n + 1, dtype=np.float64)
+    cost = np.zeros((m_max + 1, n + 1))
+    best = np.zeros((m_max + 1, n + 1), dtype=np.int64)
+    cost[1] = t_all * (t_all + 1) / 2
+    for m in range(2, m_max + 1):
+        cost[m, :m + 1] = t_all[:m + 1]
+        for t in range(m + 1, n + 1):
+            y = np.arange(1, t)
+            c = y + cost[m - 1, t - y] + cost[m, y]
+            k = int(np.argmin(c))
+            cost[m, t], best[m, t] = c[k], y[k]
+    return cost, best

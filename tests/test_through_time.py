@@ -1,0 +1,210 @@
+"""Schedules of BPTT: truncated(k1, k2) is the exact gradient of the truncated objective,
+checkpointed equals full, RTRL equals BPTT, and the truncation bias vanishes at k = T."""
+import numpy as np
+import pytest
+
+import bptt
+from bptt import through_time as tt
+from helpers import HEAD_LOSSES, KINDS, make_model, make_state, make_targets, ragged_mask
+
+
+def rel_err(a, b):
+    scale = np.abs(b).max()
+    return float(np.abs(a - b).max() / scale) if scale > 0 else float(np.abs(a).max())
+
+
+def assert_grads_equal(g, ref, tol):
+    for k in ref:
+        assert rel_err(g[k], ref[k]) < tol, (k, rel_err(g[k], ref[k]))
+
+
+# ---- truncated BPTT ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell,nonlinearity", KINDS)
+def test_truncated_with_k1_equal_k2_equal_T_is_full_bptt(cell, nonlinearity):
+    rng = np.random.default_rng(0)
+    model = make_model(cell, nonlinearity, 2)
+    T, B = 9, 3
+    x, targets, s0 = rng.standard_normal((T, B, 3)), make_targets(model, T, B, rng), make_state(model, B, rng)
+    (loss, grads, state), = list(tt.truncated(model, x, targets, T, T, s0))
+    L, G, S = tt.full(model, x, targets, s0)
+    assert loss == pytest.approx(L, rel=1e-14)
+    assert_grads_equal(grads, G, 1e-14)
+
+
+@pytest.mark.parametrize("cell,nonlinearity", KINDS)
+def test_chunked_truncated_equals_full_bptt_on_each_chunk_with_carried_state(cell, nonlinearity):
+    rng = np.random.default_rng(1)
+    model = make_model(cell, nonlinearity, 2)
+    T, B, k = 11, 3, 4                                # chunks of 4, 4 and 3 steps
+    x, targets, s0 = rng.standard_normal((T, B, 3)), make_targets(model, T, B, rng), make_state(model, B, rng)
+    resets = np.zeros((T, B), bool)
+    resets[6, 1] = True                               # a document boundary in stream 1
+    updates = list(tt.truncated(model, x, targets, k, state0=s0, resets=resets))
+    assert len(updates) == 3
+    state = s0
+    for (loss, grads, out_state), a in zip(updates, range(0, T, k)):
+        L, G, state = tt.full(model, x[a:a + k], targets[a:a + k], state, resets=resets[a:a + k])
+        assert loss == pytest.approx(L, rel=1e-14)
+        assert_grads_equal(grads, G, 1e-14)
+        for u, v in zip(*(s if cell == "lstm" else (s,) for s in (out_state, state))):
+            np.testing.assert_array_equal(u, v)
+
+
+def truncated_objective(model, x, targets, s_w, w, a, e):
+    """J = mean squared error over the block [a, e), from the state at w held constant,
+    computed from the model's predictions alone (no loss code of the library)."""
+    y, _ = model.forward(x[w:e], s_w)
+    return float(((y[a - w:] - targets[a:e]) ** 2).mean())
+
+
+def finite_difference(f, p, eps=1e-4):
+    num = np.empty_like(p)
+    for i in np.ndindex(p.shape):
+        keep = p[i]
+        vals = []
+        for step in (2, 1, -1, -2):
+            p[i] = keep + step * eps
+            vals.append(f())
+        p[i] = keep
+        num[i] = (-vals[0] + 8 * vals[1] - 8 * vals[2] + vals[3]) / (12 * eps)
+    return num
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("k1,k2", [(3, 3), (2, 5), (3, 4)])
+def test_truncated_gradient_is_finite_differences_of_the_truncated_objective(cell, k1, k2):
+    rng = np.random.default_rng(2)
+    model = make_model(cell, layers=1, H=3, O=2, seed=3)
+    T, B = 10, 2
+    x, targets = rng.standard_normal((T, B, 3)), rng.standard_normal((T, B, 2))
+    s0 = make_state(model, B, rng)
+    for u, (loss, grads, _) in enumerate(tt.truncated(model, x, targets, k1, k2, s0)):
+        a, e = u * k1, min(u * k1 + k1, T)
+        w = max(0, a - (k2 - k1))
+        s_w = s0 if w == 0 else model.forward(x[:w], s0)[1]       # the stream's state at w
+        assert loss == pytest.approx(truncated_objective(model, x, targets, s_w, w, a, e), rel=1e-12)
+        for name, p in model.params.items():
+            num = finite_difference(lambda: truncated_objective(model, x, targets, s_w, w, a, e), p)
+            assert rel_err(grads[name], num) < 1e-6, (u, name)
+
+
+def test_truncated_uses_the_parameters_as_they_are_at_each_update():
+    rng = np.random.default_rng(4)
+    model = make_model("gru", layers=2)
+    T, B, k = 8, 2, 4
+    x, targets = rng.standard_normal((T, B, 3)), make_targets(model, T, B, rng)
+    updates = tt.truncated(model, x, targets, k)
+    _, _, state = next(updates)
+    for p in model.params.values():                   # an "optimizer step"
+        p *= 0.9
+    loss, grads, _ = next(updates)
+    L, G, _ = tt.full(model, x[k:], targets[k:], state)
+    assert loss == pytest.approx(L, rel=1e-14)
+    assert_grads_equal(grads, G, 1e-14)
+
+
+# ---- checkpointed BPTT -------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell,nonlinearity", KINDS)
+@pytest.mark.parametrize("T", [1, 2, 5, 16, 17, 100, 257])
+def test_checkpointed_equals_full_for_every_budget(cell, nonlinearity, T):
+    rng = np.random.default_rng(T)
+    model = make_model(cell, nonlinearity, 2, H=3, seed=5)
+    B = 2
+    x, targets, s0 = rng.standard_normal((T, B, 3)), make_targets(model, T, B, rng), make_state(model, B, rng)
+    mask = ragged_mask(T, [T, max(1, T - 2)])
+    L, G, S = tt.full(model, x, targets, s0, mask)
+    budgets = [None, 2, 3, 7, 16, 1000] + ([1] if T <= 17 else [])
+    for budget in budgets:
+        loss, grads, state = tt.checkpointed(model, x, targets, s0, mask, budget=budget)
+        assert loss == pytest.approx(L, rel=1e-12), budget
+        assert_grads_equal(grads, G, 1e-12)
+        for u, v in zip(*(s if model.cell == "lstm" else (s,) for s in (state, S))):
+            np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_checkpointed_many_to_one_with_resets(cell):
+    rng = np.random.default_rng(6)
+    model = make_model(cell, layers=2, outputs="last", head="softmax", loss="cross_entropy", seed=2)
+    T, B = 23, 3
+    x, targets = rng.standard_normal((T, B, 3)), make_targets(model, T, B, rng)
+    resets = np.zeros((T, B), bool)
+    resets[9, 2] = True
+    L, G, _ = tt.full(model, x, targets, resets=resets)
+    for budget in (None, 4):
+        loss, grads, _ = tt.checkpointed(model, x, targets, budget=budget, resets=resets)
+        assert loss == pytest.approx(L, rel=1e-12)
+        assert_grads_equal(grads, G, 1e-12)
+
+
+def test_checkpoint_plan_follows_gruslys_recursion():
+    """C(t, m): t when it fits, t(t+1)/2 with one slot, and never worse than √T segments."""
+    plan = tt.checkpoint_plan(30, 1)
+    assert plan.forward_steps() == 30 * 31 // 2
+    assert tt.checkpoint_plan(30, 30).forward_steps() == 30
+    plan = tt.checkpoint_plan(1000, 64)
+    assert 1000 < plan.forward_steps() <= 2000          # the √T scheme costs 2 forward passes
+    assert tt.checkpoint_plan(1000, 100).forward_steps() < plan.forward_steps()
+
+
+# ---- RTRL --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu", "sigmoid", "identity"])
+@pytest.mark.parametrize("head,loss", HEAD_LOSSES)
+@pytest.mark.parametrize("outputs", ["all", "last"])
+def test_rtrl_equals_bptt(nonlinearity, head, loss, outputs):
+    rng = np.random.default_rng(9)
+    model = make_model("rnn", nonlinearity, 1, D=3, H=5, head=head, loss=loss, outputs=outputs, seed=4)
+    T, B = 12, 3
+    x, targets, s0 = rng.standard_normal((T, B, 3)), make_targets(model, T, B, rng), make_state(model, B, rng)
+    loss_r, grads_r = tt.rtrl(model, x, targets, s0)
+    L, G, _ = tt.full(model, x, targets, s0)
+    assert loss_r == pytest.approx(L, rel=1e-12)
+    assert_grads_equal(grads_r, G, 1e-9)
+
+
+# ---- truncation bias ---------------------------------------------------------------------
+
+def test_truncation_bias_vanishes_at_full_length_and_is_positive_below():
+    rng = np.random.default_rng(10)
+    model = make_model("lstm", layers=1, H=6, seed=1)
+    T, B = 16, 2
+    x, targets = rng.standard_normal((T, B, 3)), make_targets(model, T, B, rng)
+    report = tt.truncation_bias(model, x, targets, [1, 4, 16, 32])
+    assert list(report.ks) == [1, 4, 16, 32]
+    assert report.relative_error["all"][2] < 1e-13 and report.cosine["all"][2] == pytest.approx(1, abs=1e-13)
+    assert report.relative_error["all"][3] < 1e-13
+    assert report.relative_error["all"][0] > 1e-3 and report.cosine["all"][0] < 1
+    assert set(report.relative_error) == set(model.params) | {"all"}
+    assert "relative error" in str(report)
+
+
+# ---- bad input ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    ({"k1": 0}, r"k1: expected a positive integer, got 0"),
+    ({"k1": 4, "k2": 3}, r"k2: expected k2 >= k1 = 4 .*got 3"),
+    ({"k1": 2, "resets": np.zeros((5, 3), bool)}, r"resets: expected shape \(6, 2\), got shape \(5, 3\)"),
+    ({"k1": 2, "state0": np.zeros((1, 3, 4))}, r"state0: expected shape \(1, 2, 4\)"),
+])
+def test_truncated_rejects_bad_input_at_the_call(kwargs, pattern):
+    model = make_model("rnn")
+    with pytest.raises(ValueError, match=pattern):
+        tt.truncated(model, np.zeros((6, 2, 3)), np.zeros((6, 2, 3)), **kwargs)
+
+
+def test_schedule_errors_are_named():
+    model = make_model("rnn")
+    x, y = np.zeros((6, 2, 3)), np.zeros((6, 2, 3))
+    with pytest.raises(ValueError, match=r"budget: expected at least 1 step of tape .*got 0"):
+        tt.checkpointed(model, x, y, budget=0)
+    with pytest.raises(ValueError, match=r"budget: expected an integer number of steps of tape, got 2.5"):
+        tt.checkpointed(model, x, y, budget=2.5)
+    with pytest.raises(ValueError, match=r"truncated BPTT needs outputs='all'"):
+        tt.truncated(make_model("rnn", outputs="last"), x, np.zeros((2, 3)), 2)
+    with pytest.raises(ValueError, match=r"RTRL is implemented for one Elman layer"):
+        tt.rtrl(make_model("lstm"), x, y)
+    with pytest.raises(ValueError, match=r"ks: expected positive truncation lengths"):
+        tt.truncation_bias(model, x, y, [0, 2])
