@@ -8,7 +8,8 @@ the backward lines as the NumPy code in cells/ (equation numbers from
 docs/derivation.md); the NumPy code is the reference these kernels are tested against.
 
 Used for float32 only (float64 is the verification dtype and runs the exact NumPy
-path). Without Numba, or with the environment variable BPTT_FUSED=0, or with
+path). The kernels work in PyTorch's gate order, so the weights go in and the gradients
+come out without the reordering the NumPy path does. Without Numba, or with the environment variable BPTT_FUSED=0, or with
 ``fused.ENABLED = False``, every layer runs the NumPy path.
 
 Accuracy: ``_tanh`` is x·P(x²)/Q(x²) on [−9, 9], within 4e-7 absolute of tanh (a few
@@ -69,15 +70,15 @@ if AVAILABLE:
     # Each kernel works row by row on 1-D slices, with no branch inside the inner loop,
     # so that LLVM vectorises it (a branch or 2-D indexing there costs 5-10x).
 
-    # ---- LSTM, internal gate order (g, i, f, o) -------------------------------------------
+    # ---- LSTM, PyTorch's gate order (i, f, g, o) -------------------------------------------
 
     @_jit
     def lstm_forward_step(gt, rec, h_prev, c_prev, h_out, c_out, valid):
         """gt (B, 4H): input part of z_t in, activated gates out; rec (B, 4H) = W_h h_{t-1}."""
         B, H = h_prev.shape
         for b in range(B):
-            zg, zi, zf, zo = gt[b, :H], gt[b, H:2 * H], gt[b, 2 * H:3 * H], gt[b, 3 * H:]
-            rg, ri, rf, ro = rec[b, :H], rec[b, H:2 * H], rec[b, 2 * H:3 * H], rec[b, 3 * H:]
+            zi, zf, zg, zo = gt[b, :H], gt[b, H:2 * H], gt[b, 2 * H:3 * H], gt[b, 3 * H:]
+            ri, rf, rg, ro = rec[b, :H], rec[b, H:2 * H], rec[b, 2 * H:3 * H], rec[b, 3 * H:]
             cp, co, ho = c_prev[b], c_out[b], h_out[b]
             for j in range(H):
                 g = _tanh(zg[j] + rg[j])                                     # (L1), (L2)
@@ -108,8 +109,8 @@ if AVAILABLE:
                 for j in range(H):
                     dh_skip[b, j] = da[j] + dn[j]
                 continue                                                     # dc passes unchanged
-            g, i, f, o = gt[b, :H], gt[b, H:2 * H], gt[b, 2 * H:3 * H], gt[b, 3 * H:]
-            dg, di, df, do = dz_t[b, :H], dz_t[b, H:2 * H], dz_t[b, 2 * H:3 * H], dz_t[b, 3 * H:]
+            i, f, g, o = gt[b, :H], gt[b, H:2 * H], gt[b, 2 * H:3 * H], gt[b, 3 * H:]
+            di, df, dg, do = dz_t[b, :H], dz_t[b, H:2 * H], dz_t[b, 2 * H:3 * H], dz_t[b, 3 * H:]
             ct, cp, skip = c_t[b], c_prev[b], dh_skip[b]
             for j in range(H):
                 dh = da[j] + dn[j]                                           # (L5)
@@ -122,15 +123,15 @@ if AVAILABLE:
                 dcn[j] = dc * f[j]                                           # (L9)
                 skip[j] = 0
 
-    # ---- GRU, internal gate order (z, r, n) ---------------------------------------------
+    # ---- GRU, PyTorch's gate order (r, z, n) ---------------------------------------------
 
     @_jit
     def gru_forward_step(gt, rec, b_hn, h_prev, q_out, h_out, valid):
-        """gt (B, 3H): input parts in, activated z, r, n out; rec (B, 3H) = W_h h_{t-1}."""
+        """gt (B, 3H): input parts in, activated r, z, n out; rec (B, 3H) = W_h h_{t-1}."""
         B, H = h_prev.shape
         for b in range(B):
-            az, ar, an = gt[b, :H], gt[b, H:2 * H], gt[b, 2 * H:]
-            rz, rr, rn = rec[b, :H], rec[b, H:2 * H], rec[b, 2 * H:]
+            ar, az, an = gt[b, :H], gt[b, H:2 * H], gt[b, 2 * H:]
+            rr, rz, rn = rec[b, :H], rec[b, H:2 * H], rec[b, 2 * H:]
             hp, qo, ho = h_prev[b], q_out[b], h_out[b]
             for j in range(H):
                 z = _sigmoid(az[j] + rz[j])                                  # (G2)
@@ -147,7 +148,7 @@ if AVAILABLE:
 
     @_jit
     def gru_backward_step(dh_above, dh_next, gt, q_t, h_prev, valid, d_rec_t, d_n_t, dh_direct):
-        """One step of (G6)-(G9): d_rec_t (B, 3H) = [δz_z, δz_r, δq], d_n_t = δn's
+        """One step of (G6)-(G9): d_rec_t (B, 3H) = [δa_r, δa_z, δq], d_n_t = δn's
         pre-activation gradient, dh_direct = the part of dh_t reaching h_{t-1} directly."""
         B, H = dh_next.shape
         for b in range(B):
@@ -158,8 +159,8 @@ if AVAILABLE:
                 for j in range(H):
                     direct[j] = da[j] + dnx[j]
                 continue
-            z, r, n = gt[b, :H], gt[b, H:2 * H], gt[b, 2 * H:]
-            dz, dr, dq = d_rec_t[b, :H], d_rec_t[b, H:2 * H], d_rec_t[b, 2 * H:]
+            r, z, n = gt[b, :H], gt[b, H:2 * H], gt[b, 2 * H:]
+            dr, dz, dq = d_rec_t[b, :H], d_rec_t[b, H:2 * H], d_rec_t[b, 2 * H:]
             dn_out, q, hp = d_n_t[b], q_t[b], h_prev[b]
             for j in range(H):
                 dh = da[j] + dnx[j]                                          # (G6)

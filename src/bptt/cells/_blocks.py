@@ -16,9 +16,12 @@ class GateBlocks:
         self.unperm = np.argsort(self.perm)
         self.half = np.where(sigmoid, 0.5, 1.0)[:, None, None]
         self.G = len(perm)
+        self.identity = bool((self.perm == np.arange(self.G)).all())
 
     def to_internal(self, w, H, halve=False):
         """(G·H, ·) or (G·H,) in PyTorch's order -> the same shape in internal order."""
+        if self.identity and not halve:
+            return w
         blocks = w.reshape(self.G, H, -1)[self.perm]
         if halve:
             blocks = blocks * self.half.astype(w.dtype)
@@ -26,6 +29,8 @@ class GateBlocks:
 
     def to_torch_order(self, w, H):
         """Internal order -> PyTorch's order (a gradient on its way out), contiguous."""
+        if self.identity:
+            return np.ascontiguousarray(w)
         return np.ascontiguousarray(w.reshape(self.G, H, -1)[self.unperm].reshape(w.shape))
 
     def project_inputs(self, params, x, halve):

@@ -28,6 +28,7 @@ from ._resets import previous_states, steps_with_resets, zero_where
 GATES = 3
 STATE = ("h",)
 _BLOCKS = GateBlocks(perm=[1, 0, 2], sigmoid=[True, True, False])  # internal order: (z, r, n)
+_TORCH_ORDER = GateBlocks(perm=list(range(3)), sigmoid=[True, True, False])  # the fused kernels' order
 
 
 def param_shapes(input_size: int, hidden_size: int) -> dict:
@@ -38,11 +39,13 @@ def param_shapes(input_size: int, hidden_size: int) -> dict:
 class Tape(NamedTuple):
     x: np.ndarray              # (T, B, D)
     h0: np.ndarray             # (B, H)
-    gates: np.ndarray          # (T, B, 3H) activated z, r, n (internal order)
+    gates: np.ndarray          # (T, B, 3H) activated z, r, n (internal order);
+                               # r, z, n (PyTorch's) when fused
     q: np.ndarray              # (T, B, H) W_hn h_{t-1} + b_hn                       (G3)
     h: np.ndarray              # (T, B, H)
     mask: np.ndarray | None    # (T, B) bool
     resets: np.ndarray | None  # (T, B) bool
+    fused: bool                # gates in PyTorch's order, for the fused backward
 
 
 def forward(params, x, state0, mask=None, resets=None):
@@ -50,7 +53,8 @@ def forward(params, x, state0, mask=None, resets=None):
     H = params["W_h"].shape[1]
     fast = fused.use_for(x.dtype)
     halve = not fast               # the NumPy path gets σ from one tanh of z/2 (A3)
-    gates, W_hT = _BLOCKS.project_inputs(params, x, halve)        # (T, B, 3H) (G1)-(G4), input parts
+    blocks = _TORCH_ORDER if fast else _BLOCKS
+    gates, W_hT = blocks.project_inputs(params, x, halve)        # (T, B, 3H) (G1)-(G4), input parts
     b_hn = params["b_hn"]
     (h_prev,) = state0
     q = np.empty((T, B, H), dtype=gates.dtype)
@@ -65,7 +69,7 @@ def forward(params, x, state0, mask=None, resets=None):
             np.matmul(h_prev, W_hT, out=rec)
             fused.gru_forward_step(gates[t], rec, b_hn, h_prev, q[t], h[t], valid[t])   # (G1)-(G5), (M1)
             h_prev = h[t]
-        return h, (h_prev,), Tape(x, state0[0], gates, q, h, mask, resets)
+        return h, (h_prev,), Tape(x, state0[0], gates, q, h, mask, resets, fast)
     tmp = np.empty((B, H), dtype=gates.dtype)
     for t in range(T):
         if reset_at[t]:
@@ -88,7 +92,7 @@ def forward(params, x, state0, mask=None, resets=None):
         if mask is not None:
             np.copyto(h[t], h_prev, where=~mask[t, :, None])       # (M1)
         h_prev = h[t]
-    return h, (h_prev,), Tape(x, state0[0], gates, q, h, mask, resets)
+    return h, (h_prev,), Tape(x, state0[0], gates, q, h, mask, resets, fast)
 
 
 def backward(params, dh, dstateT, tape, need_dx=True):
@@ -97,10 +101,11 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     T, B, D = x.shape
     H = h.shape[2]
     dt = h.dtype
-    W_x = _BLOCKS.to_internal(params["W_x"], H, halve=False)
-    W_h = _BLOCKS.to_internal(params["W_h"], H, halve=False)
+    blocks = _TORCH_ORDER if tape.fused else _BLOCKS
+    W_x = blocks.to_internal(params["W_x"], H)
+    W_h = blocks.to_internal(params["W_h"], H)
     dh_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[0].copy()
-    recursion = _recursion_fused if fused.use_for(dt) else _recursion_numpy
+    recursion = _recursion_fused if tape.fused else _recursion_numpy
     d_rec, d_n = recursion(W_h, dh, dh_next, tape)                 # (T, B, 3H), (T, B, H); dh_next -> t = 0
     d2 = d_rec.reshape(T * B, 3 * H)
     dn2 = d_n.reshape(T * B, H)
@@ -114,9 +119,9 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     dW_x = np.concatenate([d2[:, :2 * H].T @ x2, dn2.T @ x2])      # (G10) input side: [δz_z, δz_r, δn]
     db = np.concatenate([d2[:, :2 * H].sum(axis=0), dn2.sum(axis=0)])
     grads = {
-        "W_x": _BLOCKS.to_torch_order(dW_x, H),
-        "W_h": _BLOCKS.to_torch_order(dW_h, H),
-        "b_h": _BLOCKS.to_torch_order(db, H).reshape(-1),
+        "W_x": blocks.to_torch_order(dW_x, H),
+        "W_h": blocks.to_torch_order(dW_h, H),
+        "b_h": blocks.to_torch_order(db, H).reshape(-1),
         "b_hn": d2[:, 2 * H:].sum(axis=0),                         # (G10)
     }
     dx = None if not need_dx else \

@@ -27,6 +27,7 @@ from ._resets import previous_states, steps_with_resets, zero_where
 GATES = 4
 STATE = ("h", "c")
 _BLOCKS = GateBlocks(perm=[2, 0, 1, 3], sigmoid=[False, True, True, True])  # internal order: (g, i, f, o)
+_TORCH_ORDER = GateBlocks(perm=list(range(4)), sigmoid=[True, True, False, True])  # the fused kernels' order
 
 
 def param_shapes(input_size: int, hidden_size: int) -> dict:
@@ -38,11 +39,13 @@ class Tape(NamedTuple):
     x: np.ndarray              # (T, B, D)
     h0: np.ndarray             # (B, H)
     c0: np.ndarray             # (B, H)
-    gates: np.ndarray          # (T, B, 4H) activated gates, internal order (g, i, f, o)
+    gates: np.ndarray          # (T, B, 4H) activated gates, internal order (g, i, f, o);
+                               # PyTorch's (i, f, g, o) when fused
     c: np.ndarray              # (T, B, H)
     h: np.ndarray              # (T, B, H)
     mask: np.ndarray | None    # (T, B) bool
     resets: np.ndarray | None  # (T, B) bool
+    fused: bool                # gates in PyTorch's order, for the fused backward
 
 
 def forward(params, x, state0, mask=None, resets=None):
@@ -50,7 +53,8 @@ def forward(params, x, state0, mask=None, resets=None):
     H = params["W_h"].shape[1]
     fast = fused.use_for(x.dtype)
     halve = not fast               # the NumPy path gets σ from one tanh of z/2 (A3)
-    gates, W_hT = _BLOCKS.project_inputs(params, x, halve)        # (T, B, 4H) (L1), input part
+    blocks = _TORCH_ORDER if fast else _BLOCKS
+    gates, W_hT = blocks.project_inputs(params, x, halve)        # (T, B, 4H) (L1), input part
     h_prev, c_prev = state0
     c = np.empty((T, B, H), dtype=gates.dtype)
     h = np.empty((T, B, H), dtype=gates.dtype)
@@ -64,7 +68,7 @@ def forward(params, x, state0, mask=None, resets=None):
             np.matmul(h_prev, W_hT, out=rec)
             fused.lstm_forward_step(gates[t], rec, h_prev, c_prev, h[t], c[t], valid[t])   # (L1)-(L4), (M1)
             h_prev, c_prev = h[t], c[t]
-        return h, (h_prev, c_prev), Tape(x, state0[0], state0[1], gates, c, h, mask, resets)
+        return h, (h_prev, c_prev), Tape(x, state0[0], state0[1], gates, c, h, mask, resets, fast)
     ig = np.empty((B, H), dtype=gates.dtype)
     for t in range(T):
         if reset_at[t]:
@@ -86,7 +90,7 @@ def forward(params, x, state0, mask=None, resets=None):
             np.copyto(h[t], h_prev, where=keep)                    # (M1)
             np.copyto(c[t], c_prev, where=keep)
         h_prev, c_prev = h[t], c[t]
-    return h, (h_prev, c_prev), Tape(x, state0[0], state0[1], gates, c, h, mask, resets)
+    return h, (h_prev, c_prev), Tape(x, state0[0], state0[1], gates, c, h, mask, resets, fast)
 
 
 def backward(params, dh, dstateT, tape, need_dx=True):
@@ -95,11 +99,12 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     T, B, D = x.shape
     H = h.shape[2]
     dt = h.dtype
-    W_x = _BLOCKS.to_internal(params["W_x"], H, halve=False)
-    W_h = _BLOCKS.to_internal(params["W_h"], H, halve=False)
+    blocks = _TORCH_ORDER if tape.fused else _BLOCKS
+    W_x = blocks.to_internal(params["W_x"], H)
+    W_h = blocks.to_internal(params["W_h"], H)
     dh_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[0].copy()
     dc_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[1].copy()
-    recursion = _recursion_fused if fused.use_for(dt) else _recursion_numpy
+    recursion = _recursion_fused if tape.fused else _recursion_numpy
     dz = recursion(W_h, dh, dh_next, dc_next, tape)                # (T, B, 4H); dh_next, dc_next -> t = 0
     dz2 = dz.reshape(T * B, 4 * H)
     if tape.resets is not None:
@@ -109,9 +114,9 @@ def backward(params, dh, dstateT, tape, need_dx=True):
         if T > 1:
             dW_h += dz2[B:].T @ h[:-1].reshape((T - 1) * B, H)     # (L10)
     grads = {
-        "W_x": _BLOCKS.to_torch_order(dz2.T @ x.reshape(T * B, D), H),    # (L10)
-        "W_h": _BLOCKS.to_torch_order(dW_h, H),
-        "b_h": _BLOCKS.to_torch_order(dz2.sum(axis=0), H).reshape(-1),    # (L10)
+        "W_x": blocks.to_torch_order(dz2.T @ x.reshape(T * B, D), H),    # (L10)
+        "W_h": blocks.to_torch_order(dW_h, H),
+        "b_h": blocks.to_torch_order(dz2.sum(axis=0), H).reshape(-1),    # (L10)
     }
     dx = (dz2 @ W_x).reshape(T, B, D) if need_dx else None         # (L11)
     return dx, (dh_next, dc_next), grads

@@ -1,0 +1,80 @@
+"""Peak memory and time of full vs checkpointed BPTT: one LSTM layer, B=16, H=256, float32.
+
+    python benchmarks/memory.py                      # T = 1000, 10000, 100000
+    python benchmarks/memory.py --T 1000 --budget 100
+
+Peak memory is what the gradient computation allocates above what was allocated before it
+(parameters, inputs, targets), traced by tracemalloc: NumPy reports every array to it.
+Time is measured in a separate run without tracing (the best of a few for short T).
+Full BPTT is skipped where its estimated peak would not fit in half this machine's memory.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import time
+import tracemalloc
+
+import numpy as np
+
+import bptt
+from bptt import through_time as tt
+
+B, D, H, O = 16, 64, 256, 8
+
+
+def measure(fn, repeats):
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    fn()
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    best = float("inf")
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return peak, best
+
+
+def full_estimate_bytes(T):
+    # tape: gates 4H + c + h per step; backward: δz 4H + factors and the head's rows
+    return T * B * 4 * (6 * H + 4 * H + 2 * H + 2 * O)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--T", type=int, nargs="*", default=[1000, 10000, 100000])
+    parser.add_argument("--budget", nargs="*", default=["sqrt"],
+                        help="checkpointing budgets in steps of tape, or 'sqrt' for every √T steps")
+    args = parser.parse_args()
+    model = bptt.Model("lstm", D, H, O, seed=0)
+    mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    print(f"# {time.strftime('%Y-%m-%d')} · {platform.machine()} · {os.cpu_count()} cores · "
+          f"{mem_total / 2**30:.0f} GiB · numpy {np.__version__} · LSTM B={B} D={D} H={H} float32")
+    print("| T | schedule | peak MiB | time s | memory vs full | time vs full |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for T in args.T:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((T, B, D), dtype=np.float32)
+        y = rng.standard_normal((T, B, O), dtype=np.float32)
+        repeats = 3 if T <= 1000 else 1
+        ref = None
+        if full_estimate_bytes(T) < mem_total / 2:
+            ref = measure(lambda: tt.full(model, x, y), repeats)
+            print(f"| {T} | full | {ref[0] / 2**20:.1f} | {ref[1]:.2f} | 1 | 1 |", flush=True)
+        else:
+            print(f"| {T} | full | (est. {full_estimate_bytes(T) / 2**30:.1f} GiB: skipped) | | | |", flush=True)
+        for budget in (None if b == "sqrt" else int(b) for b in args.budget):
+            peak, sec = measure(lambda: tt.checkpointed(model, x, y, budget=budget), repeats)
+            name = "checkpointed √T" if budget is None else f"checkpointed, budget {budget}"
+            ratios = (f"{peak / ref[0]:.3f} | {sec / ref[1]:.2f}" if ref else " | ")
+            print(f"| {T} | {name} | {peak / 2**20:.1f} | {sec:.2f} | {ratios} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
