@@ -5,8 +5,10 @@
 
 Peak memory is what the gradient computation allocates above what was allocated before it
 (parameters, inputs, targets), traced by tracemalloc: NumPy reports every array to it.
-Time is measured in a separate run without tracing (the best of a few for short T).
-Full BPTT is skipped where its estimated peak would not fit in half this machine's memory.
+Time is measured without tracing, in rounds: each round times full BPTT and then every
+checkpointed schedule once, and the table gives the median over rounds (this machine is
+shared, and single timings move by ±20%). Full BPTT is skipped where its estimated peak
+would not fit in half this machine's memory.
 """
 from __future__ import annotations
 
@@ -25,20 +27,21 @@ from bptt import through_time as tt
 B, D, H, O = 16, 64, 256, 8
 
 
-def measure(fn, repeats):
+def peak_bytes(fn):
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     fn()
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
-    best = float("inf")
-    for _ in range(repeats):
-        gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return peak, best
+    return peak
+
+
+def seconds(fn):
+    gc.collect()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def full_estimate_bytes(T):
@@ -49,7 +52,7 @@ def full_estimate_bytes(T):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--T", type=int, nargs="*", default=[1000, 10000, 100000])
-    parser.add_argument("--budget", nargs="*", default=["sqrt"],
+    parser.add_argument("--budget", nargs="*", default=["sqrt", "64"],
                         help="checkpointing budgets in steps of tape, or 'sqrt' for every √T steps")
     args = parser.parse_args()
     model = bptt.Model("lstm", D, H, O, seed=0)
@@ -62,18 +65,28 @@ def main():
         rng = np.random.default_rng(0)
         x = rng.standard_normal((T, B, D), dtype=np.float32)
         y = rng.standard_normal((T, B, O), dtype=np.float32)
-        repeats = 3 if T <= 1000 else 1
-        ref = None
+        runs = {}
         if full_estimate_bytes(T) < mem_total / 2:
-            ref = measure(lambda: tt.full(model, x, y), repeats)
-            print(f"| {T} | full | {ref[0] / 2**20:.1f} | {ref[1]:.2f} | 1 | 1 |", flush=True)
-        else:
-            print(f"| {T} | full | (est. {full_estimate_bytes(T) / 2**30:.1f} GiB: skipped) | | | |", flush=True)
+            runs["full"] = lambda: tt.full(model, x, y)
         for budget in (None if b == "sqrt" else int(b) for b in args.budget):
-            peak, sec = measure(lambda: tt.checkpointed(model, x, y, budget=budget), repeats)
             name = "checkpointed √T" if budget is None else f"checkpointed, budget {budget}"
-            ratios = (f"{peak / ref[0]:.3f} | {sec / ref[1]:.2f}" if ref else " | ")
-            print(f"| {T} | {name} | {peak / 2**20:.1f} | {sec:.2f} | {ratios} |", flush=True)
+            runs[name] = lambda budget=budget: tt.checkpointed(model, x, y, budget=budget)
+        peaks = {name: peak_bytes(fn) for name, fn in runs.items()}
+        rounds = 5 if T <= 1000 else (2 if T <= 10000 else 1)
+        times = {name: [] for name in runs}
+        for _ in range(rounds):
+            for name, fn in runs.items():
+                times[name].append(seconds(fn))
+        if "full" not in runs:
+            print(f"| {T} | full | (est. {full_estimate_bytes(T) / 2**30:.1f} GiB: skipped) | | | |", flush=True)
+        for name in runs:
+            sec = float(np.median(times[name]))
+            if "full" in runs:
+                ratio = float(np.median(np.array(times[name]) / np.array(times["full"])))
+                ratios = f"{peaks[name] / peaks['full']:.3f} | {ratio:.2f}"
+            else:
+                ratios = " | "
+            print(f"| {T} | {name} | {peaks[name] / 2**20:.1f} | {sec:.2f} | {ratios} |", flush=True)
 
 
 if __name__ == "__main__":
