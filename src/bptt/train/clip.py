@@ -1,0 +1,40 @@
+"""Gradient clipping, and the guard that never lets a non-finite gradient through silently."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class NonFiniteGradient(ValueError):
+    """A loss or gradient is NaN or infinite; ``name`` is the first parameter affected."""
+
+    def __init__(self, name, value):
+        self.name = name
+        super().__init__(f"gradient of {name}: not finite ({value}); the update was not applied")
+
+
+def check_finite(loss, grads: dict) -> None:
+    if not np.isfinite(loss):
+        raise NonFiniteGradient("the loss", loss)
+    for name, g in grads.items():
+        if not np.isfinite(g).all():
+            raise NonFiniteGradient(name, g[~np.isfinite(g)].flat[0])
+
+
+def clip_grad_norm(grads: dict, max_norm: float) -> float:
+    """Scale all gradients together so that their global L2 norm is at most max_norm.
+
+    Returns the norm before clipping, as torch.nn.utils.clip_grad_norm_ does (and scales
+    by max_norm / (norm + 1e-6), as it does).
+    """
+    norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+    scale = max_norm / (norm + 1e-6)
+    if scale < 1:
+        for g in grads.values():
+            g *= scale
+    return norm
+
+
+def clip_grad_value(grads: dict, limit: float) -> None:
+    """Clip every gradient entry into [−limit, limit] (min-char-rnn's ±5)."""
+    for g in grads.values():
+        np.clip(g, -limit, limit, out=g)

@@ -1,0 +1,173 @@
+"""Optimizers over the model's one dict of parameters, matching torch.optim step for step.
+
+Each optimizer updates ``params`` (the model's dict) in place from a dict of gradients
+with the same keys. Its state (moments, step count) is plain arrays and numbers:
+``state_dict()`` gives {name: array} and ``load_state_dict`` restores it, so checkpoints
+hold it as safetensors + JSON.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _checks
+
+
+class Optimizer:
+    slots: tuple = ()                    # names of the per-parameter state arrays
+
+    def __init__(self, params: dict, lr: float):
+        self.params = params
+        self.lr = _positive_float("lr", lr)
+        self.steps = 0
+        self.state = {slot: {k: np.zeros_like(v) for k, v in params.items()} for slot in self.slots}
+
+    def step(self, grads: dict, lr: float | None = None) -> None:
+        """One update with learning rate ``lr`` (the constructor's when omitted)."""
+        self.steps += 1
+        lr = self.lr if lr is None else lr
+        for name, p in self.params.items():
+            self._update(name, p, grads[name], lr)
+
+    def state_dict(self) -> dict:
+        out = {f"{slot}.{k}": v for slot, arrays in self.state.items() for k, v in arrays.items()}
+        out["steps"] = np.array(self.steps, dtype=np.int64)
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"optimizer state: expected the keys of {type(self).__name__}, "
+                             f"missing {missing[:3]}, unexpected {extra[:3]}")
+        for slot, arrays in self.state.items():
+            for k, v in arrays.items():
+                src = state[f"{slot}.{k}"]
+                if src.shape != v.shape or src.dtype != v.dtype:
+                    raise ValueError(f"optimizer state: {slot}.{k} expected {v.shape} {v.dtype}, "
+                                     f"got {src.shape} {src.dtype}")
+                v[...] = src
+        self.steps = int(state["steps"])
+
+
+def _positive_float(name, value, allow_zero=False):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+    return v
+
+
+class SGD(Optimizer):
+    """p -= lr·g, with momentum (buf = μ·buf + g; Nesterov: g + μ·buf) and weight decay."""
+    slots = ("momentum",)
+
+    def __init__(self, params, lr=1e-2, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.momentum = _positive_float("momentum", momentum, allow_zero=True)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = _positive_float("weight_decay", weight_decay, allow_zero=True)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: needs momentum > 0, got momentum=0")
+
+    def _update(self, name, p, g, lr):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            buf = self.state["momentum"][name]
+            if self.steps == 1:
+                buf[...] = g
+            else:
+                buf *= self.momentum
+                buf += g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p -= lr * g
+
+
+class Adagrad(Optimizer):
+    """sum += g²; p -= lr·g/(√sum + ε)."""
+    slots = ("sum",)
+
+    def __init__(self, params, lr=1e-2, eps=1e-10, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.eps = _positive_float("eps", eps)
+        self.weight_decay = _positive_float("weight_decay", weight_decay, allow_zero=True)
+
+    def _update(self, name, p, g, lr):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        s = self.state["sum"][name]
+        s += g * g
+        p -= lr * g / (np.sqrt(s) + self.eps)
+
+
+class RMSprop(Optimizer):
+    """v = α·v + (1 − α)·g²; p -= lr·g/(√v + ε) (with momentum: through a buffer)."""
+    slots = ("square_avg", "momentum")
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, momentum=0.0, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.alpha = _positive_float("alpha", alpha)
+        self.eps = _positive_float("eps", eps)
+        self.momentum = _positive_float("momentum", momentum, allow_zero=True)
+        self.weight_decay = _positive_float("weight_decay", weight_decay, allow_zero=True)
+
+    def _update(self, name, p, g, lr):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        v = self.state["square_avg"][name]
+        v *= self.alpha
+        v += (1 - self.alpha) * g * g
+        step = g / (np.sqrt(v) + self.eps)
+        if self.momentum:
+            buf = self.state["momentum"][name]
+            buf *= self.momentum
+            buf += step
+            step = buf
+        p -= lr * step
+
+
+class Adam(Optimizer):
+    """m, v moving averages of g and g²; p -= lr/(1−β1^t)·m/(√v/√(1−β2^t) + ε)."""
+    slots = ("exp_avg", "exp_avg_sq")
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.beta1, self.beta2 = (float(b) for b in betas)
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
+        self.eps = _positive_float("eps", eps)
+        self.weight_decay = _positive_float("weight_decay", weight_decay, allow_zero=True)
+
+    def _update(self, name, p, g, lr):
+        if self.weight_decay:
+            if self.decoupled:
+                p *= 1 - lr * self.weight_decay                    # AdamW: decay the weights apart
+            else:
+                g = g + self.weight_decay * p
+        m, v = self.state["exp_avg"][name], self.state["exp_avg_sq"][name]
+        m *= self.beta1
+        m += (1 - self.beta1) * g
+        v *= self.beta2
+        v += (1 - self.beta2) * g * g
+        bias1 = 1 - self.beta1 ** self.steps
+        bias2 = 1 - self.beta2 ** self.steps
+        p -= (lr / bias1) * m / (np.sqrt(v) / np.sqrt(bias2) + self.eps)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov and Hutter): p *= 1 − lr·λ first."""
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
+
+
+def make_optimizer(name, params, lr, **kwargs) -> Optimizer:
+    cls = OPTIMIZERS[_checks.choice("optimizer", name, tuple(OPTIMIZERS))]
+    return cls(params, lr, **kwargs)

@@ -1,0 +1,103 @@
+"""Optimizers match torch.optim step for step (float64); clipping matches torch.nn.utils;
+optimizer state survives a save and restore; non-finite gradients are named."""
+import numpy as np
+import pytest
+
+from bptt.train import clip
+from bptt.train.optim import OPTIMIZERS, make_optimizer
+from bptt.train.schedules import learning_rate
+
+torch = pytest.importorskip("torch")
+
+CASES = [
+    ("sgd", {}), ("sgd", {"momentum": 0.9}), ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+    ("adagrad", {}), ("adagrad", {"weight_decay": 0.1}),
+    ("rmsprop", {}), ("rmsprop", {"momentum": 0.5, "alpha": 0.9, "weight_decay": 0.01}),
+    ("adam", {}), ("adam", {"betas": (0.8, 0.99), "weight_decay": 0.05}),
+    ("adamw", {}), ("adamw", {"weight_decay": 0.3}),
+]
+TORCH = {"sgd": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW"}
+
+
+def setup(name, kwargs, seed=0):
+    rng = np.random.default_rng(seed)
+    params = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)}
+    tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
+    ours = make_optimizer(name, params, 0.05, **kwargs)
+    theirs = getattr(torch.optim, TORCH[name])(list(tparams.values()), lr=0.05, **kwargs)
+    return rng, params, tparams, ours, theirs
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_steps_match_torch_optim(name, kwargs):
+    rng, params, tparams, ours, theirs = setup(name, kwargs)
+    for _ in range(7):
+        grads = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+        for k, p in tparams.items():
+            p.grad = torch.tensor(grads[k])
+        ours.step(grads)
+        theirs.step()
+        for k in params:
+            np.testing.assert_allclose(params[k], tparams[k].detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
+def test_state_dict_round_trip_continues_identically(name, kwargs):
+    rng, params, _, ours, _ = setup(name, kwargs)
+    grads = [{k: rng.standard_normal(v.shape) for k, v in params.items()} for _ in range(6)]
+    for g in grads[:3]:
+        ours.step(g)
+    saved_params = {k: v.copy() for k, v in params.items()}
+    saved_state = {k: np.array(v, copy=True) for k, v in ours.state_dict().items()}
+    for g in grads[3:]:
+        ours.step(g)
+    expected = {k: v.copy() for k, v in params.items()}
+    fresh_params = {k: v.copy() for k, v in saved_params.items()}
+    fresh = make_optimizer(name, fresh_params, 0.05, **kwargs)
+    fresh.load_state_dict(saved_state)
+    for g in grads[3:]:
+        fresh.step(g)
+    for k in expected:
+        np.testing.assert_array_equal(fresh_params[k], expected[k])
+
+
+def test_load_state_dict_rejects_another_optimizer():
+    params = {"a": np.zeros(3)}
+    with pytest.raises(ValueError, match="optimizer state: expected the keys of Adam"):
+        make_optimizer("adam", params, 0.1).load_state_dict(make_optimizer("sgd", params, 0.1, momentum=0.9).state_dict())
+
+
+def test_clip_grad_norm_matches_torch_and_returns_the_norm_before():
+    rng = np.random.default_rng(3)
+    grads = {"a": 3 * rng.standard_normal((4, 4)), "b": rng.standard_normal(7)}
+    tp = [torch.zeros(4, 4, dtype=torch.float64, requires_grad=True), torch.zeros(7, dtype=torch.float64, requires_grad=True)]
+    tp[0].grad, tp[1].grad = torch.tensor(grads["a"]), torch.tensor(grads["b"])
+    ref = torch.nn.utils.clip_grad_norm_(tp, 1.5)
+    norm = clip.clip_grad_norm(grads, 1.5)
+    assert norm == pytest.approx(float(ref), rel=1e-12)
+    np.testing.assert_allclose(grads["a"], tp[0].grad.numpy(), rtol=1e-12)
+    small = {"a": np.full(3, 0.1)}
+    assert clip.clip_grad_norm(small, 10.0) == pytest.approx(np.sqrt(0.03)) and np.all(small["a"] == 0.1)
+
+
+def test_clip_grad_value_and_non_finite_guard():
+    grads = {"w": np.array([-9.0, 0.5, 7.0])}
+    clip.clip_grad_value(grads, 5.0)
+    assert grads["w"].tolist() == [-5.0, 0.5, 5.0]
+    with pytest.raises(clip.NonFiniteGradient, match=r"gradient of layer0.W_h: not finite \(nan\)"):
+        clip.check_finite(1.0, {"head.W_y": np.ones(2), "layer0.W_h": np.array([1.0, np.nan])})
+    with pytest.raises(clip.NonFiniteGradient, match="the loss"):
+        clip.check_finite(np.inf, {})
+
+
+def test_learning_rate_schedules():
+    assert learning_rate(5, 0.1) == 0.1
+    assert learning_rate(1, 0.1, "step", step_size=10, gamma=0.5) == 0.1
+    assert learning_rate(11, 0.1, "step", step_size=10, gamma=0.5) == pytest.approx(0.05)
+    assert learning_rate(1, 0.1, "cosine", total=101) == pytest.approx(0.1)
+    assert learning_rate(51, 0.1, "cosine", total=101) == pytest.approx(0.05)
+    assert learning_rate(101, 0.1, "cosine", total=101, min_lr=0.01) == pytest.approx(0.01)
+    assert learning_rate(2, 0.1, warmup=4) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="schedule: expected one of"):
+        learning_rate(1, 0.1, "exponential")
+    assert set(OPTIMIZERS) == {"sgd", "adagrad", "rmsprop", "adam", "adamw"}
