@@ -69,3 +69,18 @@ def test_cross_entropy_and_bce_are_stable_for_huge_logits():
     b.params["head.W_y"][:] = 1e4
     loss, grads, _ = b.loss_and_grads(x, np.zeros((3, 1, 1)))
     assert np.isfinite(loss) and all(np.isfinite(g).all() for g in grads.values())
+
+
+def test_irnn_and_forget_bias_initialisations():
+    m = bptt.Model("rnn", 2, 6, 1, nonlinearity="relu", init="identity", num_layers=2, seed=0)
+    for l in range(2):
+        assert np.array_equal(m.params[f"layer{l}.W_h"], np.eye(6, dtype=np.float32))
+        assert not m.params[f"layer{l}.b_h"].any()
+    plain = bptt.Model("lstm", 2, 5, 1, seed=3)
+    biased = bptt.Model("lstm", 2, 5, 1, seed=3, forget_bias=1.0)
+    diff = biased.params["layer0.b_h"] - plain.params["layer0.b_h"]
+    np.testing.assert_allclose(diff, np.r_[np.zeros(5), np.ones(5), np.zeros(10)], atol=1e-6)
+    with pytest.raises(ValueError, match="forget_bias: applies to cell='lstm' only"):
+        bptt.Model("gru", 2, 5, 1, forget_bias=1.0)
+    with pytest.raises(ValueError, match="init: 'identity' \\(IRNN\\) applies to cell='rnn' only"):
+        bptt.Model("lstm", 2, 5, 1, init="identity")

@@ -24,7 +24,7 @@ from . import _checks
 from .cells import CELLS, head as head_layer
 from .ops import ACTIVATIONS, HEADS, LOSSES
 
-INITS = ("default", "orthogonal")
+INITS = ("default", "orthogonal", "identity")
 
 
 class Gradients(NamedTuple):
@@ -56,12 +56,15 @@ class Model:
         reduction: "mean" (over valid positions, and over O for mse and bce) or "sum".
         dtype: "float32" or "float64".
         seed: seed of the initialisation.
-        init: "default" (PyTorch's) or "orthogonal" (orthogonal recurrent blocks).
+        init: "default" (PyTorch's), "orthogonal" (orthogonal recurrent blocks) or
+            "identity" (W_h = I, zero b_h: IRNN with nonlinearity="relu", Le et al. 2015).
+        forget_bias: added to the LSTM's forget-gate bias after initialisation (1.0 is
+            the common remedy for early forgetting); only for cell="lstm".
     """
 
     def __init__(self, cell, input_size, hidden_size, output_size, num_layers=1,
                  nonlinearity="tanh", head="identity", loss="mse", outputs="all",
-                 reduction="mean", dtype="float32", seed=None, init="default"):
+                 reduction="mean", dtype="float32", seed=None, init="default", forget_bias=0.0):
         self.cell = _checks.choice("cell", cell, tuple(CELLS))
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
@@ -80,8 +83,16 @@ class Model:
         self.reduction = _checks.choice("reduction", reduction, ("mean", "sum"))
         self.dtype = _checks.dtype_of("dtype", dtype)
         _checks.choice("init", init, INITS)
+        if init == "identity" and cell != "rnn":
+            raise ValueError(f"init: 'identity' (IRNN) applies to cell='rnn' only, got cell={cell!r}")
+        if forget_bias and cell != "lstm":
+            raise ValueError(f"forget_bias: applies to cell='lstm' only, got cell={cell!r}")
         self.layer = CELLS[self.cell]
         self.params = self._init_params(np.random.default_rng(seed), init)
+        if forget_bias:
+            H = self.hidden_size
+            for l in range(self.num_layers):
+                self.params[f"layer{l}.b_h"][H:2 * H] += forget_bias     # gates i, f, g, o
 
     # ---- construction -------------------------------------------------------------
 
@@ -114,9 +125,13 @@ class Model:
             W_h = uniform(shapes["W_h"])
             if init == "orthogonal":
                 W_h = np.concatenate([_orthogonal(rng, H) for _ in range(self.layer.GATES)])
+            elif init == "identity":
+                W_h = np.eye(H)
             params[f"layer{l}.W_h"] = W_h
             # PyTorch draws b_ih and b_hh; we keep their sum, except GRU's b_hn (see cells/gru.py).
             b_ih, b_hh = uniform(shapes["b_h"]), uniform(shapes["b_h"])
+            if init == "identity":
+                b_ih, b_hh = np.zeros_like(b_ih), np.zeros_like(b_hh)
             if self.cell == "gru":
                 params[f"layer{l}.b_h"] = np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])
                 params[f"layer{l}.b_hn"] = b_hh[2 * H:]
