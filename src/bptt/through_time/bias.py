@@ -44,7 +44,7 @@ def truncation_bias(model, x, targets, ks, state0=None, mask=None, resets=None) 
     cos = {n: np.empty(ks.size) for n in names}
     for i, k in enumerate(ks):
         g = {n: np.zeros_like(v) for n, v in full.items()}
-        for _, grads, _, _, _ in _updates(model, x, targets, int(k), int(k), state0, mask, resets, count):
+        for _, grads, *_ in _updates(model, x, targets, int(k), int(k), state0, mask, resets, count):
             for n in g:
                 g[n] += grads[n]
         for n in names:

@@ -46,7 +46,7 @@ def truncated(model, x, targets, k1, k2=None, state0=None, mask=None, resets=Non
 
 
 def _updates(model, x, targets, k1, k2, state0, mask, resets, loss_count=None):
-    """The updates of TBPTT(k1, k2) as (loss, grads, state, block_start, block_end).
+    """The updates of TBPTT(k1, k2), as stream_updates yields them.
 
     Checks everything at the call, then returns the generator.
     """
@@ -62,20 +62,30 @@ def _updates(model, x, targets, k1, k2, state0, mask, resets, loss_count=None):
     T, B, _ = x.shape
     model._check_targets(targets, T, B)
     model._split_state(state0, B)
-    return _run(model, x, targets, k1, k2 - k1, state0, mask, resets, loss_count)
+    return stream_updates(model, T, lambda lo, hi: x[lo:hi], lambda lo, hi: targets[lo:hi], k1, k2 - k1,
+                          state0, mask=mask, resets=resets, loss_count=loss_count)
 
 
-def _run(model, x, targets, k1, context, state0, mask, resets, loss_count):
-    T, B, _ = x.shape
-    window_start, window_state = 0, state0       # s_w, held constant during an update
-    for a in range(0, T, k1):
+def stream_updates(model, T, inputs, targets, k1, context, state0, start=0, window_state=None,
+                   mask=None, resets=None, loss_count=None):
+    """The loop of TBPTT over steps [start, T), with the inputs and targets of steps
+    [lo, hi) given by ``inputs(lo, hi)`` and ``targets(lo, hi)`` (a trainer builds them
+    on the fly). Yields (loss, grads, state, a, e, window_start, window_state): the last
+    two are what a checkpoint needs to resume exactly after this update."""
+    B = None
+    window_start = max(0, start - context)
+    if window_state is None:
+        window_state = state0
+    for a in range(start, T, k1):
         e = min(a + k1, T)
         w = window_start                          # = max(0, a − context)
+        x = inputs(w, e)
+        B = x.shape[1]
         loss_mask = None
         if w < a:
             loss_mask = np.zeros((e - w, B), dtype=bool)
             loss_mask[a - w:] = True              # only the new block's losses count
-        g = model.gradients(x[w:e], targets[w:e], window_state, _slice(mask, w, e), input_grad=False,
+        g = model.gradients(x, targets(w, e), window_state, _slice(mask, w, e), input_grad=False,
                             resets=_slice(resets, w, e), loss_mask=loss_mask, loss_count=loss_count)
         # The next window starts k2 − k1 steps before this block's end: take its state from
         # this update's parameters, before the caller changes them.
@@ -83,7 +93,7 @@ def _run(model, x, targets, k1, context, state0, mask, resets, loss_count):
         if w_next == e:
             window_state = g.state
         elif w_next > w:
-            _, window_state = model.forward(x[w:w_next], window_state, _slice(mask, w, w_next),
+            _, window_state = model.forward(x[:w_next - w], window_state, _slice(mask, w, w_next),
                                             _slice(resets, w, w_next))
         window_start = w_next
-        yield g.loss, g.params, g.state, a, e
+        yield g.loss, g.params, g.state, a, e, window_start, window_state

@@ -30,7 +30,7 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         out = {f"{slot}.{k}": v for slot, arrays in self.state.items() for k, v in arrays.items()}
-        out["steps"] = np.array(self.steps, dtype=np.int64)
+        out["steps"] = np.array([self.steps], dtype=np.int64)
         return out
 
     def load_state_dict(self, state: dict) -> None:
@@ -46,7 +46,7 @@ class Optimizer:
                     raise ValueError(f"optimizer state: {slot}.{k} expected {v.shape} {v.dtype}, "
                                      f"got {src.shape} {src.dtype}")
                 v[...] = src
-        self.steps = int(state["steps"])
+        self.steps = int(np.asarray(state["steps"]).reshape(-1)[0])
 
 
 def _positive_float(name, value, allow_zero=False):

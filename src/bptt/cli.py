@@ -1,0 +1,153 @@
+"""The `bptt` command: train, resume, sample, eval (also `python -m bptt`).
+
+Every error a user can cause (a bad option, a bad config file, a missing or non-UTF-8
+text file, a run folder without a checkpoint) is one line on stderr and exit status 2,
+never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+import numpy as np
+
+from . import __version__
+from .train.config import Config, coerce, load_toml
+
+DEFAULTS = Config()
+
+
+def _option(parser, name, kind, help_text):
+    flag = "--" + name.replace("_", "-")
+    default = getattr(DEFAULTS, name)
+    parser.add_argument(flag, dest=name, type=kind, default=None,
+                        help=f"{help_text} (default: {default})")
+
+
+def _train_options(p):
+    _option(p, "task", str, "text, adding, copy or sine")
+    _option(p, "text", str, "a UTF-8 text file for --task text; the built-in corpus when omitted")
+    _option(p, "cell", str, "rnn, lstm or gru")
+    _option(p, "hidden", int, "hidden units per layer")
+    _option(p, "layers", int, "stacked recurrent layers")
+    _option(p, "nonlinearity", str, "f of the Elman RNN: tanh, relu, sigmoid, identity")
+    _option(p, "init", str, "default, orthogonal or identity (IRNN)")
+    _option(p, "forget_bias", float, "added to the LSTM forget-gate bias")
+    _option(p, "seq_len", int, "sequence length (text: steps per update)")
+    _option(p, "batch", int, "sequences per update (text: parallel streams)")
+    _option(p, "steps", int, "updates in all")
+    _option(p, "optimizer", str, "sgd, adagrad, rmsprop, adam or adamw")
+    _option(p, "lr", float, "learning rate")
+    _option(p, "schedule", str, "constant, step or cosine")
+    _option(p, "warmup", int, "updates of linear warm-up")
+    _option(p, "clip_norm", float, "clip the global gradient norm to this")
+    _option(p, "clip_value", float, "clip every gradient entry to ± this")
+    _option(p, "k1", int, "text: truncated BPTT, steps between updates")
+    _option(p, "k2", int, "text: truncated BPTT, steps backpropagated (>= k1)")
+    _option(p, "checkpointing", int, "synthetic tasks: checkpointed BPTT with this many steps of tape")
+    _option(p, "on_nonfinite", str, "stop, or skip (and count) an update whose gradient is not finite")
+    _option(p, "seed", int, "random seed")
+    _option(p, "dtype", str, "float32 or float64")
+    _option(p, "eval_every", int, "updates between validations")
+    _option(p, "checkpoint_every", int, "updates between checkpoints")
+    p.add_argument("--out", dest="out", default=None, metavar="RUN_DIR", help="run folder (default: runs/DATE-TIME)")
+    p.add_argument("--config", default=None, metavar="FILE.toml", help="options from a TOML file; flags win")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):                       # one line, exit status 2, no usage dump
+        print(f"bptt: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser():
+    parser = _Parser(prog="bptt", description="Recurrent networks trained by hand-derived backpropagation "
+                                              "through time.")
+    parser.add_argument("--version", action="version", version=f"bptt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,resume,sample,eval}")
+    sub.required = True
+    train = sub.add_parser("train", help="train a model (default: a character LSTM on Python's standard library)")
+    _train_options(train)
+    resume = sub.add_parser("resume", help="continue a run from its latest checkpoint")
+    resume.add_argument("run", metavar="RUN")
+    resume.add_argument("--steps", type=int, default=None, help="train until this many updates in all")
+    resume.add_argument("--quiet", action="store_true")
+    sample = sub.add_parser("sample", help="generate text from a text run")
+    sample.add_argument("run", metavar="RUN")
+    sample.add_argument("--length", type=int, default=400)
+    sample.add_argument("--temperature", type=float, default=0.8)
+    sample.add_argument("--top-k", type=int, default=None)
+    sample.add_argument("--prime", default=None, help="text to start from (default: a newline)")
+    sample.add_argument("--seed", type=int, default=None)
+    evaluate = sub.add_parser("eval", help="validation figures of a run's latest checkpoint")
+    evaluate.add_argument("run", metavar="RUN")
+    return parser
+
+
+def _config_from(args) -> Config:
+    values = load_toml(args.config) if args.config else {}
+    for f in dataclasses.fields(Config):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = coerce(f.name, v)
+    return Config(**values).check()
+
+
+def _figures(trainer, final) -> str:
+    task = trainer.task
+    if trainer.text:
+        b = task.baselines
+        return (f"validation: {final['val_loss']:.4f} nats/char ({final['val_bits']:.3f} bits/char), "
+                f"accuracy {final['val_acc']:.3f}; baselines on the same split: unigram {b['unigram']:.4f}, "
+                f"bigram {b['bigram']:.4f} nats/char")
+    line = f"validation {task.name}: loss {final['val_loss']:.5f}"
+    if task.baseline is not None:
+        line += f" (baseline, {task.baseline_name}: {task.baseline:.5f})"
+    if "val_acc" in final:
+        line += f", accuracy of the copied symbols {final['val_acc']:.3f}"
+    return line
+
+
+def _finish(trainer, final):
+    from .train.trainer import sample
+    print(f"run folder: {trainer.run}  (metrics.jsonl, loss.png, checkpoints)")
+    if trainer.text:
+        print("sample:")
+        print(sample(trainer.model, trainer.task, 300, 0.8, rng=np.random.default_rng(trainer.config.seed)))
+    print(_figures(trainer, final))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .train.clip import NonFiniteGradient
+    from .train.trainer import Trainer, sample
+    try:
+        if args.command == "train":
+            trainer = Trainer(_config_from(args))
+            _finish(trainer, trainer.train(progress=not args.quiet))
+        elif args.command == "resume":
+            overrides = {} if args.steps is None else {"steps": args.steps}
+            trainer = Trainer.resume(args.run, **overrides)
+            _finish(trainer, trainer.train(progress=not args.quiet))
+        elif args.command == "sample":
+            trainer = Trainer.resume(args.run)
+            if not trainer.text:
+                raise ValueError(f"RUN: {args.run} is a {trainer.task.name} run; sampling needs a text run")
+            print(sample(trainer.model, trainer.task, args.length, args.temperature, args.top_k, args.prime,
+                         np.random.default_rng(args.seed)))
+        elif args.command == "eval":
+            trainer = Trainer.resume(args.run)
+            print(_figures(trainer, trainer.evaluate()))
+    except (ValueError, NonFiniteGradient) as exc:
+        print(f"bptt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bptt: interrupted; `bptt resume RUN` continues from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":                  # pragma: no cover
+    sys.exit(main())

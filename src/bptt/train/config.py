@@ -1,0 +1,113 @@
+"""A run's configuration: one flat set of options, from the command line or a TOML file.
+
+The TOML keys are the option names with '_' for '-' (seq_len for --seq-len). An unknown
+key, or a value of the wrong type, is an error that names it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, fields
+
+from .. import _checks
+from ..cells import CELLS
+from .optim import OPTIMIZERS
+from .schedules import SCHEDULES
+from .tasks import TASKS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:                                  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class Config:
+    task: str = "text"
+    text: str | None = None            # a UTF-8 file for task=text; None: the built-in corpus
+    cell: str = "lstm"
+    hidden: int = 128
+    layers: int = 1
+    nonlinearity: str = "tanh"
+    init: str = "default"
+    forget_bias: float = 0.0
+    seq_len: int = 64
+    batch: int = 32
+    steps: int = 3000
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    schedule: str = "cosine"
+    warmup: int = 0
+    clip_norm: float | None = 5.0
+    clip_value: float | None = None
+    k1: int | None = None              # text: steps per update (default seq_len)
+    k2: int | None = None              # text: steps backpropagated (default k1)
+    checkpointing: int | None = None   # synthetic tasks: checkpointed BPTT with this budget
+    on_nonfinite: str = "stop"
+    seed: int = 0
+    dtype: str = "float32"
+    eval_every: int = 500
+    checkpoint_every: int = 1000
+    out: str | None = None
+
+    def check(self) -> "Config":
+        _checks.choice("task", self.task, TASKS)
+        _checks.choice("cell", self.cell, tuple(CELLS))
+        _checks.choice("optimizer", self.optimizer, tuple(OPTIMIZERS))
+        _checks.choice("schedule", self.schedule, SCHEDULES)
+        _checks.choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        _checks.dtype_of("dtype", self.dtype)
+        for name in ("hidden", "layers", "seq_len", "batch", "steps", "eval_every", "checkpoint_every"):
+            _checks.positive_int(name.replace("_", "-"), getattr(self, name))
+        for name in ("k1", "k2", "checkpointing"):
+            if getattr(self, name) is not None:
+                _checks.positive_int(name, getattr(self, name))
+        if self.k2 is not None and self.k2 < (self.k1 or self.seq_len):
+            raise ValueError(f"k2: expected k2 >= k1 = {self.k1 or self.seq_len}, got {self.k2}")
+        if not (self.lr > 0):
+            raise ValueError(f"lr: expected a positive number, got {self.lr}")
+        if self.text is not None and self.task != "text":
+            raise ValueError(f"text: applies to task='text' only, got task={self.task!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _types():
+    return {f.name: f.type for f in fields(Config)}
+
+
+def coerce(key: str, value):
+    """The value for option ``key``, checked against its type (from TOML or JSON)."""
+    types = _types()
+    if key not in types:
+        raise ValueError(f"config: unknown key {key!r}; known keys: {', '.join(types)}")
+    kind = types[key]
+    if value is None and "None" in kind:
+        return None
+    if kind.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind.startswith("float"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ValueError(f"config: {key} expected {kind.split(' |')[0]}, got {value!r}")
+    return value
+
+
+def from_dict(values: dict) -> Config:
+    return Config(**{k: coerce(k, v) for k, v in values.items()}).check()
+
+
+def load_toml(path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"--config: no such file: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--config: {path} is not valid TOML: {exc}") from None
+    return {k: coerce(k, v) for k, v in raw.items()}

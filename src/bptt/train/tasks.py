@@ -1,0 +1,186 @@
+"""Tasks, generated from a seed, nothing downloaded.
+
+    adding  Arjovsky et al. 2016: two channels, values U[0, 1] and two markers (one in
+            each half); the target is the sum of the two marked values. Always
+            predicting 1 scores MSE 1/6 ≈ 0.167.
+    copy    Arjovsky et al. 2016: 10 symbols of 8, T − 1 blanks, a delimiter, 10 blanks;
+            the output is blank until the delimiter, then the 10 symbols. Predicting blank
+            and then a uniform symbol scores 10·ln 8 / (T + 20) nats.
+    sine    noisy sums of sines; predict the clean next value at every step.
+    text    character-level language modelling of a UTF-8 file (built in: the source
+            files of Python's standard library, in a fixed order), B parallel streams.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+
+TASKS = ("text", "adding", "copy", "sine")
+
+
+class AddingTask:
+    name = "adding"
+
+    def __init__(self, seq_len):
+        self.T = seq_len
+        self.model_kwargs = dict(input_size=2, output_size=1, head="identity", loss="mse", outputs="last")
+        self.baseline = 1 / 6
+        self.baseline_name = "always 1"
+
+    def batch(self, rng, B, dtype=np.float32):
+        T = self.T
+        x = np.zeros((T, B, 2), dtype=dtype)
+        x[:, :, 0] = rng.uniform(0, 1, size=(T, B))
+        first = rng.integers(0, T // 2, size=B)
+        second = rng.integers(T // 2, T, size=B)
+        cols = np.arange(B)
+        x[first, cols, 1] = 1
+        x[second, cols, 1] = 1
+        y = (x[first, cols, 0] + x[second, cols, 0])[:, None].astype(dtype)
+        return x, y
+
+
+class CopyTask:
+    name = "copy"
+    SYMBOLS, BLANK, DELIMITER, LENGTH = 8, 0, 9, 10
+
+    def __init__(self, seq_len):
+        self.T = seq_len
+        self.model_kwargs = dict(input_size=10, output_size=9, head="softmax", loss="cross_entropy",
+                                 outputs="all")
+        self.baseline = self.LENGTH * math.log(self.SYMBOLS) / (seq_len + 20)
+        self.baseline_name = "blank, then uniform"
+
+    def batch(self, rng, B, dtype=np.float32):
+        T, n = self.T, self.LENGTH
+        symbols = rng.integers(1, self.SYMBOLS + 1, size=(n, B))
+        total = T + 2 * n
+        codes = np.zeros((total, B), dtype=np.int64)
+        codes[:n] = symbols
+        codes[n + T - 1] = self.DELIMITER
+        targets = np.zeros((total, B), dtype=np.int64)
+        targets[-n:] = symbols
+        x = np.zeros((total, B, 10), dtype=dtype)
+        np.put_along_axis(x, codes[:, :, None], 1, axis=2)
+        return x, targets
+
+
+class SineTask:
+    name = "sine"
+
+    def __init__(self, seq_len, noise=0.1):
+        self.T, self.noise = seq_len, noise
+        self.model_kwargs = dict(input_size=1, output_size=1, head="identity", loss="mse", outputs="all")
+        self.baseline = None
+        self.baseline_name = "predict the noisy current value"
+
+    def batch(self, rng, B, dtype=np.float32):
+        t = np.arange(self.T + 1)[:, None, None]
+        freq = rng.uniform(0.02, 0.3, size=(1, B, 3))
+        phase = rng.uniform(0, 2 * np.pi, size=(1, B, 3))
+        amp = rng.uniform(0.2, 1.0, size=(1, B, 3))
+        clean = (amp * np.sin(freq * t + phase)).sum(axis=2)               # (T + 1, B)
+        noisy = clean + self.noise * rng.standard_normal(clean.shape)
+        return noisy[:-1, :, None].astype(dtype), clean[1:, :, None].astype(dtype)
+
+
+# ---- text -----------------------------------------------------------------------------------
+
+def builtin_corpus(max_chars=3_000_000) -> str:
+    """Python's standard library sources, sorted by path, the first max_chars characters."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts, size = [], 0
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(("site-packages/", "test/", "idlelib/", "lib2to3/tests/")):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        parts.append(text)
+        size += len(text)
+        if size >= max_chars:
+            break
+    return "".join(parts)[:max_chars]
+
+
+def read_text_file(path) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--text: no such file: {os.fspath(path)}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--text: {os.fspath(path)} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    if len(text) < 100:
+        raise ValueError(f"--text: {os.fspath(path)} has {len(text)} characters; expected at least 100")
+    return text
+
+
+class TextTask:
+    """Characters of one text: the first 90% trains, the last 10% validates."""
+    name = "text"
+
+    def __init__(self, text, seq_len, val_fraction=0.1):
+        self.chars = sorted(set(text))
+        self.index = {c: i for i, c in enumerate(self.chars)}
+        codes = np.fromiter((self.index[c] for c in text), dtype=np.int64, count=len(text))
+        split = int(len(codes) * (1 - val_fraction))
+        self.train, self.valid = codes[:split], codes[split:]
+        self.T = seq_len
+        V = len(self.chars)
+        self.model_kwargs = dict(input_size=V, output_size=V, head="softmax", loss="cross_entropy",
+                                 outputs="all")
+        self.baselines = self._baselines()
+
+    @property
+    def vocab_size(self):
+        return len(self.chars)
+
+    def _baselines(self):
+        """Cross-entropy (nats per char) of add-one unigram and bigram models of the train split."""
+        V = self.vocab_size
+        uni = np.bincount(self.train, minlength=V) + 1.0
+        uni /= uni.sum()
+        big = np.ones((V, V))
+        np.add.at(big, (self.train[:-1], self.train[1:]), 1)
+        big /= big.sum(axis=1, keepdims=True)
+        v = self.valid
+        return {"unigram": float(-np.log(uni[v]).mean()),
+                "bigram": float(-np.log(big[v[:-1], v[1:]]).mean())}
+
+    def one_hot(self, codes, dtype=np.float32):
+        x = np.zeros(codes.shape + (self.vocab_size,), dtype=dtype)
+        np.put_along_axis(x, codes[..., None], 1, axis=-1)
+        return x
+
+    def streams(self, codes, B):
+        """(L, B): B contiguous streams of the codes, char-rnn style."""
+        L = len(codes) // B
+        return codes[:L * B].reshape(B, L).T
+
+    def encode(self, text):
+        unknown = sorted(set(text) - set(self.index))
+        if unknown:
+            raise ValueError(f"prime: characters not in the model's vocabulary: {''.join(unknown[:10])!r}")
+        return np.array([self.index[c] for c in text], dtype=np.int64)
+
+    def decode(self, codes):
+        return "".join(self.chars[int(c)] for c in codes)
+
+
+def make_task(name, seq_len, text=None):
+    if name == "adding":
+        return AddingTask(seq_len)
+    if name == "copy":
+        return CopyTask(seq_len)
+    if name == "sine":
+        return SineTask(seq_len)
+    if name == "text":
+        return TextTask(builtin_corpus() if text is None else read_text_file(text), seq_len)
+    raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {name!r}")

@@ -1,0 +1,249 @@
+"""The trainer: a model, an optimizer and a task, run for a number of updates into a run folder.
+
+Synthetic tasks (adding, copy, sine) draw a fresh mini-batch per update and backpropagate
+through the whole sequence (or checkpointed, with ``checkpointing``). Text runs B
+parallel streams of the training split with truncated BPTT(k1, k2) and carries their
+state across updates. Every random number comes from one generator, saved with each
+checkpoint along with the data position and the carried state, so a resumed run repeats,
+bit for bit, the run that never stopped.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..model import Model
+from ..through_time import checkpointed
+from ..through_time.schedules import stream_updates
+from . import runs
+from .clip import NonFiniteGradient, check_finite, clip_grad_norm, clip_grad_value
+from .config import Config, from_dict
+from .optim import make_optimizer
+from .schedules import learning_rate
+from .tasks import TextTask, make_task
+
+LOG_EVERY = 50
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir=None):
+        self.config = config.check()
+        c = config
+        self.task = make_task(c.task, c.seq_len, c.text)
+        self.model = Model(c.cell, hidden_size=c.hidden, num_layers=c.layers, nonlinearity=c.nonlinearity,
+                           dtype=c.dtype, seed=c.seed, init=c.init, forget_bias=c.forget_bias,
+                           **self.task.model_kwargs)
+        self.optimizer = make_optimizer(c.optimizer, self.model.params, c.lr)
+        self.rng = np.random.default_rng(c.seed)
+        self.step = 0
+        self.skipped = 0
+        self.text = isinstance(self.task, TextTask)
+        if self.text:
+            self.streams = self.task.streams(self.task.train, c.batch)     # (L, B)
+            self.k1 = c.k1 or c.seq_len
+            self.context = (c.k2 or self.k1) - self.k1
+            self.position = dict(epoch=0, start=0)
+            self.window_state = None
+            self._updates = None
+        else:
+            self.valid_batch = self.task.batch(np.random.default_rng(c.seed + 1_000_003), 512, self.model.dtype)
+        self.run = Path(run_dir or c.out or time.strftime("runs/%Y%m%d-%H%M%S"))
+        self.run.mkdir(parents=True, exist_ok=True)
+        self.metrics = runs.Metrics(self.run)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def save(self):
+        arrays = {f"param.{k}": v for k, v in self.model.params.items()}
+        arrays |= {f"optim.{k}": np.asarray(v) for k, v in self.optimizer.state_dict().items()}
+        meta = {"config": self.config.to_dict(), "rng": self.rng.bit_generator.state, "skipped": self.skipped}
+        if self.text:
+            meta["position"] = self.position
+            if self.window_state is not None:
+                ws = self.window_state if isinstance(self.window_state, tuple) else (self.window_state,)
+                arrays |= {f"window_state.{i}": s for i, s in enumerate(ws)}
+        return runs.save_checkpoint(self.run, self.step, arrays, meta)
+
+    @classmethod
+    def resume(cls, run, **overrides) -> "Trainer":
+        """The trainer of ``run`` at its latest checkpoint (``overrides``: e.g. steps=…)."""
+        meta, arrays = runs.load_checkpoint(run)
+        config = from_dict(meta["config"] | overrides)
+        trainer = cls(config, run_dir=run)
+        trainer._restore(meta, arrays)
+        return trainer
+
+    def _restore(self, meta, arrays):
+        params = self.model.params
+        expected = {f"param.{k}" for k in params}
+        got = {k for k in arrays if k.startswith("param.")}
+        if got != expected:
+            raise ValueError(f"RUN: checkpoint parameters {sorted(got - expected)[:3] or sorted(expected - got)[:3]} "
+                             f"do not match the model of its config")
+        for k, v in params.items():
+            src = arrays[f"param.{k}"]
+            if src.shape != v.shape or src.dtype != v.dtype:
+                raise ValueError(f"RUN: checkpoint {k} is {src.shape} {src.dtype}, the model expects {v.shape} {v.dtype}")
+            v[...] = src
+        self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
+        self.step = int(meta["step"])
+        self.skipped = int(meta.get("skipped", 0))
+        self.rng.bit_generator.state = meta["rng"]
+        if self.text:
+            self.position = dict(meta["position"])
+            ws = [arrays[k] for k in sorted(k for k in arrays if k.startswith("window_state."))]
+            self.window_state = None if not ws else (tuple(ws) if self.model.cell == "lstm" else ws[0])
+        self.metrics.truncate_after(self.step)
+
+    # ---- one update ---------------------------------------------------------------------------
+
+    def _text_update(self):
+        L = self.streams.shape[0] - 1
+        if self._updates is None:
+            start = self.position["start"]
+            self._updates = stream_updates(
+                self.model, L, lambda lo, hi: self.task.one_hot(self.streams[lo:hi], self.model.dtype),
+                lambda lo, hi: self.streams[lo + 1:hi + 1], self.k1, self.context, None,
+                start=start, window_state=self.window_state)
+        try:
+            loss, grads, _, a, e, _, window_state = next(self._updates)
+        except StopIteration:                     # an epoch is over: streams restart from zero
+            self._updates = None
+            self.position = dict(epoch=self.position["epoch"] + 1, start=0)
+            self.window_state = None
+            return self._text_update()
+        self.position = dict(epoch=self.position["epoch"], start=e)
+        self.window_state = window_state
+        return loss, grads, (e - a) * self.streams.shape[1]
+
+    def _batch_update(self):
+        x, y = self.task.batch(self.rng, self.config.batch, self.model.dtype)
+        if self.config.checkpointing:
+            loss, grads, _ = checkpointed(self.model, x, y, budget=self.config.checkpointing)
+        else:
+            loss, grads, _ = self.model.loss_and_grads(x, y)
+        return loss, grads, x.shape[0] * x.shape[1]
+
+    def update(self):
+        """One optimizer step. Returns (loss, gradient norm before clipping, lr, tokens)."""
+        c = self.config
+        loss, grads, tokens = self._text_update() if self.text else self._batch_update()
+        self.step += 1
+        try:
+            check_finite(loss, grads)
+        except NonFiniteGradient:
+            if c.on_nonfinite == "stop":
+                raise
+            self.skipped += 1
+            return loss, float("nan"), 0.0, tokens
+        if c.clip_value is not None:
+            clip_grad_value(grads, c.clip_value)
+        norm = clip_grad_norm(grads, c.clip_norm if c.clip_norm is not None else math.inf)
+        lr = learning_rate(self.step, c.lr, c.schedule, c.steps, c.warmup)
+        self.optimizer.step(grads, lr)
+        return loss, norm, lr, tokens
+
+    # ---- evaluation ------------------------------------------------------------------------------
+
+    def evaluate(self) -> dict:
+        """Validation figures: loss (nats per char for text), and bits and accuracy where apt."""
+        m = self.model
+        if self.text:
+            codes = self.task.streams(self.task.valid, min(16, max(1, len(self.task.valid) // 200)))
+            state, nll, hits, n = None, 0.0, 0, 0
+            for lo in range(0, codes.shape[0] - 1, self.config.seq_len):
+                hi = min(lo + self.config.seq_len, codes.shape[0] - 1)
+                y, state = m.forward(self.task.one_hot(codes[lo:hi], m.dtype), state)
+                target = codes[lo + 1:hi + 1]
+                p = np.take_along_axis(y, target[..., None], axis=-1)[..., 0]
+                nll -= float(np.log(np.maximum(p, 1e-30)).sum())
+                hits += int((y.argmax(-1) == target).sum())
+                n += target.size
+            return {"val_loss": nll / n, "val_bits": nll / n / math.log(2), "val_acc": hits / n}
+        x, y = self.valid_batch
+        out = {"val_loss": m.loss_value(x, y)}
+        if self.task.name == "copy":
+            pred, _ = m.forward(x)
+            out["val_acc"] = float((pred[-10:].argmax(-1) == y[-10:]).mean())
+        return out
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def train(self, progress=True, stop_at=None) -> dict:
+        """Run updates until config.steps (or until ``stop_at``, as a stopped run would,
+        with a checkpoint there); returns the last validation figures."""
+        c = self.config
+        end = c.steps if stop_at is None else min(stop_at, c.steps)
+        if self.step == 0:
+            runs.Metrics(self.run).path.write_text("")
+            (self.run / "config.json").write_text(__import__("json").dumps(c.to_dict(), indent=1))
+        bar = tqdm(total=c.steps, initial=self.step, disable=not progress, unit="upd", dynamic_ncols=True,
+                   desc=f"{c.task}/{c.cell}")
+        losses, t0, tokens = [], time.perf_counter(), 0
+        final = {}
+        while self.step < end:
+            loss, norm, lr, n = self.update()
+            losses.append(loss)
+            tokens += n
+            bar.update(1)
+            record = None
+            if self.step % LOG_EVERY == 0 or self.step == c.steps:
+                dt = max(time.perf_counter() - t0, 1e-9)
+                record = {"step": self.step, "loss": float(np.mean(losses)), "grad_norm": norm, "lr": lr,
+                          "steps_per_s": len(losses) / dt, "tokens_per_s": tokens / dt}
+                losses, t0, tokens = [], time.perf_counter(), 0
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if self.step % c.eval_every == 0 or self.step == end:
+                final = self.evaluate()
+                record = (record or {"step": self.step}) | final
+            if record is not None:
+                self.metrics.write(record | ({"skipped": self.skipped} if self.skipped else {}))
+            if self.step % c.checkpoint_every == 0 or self.step == end:
+                self.save()
+        bar.close()
+        if not final:
+            final = self.evaluate()
+        self.plot()
+        return final
+
+    def plot(self):
+        baseline = getattr(self.task, "baseline", None)
+        name = getattr(self.task, "baseline_name", "")
+        ylabel = {"adding": "mean squared error", "sine": "mean squared error"}.get(self.task.name,
+                                                                                   "cross-entropy (nats)")
+        if self.text:
+            baseline, name = self.task.baselines["bigram"], "bigram (validation)"
+            ylabel = "cross-entropy (nats per character)"
+        return runs.plot_losses(self.run, self.metrics.read(), baseline, name, ylabel)
+
+
+def sample(model: Model, task: TextTask, length=300, temperature=1.0, top_k=None, prime=None, rng=None) -> str:
+    """Text from a character model: feed ``prime`` (default: a newline, or the training
+    text's first character if it has no newline), then draw ``length`` characters."""
+    if temperature <= 0:
+        raise ValueError(f"temperature: expected a positive number, got {temperature}")
+    if top_k is not None and not 1 <= top_k:
+        raise ValueError(f"top_k: expected a positive integer, got {top_k}")
+    rng = rng or np.random.default_rng()
+    if not prime:
+        prime = "\n" if "\n" in task.index else task.decode(task.train[:1])
+    codes = task.encode(prime)
+    y, state = model.forward(task.one_hot(codes[:, None], model.dtype))
+    p = y[-1, 0].astype(np.float64)
+    out = []
+    for _ in range(length):
+        logits = np.log(np.maximum(p, 1e-30)) / temperature
+        if top_k is not None and top_k < logits.size:
+            cut = np.partition(logits, -top_k)[-top_k]
+            logits[logits < cut] = -np.inf
+        q = np.exp(logits - logits.max())
+        q /= q.sum()
+        code = int(rng.choice(q.size, p=q))
+        out.append(code)
+        y, state = model.forward(task.one_hot(np.array([[code]]), model.dtype), state)
+        p = y[0, 0].astype(np.float64)
+    return task.decode(out)
