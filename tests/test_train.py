@@ -70,3 +70,27 @@ def test_text_task_splits_and_baselines():
     assert task.baselines["bigram"] < task.baselines["unigram"]
     with pytest.raises(ValueError, match="prime: characters not in the model's vocabulary"):
         task.encode("xyz")
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_non_finite_gradient_is_never_applied(tmp_path, monkeypatch, policy):
+    from bptt.train.clip import NonFiniteGradient
+    trainer = Trainer(small(tmp_path, policy, task="adding", hidden=4, seq_len=6, batch=4, steps=5,
+                            on_nonfinite=policy))
+    real = trainer.model.loss_and_grads
+
+    def poisoned(*args, **kwargs):
+        loss, grads, state = real(*args, **kwargs)
+        grads["layer0.W_h"][0, 0] = np.nan
+        return loss, grads, state
+
+    monkeypatch.setattr(trainer.model, "loss_and_grads", poisoned)
+    before = {k: v.copy() for k, v in trainer.model.params.items()}
+    if policy == "stop":
+        with pytest.raises(NonFiniteGradient, match="gradient of layer0.W_h: not finite"):
+            trainer.train(progress=False)
+    else:
+        trainer.train(progress=False)
+        assert trainer.skipped == 5 and trainer.metrics.read()[-1]["skipped"] == 5
+    for k, v in trainer.model.params.items():
+        np.testing.assert_array_equal(v, before[k])

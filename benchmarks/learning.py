@@ -1,0 +1,83 @@
+"""Full-size learning runs, printed as a table for benchmarks/RESULTS.md.
+
+    python benchmarks/learning.py                    # everything (hours on 2 cores)
+    python benchmarks/learning.py --only adding      # one family: adding, copy, text
+
+Adding problem at T=100 and T=200 for LSTM, GRU, tanh RNN and IRNN, with Arjovsky et
+al.'s recipe (hidden 128, RMSprop lr 1e-3, batch 20; IRNN: relu, identity init, lr 1e-4
+as Le et al.): the updates needed to reach validation MSE < 0.01, checked every 100
+updates, or the MSE after --max-updates. Copy task at T=100 (LSTM and GRU; baseline
+10·ln 8/120 = 0.173). The default text run (`bptt train`) and its validation loss.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+from bptt.train.config import Config
+from bptt.train.trainer import Trainer
+
+ADDING = [("lstm", {}), ("gru", {}), ("rnn", {}),
+          ("rnn", {"nonlinearity": "relu", "init": "identity", "lr": 1e-4})]
+
+
+def until(config, target, max_updates, check_every=100):
+    """Train until validation loss < target (checked every check_every updates)."""
+    trainer = Trainer(config)
+    t0 = time.perf_counter()
+    loss = None
+    while trainer.step < max_updates:
+        trainer.train(progress=False, stop_at=trainer.step + check_every)
+        loss = trainer.evaluate()["val_loss"]
+        if loss < target:
+            break
+    return trainer.step, loss, time.perf_counter() - t0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["adding", "copy", "text"], default=None)
+    parser.add_argument("--max-updates", type=int, default=10_000)
+    args = parser.parse_args()
+    out = tempfile.mkdtemp(prefix="bptt-learning-")
+    print(f"# {time.strftime('%Y-%m-%d')} · {platform.machine()} · {os.cpu_count()} cores · numpy {np.__version__}")
+    print("| task | T | model | recipe | updates | validation loss | baseline | seconds |")
+    print("|---|---:|---|---|---:|---:|---:|---:|")
+    if args.only in (None, "adding"):
+        for T in (100, 200):
+            for cell, extra in ADDING:
+                kw = dict(task="adding", cell=cell, hidden=128, seq_len=T, batch=20, optimizer="rmsprop",
+                          lr=1e-3, schedule="constant", clip_norm=None, steps=args.max_updates,
+                          eval_every=10**9, checkpoint_every=10**9, seed=0) | extra
+                name = "IRNN" if extra.get("init") == "identity" else cell.upper()
+                c = Config(**kw, out=f"{out}/adding-{T}-{name}")
+                steps, loss, sec = until(c, 0.01, args.max_updates)
+                reached = f"{steps}" if loss < 0.01 else f"> {steps}"
+                print(f"| adding | {T} | {name} | RMSprop {kw['lr']:g}, batch 20, H 128 | {reached} | "
+                      f"{loss:.4f} | 0.1667 | {sec:.0f} |", flush=True)
+    if args.only in (None, "copy"):
+        for cell in ("lstm", "gru"):
+            c = Config(task="copy", cell=cell, hidden=128, seq_len=100, batch=32, optimizer="adam", lr=2e-3,
+                       schedule="constant", clip_norm=1.0, forget_bias=1.0 if cell == "lstm" else 0.0,
+                       steps=args.max_updates, eval_every=10**9, checkpoint_every=10**9, seed=0,
+                       out=f"{out}/copy-{cell}")
+            baseline = 10 * np.log(8) / 120
+            steps, loss, sec = until(c, baseline / 10, args.max_updates, check_every=500)
+            print(f"| copy | 100 | {cell.upper()} | Adam 2e-3, batch 32, H 128, clip 1 | {steps} | {loss:.4f} | "
+                  f"{baseline:.4f} | {sec:.0f} |", flush=True)
+    if args.only in (None, "text"):
+        trainer = Trainer(Config(out=f"{out}/text"))
+        t0 = time.perf_counter()
+        final = trainer.train(progress=False)
+        b = trainer.task.baselines
+        print(f"| text (stdlib) | 64 | LSTM | `bptt train` defaults | {trainer.step} | {final['val_loss']:.4f} | "
+              f"bigram {b['bigram']:.4f} | {time.perf_counter() - t0:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
