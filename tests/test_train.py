@@ -94,3 +94,10 @@ def test_non_finite_gradient_is_never_applied(tmp_path, monkeypatch, policy):
         assert trainer.skipped == 5 and trainer.metrics.read()[-1]["skipped"] == 5
     for k, v in trainer.model.params.items():
         np.testing.assert_array_equal(v, before[k])
+
+
+def test_sine_regression_beats_repeating_the_noisy_input(tmp_path):
+    c = small(tmp_path, "sine", task="sine", cell="gru", hidden=32, seq_len=50, batch=16, steps=200, lr=3e-3)
+    trainer = Trainer(c)
+    final = trainer.train(progress=False)
+    assert final["val_loss"] < 0.8 * trainer.task.baseline        # measured 0.0195 against 0.0315
