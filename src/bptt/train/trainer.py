@@ -9,6 +9,7 @@ bit for bit, the run that never stopped.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -180,7 +181,7 @@ class Trainer:
         end = c.steps if stop_at is None else min(stop_at, c.steps)
         if self.step == 0:
             runs.Metrics(self.run).path.write_text("")
-            (self.run / "config.json").write_text(__import__("json").dumps(c.to_dict(), indent=1))
+            (self.run / "config.json").write_text(json.dumps(c.to_dict(), indent=1))
         bar = tqdm(total=c.steps, initial=self.step, disable=not progress, unit="upd", dynamic_ncols=True,
                    desc=f"{c.task}/{c.cell}")
         losses, t0, tokens = [], time.perf_counter(), 0
