@@ -1,0 +1,269 @@
+"""The gradient through time, measured: ``flow(model, x, targets)`` -> FlowReport.
+
+One forward pass, one ordinary backward pass (for ∂L/∂W_h), then two passes of the
+linearised steps (steps.py):
+
+- the *credit pass* runs the backward recursion with one channel per loss L_t, all
+  channels at once (channel t is born at step t): ∂L_t/∂h_k for every k <= t and every
+  layer (D1), their sum ∂L/∂h_k (V1), and the split of ∂L/∂W_h by lag τ = t − k (D3);
+- the *Jacobian pass* runs it from the identity at chosen steps t of one sequence,
+  giving the matrices ∂s_t/∂s_k of the first layer (D2), s = h, or (h, c) for the LSTM,
+  whose singular values are taken where the report samples them.
+
+All in float64 (a float32 model is copied). Indices are 0-based array indices: row t of
+``credit`` is the loss at x[t]. Shapes, with T steps, L layers:
+
+    grad_norm (T, L)       ‖∂L/∂h_k‖ over batch and units     cell_grad_norm (T, L) LSTM's ‖∂L/∂c_k‖
+    credit (T, T)          [t, k] = ‖∂L_t/∂h_k‖, 0 above the diagonal (first layer)
+    credit_by_layer (L, T, T)
+    jacobian_norm (T, T)   [t, k] = σ_max(∂s_t/∂s_k) of the first layer, NaN where not sampled
+    jacobian_singular (T, T, r)   its top r singular values
+    lag_profile (T,)       [τ] = ⟨G_τ, G⟩ / ‖G‖ with G = ∂L/∂W_h (first layer), G = Σ_τ G_τ (D3):
+                           the share of ‖G‖ that dependencies τ steps long supply; sums to ‖G‖
+    lag_by_layer (L, T)
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from .. import _checks
+from ..cells import head as head_layer
+from ..ops import ACTIVATIONS
+from .steps import LINEAR
+
+AUTO_ALL_BELOW = 32         # up to this T, every pair (t, k) is measured
+AUTO_FLOPS = 6e10           # beyond it: as many target steps t as this many flops allow (2–16) ...
+AUTO_SHORT_LAGS = 8         # ... with every lag up to this ...
+AUTO_LONG_LAGS = 24         # ... and this many geometrically spaced longer lags
+
+
+@dataclasses.dataclass
+class FlowReport:
+    cell: str
+    nonlinearity: str
+    loss: float
+    grad_norm: np.ndarray
+    cell_grad_norm: np.ndarray | None
+    credit: np.ndarray
+    credit_by_layer: np.ndarray
+    jacobian_norm: np.ndarray
+    jacobian_singular: np.ndarray
+    sigma_max: float
+    gamma: float
+    eta: float
+    lag_profile: np.ndarray
+    lag_by_layer: np.ndarray
+    weight_grad_norm: float          # ‖∂L/∂W_h‖ of the first layer
+    lag_grads: np.ndarray | None     # (T, G·H, H) the G_τ themselves, when asked for
+    sequence: int
+    seconds: float
+
+    @property
+    def T(self) -> int:
+        return self.grad_norm.shape[0]
+
+    def bound(self) -> np.ndarray:
+        """(T, T): η^(t−k) below the diagonal (V4), NaN above it."""
+        t, k = np.indices((self.T, self.T))
+        with np.errstate(over="ignore"):
+            return np.where(t >= k, self.eta ** (t - k).astype(float), np.nan)
+
+    def measured_pairs(self):
+        """(t, k, ‖∂s_t/∂s_k‖) for every pair the Jacobian pass sampled, k < t."""
+        t, k = np.nonzero(np.isfinite(self.jacobian_norm) & (np.tri(self.T, k=-1, dtype=bool)))
+        return t, k, self.jacobian_norm[t, k]
+
+    def summary(self, long_lag: int = 10) -> dict:
+        """The figures worth a table row."""
+        g = self.grad_norm[:, 0]
+        t, k, norms = self.measured_pairs()
+        lags = t - k
+        rate = float(np.exp(np.sum(np.log(np.maximum(norms, 1e-300)) * lags) / np.sum(lags ** 2))) \
+            if lags.size else float("nan")
+        with np.errstate(over="ignore"):
+            above = float(np.mean(norms > self.eta ** lags.astype(float) * (1 + 1e-9))) if lags.size else 0.0
+        total = self.lag_profile.sum()
+        return {
+            "cell": self.cell if self.cell != "rnn" else f"rnn-{self.nonlinearity}",
+            "loss": self.loss,
+            "sigma_max": self.sigma_max,
+            "eta": self.eta,
+            "jacobian_rate": rate,         # per-step factor fitted to log‖∂s_t/∂s_k‖ ≈ τ log(rate)
+            "above_bound": above,          # share of measured pairs with ‖∂s_t/∂s_k‖ > η^τ
+            "grad_first_over_last": float(g[0] / g[-1]) if g[-1] > 0 else float("inf"),
+            "long_lag_share": float(self.lag_profile[long_lag:].sum() / total) if total else 0.0,
+            "seconds": self.seconds,
+        }
+
+
+def _targets_and_lags(T, S, jacobian_steps, jacobian_lags):
+    if jacobian_steps is None:
+        n = int(np.clip(AUTO_FLOPS // (T * 2 * S ** 3), 2, 16))      # a target's sweep: T products S×S
+        steps = np.arange(T) if T <= AUTO_ALL_BELOW else np.unique(np.linspace(T - 1, 0, n, endpoint=False).round())
+    elif isinstance(jacobian_steps, str) and jacobian_steps == "all":
+        steps = np.arange(T)
+    else:
+        steps = np.asarray(jacobian_steps)
+        if steps.ndim != 1 or steps.dtype.kind not in "iu" or (steps.size and (steps.min() < 0 or steps.max() >= T)):
+            raise ValueError(f"jacobian_steps: expected 'all' or integer steps in [0, {T}), got {jacobian_steps!r}")
+    if jacobian_lags is None:
+        if T <= AUTO_ALL_BELOW:
+            lags = np.arange(T)
+        else:
+            long = np.geomspace(AUTO_SHORT_LAGS + 1, T - 1, AUTO_LONG_LAGS).round() if T - 1 > AUTO_SHORT_LAGS else []
+            lags = np.unique(np.concatenate([np.arange(AUTO_SHORT_LAGS + 1), long]))
+    elif isinstance(jacobian_lags, str) and jacobian_lags == "all":
+        lags = np.arange(T)
+    else:
+        lags = np.asarray(jacobian_lags)
+        if lags.ndim != 1 or lags.dtype.kind not in "iu" or (lags.size and lags.min() < 0):
+            raise ValueError(f"jacobian_lags: expected 'all' or non-negative integer lags, got {jacobian_lags!r}")
+    return np.sort(steps.astype(int))[::-1], set(lags.astype(int).tolist())
+
+
+def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jacobian_lags=None,
+         sequence=0, n_singular=4, lag_grads=False) -> FlowReport:
+    """Measure how the gradient of ``model``'s loss on (x, targets) flows back through time.
+
+    Args:
+        model, x, targets, state0, mask: as for ``Model.gradients`` (targets required).
+        jacobian_steps: the steps t whose products ∂s_t/∂s_k are formed: None (every step
+            up to T = 32; beyond, 2 to 16 spread over the sequence, the last included, as
+            many as about 6e10 flops allow), "all", or a list of step indices.
+        jacobian_lags: which k = t − τ to take singular values at: None (every lag up to
+            T = 32, else lags 0–8 and 24 geometrically spaced up to T − 1), "all", or a list.
+        sequence: the batch index whose Jacobians are formed (they are per sequence).
+        n_singular: how many of the largest singular values to keep.
+        lag_grads: also keep the (T, G·H, H) matrices G_τ of the first layer (memory T·G·H²).
+    """
+    start = time.perf_counter()
+    m = model if model.dtype == np.float64 else model.astype("float64")
+    if targets is None:
+        raise ValueError("targets: the flow report needs targets (a loss to take the gradient of), got None")
+    x, mask, _ = model._check_inputs(x, mask)              # checked against the caller's dtype
+    T, B, _ = x.shape
+    targets = model._check_targets(targets, T, B)
+    s0 = [tuple(a.astype(np.float64) for a in s) for s in model._split_state(state0, B)]
+    x = x.astype(np.float64)
+    if targets.dtype.kind == "f":
+        targets = targets.astype(np.float64)
+    if isinstance(sequence, bool) or not isinstance(sequence, (int, np.integer)) or not 0 <= sequence < B:
+        raise ValueError(f"sequence: expected a batch index in [0, {B}), got {sequence!r}")
+    sequence = int(sequence)
+    n_singular = _checks.positive_int("n_singular", n_singular)
+    S = model.hidden_size * (2 if model.cell == "lstm" else 1)
+    steps, lag_set = _targets_and_lags(T, S, jacobian_steps, jacobian_lags)
+
+    fw = m._forward(x, s0, mask)
+    rows = m._head_rows(fw.top)
+    loss, do = m._loss(rows, targets, mask, T, B)
+    e, _ = head_layer.backward(m.head_params(), do, rows)            # (H7), (T·B, H) or (B, H)
+    weight_grads = m.gradients(x, targets, m._join_state(s0), mask, input_grad=False).params
+    lin = [LINEAR[m.cell](m.layer_params(l), tape) for l, tape in enumerate(fw.tapes)]
+
+    credit, gnorm, cnorm, lag, lagmats = _credit_pass(m, lin, e, weight_grads, T, B, lag_grads)
+    jnorm, jsing = _jacobian_pass(lin[0].select(sequence), steps, lag_set, n_singular, T, m.hidden_size)
+
+    W_h = m.params["layer0.W_h"]
+    sigma_max = float(np.linalg.norm(W_h, 2))
+    gamma = ACTIVATIONS[m.nonlinearity].gamma if m.cell == "rnn" else 1.0
+    return FlowReport(
+        cell=m.cell, nonlinearity=m.nonlinearity, loss=float(loss),
+        grad_norm=gnorm, cell_grad_norm=cnorm if m.cell == "lstm" else None,
+        credit=credit[0], credit_by_layer=credit,
+        jacobian_norm=jnorm, jacobian_singular=jsing,
+        sigma_max=sigma_max, gamma=gamma, eta=gamma * sigma_max,
+        lag_profile=lag[0], lag_by_layer=lag,
+        weight_grad_norm=float(np.linalg.norm(weight_grads["layer0.W_h"])),
+        lag_grads=lagmats, sequence=sequence, seconds=time.perf_counter() - start)
+
+
+def _credit_pass(m, lin, e, weight_grads, T, B, keep_lag_grads):
+    """Backward with one channel per loss L_t (D1), all layers, all steps; lag split (D3)."""
+    L, H = m.num_layers, m.hidden_size
+    every_step = m.outputs == "all"
+    C = T if every_step else 1
+    source = np.arange(T) if every_step else np.array([T - 1])
+    ds = [[np.zeros((C, B, H)) for _ in lin[0].state] for _ in range(L)]
+    if every_step:
+        e = e.reshape(T, B, H)
+    else:
+        ds[-1][0][0] = e                                 # the last row enters as dstate_T[h]
+    credit = np.zeros((L, T, T))
+    gnorm = np.zeros((T, L))
+    cnorm = np.zeros((T, L))
+    lag = np.zeros((L, T))
+    G = [weight_grads[f"layer{l}.W_h"] for l in range(L)]
+    G_unit = [g / max(np.linalg.norm(g), 1e-300) for g in G]
+    lagmats = np.zeros((T,) + G[0].shape) if keep_lag_grads else None
+    for k in range(T - 1, -1, -1):
+        act = slice(k, T) if every_step else slice(0, 1)
+        src = source[act]
+        from_above = None
+        for l in range(L - 1, -1, -1):
+            dh = ds[l][0]
+            if l == L - 1:
+                if every_step:
+                    dh[k] += e[k]                        # (H7): L_k reaches h_k directly
+            else:
+                dh[act] += from_above                    # (R8), (L11), (G11) from the layer above
+            delta, prev, total, from_above = lin[l].vjp(k, tuple(d[act] for d in ds[l]), need_dx=l > 0)
+            credit[l, src, k] = np.sqrt((total[0] ** 2).sum(axis=(1, 2)))            # (D1)
+            gnorm[k, l] = np.linalg.norm(total[0].sum(axis=0))                      # (V1)
+            if len(total) > 1:
+                cnorm[k, l] = np.linalg.norm(total[1].sum(axis=0))
+            u = lin[l].h_in[k] @ G_unit[l].T                                         # (B, G·H)
+            lag[l, src - k] += np.einsum("cbg,bg->c", delta, u)                      # (D3)
+            if lagmats is not None and l == 0:
+                lagmats[src - k] += np.einsum("cbg,bh->cgh", delta, lin[0].h_in[k])  # (D3), (S1)
+            for d, p in zip(ds[l], prev):
+                d[act] = p
+    return credit, gnorm, cnorm, lag, lagmats
+
+
+def _jacobian_pass(lin, steps, lag_set, r, T, H):
+    """∂s_t/∂s_k from the identity at each target t (D2).
+
+    Step k's Jacobian J_k = ∂s_k/∂s_{k-1} is formed once, as the vjp of the S unit rows;
+    then one GEMM moves the rows of every product still open, M ← M J_k.
+    """
+    n_state = len(lin.state)
+    S = n_state * H
+    r = min(r, S)
+    jnorm = np.full((T, T), np.nan)
+    jsing = np.full((T, T, r), np.nan)
+    for t in steps:
+        if 0 in lag_set:
+            jnorm[t, t] = 1.0                                 # ∂s_t/∂s_t = I
+            jsing[t, t] = 1.0
+    if steps.size == 0:
+        return jnorm, jsing
+    eye = np.eye(S)
+    unit_rows = tuple(eye[:, i * H:(i + 1) * H][:, None, :] for i in range(n_state))   # (S, 1, H) each
+    M = np.tile(eye, (len(steps), 1))                         # block j: ∂s_{t_j}/∂s_k, (S, S)
+    pending = []
+    for k in range(int(steps[0]), 0, -1):
+        active = int(np.searchsorted(-steps, -k, side="right"))   # steps sorted descending: t >= k
+        _, prev, _, _ = lin.vjp(k, unit_rows, need_dx=False)
+        J = np.concatenate([p[:, 0] for p in prev], axis=1)   # (S, S) = ∂s_k/∂s_{k-1}      (D2)
+        M[:active * S] = M[:active * S] @ J                   # now w.r.t. s_{k-1}
+        for j in range(active):
+            t = int(steps[j])
+            if t - (k - 1) in lag_set:
+                pending.append((t, k - 1, M[j * S:(j + 1) * S].copy()))
+        if len(pending) >= 64 or k == 1:
+            _singular(pending, jnorm, jsing, r)
+            pending = []
+    return jnorm, jsing
+
+
+def _singular(pending, jnorm, jsing, r):
+    if not pending:
+        return
+    sv = np.linalg.svd(np.stack([p[2] for p in pending]), compute_uv=False)
+    for (t, k, _), s in zip(pending, sv):
+        jnorm[t, k] = s[0]
+        jsing[t, k] = s[:r]

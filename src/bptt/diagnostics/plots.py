@@ -1,0 +1,106 @@
+"""Figures of the gradient through time (matplotlib, written as PNG).
+
+``plot_flow({label: FlowReport})``: several cells or stages in one figure —
+(a) ‖∂L/∂h_k‖ per step, log scale; (b) the measured ‖∂s_t/∂s_k‖ against the lag with
+η^τ (V4) dashed; (c) the cumulative lag profile (D3); then one credit-matrix heatmap (D1)
+per report that has more than one loss step.
+``plot_clipping(study)``: gradient norm and loss per update, with and without clipping.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_flow(reports: dict, path, title: str | None = None) -> Path:
+    if not reports:
+        raise ValueError("reports: expected at least one FlowReport, got none")
+    plt = _pyplot()
+    heat = {k: r for k, r in reports.items() if np.count_nonzero(r.credit.any(axis=1)) > 1}
+    rows = 2 if heat else 1
+    cols = max(3, len(heat))
+    fig = plt.figure(figsize=(4.6 * cols, 4.2 * rows), constrained_layout=True)
+    grid = fig.add_gridspec(rows, cols)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    ax = fig.add_subplot(grid[0, 0])
+    for (label, r), c in zip(reports.items(), colors):
+        ax.semilogy(np.arange(1, r.T + 1), np.maximum(r.grad_norm[:, 0], 1e-300), color=c, label=label)
+    ax.set(xlabel="step k", ylabel="‖∂L/∂h_k‖", title="(a) gradient reaching each step")
+    ax.legend(fontsize=8)
+
+    ax = fig.add_subplot(grid[0, 1])
+    lo, hi = np.inf, -np.inf
+    for (label, r), c in zip(reports.items(), colors):
+        t, k, norms = r.measured_pairs()
+        lags = t - k
+        ax.scatter(lags, np.maximum(norms, 1e-300), s=6, color=c, alpha=0.5, label=f"{label}")
+        tau = np.arange(0, r.T)
+        with np.errstate(over="ignore", under="ignore"):
+            ax.plot(tau, r.eta ** tau.astype(float), "--", color=c, lw=1, label=f"η^τ, η = {r.eta:.2f}")
+        if norms.size:
+            positive = norms[norms > 0]
+            if positive.size:
+                lo, hi = min(lo, positive.min()), max(hi, positive.max())
+    ax.set_yscale("log")
+    if np.isfinite(lo):
+        ax.set_ylim(lo / 10, max(hi * 10, 10))
+    ax.set(xlabel="lag τ = t − k", ylabel="‖∂s_t/∂s_k‖₂", title="(b) Jacobian products vs the bound")
+    ax.legend(fontsize=7, ncol=2)
+
+    ax = fig.add_subplot(grid[0, 2])
+    for (label, r), c in zip(reports.items(), colors):
+        total = r.lag_profile.sum()
+        share = np.cumsum(r.lag_profile) / total if total else np.zeros_like(r.lag_profile)
+        ax.plot(np.arange(r.T), share, color=c, label=label)
+    ax.axhline(1.0, color="grey", lw=0.5)
+    ax.set(xlabel="lag τ", ylabel="share of ‖∂L/∂W_h‖ from lags ≤ τ", title="(c) lag profile, cumulative")
+    ax.legend(fontsize=8)
+
+    if heat:
+        logs = {k: np.log10(np.where(np.tri(r.T, dtype=bool) & (r.credit > 0), r.credit, np.nan))
+                for k, r in heat.items()}
+        vmax = max(np.nanmax(v) for v in logs.values())
+        vmin = max(min(np.nanmin(v) for v in logs.values()), vmax - 12)
+        for j, (label, v) in enumerate(logs.items()):
+            ax = fig.add_subplot(grid[1, j])
+            T = v.shape[0]
+            image = ax.imshow(v, origin="lower", cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto",
+                              extent=(0.5, T + 0.5, 0.5, T + 0.5), interpolation="nearest")
+            ax.set(xlabel="state step k", ylabel="loss step t", title=f"credit log10‖∂L_t/∂h_k‖: {label}")
+        fig.colorbar(image, ax=fig.axes[3:], shrink=0.8, label="log10 ‖∂L_t/∂h_k‖")
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_clipping(study, path) -> Path:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    names = ("no clipping", f"clipped at ‖g‖ = {study.clip:g}")
+    for run, name in enumerate(names):
+        u = np.arange(1, study.grad_norm.shape[1] + 1)
+        axes[0].semilogy(u, study.grad_norm[run], lw=0.8, label=name)
+        axes[1].semilogy(u, study.loss[run], lw=0.8, label=name)
+    axes[0].axhline(study.clip, color="grey", ls=":", lw=1, label="clipping threshold")
+    axes[0].set(xlabel="update", ylabel="‖∂L/∂θ‖ before clipping", title=f"gradient norm, {study.label}, η = {study.gain:g}")
+    if study.baseline is not None:
+        axes[1].axhline(study.baseline, color="grey", ls="--", lw=1, label="task baseline")
+    axes[1].set(xlabel="update", ylabel="training loss", title="loss (same batches, plain SGD)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

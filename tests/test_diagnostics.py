@@ -1,0 +1,210 @@
+"""The flow report against independent references: the layers' own backward, finite
+differences of the forward pass, the PMB bound (V4) and the weight gradient itself."""
+import numpy as np
+import pytest
+
+import bptt
+from bptt.diagnostics import flow
+from bptt.diagnostics.plots import plot_clipping, plot_flow
+from bptt.train.explosion import clipping_study
+
+from helpers import make_model, make_state, ragged_mask
+
+CELLS = ["rnn", "lstm", "gru"]
+
+
+def _h(state):
+    return state[0] if isinstance(state, tuple) else state
+
+
+def _data(m, T, B, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, B, m.input_size))
+    y = rng.standard_normal((T, B, m.output_size)) if m.outputs == "all" else rng.standard_normal((B, m.output_size))
+    return x, y, make_state(m, B, rng)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_credit_rows_and_grad_norm_equal_the_backward_pass_per_step(cell):
+    """credit[t, k] = ‖∂L_t/∂h_k‖ from the layer's own backward over the chunk after step k,
+    with only step t's loss counted; grad_norm[k] likewise with every loss."""
+    m = make_model(cell, D=3, H=4, O=2)
+    T, B = 7, 3
+    x, y, s0 = _data(m, T, B)
+    mask = ragged_mask(T, [7, 5, 6])
+    N = int(mask.sum())
+    r = flow(m, x, y, s0, mask)
+    pred, _ = m.forward(x, s0, mask)
+    e = (2 * (pred - y) / (N * m.output_size) * mask[:, :, None]) @ m.params["head.W_y"]   # (C2), (H7)
+    assert np.allclose(np.diag(r.credit), np.linalg.norm(e, axis=(1, 2)), rtol=1e-12, atol=0)
+    for k in range(T - 1):
+        s_k = m.advance(x[:k + 1], s0, mask[:k + 1])
+        rest = dict(state0=s_k, mask=mask[k + 1:], loss_count=N)
+        total = _h(m.gradients(x[k + 1:], y[k + 1:], **rest).state0)[0] + e[k]
+        assert r.grad_norm[k, 0] == pytest.approx(np.linalg.norm(total), rel=1e-10)
+        for t in range(k + 1, T):
+            only_t = np.zeros((T - k - 1, B), dtype=bool)
+            only_t[t - k - 1] = True
+            dh = _h(m.gradients(x[k + 1:], y[k + 1:], loss_mask=only_t, **rest).state0)[0]
+            assert r.credit[t, k] == pytest.approx(np.linalg.norm(dh), rel=1e-10, abs=1e-15)
+    assert np.all(np.triu(r.credit, 1) == 0)
+
+
+def test_top_layer_credit_of_a_stack_equals_the_backward_pass():
+    m = make_model("gru", layers=2, D=2, H=3, O=2)
+    T, B = 6, 2
+    x, y, s0 = _data(m, T, B, seed=1)
+    r = flow(m, x, y, s0)
+    for k in range(T - 1):
+        s_k = m.advance(x[:k + 1], s0)
+        for t in range(k + 1, T):
+            only_t = np.zeros((T - k - 1, B), dtype=bool)
+            only_t[t - k - 1] = True
+            g = m.gradients(x[k + 1:], y[k + 1:], s_k, loss_mask=only_t, loss_count=T * B)
+            assert r.credit_by_layer[1, t, k] == pytest.approx(np.linalg.norm(g.state0[1]), rel=1e-10)
+
+
+@pytest.mark.parametrize("cell,nonlinearity", [("rnn", "tanh"), ("rnn", "sigmoid"), ("rnn", "relu"),
+                                               ("lstm", "tanh"), ("gru", "tanh")])
+def test_jacobian_products_match_finite_differences(cell, nonlinearity):
+    """Every singular value of ∂s_t/∂s_k (joint (h, c) for the LSTM), sequence 1 padded."""
+    m = make_model(cell, nonlinearity, D=2, H=3, O=1)
+    T, B, b = 6, 2, 1
+    x, y, s0 = _data(m, T, B, seed=2)
+    mask = ragged_mask(T, [6, 4])
+    n_state = 2 if cell == "lstm" else 1
+    S = n_state * m.hidden_size
+    r = flow(m, x, y, s0, mask, sequence=b, n_singular=S)
+
+    def joint(state):
+        parts = state if isinstance(state, tuple) else (state,)
+        return np.concatenate([p[0, b] for p in parts])
+
+    def with_joint(state, v):
+        parts = [p.copy() for p in (state if isinstance(state, tuple) else (state,))]
+        for i, p in enumerate(parts):
+            p[0, b] = v[i * m.hidden_size:(i + 1) * m.hidden_size]
+        return tuple(parts) if isinstance(state, tuple) else parts[0]
+
+    eps = 1e-6
+    checked = 0
+    for k in range(T - 1):
+        s_k = m.advance(x[:k + 1], s0, mask[:k + 1])
+        v0 = joint(s_k)
+        for t in range(k + 1, T):
+            J = np.empty((S, S))
+            for j in range(S):
+                d = np.zeros(S)
+                d[j] = eps
+                plus = joint(m.advance(x[k + 1:t + 1], with_joint(s_k, v0 + d), mask[k + 1:t + 1]))
+                minus = joint(m.advance(x[k + 1:t + 1], with_joint(s_k, v0 - d), mask[k + 1:t + 1]))
+                J[:, j] = (plus - minus) / (2 * eps)
+            sv = np.linalg.svd(J, compute_uv=False)
+            assert np.allclose(r.jacobian_singular[t, k], sv, rtol=1e-6, atol=1e-9), (t, k)
+            assert r.jacobian_norm[t, k] == pytest.approx(sv[0], rel=1e-6)
+            checked += 1
+    assert checked == T * (T - 1) // 2
+    # the padded steps of sequence 1 (after step 4) are the identity
+    assert np.allclose(r.jacobian_singular[5, 4], 1.0)
+
+
+@pytest.mark.parametrize("nonlinearity,gamma", [("tanh", 1.0), ("sigmoid", 0.25)])
+def test_products_stay_under_the_pmb_bound_when_eta_is_below_one(nonlinearity, gamma):
+    m = bptt.Model("rnn", 3, 16, 2, nonlinearity=nonlinearity, dtype="float64", seed=1)
+    W_h = m.params["layer0.W_h"]
+    W_h *= 0.9 / (gamma * np.linalg.norm(W_h, 2))              # σ_max(W_h) = 0.9 / γ
+    m.params["layer0.b_h"][:] = 0
+    T, B = 40, 2
+    rng = np.random.default_rng(3)
+    x = 0.05 * rng.standard_normal((T, B, 3))                  # f' near its maximum γ: a tight test
+    y = rng.standard_normal((T, B, 2))
+    r = flow(m, x, y, jacobian_steps="all", jacobian_lags="all")
+    assert r.gamma == gamma and r.eta == pytest.approx(0.9, rel=1e-12)
+    t, k, norms = r.measured_pairs()
+    assert norms.size == T * (T - 1) // 2
+    lags = t - k
+    assert np.all(norms <= 0.9 ** lags * (1 + 1e-12))           # (V4)
+    assert norms[lags == 1].min() > 0.8 * 0.9                   # the bound is nearly reached
+    assert r.summary()["above_bound"] == 0.0
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_lag_profile_sums_to_the_weight_gradient(cell):
+    m = make_model(cell, layers=2, D=3, H=4, O=2)
+    T, B = 9, 3
+    x, y, s0 = _data(m, T, B, seed=4)
+    mask = ragged_mask(T, [9, 4, 7])
+    r = flow(m, x, y, s0, mask, lag_grads=True)
+    g = m.gradients(x, y, s0, mask).params
+    G = g["layer0.W_h"]
+    assert np.abs(r.lag_grads.sum(axis=0) - G).max() <= 1e-12 * np.abs(G).max()     # (D3)
+    assert r.lag_profile.sum() == pytest.approx(np.linalg.norm(G), rel=1e-12)
+    assert r.lag_by_layer[1].sum() == pytest.approx(np.linalg.norm(g["layer1.W_h"]), rel=1e-12)
+    assert np.allclose(r.lag_profile, [np.vdot(Gt, G) / np.linalg.norm(G) for Gt in r.lag_grads])
+    assert r.lag_grads[0].any() and r.lag_grads[T - 1].any()   # lag 0 and the longest lag both contribute
+
+
+def test_outputs_last_has_one_loss_row_and_float32_models_are_measured_in_float64():
+    m32 = bptt.Model("lstm", 2, 8, 1, outputs="last", dtype="float32", seed=5)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((30, 2, 2)).astype(np.float32)
+    y = rng.standard_normal((2, 1)).astype(np.float32)
+    r = flow(m32, x, y)
+    assert np.all(r.credit[:-1] == 0)
+    assert np.allclose(r.credit[-1], r.grad_norm[:, 0], rtol=1e-12)
+    assert r.cell_grad_norm.shape == (30, 1) and np.all(r.cell_grad_norm > 0)
+    r64 = flow(m32.astype("float64"), x.astype(np.float64), y.astype(np.float64))
+    assert np.array_equal(r.credit, r64.credit)
+    assert np.array_equal(r.jacobian_norm, r64.jacobian_norm, equal_nan=True)
+
+
+def test_long_sequences_sample_pairs_and_keep_the_shapes():
+    m = bptt.Model("rnn", 2, 8, 1, outputs="last", seed=0)
+    rng = np.random.default_rng(6)
+    T = 200
+    r = flow(m, rng.standard_normal((T, 1, 2)).astype(np.float32), np.zeros((1, 1), np.float32))
+    assert r.credit.shape == r.jacobian_norm.shape == (T, T) and r.lag_profile.shape == (T,)
+    t, k, _ = r.measured_pairs()
+    assert 100 < t.size < T * (T - 1) // 2
+    assert (t - k).max() == T - 1                                # the longest lag is measured
+    assert (T - 1) in set(t.tolist())
+
+
+def test_flow_names_bad_arguments():
+    m = make_model("rnn", D=2, H=3, O=1)
+    x, y, _ = _data(m, 5, 2)
+    with pytest.raises(ValueError, match="targets"):
+        flow(m, x, None)
+    with pytest.raises(ValueError, match="sequence"):
+        flow(m, x, y, sequence=2)
+    with pytest.raises(ValueError, match="jacobian_steps"):
+        flow(m, x, y, jacobian_steps=[5])
+    with pytest.raises(ValueError, match="jacobian_lags"):
+        flow(m, x, y, jacobian_lags=[-1])
+    with pytest.raises(ValueError, match="n_singular"):
+        flow(m, x, y, n_singular=0)
+    with pytest.raises(ValueError, match="x"):
+        flow(m, x[:, :, :1], y)
+
+
+def test_clipping_keeps_an_exploding_network_trainable(tmp_path):
+    study = clipping_study(cell="rnn", seq_len=50, hidden=32, gain=3.0, clip=1.0, updates=120, lr=0.05)
+    plain, clipped = study.summary()
+    assert plain["max_norm"] > 1e4 * clipped["median_norm"]           # unclipped: it explodes
+    assert clipped["final_loss"] < 3 * study.baseline                # clipped: near the task's baseline
+    assert plain["diverged_at"] is not None or plain["final_loss"] > 100 * clipped["final_loss"]
+    path = plot_clipping(study, tmp_path / "clip.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_flow_draws_mixed_reports(tmp_path):
+    rng = np.random.default_rng(7)
+    reports = {}
+    for cell, outputs in (("rnn", "all"), ("lstm", "last")):
+        m = bptt.Model(cell, 2, 6, 1, outputs=outputs, seed=0)
+        y = np.zeros((12, 2, 1) if outputs == "all" else (2, 1), np.float32)
+        reports[cell] = flow(m, rng.standard_normal((12, 2, 2)).astype(np.float32), y)
+    path = plot_flow(reports, tmp_path / "flow.png", title="test")
+    assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="reports"):
+        plot_flow({}, tmp_path / "none.png")
