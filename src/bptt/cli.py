@@ -1,4 +1,4 @@
-"""The `bptt` command: train, resume, sample, eval (also `python -m bptt`).
+"""The `bptt` command: train, resume, sample, eval, flow, explain (also `python -m bptt`).
 
 Every error a user can cause (a bad option, a bad config file, a missing or non-UTF-8
 text file, a run folder without a checkpoint) is one line on stderr and exit status 2,
@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from . import __version__
+from . import __version__, cli_flow
 from .train.config import Config, coerce, load_toml
 
 DEFAULTS = Config()
@@ -66,7 +66,7 @@ def build_parser():
     parser = _Parser(prog="bptt", description="Recurrent networks trained by hand-derived backpropagation "
                                               "through time.")
     parser.add_argument("--version", action="version", version=f"bptt {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,resume,sample,eval}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,resume,sample,eval,flow,explain}")
     sub.required = True
     train = sub.add_parser("train", help="train a model (default: a character LSTM on Python's standard library)")
     _train_options(train)
@@ -83,6 +83,9 @@ def build_parser():
     sample.add_argument("--seed", type=int, default=None)
     evaluate = sub.add_parser("eval", help="validation figures of a run's latest checkpoint")
     evaluate.add_argument("run", metavar="RUN")
+    cli_flow.add_parser(sub)
+    explain = sub.add_parser("explain", help="print every step of BPTT on a tiny network, with equation numbers")
+    explain.add_argument("--cell", default="rnn", help="rnn, lstm or gru (default: rnn)")
     return parser
 
 
@@ -140,9 +143,17 @@ def main(argv=None) -> int:
         elif args.command == "eval":
             trainer = Trainer.resume(args.run)
             print(_figures(trainer, trainer.evaluate()))
+        elif args.command == "flow":
+            return cli_flow.run(args)
+        elif args.command == "explain":
+            from .diagnostics.explain import explain
+            explain(args.cell)
     except (ValueError, NonFiniteGradient) as exc:
         print(f"bptt: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:                 # output piped into `head` and closed: not an error
+        sys.stderr = None
+        return 0
     except KeyboardInterrupt:
         print("bptt: interrupted; `bptt resume RUN` continues from the last checkpoint", file=sys.stderr)
         return 130

@@ -62,7 +62,9 @@ def plot_flow(reports: dict, path, title: str | None = None) -> Path:
         share = np.cumsum(r.lag_profile) / total if total else np.zeros_like(r.lag_profile)
         ax.plot(np.arange(r.T), share, color=c, label=label)
     ax.axhline(1.0, color="grey", lw=0.5)
-    ax.set(xlabel="lag τ", ylabel="share of ‖∂L/∂W_h‖ from lags ≤ τ", title="(c) lag profile, cumulative")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(0, max(r.T for r in reports.values()))
+    ax.set(xlabel="lag τ (linear to 1, then log)", ylabel="share of ‖∂L/∂W_h‖ from lags ≤ τ", title="(c) lag profile, cumulative")
     ax.legend(fontsize=8)
 
     if heat:
