@@ -11,10 +11,15 @@ library's idle worker threads spin and steal the other's second core.
     python benchmarks/cells.py --quick         # fewer repeats
     python benchmarks/cells.py --shapes 100,32,64,128
 
-Prints one table: times in ms (median of blocks), ratio ours/torch (< 1 means faster),
-and the achieved GFLOP/s of our pass (GEMM flops: 2·T·B·G·H·(3H + 3D), less 2·T·B·G·H·D
-without ∂L/∂x) next to the float32
-GEMM rate NumPy reaches on this machine, measured in the same run.
+Prints one table: times in ms (the least of three rounds' medians of blocks; each round
+times the three sides one after the other) for our fused path (the default: Numba step kernels), our plain
+NumPy path (BPTT_FUSED=0) and PyTorch; the ratios to PyTorch (< 1 means faster), each the
+median over the rounds of the ratio within a round, since this machine's speed drifts; the
+achieved GFLOP/s of the fused pass (GEMM flops: 2·T·B·G·H·(3H + 3D), less 2·T·B·G·H·D
+without ∂L/∂x) as a share of the float32 GEMM rate NumPy reaches (1024³, measured before
+and after in the same run, the larger taken); and the memory each side stores for the
+backward pass (our tape without the input x and the initial state; PyTorch's saved
+tensors, found with autograd's saved-tensor hooks, without parameters, x and h0).
 """
 from __future__ import annotations
 
@@ -27,10 +32,12 @@ import time
 import numpy as np
 import torch
 
+from bptt.backends import fused
 from bptt.cells import CELLS
 
 SHAPES = [(25, 1, 65, 100), (100, 32, 64, 128), (100, 64, 128, 256), (200, 32, 128, 512), (1000, 16, 32, 128)]
 TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+ROUNDS = 3
 
 
 def block_time(fn, min_block_s, blocks):
@@ -82,15 +89,43 @@ def bench_shape(cell, T, B, D, H, min_block_s, blocks, input_grad):
         out.backward(dht)
 
     # The same numbers first: a benchmark of a wrong result measures nothing.
-    h, _, _ = layer.forward(params, x, state0)
+    h, _, tape = layer.forward(params, x, state0)
     with torch.no_grad():
         out, _ = ref(xt, s0t)
     err = float(np.abs(h - out.numpy()).max())
-    t_ours = block_time(ours, min_block_s, blocks)
-    t_torch = block_time(theirs, min_block_s, blocks)
+    tape_mib = sum(v.nbytes for k, v in tape._asdict().items()
+                   if isinstance(v, np.ndarray) and k not in ("x", "h0", "c0", "mask", "resets")) / 2 ** 20
+    torch_mib = torch_saved_mib(ref, xt, s0t)
+    times = {"fused": [], "plain": [], "torch": []}
+    for _ in range(ROUNDS):
+        times["fused"].append(block_time(ours, min_block_s, blocks))
+        times["torch"].append(block_time(theirs, min_block_s, blocks))
+        fused.ENABLED = False
+        try:
+            times["plain"].append(block_time(ours, min_block_s, blocks))
+        finally:
+            fused.ENABLED = True
     G = layer.GATES
     flops = 2.0 * T * B * G * H * (3 * H + (3 if input_grad else 2) * D)
-    return t_ours, t_torch, flops / t_ours / 1e9, err
+    best = {k: min(v) for k, v in times.items()}
+    # The machine's speed drifts between rounds; a ratio is taken within each round.
+    ratios = {k: statistics.median(a / b for a, b in zip(times[k], times["torch"])) for k in ("fused", "plain")}
+    return best, ratios, flops / best["fused"] / 1e9, err, tape_mib, torch_mib
+
+
+def torch_saved_mib(ref, xt, s0t):
+    """MiB of the tensors PyTorch's autograd saves for backward, less parameters and inputs."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        ref(xt, s0t)
+    inputs = list(ref.parameters()) + [xt] + list(s0t if isinstance(s0t, tuple) else (s0t,))
+    skip = {t.untyped_storage().data_ptr() for t in inputs}
+    return sum(n for ptr, n in storages.items() if ptr not in skip) / 2 ** 20
 
 
 def gemm_rate(n=1024, min_block_s=0.5):
@@ -110,22 +145,33 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
-    min_block_s, blocks = (0.2, 3) if args.quick else (0.6, 5)
+    min_block_s, blocks = (0.2, 3) if args.quick else (0.4, 5)
 
     what = "forward + backward with ∂L/∂x" if args.input_grad else "forward + backward (training step, no ∂L/∂x)"
     print(f"# {what}")
     print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · "
           f"{os.cpu_count()} cores · threads {args.threads} · numpy {np.__version__} · torch {torch.__version__}")
-    print(f"# NumPy float32 GEMM (1024³): {gemm_rate():.0f} GFLOP/s")
-    print(f"| cell | T, B, D, H | ours ms | torch ms | ours/torch | ours GFLOP/s | max |Δh| |")
-    print(f"|---|---|---:|---:|---:|---:|---:|")
+    before = gemm_rate()
+    print(f"# NumPy float32 GEMM (1024³): {before:.0f} GFLOP/s")
+    print("| cell | T, B, D, H | fused ms | plain ms | torch ms | fused/torch | plain/torch | GFLOP/s "
+          "| tape MiB ours | torch | max |Δh| |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
     for cell in args.cells.split(","):
         for T, B, D, H in shapes:
-            t_ours, t_torch, gflops, err = bench_shape(cell, T, B, D, H, min_block_s, blocks, args.input_grad)
-            print(f"| {cell} | {T}, {B}, {D}, {H} | {1e3 * t_ours:.2f} | {1e3 * t_torch:.2f} | "
-                  f"{t_ours / t_torch:.2f} | {gflops:.1f} | {err:.1e} |", flush=True)
-    print(f"# GEMM after the runs: {gemm_rate():.0f} GFLOP/s")
-
+            t, ratio, gflops, err, ours_mib, torch_mib = bench_shape(cell, T, B, D, H, min_block_s, blocks,
+                                                                    args.input_grad)
+            rows.append((cell, (T, B, D, H), gflops))
+            print(f"| {cell} | {T}, {B}, {D}, {H} | {1e3 * t['fused']:.2f} | {1e3 * t['plain']:.2f} | "
+                  f"{1e3 * t['torch']:.2f} | {ratio['fused']:.2f} | {ratio['plain']:.2f} | "
+                  f"{gflops:.1f} | {ours_mib:.2f} | {torch_mib:.2f} | {err:.1e} |", flush=True)
+    after = gemm_rate()
+    rate = max(before, after)
+    print(f"# GEMM after the runs: {after:.0f} GFLOP/s")
+    largest = max(shapes, key=lambda s: s[0] * s[1] * s[3] * (s[2] + s[3]))
+    for cell, shape, gflops in rows:
+        if shape == largest:
+            print(f"# {cell} at {shape}: {gflops:.1f} GFLOP/s = {100 * gflops / rate:.0f}% of the GEMM rate ({rate:.0f})")
 
 if __name__ == "__main__":
     main()

@@ -33,15 +33,18 @@ class GateBlocks:
             return np.ascontiguousarray(w)
         return np.ascontiguousarray(w.reshape(self.G, H, -1)[self.unperm].reshape(w.shape))
 
-    def project_inputs(self, params, x, halve):
+    def project_inputs(self, params, x, halve, bias=True):
         """(L1)/(G1)-(G4) input parts of every step in one GEMM, and W_hᵀ for the loop.
 
         Returns gates (T, B, G·H) = x W_xᵀ + b_h in internal order, and W_hᵀ (H, G·H).
+        With bias=False the b_h term is left out (the fused kernels add it as they go,
+        which saves a pass over the gates).
         """
         T, B, D = x.shape
         H = params["W_h"].shape[1]
         W_x = self.to_internal(params["W_x"], H, halve)
         W_hT = self.to_internal(params["W_h"], H, halve).T
         gates = np.matmul(x.reshape(T * B, D), W_x.T)              # (T·B, G·H)
-        gates += self.to_internal(params["b_h"], H, halve).reshape(-1)
+        if bias:
+            gates += self.to_internal(params["b_h"], H, halve).reshape(-1)
         return gates.reshape(T, B, self.G * H), W_hT

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backends import fused
+from ..backends.recurrent_gemm import RecurrentGEMM
 from ._blocks import GateBlocks
 from ._resets import previous_states, steps_with_resets, zero_where
 
@@ -54,7 +55,7 @@ def forward(params, x, state0, mask=None, resets=None):
     fast = fused.use_for(x.dtype)
     halve = not fast               # the NumPy path gets σ from one tanh of z/2 (A3)
     blocks = _TORCH_ORDER if fast else _BLOCKS
-    gates, W_hT = blocks.project_inputs(params, x, halve)        # (T, B, 3H) (G1)-(G4), input parts
+    gates, W_hT = blocks.project_inputs(params, x, halve, bias=not fast)        # (T, B, 3H) (G1)-(G4), input parts
     b_hn = params["b_hn"]
     (h_prev,) = state0
     q = np.empty((T, B, H), dtype=gates.dtype)
@@ -63,11 +64,12 @@ def forward(params, x, state0, mask=None, resets=None):
     reset_at = steps_with_resets(resets, T)
     if fast:
         valid = np.ones((T, B), dtype=bool) if mask is None else mask
+        recurrent = RecurrentGEMM(W_hT, B)
         for t in range(T):
             if reset_at[t]:
                 h_prev = zero_where(h_prev, resets[t])             # (M4)
-            np.matmul(h_prev, W_hT, out=rec)
-            fused.gru_forward_step(gates[t], rec, b_hn, h_prev, q[t], h[t], valid[t])   # (G1)-(G5), (M1)
+            rec = recurrent(h_prev)                                # W_h h_{t-1}
+            fused.gru_forward_step(gates[t], rec, params["b_h"], b_hn, h_prev, q[t], h[t], valid[t])   # (G1)-(G5), (M1)
             h_prev = h[t]
         return h, (h_prev,), Tape(x, state0[0], gates, q, h, mask, resets, fast)
     tmp = np.empty((B, H), dtype=gates.dtype)

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backends import fused
+from ..backends.recurrent_gemm import RecurrentGEMM
 from ._blocks import GateBlocks
 from ._resets import previous_states, steps_with_resets, zero_where
 
@@ -54,7 +55,7 @@ def forward(params, x, state0, mask=None, resets=None):
     fast = fused.use_for(x.dtype)
     halve = not fast               # the NumPy path gets σ from one tanh of z/2 (A3)
     blocks = _TORCH_ORDER if fast else _BLOCKS
-    gates, W_hT = blocks.project_inputs(params, x, halve)        # (T, B, 4H) (L1), input part
+    gates, W_hT = blocks.project_inputs(params, x, halve, bias=not fast)        # (T, B, 4H) (L1), input part
     h_prev, c_prev = state0
     c = np.empty((T, B, H), dtype=gates.dtype)
     h = np.empty((T, B, H), dtype=gates.dtype)
@@ -62,11 +63,12 @@ def forward(params, x, state0, mask=None, resets=None):
     reset_at = steps_with_resets(resets, T)
     if fast:
         valid = np.ones((T, B), dtype=bool) if mask is None else mask
+        recurrent = RecurrentGEMM(W_hT, B)
         for t in range(T):
             if reset_at[t]:
                 h_prev, c_prev = zero_where(h_prev, resets[t]), zero_where(c_prev, resets[t])   # (M4)
-            np.matmul(h_prev, W_hT, out=rec)
-            fused.lstm_forward_step(gates[t], rec, h_prev, c_prev, h[t], c[t], valid[t])   # (L1)-(L4), (M1)
+            rec = recurrent(h_prev)                                # W_h h_{t-1}
+            fused.lstm_forward_step(gates[t], rec, params["b_h"], h_prev, c_prev, h[t], c[t], valid[t])   # (L1)-(L4), (M1)
             h_prev, c_prev = h[t], c[t]
         return h, (h_prev, c_prev), Tape(x, state0[0], state0[1], gates, c, h, mask, resets, fast)
     ig = np.empty((B, H), dtype=gates.dtype)

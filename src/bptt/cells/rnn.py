@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..backends import fused
+from ..backends.recurrent_gemm import RecurrentGEMM
 from ..ops import ACTIVATIONS
 from ._resets import previous_states, steps_with_resets, zero_where
 
@@ -42,13 +44,26 @@ def forward(params, x, state0, mask=None, resets=None, nonlinearity="tanh"):
     H = W_h.shape[0]
     f = ACTIVATIONS[nonlinearity].forward
     (h_prev,) = state0
+    fast = fused.use_for(x.dtype)
     # (R1) input part of every step in one GEMM; h holds a_t until f turns it into h_t.
     h = np.matmul(x.reshape(T * B, D), W_x.T)                      # (T·B, H)
-    h += b_h
+    if not fast:
+        h += b_h                                                   # (the fused kernel adds b_h itself)
     h = h.reshape(T, B, H)
     W_hT = W_h.T
     rec = np.empty((B, H), dtype=h.dtype)
     reset_at = steps_with_resets(resets, T)
+    if fast:
+        kind = fused.KINDS[nonlinearity]
+        valid = np.ones((T, B), dtype=bool) if mask is None else mask
+        recurrent = RecurrentGEMM(W_hT, B)
+        for t in range(T):
+            if reset_at[t]:
+                h_prev = zero_where(h_prev, resets[t])             # (M4)
+            rec = recurrent(h_prev)                                # W_h h_{t-1}
+            fused.rnn_forward_step(h[t], rec, b_h, h_prev, valid[t], kind)   # (R1), (R2), (M1)
+            h_prev = h[t]
+        return h, (h_prev,), Tape(x, state0[0], h, mask, resets, nonlinearity)
     for t in range(T):
         if reset_at[t]:
             h_prev = zero_where(h_prev, resets[t])                 # (M4)
@@ -67,13 +82,53 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     x, h0, h, mask = tape.x, tape.h0, tape.h, tape.mask
     T, B, D = x.shape
     H = h.shape[2]
+    dh_next = np.zeros((B, H), dtype=h.dtype) if dstateT is None else dstateT[0].copy()
+    recursion = _recursion_fused if fused.use_for(h.dtype) else _recursion_numpy
+    delta_a, dh_next = recursion(W_h, dh, dh_next, tape)            # (T, B, H); ∂L/∂h_0
+    da2 = delta_a.reshape(T * B, H)
+    grads = {"W_x": da2.T @ x.reshape(T * B, D), "b_h": da2.sum(axis=0)}    # (R5), (R7)
+    if tape.resets is not None:
+        grads["W_h"] = da2.T @ previous_states(h0, h, tape.resets).reshape(T * B, H)   # (R6), (M5)
+    else:
+        grads["W_h"] = delta_a[0].T @ h0                            # (R6), t = 1 term
+        if T > 1:
+            grads["W_h"] += da2[B:].T @ h[:-1].reshape((T - 1) * B, H)   # (R6), t > 1 terms
+    grads = {k: grads[k] for k in ("W_x", "W_h", "b_h")}
+    dx = (da2 @ W_x).reshape(T, B, D) if need_dx else None          # (R8)
+    return dx, (dh_next,), grads
+
+
+def _recursion_fused(W_h, dh, dh_next, tape):
+    """(R3), (R4) backwards in time, one fused kernel and one GEMM per step."""
+    h, mask = tape.h, tape.mask
+    T, B, H = h.shape
+    delta_a = np.empty((T, B, H), dtype=h.dtype)
+    no_dh = np.zeros((B, H), dtype=h.dtype)
+    dh_skip = np.empty((B, H), dtype=h.dtype)
+    valid = np.ones((T, B), dtype=bool) if mask is None else mask
+    kind = fused.KINDS[tape.nonlinearity]
+    reset_at = steps_with_resets(tape.resets, T)
+    for t in range(T - 1, -1, -1):
+        fused.rnn_backward_step(no_dh if dh is None else dh[t], dh_next, h[t], valid[t], kind,
+                                delta_a[t], dh_skip)                 # (R3), (R4), (M2)
+        np.matmul(delta_a[t], W_h, out=dh_next)                     # (R3) W_hᵀ δa_t
+        if mask is not None:
+            np.add(dh_next, dh_skip, out=dh_next)                   # (M3)
+        if reset_at[t]:
+            dh_next[tape.resets[t]] = 0                             # (M5)
+    return delta_a, dh_next
+
+
+def _recursion_numpy(W_h, dh, dh_next, tape):
+    """(R3), (R4) backwards in time: f'(a_t) for all steps in bulk, three ufuncs a step."""
+    h, mask = tape.h, tape.mask
+    T, B, H = h.shape
     # δa starts as f'(a_t) for all steps in bulk, then is scaled in place by dh_t.
     delta_a = ACTIVATIONS[tape.nonlinearity].derivative(h)          # (T, B, H) (A2)
     if mask is not None:
         delta_a *= mask[:, :, None]                                 # (M2)
         keep = (~mask[:, :, None]).astype(h.dtype)                  # (T, B, 1)
     dh_t = np.empty((B, H), dtype=h.dtype)
-    dh_next = np.zeros((B, H), dtype=h.dtype) if dstateT is None else dstateT[0].copy()
     reset_at = steps_with_resets(tape.resets, T)
     for t in range(T - 1, -1, -1):
         if dh is None:
@@ -87,14 +142,4 @@ def backward(params, dh, dstateT, tape, need_dx=True):
             dh_next += dh_t                                         # (M3)
         if reset_at[t]:
             dh_next[tape.resets[t]] = 0                             # (M5)
-    da2 = delta_a.reshape(T * B, H)
-    grads = {"W_x": da2.T @ x.reshape(T * B, D), "b_h": da2.sum(axis=0)}    # (R5), (R7)
-    if tape.resets is not None:
-        grads["W_h"] = da2.T @ previous_states(h0, h, tape.resets).reshape(T * B, H)   # (R6), (M5)
-    else:
-        grads["W_h"] = delta_a[0].T @ h0                            # (R6), t = 1 term
-        if T > 1:
-            grads["W_h"] += da2[B:].T @ h[:-1].reshape((T - 1) * B, H)   # (R6), t > 1 terms
-    grads = {k: grads[k] for k in ("W_x", "W_h", "b_h")}
-    dx = (da2 @ W_x).reshape(T, B, D) if need_dx else None          # (R8)
-    return dx, (dh_next,), grads
+    return delta_a, dh_next
