@@ -67,3 +67,17 @@ def _measure(B, H, GH, dtype, repeats=3) -> bool:
             best[which] = min(best[which], time.perf_counter() - start)
     return best[True] < 0.95 * best[False]                          # switch only for a clear win
 
+
+class DeviceGEMM:
+    """rec = h_prev @ W_hT with the array module's matmul (cuBLAS on a GPU), no tuning."""
+
+    def __init__(self, W_hT, B, xp):
+        self.xp, self.W_hT = xp, W_hT
+        self.rec = xp.empty((B, W_hT.shape[1]), dtype=W_hT.dtype)
+
+    def __call__(self, h_prev):
+        return self.xp.matmul(h_prev, self.W_hT, out=self.rec)
+
+
+def for_module(xp, W_hT, B):
+    return RecurrentGEMM(W_hT, B) if xp is np else DeviceGEMM(W_hT, B, xp)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends.arrays import array_module
+
 
 class GateBlocks:
     def __init__(self, perm, sigmoid):
@@ -29,9 +31,10 @@ class GateBlocks:
 
     def to_torch_order(self, w, H):
         """Internal order -> PyTorch's order (a gradient on its way out), contiguous."""
+        xp = array_module(w)
         if self.identity:
-            return np.ascontiguousarray(w)
-        return np.ascontiguousarray(w.reshape(self.G, H, -1)[self.unperm].reshape(w.shape))
+            return xp.ascontiguousarray(w)
+        return xp.ascontiguousarray(w.reshape(self.G, H, -1)[self.unperm].reshape(w.shape))
 
     def project_inputs(self, params, x, halve, bias=True):
         """(L1)/(G1)-(G4) input parts of every step in one GEMM, and W_hᵀ for the loop.
@@ -44,7 +47,7 @@ class GateBlocks:
         H = params["W_h"].shape[1]
         W_x = self.to_internal(params["W_x"], H, halve)
         W_hT = self.to_internal(params["W_h"], H, halve).T
-        gates = np.matmul(x.reshape(T * B, D), W_x.T)              # (T·B, G·H)
+        gates = x.reshape(T * B, D) @ W_x.T                        # (T·B, G·H)
         if bias:
             gates += self.to_internal(params["b_h"], H, halve).reshape(-1)
         return gates.reshape(T, B, self.G * H), W_hT

@@ -6,7 +6,7 @@ a reset, and weight gradients use s_in, the state the step really read.         
 """
 from __future__ import annotations
 
-import numpy as np
+from ..backends.arrays import array_module
 
 
 def steps_with_resets(resets, T):
@@ -16,12 +16,13 @@ def steps_with_resets(resets, T):
 
 def zero_where(state, resets_t):
     """(M4) the state a step reads: zero rows for the streams that reset."""
-    return np.where(resets_t[:, None], 0, state).astype(state.dtype, copy=False)
+    xp = array_module(state)
+    return xp.where(resets_t[:, None], 0, state).astype(state.dtype, copy=False)
 
 
 def previous_states(first, seq, resets):
     """(T, B, H): the state each step read, [first, seq[0], …, seq[T-2]] after (M4)."""
-    prev = np.empty_like(seq)
+    prev = array_module(seq).empty_like(seq)
     prev[0] = first
     prev[1:] = seq[:-1]
     prev *= ~resets[:, :, None]

@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backends import fused
-from ..backends.recurrent_gemm import RecurrentGEMM
+from ..backends import fused, recurrent_gemm
+from ..backends.arrays import array_module, kernels_for
 from ._blocks import GateBlocks
 from ._resets import previous_states, steps_with_resets, zero_where
 
@@ -52,26 +52,28 @@ class Tape(NamedTuple):
 def forward(params, x, state0, mask=None, resets=None):
     T, B, D = x.shape
     H = params["W_h"].shape[1]
-    fast = fused.use_for(x.dtype)
+    xp = array_module(x)                 # NumPy, or CuPy on a GPU (fused path only)
+    fast = xp is not np or fused.use_for(x.dtype)
     halve = not fast               # the NumPy path gets σ from one tanh of z/2 (A3)
     blocks = _TORCH_ORDER if fast else _BLOCKS
-    gates, W_hT = blocks.project_inputs(params, x, halve, bias=not fast)        # (T, B, 3H) (G1)-(G4), input parts
+    gates, W_hT = blocks.project_inputs(params, x, halve, bias=not fast)   # (T, B, 3H) (G1)-(G4), input parts
     b_hn = params["b_hn"]
     (h_prev,) = state0
-    q = np.empty((T, B, H), dtype=gates.dtype)
-    h = np.empty((T, B, H), dtype=gates.dtype)
-    rec = np.empty((B, 3 * H), dtype=gates.dtype)
+    q = xp.empty((T, B, H), dtype=gates.dtype)
+    h = xp.empty((T, B, H), dtype=gates.dtype)
     reset_at = steps_with_resets(resets, T)
     if fast:
-        valid = np.ones((T, B), dtype=bool) if mask is None else mask
-        recurrent = RecurrentGEMM(W_hT, B)
+        kernels = kernels_for(xp)
+        valid = xp.ones((T, B), dtype=bool) if mask is None else mask
+        recurrent = recurrent_gemm.for_module(xp, W_hT, B)
         for t in range(T):
             if reset_at[t]:
                 h_prev = zero_where(h_prev, resets[t])             # (M4)
             rec = recurrent(h_prev)                                # W_h h_{t-1}
-            fused.gru_forward_step(gates[t], rec, params["b_h"], b_hn, h_prev, q[t], h[t], valid[t])   # (G1)-(G5), (M1)
+            kernels.gru_forward_step(gates[t], rec, params["b_h"], b_hn, h_prev, q[t], h[t], valid[t])  # (G1)-(G5), (M1)
             h_prev = h[t]
         return h, (h_prev,), Tape(x, state0[0], gates, q, h, mask, resets, fast)
+    rec = np.empty((B, 3 * H), dtype=gates.dtype)
     tmp = np.empty((B, H), dtype=gates.dtype)
     for t in range(T):
         if reset_at[t]:
@@ -106,7 +108,8 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     blocks = _TORCH_ORDER if tape.fused else _BLOCKS
     W_x = blocks.to_internal(params["W_x"], H)
     W_h = blocks.to_internal(params["W_h"], H)
-    dh_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[0].copy()
+    xp = array_module(x)
+    dh_next = xp.zeros((B, H), dtype=dt) if dstateT is None else dstateT[0].copy()
     recursion = _recursion_fused if tape.fused else _recursion_numpy
     d_rec, d_n = recursion(W_h, dh, dh_next, tape)                 # (T, B, 3H), (T, B, H); dh_next -> t = 0
     d2 = d_rec.reshape(T * B, 3 * H)
@@ -118,8 +121,8 @@ def backward(params, dh, dstateT, tape, need_dx=True):
         dW_h = d2[:B].T @ tape.h0                                  # (G10)
         if T > 1:
             dW_h += d2[B:].T @ h[:-1].reshape((T - 1) * B, H)
-    dW_x = np.concatenate([d2[:, :2 * H].T @ x2, dn2.T @ x2])      # (G10) input side: [δz_z, δz_r, δn]
-    db = np.concatenate([d2[:, :2 * H].sum(axis=0), dn2.sum(axis=0)])
+    dW_x = xp.concatenate([d2[:, :2 * H].T @ x2, dn2.T @ x2])      # (G10) input side: [δz_z, δz_r, δn]
+    db = xp.concatenate([d2[:, :2 * H].sum(axis=0), dn2.sum(axis=0)])
     grads = {
         "W_x": blocks.to_torch_order(dW_x, H),
         "W_h": blocks.to_torch_order(dW_h, H),
@@ -135,19 +138,21 @@ def _recursion_fused(W_h, dh, dh_next, tape):
     """(G6)-(G9) backwards in time, one fused kernel and one GEMM per step."""
     gates, q, h, mask = tape.gates, tape.q, tape.h, tape.mask
     T, B, H = h.shape
-    d_rec = np.empty((T, B, 3 * H), dtype=h.dtype)
-    d_n = np.empty((T, B, H), dtype=h.dtype)
-    no_dh = np.zeros((B, H), dtype=h.dtype)
-    direct = np.empty((B, H), dtype=h.dtype)
-    valid = np.ones((T, B), dtype=bool) if mask is None else mask
+    xp = array_module(h)
+    kernels = kernels_for(xp)
+    d_rec = xp.empty((T, B, 3 * H), dtype=h.dtype)
+    d_n = xp.empty((T, B, H), dtype=h.dtype)
+    no_dh = xp.zeros((B, H), dtype=h.dtype)
+    direct = xp.empty((B, H), dtype=h.dtype)
+    valid = xp.ones((T, B), dtype=bool) if mask is None else mask
     reset_at = steps_with_resets(tape.resets, T)
     h_in = None if tape.resets is None else previous_states(tape.h0, h, tape.resets)
     for t in range(T - 1, -1, -1):
         h_prev = h_in[t] if h_in is not None else (tape.h0 if t == 0 else h[t - 1])
-        fused.gru_backward_step(no_dh if dh is None else dh[t], dh_next, gates[t], q[t],
-                                h_prev, valid[t], d_rec[t], d_n[t], direct)
-        np.matmul(d_rec[t], W_h, out=dh_next)                      # (G6) W_hᵀ [δz_z, δz_r, δq]
-        np.add(dh_next, direct, out=dh_next)                       # (G6) + z ⊙ dh_t
+        kernels.gru_backward_step(no_dh if dh is None else dh[t], dh_next, gates[t], q[t],
+                                  h_prev, valid[t], d_rec[t], d_n[t], direct)
+        xp.matmul(d_rec[t], W_h, out=dh_next)                      # (G6) W_hᵀ [δz_z, δz_r, δq]
+        xp.add(dh_next, direct, out=dh_next)                       # (G6) + z ⊙ dh_t
         if reset_at[t]:
             dh_next[tape.resets[t]] = 0                            # (M5)
     return d_rec, d_n

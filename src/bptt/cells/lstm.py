@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backends import fused
-from ..backends.recurrent_gemm import RecurrentGEMM
+from ..backends import fused, recurrent_gemm
+from ..backends.arrays import array_module, kernels_for
 from ._blocks import GateBlocks
 from ._resets import previous_states, steps_with_resets, zero_where
 
@@ -52,25 +52,27 @@ class Tape(NamedTuple):
 def forward(params, x, state0, mask=None, resets=None):
     T, B, D = x.shape
     H = params["W_h"].shape[1]
-    fast = fused.use_for(x.dtype)
+    xp = array_module(x)                 # NumPy, or CuPy on a GPU (fused path only)
+    fast = xp is not np or fused.use_for(x.dtype)
     halve = not fast               # the NumPy path gets σ from one tanh of z/2 (A3)
     blocks = _TORCH_ORDER if fast else _BLOCKS
-    gates, W_hT = blocks.project_inputs(params, x, halve, bias=not fast)        # (T, B, 4H) (L1), input part
+    gates, W_hT = blocks.project_inputs(params, x, halve, bias=not fast)   # (T, B, 4H) (L1), input part
     h_prev, c_prev = state0
-    c = np.empty((T, B, H), dtype=gates.dtype)
-    h = np.empty((T, B, H), dtype=gates.dtype)
-    rec = np.empty((B, 4 * H), dtype=gates.dtype)
+    c = xp.empty((T, B, H), dtype=gates.dtype)
+    h = xp.empty((T, B, H), dtype=gates.dtype)
     reset_at = steps_with_resets(resets, T)
     if fast:
-        valid = np.ones((T, B), dtype=bool) if mask is None else mask
-        recurrent = RecurrentGEMM(W_hT, B)
+        kernels = kernels_for(xp)
+        valid = xp.ones((T, B), dtype=bool) if mask is None else mask
+        recurrent = recurrent_gemm.for_module(xp, W_hT, B)
         for t in range(T):
             if reset_at[t]:
                 h_prev, c_prev = zero_where(h_prev, resets[t]), zero_where(c_prev, resets[t])   # (M4)
             rec = recurrent(h_prev)                                # W_h h_{t-1}
-            fused.lstm_forward_step(gates[t], rec, params["b_h"], h_prev, c_prev, h[t], c[t], valid[t])   # (L1)-(L4), (M1)
+            kernels.lstm_forward_step(gates[t], rec, params["b_h"], h_prev, c_prev, h[t], c[t], valid[t])  # (L1)-(L4), (M1)
             h_prev, c_prev = h[t], c[t]
         return h, (h_prev, c_prev), Tape(x, state0[0], state0[1], gates, c, h, mask, resets, fast)
+    rec = np.empty((B, 4 * H), dtype=gates.dtype)
     ig = np.empty((B, H), dtype=gates.dtype)
     for t in range(T):
         if reset_at[t]:
@@ -104,8 +106,9 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     blocks = _TORCH_ORDER if tape.fused else _BLOCKS
     W_x = blocks.to_internal(params["W_x"], H)
     W_h = blocks.to_internal(params["W_h"], H)
-    dh_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[0].copy()
-    dc_next = np.zeros((B, H), dtype=dt) if dstateT is None else dstateT[1].copy()
+    xp = array_module(x)
+    dh_next = xp.zeros((B, H), dtype=dt) if dstateT is None else dstateT[0].copy()
+    dc_next = xp.zeros((B, H), dtype=dt) if dstateT is None else dstateT[1].copy()
     recursion = _recursion_fused if tape.fused else _recursion_numpy
     dz = recursion(W_h, dh, dh_next, dc_next, tape)                # (T, B, 4H); dh_next, dc_next -> t = 0
     dz2 = dz.reshape(T * B, 4 * H)
@@ -128,19 +131,21 @@ def _recursion_fused(W_h, dh, dh_next, dc_next, tape):
     """(L5)-(L9) backwards in time, one fused kernel and one GEMM per step."""
     gates, c, mask = tape.gates, tape.c, tape.mask
     T, B, H = c.shape
-    dz = np.empty((T, B, 4 * H), dtype=c.dtype)
-    no_dh = np.zeros((B, H), dtype=c.dtype)
-    dh_skip = np.empty((B, H), dtype=c.dtype)
-    valid = np.ones((T, B), dtype=bool) if mask is None else mask
+    xp = array_module(c)
+    kernels = kernels_for(xp)
+    dz = xp.empty((T, B, 4 * H), dtype=c.dtype)
+    no_dh = xp.zeros((B, H), dtype=c.dtype)
+    dh_skip = xp.empty((B, H), dtype=c.dtype)
+    valid = xp.ones((T, B), dtype=bool) if mask is None else mask
     reset_at = steps_with_resets(tape.resets, T)
     c_in = None if tape.resets is None else previous_states(tape.c0, c, tape.resets)
     for t in range(T - 1, -1, -1):
         c_prev = c_in[t] if c_in is not None else (tape.c0 if t == 0 else c[t - 1])
-        fused.lstm_backward_step(no_dh if dh is None else dh[t], dh_next, dc_next, gates[t], c[t],
-                                 c_prev, valid[t], dz[t], dh_skip)
-        np.matmul(dz[t], W_h, out=dh_next)                         # (L5) W_hᵀ δz_t
+        kernels.lstm_backward_step(no_dh if dh is None else dh[t], dh_next, dc_next, gates[t], c[t],
+                                   c_prev, valid[t], dz[t], dh_skip)
+        xp.matmul(dz[t], W_h, out=dh_next)                         # (L5) W_hᵀ δz_t
         if mask is not None:
-            np.add(dh_next, dh_skip, out=dh_next)                  # (M3)
+            xp.add(dh_next, dh_skip, out=dh_next)                  # (M3)
         if reset_at[t]:
             dh_next[tape.resets[t]] = 0                            # (M5)
             dc_next[tape.resets[t]] = 0

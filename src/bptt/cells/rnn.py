@@ -15,8 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backends import fused
-from ..backends.recurrent_gemm import RecurrentGEMM
+from ..backends import fused, recurrent_gemm
+from ..backends.arrays import array_module, kernels_for
 from ..ops import ACTIVATIONS
 from ._resets import previous_states, steps_with_resets, zero_where
 
@@ -44,26 +44,28 @@ def forward(params, x, state0, mask=None, resets=None, nonlinearity="tanh"):
     H = W_h.shape[0]
     f = ACTIVATIONS[nonlinearity].forward
     (h_prev,) = state0
-    fast = fused.use_for(x.dtype)
+    xp = array_module(x)                 # NumPy, or CuPy on a GPU (fused path only)
+    fast = xp is not np or fused.use_for(x.dtype)
     # (R1) input part of every step in one GEMM; h holds a_t until f turns it into h_t.
-    h = np.matmul(x.reshape(T * B, D), W_x.T)                      # (T·B, H)
+    h = x.reshape(T * B, D) @ W_x.T                                # (T·B, H)
     if not fast:
         h += b_h                                                   # (the fused kernel adds b_h itself)
     h = h.reshape(T, B, H)
     W_hT = W_h.T
-    rec = np.empty((B, H), dtype=h.dtype)
     reset_at = steps_with_resets(resets, T)
     if fast:
+        kernels = kernels_for(xp)
         kind = fused.KINDS[nonlinearity]
-        valid = np.ones((T, B), dtype=bool) if mask is None else mask
-        recurrent = RecurrentGEMM(W_hT, B)
+        valid = xp.ones((T, B), dtype=bool) if mask is None else mask
+        recurrent = recurrent_gemm.for_module(xp, W_hT, B)
         for t in range(T):
             if reset_at[t]:
                 h_prev = zero_where(h_prev, resets[t])             # (M4)
             rec = recurrent(h_prev)                                # W_h h_{t-1}
-            fused.rnn_forward_step(h[t], rec, b_h, h_prev, valid[t], kind)   # (R1), (R2), (M1)
+            kernels.rnn_forward_step(h[t], rec, b_h, h_prev, valid[t], kind)   # (R1), (R2), (M1)
             h_prev = h[t]
         return h, (h_prev,), Tape(x, state0[0], h, mask, resets, nonlinearity)
+    rec = np.empty((B, H), dtype=h.dtype)
     for t in range(T):
         if reset_at[t]:
             h_prev = zero_where(h_prev, resets[t])                 # (M4)
@@ -82,8 +84,9 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     x, h0, h, mask = tape.x, tape.h0, tape.h, tape.mask
     T, B, D = x.shape
     H = h.shape[2]
-    dh_next = np.zeros((B, H), dtype=h.dtype) if dstateT is None else dstateT[0].copy()
-    recursion = _recursion_fused if fused.use_for(h.dtype) else _recursion_numpy
+    xp = array_module(h)
+    dh_next = xp.zeros((B, H), dtype=h.dtype) if dstateT is None else dstateT[0].copy()
+    recursion = _recursion_fused if xp is not np or fused.use_for(h.dtype) else _recursion_numpy
     delta_a, dh_next = recursion(W_h, dh, dh_next, tape)            # (T, B, H); ∂L/∂h_0
     da2 = delta_a.reshape(T * B, H)
     grads = {"W_x": da2.T @ x.reshape(T * B, D), "b_h": da2.sum(axis=0)}    # (R5), (R7)
@@ -102,18 +105,20 @@ def _recursion_fused(W_h, dh, dh_next, tape):
     """(R3), (R4) backwards in time, one fused kernel and one GEMM per step."""
     h, mask = tape.h, tape.mask
     T, B, H = h.shape
-    delta_a = np.empty((T, B, H), dtype=h.dtype)
-    no_dh = np.zeros((B, H), dtype=h.dtype)
-    dh_skip = np.empty((B, H), dtype=h.dtype)
-    valid = np.ones((T, B), dtype=bool) if mask is None else mask
+    xp = array_module(h)
+    kernels = kernels_for(xp)
+    delta_a = xp.empty((T, B, H), dtype=h.dtype)
+    no_dh = xp.zeros((B, H), dtype=h.dtype)
+    dh_skip = xp.empty((B, H), dtype=h.dtype)
+    valid = xp.ones((T, B), dtype=bool) if mask is None else mask
     kind = fused.KINDS[tape.nonlinearity]
     reset_at = steps_with_resets(tape.resets, T)
     for t in range(T - 1, -1, -1):
-        fused.rnn_backward_step(no_dh if dh is None else dh[t], dh_next, h[t], valid[t], kind,
+        kernels.rnn_backward_step(no_dh if dh is None else dh[t], dh_next, h[t], valid[t], kind,
                                 delta_a[t], dh_skip)                 # (R3), (R4), (M2)
-        np.matmul(delta_a[t], W_h, out=dh_next)                     # (R3) W_hᵀ δa_t
+        xp.matmul(delta_a[t], W_h, out=dh_next)                     # (R3) W_hᵀ δa_t
         if mask is not None:
-            np.add(dh_next, dh_skip, out=dh_next)                   # (M3)
+            xp.add(dh_next, dh_skip, out=dh_next)                   # (M3)
         if reset_at[t]:
             dh_next[tape.resets[t]] = 0                             # (M5)
     return delta_a, dh_next

@@ -1,0 +1,27 @@
+"""The array module of the inputs (NumPy or CuPy) and the step kernels that go with it.
+
+DESIGN.md's rule 7: the same layer code runs on a GPU. A layer's fused path asks
+``array_module(x)`` for ``xp`` and ``kernels_for(xp)`` for its step kernels: NumPy arrays
+get backends/fused.py (Numba), CuPy arrays get backends/cuda.py (NVRTC). CuPy is only
+imported when a CuPy array is passed in.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def array_module(*arrays):
+    """numpy, or cupy when any argument is a CuPy array."""
+    for a in arrays:
+        if type(a).__module__.split(".")[0] == "cupy":
+            import cupy
+            return cupy
+    return np
+
+
+def kernels_for(xp):
+    if xp is np:
+        from . import fused
+        return fused
+    from . import cuda
+    return cuda.kernels()
