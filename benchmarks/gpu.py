@@ -54,23 +54,22 @@ def main():
                 cell, T, B, D, H, *row), flush=True)
 
 
-def _params_of(ref, cell, cp):
+def _params_of(ref, cell, cp, torch):
+    """bptt's parameter dict from a torch layer's weights, as CuPy copies on the same device."""
     W_x, W_h = ref.weight_ih_l0.detach(), ref.weight_hh_l0.detach()
     b_ih, b_hh = ref.bias_ih_l0.detach(), ref.bias_hh_l0.detach()
     H = W_h.shape[1]
-    to = lambda t: cp.asarray(t.float().contiguous())           # noqa: E731  (DLPack-free copy)
+
+    def to(t):
+        return cp.array(t.float().contiguous(), copy=True)       # via __cuda_array_interface__
+
     params = {"W_x": to(W_x), "W_h": to(W_h)}
     if cell == "gru":
-        params["b_h"] = to(torch_cat(b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]))
+        params["b_h"] = to(torch.cat([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]]))
         params["b_hn"] = to(b_hh[2 * H:])
     else:
         params["b_h"] = to(b_ih + b_hh)
     return params
-
-
-def torch_cat(a, b):
-    import torch
-    return torch.cat([a, b])
 
 
 def _rel(a, b):
@@ -99,7 +98,7 @@ def bench(cell, T, B, D, H, repeats, cp, torch, layer, GraphedLayer):
     x32, dh32 = x64.float(), dh64.float()
     cudnn_out, cudnn_gWh, cudnn_gh0 = (t.detach().cpu().numpy() for t in torch_pass(ref32, x32, dh32))
 
-    params = _params_of(ref32, cell, cp)
+    params = _params_of(ref32, cell, cp, torch)
     x, dh = cp.asarray(x32.cpu().numpy()), cp.asarray(dh32.cpu().numpy())
     state0 = tuple(cp.zeros((B, H), cp.float32) for _ in layer.STATE)
 

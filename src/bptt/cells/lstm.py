@@ -99,7 +99,7 @@ def forward(params, x, state0, mask=None, resets=None):
 
 def backward(params, dh, dstateT, tape, need_dx=True):
     """dh (T, B, H): ∂L/∂h_t from above; dstateT: (∂L/∂h_T, ∂L/∂c_T) from the future."""
-    x, gates, c, h, mask = tape.x, tape.gates, tape.c, tape.h, tape.mask
+    x, h = tape.x, tape.h
     T, B, D = x.shape
     H = h.shape[2]
     dt = h.dtype

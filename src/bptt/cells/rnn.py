@@ -81,7 +81,7 @@ def forward(params, x, state0, mask=None, resets=None, nonlinearity="tanh"):
 def backward(params, dh, dstateT, tape, need_dx=True):
     """dh (T, B, H): ∂L/∂h_t from above; dstateT: (∂L/∂h_T,) flowing in from the future."""
     W_x, W_h = params["W_x"], params["W_h"]
-    x, h0, h, mask = tape.x, tape.h0, tape.h, tape.mask
+    x, h0, h = tape.x, tape.h0, tape.h
     T, B, D = x.shape
     H = h.shape[2]
     xp = array_module(h)
