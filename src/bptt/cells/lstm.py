@@ -112,15 +112,19 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     recursion = _recursion_fused if tape.fused else _recursion_numpy
     dz = recursion(W_h, dh, dh_next, dc_next, tape)                # (T, B, 4H); dh_next, dc_next -> t = 0
     dz2 = dz.reshape(T * B, 4 * H)
+    # (L10): ∂L/∂W_x = Σ δz_t x_tᵀ and ∂L/∂W_h = Σ δz_t h_{t-1}ᵀ as one GEMM against the rows
+    # [x_t | h_{t-1}] (T·B, D + H): one wide GEMM is faster than two narrow ones (P).
+    inputs = xp.empty((T * B, D + H), dtype=dt)
+    inputs[:, :D] = x.reshape(T * B, D)
     if tape.resets is not None:
-        dW_h = dz2.T @ previous_states(tape.h0, h, tape.resets).reshape(T * B, H)   # (L10), (M5)
+        inputs[:, D:] = previous_states(tape.h0, h, tape.resets).reshape(T * B, H)   # (M5)
     else:
-        dW_h = dz2[:B].T @ tape.h0                                 # (L10), t = 1 term
-        if T > 1:
-            dW_h += dz2[B:].T @ h[:-1].reshape((T - 1) * B, H)     # (L10)
+        inputs[:B, D:] = tape.h0
+        inputs[B:, D:] = h[:-1].reshape((T - 1) * B, H)
+    dW = dz2.T @ inputs                                            # (4H, D + H) (L10)
     grads = {
-        "W_x": blocks.to_torch_order(dz2.T @ x.reshape(T * B, D), H),    # (L10)
-        "W_h": blocks.to_torch_order(dW_h, H),
+        "W_x": blocks.to_torch_order(dW[:, :D], H),
+        "W_h": blocks.to_torch_order(dW[:, D:], H),
         "b_h": blocks.to_torch_order(dz2.sum(axis=0), H).reshape(-1),    # (L10)
     }
     dx = (dz2 @ W_x).reshape(T, B, D) if need_dx else None         # (L11)
