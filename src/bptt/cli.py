@@ -115,11 +115,29 @@ def _figures(trainer, final) -> str:
 
 def _finish(trainer, final):
     from .train.trainer import sample
+    if not trainer.world.root:                # under mpiexec, rank 0 speaks for the job
+        return
     print(f"run folder: {trainer.run}  (metrics.jsonl, loss.png, checkpoints)")
     if trainer.text:
         print("sample:")
         print(sample(trainer.model, trainer.task, 300, 0.8, rng=np.random.default_rng(trainer.config.seed)))
     print(_figures(trainer, final))
+
+
+def _mpi_rank():
+    """This process's rank when it is one of several MPI ranks, else None."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.COMM_WORLD.Get_size() == 1:
+        return None
+    return mpi.COMM_WORLD.Get_rank()
+
+
+def _abort_other_ranks(code):
+    """An error on one rank ends the whole MPI job at once: the others must not wait in a
+    collective for a rank that has left."""
+    if _mpi_rank() is not None:
+        sys.stderr.flush()
+        sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(code)
 
 
 def main(argv=None) -> int:
@@ -148,8 +166,10 @@ def main(argv=None) -> int:
         elif args.command == "explain":
             from .diagnostics.explain import explain
             explain(args.cell)
-    except (ValueError, NonFiniteGradient) as exc:
-        print(f"bptt: error: {exc}", file=sys.stderr)
+    except (ValueError, NonFiniteGradient, RuntimeError) as exc:
+        rank = _mpi_rank()
+        print(f"bptt: error{'' if rank is None else f' (MPI rank {rank})'}: {exc}", file=sys.stderr)
+        _abort_other_ranks(2)
         return 2
     except BrokenPipeError:                 # output piped into `head` and closed: not an error
         sys.stderr = None

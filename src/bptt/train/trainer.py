@@ -9,6 +9,7 @@ bit for bit, the run that never stopped.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..distributed import world as mpi_world
 from ..model import Model
 from ..through_time import checkpointed
 from ..through_time.schedules import stream_updates
@@ -31,9 +33,11 @@ LOG_EVERY = 50
 
 
 class Trainer:
-    def __init__(self, config: Config, run_dir=None):
+    def __init__(self, config: Config, run_dir=None, world=None):
         self.config = config.check()
         c = config
+        self.world = world if world is not None else mpi_world()     # one rank unless under mpiexec
+        self.world.share(c.batch, "batch")
         self.task = make_task(c.task, c.seq_len, c.text)
         self.model = Model(c.cell, hidden_size=c.hidden, num_layers=c.layers, nonlinearity=c.nonlinearity,
                            dtype=c.dtype, seed=c.seed, init=c.init, forget_bias=c.forget_bias,
@@ -44,7 +48,8 @@ class Trainer:
         self.skipped = 0
         self.text = isinstance(self.task, TextTask)
         if self.text:
-            self.streams = self.task.streams(self.task.train, c.batch)     # (L, B)
+            # This rank's columns of the B streams (all of them on one rank).
+            self.streams = self.task.streams(self.task.train, c.batch)[:, self.world.share(c.batch, "batch")]
             self.k1 = c.k1 or c.seq_len
             self.context = (c.k2 or self.k1) - self.k1
             self.position = dict(epoch=0, start=0)
@@ -52,21 +57,37 @@ class Trainer:
             self._updates = None
         else:
             self.valid_batch = self.task.batch(np.random.default_rng(c.seed + 1_000_003), 512, self.model.dtype)
-        self.run = Path(run_dir or c.out or time.strftime("runs/%Y%m%d-%H%M%S"))
-        self.run.mkdir(parents=True, exist_ok=True)
+        # rank 0 names the run folder (a time-stamped default could differ by a second)
+        self.run = Path(self.world.broadcast(str(run_dir or c.out or time.strftime("runs/%Y%m%d-%H%M%S"))))
+        if self.world.root:
+            self.run.mkdir(parents=True, exist_ok=True)
         self.metrics = runs.Metrics(self.run)
+        self.world.agree("configuration", c.to_dict())
+        self.world.agree("data", self._data_fingerprint())
+
+    def _data_fingerprint(self):
+        if self.text:
+            return [len(self.task.train), hashlib.sha256(np.ascontiguousarray(self.task.train)).hexdigest()]
+        return [self.task.name, self.config.seq_len, self.config.seed]
 
     # ---- checkpoints ------------------------------------------------------------------------
 
     def save(self):
+        """A checkpoint, written by rank 0; every rank takes part (drift check, stream states)."""
+        self.world.check_parameters(self.model.params, self.step)
+        window_state = None
+        if self.text and self.window_state is not None:
+            ws = self.window_state if isinstance(self.window_state, tuple) else (self.window_state,)
+            window_state = tuple(self.world.gather_columns(s) for s in ws)      # all B streams
+        if not self.world.root:
+            return None
         arrays = {f"param.{k}": v for k, v in self.model.params.items()}
         arrays |= {f"optim.{k}": np.asarray(v) for k, v in self.optimizer.state_dict().items()}
         meta = {"config": self.config.to_dict(), "rng": self.rng.bit_generator.state, "skipped": self.skipped}
         if self.text:
             meta["position"] = self.position
-            if self.window_state is not None:
-                ws = self.window_state if isinstance(self.window_state, tuple) else (self.window_state,)
-                arrays |= {f"window_state.{i}": s for i, s in enumerate(ws)}
+            if window_state is not None:
+                arrays |= {f"window_state.{i}": s for i, s in enumerate(window_state)}
         return runs.save_checkpoint(self.run, self.step, arrays, meta)
 
     @classmethod
@@ -96,9 +117,11 @@ class Trainer:
         self.rng.bit_generator.state = meta["rng"]
         if self.text:
             self.position = dict(meta["position"])
-            ws = [arrays[k] for k in sorted(k for k in arrays if k.startswith("window_state."))]
+            cols = self.world.share(self.config.batch, "batch")      # any number of ranks that divides B
+            ws = [arrays[k][:, cols] for k in sorted(k for k in arrays if k.startswith("window_state."))]
             self.window_state = None if not ws else (tuple(ws) if self.model.cell == "lstm" else ws[0])
-        self.metrics.truncate_after(self.step)
+        if self.world.root:
+            self.metrics.truncate_after(self.step)
 
     # ---- one update ---------------------------------------------------------------------------
 
@@ -122,7 +145,11 @@ class Trainer:
         return loss, grads, (e - a) * self.streams.shape[1]
 
     def _batch_update(self):
-        x, y = self.task.batch(self.rng, self.config.batch, self.model.dtype)
+        x, y = self.task.batch(self.rng, self.config.batch, self.model.dtype)     # the global batch
+        if self.world.size > 1:                                     # this rank's rows of it
+            rows = self.world.share(self.config.batch, "batch")
+            x = np.ascontiguousarray(x[:, rows])
+            y = np.ascontiguousarray(y[rows] if self.model.outputs == "last" else y[:, rows])
         if self.config.checkpointing:
             loss, grads, _ = checkpointed(self.model, x, y, budget=self.config.checkpointing)
         else:
@@ -133,6 +160,13 @@ class Trainer:
         """One optimizer step. Returns (loss, gradient norm before clipping, lr, tokens)."""
         c = self.config
         loss, grads, tokens = self._text_update() if self.text else self._batch_update()
+        if self.world.size > 1:
+            # Each rank's mean over its equal share of positions, scaled by 1/N and summed:
+            # the mean over the global batch, in one all-reduce of one flat buffer.
+            for g in grads.values():
+                g *= 1.0 / self.world.size
+            loss = self.world.sum_gradients(grads, loss / self.world.size)
+            tokens *= self.world.size
         self.step += 1
         try:
             check_finite(loss, grads)
@@ -151,7 +185,10 @@ class Trainer:
     # ---- evaluation ------------------------------------------------------------------------------
 
     def evaluate(self) -> dict:
-        """Validation figures: loss (nats per char for text), and bits and accuracy where apt."""
+        """Validation figures: loss (nats per char for text), and bits and accuracy where apt.
+        Rank 0 alone evaluates (the parameters are the same on every rank)."""
+        if not self.world.root:
+            return {}
         m = self.model
         if self.text:
             codes = self.task.streams(self.task.valid, min(16, max(1, len(self.task.valid) // 200)))
@@ -179,10 +216,11 @@ class Trainer:
         with a checkpoint there); returns the last validation figures."""
         c = self.config
         end = c.steps if stop_at is None else min(stop_at, c.steps)
-        if self.step == 0:
+        root = self.world.root
+        if self.step == 0 and root:
             runs.Metrics(self.run).path.write_text("")
             (self.run / "config.json").write_text(json.dumps(c.to_dict(), indent=1))
-        bar = tqdm(total=c.steps, initial=self.step, disable=not progress, unit="upd", dynamic_ncols=True,
+        bar = tqdm(total=c.steps, initial=self.step, disable=not (progress and root), unit="upd", dynamic_ncols=True,
                    desc=f"{c.task}/{c.cell}")
         losses, t0, tokens = [], time.perf_counter(), 0
         final = {}
@@ -201,14 +239,15 @@ class Trainer:
             if self.step % c.eval_every == 0 or self.step == end:
                 final = self.evaluate()
                 record = (record or {"step": self.step}) | final
-            if record is not None:
+            if record is not None and root:
                 self.metrics.write(record | ({"skipped": self.skipped} if self.skipped else {}))
             if self.step % c.checkpoint_every == 0 or self.step == end:
                 self.save()
         bar.close()
         if not final:
             final = self.evaluate()
-        self.plot()
+        if root:
+            self.plot()
         return final
 
     def plot(self):

@@ -1,0 +1,111 @@
+"""Data-parallel training under `mpiexec -n 2`: the same parameters as one rank, resume with
+another number of ranks, one clear error on a mismatch, and a dead rank ends the job."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+pytest.importorskip("mpi4py")
+MPIEXEC = shutil.which("mpiexec") or str(Path(sys.executable).parent / "mpiexec")
+pytestmark = pytest.mark.skipif(not Path(MPIEXEC).exists(), reason="no mpiexec (pip install -e '.[mpi]')")
+
+BPTT = [sys.executable, "-m", "bptt"]
+SYNTHETIC = ["train", "--task", "adding", "--seq-len", "12", "--hidden", "8", "--batch", "8", "--steps", "8",
+             "--dtype", "float64", "--optimizer", "adam", "--lr", "0.01", "--schedule", "constant",
+             "--clip-norm", "0.05", "--eval-every", "4", "--checkpoint-every", "4", "--quiet"]
+
+
+def run(ranks, args, timeout=120):
+    cmd = ([MPIEXEC, "-n", str(ranks)] if ranks > 1 else []) + BPTT + args
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def params(run_dir, step):
+    arrays = load_file(str(Path(run_dir) / f"ckpt-{step:08d}.safetensors"))
+    return {k: v for k, v in arrays.items() if k.startswith("param.")}
+
+
+def assert_same(a, b, tol=1e-10):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.abs(a[k] - b[k]).max() <= tol * max(1.0, np.abs(a[k]).max()), k
+
+
+def test_two_ranks_equal_one_rank_with_adam_and_clipping(tmp_path):
+    one = run(1, SYNTHETIC + ["--out", str(tmp_path / "one")])
+    two = run(2, SYNTHETIC + ["--out", str(tmp_path / "two")])
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    assert_same(params(tmp_path / "one", 8), params(tmp_path / "two", 8))
+    assert two.stdout.count("validation adding") == 1                 # rank 0 alone speaks
+    last = [line for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if "grad_norm" in line][-1]
+    assert float(last.split('"grad_norm": ')[1].split(",")[0]) > 0.05   # clipping was active
+
+
+def test_text_streams_split_over_ranks_and_resume_with_another_count(tmp_path):
+    corpus = tmp_path / "t.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog; " * 300, encoding="utf-8")
+    text = ["train", "--text", str(corpus), "--hidden", "12", "--seq-len", "8", "--k2", "12", "--batch", "4",
+            "--dtype", "float64", "--schedule", "constant", "--eval-every", "5", "--checkpoint-every", "5",
+            "--quiet"]
+    assert run(1, text + ["--steps", "10", "--out", str(tmp_path / "one")]).returncode == 0
+    two = run(2, text + ["--steps", "5", "--out", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stderr
+    resumed = run(1, ["resume", str(tmp_path / "two"), "--steps", "10", "--quiet"])   # 2 ranks, then 1
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same(params(tmp_path / "one", 10), params(tmp_path / "two", 10))
+
+
+def test_ranks_with_different_configurations_stop_with_one_error(tmp_path):
+    out = str(tmp_path / "x")
+    cmd = [MPIEXEC, "-n", "1", *BPTT, *SYNTHETIC, "--seed", "0", "--out", out, ":",
+           "-n", "1", *BPTT, *SYNTHETIC, "--seed", "1", "--out", out]
+    start = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and time.monotonic() - start < 60
+    assert "configuration of rank(s) [1] differ(s) from rank 0's" in done.stderr
+
+
+def test_a_batch_that_does_not_split_is_refused(tmp_path):
+    done = run(2, SYNTHETIC[:7] + ["--batch", "3"] + SYNTHETIC[9:] + ["--out", str(tmp_path / "b")])
+    assert done.returncode != 0 and "does not split evenly over 2 MPI ranks" in done.stderr
+
+
+def test_a_dead_rank_ends_the_job_and_the_last_checkpoint_stays_whole(tmp_path):
+    out = tmp_path / "dead"
+    args = SYNTHETIC[:10] + ["100000"] + SYNTHETIC[11:-5] + ["--checkpoint-every", "50", "--eval-every", "100000",
+                                                           "--quiet", "--out", str(out)]
+    job = subprocess.Popen([MPIEXEC, "-n", "2", *BPTT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob("ckpt-*.json")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(out.glob("ckpt-*.json")), "no checkpoint appeared"
+        ranks = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_rank(p, out)]
+        assert len(ranks) == 2
+        os.kill(max(ranks), signal.SIGKILL)                           # one rank dies mid-run
+        killed = time.monotonic()
+        job.wait(timeout=60)
+        assert job.returncode != 0 and time.monotonic() - killed < 30
+    finally:
+        if job.poll() is None:
+            job.kill()
+    from bptt.train import runs
+    meta, arrays = runs.load_checkpoint(out)                          # the last checkpoint loads, whole
+    assert meta["step"] >= 50 and all(np.isfinite(v).all() for k, v in arrays.items() if k.startswith("param."))
+
+
+def _is_rank(proc, out):
+    try:
+        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(b"bptt" in c for c in cmdline) and str(out).encode() in cmdline and \
+        not any(b"mpiexec" in c or b"hydra" in c for c in cmdline[:1])
