@@ -1,0 +1,88 @@
+"""Updates per second of data-parallel training on 1 and 2 MPI ranks, and the all-reduce's share.
+
+    python benchmarks/mpi.py [--ranks 1 2] [--steps 200]
+
+Runs the trainer itself (`bptt train`, no checkpoints inside the timed part) under
+``mpiexec -n N`` for each N, on the same global batch, and prints updates/s, the time of
+the one gradient all-reduce per update (distributed/mpi.py's own clock) and the speed-up
+over one rank. Two model sizes: a small one where the all-reduce and the Python overhead
+weigh, and a larger one where the compute does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+CASES = {
+    "lstm H=64, adding T=50, B=32": ["--task", "adding", "--cell", "lstm", "--hidden", "64", "--seq-len", "50",
+                                     "--batch", "32"],
+    "lstm H=256, adding T=100, B=64": ["--task", "adding", "--cell", "lstm", "--hidden", "256", "--seq-len", "100",
+                                       "--batch", "64"],
+}
+
+WORKER = r"""
+import json, sys, time
+from bptt.train.config import Config
+from bptt.train.trainer import Trainer
+args = json.loads(sys.argv[1])
+trainer = Trainer(Config(**args).check())
+for _ in range(5):                                   # warm-up: compile, allocate
+    trainer.update()
+trainer.world.allreduce_seconds = 0.0
+if trainer.world.comm is not None:
+    trainer.world.comm.Barrier()
+start = time.perf_counter()
+n = args["steps"] - 5
+for _ in range(n):
+    trainer.update()
+elapsed = time.perf_counter() - start
+if trainer.world.root:
+    print(json.dumps({"updates_per_s": n / elapsed, "allreduce_ms": 1e3 * trainer.world.allreduce_seconds / n,
+                      "ranks": trainer.world.size}))
+"""
+
+
+def config_of(flags, steps, out):
+    keys = dict(zip(flags[::2], flags[1::2]))
+    conv = {"--task": ("task", str), "--cell": ("cell", str), "--hidden": ("hidden", int),
+            "--seq-len": ("seq_len", int), "--batch": ("batch", int)}
+    cfg = {conv[k][0]: conv[k][1](v) for k, v in keys.items()}
+    return cfg | {"steps": steps, "out": out, "checkpoint_every": 10 ** 9, "eval_every": 10 ** 9}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--steps", type=int, default=200)
+    args = parser.parse_args()
+    mpiexec = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    print(f"# {time.strftime('%Y-%m-%d')} · {platform.machine()} · {os.cpu_count()} cores · float32 · "
+          f"{args.steps} updates after 5 of warm-up · BLAS threads per rank: 2 // ranks")
+    print("| model and task | ranks | updates/s | all-reduce ms/update | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for name, flags in CASES.items():
+        base = None
+        for n in args.ranks:
+            with tempfile.TemporaryDirectory() as out:
+                cfg = json.dumps(config_of(flags, args.steps, out))
+                threads = str(max(1, (os.cpu_count() or 2) // n))   # one rank per core, no oversubscription
+                env = os.environ | {"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+                cmd = ([mpiexec, "-n", str(n)] if n > 1 else []) + [sys.executable, "-c", WORKER, cfg]
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+                if done.returncode != 0:
+                    raise SystemExit(done.stderr)
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                base = base or r["updates_per_s"]
+                print(f"| {name} | {n} | {r['updates_per_s']:.1f} | {r['allreduce_ms']:.3f} | "
+                      f"{r['updates_per_s'] / base:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
