@@ -1,20 +1,23 @@
 """A run folder: config.json, metrics.jsonl, checkpoints (safetensors + JSON), loss.png.
 
 A checkpoint is two files, ckpt-STEP.safetensors (parameters, optimizer state, carried
-stream state) and ckpt-STEP.json (config, step, random-generator state, data position).
-Each is written to a temporary name, flushed and renamed; the JSON goes last, so a
-checkpoint counts only once both are whole. The two newest are kept. No pickle anywhere.
+stream state) and ckpt-STEP.json (config, step, random-generator state, data position,
+and the SHA-256 of the safetensors file). Each is written to a temporary name, flushed
+and renamed; the JSON goes last, so a checkpoint counts only once both are whole. The two
+newest are kept. Loading checks the digest first: a truncated, corrupted or altered tensor
+file is refused with its name, never loaded. No pickle anywhere.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, save
 
-FORMAT = 1
+FORMAT = 2          # 2: the JSON records the safetensors file's SHA-256
 
 
 def _atomic_write(path: Path, write):
@@ -26,9 +29,10 @@ def _atomic_write(path: Path, write):
 
 
 def save_checkpoint(run: Path, step: int, arrays: dict, meta: dict, keep: int = 2) -> Path:
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    _atomic_write(run / f"ckpt-{step:08d}.safetensors", lambda p: save_file(arrays, str(p)))
-    body = json.dumps({"format": FORMAT, "step": step} | meta, indent=1)
+    data = save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    _atomic_write(run / f"ckpt-{step:08d}.safetensors", lambda p: p.write_bytes(data))
+    body = json.dumps({"format": FORMAT, "step": step, "sha256": hashlib.sha256(data).hexdigest()} | meta,
+                      indent=1)
     _atomic_write(run / f"ckpt-{step:08d}.json", lambda p: p.write_text(body))
     for old in checkpoints(run)[:-keep]:
         old.with_suffix(".safetensors").unlink(missing_ok=True)
@@ -49,15 +53,30 @@ def load_checkpoint(run) -> tuple:
     if not found:
         raise ValueError(f"RUN: {run} has no checkpoint (ckpt-*.json with its .safetensors)")
     meta_path = found[-1]
+    tensors = meta_path.with_suffix(".safetensors")
+    previous = f"; the previous checkpoint {found[-2].name} may be intact (move the broken one away " \
+               f"to resume from it)" if len(found) > 1 else ""
     try:
         meta = json.loads(meta_path.read_text())
-        arrays = load_file(str(meta_path.with_suffix(".safetensors")))
+        data = tensors.read_bytes()
     except (ValueError, OSError) as exc:
-        raise ValueError(f"RUN: checkpoint {meta_path.name} is unreadable: {exc}") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"RUN: checkpoint {meta_path.name} has format {meta.get('format')!r}, expected {FORMAT}")
+        raise ValueError(f"RUN: checkpoint {meta_path.name} is unreadable: {exc}{previous}") from None
+    if not isinstance(meta, dict) or meta.get("format") not in (1, FORMAT):
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"RUN: checkpoint {meta_path.name} has format {got!r}, expected {FORMAT}")
+    if not isinstance(meta.get("step"), int) or isinstance(meta.get("step"), bool) or meta["step"] < 0:
+        raise ValueError(f"RUN: checkpoint {meta_path.name}: step must be an integer >= 0, got {meta.get('step')!r}")
+    if meta["format"] >= 2:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != meta.get("sha256"):
+            raise ValueError(f"RUN: {tensors.name} does not match the SHA-256 its checkpoint records "
+                             f"({str(meta.get('sha256'))[:12]}…, the file gives {digest[:12]}…): it is truncated, "
+                             f"corrupted or was changed{previous}")
+    try:
+        arrays = load(data)
+    except Exception as exc:                   # safetensors' own error type is not a ValueError
+        raise ValueError(f"RUN: {tensors.name} is not a valid safetensors file: {exc}{previous}") from None
     return meta, arrays
-
 
 class Metrics:
     """Appends one JSON object per line to metrics.jsonl."""
