@@ -144,6 +144,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .train.clip import NonFiniteGradient
     from .train.trainer import Trainer, sample
+    trainer = None
     try:
         if args.command == "train":
             trainer = Trainer(_config_from(args))
@@ -168,7 +169,11 @@ def main(argv=None) -> int:
             explain(args.cell)
     except (ValueError, NonFiniteGradient, RuntimeError) as exc:
         rank = _mpi_rank()
-        print(f"bptt: error{'' if rank is None else f' (MPI rank {rank})'}: {exc}", file=sys.stderr)
+        where = ""
+        if isinstance(exc, NonFiniteGradient) and getattr(trainer, "last_batch", None) is not None:
+            from .diagnostics.nonfinite import first_nonfinite
+            where = "; " + first_nonfinite(trainer.model, *trainer.last_batch).describe()
+        print(f"bptt: error{'' if rank is None else f' (MPI rank {rank})'}: {exc}{where}", file=sys.stderr)
         _abort_other_ranks(2)
         return 2
     except BrokenPipeError:                 # output piped into `head` and closed: not an error

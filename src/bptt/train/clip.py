@@ -9,7 +9,8 @@ class NonFiniteGradient(ValueError):
 
     def __init__(self, name, value):
         self.name = name
-        super().__init__(f"gradient of {name}: not finite ({value}); the update was not applied")
+        what = name if name == "the loss" else f"gradient of {name}"
+        super().__init__(f"{what}: not finite ({value}); the update was not applied")
 
 
 def check_finite(loss, grads: dict) -> None:

@@ -150,6 +150,7 @@ class Trainer:
             rows = self.world.share(self.config.batch, "batch")
             x = np.ascontiguousarray(x[:, rows])
             y = np.ascontiguousarray(y[rows] if self.model.outputs == "last" else y[:, rows])
+        self.last_batch = (x, y)                  # for locating a non-finite gradient
         if self.config.checkpointing:
             loss, grads, _ = checkpointed(self.model, x, y, budget=self.config.checkpointing)
         else:
@@ -159,7 +160,10 @@ class Trainer:
     def update(self):
         """One optimizer step. Returns (loss, gradient norm before clipping, lr, tokens)."""
         c = self.config
-        loss, grads, tokens = self._text_update() if self.text else self._batch_update()
+        # An overflow becomes inf or NaN here and is judged by check_finite and the
+        # on_nonfinite policy below, not printed as a NumPy warning or raised midway.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss, grads, tokens = self._text_update() if self.text else self._batch_update()
         if self.world.size > 1:
             # Each rank's mean over its equal share of positions, scaled by 1/N and summed:
             # the mean over the global batch, in one all-reduce of one flat buffer.

@@ -1,0 +1,60 @@
+"""A non-finite gradient is traced to its first step, forward or backward, and reported."""
+import numpy as np
+import pytest
+
+import bptt
+from bptt.cli import main
+from bptt.diagnostics.nonfinite import first_nonfinite
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def linear_rnn(gain, T):
+    """An identity-activation RNN with W_h = gain·I: ∂L/∂h_k grows like gain^(T-1-k) (V1, V2)."""
+    m = bptt.Model("rnn", 1, 4, 1, nonlinearity="identity", outputs="last", dtype="float32", seed=0)
+    m.params["layer0.W_h"][:] = gain * np.eye(4, dtype=np.float32)
+    m.params["layer0.b_h"][:] = 0
+    return m, np.full((T, 2, 1), 0.01, np.float32), np.zeros((2, 1), np.float32)
+
+
+def test_the_backward_step_where_float32_overflows_is_found():
+    m, x, y = linear_rnn(1.6, 150)
+    found = first_nonfinite(m, x, y)
+    # the same recursion in float64: dh_{T-1} = W_yᵀ δo, dh_{k-1} = W_hᵀ dh_k (f' = 1)
+    m64 = m.astype("float64")
+    pred, _ = m64.forward(x.astype(np.float64))
+    dh = (2 * 0.5 * (pred - y)) @ m64.params["head.W_y"]
+    k = x.shape[0] - 1
+    while np.abs(dh).max() <= F32_MAX:
+        dh = dh @ m64.params["layer0.W_h"]
+        k -= 1
+    assert found.forward == [None] and found.backward == [k] and not found.loss_finite
+    assert f"step {k} (layer 0" in found.describe()
+
+
+def test_the_forward_step_where_the_state_overflows_is_found():
+    m, x, y = linear_rnn(3.0, 120)
+    h = np.zeros(4)
+    t = 0
+    while True:                                       # h_t = 3 h_{t-1} + W_x·0.01 in float64
+        h = 3.0 * h + m.params["layer0.W_x"][:, 0].astype(np.float64) * 0.01
+        if np.abs(h).max() > F32_MAX:
+            break
+        t += 1
+    found = first_nonfinite(m, x, y)
+    assert found.forward == [t]
+    assert found.describe() == f"the forward pass left the finite range at step {t} (layer 0)"
+
+
+def test_a_finite_gradient_is_said_to_be_finite():
+    m, x, y = linear_rnn(0.5, 30)
+    assert first_nonfinite(m, x, y).describe() == "every state and every ∂L/∂h_k is finite"
+
+
+def test_the_command_names_the_parameter_and_the_step(tmp_path, capsys):
+    code = main(["train", "--task", "adding", "--cell", "rnn", "--nonlinearity", "identity", "--init", "identity",
+                 "--seq-len", "400", "--hidden", "8", "--batch", "4", "--steps", "50", "--lr", "0.1",
+                 "--clip-norm", "1e30", "--quiet", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "not finite" in err and "left the finite range at step" in err
