@@ -1,6 +1,5 @@
 """A non-finite gradient is traced to its first step, forward or backward, and reported."""
 import numpy as np
-import pytest
 
 import bptt
 from bptt.cli import main

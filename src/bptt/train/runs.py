@@ -102,14 +102,14 @@ class Metrics:
 def plot_losses(run: Path, records: list, baseline=None, baseline_name="", ylabel="loss"):
     """loss.png: training loss and validation loss against the update."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A bare Figure, not pyplot: no global figure registry for a long run to fill.
+        from matplotlib.figure import Figure
     except ImportError:                                  # pragma: no cover
         return None
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     valid = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    fig = Figure(figsize=(7, 4), dpi=110)
+    ax = fig.add_subplot()
     if train:
         ax.plot(*zip(*train), lw=1, alpha=0.8, label="training loss")
     if valid:
@@ -124,5 +124,4 @@ def plot_losses(run: Path, records: list, baseline=None, baseline_name="", ylabe
     fig.tight_layout()
     path = Path(run) / "loss.png"
     fig.savefig(path)
-    plt.close(fig)
     return path

@@ -1,0 +1,89 @@
+"""Random shapes, masks, dtypes, NaN/inf and empty sequences thrown at the public API. The
+only outcomes allowed: the documented ValueError, naming the argument, exactly when the
+input is invalid; or, when it is valid, a finite loss and gradients that match the loss
+(and, in float64, a central finite difference)."""
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import bptt
+
+EXAMPLES = 200
+HEAD_LOSS = [("identity", "mse"), ("sigmoid", "bce"), ("softmax", "cross_entropy")]
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_gradients_give_a_correct_result_or_a_named_error(data):
+    draw = data.draw
+    cell = draw(st.sampled_from(["rnn", "lstm", "gru"]))
+    nonlinearity = draw(st.sampled_from(["tanh", "sigmoid", "identity"])) if cell == "rnn" else "tanh"
+    head, loss = draw(st.sampled_from(HEAD_LOSS))
+    outputs = draw(st.sampled_from(["all", "last"]))
+    dtype = draw(st.sampled_from(["float32", "float64"]))
+    D, H, O = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(2, 3))
+    model = bptt.Model(cell, D, H, O, num_layers=draw(st.integers(1, 2)), nonlinearity=nonlinearity, head=head,
+                       loss=loss, outputs=outputs, dtype=dtype, seed=draw(st.integers(0, 99)))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 31)))
+    invalid = []                                          # what the input breaks, by construction
+
+    T, B = draw(st.integers(0, 5)), draw(st.integers(0, 3))
+    Dx = draw(st.sampled_from([D, D, D, D + 1]))
+    x_dtype = draw(st.sampled_from([dtype, dtype, dtype, "float32" if dtype == "float64" else "float64", "int64"]))
+    x = rng.standard_normal((T, B, Dx)).astype(x_dtype)
+    if T == 0 or B == 0:
+        invalid.append("x")
+    if Dx != D or x_dtype != dtype:
+        invalid.append("x")
+    poison = draw(st.sampled_from([None, None, None, np.nan, np.inf, -np.inf]))
+    if poison is not None and x.size and x.dtype.kind == "f":
+        x.flat[rng.integers(x.size)] = poison
+        invalid.append("x")
+
+    mask = None
+    kind = draw(st.sampled_from(["none", "none", "random", "wrong shape"]))
+    if kind == "random" and T and B:
+        mask = rng.random((T, B)) < 0.7
+        if not mask.any() or (outputs == "last" and not mask.any(axis=0).all()):
+            invalid.append("mask")
+    elif kind == "wrong shape":
+        mask = np.ones((T + 1, B), dtype=bool)
+        invalid.append("mask")
+
+    lead = (T, B) if outputs == "all" else (B,)
+    if loss == "cross_entropy":
+        targets = rng.integers(0, O, size=lead)
+        if draw(st.booleans()) and targets.size:
+            targets.flat[0] = O                           # a class that does not exist
+            invalid.append("targets")
+    else:
+        targets = rng.uniform(0, 1, size=lead + (O,)).astype(dtype)
+        if draw(st.integers(0, 4)) == 0:
+            targets = targets[..., :-1]                   # one output too few
+            invalid.append("targets")
+
+    try:
+        g = model.gradients(x, targets, mask=mask)
+    except ValueError as exc:
+        message = str(exc)
+        assert invalid, f"a valid input was refused: {message}"
+        assert message.split(":")[0].split(" ")[0] in ("x", "mask", "targets"), message
+        return
+    assert not invalid, f"an invalid input ({invalid}) was accepted"
+    assert np.isfinite(g.loss)
+    assert g.loss == model.loss_value(x, targets, mask=mask)
+    for name, p in model.params.items():
+        assert g.params[name].shape == p.shape and g.params[name].dtype == p.dtype
+        assert np.isfinite(g.params[name]).all(), name
+    if dtype == "float64":                                # one coordinate against a central difference
+        name = draw(st.sampled_from(sorted(model.params)))
+        p = model.params[name]
+        i = tuple(int(rng.integers(n)) for n in p.shape)
+        keep, eps = p[i], 1e-6
+        p[i] = keep + eps
+        up = model.loss_value(x, targets, mask=mask)
+        p[i] = keep - eps
+        down = model.loss_value(x, targets, mask=mask)
+        p[i] = keep
+        fd = (up - down) / (2 * eps)
+        assert abs(fd - g.params[name][i]) <= 1e-6 * max(1.0, abs(fd)), (name, i, fd, g.params[name][i])
