@@ -87,3 +87,67 @@ def test_gradients_give_a_correct_result_or_a_named_error(data):
         p[i] = keep
         fd = (up - down) / (2 * eps)
         assert abs(fd - g.params[name][i]) <= 1e-6 * max(1.0, abs(fd)), (name, i, fd, g.params[name][i])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_schedules_give_full_bptt_or_a_named_error(data):
+    """truncated(k1, k2 = T) and checkpointed(budget) against full BPTT, or a named ValueError."""
+    from bptt import through_time as tt
+    draw = data.draw
+    cell = draw(st.sampled_from(["rnn", "lstm", "gru"]))
+    model = bptt.Model(cell, 2, 3, 2, dtype="float64", seed=draw(st.integers(0, 9)))
+    T, B = draw(st.integers(1, 8)), draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 31)))
+    x = rng.standard_normal((T, B, 2))
+    y = rng.standard_normal((T, B, 2))
+    full = model.gradients(x, y, input_grad=False)
+    k1 = draw(st.integers(-1, T + 2))
+    try:
+        updates = list(tt.truncated(model, x, y, k1, max(T, k1) if k1 >= 1 else None))
+    except ValueError as exc:
+        assert k1 < 1 and str(exc).startswith("k1"), str(exc)
+    else:
+        assert k1 >= 1
+        if k1 >= T:                                      # one window: the whole sequence
+            assert len(updates) == 1
+            for name, g in updates[0][1].items():
+                assert np.allclose(g, full.params[name], rtol=1e-10, atol=1e-12), name
+    budget = draw(st.one_of(st.none(), st.integers(-2, 2 * T)))
+    try:
+        loss, grads, _ = tt.checkpointed(model, x, y, budget=budget)
+    except ValueError as exc:
+        assert budget is not None and budget < 1 and str(exc).startswith("budget"), str(exc)
+    else:
+        assert budget is None or budget >= 1
+        assert abs(loss - full.loss) <= 1e-12 * max(1.0, abs(full.loss))
+        for name, g in grads.items():
+            assert np.allclose(g, full.params[name], rtol=1e-10, atol=1e-12), name
+
+
+OPTIONS = {"--hidden": ["0", "-3", "abc", "1.5"], "--layers": ["0", "x"], "--seq-len": ["0", "-1"],
+           "--batch": ["0", "two"], "--steps": ["0", "-5"], "--lr": ["0", "-1", "nan?", "fast"],
+           "--cell": ["elman", ""], "--task": ["nope"], "--optimizer": ["adamm"], "--dtype": ["float16"],
+           "--schedule": ["linear"], "--k1": ["0"], "--k2": ["1"], "--clip-norm": ["x", "-1", "0", "inf"],
+           "--clip-value": ["0", "-5"], "--warmup": ["-5"], "--forget-bias": ["nan", "inf"],
+           "--eval-every": ["0"], "--checkpoint-every": ["-1"], "--checkpointing": ["0"]}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(option=st.sampled_from(sorted(OPTIONS)), data=st.data())
+def test_every_bad_option_of_bptt_train_is_one_named_line(option, data, tmp_path_factory, capsys):
+    from bptt.cli import main
+    value = data.draw(st.sampled_from(OPTIONS[option]))
+    argv = ["train", "--task", "adding", "--seq-len", "8", "--steps", "1", "--quiet", option, value,
+            "--out", str(tmp_path_factory.mktemp("bad"))]
+    if option == "--k2":
+        argv += ["--k1", "4", "--task", "text", "--text", __file__]  # k2 < k1
+    try:
+        code = main(argv)
+    except SystemExit as exc:                            # argparse's own type errors
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (option, value)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert option.lstrip("-").replace("-", "_") in err.replace("-", "_") or option in err, err

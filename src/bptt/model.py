@@ -85,6 +85,8 @@ class Model:
         _checks.choice("init", init, INITS)
         if init == "identity" and cell != "rnn":
             raise ValueError(f"init: 'identity' (IRNN) applies to cell='rnn' only, got cell={cell!r}")
+        if not np.isfinite(forget_bias):
+            raise ValueError(f"forget_bias: expected a finite number, got {forget_bias}")
         if forget_bias and cell != "lstm":
             raise ValueError(f"forget_bias: applies to cell='lstm' only, got cell={cell!r}")
         self.layer = CELLS[self.cell]

@@ -27,6 +27,8 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
     Returns the norm before clipping, as torch.nn.utils.clip_grad_norm_ does (and scales
     by max_norm / (norm + 1e-6), as it does).
     """
+    if not max_norm > 0:                       # a negative bound would flip every gradient
+        raise ValueError(f"max_norm: expected a positive number, got {max_norm}")
     norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
     scale = max_norm / (norm + 1e-6)
     if scale < 1:
@@ -37,5 +39,7 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
 
 def clip_grad_value(grads: dict, limit: float) -> None:
     """Clip every gradient entry into [−limit, limit] (min-char-rnn's ±5)."""
+    if not (limit > 0 and np.isfinite(limit)):
+        raise ValueError(f"limit: expected a positive number, got {limit}")
     for g in grads.values():
         np.clip(g, -limit, limit, out=g)

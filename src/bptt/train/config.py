@@ -6,6 +6,7 @@ key, or a value of the wrong type, is an error that names it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, fields
 
@@ -64,8 +65,16 @@ class Config:
                 _checks.positive_int(name, getattr(self, name))
         if self.k2 is not None and self.k2 < (self.k1 or self.seq_len):
             raise ValueError(f"k2: expected k2 >= k1 = {self.k1 or self.seq_len}, got {self.k2}")
-        if not (self.lr > 0):
+        if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a positive number, got {self.lr}")
+        for name in ("clip_norm", "clip_value"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name.replace('_', '-')}: expected a positive number, got {value}")
+        if not (isinstance(self.warmup, int) and self.warmup >= 0):
+            raise ValueError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
+        if not math.isfinite(self.forget_bias):
+            raise ValueError(f"forget-bias: expected a finite number, got {self.forget_bias}")
         if self.text is not None and self.task != "text":
             raise ValueError(f"text: applies to task='text' only, got task={self.task!r}")
         return self
