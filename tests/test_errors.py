@@ -113,3 +113,11 @@ def test_errors_leave_the_model_unchanged(model):
     with pytest.raises(ValueError):
         model.loss_and_grads(np.full((4, 2, 3), np.nan), Y)
     assert all(np.array_equal(before[k], v) for k, v in model.params.items())
+
+
+@pytest.mark.parametrize("kwargs,name", [({"eps": -1.0}, "eps"), ({"eps": float("nan")}, "eps"),
+                                         ({"eps": 0}, "eps"), ({"floor": -1e-3}, "floor"), ({"eps": "1e-3"}, "eps")])
+def test_gradcheck_names_a_bad_step_or_floor(kwargs, name):
+    m = bptt.Model("gru", 2, 3, 2, dtype="float64", seed=0)
+    with pytest.raises(ValueError, match=f"^{name}: expected a positive finite number"):
+        bptt.gradcheck(m, np.zeros((4, 2, 2)), np.zeros((4, 2, 2)), **kwargs)

@@ -37,6 +37,10 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
     an LSTM). Everything runs in float64 on a copy; ``model`` is not changed.
     ``options`` (resets, loss_mask, loss_count) go to ``Model.gradients`` as they are.
     """
+    for name, value in (("eps", eps), ("floor", floor)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+                or not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
     m = model.astype("float64")
     x = np.array(x, dtype=np.float64)
     if model.loss != "cross_entropy":
