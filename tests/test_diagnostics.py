@@ -208,3 +208,32 @@ def test_plot_flow_draws_mixed_reports(tmp_path):
     assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="reports"):
         plot_flow({}, tmp_path / "none.png")
+
+
+@pytest.mark.parametrize("cell,nonlinearity", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])
+def test_jacobian_products_match_torch_autograd(cell, nonlinearity):
+    """Every singular value of ∂s_t/∂s_k against torch.autograd.functional.jacobian of the
+    same layer (interop.to_torch), s = (h, c) for the LSTM."""
+    torch = pytest.importorskip("torch")
+    from bptt.interop.torch import to_torch
+    m = make_model(cell, nonlinearity, D=3, H=4, O=2)
+    T = 7
+    x, y, s0 = _data(m, T, 1, seed=5)
+    S = (2 if cell == "lstm" else 1) * m.hidden_size
+    r = flow(m, x, y, s0, n_singular=S, jacobian_steps="all", jacobian_lags="all")
+    rnn, _ = to_torch(m)
+    rnn = rnn.double()
+    H = m.hidden_size
+    xt = torch.tensor(x)
+    for k in range(T - 1):
+        s_k = m.advance(x[:k + 1], s0)
+        start = np.concatenate([p[0, 0] for p in (s_k if cell == "lstm" else (s_k,))])
+        for t in range(k + 1, T):
+            def step(v, t=t, k=k):
+                state = (v[:H].reshape(1, 1, H), v[H:].reshape(1, 1, H)) if cell == "lstm" else v.reshape(1, 1, H)
+                _, end = rnn(xt[k + 1:t + 1], state)
+                return torch.cat([e.reshape(-1) for e in end]) if cell == "lstm" else end.reshape(-1)
+
+            J = torch.autograd.functional.jacobian(step, torch.tensor(start)).numpy()
+            assert np.allclose(r.jacobian_singular[t, k], np.linalg.svd(J, compute_uv=False),
+                               rtol=1e-10, atol=1e-12), (t, k)

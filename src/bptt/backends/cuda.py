@@ -151,11 +151,15 @@ def _module():
 def _launcher(name):
     """A callable with the Numba kernel's signature; B and H come from its state argument."""
     state_arg = _STATE_ARG[name]
+    compiled = {}                               # dtype -> kernel: looked up once, launched every step
 
     def launch(*args):
         state = args[state_arg]
         B, H = state.shape
-        kernel = _module().get_function(f"{name}<{'double' if state.dtype == cp.float64 else 'float'}>")
+        kernel = compiled.get(state.dtype)
+        if kernel is None:
+            kind = "double" if state.dtype == cp.float64 else "float"
+            kernel = compiled[state.dtype] = _module().get_function(f"{name}<{kind}>")
         grid = ((B * H + THREADS - 1) // THREADS,)
         kernel(grid, (THREADS,), tuple(_arg(a) for a in args) + (cp.int32(B), cp.int32(H)))
 

@@ -8,6 +8,7 @@ norm before clipping is recorded at every update.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -74,13 +75,11 @@ def clipping_study(cell="rnn", task="adding", seq_len=50, hidden=32, gain=3.0, c
             x, y = the_task.batch(rng, batch, np.float64)
             with np.errstate(all="ignore"):                   # the unclipped run may overflow
                 loss, grads, _ = model.loss_and_grads(x, y)
-                norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+                norm = clip_grad_norm(grads, math.inf if max_norm is None else max_norm)   # norm before clipping
             if not (np.isfinite(loss) and np.isfinite(norm)):
                 diverged[run] = u
                 break
             norms[run, u], losses[run, u] = norm, loss
-            if max_norm is not None:
-                clip_grad_norm(grads, max_norm)
             optimizer.step(grads)
     label = f"{cell}-{nonlinearity}" if cell == "rnn" else cell
     return ClippingStudy(label, gain, clip, norms, losses, diverged, getattr(the_task, "baseline", None))
