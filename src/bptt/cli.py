@@ -142,6 +142,7 @@ def _abort_other_ranks(code):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .distributed import CollectiveError
     from .train.clip import NonFiniteGradient
     from .train.trainer import Trainer, sample
     trainer = None
@@ -173,6 +174,10 @@ def main(argv=None) -> int:
         if isinstance(exc, NonFiniteGradient) and getattr(trainer, "last_batch", None) is not None:
             from .diagnostics.nonfinite import first_nonfinite
             where = "; " + first_nonfinite(trainer.model, *trainer.last_batch).describe()
+        if isinstance(exc, CollectiveError):
+            if not rank:                          # every rank raised it: rank 0 says it, all exit
+                print(f"bptt: error: {exc}", file=sys.stderr)
+            return 2
         print(f"bptt: error{'' if rank is None else f' (MPI rank {rank})'}: {exc}{where}", file=sys.stderr)
         _abort_other_ranks(2)
         return 2

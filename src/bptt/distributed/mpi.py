@@ -26,6 +26,11 @@ import time
 import numpy as np
 
 
+class CollectiveError(ValueError):
+    """An error every rank raises at the same point (a mismatch all of them see). No rank is
+    left waiting in a collective, so the job ends without MPI_Abort and rank 0 reports it."""
+
+
 class World:
     """The ranks of this job: ``rank``, ``size``, and the collectives the trainer needs."""
 
@@ -43,7 +48,7 @@ class World:
     def share(self, n: int, name: str) -> slice:
         """This rank's slice of n items (a global batch), n divisible by the number of ranks."""
         if n % self.size:
-            raise ValueError(f"{name}: the global batch of {n} does not split evenly over {self.size} MPI ranks")
+            raise CollectiveError(f"{name}: the global batch of {n} does not split evenly over {self.size} MPI ranks")
         k = n // self.size
         return slice(self.rank * k, (self.rank + 1) * k)
 
@@ -78,7 +83,7 @@ class World:
         digests = self.comm.allgather(digest)
         differ = [r for r, d in enumerate(digests) if d != digests[0]]
         if differ:
-            raise ValueError(f"MPI: the {what} of rank(s) {differ} differ(s) from rank 0's; every rank must run "
+            raise CollectiveError(f"MPI: the {what} of rank(s) {differ} differ(s) from rank 0's; every rank must run "
                              f"the same configuration on the same data")
 
     def check_parameters(self, params: dict, step: int) -> None:
