@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import cuda_emulation
-from bptt.backends import fused
+from bptt.backends import cpu_loops, fused
 from bptt.cells import gru, lstm, rnn
 from helpers import make_model, make_state, make_targets, ragged_mask
 
@@ -45,6 +45,7 @@ def test_cuda_kernels_give_the_reference_numbers(cell, nonlinearity, outputs, em
     monkeypatch.setattr(fused, "ENABLED", False)
     ref, y_ref = _gradients(model, x, targets, state0, mask, resets)          # the NumPy reference path
     monkeypatch.setattr(fused, "ENABLED", True)
+    monkeypatch.setattr(cpu_loops, "ENABLED", False)       # the GPU runs the Python loop
     monkeypatch.setattr(fused, "FLOAT64", True)
     for module in (rnn, lstm, gru):
         monkeypatch.setattr(module, "kernels_for", lambda xp: emulated)
@@ -71,6 +72,7 @@ def test_cuda_kernels_in_float32(cell, emulated, monkeypatch):
     monkeypatch.setattr(fused, "ENABLED", False)
     ref, _ = _gradients(model, x, targets, None, None, None)
     monkeypatch.setattr(fused, "ENABLED", True)
+    monkeypatch.setattr(cpu_loops, "ENABLED", False)       # the GPU runs the Python loop
     for module in (rnn, lstm, gru):
         monkeypatch.setattr(module, "kernels_for", lambda xp: emulated)
     out, _ = _gradients(model, x, targets, None, None, None)

@@ -3,7 +3,7 @@ rounding in float32, and to 1e-12 in float64 (BPTT_FUSED=all)."""
 import numpy as np
 import pytest
 
-from bptt.backends import fused
+from bptt.backends import cpu_loops, fused
 from helpers import make_model, make_state, make_targets, ragged_mask
 
 pytestmark = pytest.mark.skipif(not fused.AVAILABLE, reason="numba is not installed")
@@ -71,8 +71,13 @@ KINDS64 = [("rnn", "tanh"), ("rnn", "relu"), ("rnn", "sigmoid"), ("rnn", "identi
 
 @pytest.mark.parametrize("cell,nonlinearity", KINDS64)
 @pytest.mark.parametrize("outputs", ["all", "last"])
-def test_fused_and_plain_paths_agree_in_float64(cell, nonlinearity, outputs, monkeypatch):
-    """The same numbers to 1e-12: every gradient, ∂L/∂x, ∂L/∂state0, the outputs."""
+@pytest.mark.parametrize("loop", ["compiled", "python"])
+def test_fused_and_plain_paths_agree_in_float64(cell, nonlinearity, outputs, loop, monkeypatch):
+    """The same numbers to 1e-12: every gradient, ∂L/∂x, ∂L/∂state0, the outputs; with
+    the time loop compiled whole (backends/cpu_loops.py) and run from Python."""
+    if loop == "compiled" and not cpu_loops.AVAILABLE:
+        pytest.skip("NumPy's BLAS is not OpenBLAS here")
+    monkeypatch.setattr(cpu_loops, "ENABLED", loop == "compiled")
     rng = np.random.default_rng(11)
     model = make_model(cell, nonlinearity, layers=2, D=4, H=6, O=3, outputs=outputs, seed=3)
     T, B = 10, 4
@@ -85,13 +90,14 @@ def test_fused_and_plain_paths_agree_in_float64(cell, nonlinearity, outputs, mon
     monkeypatch.setattr(fused, "FLOAT64", True)
     assert fused.use_for(np.float64)
     calls = []
-    name = {"rnn": "rnn_forward_step", "lstm": "lstm_forward_step", "gru": "gru_forward_step"}[cell]
-    kernel = getattr(fused, name)
-    monkeypatch.setattr(fused, name, lambda *a: (calls.append(1), kernel(*a)))
+    module, name, per_pass = (cpu_loops, f"{cell}_forward", 1) if loop == "compiled" else \
+        (fused, f"{cell}_forward_step", T)
+    kernel = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a: (calls.append(1), kernel(*a)))
     ref, y_ref = run(model, x, targets, state0, mask, False, monkeypatch, resets)
     assert calls == []
     out, y = run(model, x, targets, state0, mask, True, monkeypatch, resets)
-    assert len(calls) == 2 * 2 * T                       # two layers, gradients and forward
+    assert len(calls) == 2 * 2 * per_pass                # two layers, gradients and forward
     assert np.abs(y - y_ref).max() < 1e-12
     assert abs(out.loss - ref.loss) < 1e-12 * max(1.0, abs(ref.loss))
     for k in ref.params:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backends import fused, recurrent_gemm
+from ..backends import cpu_loops, fused, recurrent_gemm
 from ..backends.arrays import array_module, kernels_for
 from ._blocks import GateBlocks
 from ._resets import previous_states, steps_with_resets, zero_where
@@ -62,6 +62,12 @@ def forward(params, x, state0, mask=None, resets=None):
     q = xp.empty((T, B, H), dtype=gates.dtype)
     h = xp.empty((T, B, H), dtype=gates.dtype)
     reset_at = steps_with_resets(resets, T)
+    if fast and cpu_loops.use_for(x):              # the whole loop compiled (backends/cpu_loops.py)
+        valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
+        C = cpu_loops.c
+        cpu_loops.gru_forward(gates, C(params["W_h"]), C(params["b_h"]), C(b_hn), C(h_prev), q, h, valid,
+                              reset_at, resets_c, xp.empty((B, 3 * H), h.dtype), xp.empty((B, H), h.dtype))
+        return h, (h[-1] if T else h_prev,), Tape(x, state0[0], gates, q, h, mask, resets, fast)
     if fast:
         kernels = kernels_for(xp)
         valid = xp.ones((T, B), dtype=bool) if mask is None else mask
@@ -145,8 +151,15 @@ def _recursion_fused(W_h, dh, dh_next, tape):
     no_dh = xp.zeros((B, H), dtype=h.dtype)
     direct = xp.empty((B, H), dtype=h.dtype)
     valid = xp.ones((T, B), dtype=bool) if mask is None else mask
-    reset_at = steps_with_resets(tape.resets, T)
     h_in = None if tape.resets is None else previous_states(tape.h0, h, tape.resets)
+    if cpu_loops.use_for(h):                       # the whole loop compiled (backends/cpu_loops.py)
+        valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
+        C = cpu_loops.c
+        cpu_loops.gru_backward(C(W_h), no_dh[None] if dh is None else C(dh), dh is not None, dh_next,
+                               C(gates), C(q), C(h), C(tape.h0), h if h_in is None else h_in, h_in is not None,
+                               valid, reset_at, resets, d_rec, d_n, direct, no_dh)
+        return d_rec, d_n
+    reset_at = steps_with_resets(tape.resets, T)
     for t in range(T - 1, -1, -1):
         h_prev = h_in[t] if h_in is not None else (tape.h0 if t == 0 else h[t - 1])
         kernels.gru_backward_step(no_dh if dh is None else dh[t], dh_next, gates[t], q[t],

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backends import fused, recurrent_gemm
+from ..backends import cpu_loops, fused, recurrent_gemm
 from ..backends.arrays import array_module, kernels_for
 from ._blocks import GateBlocks
 from ._resets import previous_states, steps_with_resets, zero_where
@@ -61,6 +61,14 @@ def forward(params, x, state0, mask=None, resets=None):
     c = xp.empty((T, B, H), dtype=gates.dtype)
     h = xp.empty((T, B, H), dtype=gates.dtype)
     reset_at = steps_with_resets(resets, T)
+    if fast and cpu_loops.use_for(x):              # the whole loop compiled (backends/cpu_loops.py)
+        valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
+        h0, c0 = cpu_loops.c(h_prev), cpu_loops.c(c_prev)
+        cpu_loops.lstm_forward(gates, cpu_loops.c(params["W_h"]), cpu_loops.c(params["b_h"]), h0, c0, h, c,
+                               valid, reset_at, resets_c, xp.empty((B, 4 * H), h.dtype),
+                               xp.empty((B, H), h.dtype), xp.empty((B, H), h.dtype))
+        final = (h[-1], c[-1]) if T else (h_prev, c_prev)
+        return h, final, Tape(x, state0[0], state0[1], gates, c, h, mask, resets, fast)
     if fast:
         kernels = kernels_for(xp)
         valid = xp.ones((T, B), dtype=bool) if mask is None else mask
@@ -141,8 +149,15 @@ def _recursion_fused(W_h, dh, dh_next, dc_next, tape):
     no_dh = xp.zeros((B, H), dtype=c.dtype)
     dh_skip = xp.empty((B, H), dtype=c.dtype)
     valid = xp.ones((T, B), dtype=bool) if mask is None else mask
-    reset_at = steps_with_resets(tape.resets, T)
     c_in = None if tape.resets is None else previous_states(tape.c0, c, tape.resets)
+    if cpu_loops.use_for(c):                       # the whole loop compiled (backends/cpu_loops.py)
+        valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
+        C = cpu_loops.c
+        cpu_loops.lstm_backward(C(W_h), no_dh[None] if dh is None else C(dh), dh is not None, dh_next, dc_next,
+                                C(gates), C(c), C(tape.c0), c if c_in is None else c_in, c_in is not None,
+                                valid, mask is not None, reset_at, resets, dz, dh_skip, no_dh)
+        return dz
+    reset_at = steps_with_resets(tape.resets, T)
     for t in range(T - 1, -1, -1):
         c_prev = c_in[t] if c_in is not None else (tape.c0 if t == 0 else c[t - 1])
         kernels.lstm_backward_step(no_dh if dh is None else dh[t], dh_next, dc_next, gates[t], c[t],

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backends import fused, recurrent_gemm
+from ..backends import cpu_loops, fused, recurrent_gemm
 from ..backends.arrays import array_module, kernels_for
 from ..ops import ACTIVATIONS
 from ._resets import previous_states, steps_with_resets, zero_where
@@ -53,6 +53,12 @@ def forward(params, x, state0, mask=None, resets=None, nonlinearity="tanh"):
     h = h.reshape(T, B, H)
     W_hT = W_h.T
     reset_at = steps_with_resets(resets, T)
+    if fast and cpu_loops.use_for(x):              # the whole loop compiled (backends/cpu_loops.py)
+        valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
+        h0 = cpu_loops.c(h_prev)
+        cpu_loops.rnn_forward(h, cpu_loops.c(W_h), cpu_loops.c(b_h), h0, valid, fused.KINDS[nonlinearity],
+                              reset_at, resets_c, np.empty((B, H), h.dtype), np.empty((B, H), h.dtype))
+        return h, (h[-1] if T else h_prev,), Tape(x, state0[0], h, mask, resets, nonlinearity)
     if fast:
         kernels = kernels_for(xp)
         kind = fused.KINDS[nonlinearity]
@@ -112,6 +118,11 @@ def _recursion_fused(W_h, dh, dh_next, tape):
     dh_skip = xp.empty((B, H), dtype=h.dtype)
     valid = xp.ones((T, B), dtype=bool) if mask is None else mask
     kind = fused.KINDS[tape.nonlinearity]
+    if cpu_loops.use_for(h):                       # the whole loop compiled (backends/cpu_loops.py)
+        valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
+        cpu_loops.rnn_backward(cpu_loops.c(W_h), no_dh[None] if dh is None else cpu_loops.c(dh), dh is not None,
+                               dh_next, cpu_loops.c(h), valid, mask is not None, kind, reset_at, resets, delta_a, dh_skip, no_dh)
+        return delta_a, dh_next
     reset_at = steps_with_resets(tape.resets, T)
     for t in range(T - 1, -1, -1):
         kernels.rnn_backward_step(no_dh if dh is None else dh[t], dh_next, h[t], valid[t], kind,

@@ -1,0 +1,110 @@
+"""NumPy's own BLAS, callable from Numba-compiled code.
+
+The compiled time loops (backends/cpu_loops.py) multiply by W_h at every step without
+coming back to Python. They call the very library ``np.matmul`` calls, found among the
+loaded libraries by threadpoolctl, so they share its threads and its numbers. Only
+OpenBLAS is looked for (NumPy's wheels bundle it); with any other BLAS, or without
+threadpoolctl, ``AVAILABLE`` is False and the layers keep their Python loop.
+
+The entry points are registered with LLVM under fixed names (``bptt_cblas_sgemm`` …), so
+that the compiled loops refer to them by name and can be cached on disk.
+
+    gemm(trans_b, a, w, out)      out (M, N) = a (M, K) · op(w),  op(w) = wᵀ or w
+    gemv(trans, w, x, y)          y = op(w) · x for one row (M = 1), where gemv beats gemm
+
+Integer width: ILP64 builds (NumPy's ``scipy_openblas64_``) take 64-bit sizes; the
+library's own configuration string says which.
+"""
+from __future__ import annotations
+
+import ctypes
+
+AVAILABLE = False
+INT64 = False
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+
+
+def _find_openblas():
+    """(CDLL, prefix, suffix) of the OpenBLAS NumPy loaded, or None."""
+    try:
+        import numpy  # noqa: F401  (loads its BLAS)
+        from threadpoolctl import ThreadpoolController
+    except ImportError:          # pragma: no cover - threadpoolctl is a dependency
+        return None
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.user_api != "blas" or lib.internal_api != "openblas":
+            continue
+        dll = ctypes.CDLL(lib.filepath)
+        for prefix in ("scipy_", ""):
+            for suffix in ("64_", "_64", ""):
+                if all(hasattr(dll, f"{prefix}cblas_{name}{suffix}") for name in ("sgemm", "dgemm", "sgemv", "dgemv")):
+                    return dll, prefix, suffix
+    return None
+
+
+def _register():
+    global AVAILABLE, INT64
+    found = _find_openblas()
+    if found is None:
+        return
+    dll, prefix, suffix = found
+    config = getattr(dll, f"{prefix}openblas_get_config{suffix}", None)
+    if config is None:
+        return
+    config.restype = ctypes.c_char_p
+    INT64 = b"USE64BITINT" in (config() or b"")
+    import llvmlite.binding as llvm
+    for name in ("sgemm", "dgemm", "sgemv", "dgemv"):
+        fn = getattr(dll, f"{prefix}cblas_{name}{suffix}")
+        llvm.add_symbol(f"bptt_cblas_{name}", ctypes.cast(fn, ctypes.c_void_p).value)
+    AVAILABLE = True
+
+
+_register()
+
+if AVAILABLE:
+    import numpy as np
+    from numba import types
+    from numba.extending import overload
+
+    _I = types.int64 if INT64 else types.int32
+    _E = types.int32                 # the CBLAS enums are C ints
+    _P = types.voidptr
+
+    def _gemm_type(real):
+        return types.void(_E, _E, _E, _I, _I, _I, real, _P, _I, _P, _I, real, _P, _I)
+
+    def _gemv_type(real):
+        return types.void(_E, _E, _I, _I, real, _P, _I, _P, _I, real, _P, _I)
+
+    _sgemm = types.ExternalFunction("bptt_cblas_sgemm", _gemm_type(types.float32))
+    _dgemm = types.ExternalFunction("bptt_cblas_dgemm", _gemm_type(types.float64))
+    _sgemv = types.ExternalFunction("bptt_cblas_sgemv", _gemv_type(types.float32))
+    _dgemv = types.ExternalFunction("bptt_cblas_dgemv", _gemv_type(types.float64))
+
+    def gemm(trans_b, a, w, out):
+        raise NotImplementedError("called from Numba-compiled code only")
+
+    def gemv(trans, w, x, y):
+        raise NotImplementedError("called from Numba-compiled code only")
+
+    @overload(gemm)
+    def _gemm_for(trans_b, a, w, out):
+        fn, one = (_sgemm, np.float32) if a.dtype == types.float32 else (_dgemm, np.float64)
+
+        def impl(trans_b, a, w, out):
+            M, K = a.shape
+            N = out.shape[1]
+            fn(ROW_MAJOR, NO_TRANS, TRANS if trans_b else NO_TRANS,
+               M, N, K, one(1), a.ctypes.data, K, w.ctypes.data, w.shape[1], one(0), out.ctypes.data, N)
+        return impl
+
+    @overload(gemv)
+    def _gemv_for(trans, w, x, y):
+        fn, one = (_sgemv, np.float32) if w.dtype == types.float32 else (_dgemv, np.float64)
+
+        def impl(trans, w, x, y):
+            M, N = w.shape
+            fn(ROW_MAJOR, TRANS if trans else NO_TRANS, M, N, one(1), w.ctypes.data, N,
+               x.ctypes.data, 1, one(0), y.ctypes.data, 1)
+        return impl

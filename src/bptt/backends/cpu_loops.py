@@ -1,0 +1,166 @@
+"""The time loops of the fused CPU path, compiled whole: no return to Python per step.
+
+A step of a layer is one recurrent GEMM and one fused kernel (backends/fused.py). Run
+from Python, each step also pays the interpreter: a NumPy call, a Numba dispatch with
+eight or nine arrays to unbox, a few slices, about 8-10 µs a step. At (T, B, D, H) =
+(100, 32, 64, 128) an LSTM step's real work is 60-80 µs, so that is a tenth of the pass.
+Here the whole loop over t is one Numba function: the GEMM goes straight to NumPy's own
+BLAS (backends/cblas.py, same library, same threads) and the kernels are the ones the
+Python loop calls, so the numbers are those of the Python loop, bit for bit.
+
+    rnn_forward, lstm_forward, gru_forward           (R1)-(R2), (L1)-(L4), (G1)-(G5), (M1), (M4)
+    rnn_backward, lstm_backward, gru_backward        (R3)-(R4), (L5)-(L9), (G6)-(G9), (M2)-(M5)
+
+Arguments are the Python loop's, as whole (T, B, ·) arrays, C-contiguous; W_h is (G·H, H)
+in the kernels' gate order; ``reset_at`` (T,) says which steps have a reset in ``resets``
+(T, B). Optional arrays come with a flag and a stand-in of the right type.
+``ENABLED`` (False without OpenBLAS, or with BPTT_LOOPS=0) picks these over the Python loop.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import cblas, fused
+
+AVAILABLE = fused.AVAILABLE and cblas.AVAILABLE
+ENABLED = AVAILABLE and os.environ.get("BPTT_LOOPS", "1") != "0"
+
+
+def use_for(x) -> bool:
+    """Whether the compiled loops run a layer given the array x (NumPy, of a fused dtype)."""
+    return ENABLED and isinstance(x, np.ndarray) and fused.use_for(x.dtype)
+
+
+def step_flags(mask, resets, T, B):
+    """valid (T, B), reset_at (T,) and resets (T, B) as the loops take them, contiguous."""
+    valid = np.ones((T, B), dtype=bool) if mask is None else np.ascontiguousarray(mask, dtype=bool)
+    if resets is None:
+        return valid, np.zeros(T, dtype=bool), np.zeros((1, 1), dtype=bool)
+    resets = np.ascontiguousarray(resets, dtype=bool)
+    return valid, resets.any(axis=1), resets
+
+
+def c(a):
+    """C-contiguous, as the compiled loops take every array."""
+    return np.ascontiguousarray(a)
+
+
+if AVAILABLE:
+    from .cblas import gemm, gemv
+    from .fused import (_jit, gru_backward_step, gru_forward_step, lstm_backward_step,
+                        lstm_forward_step, rnn_backward_step, rnn_forward_step)
+
+    @_jit
+    def _times_w(a, W, out, transposed):
+        """out = a · W_hᵀ (transposed: the forward's W_h h_{t-1}) or a · W_h (the backward's
+        W_hᵀ δ); W is (G·H, H). One row (B = 1) takes gemv, which is faster there."""
+        if a.shape[0] == 1:
+            gemv(not transposed, W, a[0], out[0])
+        else:
+            gemm(transposed, a, W, out)
+
+    @_jit
+    def _state_in(prev, resets_t, scratch):
+        """(M4) the state a step reads: prev with the rows of resetting streams zeroed."""
+        for b in range(prev.shape[0]):
+            if resets_t[b]:
+                scratch[b, :] = 0
+            else:
+                scratch[b, :] = prev[b]
+        return scratch
+
+    @_jit
+    def _zero_rows(d, resets_t):
+        """(M5) nothing crosses a reset going back."""
+        for b in range(d.shape[0]):
+            if resets_t[b]:
+                d[b, :] = 0
+
+    # ---- Elman RNN --------------------------------------------------------------------------
+
+    @_jit
+    def rnn_forward(h, W_h, bias, h0, valid, kind, reset_at, resets, rec, scratch):
+        """h (T, B, H): W_x x_t in, h_t out."""
+        for t in range(h.shape[0]):
+            prev = h0 if t == 0 else h[t - 1]
+            if reset_at[t]:
+                prev = _state_in(prev, resets[t], scratch)                   # (M4)
+            _times_w(prev, W_h, rec, True)                                   # W_h h_{t-1}
+            rnn_forward_step(h[t], rec, bias, prev, valid[t], kind)          # (R1), (R2), (M1)
+
+    @_jit
+    def rnn_backward(W_h, dh, has_dh, dh_next, h, valid, masked, kind, reset_at, resets,
+                     delta, skip, no_dh):
+        """dh_next: ∂L/∂h_T in, ∂L/∂h_0 out; delta (T, B, H) out: δa_t."""
+        for t in range(h.shape[0] - 1, -1, -1):
+            above = dh[t] if has_dh else no_dh
+            rnn_backward_step(above, dh_next, h[t], valid[t], kind, delta[t], skip)   # (R3), (R4), (M2)
+            _times_w(delta[t], W_h, dh_next, False)                          # (R3) W_hᵀ δa_t
+            if masked:
+                dh_next += skip                                              # (M3)
+            if reset_at[t]:
+                _zero_rows(dh_next, resets[t])                               # (M5)
+
+    # ---- LSTM -------------------------------------------------------------------------------
+
+    @_jit
+    def lstm_forward(gates, W_h, bias, h0, c0, h, c, valid, reset_at, resets, rec,
+                     h_scratch, c_scratch):
+        """gates (T, B, 4H): W_x x_t in, activated gates out; h, c (T, B, H) out."""
+        for t in range(gates.shape[0]):
+            h_prev = h0 if t == 0 else h[t - 1]
+            c_prev = c0 if t == 0 else c[t - 1]
+            if reset_at[t]:
+                h_prev = _state_in(h_prev, resets[t], h_scratch)             # (M4)
+                c_prev = _state_in(c_prev, resets[t], c_scratch)
+            _times_w(h_prev, W_h, rec, True)                                 # W_h h_{t-1}
+            lstm_forward_step(gates[t], rec, bias, h_prev, c_prev, h[t], c[t], valid[t])   # (L1)-(L4), (M1)
+
+    @_jit
+    def lstm_backward(W_h, dh, has_dh, dh_next, dc_next, gates, c, c0, c_in, has_c_in, valid,
+                      masked, reset_at, resets, dz, skip, no_dh):
+        """dh_next, dc_next: from t = T in, to t = 0 out; dz (T, B, 4H) out: δz_t.
+        c_in (T, B, H): the cell state each step read, when resets make it differ from c_{t-1}."""
+        for t in range(gates.shape[0] - 1, -1, -1):
+            above = dh[t] if has_dh else no_dh
+            if has_c_in:
+                c_prev = c_in[t]
+            else:
+                c_prev = c0 if t == 0 else c[t - 1]
+            lstm_backward_step(above, dh_next, dc_next, gates[t], c[t], c_prev, valid[t], dz[t], skip)  # (L5)-(L9)
+            _times_w(dz[t], W_h, dh_next, False)                             # (L5) W_hᵀ δz_t
+            if masked:
+                dh_next += skip                                              # (M3)
+            if reset_at[t]:
+                _zero_rows(dh_next, resets[t])                               # (M5)
+                _zero_rows(dc_next, resets[t])
+
+    # ---- GRU --------------------------------------------------------------------------------
+
+    @_jit
+    def gru_forward(gates, W_h, bias, b_hn, h0, q, h, valid, reset_at, resets, rec, scratch):
+        """gates (T, B, 3H): W_x x_t in, activated r, z, n out; q, h (T, B, H) out."""
+        for t in range(gates.shape[0]):
+            prev = h0 if t == 0 else h[t - 1]
+            if reset_at[t]:
+                prev = _state_in(prev, resets[t], scratch)                   # (M4)
+            _times_w(prev, W_h, rec, True)                                   # W_h h_{t-1}
+            gru_forward_step(gates[t], rec, bias, b_hn, prev, q[t], h[t], valid[t])   # (G1)-(G5), (M1)
+
+    @_jit
+    def gru_backward(W_h, dh, has_dh, dh_next, gates, q, h, h0, h_in, has_h_in, valid,
+                     reset_at, resets, d_rec, d_n, direct, no_dh):
+        """dh_next: ∂L/∂h_T in, ∂L/∂h_0 out; d_rec (T, B, 3H), d_n (T, B, H) out."""
+        for t in range(gates.shape[0] - 1, -1, -1):
+            above = dh[t] if has_dh else no_dh
+            if has_h_in:
+                h_prev = h_in[t]
+            else:
+                h_prev = h0 if t == 0 else h[t - 1]
+            gru_backward_step(above, dh_next, gates[t], q[t], h_prev, valid[t], d_rec[t], d_n[t], direct)
+            _times_w(d_rec[t], W_h, dh_next, False)                          # (G6) W_hᵀ [δz_z, δz_r, δq]
+            dh_next += direct                                                # (G6) + z ⊙ dh_t
+            if reset_at[t]:
+                _zero_rows(dh_next, resets[t])                               # (M5)
