@@ -118,9 +118,12 @@ def test_float64_takes_the_fused_path_only_when_asked(monkeypatch):
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_both_orientations_of_the_recurrent_gemm_give_the_same_numbers(cell, monkeypatch):
-    """W_h h_{t-1} as h W_hᵀ or as (W_h hᵀ)ᵀ: the autotuner may pick either (float64 to 1e-12)."""
+@pytest.mark.parametrize("loop", ["compiled", "python"])
+def test_both_orientations_of_the_recurrent_gemm_give_the_same_numbers(cell, loop, monkeypatch):
+    """W_h h_{t-1} as h W_hᵀ or as (W_h hᵀ)ᵀ (and W_hᵀ δ both ways in the compiled loop):
+    the autotuner may pick either (float64 to 1e-12)."""
     from bptt.backends import recurrent_gemm
+    monkeypatch.setattr(cpu_loops, "ENABLED", loop == "compiled" and cpu_loops.AVAILABLE)
     rng = np.random.default_rng(8)
     model = make_model(cell, layers=2, D=3, H=8, O=2, seed=6)
     T, B = 7, 5

@@ -9,8 +9,9 @@ threadpoolctl, ``AVAILABLE`` is False and the layers keep their Python loop.
 The entry points are registered with LLVM under fixed names (``bptt_cblas_sgemm`` …), so
 that the compiled loops refer to them by name and can be cached on disk.
 
-    gemm(trans_b, a, w, out)      out (M, N) = a (M, K) · op(w),  op(w) = wᵀ or w
-    gemv(trans, w, x, y)          y = op(w) · x for one row (M = 1), where gemv beats gemm
+    gemm(trans_a, trans_b, a, b, out)   out (M, N) = op(a) · op(b), op = transpose or not;
+                                        every array C-contiguous, 2-D
+    gemv(trans, w, x, y)                y = op(w) · x for one row, where gemv beats gemm
 
 Integer width: ILP64 builds (NumPy's ``scipy_openblas64_``) take 64-bit sizes; the
 library's own configuration string says which.
@@ -82,21 +83,22 @@ if AVAILABLE:
     _sgemv = types.ExternalFunction("bptt_cblas_sgemv", _gemv_type(types.float32))
     _dgemv = types.ExternalFunction("bptt_cblas_dgemv", _gemv_type(types.float64))
 
-    def gemm(trans_b, a, w, out):
+    def gemm(trans_a, trans_b, a, b, out):
         raise NotImplementedError("called from Numba-compiled code only")
 
     def gemv(trans, w, x, y):
         raise NotImplementedError("called from Numba-compiled code only")
 
     @overload(gemm)
-    def _gemm_for(trans_b, a, w, out):
+    def _gemm_for(trans_a, trans_b, a, b, out):
         fn, one = (_sgemm, np.float32) if a.dtype == types.float32 else (_dgemm, np.float64)
 
-        def impl(trans_b, a, w, out):
-            M, K = a.shape
-            N = out.shape[1]
-            fn(ROW_MAJOR, NO_TRANS, TRANS if trans_b else NO_TRANS,
-               M, N, K, one(1), a.ctypes.data, K, w.ctypes.data, w.shape[1], one(0), out.ctypes.data, N)
+        def impl(trans_a, trans_b, a, b, out):
+            M, N = out.shape
+            K = a.shape[0] if trans_a else a.shape[1]
+            fn(ROW_MAJOR, TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS,
+               M, N, K, one(1), a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], one(0),
+               out.ctypes.data, N)
         return impl
 
     @overload(gemv)

@@ -19,10 +19,11 @@ in the kernels' gate order; ``reset_at`` (T,) says which steps have a reset in `
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
-from . import cblas, fused
+from . import cblas, fused, recurrent_gemm
 
 AVAILABLE = fused.AVAILABLE and cblas.AVAILABLE
 ENABLED = AVAILABLE and os.environ.get("BPTT_LOOPS", "1") != "0"
@@ -47,19 +48,71 @@ def c(a):
     return np.ascontiguousarray(a)
 
 
+_FLIP: dict = {}
+
+
+def gemm_args(W_h, B, forward):
+    """(flip, scratch) for the recurrent GEMM of a loop: whether BLAS computes the
+    transposed product, and the buffer it writes. The choice is measured once per shape,
+    direction, dtype and process, as recurrent_gemm does for the Python loop (BPTT_GEMM=plain
+    or =transposed fixes it): OpenBLAS blocks the two products differently, and which one
+    is faster depends on the shape and, on this machine, on the minute."""
+    GH, H = W_h.shape
+    scratch = np.empty((GH if forward else H, B), dtype=W_h.dtype)
+    if B == 1:
+        return False, scratch
+    mode = recurrent_gemm.MODE
+    if mode in ("plain", "transposed"):
+        return mode == "transposed", scratch
+    key = (B, H, GH, np.dtype(W_h.dtype).str, forward)
+    if key not in _FLIP:
+        _FLIP[key] = _measure_flip(B, H, GH, W_h.dtype, forward)
+    return _FLIP[key], scratch
+
+
+def _measure_flip(B, H, GH, dtype, forward, repeats=5):
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((GH, H)).astype(dtype)
+    a = rng.standard_normal((B, H if forward else GH)).astype(dtype)
+    out = np.empty((B, GH if forward else H), dtype=dtype)
+    outT = np.empty(out.shape[::-1], dtype=dtype)
+    n = max(4, min(100, int(2e8 / (2 * B * H * GH))))               # about 200 MFLOP a round
+    best = {False: np.inf, True: np.inf}
+    for _ in range(repeats):
+        for flip in (False, True):
+            _repeat_times_w(a, W, out, forward, flip, outT, 1)
+            start = time.perf_counter()
+            _repeat_times_w(a, W, out, forward, flip, outT, n)
+            best[flip] = min(best[flip], time.perf_counter() - start)
+    return bool(best[True] < 0.95 * best[False])                    # switch only for a clear win
+
+
 if AVAILABLE:
     from .cblas import gemm, gemv
     from .fused import (_jit, gru_backward_step, gru_forward_step, lstm_backward_step,
                         lstm_forward_step, rnn_backward_step, rnn_forward_step)
 
     @_jit
-    def _times_w(a, W, out, transposed):
+    def _times_w(a, W, out, transposed, flip, outT):
         """out = a · W_hᵀ (transposed: the forward's W_h h_{t-1}) or a · W_h (the backward's
-        W_hᵀ δ); W is (G·H, H). One row (B = 1) takes gemv, which is faster there."""
+        W_hᵀ δ); W is (G·H, H). One row (B = 1) takes gemv, which is faster there. With
+        flip, BLAS computes outᵀ = op(W)ᵀ aᵀ into outT (a different blocking inside
+        OpenBLAS, faster at some shapes) and the loop copies it back."""
         if a.shape[0] == 1:
             gemv(not transposed, W, a[0], out[0])
+        elif not flip:
+            gemm(False, transposed, a, W, out)
         else:
-            gemm(transposed, a, W, out)
+            gemm(not transposed, True, W, a, outT)
+            for i in range(out.shape[0]):          # row by row: contiguous writes, strided
+                row = out[i]                       # reads from L2 (5x faster than the other way)
+                for j in range(row.shape[0]):
+                    row[j] = outT[j, i]
+
+    @_jit
+    def _repeat_times_w(a, W, out, transposed, flip, outT, n):
+        for _ in range(n):
+            _times_w(a, W, out, transposed, flip, outT)
 
     @_jit
     def _state_in(prev, resets_t, scratch):
@@ -81,23 +134,23 @@ if AVAILABLE:
     # ---- Elman RNN --------------------------------------------------------------------------
 
     @_jit
-    def rnn_forward(h, W_h, bias, h0, valid, kind, reset_at, resets, rec, scratch):
+    def rnn_forward(h, W_h, bias, h0, valid, kind, reset_at, resets, rec, scratch, flip, recT):
         """h (T, B, H): W_x x_t in, h_t out."""
         for t in range(h.shape[0]):
             prev = h0 if t == 0 else h[t - 1]
             if reset_at[t]:
                 prev = _state_in(prev, resets[t], scratch)                   # (M4)
-            _times_w(prev, W_h, rec, True)                                   # W_h h_{t-1}
+            _times_w(prev, W_h, rec, True, flip, recT)                       # W_h h_{t-1}
             rnn_forward_step(h[t], rec, bias, prev, valid[t], kind)          # (R1), (R2), (M1)
 
     @_jit
     def rnn_backward(W_h, dh, has_dh, dh_next, h, valid, masked, kind, reset_at, resets,
-                     delta, skip, no_dh):
+                     delta, skip, no_dh, flip, dT):
         """dh_next: ∂L/∂h_T in, ∂L/∂h_0 out; delta (T, B, H) out: δa_t."""
         for t in range(h.shape[0] - 1, -1, -1):
             above = dh[t] if has_dh else no_dh
             rnn_backward_step(above, dh_next, h[t], valid[t], kind, delta[t], skip)   # (R3), (R4), (M2)
-            _times_w(delta[t], W_h, dh_next, False)                          # (R3) W_hᵀ δa_t
+            _times_w(delta[t], W_h, dh_next, False, flip, dT)                # (R3) W_hᵀ δa_t
             if masked:
                 dh_next += skip                                              # (M3)
             if reset_at[t]:
@@ -107,7 +160,7 @@ if AVAILABLE:
 
     @_jit
     def lstm_forward(gates, W_h, bias, h0, c0, h, c, valid, reset_at, resets, rec,
-                     h_scratch, c_scratch):
+                     h_scratch, c_scratch, flip, recT):
         """gates (T, B, 4H): W_x x_t in, activated gates out; h, c (T, B, H) out."""
         for t in range(gates.shape[0]):
             h_prev = h0 if t == 0 else h[t - 1]
@@ -115,12 +168,12 @@ if AVAILABLE:
             if reset_at[t]:
                 h_prev = _state_in(h_prev, resets[t], h_scratch)             # (M4)
                 c_prev = _state_in(c_prev, resets[t], c_scratch)
-            _times_w(h_prev, W_h, rec, True)                                 # W_h h_{t-1}
+            _times_w(h_prev, W_h, rec, True, flip, recT)                     # W_h h_{t-1}
             lstm_forward_step(gates[t], rec, bias, h_prev, c_prev, h[t], c[t], valid[t])   # (L1)-(L4), (M1)
 
     @_jit
     def lstm_backward(W_h, dh, has_dh, dh_next, dc_next, gates, c, c0, c_in, has_c_in, valid,
-                      masked, reset_at, resets, dz, skip, no_dh):
+                      masked, reset_at, resets, dz, skip, no_dh, flip, dT):
         """dh_next, dc_next: from t = T in, to t = 0 out; dz (T, B, 4H) out: δz_t.
         c_in (T, B, H): the cell state each step read, when resets make it differ from c_{t-1}."""
         for t in range(gates.shape[0] - 1, -1, -1):
@@ -130,7 +183,7 @@ if AVAILABLE:
             else:
                 c_prev = c0 if t == 0 else c[t - 1]
             lstm_backward_step(above, dh_next, dc_next, gates[t], c[t], c_prev, valid[t], dz[t], skip)  # (L5)-(L9)
-            _times_w(dz[t], W_h, dh_next, False)                             # (L5) W_hᵀ δz_t
+            _times_w(dz[t], W_h, dh_next, False, flip, dT)                   # (L5) W_hᵀ δz_t
             if masked:
                 dh_next += skip                                              # (M3)
             if reset_at[t]:
@@ -140,18 +193,19 @@ if AVAILABLE:
     # ---- GRU --------------------------------------------------------------------------------
 
     @_jit
-    def gru_forward(gates, W_h, bias, b_hn, h0, q, h, valid, reset_at, resets, rec, scratch):
+    def gru_forward(gates, W_h, bias, b_hn, h0, q, h, valid, reset_at, resets, rec, scratch,
+                    flip, recT):
         """gates (T, B, 3H): W_x x_t in, activated r, z, n out; q, h (T, B, H) out."""
         for t in range(gates.shape[0]):
             prev = h0 if t == 0 else h[t - 1]
             if reset_at[t]:
                 prev = _state_in(prev, resets[t], scratch)                   # (M4)
-            _times_w(prev, W_h, rec, True)                                   # W_h h_{t-1}
+            _times_w(prev, W_h, rec, True, flip, recT)                       # W_h h_{t-1}
             gru_forward_step(gates[t], rec, bias, b_hn, prev, q[t], h[t], valid[t])   # (G1)-(G5), (M1)
 
     @_jit
     def gru_backward(W_h, dh, has_dh, dh_next, gates, q, h, h0, h_in, has_h_in, valid,
-                     reset_at, resets, d_rec, d_n, direct, no_dh):
+                     reset_at, resets, d_rec, d_n, direct, no_dh, flip, dT):
         """dh_next: ∂L/∂h_T in, ∂L/∂h_0 out; d_rec (T, B, 3H), d_n (T, B, H) out."""
         for t in range(gates.shape[0] - 1, -1, -1):
             above = dh[t] if has_dh else no_dh
@@ -160,7 +214,7 @@ if AVAILABLE:
             else:
                 h_prev = h0 if t == 0 else h[t - 1]
             gru_backward_step(above, dh_next, gates[t], q[t], h_prev, valid[t], d_rec[t], d_n[t], direct)
-            _times_w(d_rec[t], W_h, dh_next, False)                          # (G6) W_hᵀ [δz_z, δz_r, δq]
+            _times_w(d_rec[t], W_h, dh_next, False, flip, dT)                # (G6) W_hᵀ [δz_z, δz_r, δq]
             dh_next += direct                                                # (G6) + z ⊙ dh_t
             if reset_at[t]:
                 _zero_rows(dh_next, resets[t])                               # (M5)

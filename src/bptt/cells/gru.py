@@ -66,7 +66,8 @@ def forward(params, x, state0, mask=None, resets=None):
         valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
         C = cpu_loops.c
         cpu_loops.gru_forward(gates, C(params["W_h"]), C(params["b_h"]), C(b_hn), C(h_prev), q, h, valid,
-                              reset_at, resets_c, xp.empty((B, 3 * H), h.dtype), xp.empty((B, H), h.dtype))
+                              reset_at, resets_c, xp.empty((B, 3 * H), h.dtype), xp.empty((B, H), h.dtype),
+                              *cpu_loops.gemm_args(C(params["W_h"]), B, forward=True))
         return h, (h[-1] if T else h_prev,), Tape(x, state0[0], gates, q, h, mask, resets, fast)
     if fast:
         kernels = kernels_for(xp)
@@ -157,7 +158,8 @@ def _recursion_fused(W_h, dh, dh_next, tape):
         C = cpu_loops.c
         cpu_loops.gru_backward(C(W_h), no_dh[None] if dh is None else C(dh), dh is not None, dh_next,
                                C(gates), C(q), C(h), C(tape.h0), h if h_in is None else h_in, h_in is not None,
-                               valid, reset_at, resets, d_rec, d_n, direct, no_dh)
+                               valid, reset_at, resets, d_rec, d_n, direct, no_dh,
+                               *cpu_loops.gemm_args(C(W_h), B, forward=False))
         return d_rec, d_n
     reset_at = steps_with_resets(tape.resets, T)
     for t in range(T - 1, -1, -1):

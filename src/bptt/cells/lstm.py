@@ -66,7 +66,8 @@ def forward(params, x, state0, mask=None, resets=None):
         h0, c0 = cpu_loops.c(h_prev), cpu_loops.c(c_prev)
         cpu_loops.lstm_forward(gates, cpu_loops.c(params["W_h"]), cpu_loops.c(params["b_h"]), h0, c0, h, c,
                                valid, reset_at, resets_c, xp.empty((B, 4 * H), h.dtype),
-                               xp.empty((B, H), h.dtype), xp.empty((B, H), h.dtype))
+                               xp.empty((B, H), h.dtype), xp.empty((B, H), h.dtype),
+                               *cpu_loops.gemm_args(cpu_loops.c(params["W_h"]), B, forward=True))
         final = (h[-1], c[-1]) if T else (h_prev, c_prev)
         return h, final, Tape(x, state0[0], state0[1], gates, c, h, mask, resets, fast)
     if fast:
@@ -155,7 +156,8 @@ def _recursion_fused(W_h, dh, dh_next, dc_next, tape):
         C = cpu_loops.c
         cpu_loops.lstm_backward(C(W_h), no_dh[None] if dh is None else C(dh), dh is not None, dh_next, dc_next,
                                 C(gates), C(c), C(tape.c0), c if c_in is None else c_in, c_in is not None,
-                                valid, mask is not None, reset_at, resets, dz, dh_skip, no_dh)
+                                valid, mask is not None, reset_at, resets, dz, dh_skip, no_dh,
+                                *cpu_loops.gemm_args(C(W_h), B, forward=False))
         return dz
     reset_at = steps_with_resets(tape.resets, T)
     for t in range(T - 1, -1, -1):

@@ -1,0 +1,97 @@
+"""The compiled time loops (backends/cpu_loops.py) and their BLAS (backends/cblas.py)."""
+import numpy as np
+import pytest
+from numba import njit
+from threadpoolctl import threadpool_info
+
+from bptt.backends import cblas, cpu_loops, fused, recurrent_gemm
+from helpers import make_model, make_state, make_targets, ragged_mask
+
+OPENBLAS = any(lib["internal_api"] == "openblas" for lib in threadpool_info())
+needs_loops = pytest.mark.skipif(not cpu_loops.AVAILABLE, reason="NumPy's BLAS is not OpenBLAS here")
+
+
+def test_numpys_openblas_is_found_where_numpy_has_it():
+    assert cblas.AVAILABLE is OPENBLAS
+    assert cpu_loops.AVAILABLE is (OPENBLAS and fused.AVAILABLE)
+
+
+if cblas.AVAILABLE:
+    @njit
+    def _gemm(trans_a, trans_b, a, b, out):
+        cblas.gemm(trans_a, trans_b, a, b, out)
+
+    @njit
+    def _gemv(trans, w, x, y):
+        cblas.gemv(trans, w, x, y)
+
+
+@needs_loops
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-13)])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_gemm_from_compiled_code_equals_numpy(dtype, tol, trans_a, trans_b):
+    rng = np.random.default_rng(0)
+    M, N, K = 5, 7, 3
+    a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(dtype)
+    b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(dtype)
+    out = np.full((M, N), np.nan, dtype=dtype)
+    _gemm(trans_a, trans_b, a, b, out)
+    want = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    assert np.abs(out - want).max() < tol * np.abs(want).max()
+
+
+@needs_loops
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-13)])
+@pytest.mark.parametrize("trans", [False, True])
+def test_gemv_from_compiled_code_equals_numpy(dtype, tol, trans):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 4)).astype(dtype)
+    x = rng.standard_normal(6 if trans else 4).astype(dtype)
+    y = np.full(4 if trans else 6, np.nan, dtype=dtype)
+    _gemv(trans, w, x, y)
+    want = (w.T if trans else w) @ x
+    assert np.abs(y - want).max() < tol * np.abs(want).max()
+
+
+@needs_loops
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("B,mode", [(1, "auto"), (3, "plain"), (3, "transposed")])
+def test_compiled_loop_equals_the_numpy_path_in_float64(cell, B, mode, monkeypatch):
+    """One stream (the gemv path) and both GEMM orientations, with padding and a reset:
+    gradients, ∂L/∂x, ∂L/∂state0 and outputs to 1e-12 of the plain NumPy path."""
+    rng = np.random.default_rng(5)
+    model = make_model(cell, layers=2, D=3, H=5, O=2, outputs="all", seed=2)
+    T = 9
+    x = rng.standard_normal((T, B, 3))
+    targets = make_targets(model, T, B, rng)
+    state0 = make_state(model, B, rng)
+    mask = ragged_mask(T, [9, 4, 7][:B])
+    resets = np.zeros((T, B), bool)
+    resets[5, 0] = True
+    monkeypatch.setattr(recurrent_gemm, "MODE", mode)
+    monkeypatch.setattr(fused, "FLOAT64", True)
+    ref = None
+    for enabled in (False, True):
+        monkeypatch.setattr(fused, "ENABLED", enabled)
+        out = model.gradients(x, targets, state0=state0, mask=mask, resets=resets)
+        y = model.forward(x, state0=state0, mask=mask, resets=resets)[0]
+        if ref is None:
+            ref, y_ref = out, y
+    assert np.abs(y - y_ref).max() < 1e-12
+    for k, g in ref.params.items():
+        assert np.abs(out.params[k] - g).max() < 1e-12 * max(1.0, np.abs(g).max()), k
+    assert np.abs(out.x - ref.x).max() < 1e-12
+
+
+@needs_loops
+def test_the_float32_layers_take_the_compiled_loop(monkeypatch):
+    calls = []
+    loop = cpu_loops.lstm_forward
+    monkeypatch.setattr(cpu_loops, "lstm_forward", lambda *a: (calls.append(1), loop(*a)))
+    model = make_model("lstm", dtype="float32")
+    model.forward(np.zeros((3, 2, 3), np.float32))
+    assert calls == [1]
+    monkeypatch.setattr(cpu_loops, "ENABLED", False)
+    model.forward(np.zeros((3, 2, 3), np.float32))
+    assert calls == [1]
