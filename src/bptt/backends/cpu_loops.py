@@ -59,7 +59,7 @@ def gemm_args(W_h, B, forward):
     is faster depends on the shape and, on this machine, on the minute."""
     GH, H = W_h.shape
     scratch = np.empty((GH if forward else H, B), dtype=W_h.dtype)
-    if B == 1:
+    if B <= 1:                                   # gemv, or nothing to multiply
         return False, scratch
     mode = recurrent_gemm.MODE
     if mode in ("plain", "transposed"):
