@@ -2,11 +2,11 @@
 
 A step of a layer is one recurrent GEMM and one fused kernel (backends/fused.py). Run
 from Python, each step also pays the interpreter: a NumPy call, a Numba dispatch with
-eight or nine arrays to unbox, a few slices, about 8-10 µs a step. At (T, B, D, H) =
-(100, 32, 64, 128) an LSTM step's real work is 60-80 µs, so that is a tenth of the pass.
+eight or nine arrays to unbox, a few slices: about 10 µs a step. At (T, B, D, H) =
+(100, 32, 64, 128) an LSTM step's real work is 60-80 µs, so that was a tenth of the pass.
 Here the whole loop over t is one Numba function: the GEMM goes straight to NumPy's own
 BLAS (backends/cblas.py, same library, same threads) and the kernels are the ones the
-Python loop calls, so the numbers are those of the Python loop, bit for bit.
+Python loop calls. The tests hold both loops to the NumPy path to 1e-12 in float64.
 
     rnn_forward, lstm_forward, gru_forward           (R1)-(R2), (L1)-(L4), (G1)-(G5), (M1), (M4)
     rnn_backward, lstm_backward, gru_backward        (R3)-(R4), (L5)-(L9), (G6)-(G9), (M2)-(M5)
@@ -43,8 +43,8 @@ def step_flags(mask, resets, T, B):
     return valid, resets.any(axis=1), resets
 
 
-def c(a):
-    """C-contiguous, as the compiled loops take every array."""
+def contiguous(a):
+    """C-contiguous, as the compiled loops take every array (a view when it already is)."""
     return np.ascontiguousarray(a)
 
 

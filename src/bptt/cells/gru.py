@@ -64,7 +64,7 @@ def forward(params, x, state0, mask=None, resets=None):
     reset_at = steps_with_resets(resets, T)
     if fast and cpu_loops.use_for(x):              # the whole loop compiled (backends/cpu_loops.py)
         valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
-        C = cpu_loops.c
+        C = cpu_loops.contiguous
         cpu_loops.gru_forward(gates, C(params["W_h"]), C(params["b_h"]), C(b_hn), C(h_prev), q, h, valid,
                               reset_at, resets_c, xp.empty((B, 3 * H), h.dtype), xp.empty((B, H), h.dtype),
                               *cpu_loops.gemm_args(C(params["W_h"]), B, forward=True))
@@ -155,7 +155,7 @@ def _recursion_fused(W_h, dh, dh_next, tape):
     h_in = None if tape.resets is None else previous_states(tape.h0, h, tape.resets)
     if cpu_loops.use_for(h):                       # the whole loop compiled (backends/cpu_loops.py)
         valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
-        C = cpu_loops.c
+        C = cpu_loops.contiguous
         cpu_loops.gru_backward(C(W_h), no_dh[None] if dh is None else C(dh), dh is not None, dh_next,
                                C(gates), C(q), C(h), C(tape.h0), h if h_in is None else h_in, h_in is not None,
                                valid, reset_at, resets, d_rec, d_n, direct, no_dh,

@@ -62,12 +62,12 @@ def forward(params, x, state0, mask=None, resets=None):
     h = xp.empty((T, B, H), dtype=gates.dtype)
     reset_at = steps_with_resets(resets, T)
     if fast and cpu_loops.use_for(x):              # the whole loop compiled (backends/cpu_loops.py)
+        C = cpu_loops.contiguous
+        W_h = C(params["W_h"])
         valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
-        h0, c0 = cpu_loops.c(h_prev), cpu_loops.c(c_prev)
-        cpu_loops.lstm_forward(gates, cpu_loops.c(params["W_h"]), cpu_loops.c(params["b_h"]), h0, c0, h, c,
-                               valid, reset_at, resets_c, xp.empty((B, 4 * H), h.dtype),
-                               xp.empty((B, H), h.dtype), xp.empty((B, H), h.dtype),
-                               *cpu_loops.gemm_args(cpu_loops.c(params["W_h"]), B, forward=True))
+        cpu_loops.lstm_forward(gates, W_h, C(params["b_h"]), C(h_prev), C(c_prev), h, c, valid, reset_at, resets_c,
+                               xp.empty((B, 4 * H), h.dtype), xp.empty((B, H), h.dtype), xp.empty((B, H), h.dtype),
+                               *cpu_loops.gemm_args(W_h, B, forward=True))
         final = (h[-1], c[-1]) if T else (h_prev, c_prev)
         return h, final, Tape(x, state0[0], state0[1], gates, c, h, mask, resets, fast)
     if fast:
@@ -153,7 +153,7 @@ def _recursion_fused(W_h, dh, dh_next, dc_next, tape):
     c_in = None if tape.resets is None else previous_states(tape.c0, c, tape.resets)
     if cpu_loops.use_for(c):                       # the whole loop compiled (backends/cpu_loops.py)
         valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
-        C = cpu_loops.c
+        C = cpu_loops.contiguous
         cpu_loops.lstm_backward(C(W_h), no_dh[None] if dh is None else C(dh), dh is not None, dh_next, dc_next,
                                 C(gates), C(c), C(tape.c0), c if c_in is None else c_in, c_in is not None,
                                 valid, mask is not None, reset_at, resets, dz, dh_skip, no_dh,

@@ -54,11 +54,11 @@ def forward(params, x, state0, mask=None, resets=None, nonlinearity="tanh"):
     W_hT = W_h.T
     reset_at = steps_with_resets(resets, T)
     if fast and cpu_loops.use_for(x):              # the whole loop compiled (backends/cpu_loops.py)
+        C = cpu_loops.contiguous
         valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
-        h0 = cpu_loops.c(h_prev)
-        cpu_loops.rnn_forward(h, cpu_loops.c(W_h), cpu_loops.c(b_h), h0, valid, fused.KINDS[nonlinearity],
-                              reset_at, resets_c, np.empty((B, H), h.dtype), np.empty((B, H), h.dtype),
-                              *cpu_loops.gemm_args(cpu_loops.c(W_h), B, forward=True))
+        cpu_loops.rnn_forward(h, C(W_h), C(b_h), C(h_prev), valid, fused.KINDS[nonlinearity], reset_at, resets_c,
+                              np.empty((B, H), h.dtype), np.empty((B, H), h.dtype),
+                              *cpu_loops.gemm_args(C(W_h), B, forward=True))
         return h, (h[-1] if T else h_prev,), Tape(x, state0[0], h, mask, resets, nonlinearity)
     if fast:
         kernels = kernels_for(xp)
@@ -121,7 +121,7 @@ def _recursion_fused(W_h, dh, dh_next, tape):
     kind = fused.KINDS[tape.nonlinearity]
     if cpu_loops.use_for(h):                       # the whole loop compiled (backends/cpu_loops.py)
         valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
-        C = cpu_loops.c
+        C = cpu_loops.contiguous
         cpu_loops.rnn_backward(C(W_h), no_dh[None] if dh is None else C(dh), dh is not None, dh_next, C(h),
                                valid, mask is not None, kind, reset_at, resets, delta_a, dh_skip, no_dh,
                                *cpu_loops.gemm_args(C(W_h), B, forward=False))
