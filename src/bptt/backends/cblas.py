@@ -6,7 +6,7 @@ loaded libraries by threadpoolctl, so they share its threads and its numbers. On
 OpenBLAS is looked for (NumPy's wheels bundle it); with any other BLAS, or without
 threadpoolctl, ``AVAILABLE`` is False and the layers keep their Python loop.
 
-The entry points are registered with LLVM under fixed names (``bptt_cblas_sgemm`` …), so
+The entry points are registered with LLVM under fixed names (``bptt_cblas64_sgemm`` …), so
 that the compiled loops refer to them by name and can be cached on disk.
 
     gemm(trans_a, trans_b, a, b, out)   out (M, N) = op(a) · op(b), op = transpose or not;
@@ -43,6 +43,14 @@ def _find_openblas():
     return None
 
 
+def _symbol(name):
+    """The name the compiled code links against. It carries the integer width, so that code
+    cached on disk for one BLAS cannot link against another's entry points. Numba's disk
+    cache of cpu_loops.py does not see edits to this file: after changing these names or
+    the signatures below, delete src/bptt/backends/__pycache__/cpu_loops.*.nb[ic]."""
+    return f"bptt_cblas{64 if INT64 else 32}_{name}"
+
+
 def _register():
     global AVAILABLE, INT64
     found = _find_openblas()
@@ -57,7 +65,7 @@ def _register():
     import llvmlite.binding as llvm
     for name in ("sgemm", "dgemm", "sgemv", "dgemv"):
         fn = getattr(dll, f"{prefix}cblas_{name}{suffix}")
-        llvm.add_symbol(f"bptt_cblas_{name}", ctypes.cast(fn, ctypes.c_void_p).value)
+        llvm.add_symbol(_symbol(name), ctypes.cast(fn, ctypes.c_void_p).value)
     AVAILABLE = True
 
 
@@ -78,10 +86,10 @@ if AVAILABLE:
     def _gemv_type(real):
         return types.void(_E, _E, _I, _I, real, _P, _I, _P, _I, real, _P, _I)
 
-    _sgemm = types.ExternalFunction("bptt_cblas_sgemm", _gemm_type(types.float32))
-    _dgemm = types.ExternalFunction("bptt_cblas_dgemm", _gemm_type(types.float64))
-    _sgemv = types.ExternalFunction("bptt_cblas_sgemv", _gemv_type(types.float32))
-    _dgemv = types.ExternalFunction("bptt_cblas_dgemv", _gemv_type(types.float64))
+    _sgemm = types.ExternalFunction(_symbol("sgemm"), _gemm_type(types.float32))
+    _dgemm = types.ExternalFunction(_symbol("dgemm"), _gemm_type(types.float64))
+    _sgemv = types.ExternalFunction(_symbol("sgemv"), _gemv_type(types.float32))
+    _dgemv = types.ExternalFunction(_symbol("dgemv"), _gemv_type(types.float64))
 
     def gemm(trans_a, trans_b, a, b, out):
         raise NotImplementedError("called from Numba-compiled code only")
