@@ -95,3 +95,24 @@ def test_the_float32_layers_take_the_compiled_loop(monkeypatch):
     monkeypatch.setattr(cpu_loops, "ENABLED", False)
     model.forward(np.zeros((3, 2, 3), np.float32))
     assert calls == [1]
+
+
+@needs_loops
+def test_a_layer_called_with_mixed_dtypes_takes_the_python_loop(monkeypatch):
+    """The BLAS entry point goes by dtype: a float64 W_h beside float32 inputs must not reach
+    sgemm (it would read the float64 bytes as float32), so that call loops in Python."""
+    from bptt.cells import lstm
+    calls = []
+    loop = cpu_loops.lstm_forward
+    monkeypatch.setattr(cpu_loops, "lstm_forward", lambda *a: (calls.append(1), loop(*a)))
+    rng = np.random.default_rng(3)
+    T, B, D, H = 6, 3, 2, 4
+    params = {"W_x": rng.standard_normal((4 * H, D)).astype(np.float32), "W_h": 0.5 * rng.standard_normal((4 * H, H)),
+              "b_h": np.zeros(4 * H, np.float32)}
+    x = rng.standard_normal((T, B, D)).astype(np.float32)
+    state0 = (np.zeros((B, H), np.float32), np.zeros((B, H), np.float32))
+    h_mixed = lstm.forward(params, x, state0)[0]
+    assert calls == []
+    h_32 = lstm.forward(dict(params, W_h=params["W_h"].astype(np.float32)), x, state0)[0]
+    assert calls == [1]
+    assert np.abs(h_mixed - h_32).max() < 1e-6

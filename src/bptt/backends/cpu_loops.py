@@ -29,9 +29,12 @@ AVAILABLE = fused.AVAILABLE and cblas.AVAILABLE
 ENABLED = AVAILABLE and os.environ.get("BPTT_LOOPS", "1") != "0"
 
 
-def use_for(x) -> bool:
-    """Whether the compiled loops run a layer given the array x (NumPy, of a fused dtype)."""
-    return ENABLED and isinstance(x, np.ndarray) and fused.use_for(x.dtype)
+def use_for(x, *others) -> bool:
+    """Whether the compiled loops run a layer given the array x (NumPy, of a fused dtype)
+    and the other float arrays it reads. They must all share x's dtype: the BLAS entry point
+    is chosen by dtype, so a mixed call takes the Python loop, where NumPy casts."""
+    return (ENABLED and isinstance(x, np.ndarray) and fused.use_for(x.dtype)
+            and all(a is None or (isinstance(a, np.ndarray) and a.dtype == x.dtype) for a in others))
 
 
 def step_flags(mask, resets, T, B):

@@ -62,7 +62,8 @@ def forward(params, x, state0, mask=None, resets=None):
     q = xp.empty((T, B, H), dtype=gates.dtype)
     h = xp.empty((T, B, H), dtype=gates.dtype)
     reset_at = steps_with_resets(resets, T)
-    if fast and cpu_loops.use_for(x):              # the whole loop compiled (backends/cpu_loops.py)
+    # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
+    if fast and cpu_loops.use_for(x, params["W_h"], params["b_h"], b_hn, h_prev):
         valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
         C = cpu_loops.contiguous
         cpu_loops.gru_forward(gates, C(params["W_h"]), C(params["b_h"]), C(b_hn), C(h_prev), q, h, valid,
@@ -153,7 +154,8 @@ def _recursion_fused(W_h, dh, dh_next, tape):
     direct = xp.empty((B, H), dtype=h.dtype)
     valid = xp.ones((T, B), dtype=bool) if mask is None else mask
     h_in = None if tape.resets is None else previous_states(tape.h0, h, tape.resets)
-    if cpu_loops.use_for(h):                       # the whole loop compiled (backends/cpu_loops.py)
+    # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
+    if cpu_loops.use_for(h, W_h, dh, dh_next, tape.h0):
         valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
         C = cpu_loops.contiguous
         cpu_loops.gru_backward(C(W_h), no_dh[None] if dh is None else C(dh), dh is not None, dh_next,

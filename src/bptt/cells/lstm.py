@@ -61,7 +61,8 @@ def forward(params, x, state0, mask=None, resets=None):
     c = xp.empty((T, B, H), dtype=gates.dtype)
     h = xp.empty((T, B, H), dtype=gates.dtype)
     reset_at = steps_with_resets(resets, T)
-    if fast and cpu_loops.use_for(x):              # the whole loop compiled (backends/cpu_loops.py)
+    # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
+    if fast and cpu_loops.use_for(x, params["W_h"], params["b_h"], h_prev, c_prev):
         C = cpu_loops.contiguous
         W_h = C(params["W_h"])
         valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
@@ -151,7 +152,8 @@ def _recursion_fused(W_h, dh, dh_next, dc_next, tape):
     dh_skip = xp.empty((B, H), dtype=c.dtype)
     valid = xp.ones((T, B), dtype=bool) if mask is None else mask
     c_in = None if tape.resets is None else previous_states(tape.c0, c, tape.resets)
-    if cpu_loops.use_for(c):                       # the whole loop compiled (backends/cpu_loops.py)
+    # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
+    if cpu_loops.use_for(c, W_h, dh, dh_next, dc_next, tape.c0):
         valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
         C = cpu_loops.contiguous
         cpu_loops.lstm_backward(C(W_h), no_dh[None] if dh is None else C(dh), dh is not None, dh_next, dc_next,

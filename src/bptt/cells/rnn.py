@@ -53,7 +53,8 @@ def forward(params, x, state0, mask=None, resets=None, nonlinearity="tanh"):
     h = h.reshape(T, B, H)
     W_hT = W_h.T
     reset_at = steps_with_resets(resets, T)
-    if fast and cpu_loops.use_for(x):              # the whole loop compiled (backends/cpu_loops.py)
+    # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
+    if fast and cpu_loops.use_for(x, W_h, b_h, h_prev):
         C = cpu_loops.contiguous
         valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
         cpu_loops.rnn_forward(h, C(W_h), C(b_h), C(h_prev), valid, fused.KINDS[nonlinearity], reset_at, resets_c,
@@ -119,7 +120,8 @@ def _recursion_fused(W_h, dh, dh_next, tape):
     dh_skip = xp.empty((B, H), dtype=h.dtype)
     valid = xp.ones((T, B), dtype=bool) if mask is None else mask
     kind = fused.KINDS[tape.nonlinearity]
-    if cpu_loops.use_for(h):                       # the whole loop compiled (backends/cpu_loops.py)
+    # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
+    if cpu_loops.use_for(h, W_h, dh, dh_next):
         valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
         C = cpu_loops.contiguous
         cpu_loops.rnn_backward(C(W_h), no_dh[None] if dh is None else C(dh), dh is not None, dh_next, C(h),
