@@ -17,7 +17,9 @@ NumPy path (BPTT_FUSED=0) and PyTorch; the ratios to PyTorch (< 1 means faster),
 median over the rounds of the ratio within a round, since this machine's speed drifts; the
 achieved GFLOP/s of the fused pass (GEMM flops: 2·T·B·G·H·(3H + 3D), less 2·T·B·G·H·D
 without ∂L/∂x) as a share of the float32 GEMM rate NumPy reaches (1024³, measured before
-and after in the same run, the larger taken); and the memory each side stores for the
+and after in the same run, the larger taken; and, at the largest shape, measured again in
+each round right after our pass, the share taken within the round since the machine's
+speed drifts); and the memory each side stores for the
 backward pass (our tape without the input x and the initial state; PyTorch's saved
 tensors, found with autograd's saved-tensor hooks, without parameters, x and h0).
 """
@@ -57,7 +59,7 @@ def block_time(fn, min_block_s, blocks):
     return statistics.median(times)
 
 
-def bench_shape(cell, T, B, D, H, min_block_s, blocks, input_grad):
+def bench_shape(cell, T, B, D, H, min_block_s, blocks, input_grad, measure_rate=False):
     torch.manual_seed(0)
     ref = TORCH[cell](D, H)
     layer = CELLS[cell]
@@ -97,8 +99,11 @@ def bench_shape(cell, T, B, D, H, min_block_s, blocks, input_grad):
                    if isinstance(v, np.ndarray) and k not in ("x", "h0", "c0", "mask", "resets")) / 2 ** 20
     torch_mib = torch_saved_mib(ref, xt, s0t)
     times = {"fused": [], "plain": [], "torch": []}
+    rates = []
     for _ in range(ROUNDS):
         times["fused"].append(block_time(ours, min_block_s, blocks))
+        if measure_rate:                  # the GEMM rate of this round, right after our pass
+            rates.append(gemm_rate(min_block_s=min_block_s / 2))
         times["torch"].append(block_time(theirs, min_block_s, blocks))
         fused.ENABLED = False
         try:
@@ -110,7 +115,8 @@ def bench_shape(cell, T, B, D, H, min_block_s, blocks, input_grad):
     best = {k: min(v) for k, v in times.items()}
     # The machine's speed drifts between rounds; a ratio is taken within each round.
     ratios = {k: statistics.median(a / b for a, b in zip(times[k], times["torch"])) for k in ("fused", "plain")}
-    return best, ratios, flops / best["fused"] / 1e9, err, tape_mib, torch_mib
+    share = statistics.median(flops / t / 1e9 / r for t, r in zip(times["fused"], rates)) if rates else None
+    return best, ratios, flops / best["fused"] / 1e9, err, tape_mib, torch_mib, share
 
 
 def torch_saved_mib(ref, xt, s0t):
@@ -157,21 +163,22 @@ def main():
           "| tape MiB ours | torch | max |Δh| |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
+    largest = max(shapes, key=lambda s: s[0] * s[1] * s[3] * (s[2] + s[3]))
     for cell in args.cells.split(","):
         for T, B, D, H in shapes:
-            t, ratio, gflops, err, ours_mib, torch_mib = bench_shape(cell, T, B, D, H, min_block_s, blocks,
-                                                                    args.input_grad)
-            rows.append((cell, (T, B, D, H), gflops))
+            t, ratio, gflops, err, ours_mib, torch_mib, share = bench_shape(
+                cell, T, B, D, H, min_block_s, blocks, args.input_grad, measure_rate=(T, B, D, H) == largest)
+            rows.append((cell, (T, B, D, H), gflops, share))
             print(f"| {cell} | {T}, {B}, {D}, {H} | {1e3 * t['fused']:.2f} | {1e3 * t['plain']:.2f} | "
                   f"{1e3 * t['torch']:.2f} | {ratio['fused']:.2f} | {ratio['plain']:.2f} | "
                   f"{gflops:.1f} | {ours_mib:.2f} | {torch_mib:.2f} | {err:.1e} |", flush=True)
     after = gemm_rate()
     rate = max(before, after)
     print(f"# GEMM after the runs: {after:.0f} GFLOP/s")
-    largest = max(shapes, key=lambda s: s[0] * s[1] * s[3] * (s[2] + s[3]))
-    for cell, shape, gflops in rows:
+    for cell, shape, gflops, share in rows:
         if shape == largest:
-            print(f"# {cell} at {shape}: {gflops:.1f} GFLOP/s = {100 * gflops / rate:.0f}% of the GEMM rate ({rate:.0f})")
+            print(f"# {cell} at {shape}: {gflops:.1f} GFLOP/s = {100 * gflops / rate:.0f}% of the GEMM rate ({rate:.0f}); "
+                  f"within each round, against that round's GEMM rate: {100 * share:.0f}% (median of {ROUNDS})")
 
 if __name__ == "__main__":
     main()
