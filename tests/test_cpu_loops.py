@@ -39,6 +39,9 @@ def test_gemm_from_compiled_code_equals_numpy(dtype, tol, trans_a, trans_b):
     _gemm(trans_a, trans_b, a, b, out)
     want = (a.T if trans_a else a) @ (b.T if trans_b else b)
     assert np.abs(out - want).max() < tol * np.abs(want).max()
+    from_python = np.full((M, N), np.nan, dtype=dtype)
+    cblas.gemm(trans_a, trans_b, a, b, from_python)          # the NumPy body, outside Numba
+    assert np.abs(from_python - out).max() < tol * np.abs(want).max()
 
 
 @needs_loops
@@ -52,6 +55,9 @@ def test_gemv_from_compiled_code_equals_numpy(dtype, tol, trans):
     _gemv(trans, w, x, y)
     want = (w.T if trans else w) @ x
     assert np.abs(y - want).max() < tol * np.abs(want).max()
+    from_python = np.full_like(y, np.nan)
+    cblas.gemv(trans, w, x, from_python)                     # the NumPy body, outside Numba
+    assert np.abs(from_python - y).max() < tol * np.abs(want).max()
 
 
 @needs_loops

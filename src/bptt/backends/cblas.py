@@ -91,11 +91,13 @@ if AVAILABLE:
     _sgemv = types.ExternalFunction(_symbol("sgemv"), _gemv_type(types.float32))
     _dgemv = types.ExternalFunction(_symbol("dgemv"), _gemv_type(types.float64))
 
+    # The Python bodies are the meaning, in NumPy; Numba-compiled callers get the
+    # overloads below, which call BLAS itself.
     def gemm(trans_a, trans_b, a, b, out):
-        raise NotImplementedError("called from Numba-compiled code only")
+        np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
 
     def gemv(trans, w, x, y):
-        raise NotImplementedError("called from Numba-compiled code only")
+        np.matmul(w.T if trans else w, x, out=y)
 
     @overload(gemm)
     def _gemm_for(trans_a, trans_b, a, b, out):

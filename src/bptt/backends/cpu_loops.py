@@ -19,7 +19,6 @@ in the kernels' gate order; ``reset_at`` (T,) says which steps have a reset in `
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
@@ -51,43 +50,30 @@ def contiguous(a):
     return np.ascontiguousarray(a)
 
 
-_FLIP: dict = {}
-
-
 def gemm_args(W_h, B, forward):
     """(flip, scratch) for the recurrent GEMM of a loop: whether BLAS computes the
-    transposed product, and the buffer it writes. The choice is measured once per shape,
-    direction, dtype and process, as recurrent_gemm does for the Python loop (BPTT_GEMM=plain
-    or =transposed fixes it): OpenBLAS blocks the two products differently, and which one
-    is faster depends on the shape and, on this machine, on the minute."""
+    transposed product, and the buffer it writes. The choice is recurrent_gemm's (BPTT_GEMM,
+    or measured once per shape, direction, dtype and process): OpenBLAS blocks the two
+    products differently, and which one is faster depends on the shape and, on this
+    machine, on the minute."""
     GH, H = W_h.shape
     scratch = np.empty((GH if forward else H, B), dtype=W_h.dtype)
     if B <= 1:                                   # gemv, or nothing to multiply
         return False, scratch
-    mode = recurrent_gemm.MODE
-    if mode in ("plain", "transposed"):
-        return mode == "transposed", scratch
-    key = (B, H, GH, np.dtype(W_h.dtype).str, forward)
-    if key not in _FLIP:
-        _FLIP[key] = _measure_flip(B, H, GH, W_h.dtype, forward)
-    return _FLIP[key], scratch
+    key = ("compiled loop", B, H, GH, np.dtype(W_h.dtype).str, forward)
+    return recurrent_gemm.choose(key, lambda: _measure_flip(B, H, GH, W_h.dtype, forward)), scratch
 
 
-def _measure_flip(B, H, GH, dtype, forward, repeats=5):
+def _measure_flip(B, H, GH, dtype, forward):
     rng = np.random.default_rng(0)
     W = rng.standard_normal((GH, H)).astype(dtype)
     a = rng.standard_normal((B, H if forward else GH)).astype(dtype)
     out = np.empty((B, GH if forward else H), dtype=dtype)
     outT = np.empty(out.shape[::-1], dtype=dtype)
     n = max(4, min(100, int(2e8 / (2 * B * H * GH))))               # about 200 MFLOP a round
-    best = {False: np.inf, True: np.inf}
-    for _ in range(repeats):
-        for flip in (False, True):
-            _repeat_times_w(a, W, out, forward, flip, outT, 1)
-            start = time.perf_counter()
-            _repeat_times_w(a, W, out, forward, flip, outT, n)
-            best[flip] = min(best[flip], time.perf_counter() - start)
-    return bool(best[True] < 0.95 * best[False])                    # switch only for a clear win
+    def run(flip):
+        return lambda count: _repeat_times_w(a, W, out, forward, flip, outT, count)
+    return recurrent_gemm.second_is_faster(run(False), run(True), n, repeats=5)
 
 
 if AVAILABLE:

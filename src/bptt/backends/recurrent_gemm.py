@@ -42,30 +42,46 @@ class RecurrentGEMM:
 
 
 def _choose(B, H, GH, dtype) -> bool:
+    return choose((B, H, GH, np.dtype(dtype).str), lambda: _measure(B, H, GH, dtype))
+
+
+def choose(key, measure) -> bool:
+    """Whether to take the transposed orientation for ``key``: as BPTT_GEMM says, or else
+    ``measure()``, once per key and process. The compiled loops (cpu_loops.py) choose here too."""
     if MODE in ("plain", "transposed"):
         return MODE == "transposed"
-    key = (B, H, GH, np.dtype(dtype).str)
     if key not in _CHOICE:
-        _CHOICE[key] = _measure(B, H, GH, dtype)
+        _CHOICE[key] = bool(measure())
     return _CHOICE[key]
 
 
-def _measure(B, H, GH, dtype, repeats=3) -> bool:
+def second_is_faster(first, second, n, repeats=3) -> bool:
+    """Whether second(n) is clearly faster than first(n) (by 5%; best of ``repeats`` timed
+    blocks, each after a warm-up call), so that a switch is made only for a clear win."""
+    best = [np.inf, np.inf]
+    for _ in range(repeats):
+        for which, run in enumerate((first, second)):
+            run(1)
+            start = time.perf_counter()
+            run(n)
+            best[which] = min(best[which], time.perf_counter() - start)
+    return best[1] < 0.95 * best[0]
+
+
+def _measure(B, H, GH, dtype) -> bool:
     """True when the transposed orientation is faster at this shape."""
     rng = np.random.default_rng(0)
     W_hT = rng.standard_normal((H, GH)).astype(dtype)
     h = rng.standard_normal((B, H)).astype(dtype)
     plain, transposed = RecurrentGEMM(W_hT, B, False), RecurrentGEMM(W_hT, B, True)
     n = max(2, min(50, int(2e7 / (2 * B * H * GH))))               # about 20 MFLOP a round
-    best = {False: np.inf, True: np.inf}
-    for _ in range(repeats):
-        for which, gemm in ((False, plain), (True, transposed)):
-            gemm(h)
-            start = time.perf_counter()
-            for _ in range(n):
+
+    def runs(gemm):
+        def run(count):
+            for _ in range(count):
                 gemm(h)
-            best[which] = min(best[which], time.perf_counter() - start)
-    return best[True] < 0.95 * best[False]                          # switch only for a clear win
+        return run
+    return second_is_faster(runs(plain), runs(transposed), n)
 
 
 class DeviceGEMM:

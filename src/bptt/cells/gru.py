@@ -61,15 +61,16 @@ def forward(params, x, state0, mask=None, resets=None):
     (h_prev,) = state0
     q = xp.empty((T, B, H), dtype=gates.dtype)
     h = xp.empty((T, B, H), dtype=gates.dtype)
-    reset_at = steps_with_resets(resets, T)
     # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
     if fast and cpu_loops.use_for(x, params["W_h"], params["b_h"], b_hn, h_prev):
-        valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
         C = cpu_loops.contiguous
-        cpu_loops.gru_forward(gates, C(params["W_h"]), C(params["b_h"]), C(b_hn), C(h_prev), q, h, valid,
+        W_h = C(params["W_h"])
+        valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
+        cpu_loops.gru_forward(gates, W_h, C(params["b_h"]), C(b_hn), C(h_prev), q, h, valid,
                               reset_at, resets_c, xp.empty((B, 3 * H), h.dtype), xp.empty((B, H), h.dtype),
-                              *cpu_loops.gemm_args(C(params["W_h"]), B, forward=True))
+                              *cpu_loops.gemm_args(W_h, B, forward=True))
         return h, (h[-1] if T else h_prev,), Tape(x, state0[0], gates, q, h, mask, resets, fast)
+    reset_at = steps_with_resets(resets, T)
     if fast:
         kernels = kernels_for(xp)
         valid = xp.ones((T, B), dtype=bool) if mask is None else mask
@@ -147,22 +148,23 @@ def _recursion_fused(W_h, dh, dh_next, tape):
     gates, q, h, mask = tape.gates, tape.q, tape.h, tape.mask
     T, B, H = h.shape
     xp = array_module(h)
-    kernels = kernels_for(xp)
     d_rec = xp.empty((T, B, 3 * H), dtype=h.dtype)
     d_n = xp.empty((T, B, H), dtype=h.dtype)
     no_dh = xp.zeros((B, H), dtype=h.dtype)
     direct = xp.empty((B, H), dtype=h.dtype)
-    valid = xp.ones((T, B), dtype=bool) if mask is None else mask
     h_in = None if tape.resets is None else previous_states(tape.h0, h, tape.resets)
     # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
     if cpu_loops.use_for(h, W_h, dh, dh_next, tape.h0):
-        valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
         C = cpu_loops.contiguous
-        cpu_loops.gru_backward(C(W_h), no_dh[None] if dh is None else C(dh), dh is not None, dh_next,
+        W_h = C(W_h)
+        valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
+        cpu_loops.gru_backward(W_h, no_dh[None] if dh is None else C(dh), dh is not None, dh_next,
                                C(gates), C(q), C(h), C(tape.h0), h if h_in is None else h_in, h_in is not None,
                                valid, reset_at, resets, d_rec, d_n, direct, no_dh,
-                               *cpu_loops.gemm_args(C(W_h), B, forward=False))
+                               *cpu_loops.gemm_args(W_h, B, forward=False))
         return d_rec, d_n
+    kernels = kernels_for(xp)
+    valid = xp.ones((T, B), dtype=bool) if mask is None else mask
     reset_at = steps_with_resets(tape.resets, T)
     for t in range(T - 1, -1, -1):
         h_prev = h_in[t] if h_in is not None else (tape.h0 if t == 0 else h[t - 1])

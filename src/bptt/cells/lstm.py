@@ -60,7 +60,6 @@ def forward(params, x, state0, mask=None, resets=None):
     h_prev, c_prev = state0
     c = xp.empty((T, B, H), dtype=gates.dtype)
     h = xp.empty((T, B, H), dtype=gates.dtype)
-    reset_at = steps_with_resets(resets, T)
     # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
     if fast and cpu_loops.use_for(x, params["W_h"], params["b_h"], h_prev, c_prev):
         C = cpu_loops.contiguous
@@ -71,6 +70,7 @@ def forward(params, x, state0, mask=None, resets=None):
                                *cpu_loops.gemm_args(W_h, B, forward=True))
         final = (h[-1], c[-1]) if T else (h_prev, c_prev)
         return h, final, Tape(x, state0[0], state0[1], gates, c, h, mask, resets, fast)
+    reset_at = steps_with_resets(resets, T)
     if fast:
         kernels = kernels_for(xp)
         valid = xp.ones((T, B), dtype=bool) if mask is None else mask
@@ -146,21 +146,22 @@ def _recursion_fused(W_h, dh, dh_next, dc_next, tape):
     gates, c, mask = tape.gates, tape.c, tape.mask
     T, B, H = c.shape
     xp = array_module(c)
-    kernels = kernels_for(xp)
     dz = xp.empty((T, B, 4 * H), dtype=c.dtype)
     no_dh = xp.zeros((B, H), dtype=c.dtype)
     dh_skip = xp.empty((B, H), dtype=c.dtype)
-    valid = xp.ones((T, B), dtype=bool) if mask is None else mask
     c_in = None if tape.resets is None else previous_states(tape.c0, c, tape.resets)
     # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
     if cpu_loops.use_for(c, W_h, dh, dh_next, dc_next, tape.c0):
-        valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
         C = cpu_loops.contiguous
-        cpu_loops.lstm_backward(C(W_h), no_dh[None] if dh is None else C(dh), dh is not None, dh_next, dc_next,
+        W_h = C(W_h)
+        valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
+        cpu_loops.lstm_backward(W_h, no_dh[None] if dh is None else C(dh), dh is not None, dh_next, dc_next,
                                 C(gates), C(c), C(tape.c0), c if c_in is None else c_in, c_in is not None,
                                 valid, mask is not None, reset_at, resets, dz, dh_skip, no_dh,
-                                *cpu_loops.gemm_args(C(W_h), B, forward=False))
+                                *cpu_loops.gemm_args(W_h, B, forward=False))
         return dz
+    kernels = kernels_for(xp)
+    valid = xp.ones((T, B), dtype=bool) if mask is None else mask
     reset_at = steps_with_resets(tape.resets, T)
     for t in range(T - 1, -1, -1):
         c_prev = c_in[t] if c_in is not None else (tape.c0 if t == 0 else c[t - 1])

@@ -51,16 +51,17 @@ def forward(params, x, state0, mask=None, resets=None, nonlinearity="tanh"):
     if not fast:
         h += b_h                                                   # (the fused kernel adds b_h itself)
     h = h.reshape(T, B, H)
-    W_hT = W_h.T
-    reset_at = steps_with_resets(resets, T)
     # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
     if fast and cpu_loops.use_for(x, W_h, b_h, h_prev):
         C = cpu_loops.contiguous
+        W_h = C(W_h)
         valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
-        cpu_loops.rnn_forward(h, C(W_h), C(b_h), C(h_prev), valid, fused.KINDS[nonlinearity], reset_at, resets_c,
+        cpu_loops.rnn_forward(h, W_h, C(b_h), C(h_prev), valid, fused.KINDS[nonlinearity], reset_at, resets_c,
                               np.empty((B, H), h.dtype), np.empty((B, H), h.dtype),
-                              *cpu_loops.gemm_args(C(W_h), B, forward=True))
+                              *cpu_loops.gemm_args(W_h, B, forward=True))
         return h, (h[-1] if T else h_prev,), Tape(x, state0[0], h, mask, resets, nonlinearity)
+    W_hT = W_h.T
+    reset_at = steps_with_resets(resets, T)
     if fast:
         kernels = kernels_for(xp)
         kind = fused.KINDS[nonlinearity]
@@ -114,20 +115,21 @@ def _recursion_fused(W_h, dh, dh_next, tape):
     h, mask = tape.h, tape.mask
     T, B, H = h.shape
     xp = array_module(h)
-    kernels = kernels_for(xp)
     delta_a = xp.empty((T, B, H), dtype=h.dtype)
     no_dh = xp.zeros((B, H), dtype=h.dtype)
     dh_skip = xp.empty((B, H), dtype=h.dtype)
-    valid = xp.ones((T, B), dtype=bool) if mask is None else mask
     kind = fused.KINDS[tape.nonlinearity]
     # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
     if cpu_loops.use_for(h, W_h, dh, dh_next):
-        valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
         C = cpu_loops.contiguous
-        cpu_loops.rnn_backward(C(W_h), no_dh[None] if dh is None else C(dh), dh is not None, dh_next, C(h),
+        W_h = C(W_h)
+        valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
+        cpu_loops.rnn_backward(W_h, no_dh[None] if dh is None else C(dh), dh is not None, dh_next, C(h),
                                valid, mask is not None, kind, reset_at, resets, delta_a, dh_skip, no_dh,
-                               *cpu_loops.gemm_args(C(W_h), B, forward=False))
+                               *cpu_loops.gemm_args(W_h, B, forward=False))
         return delta_a, dh_next
+    kernels = kernels_for(xp)
+    valid = xp.ones((T, B), dtype=bool) if mask is None else mask
     reset_at = steps_with_resets(tape.resets, T)
     for t in range(T - 1, -1, -1):
         kernels.rnn_backward_step(no_dh if dh is None else dh[t], dh_next, h[t], valid[t], kind,
