@@ -61,6 +61,16 @@ def test_gemv_from_compiled_code_equals_numpy(dtype, tol, trans):
 
 
 @needs_loops
+@pytest.mark.parametrize("B,N", [(1, 5), (3, 16), (3, 37), (32, 512), (7, 1000)])
+def test_flipped_products_transpose_copy_is_exact(B, N):
+    """The copy back of the flipped GEMM's outᵀ, bands of 16 plus the remainder columns."""
+    src = np.random.default_rng(2).standard_normal((N, B)).astype(np.float32)
+    dst = np.full((B, N), np.nan, dtype=np.float32)
+    cpu_loops._transpose_into(src, dst)
+    assert np.array_equal(dst, src.T)
+
+
+@needs_loops
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("B,mode", [(1, "auto"), (3, "plain"), (3, "transposed")])
 def test_compiled_loop_equals_the_numpy_path_in_float64(cell, B, mode, monkeypatch):

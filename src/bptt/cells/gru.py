@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backends import cpu_loops, fused, recurrent_gemm
-from ..backends.arrays import array_module, kernels_for
+from ..backends.arrays import array_module, column_sums, kernels_for
 from ._blocks import GateBlocks
 from ._resets import previous_states, steps_with_resets, zero_where
 
@@ -131,12 +131,12 @@ def backward(params, dh, dstateT, tape, need_dx=True):
         if T > 1:
             dW_h += d2[B:].T @ h[:-1].reshape((T - 1) * B, H)
     dW_x = xp.concatenate([d2[:, :2 * H].T @ x2, dn2.T @ x2])      # (G10) input side: [δz_z, δz_r, δn]
-    db = xp.concatenate([d2[:, :2 * H].sum(axis=0), dn2.sum(axis=0)])
+    db = xp.concatenate([column_sums(d2[:, :2 * H]), column_sums(dn2)])
     grads = {
         "W_x": blocks.to_torch_order(dW_x, H),
         "W_h": blocks.to_torch_order(dW_h, H),
         "b_h": blocks.to_torch_order(db, H).reshape(-1),
-        "b_hn": d2[:, 2 * H:].sum(axis=0),                         # (G10)
+        "b_hn": column_sums(d2[:, 2 * H:]),                         # (G10)
     }
     dx = None if not need_dx else \
         (d2[:, :2 * H] @ W_x[:2 * H] + dn2 @ W_x[2 * H:]).reshape(T, B, D)      # (G11)

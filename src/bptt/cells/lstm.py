@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backends import cpu_loops, fused, recurrent_gemm
-from ..backends.arrays import array_module, kernels_for
+from ..backends.arrays import array_module, column_sums, kernels_for
 from ._blocks import GateBlocks
 from ._resets import previous_states, steps_with_resets, zero_where
 
@@ -135,7 +135,7 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     grads = {
         "W_x": blocks.to_torch_order(dW[:, :D], H),
         "W_h": blocks.to_torch_order(dW[:, D:], H),
-        "b_h": blocks.to_torch_order(dz2.sum(axis=0), H).reshape(-1),    # (L10)
+        "b_h": blocks.to_torch_order(column_sums(dz2), H).reshape(-1),    # (L10)
     }
     dx = (dz2 @ W_x).reshape(T, B, D) if need_dx else None         # (L11)
     return dx, (dh_next, dc_next), grads
