@@ -10,6 +10,7 @@ library's idle worker threads spin and steal the other's second core.
     python benchmarks/cells.py                 # the five shapes of the core issue
     python benchmarks/cells.py --quick         # fewer repeats
     python benchmarks/cells.py --shapes 100,32,64,128
+    python benchmarks/cells.py --default-malloc  # glibc's malloc untuned (see backends/allocator.py)
 
 Prints one table: times in ms (the least of three rounds' medians of blocks; each round
 times the three sides one after the other) for our fused path (the default: Numba step kernels), our plain
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 from bptt.backends import fused
+from bptt.backends.allocator import keep_freed_memory
 from bptt.cells import CELLS
 
 SHAPES = [(25, 1, 65, 100), (100, 32, 64, 128), (100, 64, 128, 256), (200, 32, 128, 512), (1000, 16, 32, 128)]
@@ -148,7 +150,11 @@ def main():
     parser.add_argument("--shapes", nargs="*", help="T,B,D,H tuples")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--input-grad", action="store_true", help="also compute ∂L/∂x on both sides")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (by default both sides run with "
+                             "bptt.backends.allocator.keep_freed_memory(), as `bptt train` does)")
     args = parser.parse_args()
+    kept = False if args.default_malloc else keep_freed_memory()
     torch.set_num_threads(args.threads)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
     min_block_s, blocks = (0.2, 3) if args.quick else (0.4, 5)
@@ -157,6 +163,7 @@ def main():
     print(f"# {what}")
     print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · "
           f"{os.cpu_count()} cores · threads {args.threads} · numpy {np.__version__} · torch {torch.__version__}")
+    print(f"# malloc: {'freed memory kept (keep_freed_memory)' if kept else 'glibc defaults'}")
     before = gemm_rate()
     print(f"# NumPy float32 GEMM (1024³): {before:.0f} GFLOP/s")
     print("| cell | T, B, D, H | fused ms | plain ms | torch ms | fused/torch | plain/torch | GFLOP/s "
