@@ -10,7 +10,7 @@ library's idle worker threads spin and steal the other's second core.
     python benchmarks/cells.py                 # the five shapes of the core issue
     python benchmarks/cells.py --quick         # fewer repeats
     python benchmarks/cells.py --shapes 100,32,64,128
-    python benchmarks/cells.py --default-malloc  # glibc's malloc untuned (see backends/allocator.py)
+    python benchmarks/cells.py --keep-freed-memory   # both sides with glibc's malloc keeping freed blocks
 
 Prints one table: times in ms (the least of three rounds' medians of blocks; each round
 times the three sides one after the other) for our fused path (the default: Numba step kernels), our plain
@@ -27,6 +27,7 @@ tensors, found with autograd's saved-tensor hooks, without parameters, x and h0)
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import platform
 import statistics
@@ -36,7 +37,6 @@ import numpy as np
 import torch
 
 from bptt.backends import fused
-from bptt.backends.allocator import keep_freed_memory
 from bptt.cells import CELLS
 
 SHAPES = [(25, 1, 65, 100), (100, 32, 64, 128), (100, 64, 128, 256), (200, 32, 128, 512), (1000, 16, 32, 128)]
@@ -143,6 +143,16 @@ def gemm_rate(n=1024, min_block_s=0.5):
     return 2.0 * n ** 3 / t / 1e9
 
 
+def keep_freed_memory(limit=1 << 30):
+    """glibc's malloc: serve blocks up to limit from the heap and keep freed ones
+    (mallopt M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1). False without glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, limit)) and bool(libc.mallopt(-1, limit))
+    except (OSError, AttributeError):
+        return False
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter blocks (noisier)")
@@ -150,11 +160,11 @@ def main():
     parser.add_argument("--shapes", nargs="*", help="T,B,D,H tuples")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--input-grad", action="store_true", help="also compute ∂L/∂x on both sides")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's malloc as it is (by default both sides run with "
-                             "bptt.backends.allocator.keep_freed_memory(), as `bptt train` does)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="raise glibc's mmap and trim thresholds to 1 GiB for this process, so "
+                             "freed large arrays are reused without page faults (both sides)")
     args = parser.parse_args()
-    kept = False if args.default_malloc else keep_freed_memory()
+    kept = args.keep_freed_memory and keep_freed_memory()
     torch.set_num_threads(args.threads)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
     min_block_s, blocks = (0.2, 3) if args.quick else (0.4, 5)

@@ -142,8 +142,6 @@ def _abort_other_ranks(code):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .backends.allocator import keep_freed_memory
-    keep_freed_memory()             # this process only: each step's arrays reuse the last step's pages
     from .distributed import CollectiveError
     from .train.clip import NonFiniteGradient
     from .train.trainer import Trainer, sample
