@@ -104,3 +104,14 @@ def test_skipping_the_input_gradient_changes_nothing_else():
         np.testing.assert_array_equal(lean.params[k], full.params[k])
     loss, grads, _ = model.loss_and_grads(x, targets)
     assert loss == full.loss and all(np.array_equal(grads[k], full.params[k]) for k in grads)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_column_sums_equal_numpy_sums_on_strided_column_blocks(dtype, tol):
+    """Bias gradients are Σ over rows taken as ones @ a (backends/arrays.py), also on the
+    GRU's column slices of d2, which are not contiguous."""
+    from bptt.backends.arrays import column_sums
+    a = np.random.default_rng(3).standard_normal((300, 96)).astype(dtype)
+    for block in (a, a[:, :64], a[:, 64:]):
+        want = block.astype(np.float64).sum(axis=0)
+        assert np.abs(column_sums(block) - want).max() < tol * np.abs(block).sum(axis=0).max()
