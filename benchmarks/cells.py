@@ -32,6 +32,7 @@ import os
 import platform
 import statistics
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -61,7 +62,21 @@ def block_time(fn, min_block_s, blocks):
     return statistics.median(times)
 
 
-def bench_shape(cell, T, B, D, H, min_block_s, blocks, input_grad, measure_rate=False):
+class Pair(NamedTuple):
+    """One layer of ours and PyTorch's with the same weights, inputs, state0 and dh."""
+    layer: object
+    params: dict
+    x: np.ndarray
+    dh: np.ndarray
+    state0: tuple
+    ref: object
+    xt: object
+    s0t: object
+    ours: object                          # () -> our forward + backward
+    theirs: object                        # () -> PyTorch's forward + backward
+
+
+def make_pair(cell, T, B, D, H, input_grad=False) -> Pair:
     torch.manual_seed(0)
     ref = TORCH[cell](D, H)
     layer = CELLS[cell]
@@ -92,6 +107,11 @@ def bench_shape(cell, T, B, D, H, min_block_s, blocks, input_grad, measure_rate=
         out, _ = ref(xt, s0t)
         out.backward(dht)
 
+    return Pair(layer, params, x, dh, state0, ref, xt, s0t, ours, theirs)
+
+
+def bench_shape(cell, T, B, D, H, min_block_s, blocks, input_grad, measure_rate=False):
+    layer, params, x, dh, state0, ref, xt, s0t, ours, theirs = make_pair(cell, T, B, D, H, input_grad)
     # The same numbers first: a benchmark of a wrong result measures nothing.
     h, _, tape = layer.forward(params, x, state0)
     with torch.no_grad():

@@ -132,3 +132,44 @@ def test_a_layer_called_with_mixed_dtypes_takes_the_python_loop(monkeypatch):
     h_32 = lstm.forward(dict(params, W_h=params["W_h"].astype(np.float32)), x, state0)[0]
     assert calls == [1]
     assert np.abs(h_mixed - h_32).max() < 1e-6
+
+
+@needs_loops
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_two_threads_running_halves_of_a_batch_give_the_whole_batchs_gradients(cell):
+    """The compiled loops release the GIL, so two threads run at once, each a half of the
+    batch: per stream everything is independent, so the two halves' outputs are the whole
+    batch's rows and their weight gradients sum to the whole batch's (float32 rounding)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from bptt.cells import CELLS
+    layer = CELLS[cell]
+    rng = np.random.default_rng(7)
+    T, B, D, H = 12, 8, 5, 16
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    params = {"W_x": (rng.standard_normal((G * H, D)) / 3).astype(np.float32),
+              "W_h": (rng.standard_normal((G * H, H)) / 4).astype(np.float32),
+              "b_h": (0.1 * rng.standard_normal(G * H)).astype(np.float32)}
+    if cell == "gru":
+        params["b_hn"] = (0.1 * rng.standard_normal(H)).astype(np.float32)
+    x = rng.standard_normal((T, B, D)).astype(np.float32)
+    dh = rng.standard_normal((T, B, H)).astype(np.float32)
+
+    def state(b):
+        h0 = (0.5 * rng.standard_normal((b, H))).astype(np.float32)
+        return (h0, h0.copy()) if cell == "lstm" else (h0,)
+
+    state0 = state(B)
+
+    def run(rows):
+        s0 = tuple(s[rows] for s in state0)
+        h, _, tape = layer.forward(params, np.ascontiguousarray(x[:, rows]), s0)
+        _, _, grads = layer.backward(params, np.ascontiguousarray(dh[:, rows]), None, tape, need_dx=False)
+        return h, grads
+
+    h_whole, g_whole = run(slice(None))
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):                          # several rounds, so the threads overlap
+            (h0, g0), (h1, g1) = pool.map(run, (slice(0, B // 2), slice(B // 2, B)))
+            assert np.abs(np.concatenate([h0, h1], axis=1) - h_whole).max() < 1e-5
+            for k, g in g_whole.items():
+                assert np.abs(g0[k] + g1[k] - g).max() < 1e-4 * max(1.0, np.abs(g).max()), k

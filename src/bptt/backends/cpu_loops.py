@@ -77,9 +77,15 @@ def _measure_flip(B, H, GH, dtype, forward):
 
 
 if AVAILABLE:
+    from numba import njit
+
     from .cblas import gemm, gemv
     from .fused import (_jit, gru_backward_step, gru_forward_step, lstm_backward_step,
                         lstm_forward_step, rnn_backward_step, rnn_forward_step)
+
+    # The whole loops release the GIL: they touch no Python object, and so two threads can
+    # run two layers (or two halves of a batch) at once (benchmarks/batch_split.py).
+    _loop_jit = njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
 
     @_jit
     def _times_w(a, W, out, transposed, flip, outT):
@@ -137,7 +143,7 @@ if AVAILABLE:
 
     # ---- Elman RNN --------------------------------------------------------------------------
 
-    @_jit
+    @_loop_jit
     def rnn_forward(h, W_h, bias, h0, valid, kind, reset_at, resets, rec, scratch, flip, recT):
         """h (T, B, H): W_x x_t in, h_t out."""
         for t in range(h.shape[0]):
@@ -147,7 +153,7 @@ if AVAILABLE:
             _times_w(prev, W_h, rec, True, flip, recT)                       # W_h h_{t-1}
             rnn_forward_step(h[t], rec, bias, prev, valid[t], kind)          # (R1), (R2), (M1)
 
-    @_jit
+    @_loop_jit
     def rnn_backward(W_h, dh, has_dh, dh_next, h, valid, masked, kind, reset_at, resets,
                      delta, skip, no_dh, flip, dT):
         """dh_next: ∂L/∂h_T in, ∂L/∂h_0 out; delta (T, B, H) out: δa_t."""
@@ -162,7 +168,7 @@ if AVAILABLE:
 
     # ---- LSTM -------------------------------------------------------------------------------
 
-    @_jit
+    @_loop_jit
     def lstm_forward(gates, W_h, bias, h0, c0, h, c, valid, reset_at, resets, rec,
                      h_scratch, c_scratch, flip, recT):
         """gates (T, B, 4H): W_x x_t in, activated gates out; h, c (T, B, H) out."""
@@ -175,7 +181,7 @@ if AVAILABLE:
             _times_w(h_prev, W_h, rec, True, flip, recT)                     # W_h h_{t-1}
             lstm_forward_step(gates[t], rec, bias, h_prev, c_prev, h[t], c[t], valid[t])   # (L1)-(L4), (M1)
 
-    @_jit
+    @_loop_jit
     def lstm_backward(W_h, dh, has_dh, dh_next, dc_next, gates, c, c0, c_in, has_c_in, valid,
                       masked, reset_at, resets, dz, skip, no_dh, flip, dT):
         """dh_next, dc_next: from t = T in, to t = 0 out; dz (T, B, 4H) out: δz_t.
@@ -196,7 +202,7 @@ if AVAILABLE:
 
     # ---- GRU --------------------------------------------------------------------------------
 
-    @_jit
+    @_loop_jit
     def gru_forward(gates, W_h, bias, b_hn, h0, q, h, valid, reset_at, resets, rec, scratch,
                     flip, recT):
         """gates (T, B, 3H): W_x x_t in, activated r, z, n out; q, h (T, B, H) out."""
@@ -207,7 +213,7 @@ if AVAILABLE:
             _times_w(prev, W_h, rec, True, flip, recT)                       # W_h h_{t-1}
             gru_forward_step(gates[t], rec, bias, b_hn, prev, q[t], h[t], valid[t])   # (G1)-(G5), (M1)
 
-    @_jit
+    @_loop_jit
     def gru_backward(W_h, dh, has_dh, dh_next, gates, q, h, h0, h_in, has_h_in, valid,
                      reset_at, resets, d_rec, d_n, direct, no_dh, flip, dT):
         """dh_next: ∂L/∂h_T in, ∂L/∂h_0 out; d_rec (T, B, 3H), d_n (T, B, H) out."""

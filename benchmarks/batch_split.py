@@ -1,0 +1,97 @@
+"""A layer's training step as two half-batch passes on two threads of our own, BLAS single-threaded.
+
+Today a layer runs its loop on one thread and OpenBLAS runs each GEMM on two; between GEMMs
+the step kernels are serial, and OpenBLAS's idle worker busy-waits on the other core for
+about 110 ms after every two-thread call, so no work of ours can use that core
+(RESULTS.md, session 4). The alternative measured here: OpenBLAS limited to one thread
+(threadpoolctl) for the whole measurement, and the batch cut in two halves that two
+threads run at once, each its own forward and backward (the compiled loops release the
+GIL; per stream everything is independent, so the weight gradients are the halves' sums).
+The whole-batch path and PyTorch run as they do in benchmarks/cells.py, with two threads.
+
+    python benchmarks/batch_split.py                     # LSTM, the batched core shapes
+    python benchmarks/batch_split.py --cells lstm,gru --shapes 100,32,64,128
+
+A prototype of an execution model, not yet the library's: in a training process the
+head, the loss and every other GEMM would have to run single-threaded or split the same
+way, or OpenBLAS's worker spins into our threads' time.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cells import block_time, make_pair  # noqa: E402  (a sibling script, not a package)
+
+SHAPES = [(100, 32, 64, 128), (100, 64, 128, 256), (200, 32, 128, 512), (1000, 16, 32, 128)]
+ROUNDS = 3
+
+
+def halves_step(pair, pool):
+    """() -> the two halves' forward + backward on the pool's two threads, gradients summed."""
+    layer, params, x, dh, state0 = pair.layer, pair.params, pair.x, pair.dh, pair.state0
+    B = x.shape[1]
+    parts = []
+    for rows in (slice(0, B // 2), slice(B // 2, B)):
+        parts.append((np.ascontiguousarray(x[:, rows]), np.ascontiguousarray(dh[:, rows]),
+                      tuple(np.ascontiguousarray(s[rows]) for s in state0)))
+
+    def half(part):
+        xh, dhh, s0 = part
+        _, _, tape = layer.forward(params, xh, s0)
+        return layer.backward(params, dhh, None, tape, need_dx=False)[2]
+
+    def step():
+        first, second = pool.map(half, parts)
+        return {k: first[k] + second[k] for k in first}
+
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", default="lstm")
+    parser.add_argument("--shapes", nargs="*", help="T,B,D,H tuples (B even)")
+    args = parser.parse_args()
+    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
+    pool = ThreadPoolExecutor(2)
+    print("# forward + backward (training step, no ∂L/∂x), float32; ms are each side's best "
+          f"round, ratios the median over {ROUNDS} rounds of the ratio within a round")
+    print("| cell | T, B, D, H | whole batch ms | two halves ms | torch ms | halves/whole "
+          "| whole/torch | halves/torch | max |Δ grad| |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for cell in args.cells.split(","):
+        for T, B, D, H in shapes:
+            pair = make_pair(cell, T, B, D, H)
+            split = halves_step(pair, pool)
+            whole = pair.ours()[2]
+            with threadpool_limits(1, user_api="blas"):
+                halves = split()
+            err = max(float(np.abs(whole[k] - halves[k]).max() / max(1.0, np.abs(whole[k]).max())) for k in whole)
+            times = {"whole": [], "halves": [], "torch": []}
+            for _ in range(ROUNDS):
+                times["whole"].append(block_time(pair.ours, 0.4, 5))
+                with threadpool_limits(1, user_api="blas"):
+                    times["halves"].append(block_time(split, 0.4, 5))
+                times["torch"].append(block_time(pair.theirs, 0.4, 5))
+
+            def ratio(a, b):
+                return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+            best = {k: 1e3 * min(v) for k, v in times.items()}
+            print(f"| {cell} | {T}, {B}, {D}, {H} | {best['whole']:.2f} | {best['halves']:.2f} | {best['torch']:.2f} "
+                  f"| {ratio('halves', 'whole'):.2f} | {ratio('whole', 'torch'):.2f} | {ratio('halves', 'torch'):.2f} "
+                  f"| {err:.1e} |", flush=True)
+            time.sleep(0.3)
+
+
+if __name__ == "__main__":
+    main()
