@@ -113,3 +113,53 @@ def test_checkpointed_training_takes_the_same_steps_as_full_bptt(tmp_path):
     ckpt.train(progress=False)
     for k, v in full.model.params.items():
         np.testing.assert_allclose(ckpt.model.params[k], v, rtol=1e-10, atol=1e-12)
+
+
+def test_two_threads_train_the_same_model_as_one(tmp_path, monkeypatch):
+    """threads=2 (the default) runs each batch as two halves at once with BLAS on one
+    thread during the update; the model it trains is threads=1's up to float32 rounding."""
+    from threadpoolctl import ThreadpoolController
+
+    from bptt import batch_split
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(builtin_corpus(20_000), encoding="utf-8")
+    blas_threads = []
+    split = batch_split.gradients
+
+    def watched(*args):
+        blas_threads.extend(lib["num_threads"] for lib in ThreadpoolController().select(user_api="blas").info())
+        return split(*args)
+
+    monkeypatch.setattr(batch_split, "gradients", watched)
+    kw = dict(task="text", text=str(corpus), cell="lstm", hidden=16, seq_len=12, batch=6, steps=10, lr=3e-3)
+    one, two = Trainer(small(tmp_path, "one", threads=1, **kw)), Trainer(small(tmp_path, "two", **kw))
+    assert (one.model.threads, two.model.threads) == (1, 2)
+    one.train(progress=False)
+    assert blas_threads == []
+    two.train(progress=False)
+    assert len(blas_threads) >= 10 and set(blas_threads) == {1}
+    for k, v in one.model.params.items():
+        assert np.abs(two.model.params[k] - v).max() < 1e-4 * max(1.0, np.abs(v).max()), k
+
+
+def test_threads_is_one_or_two():
+    with pytest.raises(ValueError, match="threads: expected 1 or 2, got 3"):
+        Config(threads=3).check()
+
+
+def test_a_run_saved_before_the_threads_option_resumes_with_one(tmp_path, monkeypatch):
+    from bptt.train import runs
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(builtin_corpus(20_000), encoding="utf-8")
+    c = small(tmp_path, "old", task="text", text=str(corpus), cell="gru", hidden=8, seq_len=8, batch=4, steps=3)
+    Trainer(c).train(progress=False)
+    load = runs.load_checkpoint
+
+    def without_threads(run):
+        meta, arrays = load(run)
+        meta["config"].pop("threads")
+        return meta, arrays
+
+    monkeypatch.setattr(runs, "load_checkpoint", without_threads)
+    resumed = Trainer.resume(tmp_path / "old")
+    assert resumed.config.threads == 1 and resumed.model.threads == 1

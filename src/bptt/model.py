@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _checks
+from . import _checks, batch_split
 from .cells import CELLS, head as head_layer
 from .ops import ACTIVATIONS, HEADS, LOSSES
 
@@ -90,6 +90,7 @@ class Model:
         if forget_bias and cell != "lstm":
             raise ValueError(f"forget_bias: applies to cell='lstm' only, got cell={cell!r}")
         self.layer = CELLS[self.cell]
+        self.threads = 1              # how gradients() runs, not part of the model: see there
         self.params = self._init_params(np.random.default_rng(seed), init)
         if forget_bias:
             H = self.hidden_size
@@ -108,6 +109,7 @@ class Model:
     def astype(self, dtype) -> "Model":
         """A copy of this model with parameters converted to ``dtype``."""
         other = Model(**(self.config | {"dtype": dtype}))
+        other.threads = self.threads
         for name, value in self.params.items():
             other.params[name] = value.astype(other.dtype, copy=True)
         return other
@@ -254,7 +256,7 @@ class Model:
         return w
 
     def gradients(self, x, targets, state0=None, mask=None, dstate=None, input_grad=True,
-                  resets=None, loss_mask=None, loss_count=None) -> Gradients:
+                  resets=None, loss_mask=None, loss_count=None, threads=None) -> Gradients:
         """Loss and its exact gradient with respect to every parameter, x and state0.
 
         ``dstate`` (state structure, optional) is a gradient flowing into the final
@@ -265,7 +267,13 @@ class Model:
         ``loss_mask`` (T, B) bool: only these positions add loss (the state still
         steps everywhere); ``loss_count``: divide a mean by this many positions
         instead of this call's own count (a chunk of a longer objective).
+        ``threads=2`` (default: ``model.threads``, 1) runs two halves of the batch on two
+        threads at once, with the same result (batch_split.py); it pays with BLAS held to
+        one thread, as the trainer does it.
         """
+        threads = self.threads if threads is None else threads
+        if threads not in (1, 2):
+            raise ValueError(f"threads: expected 1 or 2, got {threads!r}")
         x, mask, resets = self._check_inputs(x, mask, resets)
         T, B, _ = x.shape
         targets = self._check_targets(targets, T, B)
@@ -275,6 +283,9 @@ class Model:
             loss_mask = _checks.bool_mask("loss_mask", loss_mask, (T, B))
         s0 = self._split_state(state0, B)
         dsT = None if dstate is None else self._split_state(dstate, B, "dstate")
+        if threads == 2 and batch_split.can_split(mask, B):
+            return batch_split.gradients(self, x, targets, state0, mask, dstate, input_grad, resets,
+                                         loss_mask, loss_count)
         fw = self._forward(x, s0, mask, resets)
         rows = self._head_rows(fw.top)
         loss, do = self._loss(rows, targets, mask, T, B, loss_mask, loss_count)

@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 from tqdm import tqdm
 
+from ..backends import cpu_loops
 from ..distributed import world as mpi_world
 from ..model import Model
 from ..through_time import checkpointed
@@ -42,6 +44,12 @@ class Trainer:
         self.model = Model(c.cell, hidden_size=c.hidden, num_layers=c.layers, nonlinearity=c.nonlinearity,
                            dtype=c.dtype, seed=c.seed, init=c.init, forget_bias=c.forget_bias,
                            **self.task.model_kwargs)
+        # Two halves of each batch on two threads (bptt/batch_split.py), with BLAS held to one
+        # thread during an update: where the compiled loops run, and on one rank (MPI ranks
+        # already share the cores).
+        loops = cpu_loops.use_for(np.zeros(1, self.model.dtype))
+        self.model.threads = 2 if c.threads == 2 and loops and self.world.size == 1 and c.batch >= 2 else 1
+        self._blas = ThreadpoolController().select(user_api="blas")
         self.optimizer = make_optimizer(c.optimizer, self.model.params, c.lr)
         self.rng = np.random.default_rng(c.seed)
         self.step = 0
@@ -94,7 +102,8 @@ class Trainer:
     def resume(cls, run, **overrides) -> "Trainer":
         """The trainer of ``run`` at its latest checkpoint (``overrides``: e.g. steps=…)."""
         meta, arrays = runs.load_checkpoint(run)
-        config = from_dict(meta["config"] | overrides)
+        # A run saved before the threads option ran one pass a batch: resume it the same way.
+        config = from_dict({"threads": 1} | meta["config"] | overrides)
         trainer = cls(config, run_dir=run)
         trainer._restore(meta, arrays)
         return trainer
@@ -159,6 +168,14 @@ class Trainer:
 
     def update(self):
         """One optimizer step. Returns (loss, gradient norm before clipping, lr, tokens)."""
+        if self.model.threads == 1:
+            return self._update()
+        # BLAS on one thread: otherwise its idle worker busy-waits on the second core after
+        # every call, against our second thread (benchmarks/RESULTS.md, session 4).
+        with self._blas.limit(limits=1):
+            return self._update()
+
+    def _update(self):
         c = self.config
         # An overflow becomes inf or NaN here and is judged by check_finite and the
         # on_nonfinite policy below, not printed as a NumPy warning or raised midway.

@@ -1,0 +1,96 @@
+"""Model.gradients over two halves of the batch, on two threads at once (floor 3, beside model.py).
+
+Every stream of a batch is independent until the loss sums them: the halves' losses and
+weight gradients add up to the whole batch's, and their ∂L/∂x, ∂L/∂state0 and final
+states are the whole batch's rows. The compiled time loops release the GIL
+(backends/cpu_loops.py), so two threads run two halves at once, each with its own step
+kernels and GEMMs. Used with BLAS held to one thread for the whole run (the trainer does
+it): then each core runs one half, kernels included, where with BLAS on two threads the
+step kernels run on one core between GEMMs. `benchmarks/batch_split.py` measures a layer
+this way (the LSTM at 0.68-0.94 of the whole batch's time on 2 cores).
+
+A mean reduction divides by the whole batch's count of loss positions (``loss_count``),
+so that each half's loss is its share of the whole batch's mean.
+"""
+from __future__ import annotations
+
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(2, thread_name_prefix="bptt-half")
+    return _POOL
+
+
+def _rows_of(a, rows, axis):
+    """a's rows along axis (the batch axis), contiguous; None stays None."""
+    if a is None:
+        return None
+    index = (slice(None),) * axis + (rows,)
+    return np.ascontiguousarray(a[index])
+
+
+def _state_rows(model, state, rows):
+    """A public state (L, B, H), or the LSTM's (h, c) of them, cut to these streams."""
+    if state is None:
+        return None
+    if model.cell == "lstm":
+        return tuple(_rows_of(s, rows, 1) for s in state)
+    if isinstance(state, (tuple, list)):
+        state = state[0]
+    return _rows_of(state, rows, 1)
+
+
+def _join_states(model, first, second):
+    if model.cell == "lstm":
+        return tuple(np.concatenate([a, b], axis=1) for a, b in zip(first, second))
+    return np.concatenate([first, second], axis=1)
+
+
+def can_split(mask, B) -> bool:
+    """Two halves need two streams, and with a mask each half needs a valid step."""
+    if B < 2:
+        return False
+    if mask is None:
+        return True
+    return bool(mask[:, :B // 2].any()) and bool(mask[:, B // 2:].any())
+
+
+def loss_count_of(model, mask, loss_mask, T, B):
+    """The whole batch's count of loss positions, as Model._row_weights counts them."""
+    if model.outputs == "last":
+        return B
+    counted = mask if loss_mask is None else (loss_mask if mask is None else mask & loss_mask)
+    return T * B if counted is None else int(counted.sum())
+
+
+def gradients(model, x, targets, state0, mask, dstate, input_grad, resets, loss_mask, loss_count):
+    """model.gradients of the whole batch, computed as two halves on two threads.
+    Inputs as Model.gradients takes them, already checked; returns its Gradients."""
+    T, B, _ = x.shape
+    if model.reduction == "mean" and loss_count is None and targets is not None:
+        loss_count = loss_count_of(model, mask, loss_mask, T, B)
+    halves = (slice(0, B // 2), slice(B // 2, B))
+    target_axis = 1 if model.outputs == "all" else 0
+
+    def half(rows):
+        return model.gradients(
+            _rows_of(x, rows, 1), _rows_of(targets, rows, target_axis), _state_rows(model, state0, rows),
+            _rows_of(mask, rows, 1), _state_rows(model, dstate, rows), input_grad, _rows_of(resets, rows, 1),
+            _rows_of(loss_mask, rows, 1), loss_count, threads=1)
+
+    # Each half runs in a copy of the caller's context, so that np.errstate (a context
+    # variable) holds there too: the trainer's overflow policy, for one.
+    contexts = [contextvars.copy_context() for _ in halves]
+    first, second = _pool().map(lambda ctx, rows: ctx.run(half, rows), contexts, halves)
+    params = {k: first.params[k] + second.params[k] for k in first.params}
+    dx = None if first.x is None else np.concatenate([first.x, second.x], axis=1)
+    return type(first)(first.loss + second.loss, params, dx, _join_states(model, first.state0, second.state0),
+                       _join_states(model, first.state, second.state))
