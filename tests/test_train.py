@@ -132,7 +132,7 @@ def test_two_threads_train_the_same_model_as_one(tmp_path, monkeypatch):
 
     monkeypatch.setattr(batch_split, "gradients", watched)
     kw = dict(task="text", text=str(corpus), cell="lstm", hidden=16, seq_len=12, batch=6, steps=10, lr=3e-3)
-    one, two = Trainer(small(tmp_path, "one", threads=1, **kw)), Trainer(small(tmp_path, "two", **kw))
+    one, two = Trainer(small(tmp_path, "one", threads=1, **kw)), Trainer(small(tmp_path, "two", threads=2, **kw))
     assert (one.model.threads, two.model.threads) == (1, 2)
     one.train(progress=False)
     assert blas_threads == []
@@ -163,3 +163,14 @@ def test_a_run_saved_before_the_threads_option_resumes_with_one(tmp_path, monkey
     monkeypatch.setattr(runs, "load_checkpoint", without_threads)
     resumed = Trainer.resume(tmp_path / "old")
     assert resumed.config.threads == 1 and resumed.model.threads == 1
+
+
+@pytest.mark.parametrize("cores,expected", [(1, 1), (2, 2), (4, 1), (16, 1)])
+def test_threads_unset_means_two_on_two_cores_only(tmp_path, monkeypatch, cores, expected):
+    from bptt.train import trainer as trainer_module
+    monkeypatch.setattr(trainer_module, "available_cores", lambda: cores)
+    c = small(tmp_path, f"auto{cores}", task="adding", cell="gru", hidden=8, seq_len=5, batch=4, steps=1)
+    assert c.threads is None
+    assert Trainer(c).model.threads == expected
+    assert Trainer(small(tmp_path, f"set{cores}", task="adding", cell="gru", hidden=8, seq_len=5, batch=4, steps=1,
+                         threads=2)).model.threads == 2

@@ -52,7 +52,7 @@ def _train_options(p):
     _option(p, "eval_every", int, "updates between validations")
     _option(p, "checkpoint_every", int, "updates between checkpoints")
     _option(p, "threads", int, "2: two halves of each batch run at once on two threads, BLAS on one; "
-                               "1: one pass, BLAS on its own threads")
+                               "1: one pass, BLAS on its own threads; unset: 2 on a 2-core machine, else 1")
     p.add_argument("--out", dest="out", default=None, metavar="RUN_DIR", help="run folder (default: runs/DATE-TIME)")
     p.add_argument("--config", default=None, metavar="FILE.toml", help="options from a TOML file; flags win")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

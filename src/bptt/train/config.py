@@ -49,7 +49,8 @@ class Config:
     dtype: str = "float32"
     eval_every: int = 500
     checkpoint_every: int = 1000
-    threads: int = 2                   # 2: two halves of each batch at once, BLAS on one thread
+    threads: int | None = None         # 2: two halves of each batch at once, BLAS on one thread;
+                                       # None: 2 where the process has 2 cores, else 1
     out: str | None = None
 
     def check(self) -> "Config":
@@ -76,7 +77,7 @@ class Config:
             raise ValueError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
         if not math.isfinite(self.forget_bias):
             raise ValueError(f"forget-bias: expected a finite number, got {self.forget_bias}")
-        if self.threads not in (1, 2) or isinstance(self.threads, bool):
+        if self.threads is not None and (self.threads not in (1, 2) or isinstance(self.threads, bool)):
             raise ValueError(f"threads: expected 1 or 2, got {self.threads!r}")
         if self.text is not None and self.task != "text":
             raise ValueError(f"text: applies to task='text' only, got task={self.task!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -34,6 +35,14 @@ from .tasks import TextTask, make_task
 LOG_EVERY = 50
 
 
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
 class Trainer:
     def __init__(self, config: Config, run_dir=None, world=None):
         self.config = config.check()
@@ -46,9 +55,11 @@ class Trainer:
                            **self.task.model_kwargs)
         # Two halves of each batch on two threads (bptt/batch_split.py), with BLAS held to one
         # thread during an update: where the compiled loops run, and on one rank (MPI ranks
-        # already share the cores).
+        # already share the cores). By default only on 2 cores, where it was measured: with
+        # more, BLAS on all of them may beat two single-threaded halves.
+        wanted = c.threads if c.threads is not None else (2 if available_cores() == 2 else 1)
         loops = cpu_loops.use_for(np.zeros(1, self.model.dtype))
-        self.model.threads = 2 if c.threads == 2 and loops and self.world.size == 1 and c.batch >= 2 else 1
+        self.model.threads = 2 if wanted == 2 and loops and self.world.size == 1 and c.batch >= 2 else 1
         self._blas = ThreadpoolController().select(user_api="blas")
         self.optimizer = make_optimizer(c.optimizer, self.model.params, c.lr)
         self.rng = np.random.default_rng(c.seed)
