@@ -140,6 +140,7 @@ def test_two_threads_train_the_same_model_as_one(tmp_path, monkeypatch):
     assert len(blas_threads) >= 10 and set(blas_threads) == {1}
     for k, v in one.model.params.items():
         assert np.abs(two.model.params[k] - v).max() < 1e-4 * max(1.0, np.abs(v).max()), k
+    assert two.evaluate()["val_loss"] == pytest.approx(one.evaluate()["val_loss"], rel=1e-5)
 
 
 def test_threads_is_one_or_two():

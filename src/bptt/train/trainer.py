@@ -221,6 +221,8 @@ class Trainer:
         Rank 0 alone evaluates (the parameters are the same on every rank)."""
         if not self.world.root:
             return {}
+        # The validation pass runs whole, BLAS on its threads: in halves it measured no faster
+        # (B = 16 validation streams; 1.96, 1.61, 1.76 s against 1.98, 1.90, 1.60 s).
         m = self.model
         if self.text:
             codes = self.task.streams(self.task.valid, min(16, max(1, len(self.task.valid) // 200)))
