@@ -63,20 +63,12 @@ def can_split(mask, B) -> bool:
     return bool(mask[:, :B // 2].any()) and bool(mask[:, B // 2:].any())
 
 
-def loss_count_of(model, mask, loss_mask, T, B):
-    """The whole batch's count of loss positions, as Model._row_weights counts them."""
-    if model.outputs == "last":
-        return B
-    counted = mask if loss_mask is None else (loss_mask if mask is None else mask & loss_mask)
-    return T * B if counted is None else int(counted.sum())
-
-
 def gradients(model, x, targets, state0, mask, dstate, input_grad, resets, loss_mask, loss_count):
     """model.gradients of the whole batch, computed as two halves on two threads.
     Inputs as Model.gradients takes them, already checked; returns its Gradients."""
     T, B, _ = x.shape
     if model.reduction == "mean" and loss_count is None and targets is not None:
-        loss_count = loss_count_of(model, mask, loss_mask, T, B)
+        loss_count = model.loss_positions(mask, T, B, loss_mask)      # the whole batch's
     halves = (slice(0, B // 2), slice(B // 2, B))
     target_axis = 1 if model.outputs == "all" else 0
 

@@ -242,13 +242,24 @@ class Model:
         x, mask, resets = self._check_inputs(x, mask, resets)
         return self._join_state(self._forward(x, self._split_state(state0, x.shape[1]), mask, resets).states)
 
+    def _counted(self, mask, loss_mask):
+        """(T, B) bool: the positions that add loss (outputs="all"); None: all of them."""
+        return mask if loss_mask is None else (loss_mask if mask is None else mask & loss_mask)
+
+    def loss_positions(self, mask, T, B, loss_mask=None) -> int:
+        """How many positions add loss: what a mean reduction divides by."""
+        if self.outputs == "last":
+            return B
+        counted = self._counted(mask, loss_mask)
+        return T * B if counted is None else int(counted.sum())
+
     def _row_weights(self, mask, T, B, loss_mask=None, loss_count=None):
         """w_n per head row: 0 on padded positions and outside loss_mask, 1/count for the
         mean reduction (count = loss_count positions if given, else this call's own)."""
         if self.outputs == "last":
             w = np.ones(B, dtype=self.dtype)
         else:
-            counted = mask if loss_mask is None else (loss_mask if mask is None else mask & loss_mask)
+            counted = self._counted(mask, loss_mask)
             w = np.ones(T * B, dtype=self.dtype) if counted is None else counted.reshape(T * B).astype(self.dtype)
         if self.reduction == "mean":
             positions = w.sum() if loss_count is None else loss_count
