@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-from bptt.backends import cpu_loops
+from bptt.backends import cpu_loops, loop_threads
+from bptt.backends.arrays import column_sums
 from bptt.cells import lstm
 
 
@@ -46,8 +47,7 @@ def main():
     _, _, tape = lstm.forward(params, x, state0)
     W_h, b_h = params["W_h"], params["b_h"]
     valid, reset_at, resets = cpu_loops.step_flags(None, None, T, B)
-    flip_f, recT = cpu_loops.gemm_args(W_h, B, forward=True)
-    flip_b, dT = cpu_loops.gemm_args(W_h, B, forward=False)
+    split = loop_threads.parts_for(B, 4 * H, H) == 2
     gates = tape.gates.copy()
     h, c = np.empty((T, B, H), f32), np.empty((T, B, H), f32)
     rec, scratch = np.empty((B, 4 * H), f32), np.empty((B, H), f32)
@@ -55,13 +55,14 @@ def main():
     dh_next, dc_next = np.zeros((B, H), f32), np.zeros((B, H), f32)
     inputs = np.empty((T * B, D + H), f32)
 
-    def forward_loop():
-        cpu_loops.lstm_forward(gates, W_h, b_h, *state0, h, c, valid, reset_at, resets, rec, scratch,
-                               scratch.copy(), flip_f, recT)
+    def forward_loop():                   # as lstm.forward runs it: one thread or two (loop_threads.py)
+        cpu_loops.run(cpu_loops.lstm_forward, (gates, W_h, b_h, *state0, h, c, valid, reset_at, resets, rec,
+                                               scratch, scratch.copy()), W_h, B, forward=True)
 
     def backward_loop():
-        cpu_loops.lstm_backward(W_h, dh, True, dh_next, dc_next, tape.gates, tape.c, state0[1], tape.c,
-                                False, valid, False, reset_at, resets, dz, scratch, scratch, flip_b, dT)
+        cpu_loops.run(cpu_loops.lstm_backward, (W_h, dh, True, dh_next, dc_next, tape.gates, tape.c, state0[1],
+                                                tape.c, False, valid, False, reset_at, resets, dz, scratch, scratch),
+                      W_h, B, forward=False)
 
     def weight_gemm():                    # as lstm.backward does it: [x_t | h_{t-1}] rows, one GEMM
         inputs[:, :D] = x.reshape(T * B, D)
@@ -76,10 +77,12 @@ def main():
         "backward": lambda: lstm.backward(params, dh, None, tape, need_dx=False),
         "  compiled loop ": backward_loop,
         "  ∂W GEMM with its copies": weight_gemm,
-        "  ∂b sum": lambda: dz.reshape(T * B, 4 * H).sum(axis=0),
+        "  ∂b sum": lambda: column_sums(dz.reshape(T * B, 4 * H)),
     }
-    print(f"# LSTM (T, B, D, H) = {(T, B, D, H)}, float32; GEMM orientation flipped: "
-          f"forward {flip_f}, backward {flip_b}")
+    how = "two threads (loop_threads.py)" if split else \
+        f"one thread; GEMM orientation flipped: forward {cpu_loops.gemm_args(W_h, B, True)[0]}, " \
+        f"backward {cpu_loops.gemm_args(W_h, B, False)[0]}"
+    print(f"# LSTM (T, B, D, H) = {(T, B, D, H)}, float32; loops on {how}")
     for name, fn in parts.items():
         ms = median_ms(fn)
         per_step = f"  ({1e3 * ms / T:.0f} µs a step)" if "loop" in name else ""

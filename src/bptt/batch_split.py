@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .backends import loop_threads
+
 _POOL: ThreadPoolExecutor | None = None
 
 
@@ -73,10 +75,11 @@ def gradients(model, x, targets, state0, mask, dstate, input_grad, resets, loss_
     target_axis = 1 if model.outputs == "all" else 0
 
     def half(rows):
-        return model.gradients(
-            _rows_of(x, rows, 1), _rows_of(targets, rows, target_axis), _state_rows(model, state0, rows),
-            _rows_of(mask, rows, 1), _state_rows(model, dstate, rows), input_grad, _rows_of(resets, rows, 1),
-            _rows_of(loss_mask, rows, 1), loss_count, threads=1)
+        with loop_threads.use(1):            # this half is one core's work already
+            return model.gradients(
+                _rows_of(x, rows, 1), _rows_of(targets, rows, target_axis), _state_rows(model, state0, rows),
+                _rows_of(mask, rows, 1), _state_rows(model, dstate, rows), input_grad, _rows_of(resets, rows, 1),
+                _rows_of(loss_mask, rows, 1), loss_count, threads=1)
 
     # Each half runs in a copy of the caller's context, so that np.errstate (a context
     # variable) holds there too: the trainer's overflow policy, for one.

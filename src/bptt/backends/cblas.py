@@ -10,7 +10,9 @@ The entry points are registered with LLVM under fixed names (``bptt_cblas64_sgem
 that the compiled loops refer to them by name and can be cached on disk.
 
     gemm(trans_a, trans_b, a, b, out)   out (M, N) = op(a) · op(b), op = transpose or not;
-                                        every array C-contiguous, 2-D
+                                        every array 2-D with contiguous rows (C-contiguous,
+                                        or a block of columns of such an array: the row
+                                        stride is passed as the leading dimension)
     gemv(trans, w, x, y)                y = op(w) · x for one row, where gemv beats gemm
 
 Integer width: ILP64 builds (NumPy's ``scipy_openblas64_``) take 64-bit sizes; the
@@ -51,12 +53,52 @@ def _symbol(name):
     return f"bptt_cblas{64 if INT64 else 32}_{name}"
 
 
+_DLL = None
+IDLE_SPIN_LOG2 = 20              # OpenBLAS's workers spin 2^20 cycles (under 1 ms) when idle
+_quiet: bool | None = None
+
+
+def quiet_idle_workers() -> bool:
+    """Make OpenBLAS's idle worker threads go to sleep after 2^IDLE_SPIN_LOG2 cycles
+    instead of the default 2^28 (about 110 ms here), once per process. Returns whether
+    the workers are quiet.
+
+    Why: after every multi-threaded call each worker busy-waits for the next one. When
+    our own two threads run a loop (loop_threads.py) right after a two-thread GEMM, that
+    worker takes a core from them: measured, an LSTM forward at (100, 32, 64, 128) went
+    from 10 to 30 ms. How: OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when it starts its
+    workers, so it is set, re-read (``openblas_read_env``) and the workers restarted
+    (``blas_thread_shutdown_``; the next threaded call starts them again). A value the
+    user set in OPENBLAS_THREAD_TIMEOUT is left alone and counts as quiet only if small.
+    Called the first time two threads run a loop, not at import, so that a process that
+    never does keeps OpenBLAS exactly as it was."""
+    global _quiet
+    if _quiet is not None:
+        return _quiet
+    import os
+    own = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    if own is not None:
+        _quiet = own.isdigit() and int(own) <= IDLE_SPIN_LOG2
+        return _quiet
+    read_env = getattr(_DLL, "openblas_read_env", None)
+    shutdown = getattr(_DLL, "blas_thread_shutdown_", None)
+    if read_env is None or shutdown is None:
+        _quiet = False
+        return _quiet
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(IDLE_SPIN_LOG2)
+    read_env()
+    shutdown()
+    _quiet = True
+    return _quiet
+
+
 def _register():
-    global AVAILABLE, INT64
+    global AVAILABLE, INT64, _DLL
     found = _find_openblas()
     if found is None:
         return
     dll, prefix, suffix = found
+    _DLL = dll
     config = getattr(dll, f"{prefix}openblas_get_config{suffix}", None)
     if config is None:
         return
@@ -73,7 +115,7 @@ _register()
 
 if AVAILABLE:
     import numpy as np
-    from numba import types
+    from numba import njit, types
     from numba.extending import overload
 
     _I = types.int64 if INT64 else types.int32
@@ -107,9 +149,15 @@ if AVAILABLE:
             M, N = out.shape
             K = a.shape[0] if trans_a else a.shape[1]
             fn(ROW_MAJOR, TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS,
-               M, N, K, one(1), a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], one(0),
-               out.ctypes.data, N)
+               M, N, K, one(1), a.ctypes.data, _leading(a), b.ctypes.data, _leading(b), one(0),
+               out.ctypes.data, _leading(out))
         return impl
+
+    @njit(inline="always")
+    def _leading(a):
+        """The leading dimension of a row-major 2-D array: its row stride in elements (at
+        least one row's length, as BLAS requires even of a single row)."""
+        return max(a.strides[0] // a.itemsize, a.shape[1], 1)
 
     @overload(gemv)
     def _gemv_for(trans, w, x, y):

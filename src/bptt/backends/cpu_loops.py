@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from . import cblas, fused, recurrent_gemm
+from . import cblas, fused, loop_threads, recurrent_gemm
 
 AVAILABLE = fused.AVAILABLE and cblas.AVAILABLE
 ENABLED = AVAILABLE and os.environ.get("BPTT_LOOPS", "1") != "0"
@@ -64,6 +64,17 @@ def gemm_args(W_h, B, forward):
     return recurrent_gemm.choose(key, lambda: _measure_flip(B, H, GH, W_h.dtype, forward)), scratch
 
 
+def run(loop, args, W_h, B, forward):
+    """loop(*args, flip, scratch, part, parts, sync): on one thread with the GEMM
+    orientation gemm_args chooses, or, where loop_threads.parts_for says two, on two
+    threads each running half of every step (its own block of the GEMM, plain orientation)."""
+    GH, H = W_h.shape
+    if loop_threads.parts_for(B, GH, H) == 2:
+        loop_threads.run_pair(loop, (*args, False, np.empty((1, 1), dtype=W_h.dtype)))
+    else:
+        loop(*args, *gemm_args(W_h, B, forward), 0, 1, loop_threads.NO_SYNC)
+
+
 def _measure_flip(B, H, GH, dtype, forward):
     rng = np.random.default_rng(0)
     W = rng.standard_normal((GH, H)).astype(dtype)
@@ -80,6 +91,7 @@ if AVAILABLE:
     from numba import njit
 
     from .cblas import gemm, gemv
+    from .spin import wait_for_partner
     from .fused import (_jit, gru_backward_step, gru_forward_step, lstm_backward_step,
                         lstm_forward_step, rnn_backward_step, rnn_forward_step)
 
@@ -125,9 +137,33 @@ if AVAILABLE:
             _times_w(a, W, out, transposed, flip, outT)
 
     @_jit
-    def _state_in(prev, resets_t, scratch):
-        """(M4) the state a step reads: prev with the rows of resetting streams zeroed."""
-        for b in range(prev.shape[0]):
+    def _share(n, part, parts, align):
+        """[lo, hi) of this part's share of n items: all of them for one part; for two,
+        cut at a multiple of align (whole cache lines of a GEMM's output columns)."""
+        if parts == 1:
+            return 0, n
+        cut = (n // 2) // align * align
+        if cut == 0:
+            cut = n // 2
+        return (0, cut) if part == 0 else (cut, n)
+
+    @_jit
+    def _times_w_part(a, W, out, transposed, flip, outT, lo, hi, parts):
+        """_times_w, or with two parts only the output columns [lo, hi): each thread
+        multiplies its block of W's rows (forward) or columns (backward) by the whole of a,
+        single-threaded BLAS, which packs only that block of W (loop_threads.py)."""
+        if parts == 1:
+            _times_w(a, W, out, transposed, flip, outT)
+        elif transposed:
+            gemm(False, True, a, W[lo:hi], out[:, lo:hi])
+        else:
+            gemm(False, False, a, W[:, lo:hi], out[:, lo:hi])
+
+    @_jit
+    def _state_in(prev, resets_t, scratch, r0, r1):
+        """(M4) the state a step reads: prev with the rows of resetting streams zeroed
+        (rows [r0, r1) of scratch written; the caller's partner writes the others)."""
+        for b in range(r0, r1):
             if resets_t[b]:
                 scratch[b, :] = 0
             else:
@@ -141,90 +177,134 @@ if AVAILABLE:
             if resets_t[b]:
                 d[b, :] = 0
 
+    # Every loop takes (part, parts, sync) last: parts = 1 runs the whole step on this
+    # thread; parts = 2 runs this thread's half of it, the partner the other, meeting at
+    # wait_for_partner: the recurrent GEMM by blocks of output columns, the kernel by
+    # rows of the batch (each kernel reads whole rows, each GEMM the whole state).
+
     # ---- Elman RNN --------------------------------------------------------------------------
 
     @_loop_jit
-    def rnn_forward(h, W_h, bias, h0, valid, kind, reset_at, resets, rec, scratch, flip, recT):
+    def rnn_forward(h, W_h, bias, h0, valid, kind, reset_at, resets, rec, scratch, flip, recT, part, parts, sync):
         """h (T, B, H): W_x x_t in, h_t out."""
-        for t in range(h.shape[0]):
+        T, B, H = h.shape
+        r0, r1 = _share(B, part, parts, 1)
+        g0, g1 = _share(H, part, parts, 16)
+        for t in range(T):
             prev = h0 if t == 0 else h[t - 1]
             if reset_at[t]:
-                prev = _state_in(prev, resets[t], scratch)                   # (M4)
-            _times_w(prev, W_h, rec, True, flip, recT)                       # W_h h_{t-1}
-            rnn_forward_step(h[t], rec, bias, prev, valid[t], kind)          # (R1), (R2), (M1)
+                prev = _state_in(prev, resets[t], scratch, r0, r1)           # (M4)
+                wait_for_partner(sync, part, parts)
+            _times_w_part(prev, W_h, rec, True, flip, recT, g0, g1, parts)   # W_h h_{t-1}
+            wait_for_partner(sync, part, parts)
+            rnn_forward_step(h[t][r0:r1], rec[r0:r1], bias, prev[r0:r1], valid[t][r0:r1], kind)   # (R1), (R2), (M1)
+            wait_for_partner(sync, part, parts)
 
     @_loop_jit
     def rnn_backward(W_h, dh, has_dh, dh_next, h, valid, masked, kind, reset_at, resets,
-                     delta, skip, no_dh, flip, dT):
+                     delta, skip, no_dh, flip, dT, part, parts, sync):
         """dh_next: ∂L/∂h_T in, ∂L/∂h_0 out; delta (T, B, H) out: δa_t."""
-        for t in range(h.shape[0] - 1, -1, -1):
+        T, B, H = h.shape
+        r0, r1 = _share(B, part, parts, 1)
+        g0, g1 = _share(H, part, parts, 16)
+        for t in range(T - 1, -1, -1):
             above = dh[t] if has_dh else no_dh
-            rnn_backward_step(above, dh_next, h[t], valid[t], kind, delta[t], skip)   # (R3), (R4), (M2)
-            _times_w(delta[t], W_h, dh_next, False, flip, dT)                # (R3) W_hᵀ δa_t
+            rnn_backward_step(above[r0:r1], dh_next[r0:r1], h[t][r0:r1], valid[t][r0:r1], kind,
+                              delta[t][r0:r1], skip[r0:r1])                  # (R3), (R4), (M2)
+            wait_for_partner(sync, part, parts)
+            _times_w_part(delta[t], W_h, dh_next, False, flip, dT, g0, g1, parts)   # (R3) W_hᵀ δa_t
             if masked:
-                dh_next += skip                                              # (M3)
+                dh_next[:, g0:g1] += skip[:, g0:g1]                          # (M3)
             if reset_at[t]:
-                _zero_rows(dh_next, resets[t])                               # (M5)
+                _zero_rows(dh_next[:, g0:g1], resets[t])                     # (M5)
+            wait_for_partner(sync, part, parts)
 
     # ---- LSTM -------------------------------------------------------------------------------
 
     @_loop_jit
     def lstm_forward(gates, W_h, bias, h0, c0, h, c, valid, reset_at, resets, rec,
-                     h_scratch, c_scratch, flip, recT):
+                     h_scratch, c_scratch, flip, recT, part, parts, sync):
         """gates (T, B, 4H): W_x x_t in, activated gates out; h, c (T, B, H) out."""
-        for t in range(gates.shape[0]):
+        T, B, H = h.shape
+        r0, r1 = _share(B, part, parts, 1)
+        g0, g1 = _share(4 * H, part, parts, 16)
+        for t in range(T):
             h_prev = h0 if t == 0 else h[t - 1]
             c_prev = c0 if t == 0 else c[t - 1]
             if reset_at[t]:
-                h_prev = _state_in(h_prev, resets[t], h_scratch)             # (M4)
-                c_prev = _state_in(c_prev, resets[t], c_scratch)
-            _times_w(h_prev, W_h, rec, True, flip, recT)                     # W_h h_{t-1}
-            lstm_forward_step(gates[t], rec, bias, h_prev, c_prev, h[t], c[t], valid[t])   # (L1)-(L4), (M1)
+                h_prev = _state_in(h_prev, resets[t], h_scratch, r0, r1)     # (M4)
+                c_prev = _state_in(c_prev, resets[t], c_scratch, r0, r1)
+                wait_for_partner(sync, part, parts)
+            _times_w_part(h_prev, W_h, rec, True, flip, recT, g0, g1, parts)   # W_h h_{t-1}
+            wait_for_partner(sync, part, parts)
+            lstm_forward_step(gates[t][r0:r1], rec[r0:r1], bias, h_prev[r0:r1], c_prev[r0:r1],
+                              h[t][r0:r1], c[t][r0:r1], valid[t][r0:r1])     # (L1)-(L4), (M1)
+            wait_for_partner(sync, part, parts)
 
     @_loop_jit
     def lstm_backward(W_h, dh, has_dh, dh_next, dc_next, gates, c, c0, c_in, has_c_in, valid,
-                      masked, reset_at, resets, dz, skip, no_dh, flip, dT):
+                      masked, reset_at, resets, dz, skip, no_dh, flip, dT, part, parts, sync):
         """dh_next, dc_next: from t = T in, to t = 0 out; dz (T, B, 4H) out: δz_t.
         c_in (T, B, H): the cell state each step read, when resets make it differ from c_{t-1}."""
-        for t in range(gates.shape[0] - 1, -1, -1):
+        T, B, H = c.shape
+        r0, r1 = _share(B, part, parts, 1)
+        g0, g1 = _share(H, part, parts, 16)
+        for t in range(T - 1, -1, -1):
             above = dh[t] if has_dh else no_dh
             if has_c_in:
                 c_prev = c_in[t]
             else:
                 c_prev = c0 if t == 0 else c[t - 1]
-            lstm_backward_step(above, dh_next, dc_next, gates[t], c[t], c_prev, valid[t], dz[t], skip)  # (L5)-(L9)
-            _times_w(dz[t], W_h, dh_next, False, flip, dT)                   # (L5) W_hᵀ δz_t
-            if masked:
-                dh_next += skip                                              # (M3)
+            lstm_backward_step(above[r0:r1], dh_next[r0:r1], dc_next[r0:r1], gates[t][r0:r1], c[t][r0:r1],
+                               c_prev[r0:r1], valid[t][r0:r1], dz[t][r0:r1], skip[r0:r1])    # (L5)-(L9)
             if reset_at[t]:
-                _zero_rows(dh_next, resets[t])                               # (M5)
-                _zero_rows(dc_next, resets[t])
+                _zero_rows(dc_next[r0:r1], resets[t][r0:r1])                 # (M5)
+            wait_for_partner(sync, part, parts)
+            _times_w_part(dz[t], W_h, dh_next, False, flip, dT, g0, g1, parts)   # (L5) W_hᵀ δz_t
+            if masked:
+                dh_next[:, g0:g1] += skip[:, g0:g1]                          # (M3)
+            if reset_at[t]:
+                _zero_rows(dh_next[:, g0:g1], resets[t])                     # (M5)
+            wait_for_partner(sync, part, parts)
 
     # ---- GRU --------------------------------------------------------------------------------
 
     @_loop_jit
     def gru_forward(gates, W_h, bias, b_hn, h0, q, h, valid, reset_at, resets, rec, scratch,
-                    flip, recT):
+                    flip, recT, part, parts, sync):
         """gates (T, B, 3H): W_x x_t in, activated r, z, n out; q, h (T, B, H) out."""
-        for t in range(gates.shape[0]):
+        T, B, H = h.shape
+        r0, r1 = _share(B, part, parts, 1)
+        g0, g1 = _share(3 * H, part, parts, 16)
+        for t in range(T):
             prev = h0 if t == 0 else h[t - 1]
             if reset_at[t]:
-                prev = _state_in(prev, resets[t], scratch)                   # (M4)
-            _times_w(prev, W_h, rec, True, flip, recT)                       # W_h h_{t-1}
-            gru_forward_step(gates[t], rec, bias, b_hn, prev, q[t], h[t], valid[t])   # (G1)-(G5), (M1)
+                prev = _state_in(prev, resets[t], scratch, r0, r1)           # (M4)
+                wait_for_partner(sync, part, parts)
+            _times_w_part(prev, W_h, rec, True, flip, recT, g0, g1, parts)   # W_h h_{t-1}
+            wait_for_partner(sync, part, parts)
+            gru_forward_step(gates[t][r0:r1], rec[r0:r1], bias, b_hn, prev[r0:r1], q[t][r0:r1],
+                             h[t][r0:r1], valid[t][r0:r1])                   # (G1)-(G5), (M1)
+            wait_for_partner(sync, part, parts)
 
     @_loop_jit
     def gru_backward(W_h, dh, has_dh, dh_next, gates, q, h, h0, h_in, has_h_in, valid,
-                     reset_at, resets, d_rec, d_n, direct, no_dh, flip, dT):
+                     reset_at, resets, d_rec, d_n, direct, no_dh, flip, dT, part, parts, sync):
         """dh_next: ∂L/∂h_T in, ∂L/∂h_0 out; d_rec (T, B, 3H), d_n (T, B, H) out."""
-        for t in range(gates.shape[0] - 1, -1, -1):
+        T, B, H = h.shape
+        r0, r1 = _share(B, part, parts, 1)
+        g0, g1 = _share(H, part, parts, 16)
+        for t in range(T - 1, -1, -1):
             above = dh[t] if has_dh else no_dh
             if has_h_in:
                 h_prev = h_in[t]
             else:
                 h_prev = h0 if t == 0 else h[t - 1]
-            gru_backward_step(above, dh_next, gates[t], q[t], h_prev, valid[t], d_rec[t], d_n[t], direct)
-            _times_w(d_rec[t], W_h, dh_next, False, flip, dT)                # (G6) W_hᵀ [δz_z, δz_r, δq]
-            dh_next += direct                                                # (G6) + z ⊙ dh_t
+            gru_backward_step(above[r0:r1], dh_next[r0:r1], gates[t][r0:r1], q[t][r0:r1], h_prev[r0:r1],
+                              valid[t][r0:r1], d_rec[t][r0:r1], d_n[t][r0:r1], direct[r0:r1])
+            wait_for_partner(sync, part, parts)
+            _times_w_part(d_rec[t], W_h, dh_next, False, flip, dT, g0, g1, parts)   # (G6) W_hᵀ [δz_z, δz_r, δq]
+            dh_next[:, g0:g1] += direct[:, g0:g1]                            # (G6) + z ⊙ dh_t
             if reset_at[t]:
-                _zero_rows(dh_next, resets[t])                               # (M5)
+                _zero_rows(dh_next[:, g0:g1], resets[t])                     # (M5)
+            wait_for_partner(sync, part, parts)

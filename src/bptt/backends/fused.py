@@ -14,9 +14,10 @@ Numba, with BPTT_FUSED=0, or with ``fused.ENABLED = False``, every layer runs th
 path. The kernels work in PyTorch's gate order, so the weights go in and the gradients
 come out without the reordering the NumPy path does.
 
-Threads: the kernels are serial. On 2 cores, BLAS's two threads run the GEMMs between
-them; a parallel (prange) kernel between two GEMMs made the threads of the two pools
-spin against each other (a 100-step LSTM forward went from 6.5 ms to 870 ms).
+Threads: a kernel call is serial. A parallel (prange) kernel between two-thread BLAS
+GEMMs made the threads of the two pools spin against each other (a 100-step LSTM
+forward went from 6.5 ms to 870 ms). On 2 cores the compiled loops instead run each
+step on two threads of our own, each with its rows of the batch (loop_threads.py).
 
 Accuracy (float32): ``_tanh`` is x·P(x²)/Q(x²) on [−9, 9], within 4e-7 absolute of tanh
 (a few float32 ulp); sigmoid is ½·tanh(z/2) + ½ (A3).

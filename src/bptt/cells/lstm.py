@@ -65,9 +65,9 @@ def forward(params, x, state0, mask=None, resets=None):
         C = cpu_loops.contiguous
         W_h = C(params["W_h"])
         valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
-        cpu_loops.lstm_forward(gates, W_h, C(params["b_h"]), C(h_prev), C(c_prev), h, c, valid, reset_at, resets_c,
-                               xp.empty((B, 4 * H), h.dtype), xp.empty((B, H), h.dtype), xp.empty((B, H), h.dtype),
-                               *cpu_loops.gemm_args(W_h, B, forward=True))
+        loop_args = (gates, W_h, C(params["b_h"]), C(h_prev), C(c_prev), h, c, valid, reset_at, resets_c,
+                     xp.empty((B, 4 * H), h.dtype), xp.empty((B, H), h.dtype), xp.empty((B, H), h.dtype))
+        cpu_loops.run(cpu_loops.lstm_forward, loop_args, W_h, B, forward=True)
         final = (h[-1], c[-1]) if T else (h_prev, c_prev)
         return h, final, Tape(x, state0[0], state0[1], gates, c, h, mask, resets, fast)
     reset_at = steps_with_resets(resets, T)
@@ -155,10 +155,10 @@ def _recursion_fused(W_h, dh, dh_next, dc_next, tape):
         C = cpu_loops.contiguous
         W_h = C(W_h)
         valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
-        cpu_loops.lstm_backward(W_h, no_dh[None] if dh is None else C(dh), dh is not None, dh_next, dc_next,
-                                C(gates), C(c), C(tape.c0), c if c_in is None else c_in, c_in is not None,
-                                valid, mask is not None, reset_at, resets, dz, dh_skip, no_dh,
-                                *cpu_loops.gemm_args(W_h, B, forward=False))
+        loop_args = (W_h, no_dh[None] if dh is None else C(dh), dh is not None, dh_next, dc_next, C(gates), C(c),
+                     C(tape.c0), c if c_in is None else c_in, c_in is not None, valid, mask is not None,
+                     reset_at, resets, dz, dh_skip, no_dh)
+        cpu_loops.run(cpu_loops.lstm_backward, loop_args, W_h, B, forward=False)
         return dz
     kernels = kernels_for(xp)
     valid = xp.ones((T, B), dtype=bool) if mask is None else mask

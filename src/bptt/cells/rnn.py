@@ -56,9 +56,9 @@ def forward(params, x, state0, mask=None, resets=None, nonlinearity="tanh"):
         C = cpu_loops.contiguous
         W_h = C(W_h)
         valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
-        cpu_loops.rnn_forward(h, W_h, C(b_h), C(h_prev), valid, fused.KINDS[nonlinearity], reset_at, resets_c,
-                              np.empty((B, H), h.dtype), np.empty((B, H), h.dtype),
-                              *cpu_loops.gemm_args(W_h, B, forward=True))
+        loop_args = (h, W_h, C(b_h), C(h_prev), valid, fused.KINDS[nonlinearity], reset_at, resets_c,
+                     np.empty((B, H), h.dtype), np.empty((B, H), h.dtype))
+        cpu_loops.run(cpu_loops.rnn_forward, loop_args, W_h, B, forward=True)
         return h, (h[-1] if T else h_prev,), Tape(x, state0[0], h, mask, resets, nonlinearity)
     W_hT = W_h.T
     reset_at = steps_with_resets(resets, T)
@@ -124,9 +124,9 @@ def _recursion_fused(W_h, dh, dh_next, tape):
         C = cpu_loops.contiguous
         W_h = C(W_h)
         valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
-        cpu_loops.rnn_backward(W_h, no_dh[None] if dh is None else C(dh), dh is not None, dh_next, C(h),
-                               valid, mask is not None, kind, reset_at, resets, delta_a, dh_skip, no_dh,
-                               *cpu_loops.gemm_args(W_h, B, forward=False))
+        loop_args = (W_h, no_dh[None] if dh is None else C(dh), dh is not None, dh_next, C(h), valid,
+                     mask is not None, kind, reset_at, resets, delta_a, dh_skip, no_dh)
+        cpu_loops.run(cpu_loops.rnn_backward, loop_args, W_h, B, forward=False)
         return delta_a, dh_next
     kernels = kernels_for(xp)
     valid = xp.ones((T, B), dtype=bool) if mask is None else mask

@@ -1,0 +1,125 @@
+"""A layer's compiled time loop on two threads of our own: how the loops use 2 cores.
+
+With BLAS on two threads and the loop on one, each step's recurrent GEMM is split by
+OpenBLAS (which re-packs W_h and synchronises its threads inside every call) and the
+step kernel runs on one core while the other waits. Here the calling thread and one
+worker each run half of every step (backends/cpu_loops.py, ``parts = 2``): the GEMM as
+two blocks of output columns, each thread's block single-threaded with only its half of
+W_h packed, and the kernel as two blocks of batch rows; they meet at a spin barrier
+(backends/spin.py) twice a step. BLAS is held to one thread while they run, and goes
+back to its setting after. Measured on 2 cores (benchmarks/RESULTS.md, session 5): the
+LSTM's backward loop at (200, 32, 128, 512) 0.63-0.81 of the one-thread loop's time.
+The first such loop makes OpenBLAS's idle workers sleep within a millisecond instead of
+spinning for 110 ms (cblas.quiet_idle_workers): a worker spinning after the layer's own
+two-thread GEMMs took a core from the loop and tripled its time.
+
+When (``parts_for``): two threads are wanted (``use(2)``, or by default where the
+process has exactly 2 cores: the only machine it was measured on; ``BPTT_LOOP_THREADS``
+sets the default), the batch has two rows or more, and a step's GEMM is at least
+``MIN_STEP_FLOPS`` (below it the two meetings a step cost more than they save). Inside
+the batch halves of batch_split.py each half is already a thread: they ask for one.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import cblas, spin
+
+MIN_STEP_FLOPS = 1.0e6
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                   # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def _default() -> int:
+    wanted = os.environ.get("BPTT_LOOP_THREADS", "")
+    if wanted in ("1", "2"):
+        return int(wanted)
+    return 2 if available_cores() == 2 else 1
+
+
+DEFAULT = _default()
+_WANTED: contextvars.ContextVar[int | None] = contextvars.ContextVar("bptt_loop_threads", default=None)
+
+
+def wanted() -> int:
+    """1 or 2: the threads a compiled loop may use here (``use``, else ``DEFAULT``)."""
+    chosen = _WANTED.get()
+    return DEFAULT if chosen is None else chosen
+
+
+@contextlib.contextmanager
+def use(threads: int):
+    """Within the block (this thread and context), the compiled loops use this many threads."""
+    if threads not in (1, 2):
+        raise ValueError(f"threads: expected 1 or 2, got {threads!r}")
+    token = _WANTED.set(threads)
+    try:
+        yield
+    finally:
+        _WANTED.reset(token)
+
+
+def parts_for(B: int, GH: int, H: int) -> int:
+    """Into how many parts (1 or 2) to cut each step of a loop with batch B and W_h (GH, H).
+    Two only where OpenBLAS's idle workers can be made to sleep (cblas.quiet_idle_workers):
+    a worker spinning after the layer's own two-thread GEMMs would take a core from the loop."""
+    if (wanted() == 2 and spin.AVAILABLE and B >= 2 and 2.0 * B * GH * H >= MIN_STEP_FLOPS
+            and cblas.quiet_idle_workers()):
+        return 2
+    return 1
+
+
+_POOL: ThreadPoolExecutor | None = None
+_BLAS = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(1, thread_name_prefix="bptt-loop")
+    return _POOL
+
+
+def _blas_one_thread():
+    """A context that holds BLAS to one thread (threadpoolctl's controller, made once)."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+        _BLAS = ThreadpoolController().select(user_api="blas")
+    return _BLAS.limit(limits=1)
+
+
+def _run_part(loop, args, part, sync):
+    try:
+        loop(*args, part, 2, sync)
+    except BaseException:
+        sync[spin.ABORT] = 1                 # the partner stops waiting for this thread
+        raise
+
+
+def run_pair(loop, args) -> None:
+    """loop(*args, part, 2, sync) for part 0 on this thread and part 1 on the worker,
+    BLAS held to one thread; returns when both are done, raising either one's error."""
+    sync = spin.new_sync()
+    with _blas_one_thread():
+        other = _pool().submit(_run_part, loop, args, 1, sync)
+        try:
+            _run_part(loop, args, 0, sync)
+        finally:
+            error = other.exception()        # waits for the worker either way
+    if error is not None:
+        raise error
+
+
+NO_SYNC = np.zeros(spin.ABORT + 1, dtype=np.int64)   # what a one-part loop is given
