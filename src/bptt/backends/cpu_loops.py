@@ -50,41 +50,50 @@ def contiguous(a):
     return np.ascontiguousarray(a)
 
 
-def gemm_args(W_h, B, forward):
+def gemm_args(W_h, B, forward, parts=1):
     """(flip, scratch) for the recurrent GEMM of a loop: whether BLAS computes the
     transposed product, and the buffer it writes. The choice is recurrent_gemm's (BPTT_GEMM,
-    or measured once per shape, direction, dtype and process): OpenBLAS blocks the two
-    products differently, and which one is faster depends on the shape and, on this
-    machine, on the minute."""
+    or measured once per shape, direction, dtype, parts and process): OpenBLAS blocks the
+    two products differently, and which one is faster depends on the shape and, on this
+    machine, on the minute. With two parts each thread computes half of the output
+    columns single-threaded, so that is what is measured (BLAS held to one thread)."""
     GH, H = W_h.shape
     scratch = np.empty((GH if forward else H, B), dtype=W_h.dtype)
     if B <= 1:                                   # gemv, or nothing to multiply
         return False, scratch
-    key = ("compiled loop", B, H, GH, np.dtype(W_h.dtype).str, forward)
-    return recurrent_gemm.choose(key, lambda: _measure_flip(B, H, GH, W_h.dtype, forward)), scratch
+    key = ("compiled loop", B, H, GH, np.dtype(W_h.dtype).str, forward, parts)
+    return recurrent_gemm.choose(key, lambda: _measure_flip(B, H, GH, W_h.dtype, forward, parts)), scratch
 
 
 def run(loop, args, W_h, B, forward):
-    """loop(*args, flip, scratch, part, parts, sync): on one thread with the GEMM
-    orientation gemm_args chooses, or, where loop_threads.parts_for says two, on two
-    threads each running half of every step (its own block of the GEMM, plain orientation)."""
+    """loop(*args, flip, scratch, part, parts, sync): on one thread, or, where
+    loop_threads.parts_for says two, on two threads each running half of every step (its
+    own block of the GEMM's output columns). Either way in the GEMM orientation gemm_args
+    measured faster for that way of running."""
     GH, H = W_h.shape
     if loop_threads.parts_for(B, GH, H) == 2:
-        loop_threads.run_pair(loop, (*args, False, np.empty((1, 1), dtype=W_h.dtype)))
+        loop_threads.run_pair(loop, (*args, *gemm_args(W_h, B, forward, parts=2)))
     else:
         loop(*args, *gemm_args(W_h, B, forward), 0, 1, loop_threads.NO_SYNC)
 
 
-def _measure_flip(B, H, GH, dtype, forward):
+def _measure_flip(B, H, GH, dtype, forward, parts=1):
     rng = np.random.default_rng(0)
     W = rng.standard_normal((GH, H)).astype(dtype)
     a = rng.standard_normal((B, H if forward else GH)).astype(dtype)
     out = np.empty((B, GH if forward else H), dtype=dtype)
     outT = np.empty(out.shape[::-1], dtype=dtype)
     n = max(4, min(100, int(2e8 / (2 * B * H * GH))))               # about 200 MFLOP a round
+    hi = out.shape[1] // 2 // 16 * 16 or out.shape[1] // 2          # part 0's block, as _share cuts it
+
     def run(flip):
-        return lambda count: _repeat_times_w(a, W, out, forward, flip, outT, count)
-    return recurrent_gemm.second_is_faster(run(False), run(True), n, repeats=5)
+        if parts == 1:
+            return lambda count: _repeat_times_w(a, W, out, forward, flip, outT, count)
+        return lambda count: _repeat_times_w_part(a, W, out, forward, flip, outT, 0, hi, 2, count)
+    if parts == 1:
+        return recurrent_gemm.second_is_faster(run(False), run(True), n, repeats=5)
+    with loop_threads.blas_one_thread():
+        return recurrent_gemm.second_is_faster(run(False), run(True), n, repeats=5)
 
 
 if AVAILABLE:
@@ -151,13 +160,22 @@ if AVAILABLE:
     def _times_w_part(a, W, out, transposed, flip, outT, lo, hi, parts):
         """_times_w, or with two parts only the output columns [lo, hi): each thread
         multiplies its block of W's rows (forward) or columns (backward) by the whole of a,
-        single-threaded BLAS, which packs only that block of W (loop_threads.py)."""
+        single-threaded BLAS, which packs only that block of W (loop_threads.py). With
+        flip, into rows [lo, hi) of outT and copied back, as _times_w does."""
         if parts == 1:
             _times_w(a, W, out, transposed, flip, outT)
-        elif transposed:
-            gemm(False, True, a, W[lo:hi], out[:, lo:hi])
+            return
+        block = W[lo:hi] if transposed else W[:, lo:hi]
+        if flip:
+            gemm(not transposed, True, block, a, outT[lo:hi])
+            _transpose_into(outT[lo:hi], out[:, lo:hi])
         else:
-            gemm(False, False, a, W[:, lo:hi], out[:, lo:hi])
+            gemm(False, transposed, a, block, out[:, lo:hi])
+
+    @_jit
+    def _repeat_times_w_part(a, W, out, transposed, flip, outT, lo, hi, parts, n):
+        for _ in range(n):
+            _times_w_part(a, W, out, transposed, flip, outT, lo, hi, parts)
 
     @_jit
     def _state_in(prev, resets_t, scratch, r0, r1):

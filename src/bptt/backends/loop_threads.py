@@ -30,7 +30,7 @@ import numpy as np
 
 from . import cblas, spin
 
-MIN_STEP_FLOPS = 1.0e6
+MIN_STEP_FLOPS = 2.0e6
 
 
 def available_cores() -> int:
@@ -91,7 +91,7 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def _blas_one_thread():
+def blas_one_thread():
     """A context that holds BLAS to one thread (threadpoolctl's controller, made once)."""
     global _BLAS
     if _BLAS is None:
@@ -112,7 +112,7 @@ def run_pair(loop, args) -> None:
     """loop(*args, part, 2, sync) for part 0 on this thread and part 1 on the worker,
     BLAS held to one thread; returns when both are done, raising either one's error."""
     sync = spin.new_sync()
-    with _blas_one_thread():
+    with blas_one_thread():
         other = _pool().submit(_run_part, loop, args, 1, sync)
         try:
             _run_part(loop, args, 0, sync)
