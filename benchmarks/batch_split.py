@@ -1,20 +1,15 @@
 """A layer's training step as two half-batch passes on two threads of our own, BLAS single-threaded.
 
-Today a layer runs its loop on one thread and OpenBLAS runs each GEMM on two; between GEMMs
-the step kernels are serial, and OpenBLAS's idle worker busy-waits on the other core for
-about 110 ms after every two-thread call, so no work of ours can use that core
-(RESULTS.md, session 4). The alternative measured here: OpenBLAS limited to one thread
-(threadpoolctl) for the whole measurement, and the batch cut in two halves that two
-threads run at once, each its own forward and backward (the compiled loops release the
-GIL; per stream everything is independent, so the weight gradients are the halves' sums).
-The whole-batch path and PyTorch run as they do in benchmarks/cells.py, with two threads.
+The trainer's way on 2 cores (bptt/batch_split.py, `--threads 2`): OpenBLAS limited to one
+thread (threadpoolctl) for the whole measurement, and the batch cut in two halves that
+two threads run at once, each its own forward and backward, its loops on one thread
+(the compiled loops release the GIL; per stream everything is independent, so the
+weight gradients are the halves' sums). Against it, the whole batch as a layer runs it
+by itself (benchmarks/cells.py: on 2 cores each loop's steps shared by two threads,
+backends/loop_threads.py, the other GEMMs on OpenBLAS's two) and PyTorch.
 
     python benchmarks/batch_split.py                     # LSTM, the batched core shapes
     python benchmarks/batch_split.py --cells lstm,gru --shapes 100,32,64,128
-
-A prototype of an execution model, not yet the library's: in a training process the
-head, the loss and every other GEMM would have to run single-threaded or split the same
-way, or OpenBLAS's worker spins into our threads' time.
 """
 from __future__ import annotations
 
@@ -27,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+from bptt.backends import loop_threads
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cells import block_time, make_pair  # noqa: E402  (a sibling script, not a package)
@@ -46,8 +43,9 @@ def halves_step(pair, pool):
 
     def half(part):
         xh, dhh, s0 = part
-        _, _, tape = layer.forward(params, xh, s0)
-        return layer.backward(params, dhh, None, tape, need_dx=False)[2]
+        with loop_threads.use(1):         # each half is one core's work, as in bptt/batch_split.py
+            _, _, tape = layer.forward(params, xh, s0)
+            return layer.backward(params, dhh, None, tape, need_dx=False)[2]
 
     def step():
         first, second = pool.map(half, parts)

@@ -20,7 +20,11 @@ def counted_pairs(monkeypatch):
     monkeypatch.setattr(loop_threads, "MIN_STEP_FLOPS", 0.0)
     calls = []
     run_pair = loop_threads.run_pair
-    monkeypatch.setattr(loop_threads, "run_pair", lambda loop, args: (calls.append(loop), run_pair(loop, args)))
+
+    def counted(loop, args):
+        calls.append(loop)
+        return run_pair(loop, args)
+    monkeypatch.setattr(loop_threads, "run_pair", counted)
     return calls
 
 
@@ -202,3 +206,40 @@ def test_a_users_own_long_openblas_spin_is_kept_and_the_loops_stay_on_one_thread
     quiet, timeout, _, _, parts = _probe({"BPTT_LOOP_THREADS": "2", "OPENBLAS_THREAD_TIMEOUT": "28"})
     assert not quiet and timeout == "28"
     assert parts == 1
+
+
+@needs_two
+def test_a_busy_worker_turns_a_second_caller_away_at_once():
+    ran = []
+    with loop_threads._PAIR:                       # another thread's loop holds the worker
+        assert loop_threads.run_pair(lambda *a: ran.append(a), ()) is False
+    assert ran == []
+
+
+@needs_two
+def test_layers_called_from_two_threads_at_once_give_their_own_results(counted_pairs):
+    """Two threads each running a layer whose loop would use two threads: whichever finds
+    the worker busy runs its loop whole, and both results are right."""
+    from concurrent.futures import ThreadPoolExecutor
+    from bptt.cells import CELLS
+    layer = CELLS["lstm"]
+    rng = np.random.default_rng(1)
+    T, B, D, H = 30, 8, 5, 48
+    params = {"W_x": (rng.standard_normal((4 * H, D)) / 3).astype(np.float32),
+              "W_h": (rng.standard_normal((4 * H, H)) / 8).astype(np.float32),
+              "b_h": (0.1 * rng.standard_normal(4 * H)).astype(np.float32)}
+    xs = [rng.standard_normal((T, B, D)).astype(np.float32) for _ in range(2)]
+    state0 = (np.zeros((B, H), np.float32), np.zeros((B, H), np.float32))
+    with loop_threads.use(1):
+        expected = [layer.forward(params, x, state0)[0] for x in xs]
+
+    def forward(x):
+        with loop_threads.use(2):
+            return [layer.forward(params, x, state0)[0] for _ in range(20)]
+
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(forward, xs))
+    for hs, h_ref in zip(got, expected):
+        for h in hs:
+            assert np.abs(h - h_ref).max() < 1e-5
+    assert len(counted_pairs) == 40

@@ -175,3 +175,23 @@ def test_threads_unset_means_two_on_two_cores_only(tmp_path, monkeypatch, cores,
     assert Trainer(c).model.threads == expected
     assert Trainer(small(tmp_path, f"set{cores}", task="adding", cell="gru", hidden=8, seq_len=5, batch=4, steps=1,
                          threads=2)).model.threads == 2
+
+
+def test_mpi_ranks_run_their_loops_on_one_thread(tmp_path, monkeypatch):
+    """Ranks of an MPI job already share the cores: their updates and evaluations ask the
+    compiled loops for one thread; one rank alone leaves the choice as it was."""
+    from bptt.backends import loop_threads
+    seen = []
+    monkeypatch.setattr(loop_threads, "parts_for", lambda B, GH, H: seen.append(loop_threads.wanted()) or 1)
+    t = Trainer(small(tmp_path, "ranks", task="adding", cell="lstm", hidden=8, seq_len=5, batch=4, steps=1,
+                      threads=1))
+    with loop_threads.use(2):
+        t.update()
+        t.evaluate()
+        assert seen and set(seen) == {2}
+        seen.clear()
+        t.world.size = 2                        # as on one of two ranks
+        with t._loop_threads():
+            assert loop_threads.wanted() == 1
+        t.evaluate()
+        assert seen and set(seen) == {1}

@@ -67,14 +67,14 @@ def gemm_args(W_h, B, forward, parts=1):
 
 def run(loop, args, W_h, B, forward):
     """loop(*args, flip, scratch, part, parts, sync): on one thread, or, where
-    loop_threads.parts_for says two, on two threads each running half of every step (its
-    own block of the GEMM's output columns). Either way in the GEMM orientation gemm_args
+    loop_threads.parts_for says two and the worker is free, on two threads each running
+    half of every step (its own block of the GEMM's output columns). Either way in the GEMM orientation gemm_args
     measured faster for that way of running."""
     GH, H = W_h.shape
-    if loop_threads.parts_for(B, GH, H) == 2:
-        loop_threads.run_pair(loop, (*args, *gemm_args(W_h, B, forward, parts=2)))
-    else:
-        loop(*args, *gemm_args(W_h, B, forward), 0, 1, loop_threads.NO_SYNC)
+    if loop_threads.parts_for(B, GH, H) == 2 and \
+            loop_threads.run_pair(loop, (*args, *gemm_args(W_h, B, forward, parts=2))):
+        return
+    loop(*args, *gemm_args(W_h, B, forward), 0, 1, loop_threads.NO_SYNC)
 
 
 def _measure_flip(B, H, GH, dtype, forward, parts=1):

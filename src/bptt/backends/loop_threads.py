@@ -16,14 +16,18 @@ two-thread GEMMs took a core from the loop and tripled its time.
 When (``parts_for``): two threads are wanted (``use(2)``, or by default where the
 process has exactly 2 cores: the only machine it was measured on; ``BPTT_LOOP_THREADS``
 sets the default), the batch has two rows or more, and a step's GEMM is at least
-``MIN_STEP_FLOPS`` (below it the two meetings a step cost more than they save). Inside
-the batch halves of batch_split.py each half is already a thread: they ask for one.
+``MIN_STEP_FLOPS`` (below it the two meetings a step cost about what they save: the
+RNN at 1.05 MFLOP a step measured 1.13x slower split, LSTM and GRU steps of 2.1-3.2
+MFLOP 0.85-0.94). Inside the batch halves of batch_split.py each half is already a
+thread: they ask for one. One worker serves the process: a second thread whose loop
+finds it busy runs its loop whole rather than wait (``run_pair`` answers False).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -108,18 +112,30 @@ def _run_part(loop, args, part, sync):
         raise
 
 
-def run_pair(loop, args) -> None:
+_PAIR = threading.Lock()                 # held while the worker runs a part
+
+
+def run_pair(loop, args) -> bool:
     """loop(*args, part, 2, sync) for part 0 on this thread and part 1 on the worker,
-    BLAS held to one thread; returns when both are done, raising either one's error."""
-    sync = spin.new_sync()
-    with blas_one_thread():
-        other = _pool().submit(_run_part, loop, args, 1, sync)
-        try:
-            _run_part(loop, args, 0, sync)
-        finally:
-            error = other.exception()        # waits for the worker either way
-    if error is not None:
-        raise error
+    BLAS held to one thread; returns True when both are done, raising either one's error.
+    Returns False at once, running nothing, when the worker is busy with another thread's
+    loop: that caller then runs its loop whole (two callers sharing one worker would spin
+    waiting for it, measured 5x slower)."""
+    if not _PAIR.acquire(blocking=False):
+        return False
+    try:
+        sync = spin.new_sync()
+        with blas_one_thread():
+            other = _pool().submit(_run_part, loop, args, 1, sync)
+            try:
+                _run_part(loop, args, 0, sync)
+            finally:
+                error = other.exception()    # waits for the worker either way
+        if error is not None:
+            raise error
+        return True
+    finally:
+        _PAIR.release()
 
 
 NO_SYNC = np.zeros(spin.ABORT + 1, dtype=np.int64)   # what a one-part loop is given

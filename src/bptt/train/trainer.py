@@ -9,6 +9,7 @@ bit for bit, the run that never stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -20,7 +21,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 from tqdm import tqdm
 
-from ..backends import cpu_loops
+from ..backends import cpu_loops, loop_threads
 from ..distributed import world as mpi_world
 from ..model import Model
 from ..through_time import checkpointed
@@ -177,10 +178,16 @@ class Trainer:
             loss, grads, _ = self.model.loss_and_grads(x, y)
         return loss, grads, x.shape[0] * x.shape[1]
 
+    def _loop_threads(self):
+        """MPI ranks already share the cores: each rank's loops stay on one thread
+        (backends/loop_threads.py), where two would spin against the other ranks."""
+        return loop_threads.use(1) if self.world.size > 1 else contextlib.nullcontext()
+
     def update(self):
         """One optimizer step. Returns (loss, gradient norm before clipping, lr, tokens)."""
         if self.model.threads == 1:
-            return self._update()
+            with self._loop_threads():
+                return self._update()
         # BLAS on one thread: otherwise its idle worker busy-waits on the second core after
         # every call, against our second thread (benchmarks/RESULTS.md, session 4).
         with self._blas.limit(limits=1):
@@ -221,6 +228,10 @@ class Trainer:
         Rank 0 alone evaluates (the parameters are the same on every rank)."""
         if not self.world.root:
             return {}
+        with self._loop_threads():
+            return self._evaluate()
+
+    def _evaluate(self) -> dict:
         # The validation pass runs whole, BLAS on its threads: in halves it measured no faster
         # (B = 16 validation streams; 1.96, 1.61, 1.76 s against 1.98, 1.90, 1.60 s).
         m = self.model
