@@ -13,7 +13,9 @@ Python loop calls. The tests hold both loops to the NumPy path to 1e-12 in float
 
 Arguments are the Python loop's, as whole (T, B, ·) arrays, C-contiguous; W_h is (G·H, H)
 in the kernels' gate order; ``reset_at`` (T,) says which steps have a reset in ``resets``
-(T, B). Optional arrays come with a flag and a stand-in of the right type.
+(T, B). Optional arrays come with a flag and a stand-in of the right type. The last
+three, (part, parts, sync), say which half of each step this thread runs when two
+threads share the loop (loop_threads.py); ``run`` supplies them and the GEMM's.
 ``ENABLED`` (False without OpenBLAS, or with BPTT_LOOPS=0) picks these over the Python loop.
 """
 from __future__ import annotations
@@ -68,8 +70,8 @@ def gemm_args(W_h, B, forward, parts=1):
 def run(loop, args, W_h, B, forward):
     """loop(*args, flip, scratch, part, parts, sync): on one thread, or, where
     loop_threads.parts_for says two and the worker is free, on two threads each running
-    half of every step (its own block of the GEMM's output columns). Either way in the GEMM orientation gemm_args
-    measured faster for that way of running."""
+    half of every step (its own block of the GEMM's output columns). Either way in the
+    GEMM orientation gemm_args measured faster for that way of running."""
     GH, H = W_h.shape
     if loop_threads.parts_for(B, GH, H) == 2 and \
             loop_threads.run_pair(loop, (*args, *gemm_args(W_h, B, forward, parts=2))):
@@ -84,7 +86,7 @@ def _measure_flip(B, H, GH, dtype, forward, parts=1):
     out = np.empty((B, GH if forward else H), dtype=dtype)
     outT = np.empty(out.shape[::-1], dtype=dtype)
     n = max(4, min(100, int(2e8 / (2 * B * H * GH))))               # about 200 MFLOP a round
-    hi = out.shape[1] // 2 // 16 * 16 or out.shape[1] // 2          # part 0's block, as _share cuts it
+    hi = _share(out.shape[1], 0, 2, 16)[1] if parts == 2 else out.shape[1]   # part 0's block
 
     def run(flip):
         if parts == 1:
@@ -100,9 +102,9 @@ if AVAILABLE:
     from numba import njit
 
     from .cblas import gemm, gemv
-    from .spin import wait_for_partner
     from .fused import (_jit, gru_backward_step, gru_forward_step, lstm_backward_step,
                         lstm_forward_step, rnn_backward_step, rnn_forward_step)
+    from .spin import wait_for_partner
 
     # The whole loops release the GIL: they touch no Python object, and so two threads can
     # run two layers (or two halves of a batch) at once (benchmarks/batch_split.py).
