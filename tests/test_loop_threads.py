@@ -11,7 +11,7 @@ from bptt.backends import cblas, cpu_loops, fused, loop_threads, recurrent_gemm,
 from helpers import make_model, make_state, make_targets, ragged_mask
 
 needs_two = pytest.mark.skipif(not (cpu_loops.AVAILABLE and spin.AVAILABLE),
-                               reason="needs the compiled loops (OpenBLAS) and an x86-64 CPU")
+                               reason="needs the compiled loops (OpenBLAS) and sched_yield")
 
 
 @pytest.fixture

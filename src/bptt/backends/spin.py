@@ -32,21 +32,40 @@ def new_sync():
     return np.zeros(ABORT + 1, dtype=np.int64)
 
 
-AVAILABLE = False
 try:
     import llvmlite.binding as _llvm
     from llvmlite import ir
     from numba import njit, types
     from numba.core import cgutils
     from numba.extending import intrinsic
-    _libc = ctypes.CDLL(None)
-    _llvm.add_symbol("bptt_sched_yield", ctypes.cast(_libc.sched_yield, ctypes.c_void_p).value)
-    AVAILABLE = platform.machine().lower() in ("x86_64", "amd64")
-except (ImportError, OSError, AttributeError):   # pragma: no cover - depends on the environment
-    pass
+    _NUMBA = True
+except ImportError:                              # pragma: no cover - Numba is a dependency
+    _NUMBA = False
 
-if AVAILABLE:
-    _sched_yield = types.ExternalFunction("bptt_sched_yield", types.int32())
+_YIELD = False                                   # sched_yield found (Linux, macOS)
+if _NUMBA:
+    try:
+        _libc = ctypes.CDLL(None)
+        _llvm.add_symbol("bptt_sched_yield", ctypes.cast(_libc.sched_yield, ctypes.c_void_p).value)
+        _YIELD = True
+    except (OSError, AttributeError, TypeError):  # pragma: no cover - depends on the platform
+        pass
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+# Two threads share a loop only where a waiting thread can give its core back.
+AVAILABLE = _NUMBA and _YIELD
+
+if _NUMBA:
+    if _YIELD:
+        _sched_yield_fn = types.ExternalFunction("bptt_sched_yield", types.int32())
+
+        @njit(nogil=True, cache=True)
+        def _give_way():
+            _sched_yield_fn()
+    else:                                        # pragma: no cover - depends on the platform
+        @njit(nogil=True, cache=True)
+        def _give_way():
+            pass
 
     def _element_pointer(context, builder, aryty, ary_value, index):
         ary = context.make_array(aryty)(context, builder, ary_value)
@@ -69,10 +88,13 @@ if AVAILABLE:
 
     @intrinsic
     def _pause(typingctx):
+        """x86's spin-wait hint (it frees the core's shared resources for its sibling);
+        elsewhere nothing."""
         def codegen(context, builder, signature, args):
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                                "llvm.x86.sse2.pause")
-            builder.call(fn, [])
+            if _X86:
+                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                    "llvm.x86.sse2.pause")
+                builder.call(fn, [])
             return context.get_dummy_value()
         return types.void(), codegen
 
@@ -90,4 +112,4 @@ if AVAILABLE:
             if spins < SPINS_BEFORE_YIELD:
                 _pause()
             else:
-                _sched_yield()
+                _give_way()
