@@ -71,7 +71,11 @@ def quiet_idle_workers() -> bool:
     (``blas_thread_shutdown_``; the next threaded call starts them again). A value the
     user set in OPENBLAS_THREAD_TIMEOUT is left alone and counts as quiet only if small.
     Called the first time two threads run a loop, not at import, so that a process that
-    never does keeps OpenBLAS exactly as it was."""
+    never does keeps OpenBLAS exactly as it was. The restart must not meet another
+    thread inside OpenBLAS: our own threads never are there then (the batch halves of
+    batch_split.py ask for one-thread loops, so they never get here), but a program that
+    calls BLAS from threads of its own while a first layer starts could be; set
+    OPENBLAS_THREAD_TIMEOUT (20 or less) before starting such a program."""
     global _quiet
     if _quiet is not None:
         return _quiet
