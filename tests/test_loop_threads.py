@@ -144,6 +144,9 @@ def test_the_default_follows_the_cores_and_the_environment(monkeypatch):
     monkeypatch.setenv("BPTT_LOOP_THREADS", "1")
     monkeypatch.setattr(loop_threads, "available_cores", lambda: 2)
     assert loop_threads._default() == 1
+    monkeypatch.setenv("BPTT_LOOP_THREADS", "4")
+    with pytest.raises(ValueError, match="BPTT_LOOP_THREADS: expected 1 or 2 \\(or unset\\), got '4'"):
+        loop_threads._default()
 
 
 @needs_two

@@ -49,6 +49,8 @@ def _default() -> int:
     wanted = os.environ.get("BPTT_LOOP_THREADS", "")
     if wanted in ("1", "2"):
         return int(wanted)
+    if wanted:
+        raise ValueError(f"BPTT_LOOP_THREADS: expected 1 or 2 (or unset), got {wanted!r}")
     return 2 if available_cores() == 2 else 1
 
 

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from threadpoolctl import ThreadpoolController
 from tqdm import tqdm
 
 from ..backends import cpu_loops, loop_threads
+from ..backends.loop_threads import available_cores
 from ..distributed import world as mpi_world
 from ..model import Model
 from ..through_time import checkpointed
@@ -34,14 +34,6 @@ from .schedules import learning_rate
 from .tasks import TextTask, make_task
 
 LOG_EVERY = 50
-
-
-def available_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
 
 
 class Trainer:
