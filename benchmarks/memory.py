@@ -23,12 +23,14 @@ import numpy as np
 
 import bptt
 from bptt import through_time as tt
+from bptt.backends import workspace
 
 B, D, H, O = 16, 64, 256, 8
 
 
 def peak_bytes(fn):
     gc.collect()
+    workspace.release()              # blocks cached before the trace would not be counted (backends/workspace.py)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     fn()

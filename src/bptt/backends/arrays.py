@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import workspace
+
 
 def array_module(*arrays):
     """numpy, or cupy when any argument is a CuPy array."""
@@ -17,6 +19,21 @@ def array_module(*arrays):
             import cupy
             return cupy
     return np
+
+
+def empty(xp, shape, dtype):
+    """xp.empty(shape, dtype): for NumPy from backends/workspace.py's cache of large
+    blocks (no fresh pages each training step); CuPy keeps its own memory pool."""
+    if xp is np:
+        return workspace.empty(shape, dtype)
+    return xp.empty(shape, dtype=dtype)
+
+
+def matmul(a, b):
+    """a @ b for 2-D arrays, the result in an array from ``empty``."""
+    xp = array_module(a, b)
+    out = empty(xp, (a.shape[0], b.shape[1]), xp.result_type(a, b))
+    return xp.matmul(a, b, out=out)
 
 
 def column_sums(a):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.arrays import array_module
+from ..backends.arrays import array_module, matmul
 
 
 class GateBlocks:
@@ -47,7 +47,7 @@ class GateBlocks:
         H = params["W_h"].shape[1]
         W_x = self.to_internal(params["W_x"], H, halve)
         W_hT = self.to_internal(params["W_h"], H, halve).T
-        gates = x.reshape(T * B, D) @ W_x.T                        # (T·B, G·H)
+        gates = matmul(x.reshape(T * B, D), W_x.T)                 # (T·B, G·H)
         if bias:
             gates += self.to_internal(params["b_h"], H, halve).reshape(-1)
         return gates.reshape(T, B, self.G * H), W_hT

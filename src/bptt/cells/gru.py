@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backends import cpu_loops, fused, recurrent_gemm
-from ..backends.arrays import array_module, column_sums, kernels_for
+from ..backends.arrays import array_module, column_sums, empty, kernels_for, matmul
 from ._blocks import GateBlocks
 from ._resets import previous_states, steps_with_resets, zero_where
 
@@ -59,8 +59,8 @@ def forward(params, x, state0, mask=None, resets=None):
     gates, W_hT = blocks.project_inputs(params, x, halve, bias=not fast)   # (T, B, 3H) (G1)-(G4), input parts
     b_hn = params["b_hn"]
     (h_prev,) = state0
-    q = xp.empty((T, B, H), dtype=gates.dtype)
-    h = xp.empty((T, B, H), dtype=gates.dtype)
+    q = empty(xp, (T, B, H), gates.dtype)
+    h = empty(xp, (T, B, H), gates.dtype)
     # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
     if fast and cpu_loops.use_for(x, params["W_h"], params["b_h"], b_hn, h_prev):
         C = cpu_loops.contiguous
@@ -138,8 +138,11 @@ def backward(params, dh, dstateT, tape, need_dx=True):
         "b_h": blocks.to_torch_order(db, H).reshape(-1),
         "b_hn": column_sums(d2[:, 2 * H:]),                         # (G10)
     }
-    dx = None if not need_dx else \
-        (d2[:, :2 * H] @ W_x[:2 * H] + dn2 @ W_x[2 * H:]).reshape(T, B, D)      # (G11)
+    dx = None
+    if need_dx:
+        dx = matmul(d2[:, :2 * H], W_x[:2 * H])                    # (G11)
+        dx += dn2 @ W_x[2 * H:]
+        dx = dx.reshape(T, B, D)
     return dx, (dh_next,), grads
 
 
@@ -148,8 +151,8 @@ def _recursion_fused(W_h, dh, dh_next, tape):
     gates, q, h, mask = tape.gates, tape.q, tape.h, tape.mask
     T, B, H = h.shape
     xp = array_module(h)
-    d_rec = xp.empty((T, B, 3 * H), dtype=h.dtype)
-    d_n = xp.empty((T, B, H), dtype=h.dtype)
+    d_rec = empty(xp, (T, B, 3 * H), h.dtype)
+    d_n = empty(xp, (T, B, H), h.dtype)
     no_dh = xp.zeros((B, H), dtype=h.dtype)
     direct = xp.empty((B, H), dtype=h.dtype)
     h_in = None if tape.resets is None else previous_states(tape.h0, h, tape.resets)
@@ -188,7 +191,7 @@ def _recursion_numpy(W_h, dh, dh_next, tape):
     # recurrent pre-activations [z_z, z_r, q] (G8), (G9); d_n those of n's pre-activation (G7).
     d_rec = np.subtract(1, gates).reshape(T, B, 3, H)
     np.multiply(d_rec, G, out=d_rec)                               # gate(1 − gate): σ' for z and r
-    h_minus_n = np.empty((T, B, H), dtype=dt)                      # contiguous: strided outputs are slow
+    h_minus_n = empty(np, (T, B, H), dt)                           # contiguous: strided outputs are slow
     if tape.resets is not None:
         np.subtract(previous_states(tape.h0, h, tape.resets), n, out=h_minus_n)   # (M5)
     else:

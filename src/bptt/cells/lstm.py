@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backends import cpu_loops, fused, recurrent_gemm
-from ..backends.arrays import array_module, column_sums, kernels_for
+from ..backends.arrays import array_module, column_sums, empty, kernels_for, matmul
 from ._blocks import GateBlocks
 from ._resets import previous_states, steps_with_resets, zero_where
 
@@ -58,8 +58,8 @@ def forward(params, x, state0, mask=None, resets=None):
     blocks = _TORCH_ORDER if fast else _BLOCKS
     gates, W_hT = blocks.project_inputs(params, x, halve, bias=not fast)   # (T, B, 4H) (L1), input part
     h_prev, c_prev = state0
-    c = xp.empty((T, B, H), dtype=gates.dtype)
-    h = xp.empty((T, B, H), dtype=gates.dtype)
+    c = empty(xp, (T, B, H), gates.dtype)
+    h = empty(xp, (T, B, H), gates.dtype)
     # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
     if fast and cpu_loops.use_for(x, params["W_h"], params["b_h"], h_prev, c_prev):
         C = cpu_loops.contiguous
@@ -124,20 +124,20 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     dz2 = dz.reshape(T * B, 4 * H)
     # (L10): ∂L/∂W_x = Σ δz_t x_tᵀ and ∂L/∂W_h = Σ δz_t h_{t-1}ᵀ as one GEMM against the rows
     # [x_t | h_{t-1}] (T·B, D + H): one wide GEMM is faster than two narrow ones (P).
-    inputs = xp.empty((T * B, D + H), dtype=dt)
+    inputs = empty(xp, (T * B, D + H), dt)
     inputs[:, :D] = x.reshape(T * B, D)
     if tape.resets is not None:
         inputs[:, D:] = previous_states(tape.h0, h, tape.resets).reshape(T * B, H)   # (M5)
     else:
         inputs[:B, D:] = tape.h0
         inputs[B:, D:] = h[:-1].reshape((T - 1) * B, H)
-    dW = dz2.T @ inputs                                            # (4H, D + H) (L10)
+    dW = matmul(dz2.T, inputs)                                     # (4H, D + H) (L10)
     grads = {
         "W_x": blocks.to_torch_order(dW[:, :D], H),
         "W_h": blocks.to_torch_order(dW[:, D:], H),
         "b_h": blocks.to_torch_order(column_sums(dz2), H).reshape(-1),    # (L10)
     }
-    dx = (dz2 @ W_x).reshape(T, B, D) if need_dx else None         # (L11)
+    dx = matmul(dz2, W_x).reshape(T, B, D) if need_dx else None    # (L11)
     return dx, (dh_next, dc_next), grads
 
 
@@ -146,7 +146,7 @@ def _recursion_fused(W_h, dh, dh_next, dc_next, tape):
     gates, c, mask = tape.gates, tape.c, tape.mask
     T, B, H = c.shape
     xp = array_module(c)
-    dz = xp.empty((T, B, 4 * H), dtype=c.dtype)
+    dz = empty(xp, (T, B, 4 * H), c.dtype)
     no_dh = xp.zeros((B, H), dtype=c.dtype)
     dh_skip = xp.empty((B, H), dtype=c.dtype)
     c_in = None if tape.resets is None else previous_states(tape.c0, c, tape.resets)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backends import cpu_loops, fused, recurrent_gemm
-from ..backends.arrays import array_module, column_sums, kernels_for
+from ..backends.arrays import array_module, column_sums, empty, kernels_for, matmul
 from ..ops import ACTIVATIONS
 from ._resets import previous_states, steps_with_resets, zero_where
 
@@ -47,7 +47,7 @@ def forward(params, x, state0, mask=None, resets=None, nonlinearity="tanh"):
     xp = array_module(x)                 # NumPy, or CuPy on a GPU (fused path only)
     fast = xp is not np or fused.use_for(x.dtype)
     # (R1) input part of every step in one GEMM; h holds a_t until f turns it into h_t.
-    h = x.reshape(T * B, D) @ W_x.T                                # (T·B, H)
+    h = matmul(x.reshape(T * B, D), W_x.T)                         # (T·B, H)
     if not fast:
         h += b_h                                                   # (the fused kernel adds b_h itself)
     h = h.reshape(T, B, H)
@@ -106,7 +106,7 @@ def backward(params, dh, dstateT, tape, need_dx=True):
         if T > 1:
             grads["W_h"] += da2[B:].T @ h[:-1].reshape((T - 1) * B, H)   # (R6), t > 1 terms
     grads = {k: grads[k] for k in ("W_x", "W_h", "b_h")}
-    dx = (da2 @ W_x).reshape(T, B, D) if need_dx else None          # (R8)
+    dx = matmul(da2, W_x).reshape(T, B, D) if need_dx else None    # (R8)
     return dx, (dh_next,), grads
 
 
@@ -115,7 +115,7 @@ def _recursion_fused(W_h, dh, dh_next, tape):
     h, mask = tape.h, tape.mask
     T, B, H = h.shape
     xp = array_module(h)
-    delta_a = xp.empty((T, B, H), dtype=h.dtype)
+    delta_a = empty(xp, (T, B, H), h.dtype)
     no_dh = xp.zeros((B, H), dtype=h.dtype)
     dh_skip = xp.empty((B, H), dtype=h.dtype)
     kind = fused.KINDS[tape.nonlinearity]

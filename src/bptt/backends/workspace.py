@@ -1,0 +1,137 @@
+"""Large arrays reused from one training step to the next, without fresh pages.
+
+A training step allocates its large arrays again: the tape (gates, states), δz, the rows
+of the weight-gradient GEMM. glibc gives blocks of that size back to the kernel when
+they are freed (above its mmap and trim thresholds), so the next step gets fresh pages
+and pays a page fault, and the kernel's zeroing, for every 4 KiB it first touches: about
+1 900 faults a step for the LSTM at (T, B, D, H) = (100, 32, 64, 128), measured as 10 ms
+of its 36 on this machine (a VM, where a fault costs about 5 µs; benchmarks/RESULTS.md).
+PyTorch's GPU allocator keeps freed blocks for the same reason. Here the layers' own
+large arrays come from a cache of blocks, and only up to a limit:
+
+    empty(shape, dtype)    an uninitialised C-contiguous ndarray, in a free cached block
+                           of its size class when there is one (else a new block)
+    release()              give every free cached block back to the system now
+    stats()                free blocks and bytes held, blocks made and blocks reused
+
+An array from here is an ordinary ndarray. Its block is free again when the last array
+viewing it is gone, and not before: the block is lent through a small owner object that
+NumPy keeps alive as the ``base`` of the array and of every view of it, and whose
+finalizer hands the block back. Sizes are rounded up to one of eight classes per
+doubling (at most 12.5% more). Free blocks are kept up to ``LIMIT`` bytes
+(``BPTT_WORKSPACE_MB``, default 512; 0 turns the cache off), the least recently freed
+given back first; arrays smaller than ``MIN_BYTES`` (glibc's heap serves those without
+new pages) or larger than the limit come from ``np.empty`` directly.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import threading
+
+import numpy as np
+
+MIN_BYTES = 256 * 1024
+ALIGN = 64                                   # bytes: a cache line, and the widest SIMD load
+
+
+def _limit_from_env() -> int:
+    wanted = os.environ.get("BPTT_WORKSPACE_MB", "512")
+    try:
+        mib = float(wanted)
+    except ValueError:
+        mib = -1.0
+    if not mib >= 0:
+        raise ValueError(f"BPTT_WORKSPACE_MB: expected a number of MiB >= 0 (0: no cache), got {wanted!r}")
+    return int(mib * 2 ** 20)
+
+
+LIMIT = _limit_from_env()
+
+_lock = threading.Lock()
+_free: dict[int, dict[int, np.ndarray]] = {}                 # size class -> {id: block}
+_order: collections.OrderedDict[int, int] = collections.OrderedDict()   # id -> size class, oldest first
+_returned: collections.deque = collections.deque()          # (size, block) freed, not yet filed
+_counts = {"free_bytes": 0, "made": 0, "reused": 0}
+
+
+def size_class(nbytes: int) -> int:
+    """nbytes rounded up to a multiple of 1/8 of its power of two (and of ALIGN)."""
+    step = max(ALIGN, 1 << max(0, int(nbytes - 1).bit_length() - 4))
+    return -(-nbytes // step) * step
+
+
+class _Lease:
+    """The owner NumPy records as ``base``: holds the block while any view of it lives."""
+    __slots__ = ("block", "size", "__array_interface__", "__weakref__")
+
+    def __init__(self, block, size, shape, dtype):
+        self.block = block
+        self.size = size
+        start = block.ctypes.data
+        self.__array_interface__ = {"data": (start + (-start) % ALIGN, False), "shape": shape,
+                                    "typestr": dtype.str, "version": 3}
+
+    def __del__(self):
+        try:
+            _returned.append((self.size, self.block))    # atomic; filed by whoever holds the lock
+            if _lock.acquire(blocking=False):            # not when this runs inside empty() itself
+                try:
+                    _file_returned()
+                finally:
+                    _lock.release()
+        except Exception:                                # pragma: no cover - interpreter shutdown
+            pass
+
+
+def _file_returned():
+    """File the freed blocks as free, then give back the oldest beyond LIMIT. Lock held."""
+    while _returned:
+        size, block = _returned.popleft()
+        _free.setdefault(size, {})[id(block)] = block
+        _order[id(block)] = size
+        _counts["free_bytes"] += size
+    while _counts["free_bytes"] > LIMIT and _order:
+        key, size = _order.popitem(last=False)
+        del _free[size][key]
+        _counts["free_bytes"] -= size
+
+
+def empty(shape, dtype=np.float64) -> np.ndarray:
+    """np.empty(shape, dtype), C order, in a cached block when the array is large."""
+    dtype = np.dtype(dtype)
+    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(n) for n in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes < MIN_BYTES or nbytes > LIMIT or dtype.hasobject:
+        return np.empty(shape, dtype)
+    size = size_class(nbytes)
+    block = None
+    with _lock:
+        _file_returned()
+        blocks = _free.get(size)
+        if blocks:
+            key, block = blocks.popitem()                # the most recently freed: warm in cache
+            del _order[key]
+            _counts["free_bytes"] -= size
+            _counts["reused"] += 1
+        else:
+            _counts["made"] += 1
+    if block is None:
+        block = np.empty(size + ALIGN, np.uint8)
+    return np.asarray(_Lease(block, size, shape, dtype))
+
+
+def release() -> None:
+    """Give every free cached block back to the system (arrays in use are untouched)."""
+    with _lock:
+        _file_returned()
+        _free.clear()
+        _order.clear()
+        _counts["free_bytes"] = 0
+
+
+def stats() -> dict:
+    """{"free_blocks", "free_bytes", "made", "reused"} of the cache so far."""
+    with _lock:
+        _file_returned()
+        return {"free_blocks": len(_order), **_counts}
