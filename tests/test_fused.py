@@ -139,3 +139,22 @@ def test_both_orientations_of_the_recurrent_gemm_give_the_same_numbers(cell, loo
     gemm = recurrent_gemm.RecurrentGEMM(rng.standard_normal((8, 24)), 5, transposed=True)
     h = rng.standard_normal((5, 8))
     assert np.allclose(gemm(h), h @ gemm.W_hT, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-13), (np.float32, 2e-6)])
+def test_both_orientations_of_the_weight_gradient_gemm_give_the_same_numbers(dtype, tol, monkeypatch):
+    """δᵀ·u directly or as (uᵀ·δ)ᵀ copied back (backends/weight_gemm.py), for a δ that is a
+    column block of a wider array, as the GRU passes it: C-contiguous either way."""
+    from bptt.backends import recurrent_gemm
+    from bptt.backends.weight_gemm import weight_gradient
+    rng = np.random.default_rng(3)
+    wide = rng.standard_normal((600, 96)).astype(dtype)
+    delta, inputs = wide[:, :64], rng.standard_normal((600, 40)).astype(dtype)
+    ref = delta.astype(np.float64).T @ inputs.astype(np.float64)
+    for mode in ("plain", "transposed"):
+        monkeypatch.setattr(recurrent_gemm, "MODE", mode)
+        dW = weight_gradient(delta, inputs)
+        assert dW.shape == (64, 40) and dW.dtype == dtype and dW.flags.c_contiguous
+        assert np.abs(dW - ref).max() < tol * np.abs(ref).max(), mode
+    monkeypatch.setattr(recurrent_gemm, "MODE", "auto")
+    assert weight_gradient(delta[:0], inputs[:0]).shape == (64, 40)

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..backends import cpu_loops, fused, recurrent_gemm
 from ..backends.arrays import array_module, column_sums, empty, kernels_for, matmul
+from ..backends.weight_gemm import weight_gradient
 from ._blocks import GateBlocks
 from ._resets import previous_states, steps_with_resets, zero_where
 
@@ -125,12 +126,13 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     dn2 = d_n.reshape(T * B, H)
     x2 = x.reshape(T * B, D)
     if tape.resets is not None:
-        dW_h = d2.T @ previous_states(tape.h0, h, tape.resets).reshape(T * B, H)    # (G10), (M5)
+        dW_h = weight_gradient(d2, previous_states(tape.h0, h, tape.resets).reshape(T * B, H))    # (G10), (M5)
     else:
         dW_h = d2[:B].T @ tape.h0                                  # (G10)
         if T > 1:
             dW_h += d2[B:].T @ h[:-1].reshape((T - 1) * B, H)
-    dW_x = xp.concatenate([d2[:, :2 * H].T @ x2, dn2.T @ x2])      # (G10) input side: [δz_z, δz_r, δn]
+    dW_x = xp.concatenate([weight_gradient(d2[:, :2 * H], x2),     # (G10) input side: [δz_z, δz_r, δn]
+                           weight_gradient(dn2, x2)])
     db = xp.concatenate([column_sums(d2[:, :2 * H]), column_sums(dn2)])
     grads = {
         "W_x": blocks.to_torch_order(dW_x, H),

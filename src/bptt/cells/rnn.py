@@ -17,6 +17,7 @@ import numpy as np
 
 from ..backends import cpu_loops, fused, recurrent_gemm
 from ..backends.arrays import array_module, column_sums, empty, kernels_for, matmul
+from ..backends.weight_gemm import weight_gradient
 from ..ops import ACTIVATIONS
 from ._resets import previous_states, steps_with_resets, zero_where
 
@@ -98,9 +99,9 @@ def backward(params, dh, dstateT, tape, need_dx=True):
     recursion = _recursion_fused if xp is not np or fused.use_for(h.dtype) else _recursion_numpy
     delta_a, dh_next = recursion(W_h, dh, dh_next, tape)            # (T, B, H); ∂L/∂h_0
     da2 = delta_a.reshape(T * B, H)
-    grads = {"W_x": da2.T @ x.reshape(T * B, D), "b_h": column_sums(da2)}    # (R5), (R7)
+    grads = {"W_x": weight_gradient(da2, x.reshape(T * B, D)), "b_h": column_sums(da2)}    # (R5), (R7)
     if tape.resets is not None:
-        grads["W_h"] = da2.T @ previous_states(h0, h, tape.resets).reshape(T * B, H)   # (R6), (M5)
+        grads["W_h"] = weight_gradient(da2, previous_states(h0, h, tape.resets).reshape(T * B, H))   # (R6), (M5)
     else:
         grads["W_h"] = delta_a[0].T @ h0                            # (R6), t = 1 term
         if T > 1:
