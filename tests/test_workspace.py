@@ -72,6 +72,34 @@ def test_free_blocks_beyond_the_limit_go_back_oldest_first(monkeypatch):
     assert workspace.empty(BIG, np.float32).base is None        # the cache is off
 
 
+def test_a_larger_free_block_serves_a_smaller_request():
+    made = workspace.stats()["made"]
+    a = workspace.empty((350, 1024), np.float32)                # 1.4 MB
+    start = a.ctypes.data
+    del a
+    b = workspace.empty(BIG, np.float32)                        # 1.2 MB: another class, within 2x
+    assert b.ctypes.data == start and workspace.stats()["made"] == made + 1
+    del b
+    c = workspace.empty((100, 1024), np.float32)                # 0.4 MB: more than 2x smaller, a new block
+    assert workspace.stats()["made"] == made + 2 and workspace.stats()["free_blocks"] == 0
+
+
+def test_a_new_block_first_gives_back_as_many_free_bytes():
+    """Sizes that never repeat (checkpointed BPTT's segments) must not pile up free blocks:
+    the memory held stays what the arrays in use take, plus at most one block."""
+    rng = np.random.default_rng(0)
+    live, most_held, most_needed = [], 0, 0
+    for _ in range(200):
+        live.append(workspace.empty((int(rng.integers(64, 2048)), 1024), np.float32))
+        if len(live) > 3:
+            live.pop(int(rng.integers(0, len(live))))
+        in_use = sum(workspace.size_class(a.nbytes) for a in live)
+        most_held = max(most_held, in_use + workspace.stats()["free_bytes"])
+        most_needed = max(most_needed, in_use)
+    assert most_held <= most_needed + workspace.size_class(2048 * 1024 * 4)
+    assert workspace.stats()["reused"] > 0
+
+
 def test_release_gives_free_blocks_back():
     a = workspace.empty(BIG, np.float32)
     del a

@@ -18,10 +18,14 @@ An array from here is an ordinary ndarray. Its block is free again when the last
 viewing it is gone, and not before: the block is lent through a small owner object that
 NumPy keeps alive as the ``base`` of the array and of every view of it, and whose
 finalizer hands the block back. Sizes are rounded up to one of eight classes per
-doubling (at most 12.5% more). Free blocks are kept up to ``LIMIT`` bytes
-(``BPTT_WORKSPACE_MB``, default 512; 0 turns the cache off), the least recently freed
-given back first; arrays smaller than ``MIN_BYTES`` (glibc's heap serves those without
-new pages) or larger than the limit come from ``np.empty`` directly.
+doubling (at most 12.5% more); a request takes a free block of its class, else one of up
+to twice its size. When none fits, free blocks of as many bytes as the new one are given
+back to the system first (the least recently freed), so the cache holds no more memory
+than the arrays in use would take: a training step that repeats its sizes reuses every
+block, and a pattern that does not (checkpointed BPTT) does not grow the peak. Free
+blocks are kept up to ``LIMIT`` bytes (``BPTT_WORKSPACE_MB``, default 512; 0 turns the
+cache off); arrays smaller than ``MIN_BYTES`` (glibc's heap serves those without new
+pages) or larger than the limit come from ``np.empty`` directly.
 """
 from __future__ import annotations
 
@@ -105,20 +109,43 @@ def empty(shape, dtype=np.float64) -> np.ndarray:
     if nbytes < MIN_BYTES or nbytes > LIMIT or dtype.hasobject:
         return np.empty(shape, dtype)
     size = size_class(nbytes)
-    block = None
     with _lock:
         _file_returned()
-        blocks = _free.get(size)
-        if blocks:
-            key, block = blocks.popitem()                # the most recently freed: warm in cache
-            del _order[key]
-            _counts["free_bytes"] -= size
-            _counts["reused"] += 1
-        else:
+        size, block = _take(size)
+        if block is None:
+            _give_back(size)
             _counts["made"] += 1
+        else:
+            _counts["reused"] += 1
     if block is None:
         block = np.empty(size + ALIGN, np.uint8)
     return np.asarray(_Lease(block, size, shape, dtype))
+
+
+def _take(size):
+    """(class, block): a free block of this size class, the most recently freed (warm in
+    cache); else the smallest free one of up to twice the size; else (size, None). Lock held."""
+    fits = [k for k, blocks in _free.items() if blocks and size <= k <= 2 * size]
+    if not fits:
+        return size, None
+    k = size if size in fits else min(fits)
+    key, block = _free[k].popitem()
+    del _order[key]
+    _counts["free_bytes"] -= k
+    return k, block
+
+
+def _give_back(nbytes):
+    """Before a new block of nbytes is made: give back free blocks, the least recently
+    freed first, until as many bytes went back (or none is left). So a cache that cannot
+    serve a pattern of sizes (checkpointed BPTT's segments of every length) holds no more
+    than the arrays in use would: it never grows the process beyond what np.empty would
+    have made it. Lock held."""
+    while nbytes > 0 and _order:
+        key, k = _order.popitem(last=False)
+        del _free[k][key]
+        _counts["free_bytes"] -= k
+        nbytes -= k
 
 
 def release() -> None:
