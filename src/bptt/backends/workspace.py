@@ -59,6 +59,16 @@ _returned: collections.deque = collections.deque()          # (size, block) free
 _counts = {"free_bytes": 0, "made": 0, "reused": 0}
 
 
+def _new_lock_in_child():
+    """A fork while another thread held the lock would leave the child's copy held."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def size_class(nbytes: int) -> int:
     """nbytes rounded up to a multiple of 1/8 of its power of two (and of ALIGN)."""
     step = max(ALIGN, 1 << max(0, int(nbytes - 1).bit_length() - 4))
@@ -96,9 +106,23 @@ def _file_returned():
         _order[id(block)] = size
         _counts["free_bytes"] += size
     while _counts["free_bytes"] > LIMIT and _order:
-        key, size = _order.popitem(last=False)
-        del _free[size][key]
-        _counts["free_bytes"] -= size
+        _drop_oldest()
+
+
+def _drop_oldest() -> int:
+    """Give the least recently freed block back to the system; its size. Lock held."""
+    key, size = _order.popitem(last=False)
+    _unfile(size, key)
+    return size
+
+
+def _unfile(size, key):
+    blocks = _free[size]
+    block = blocks.pop(key)
+    if not blocks:
+        del _free[size]                          # keep _take's scan to the classes held
+    _counts["free_bytes"] -= size
+    return block
 
 
 def empty(shape, dtype=np.float64) -> np.ndarray:
@@ -125,27 +149,22 @@ def empty(shape, dtype=np.float64) -> np.ndarray:
 def _take(size):
     """(class, block): a free block of this size class, the most recently freed (warm in
     cache); else the smallest free one of up to twice the size; else (size, None). Lock held."""
-    fits = [k for k, blocks in _free.items() if blocks and size <= k <= 2 * size]
+    fits = [k for k in _free if size <= k <= 2 * size]
     if not fits:
         return size, None
     k = size if size in fits else min(fits)
-    key, block = _free[k].popitem()
+    key = next(reversed(_free[k]))               # the most recently freed of its class
     del _order[key]
-    _counts["free_bytes"] -= k
-    return k, block
+    return k, _unfile(k, key)
 
 
 def _give_back(nbytes):
     """Before a new block of nbytes is made: give back free blocks, the least recently
-    freed first, until as many bytes went back (or none is left). So a cache that cannot
-    serve a pattern of sizes (checkpointed BPTT's segments of every length) holds no more
-    than the arrays in use would: it never grows the process beyond what np.empty would
-    have made it. Lock held."""
+    freed first, until as many bytes went back (or none is left). So a pattern of sizes
+    the cache cannot serve (checkpointed BPTT's segments of every length) leaves it
+    holding about what the arrays in use take, not a pile of free blocks. Lock held."""
     while nbytes > 0 and _order:
-        key, k = _order.popitem(last=False)
-        del _free[k][key]
-        _counts["free_bytes"] -= k
-        nbytes -= k
+        nbytes -= _drop_oldest()
 
 
 def release() -> None:
