@@ -187,5 +187,6 @@ def test_limit_from_the_environment():
     off = _run("from bptt.backends import workspace as w; print(w.LIMIT, w.empty((1000, 1000)).base is None)",
                BPTT_WORKSPACE_MB="0")
     assert off.stdout.split() == ["0", "True"], off.stderr
-    bad = _run("import bptt.backends.workspace", BPTT_WORKSPACE_MB="lots")
-    assert bad.returncode != 0 and "BPTT_WORKSPACE_MB" in bad.stderr and "'lots'" in bad.stderr
+    for value in ("lots", "-1", "inf", "nan"):
+        bad = _run("import bptt.backends.workspace", BPTT_WORKSPACE_MB=value)
+        assert bad.returncode != 0 and "BPTT_WORKSPACE_MB" in bad.stderr and repr(value) in bad.stderr, value

@@ -47,7 +47,8 @@ def _choose(B, H, GH, dtype) -> bool:
 
 def choose(key, measure) -> bool:
     """Whether to take the transposed orientation for ``key``: as BPTT_GEMM says, or else
-    ``measure()``, once per key and process. The compiled loops (cpu_loops.py) choose here too."""
+    ``measure()``, once per key and process. The compiled loops (cpu_loops.py) and the
+    weight-gradient GEMM (weight_gemm.py) choose here too."""
     if MODE in ("plain", "transposed"):
         return MODE == "transposed"
     if key not in _CHOICE:

@@ -45,7 +45,7 @@ def _limit_from_env() -> int:
         mib = float(wanted)
     except ValueError:
         mib = -1.0
-    if not mib >= 0:
+    if not 0 <= mib < 2 ** 40:                   # not NaN, not negative, not inf
         raise ValueError(f"BPTT_WORKSPACE_MB: expected a number of MiB >= 0 (0: no cache), got {wanted!r}")
     return int(mib * 2 ** 20)
 
