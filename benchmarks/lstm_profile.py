@@ -79,10 +79,10 @@ def main():
         "  ∂W GEMM with its copies": weight_gemm,
         "  ∂b sum": lambda: column_sums(dz.reshape(T * B, 4 * H)),
     }
-    how = "two threads (loop_threads.py)" if split else \
-        f"one thread; GEMM orientation flipped: forward {cpu_loops.gemm_args(W_h, B, True)[0]}, " \
-        f"backward {cpu_loops.gemm_args(W_h, B, False)[0]}"
-    print(f"# LSTM (T, B, D, H) = {(T, B, D, H)}, float32; loops on {how}")
+    how = "two threads (loop_threads.py)" if split else "one thread"
+    modes = {2: "packed", 1: "BLAS, flipped", 0: "BLAS"}
+    gemm = f"forward {modes[cpu_loops.gemm_args(W_h, B, True)[0]]}, backward {modes[cpu_loops.gemm_args(W_h, B, False)[0]]}"
+    print(f"# LSTM (T, B, D, H) = {(T, B, D, H)}, float32; loops on {how}; step GEMM: {gemm}")
     for name, fn in parts.items():
         ms = median_ms(fn)
         per_step = f"  ({1e3 * ms / T:.0f} µs a step)" if "loop" in name else ""

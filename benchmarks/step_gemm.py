@@ -3,9 +3,10 @@
 A layer's time loop does one (B, H) x (H, G·H) product a step forward and one
 (B, G·H) x (G·H, H) backward. They are small in B, and OpenBLAS runs them below its
 square-matrix rate; that rate bounds what a whole pass can reach (RESULTS.md, session 4).
-This script times them exactly as the loops do (`cpu_loops._repeat_times_w`: Numba calling
-NumPy's OpenBLAS, the flipped orientation with its transposing copy), both orientations,
-and the 1024³ GEMM right after each shape, in this process:
+This script times them exactly as the loops do (`cpu_loops._repeat_times_w`): the packed
+micro-kernel (backends/packed_gemm.py, the default) and Numba calling NumPy's OpenBLAS in
+both orientations (the flipped one with its transposing copy), and the 1024³ GEMM right
+after each shape, in this process:
 
     python benchmarks/step_gemm.py                   # the core benchmark's batched shapes
     python benchmarks/step_gemm.py --shapes 32,512,4 16,128,4
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-from bptt.backends import cpu_loops
+from bptt.backends import cpu_loops, packed_gemm
 
 # (B, H, G) of the core benchmark's batched shapes, for the LSTM (G = 4); GRU is G = 3,
 # the Elman RNN G = 1.
@@ -53,8 +54,9 @@ def main():
     rng = np.random.default_rng(0)
     print("# per-step recurrent GEMM, float32, as the compiled loops call it; GFLOP/s, and the")
     print("# share of the 1024³ GEMM's rate measured right after each shape")
-    print("| B, H, G | direction | product | plain | flipped (with its copy) | 1024³ | best share |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("| B, H, G | direction | product | packed | BLAS plain | BLAS flipped (with its copy) | 1024³ "
+          "| packed share | packed / best BLAS |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for B, H, G in shapes:
         W = rng.standard_normal((G * H, H)).astype(np.float32)
         flops = 2.0 * B * H * G * H
@@ -63,12 +65,17 @@ def main():
             a = rng.standard_normal((B, H if forward else G * H)).astype(np.float32)
             out = np.empty((B, G * H if forward else H), np.float32)
             outT = np.empty(out.shape[::-1], np.float32)
-            rates = [flops / median_s(lambda k, flip=flip: cpu_loops._repeat_times_w(a, W, out, forward, flip, outT, k), n) / 1e9
-                     for flip in (False, True)]
+            unused = np.empty((1, 1, 1), np.float32)
+            packed = packed_gemm.pack(W.T if forward else W)
+            tiles = np.empty((2, packed_gemm.MR, packed.shape[2]), np.float32)
+            modes = [(2, outT, packed, tiles), (0, outT, unused, unused), (1, outT, unused, unused)]
+            rates = [flops / median_s(lambda k, g=g: cpu_loops._repeat_times_w(a, W, out, forward, g, k), n) / 1e9
+                     for g in modes]
             square = square_rate()
             product = f"({B}, {H}) x ({H}, {G * H})" if forward else f"({B}, {G * H}) x ({G * H}, {H})"
             print(f"| {B}, {H}, {G} | {'forward' if forward else 'backward'} | {product} | {rates[0]:.1f} | "
-                  f"{rates[1]:.1f} | {square:.1f} | {max(rates) / square:.0%} |", flush=True)
+                  f"{rates[1]:.1f} | {rates[2]:.1f} | {square:.1f} | {rates[0] / square:.0%} | "
+                  f"{rates[0] / max(rates[1:]):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -72,10 +72,12 @@ def test_flipped_products_transpose_copy_is_exact(B, N):
 
 @needs_loops
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("B,mode", [(1, "auto"), (3, "plain"), (3, "transposed")])
-def test_compiled_loop_equals_the_numpy_path_in_float64(cell, B, mode, monkeypatch):
-    """One stream (the gemv path) and both GEMM orientations, with padding and a reset:
-    gradients, ∂L/∂x, ∂L/∂state0 and outputs to 1e-12 of the plain NumPy path."""
+@pytest.mark.parametrize("B,step_gemm,mode", [(1, "packed", "auto"), (3, "packed", "auto"), (1, "blas", "auto"),
+                                              (3, "blas", "plain"), (3, "blas", "transposed")])
+def test_compiled_loop_equals_the_numpy_path_in_float64(cell, B, step_gemm, mode, monkeypatch):
+    """One stream and three, with padding and a reset, the packed GEMM and BLAS's (gemv for
+    one stream, both GEMM orientations): gradients, ∂L/∂x, ∂L/∂state0 and outputs to 1e-12
+    of the plain NumPy path."""
     rng = np.random.default_rng(5)
     model = make_model(cell, layers=2, D=3, H=5, O=2, outputs="all", seed=2)
     T = 9
@@ -86,6 +88,7 @@ def test_compiled_loop_equals_the_numpy_path_in_float64(cell, B, mode, monkeypat
     resets = np.zeros((T, B), bool)
     resets[5, 0] = True
     monkeypatch.setattr(recurrent_gemm, "MODE", mode)
+    monkeypatch.setattr(cpu_loops, "STEP_GEMM", step_gemm)
     monkeypatch.setattr(fused, "FLOAT64", True)
     ref = None
     for enabled in (False, True):

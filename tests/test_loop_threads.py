@@ -46,13 +46,15 @@ def _everything(model, B, rng, T=11):
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("B", [2, 3, 7])
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
-@pytest.mark.parametrize("mode", ["plain", "transposed"])
-def test_two_threads_give_one_threads_numbers(cell, B, dtype, tol, mode, counted_pairs, monkeypatch):
+@pytest.mark.parametrize("step_gemm,mode", [("packed", "auto"), ("blas", "plain"), ("blas", "transposed")])
+def test_two_threads_give_one_threads_numbers(cell, B, dtype, tol, step_gemm, mode, counted_pairs, monkeypatch):
     """Both threads' halves of every step, against one thread doing it all: outputs, every
     weight gradient, ∂L/∂x and ∂L/∂state0 (float64 through the compiled loops: 1e-12;
     the GEMM's blocking differs, so the sums' order does). H = 40: the GEMM blocks cut at
-    column 16 or 32 of 40 and 120, so the blocks are uneven too. Both GEMM orientations."""
+    column 16 or 32 of 40 and 120, so the blocks are uneven too, and the packed GEMM's last
+    panel is partly filled. The packed GEMM, and BLAS in both orientations."""
     monkeypatch.setattr(fused, "FLOAT64", True)
+    monkeypatch.setattr(cpu_loops, "STEP_GEMM", step_gemm)
     monkeypatch.setattr(recurrent_gemm, "MODE", mode)
     model = make_model(cell, layers=2, D=3, H=40, O=2, outputs="all", dtype=dtype, seed=4)
     results = []

@@ -4,9 +4,11 @@ A step of a layer is one recurrent GEMM and one fused kernel (backends/fused.py)
 from Python, each step also pays the interpreter: a NumPy call, a Numba dispatch with
 eight or nine arrays to unbox, a few slices: about 10 µs a step. At (T, B, D, H) =
 (100, 32, 64, 128) an LSTM step's real work is 60-80 µs, so that was a tenth of the pass.
-Here the whole loop over t is one Numba function: the GEMM goes straight to NumPy's own
-BLAS (backends/cblas.py, same library, same threads) and the kernels are the ones the
-Python loop calls. The tests hold both loops to the NumPy path to 1e-12 in float64.
+Here the whole loop over t is one Numba function: the GEMM is the micro-kernel of
+backends/packed_gemm.py over W_h packed once per pass (1.2-1.4x OpenBLAS's rate at these
+shapes), or, with BPTT_STEP_GEMM=blas, a call straight into NumPy's own BLAS
+(backends/cblas.py, same library, same threads); the kernels are the ones the Python loop
+calls. The tests hold both loops, with either GEMM, to the NumPy path to 1e-12 in float64.
 
     rnn_forward, lstm_forward, gru_forward           (R1)-(R2), (L1)-(L4), (G1)-(G5), (M1), (M4)
     rnn_backward, lstm_backward, gru_backward        (R3)-(R4), (L5)-(L9), (G6)-(G9), (M2)-(M5)
@@ -15,7 +17,8 @@ Arguments are the Python loop's, as whole (T, B, ·) arrays, C-contiguous; W_h i
 in the kernels' gate order; ``reset_at`` (T,) says which steps have a reset in ``resets``
 (T, B). Optional arrays come with a flag and a stand-in of the right type. The last
 three, (part, parts, sync), say which half of each step this thread runs when two
-threads share the loop (loop_threads.py); ``run`` supplies them and the GEMM's.
+threads share the loop (loop_threads.py); ``run`` supplies them, and before them the
+recurrent GEMM's tuple (``gemm_args``).
 ``ENABLED`` (False without OpenBLAS, or with BPTT_LOOPS=0) picks these over the Python loop.
 """
 from __future__ import annotations
@@ -24,10 +27,13 @@ import os
 
 import numpy as np
 
-from . import cblas, fused, loop_threads, recurrent_gemm
+from . import cblas, fused, loop_threads, packed_gemm, recurrent_gemm
 
 AVAILABLE = fused.AVAILABLE and cblas.AVAILABLE
 ENABLED = AVAILABLE and os.environ.get("BPTT_LOOPS", "1") != "0"
+STEP_GEMM = os.environ.get("BPTT_STEP_GEMM", "packed")
+if STEP_GEMM not in ("packed", "blas"):
+    raise ValueError(f"BPTT_STEP_GEMM: expected packed or blas (or unset), got {STEP_GEMM!r}")
 
 
 def use_for(x, *others) -> bool:
@@ -53,30 +59,42 @@ def contiguous(a):
 
 
 def gemm_args(W_h, B, forward, parts=1):
-    """(flip, scratch) for the recurrent GEMM of a loop: whether BLAS computes the
-    transposed product, and the buffer it writes. The choice is recurrent_gemm's (BPTT_GEMM,
-    or measured once per shape, direction, dtype, parts and process): OpenBLAS blocks the
-    two products differently, and which one is faster depends on the shape and, on this
-    machine, on the minute. With two parts each thread computes half of the output
-    columns single-threaded, so that is what is measured (BLAS held to one thread)."""
+    """The loops' recurrent GEMM, as the tuple (mode, outT, packed, tiles) they take.
+
+    mode 2 (the default, ``STEP_GEMM = "packed"``): W_h packed once here in the
+    micro-kernel's panels (backends/packed_gemm.py; W_hᵀ forward, W_h backward), each step
+    only the micro-kernel; tiles (2, MR, NR) is each thread's scratch for a partly covered
+    panel. With BPTT_STEP_GEMM=blas, NumPy's OpenBLAS at every step: mode 1 when BLAS
+    computes the transposed product into outT and the loop copies it back, else 0. That
+    choice is recurrent_gemm's (BPTT_GEMM, or measured once per shape, direction, dtype,
+    parts and process): OpenBLAS blocks the two products differently, and which one is
+    faster depends on the shape and, on this machine, on the minute. With two parts each
+    thread computes half of the output columns single-threaded, so that is what is measured
+    (BLAS held to one thread)."""
     GH, H = W_h.shape
-    scratch = np.empty((GH if forward else H, B), dtype=W_h.dtype)
+    dtype = W_h.dtype
+    outT = np.empty((GH if forward else H, B), dtype=dtype)
+    if STEP_GEMM == "packed":
+        packed = packed_gemm.pack(W_h.T if forward else W_h)
+        return 2, outT, packed, np.empty((2, packed_gemm.MR, packed.shape[2]), dtype=dtype)
+    unused = np.empty((1, 1, 1), dtype=dtype)
     if B <= 1:                                   # gemv, or nothing to multiply
-        return False, scratch
-    key = ("compiled loop", B, H, GH, np.dtype(W_h.dtype).str, forward, parts)
-    return recurrent_gemm.choose(key, lambda: _measure_flip(B, H, GH, W_h.dtype, forward, parts)), scratch
+        return 0, outT, unused, unused
+    key = ("compiled loop", B, H, GH, np.dtype(dtype).str, forward, parts)
+    flip = recurrent_gemm.choose(key, lambda: _measure_flip(B, H, GH, dtype, forward, parts))
+    return int(flip), outT, unused, unused
 
 
 def run(loop, args, W_h, B, forward):
-    """loop(*args, flip, scratch, part, parts, sync): on one thread, or, where
+    """loop(*args, gemm, part, parts, sync): on one thread, or, where
     loop_threads.parts_for says two and the worker is free, on two threads each running
-    half of every step (its own block of the GEMM's output columns). Either way in the
-    GEMM orientation gemm_args measured faster for that way of running."""
+    half of every step (its own block of the GEMM's output columns), with gemm_args'
+    recurrent GEMM for that way of running."""
     GH, H = W_h.shape
     if loop_threads.parts_for(B, GH, H) == 2 and \
-            loop_threads.run_pair(loop, (*args, *gemm_args(W_h, B, forward, parts=2))):
+            loop_threads.run_pair(loop, (*args, gemm_args(W_h, B, forward, parts=2))):
         return
-    loop(*args, *gemm_args(W_h, B, forward), 0, 1, loop_threads.NO_SYNC)
+    loop(*args, gemm_args(W_h, B, forward), 0, 1, loop_threads.NO_SYNC)
 
 
 def _measure_flip(B, H, GH, dtype, forward, parts=1):
@@ -88,10 +106,13 @@ def _measure_flip(B, H, GH, dtype, forward, parts=1):
     n = max(4, min(100, int(2e8 / (2 * B * H * GH))))               # about 200 MFLOP a round
     hi = _share(out.shape[1], 0, 2, 16)[1] if parts == 2 else out.shape[1]   # part 0's block
 
+    unused = np.empty((1, 1, 1), dtype=dtype)
+
     def run(flip):
+        gemm = (int(flip), outT, unused, unused)
         if parts == 1:
-            return lambda count: _repeat_times_w(a, W, out, forward, flip, outT, count)
-        return lambda count: _repeat_times_w_part(a, W, out, forward, flip, outT, 0, hi, 2, count)
+            return lambda count: _repeat_times_w(a, W, out, forward, gemm, count)
+        return lambda count: _repeat_times_w_part(a, W, out, forward, gemm, 0, hi, 2, count)
     if parts == 1:
         return recurrent_gemm.second_is_faster(run(False), run(True), n, repeats=5)
     with loop_threads.blas_one_thread():
@@ -101,9 +122,11 @@ def _measure_flip(B, H, GH, dtype, forward, parts=1):
 if AVAILABLE:
     from numba import njit
 
-    from .cblas import gemm, gemv
+    from .cblas import gemm as gemm_blas
+    from .cblas import gemv
     from .fused import (_jit, gru_backward_step, gru_forward_step, lstm_backward_step,
                         lstm_forward_step, rnn_backward_step, rnn_forward_step)
+    from .packed_gemm import times_packed
     from .spin import wait_for_partner
 
     # The whole loops release the GIL: they touch no Python object, and so two threads can
@@ -111,17 +134,21 @@ if AVAILABLE:
     _loop_jit = njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
 
     @_jit
-    def _times_w(a, W, out, transposed, flip, outT):
+    def _times_w(a, W, out, transposed, gemm):
         """out = a · W_hᵀ (transposed: the forward's W_h h_{t-1}) or a · W_h (the backward's
-        W_hᵀ δ); W is (G·H, H). One row (B = 1) takes gemv, which is faster there. With
-        flip, BLAS computes outᵀ = op(W)ᵀ aᵀ into outT (a different blocking inside
-        OpenBLAS, faster at some shapes) and the loop copies it back."""
-        if a.shape[0] == 1:
+        W_hᵀ δ); W is (G·H, H); gemm = (mode, outT, packed, tiles) from gemm_args. Mode 2:
+        the micro-kernel over W packed once (backends/packed_gemm.py). Else BLAS: one row
+        (B = 1) takes gemv, which is faster there; mode 1 computes outᵀ = op(W)ᵀ aᵀ into
+        outT (a different blocking inside OpenBLAS, faster at some shapes) and copies it back."""
+        mode, outT, packed, tiles = gemm
+        if mode == 2:
+            times_packed(a, packed, out, 0, out.shape[1], tiles[0])
+        elif a.shape[0] == 1:
             gemv(not transposed, W, a[0], out[0])
-        elif not flip:
-            gemm(False, transposed, a, W, out)
+        elif mode == 0:
+            gemm_blas(False, transposed, a, W, out)
         else:
-            gemm(not transposed, True, W, a, outT)
+            gemm_blas(not transposed, True, W, a, outT)
             _transpose_into(outT, out)
 
     @_jit
@@ -143,9 +170,9 @@ if AVAILABLE:
                 row[j] = src[j, i]
 
     @_jit
-    def _repeat_times_w(a, W, out, transposed, flip, outT, n):
+    def _repeat_times_w(a, W, out, transposed, gemm, n):
         for _ in range(n):
-            _times_w(a, W, out, transposed, flip, outT)
+            _times_w(a, W, out, transposed, gemm)
 
     @_jit
     def _share(n, part, parts, align):
@@ -159,25 +186,30 @@ if AVAILABLE:
         return (0, cut) if part == 0 else (cut, n)
 
     @_jit
-    def _times_w_part(a, W, out, transposed, flip, outT, lo, hi, parts):
+    def _times_w_part(a, W, out, transposed, gemm, lo, hi, parts):
         """_times_w, or with two parts only the output columns [lo, hi): each thread
         multiplies its block of W's rows (forward) or columns (backward) by the whole of a,
-        single-threaded BLAS, which packs only that block of W (loop_threads.py). With
-        flip, into rows [lo, hi) of outT and copied back, as _times_w does."""
+        single-threaded; packed, its own panels of W (and its own tile); with BLAS, which
+        packs only that block of W (loop_threads.py), in mode 1 into rows [lo, hi) of outT
+        and copied back, as _times_w does."""
         if parts == 1:
-            _times_w(a, W, out, transposed, flip, outT)
+            _times_w(a, W, out, transposed, gemm)
+            return
+        mode, outT, packed, tiles = gemm
+        if mode == 2:
+            times_packed(a, packed, out, lo, hi, tiles[0 if lo == 0 else 1])
             return
         block = W[lo:hi] if transposed else W[:, lo:hi]
-        if flip:
-            gemm(not transposed, True, block, a, outT[lo:hi])
+        if mode == 1:
+            gemm_blas(not transposed, True, block, a, outT[lo:hi])
             _transpose_into(outT[lo:hi], out[:, lo:hi])
         else:
-            gemm(False, transposed, a, block, out[:, lo:hi])
+            gemm_blas(False, transposed, a, block, out[:, lo:hi])
 
     @_jit
-    def _repeat_times_w_part(a, W, out, transposed, flip, outT, lo, hi, parts, n):
+    def _repeat_times_w_part(a, W, out, transposed, gemm, lo, hi, parts, n):
         for _ in range(n):
-            _times_w_part(a, W, out, transposed, flip, outT, lo, hi, parts)
+            _times_w_part(a, W, out, transposed, gemm, lo, hi, parts)
 
     @_jit
     def _state_in(prev, resets_t, scratch, r0, r1):
@@ -205,7 +237,7 @@ if AVAILABLE:
     # ---- Elman RNN --------------------------------------------------------------------------
 
     @_loop_jit
-    def rnn_forward(h, W_h, bias, h0, valid, kind, reset_at, resets, rec, scratch, flip, recT, part, parts, sync):
+    def rnn_forward(h, W_h, bias, h0, valid, kind, reset_at, resets, rec, scratch, gemm, part, parts, sync):
         """h (T, B, H): W_x x_t in, h_t out."""
         T, B, H = h.shape
         r0, r1 = _share(B, part, parts, 1)
@@ -215,14 +247,14 @@ if AVAILABLE:
             if reset_at[t]:
                 prev = _state_in(prev, resets[t], scratch, r0, r1)           # (M4)
                 wait_for_partner(sync, part, parts)
-            _times_w_part(prev, W_h, rec, True, flip, recT, g0, g1, parts)   # W_h h_{t-1}
+            _times_w_part(prev, W_h, rec, True, gemm, g0, g1, parts)   # W_h h_{t-1}
             wait_for_partner(sync, part, parts)
             rnn_forward_step(h[t][r0:r1], rec[r0:r1], bias, prev[r0:r1], valid[t][r0:r1], kind)   # (R1), (R2), (M1)
             wait_for_partner(sync, part, parts)
 
     @_loop_jit
     def rnn_backward(W_h, dh, has_dh, dh_next, h, valid, masked, kind, reset_at, resets,
-                     delta, skip, no_dh, flip, dT, part, parts, sync):
+                     delta, skip, no_dh, gemm, part, parts, sync):
         """dh_next: ∂L/∂h_T in, ∂L/∂h_0 out; delta (T, B, H) out: δa_t."""
         T, B, H = h.shape
         r0, r1 = _share(B, part, parts, 1)
@@ -232,7 +264,7 @@ if AVAILABLE:
             rnn_backward_step(above[r0:r1], dh_next[r0:r1], h[t][r0:r1], valid[t][r0:r1], kind,
                               delta[t][r0:r1], skip[r0:r1])                  # (R3), (R4), (M2)
             wait_for_partner(sync, part, parts)
-            _times_w_part(delta[t], W_h, dh_next, False, flip, dT, g0, g1, parts)   # (R3) W_hᵀ δa_t
+            _times_w_part(delta[t], W_h, dh_next, False, gemm, g0, g1, parts)   # (R3) W_hᵀ δa_t
             if masked:
                 dh_next[:, g0:g1] += skip[:, g0:g1]                          # (M3)
             if reset_at[t]:
@@ -243,7 +275,7 @@ if AVAILABLE:
 
     @_loop_jit
     def lstm_forward(gates, W_h, bias, h0, c0, h, c, valid, reset_at, resets, rec,
-                     h_scratch, c_scratch, flip, recT, part, parts, sync):
+                     h_scratch, c_scratch, gemm, part, parts, sync):
         """gates (T, B, 4H): W_x x_t in, activated gates out; h, c (T, B, H) out."""
         T, B, H = h.shape
         r0, r1 = _share(B, part, parts, 1)
@@ -255,7 +287,7 @@ if AVAILABLE:
                 h_prev = _state_in(h_prev, resets[t], h_scratch, r0, r1)     # (M4)
                 c_prev = _state_in(c_prev, resets[t], c_scratch, r0, r1)
                 wait_for_partner(sync, part, parts)
-            _times_w_part(h_prev, W_h, rec, True, flip, recT, g0, g1, parts)   # W_h h_{t-1}
+            _times_w_part(h_prev, W_h, rec, True, gemm, g0, g1, parts)   # W_h h_{t-1}
             wait_for_partner(sync, part, parts)
             lstm_forward_step(gates[t][r0:r1], rec[r0:r1], bias, h_prev[r0:r1], c_prev[r0:r1],
                               h[t][r0:r1], c[t][r0:r1], valid[t][r0:r1])     # (L1)-(L4), (M1)
@@ -263,7 +295,7 @@ if AVAILABLE:
 
     @_loop_jit
     def lstm_backward(W_h, dh, has_dh, dh_next, dc_next, gates, c, c0, c_in, has_c_in, valid,
-                      masked, reset_at, resets, dz, skip, no_dh, flip, dT, part, parts, sync):
+                      masked, reset_at, resets, dz, skip, no_dh, gemm, part, parts, sync):
         """dh_next, dc_next: from t = T in, to t = 0 out; dz (T, B, 4H) out: δz_t.
         c_in (T, B, H): the cell state each step read, when resets make it differ from c_{t-1}."""
         T, B, H = c.shape
@@ -280,7 +312,7 @@ if AVAILABLE:
             if reset_at[t]:
                 _zero_rows(dc_next[r0:r1], resets[t][r0:r1])                 # (M5)
             wait_for_partner(sync, part, parts)
-            _times_w_part(dz[t], W_h, dh_next, False, flip, dT, g0, g1, parts)   # (L5) W_hᵀ δz_t
+            _times_w_part(dz[t], W_h, dh_next, False, gemm, g0, g1, parts)   # (L5) W_hᵀ δz_t
             if masked:
                 dh_next[:, g0:g1] += skip[:, g0:g1]                          # (M3)
             if reset_at[t]:
@@ -291,7 +323,7 @@ if AVAILABLE:
 
     @_loop_jit
     def gru_forward(gates, W_h, bias, b_hn, h0, q, h, valid, reset_at, resets, rec, scratch,
-                    flip, recT, part, parts, sync):
+                    gemm, part, parts, sync):
         """gates (T, B, 3H): W_x x_t in, activated r, z, n out; q, h (T, B, H) out."""
         T, B, H = h.shape
         r0, r1 = _share(B, part, parts, 1)
@@ -301,7 +333,7 @@ if AVAILABLE:
             if reset_at[t]:
                 prev = _state_in(prev, resets[t], scratch, r0, r1)           # (M4)
                 wait_for_partner(sync, part, parts)
-            _times_w_part(prev, W_h, rec, True, flip, recT, g0, g1, parts)   # W_h h_{t-1}
+            _times_w_part(prev, W_h, rec, True, gemm, g0, g1, parts)   # W_h h_{t-1}
             wait_for_partner(sync, part, parts)
             gru_forward_step(gates[t][r0:r1], rec[r0:r1], bias, b_hn, prev[r0:r1], q[t][r0:r1],
                              h[t][r0:r1], valid[t][r0:r1])                   # (G1)-(G5), (M1)
@@ -309,7 +341,7 @@ if AVAILABLE:
 
     @_loop_jit
     def gru_backward(W_h, dh, has_dh, dh_next, gates, q, h, h0, h_in, has_h_in, valid,
-                     reset_at, resets, d_rec, d_n, direct, no_dh, flip, dT, part, parts, sync):
+                     reset_at, resets, d_rec, d_n, direct, no_dh, gemm, part, parts, sync):
         """dh_next: ∂L/∂h_T in, ∂L/∂h_0 out; d_rec (T, B, 3H), d_n (T, B, H) out."""
         T, B, H = h.shape
         r0, r1 = _share(B, part, parts, 1)
@@ -323,7 +355,7 @@ if AVAILABLE:
             gru_backward_step(above[r0:r1], dh_next[r0:r1], gates[t][r0:r1], q[t][r0:r1], h_prev[r0:r1],
                               valid[t][r0:r1], d_rec[t][r0:r1], d_n[t][r0:r1], direct[r0:r1])
             wait_for_partner(sync, part, parts)
-            _times_w_part(d_rec[t], W_h, dh_next, False, flip, dT, g0, g1, parts)   # (G6) W_hᵀ [δz_z, δz_r, δq]
+            _times_w_part(d_rec[t], W_h, dh_next, False, gemm, g0, g1, parts)   # (G6) W_hᵀ [δz_z, δz_r, δq]
             dh_next[:, g0:g1] += direct[:, g0:g1]                            # (G6) + z ⊙ dh_t
             if reset_at[t]:
                 _zero_rows(dh_next[:, g0:g1], resets[t])                     # (M5)
