@@ -187,18 +187,15 @@ if AVAILABLE:
 
     @_jit
     def _times_w_part(a, W, out, transposed, gemm, lo, hi, parts):
-        """_times_w, or with two parts only the output columns [lo, hi): each thread
-        multiplies its block of W's rows (forward) or columns (backward) by the whole of a,
-        single-threaded; packed, its own panels of W (and its own tile); with BLAS, which
-        packs only that block of W (loop_threads.py), in mode 1 into rows [lo, hi) of outT
-        and copied back, as _times_w does."""
+        """_times_w, or with two parts (BLAS: modes 0 and 1) only the output columns
+        [lo, hi): each thread multiplies its block of W's rows (forward) or columns
+        (backward) by the whole of a, single-threaded BLAS, which packs only that block of W
+        (loop_threads.py), in mode 1 into rows [lo, hi) of outT and copied back, as _times_w
+        does."""
         if parts == 1:
             _times_w(a, W, out, transposed, gemm)
             return
         mode, outT, packed, tiles = gemm
-        if mode == 2:
-            times_packed(a, packed, out, lo, hi, tiles[0 if lo == 0 else 1])
-            return
         block = W[lo:hi] if transposed else W[:, lo:hi]
         if mode == 1:
             gemm_blas(not transposed, True, block, a, outT[lo:hi])
@@ -210,6 +207,31 @@ if AVAILABLE:
     def _repeat_times_w_part(a, W, out, transposed, gemm, lo, hi, parts, n):
         for _ in range(n):
             _times_w_part(a, W, out, transposed, gemm, lo, hi, parts)
+
+    @_jit
+    def _gemm_block(B, N, part, parts, gemm):
+        """(row0, row1, col0, col1, meets): the block of a step's GEMM output (B, N) this
+        thread computes, and how many threads meet at the barriers (1: they never do). With
+        BLAS, whole rows split by columns (each thread packs only its columns of W_h), and
+        the threads meet twice a step, since each one's kernel rows need both halves. Packed
+        (W_h shared, packed once), the thread's own rows of the batch, all columns: then a
+        thread's GEMM reads and its kernel writes only its own rows, so the two halves of the
+        batch run through time without ever waiting for each other."""
+        if parts == 2 and gemm[0] == 2:
+            r0, r1 = _share(B, part, parts, 1)
+            return r0, r1, 0, N, 1
+        c0, c1 = _share(N, part, parts, 16)
+        return 0, B, c0, c1, parts
+
+    @_jit
+    def _times_w_block(a, W, out, transposed, gemm, r0, r1, c0, c1, part, parts):
+        """Rows [r0, r1) and columns [c0, c1) of out = a · W_hᵀ (transposed) or a · W_h, as
+        _gemm_block gave them to this thread."""
+        if parts == 2 and gemm[0] == 2:
+            mode, outT, packed, tiles = gemm
+            times_packed(a[r0:r1], packed, out[r0:r1], c0, c1, tiles[part])
+        else:
+            _times_w_part(a, W, out, transposed, gemm, c0, c1, parts)
 
     @_jit
     def _state_in(prev, resets_t, scratch, r0, r1):
@@ -230,9 +252,11 @@ if AVAILABLE:
                 d[b, :] = 0
 
     # Every loop takes (part, parts, sync) last: parts = 1 runs the whole step on this
-    # thread; parts = 2 runs this thread's half of it, the partner the other, meeting at
-    # wait_for_partner: the recurrent GEMM by blocks of output columns, the kernel by
-    # rows of the batch (each kernel reads whole rows, each GEMM the whole state).
+    # thread; parts = 2 runs this thread's half of it, the partner the other: the kernel by
+    # rows of the batch, the recurrent GEMM by the block _gemm_block gives (the same rows
+    # when W_h is packed; else blocks of output columns, and then the threads meet at
+    # wait_for_partner twice a step, since each kernel reads whole rows of the GEMM's output
+    # and each GEMM the whole state). ``meets`` is 1 where they need not meet.
 
     # ---- Elman RNN --------------------------------------------------------------------------
 
@@ -241,16 +265,16 @@ if AVAILABLE:
         """h (T, B, H): W_x x_t in, h_t out."""
         T, B, H = h.shape
         r0, r1 = _share(B, part, parts, 1)
-        g0, g1 = _share(H, part, parts, 16)
+        q0, q1, g0, g1, meets = _gemm_block(B, H, part, parts, gemm)
         for t in range(T):
             prev = h0 if t == 0 else h[t - 1]
             if reset_at[t]:
                 prev = _state_in(prev, resets[t], scratch, r0, r1)           # (M4)
-                wait_for_partner(sync, part, parts)
-            _times_w_part(prev, W_h, rec, True, gemm, g0, g1, parts)   # W_h h_{t-1}
-            wait_for_partner(sync, part, parts)
+                wait_for_partner(sync, part, meets)
+            _times_w_block(prev, W_h, rec, True, gemm, q0, q1, g0, g1, part, parts)   # W_h h_{t-1}
+            wait_for_partner(sync, part, meets)
             rnn_forward_step(h[t][r0:r1], rec[r0:r1], bias, prev[r0:r1], valid[t][r0:r1], kind)   # (R1), (R2), (M1)
-            wait_for_partner(sync, part, parts)
+            wait_for_partner(sync, part, meets)
 
     @_loop_jit
     def rnn_backward(W_h, dh, has_dh, dh_next, h, valid, masked, kind, reset_at, resets,
@@ -258,18 +282,18 @@ if AVAILABLE:
         """dh_next: ∂L/∂h_T in, ∂L/∂h_0 out; delta (T, B, H) out: δa_t."""
         T, B, H = h.shape
         r0, r1 = _share(B, part, parts, 1)
-        g0, g1 = _share(H, part, parts, 16)
+        q0, q1, g0, g1, meets = _gemm_block(B, H, part, parts, gemm)
         for t in range(T - 1, -1, -1):
             above = dh[t] if has_dh else no_dh
             rnn_backward_step(above[r0:r1], dh_next[r0:r1], h[t][r0:r1], valid[t][r0:r1], kind,
                               delta[t][r0:r1], skip[r0:r1])                  # (R3), (R4), (M2)
-            wait_for_partner(sync, part, parts)
-            _times_w_part(delta[t], W_h, dh_next, False, gemm, g0, g1, parts)   # (R3) W_hᵀ δa_t
+            wait_for_partner(sync, part, meets)
+            _times_w_block(delta[t], W_h, dh_next, False, gemm, q0, q1, g0, g1, part, parts)   # (R3) W_hᵀ δa_t
             if masked:
-                dh_next[:, g0:g1] += skip[:, g0:g1]                          # (M3)
+                dh_next[q0:q1, g0:g1] += skip[q0:q1, g0:g1]                  # (M3)
             if reset_at[t]:
-                _zero_rows(dh_next[:, g0:g1], resets[t])                     # (M5)
-            wait_for_partner(sync, part, parts)
+                _zero_rows(dh_next[q0:q1, g0:g1], resets[t][q0:q1])          # (M5)
+            wait_for_partner(sync, part, meets)
 
     # ---- LSTM -------------------------------------------------------------------------------
 
@@ -279,19 +303,19 @@ if AVAILABLE:
         """gates (T, B, 4H): W_x x_t in, activated gates out; h, c (T, B, H) out."""
         T, B, H = h.shape
         r0, r1 = _share(B, part, parts, 1)
-        g0, g1 = _share(4 * H, part, parts, 16)
+        q0, q1, g0, g1, meets = _gemm_block(B, 4 * H, part, parts, gemm)
         for t in range(T):
             h_prev = h0 if t == 0 else h[t - 1]
             c_prev = c0 if t == 0 else c[t - 1]
             if reset_at[t]:
                 h_prev = _state_in(h_prev, resets[t], h_scratch, r0, r1)     # (M4)
                 c_prev = _state_in(c_prev, resets[t], c_scratch, r0, r1)
-                wait_for_partner(sync, part, parts)
-            _times_w_part(h_prev, W_h, rec, True, gemm, g0, g1, parts)   # W_h h_{t-1}
-            wait_for_partner(sync, part, parts)
+                wait_for_partner(sync, part, meets)
+            _times_w_block(h_prev, W_h, rec, True, gemm, q0, q1, g0, g1, part, parts)   # W_h h_{t-1}
+            wait_for_partner(sync, part, meets)
             lstm_forward_step(gates[t][r0:r1], rec[r0:r1], bias, h_prev[r0:r1], c_prev[r0:r1],
                               h[t][r0:r1], c[t][r0:r1], valid[t][r0:r1])     # (L1)-(L4), (M1)
-            wait_for_partner(sync, part, parts)
+            wait_for_partner(sync, part, meets)
 
     @_loop_jit
     def lstm_backward(W_h, dh, has_dh, dh_next, dc_next, gates, c, c0, c_in, has_c_in, valid,
@@ -300,7 +324,7 @@ if AVAILABLE:
         c_in (T, B, H): the cell state each step read, when resets make it differ from c_{t-1}."""
         T, B, H = c.shape
         r0, r1 = _share(B, part, parts, 1)
-        g0, g1 = _share(H, part, parts, 16)
+        q0, q1, g0, g1, meets = _gemm_block(B, H, part, parts, gemm)
         for t in range(T - 1, -1, -1):
             above = dh[t] if has_dh else no_dh
             if has_c_in:
@@ -311,13 +335,13 @@ if AVAILABLE:
                                c_prev[r0:r1], valid[t][r0:r1], dz[t][r0:r1], skip[r0:r1])    # (L5)-(L9)
             if reset_at[t]:
                 _zero_rows(dc_next[r0:r1], resets[t][r0:r1])                 # (M5)
-            wait_for_partner(sync, part, parts)
-            _times_w_part(dz[t], W_h, dh_next, False, gemm, g0, g1, parts)   # (L5) W_hᵀ δz_t
+            wait_for_partner(sync, part, meets)
+            _times_w_block(dz[t], W_h, dh_next, False, gemm, q0, q1, g0, g1, part, parts)   # (L5) W_hᵀ δz_t
             if masked:
-                dh_next[:, g0:g1] += skip[:, g0:g1]                          # (M3)
+                dh_next[q0:q1, g0:g1] += skip[q0:q1, g0:g1]                  # (M3)
             if reset_at[t]:
-                _zero_rows(dh_next[:, g0:g1], resets[t])                     # (M5)
-            wait_for_partner(sync, part, parts)
+                _zero_rows(dh_next[q0:q1, g0:g1], resets[t][q0:q1])          # (M5)
+            wait_for_partner(sync, part, meets)
 
     # ---- GRU --------------------------------------------------------------------------------
 
@@ -327,17 +351,17 @@ if AVAILABLE:
         """gates (T, B, 3H): W_x x_t in, activated r, z, n out; q, h (T, B, H) out."""
         T, B, H = h.shape
         r0, r1 = _share(B, part, parts, 1)
-        g0, g1 = _share(3 * H, part, parts, 16)
+        q0, q1, g0, g1, meets = _gemm_block(B, 3 * H, part, parts, gemm)
         for t in range(T):
             prev = h0 if t == 0 else h[t - 1]
             if reset_at[t]:
                 prev = _state_in(prev, resets[t], scratch, r0, r1)           # (M4)
-                wait_for_partner(sync, part, parts)
-            _times_w_part(prev, W_h, rec, True, gemm, g0, g1, parts)   # W_h h_{t-1}
-            wait_for_partner(sync, part, parts)
+                wait_for_partner(sync, part, meets)
+            _times_w_block(prev, W_h, rec, True, gemm, q0, q1, g0, g1, part, parts)   # W_h h_{t-1}
+            wait_for_partner(sync, part, meets)
             gru_forward_step(gates[t][r0:r1], rec[r0:r1], bias, b_hn, prev[r0:r1], q[t][r0:r1],
                              h[t][r0:r1], valid[t][r0:r1])                   # (G1)-(G5), (M1)
-            wait_for_partner(sync, part, parts)
+            wait_for_partner(sync, part, meets)
 
     @_loop_jit
     def gru_backward(W_h, dh, has_dh, dh_next, gates, q, h, h0, h_in, has_h_in, valid,
@@ -345,7 +369,7 @@ if AVAILABLE:
         """dh_next: ∂L/∂h_T in, ∂L/∂h_0 out; d_rec (T, B, 3H), d_n (T, B, H) out."""
         T, B, H = h.shape
         r0, r1 = _share(B, part, parts, 1)
-        g0, g1 = _share(H, part, parts, 16)
+        q0, q1, g0, g1, meets = _gemm_block(B, H, part, parts, gemm)
         for t in range(T - 1, -1, -1):
             above = dh[t] if has_dh else no_dh
             if has_h_in:
@@ -354,9 +378,9 @@ if AVAILABLE:
                 h_prev = h0 if t == 0 else h[t - 1]
             gru_backward_step(above[r0:r1], dh_next[r0:r1], gates[t][r0:r1], q[t][r0:r1], h_prev[r0:r1],
                               valid[t][r0:r1], d_rec[t][r0:r1], d_n[t][r0:r1], direct[r0:r1])
-            wait_for_partner(sync, part, parts)
-            _times_w_part(d_rec[t], W_h, dh_next, False, gemm, g0, g1, parts)   # (G6) W_hᵀ [δz_z, δz_r, δq]
-            dh_next[:, g0:g1] += direct[:, g0:g1]                            # (G6) + z ⊙ dh_t
+            wait_for_partner(sync, part, meets)
+            _times_w_block(d_rec[t], W_h, dh_next, False, gemm, q0, q1, g0, g1, part, parts)   # (G6) W_hᵀ [δz_z, δz_r, δq]
+            dh_next[q0:q1, g0:g1] += direct[q0:q1, g0:g1]                    # (G6) + z ⊙ dh_t
             if reset_at[t]:
-                _zero_rows(dh_next[:, g0:g1], resets[t])                     # (M5)
-            wait_for_partner(sync, part, parts)
+                _zero_rows(dh_next[q0:q1, g0:g1], resets[t][q0:q1])          # (M5)
+            wait_for_partner(sync, part, meets)
