@@ -47,7 +47,7 @@ def main():
     _, _, tape = lstm.forward(params, x, state0)
     W_h, b_h = params["W_h"], params["b_h"]
     valid, reset_at, resets = cpu_loops.step_flags(None, None, T, B)
-    split = loop_threads.parts_for(B, 4 * H, H) == 2
+    split = loop_threads.parts_for(B, 4 * H, H, T, meets=cpu_loops.STEP_GEMM != "packed") == 2
     gates = tape.gates.copy()
     h, c = np.empty((T, B, H), f32), np.empty((T, B, H), f32)
     rec, scratch = np.empty((B, 4 * H), f32), np.empty((B, H), f32)
@@ -57,12 +57,12 @@ def main():
 
     def forward_loop():                   # as lstm.forward runs it: one thread or two (loop_threads.py)
         cpu_loops.run(cpu_loops.lstm_forward, (gates, W_h, b_h, *state0, h, c, valid, reset_at, resets, rec,
-                                               scratch, scratch.copy()), W_h, B, forward=True)
+                                               scratch, scratch.copy()), W_h, B, T, forward=True)
 
     def backward_loop():
         cpu_loops.run(cpu_loops.lstm_backward, (W_h, dh, True, dh_next, dc_next, tape.gates, tape.c, state0[1],
                                                 tape.c, False, valid, False, reset_at, resets, dz, scratch, scratch),
-                      W_h, B, forward=False)
+                      W_h, B, T, forward=False)
 
     def weight_gemm():                    # as lstm.backward does it: [x_t | h_{t-1}] rows, one GEMM
         inputs[:, :D] = x.reshape(T * B, D)

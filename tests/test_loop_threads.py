@@ -18,6 +18,7 @@ needs_two = pytest.mark.skipif(not (cpu_loops.AVAILABLE and spin.AVAILABLE),
 def counted_pairs(monkeypatch):
     """Every step worth splitting, and a count of the loops that ran on two threads."""
     monkeypatch.setattr(loop_threads, "MIN_STEP_FLOPS", 0.0)
+    monkeypatch.setattr(loop_threads, "MIN_LOOP_FLOPS", 0.0)
     calls = []
     run_pair = loop_threads.run_pair
 
@@ -129,6 +130,12 @@ def test_when_two_threads_are_used(monkeypatch):
         assert loop_threads.parts_for(32, 512, 128) == 2
         assert loop_threads.parts_for(1, 512, 128) == 1           # one row cannot be halved
         assert loop_threads.parts_for(4, 16, 4) == 1              # a step too small to share
+        # Threads that never meet (the packed GEMM): the whole loop's work decides.
+        assert loop_threads.parts_for(32, 128, 128, T=100, meets=False) == 2    # 105 MFLOP
+        assert loop_threads.parts_for(4, 16, 4, T=100, meets=False) == 1        # 0.05 MFLOP
+        assert loop_threads.parts_for(16, 64, 64, T=100, meets=False) == 1      # 13 MFLOP
+        assert loop_threads.parts_for(16, 256, 256, T=1, meets=False) == 1      # 2.1 MFLOP
+        assert loop_threads.parts_for(1, 512, 512, T=1000, meets=False) == 1    # one row
         with loop_threads.use(1):
             assert loop_threads.parts_for(32, 512, 128) == 1
     with loop_threads.use(1):

@@ -182,7 +182,7 @@ def test_mpi_ranks_run_their_loops_on_one_thread(tmp_path, monkeypatch):
     compiled loops for one thread; one rank alone leaves the choice as it was."""
     from bptt.backends import loop_threads
     seen = []
-    monkeypatch.setattr(loop_threads, "parts_for", lambda B, GH, H: seen.append(loop_threads.wanted()) or 1)
+    monkeypatch.setattr(loop_threads, "parts_for", lambda *shape, **how: seen.append(loop_threads.wanted()) or 1)
     t = Trainer(small(tmp_path, "ranks", task="adding", cell="lstm", hidden=8, seq_len=5, batch=4, steps=1,
                       threads=1))
     with loop_threads.use(2):

@@ -85,13 +85,12 @@ def gemm_args(W_h, B, forward, parts=1):
     return int(flip), outT, unused, unused
 
 
-def run(loop, args, W_h, B, forward):
-    """loop(*args, gemm, part, parts, sync): on one thread, or, where
+def run(loop, args, W_h, B, T, forward):
+    """loop(*args, gemm, part, parts, sync) for T steps: on one thread, or, where
     loop_threads.parts_for says two and the worker is free, on two threads each running
-    half of every step (its own block of the GEMM's output columns), with gemm_args'
-    recurrent GEMM for that way of running."""
+    half of every step, with gemm_args' recurrent GEMM for that way of running."""
     GH, H = W_h.shape
-    if loop_threads.parts_for(B, GH, H) == 2 and \
+    if loop_threads.parts_for(B, GH, H, T, meets=STEP_GEMM != "packed") == 2 and \
             loop_threads.run_pair(loop, (*args, gemm_args(W_h, B, forward, parts=2))):
         return
     loop(*args, gemm_args(W_h, B, forward), 0, 1, loop_threads.NO_SYNC)

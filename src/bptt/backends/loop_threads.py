@@ -20,10 +20,14 @@ two-thread GEMMs took a core from the loop and tripled its time.
 
 When (``parts_for``): two threads are wanted (``use(2)``, or by default where the
 process has exactly 2 cores: the only machine it was measured on; ``BPTT_LOOP_THREADS``
-sets the default), the batch has two rows or more, and a step's GEMM is at least
-``MIN_STEP_FLOPS`` (below it the two meetings a step cost about what they save: the
-RNN at 1.05 MFLOP a step measured 1.13x slower split, LSTM and GRU steps of 2.1-3.2
-MFLOP 0.85-0.94). Inside the batch halves of batch_split.py each half is already a
+sets the default), the batch has two rows or more, and the work is large enough. Where
+the threads never meet (the packed GEMM), the whole loop's GEMM must be at least
+``MIN_LOOP_FLOPS``, to pay for handing half of it to the worker (about 0.1 ms a call):
+whole forward+backward passes split against one thread measured 1.13-1.35x at 6.5-13
+MFLOP a loop, 0.96 at 26, 0.76-0.85 at 52-520. Where they meet twice a step (BLAS), a
+step's GEMM must be at least ``MIN_STEP_FLOPS`` (below it the two meetings a step cost
+about what they save: the RNN at 1.05 MFLOP a step measured 1.13x slower split, LSTM
+and GRU steps of 2.1-3.2 MFLOP 0.85-0.94). Inside the batch halves of batch_split.py each half is already a
 thread: they ask for one. One worker serves the process: a second thread whose loop
 finds it busy runs its loop whole rather than wait (``run_pair`` answers False).
 """
@@ -40,6 +44,7 @@ import numpy as np
 from . import cblas, spin
 
 MIN_STEP_FLOPS = 2.0e6
+MIN_LOOP_FLOPS = 3.0e7
 
 
 def available_cores() -> int:
@@ -81,12 +86,14 @@ def use(threads: int):
         _WANTED.reset(token)
 
 
-def parts_for(B: int, GH: int, H: int) -> int:
-    """Into how many parts (1 or 2) to cut each step of a loop with batch B and W_h (GH, H).
+def parts_for(B: int, GH: int, H: int, T: int = 1, meets: bool = True) -> int:
+    """Into how many parts (1 or 2) to cut each step of a loop of T steps with batch B and
+    W_h (GH, H); ``meets``: whether the two threads meet at every step (the BLAS split).
     Two only where OpenBLAS's idle workers can be made to sleep (cblas.quiet_idle_workers):
     a worker spinning after the layer's own two-thread GEMMs would take a core from the loop."""
-    if (wanted() == 2 and spin.AVAILABLE and B >= 2 and 2.0 * B * GH * H >= MIN_STEP_FLOPS
-            and cblas.quiet_idle_workers()):
+    step_flops = 2.0 * B * GH * H
+    big_enough = step_flops >= MIN_STEP_FLOPS if meets else T * step_flops >= MIN_LOOP_FLOPS
+    if wanted() == 2 and spin.AVAILABLE and B >= 2 and big_enough and cblas.quiet_idle_workers():
         return 2
     return 1
 

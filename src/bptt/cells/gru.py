@@ -69,7 +69,7 @@ def forward(params, x, state0, mask=None, resets=None):
         valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
         loop_args = (gates, W_h, C(params["b_h"]), C(b_hn), C(h_prev), q, h, valid, reset_at, resets_c,
                      xp.empty((B, 3 * H), h.dtype), xp.empty((B, H), h.dtype))
-        cpu_loops.run(cpu_loops.gru_forward, loop_args, W_h, B, forward=True)
+        cpu_loops.run(cpu_loops.gru_forward, loop_args, W_h, B, T, forward=True)
         return h, (h[-1] if T else h_prev,), Tape(x, state0[0], gates, q, h, mask, resets, fast)
     reset_at = steps_with_resets(resets, T)
     if fast:
@@ -166,7 +166,7 @@ def _recursion_fused(W_h, dh, dh_next, tape):
         loop_args = (W_h, no_dh[None] if dh is None else C(dh), dh is not None, dh_next, C(gates), C(q), C(h),
                      C(tape.h0), h if h_in is None else h_in, h_in is not None, valid, reset_at, resets, d_rec,
                      d_n, direct, no_dh)
-        cpu_loops.run(cpu_loops.gru_backward, loop_args, W_h, B, forward=False)
+        cpu_loops.run(cpu_loops.gru_backward, loop_args, W_h, B, T, forward=False)
         return d_rec, d_n
     kernels = kernels_for(xp)
     valid = xp.ones((T, B), dtype=bool) if mask is None else mask

@@ -68,7 +68,7 @@ def forward(params, x, state0, mask=None, resets=None):
         valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
         loop_args = (gates, W_h, C(params["b_h"]), C(h_prev), C(c_prev), h, c, valid, reset_at, resets_c,
                      xp.empty((B, 4 * H), h.dtype), xp.empty((B, H), h.dtype), xp.empty((B, H), h.dtype))
-        cpu_loops.run(cpu_loops.lstm_forward, loop_args, W_h, B, forward=True)
+        cpu_loops.run(cpu_loops.lstm_forward, loop_args, W_h, B, T, forward=True)
         final = (h[-1], c[-1]) if T else (h_prev, c_prev)
         return h, final, Tape(x, state0[0], state0[1], gates, c, h, mask, resets, fast)
     reset_at = steps_with_resets(resets, T)
@@ -160,7 +160,7 @@ def _recursion_fused(W_h, dh, dh_next, dc_next, tape):
         loop_args = (W_h, no_dh[None] if dh is None else C(dh), dh is not None, dh_next, dc_next, C(gates), C(c),
                      C(tape.c0), c if c_in is None else c_in, c_in is not None, valid, mask is not None,
                      reset_at, resets, dz, dh_skip, no_dh)
-        cpu_loops.run(cpu_loops.lstm_backward, loop_args, W_h, B, forward=False)
+        cpu_loops.run(cpu_loops.lstm_backward, loop_args, W_h, B, T, forward=False)
         return dz
     kernels = kernels_for(xp)
     valid = xp.ones((T, B), dtype=bool) if mask is None else mask

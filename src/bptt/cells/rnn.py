@@ -59,7 +59,7 @@ def forward(params, x, state0, mask=None, resets=None, nonlinearity="tanh"):
         valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
         loop_args = (h, W_h, C(b_h), C(h_prev), valid, fused.KINDS[nonlinearity], reset_at, resets_c,
                      np.empty((B, H), h.dtype), np.empty((B, H), h.dtype))
-        cpu_loops.run(cpu_loops.rnn_forward, loop_args, W_h, B, forward=True)
+        cpu_loops.run(cpu_loops.rnn_forward, loop_args, W_h, B, T, forward=True)
         return h, (h[-1] if T else h_prev,), Tape(x, state0[0], h, mask, resets, nonlinearity)
     W_hT = W_h.T
     reset_at = steps_with_resets(resets, T)
@@ -127,7 +127,7 @@ def _recursion_fused(W_h, dh, dh_next, tape):
         valid, reset_at, resets = cpu_loops.step_flags(mask, tape.resets, T, B)
         loop_args = (W_h, no_dh[None] if dh is None else C(dh), dh is not None, dh_next, C(h), valid,
                      mask is not None, kind, reset_at, resets, delta_a, dh_skip, no_dh)
-        cpu_loops.run(cpu_loops.rnn_backward, loop_args, W_h, B, forward=False)
+        cpu_loops.run(cpu_loops.rnn_backward, loop_args, W_h, B, T, forward=False)
         return delta_a, dh_next
     kernels = kernels_for(xp)
     valid = xp.ones((T, B), dtype=bool) if mask is None else mask
