@@ -48,7 +48,8 @@ def main():
     W_h, b_h = params["W_h"], params["b_h"]
     valid, reset_at, resets = cpu_loops.step_flags(None, None, T, B)
     split = loop_threads.parts_for(B, 4 * H, H, T, meets=cpu_loops.STEP_GEMM != "packed") == 2
-    gates = tape.gates.copy()
+    gates, W_x_packed = cpu_loops.inputs_for_loop(params, x)    # empty, and the loop projects x_t, or projected
+    in_loop = W_x_packed.size > 0
     h, c = np.empty((T, B, H), f32), np.empty((T, B, H), f32)
     rec, scratch = np.empty((B, 4 * H), f32), np.empty((B, H), f32)
     dz = np.empty((T, B, 4 * H), f32)
@@ -56,7 +57,7 @@ def main():
     inputs = np.empty((T * B, D + H), f32)
 
     def forward_loop():                   # as lstm.forward runs it: one thread or two (loop_threads.py)
-        cpu_loops.run(cpu_loops.lstm_forward, (gates, W_h, b_h, *state0, h, c, valid, reset_at, resets, rec,
+        cpu_loops.run(cpu_loops.lstm_forward, (gates, x, W_x_packed, W_h, b_h, *state0, h, c, valid, reset_at, resets, rec,
                                                scratch, scratch.copy()), W_h, B, T, forward=True)
 
     def backward_loop():
@@ -72,7 +73,7 @@ def main():
 
     parts = {
         "forward": lambda: lstm.forward(params, x, state0),
-        "  input projection": lambda: lstm._TORCH_ORDER.project_inputs(params, x, False, bias=False),
+        "  input projection": lambda: cpu_loops.inputs_for_loop(params, x),
         "  compiled loop": forward_loop,
         "backward": lambda: lstm.backward(params, dh, None, tape, need_dx=False),
         "  compiled loop ": backward_loop,
@@ -82,7 +83,8 @@ def main():
     how = "two threads (loop_threads.py)" if split else "one thread"
     modes = {2: "packed", 1: "BLAS, flipped", 0: "BLAS"}
     gemm = f"forward {modes[cpu_loops.gemm_args(W_h, B, True)[0]]}, backward {modes[cpu_loops.gemm_args(W_h, B, False)[0]]}"
-    print(f"# LSTM (T, B, D, H) = {(T, B, D, H)}, float32; loops on {how}; step GEMM: {gemm}")
+    print(f"# LSTM (T, B, D, H) = {(T, B, D, H)}, float32; loops on {how}; step GEMM: {gemm}; input projection: "
+          + ("in the forward loop, step by step (the line below: W_x packed)" if in_loop else "one GEMM"))
     for name, fn in parts.items():
         ms = median_ms(fn)
         per_step = f"  ({1e3 * ms / T:.0f} µs a step)" if "loop" in name else ""

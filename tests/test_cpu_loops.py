@@ -72,12 +72,15 @@ def test_flipped_products_transpose_copy_is_exact(B, N):
 
 @needs_loops
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("B,step_gemm,mode", [(1, "packed", "auto"), (3, "packed", "auto"), (1, "blas", "auto"),
-                                              (3, "blas", "plain"), (3, "blas", "transposed")])
-def test_compiled_loop_equals_the_numpy_path_in_float64(cell, B, step_gemm, mode, monkeypatch):
-    """One stream and three, with padding and a reset, the packed GEMM and BLAS's (gemv for
-    one stream, both GEMM orientations): gradients, ∂L/∂x, ∂L/∂state0 and outputs to 1e-12
-    of the plain NumPy path."""
+@pytest.mark.parametrize("B,step_gemm,mode,in_loop", [
+    (1, "packed", "auto", True), (3, "packed", "auto", True), (3, "packed", "auto", False),
+    (1, "blas", "auto", True), (3, "blas", "plain", True), (3, "blas", "transposed", True)])
+def test_compiled_loop_equals_the_numpy_path_in_float64(cell, B, step_gemm, mode, in_loop, monkeypatch):
+    """One stream and three, with padding and a reset, the packed GEMM (the input
+    projection in the loop, and in one GEMM before it as for large weights) and BLAS's
+    (gemv for one stream, both GEMM orientations): gradients, ∂L/∂x, ∂L/∂state0 and outputs
+    to 1e-12 of the plain NumPy path."""
+    monkeypatch.setattr(cpu_loops, "IN_LOOP_PROJECTION_BYTES", 2 ** 21 if in_loop else 0)
     rng = np.random.default_rng(5)
     model = make_model(cell, layers=2, D=3, H=5, O=2, outputs="all", seed=2)
     T = 9

@@ -57,20 +57,23 @@ def forward(params, x, state0, mask=None, resets=None):
     fast = xp is not np or fused.use_for(x.dtype)
     halve = not fast               # the NumPy path gets σ from one tanh of z/2 (A3)
     blocks = _TORCH_ORDER if fast else _BLOCKS
-    gates, W_hT = blocks.project_inputs(params, x, halve, bias=not fast)   # (T, B, 4H) (L1), input part
     h_prev, c_prev = state0
-    c = empty(xp, (T, B, H), gates.dtype)
-    h = empty(xp, (T, B, H), gates.dtype)
     # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
-    if fast and cpu_loops.use_for(x, params["W_h"], params["b_h"], h_prev, c_prev):
+    if fast and cpu_loops.use_for(x, params["W_x"], params["W_h"], params["b_h"], h_prev, c_prev):
         C = cpu_loops.contiguous
         W_h = C(params["W_h"])
+        gates, W_x_packed = cpu_loops.inputs_for_loop(params, x)   # (L1) input part, or in the loop
+        c = empty(xp, (T, B, H), gates.dtype)
+        h = empty(xp, (T, B, H), gates.dtype)
         valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
-        loop_args = (gates, W_h, C(params["b_h"]), C(h_prev), C(c_prev), h, c, valid, reset_at, resets_c,
-                     xp.empty((B, 4 * H), h.dtype), xp.empty((B, H), h.dtype), xp.empty((B, H), h.dtype))
+        loop_args = (gates, C(x), W_x_packed, W_h, C(params["b_h"]), C(h_prev), C(c_prev), h, c, valid, reset_at,
+                     resets_c, xp.empty((B, 4 * H), h.dtype), xp.empty((B, H), h.dtype), xp.empty((B, H), h.dtype))
         cpu_loops.run(cpu_loops.lstm_forward, loop_args, W_h, B, T, forward=True)
         final = (h[-1], c[-1]) if T else (h_prev, c_prev)
         return h, final, Tape(x, state0[0], state0[1], gates, c, h, mask, resets, fast)
+    gates, W_hT = blocks.project_inputs(params, x, halve, bias=not fast)   # (T, B, 4H) (L1), input part
+    c = empty(xp, (T, B, H), gates.dtype)
+    h = empty(xp, (T, B, H), gates.dtype)
     reset_at = steps_with_resets(resets, T)
     if fast:
         kernels = kernels_for(xp)

@@ -47,20 +47,21 @@ def forward(params, x, state0, mask=None, resets=None, nonlinearity="tanh"):
     (h_prev,) = state0
     xp = array_module(x)                 # NumPy, or CuPy on a GPU (fused path only)
     fast = xp is not np or fused.use_for(x.dtype)
+    # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
+    if fast and cpu_loops.use_for(x, W_x, W_h, b_h, h_prev):
+        C = cpu_loops.contiguous
+        W_h = C(W_h)
+        h, W_x_packed = cpu_loops.inputs_for_loop(params, x)      # (R1) input part, or in the loop
+        valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
+        loop_args = (h, C(x), W_x_packed, W_h, C(b_h), C(h_prev), valid, fused.KINDS[nonlinearity], reset_at,
+                     resets_c, np.empty((B, H), h.dtype), np.empty((B, H), h.dtype))
+        cpu_loops.run(cpu_loops.rnn_forward, loop_args, W_h, B, T, forward=True)
+        return h, (h[-1] if T else h_prev,), Tape(x, state0[0], h, mask, resets, nonlinearity)
     # (R1) input part of every step in one GEMM; h holds a_t until f turns it into h_t.
     h = matmul(x.reshape(T * B, D), W_x.T)                         # (T·B, H)
     if not fast:
         h += b_h                                                   # (the fused kernel adds b_h itself)
     h = h.reshape(T, B, H)
-    # The whole loop compiled (backends/cpu_loops.py) when every array is of the fused dtype.
-    if fast and cpu_loops.use_for(x, W_h, b_h, h_prev):
-        C = cpu_loops.contiguous
-        W_h = C(W_h)
-        valid, reset_at, resets_c = cpu_loops.step_flags(mask, resets, T, B)
-        loop_args = (h, W_h, C(b_h), C(h_prev), valid, fused.KINDS[nonlinearity], reset_at, resets_c,
-                     np.empty((B, H), h.dtype), np.empty((B, H), h.dtype))
-        cpu_loops.run(cpu_loops.rnn_forward, loop_args, W_h, B, T, forward=True)
-        return h, (h[-1] if T else h_prev,), Tape(x, state0[0], h, mask, resets, nonlinearity)
     W_hT = W_h.T
     reset_at = steps_with_resets(resets, T)
     if fast:
