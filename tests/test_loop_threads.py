@@ -19,6 +19,7 @@ def counted_pairs(monkeypatch):
     """Every step worth splitting, and a count of the loops that ran on two threads."""
     monkeypatch.setattr(loop_threads, "MIN_STEP_FLOPS", 0.0)
     monkeypatch.setattr(loop_threads, "MIN_LOOP_FLOPS", 0.0)
+    monkeypatch.setattr(loop_threads, "MIN_ROWS_SPLIT", 2)
     calls = []
     run_pair = loop_threads.run_pair
 
@@ -136,6 +137,8 @@ def test_when_two_threads_are_used(monkeypatch):
         assert loop_threads.parts_for(16, 64, 64, T=100, meets=False) == 1      # 13 MFLOP
         assert loop_threads.parts_for(16, 256, 256, T=1, meets=False) == 1      # 2.1 MFLOP
         assert loop_threads.parts_for(1, 512, 512, T=1000, meets=False) == 1    # one row
+        assert loop_threads.parts_for(4, 512, 512, T=1000, meets=False) == 1    # 2 rows a thread: too few
+        assert loop_threads.parts_for(8, 512, 512, T=1000, meets=False) == 2
         with loop_threads.use(1):
             assert loop_threads.parts_for(32, 512, 128) == 1
     with loop_threads.use(1):

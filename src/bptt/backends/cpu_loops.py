@@ -34,6 +34,7 @@ AVAILABLE = fused.AVAILABLE and cblas.AVAILABLE
 ENABLED = AVAILABLE and os.environ.get("BPTT_LOOPS", "1") != "0"
 STEP_GEMM = os.environ.get("BPTT_STEP_GEMM", "packed")
 IN_LOOP_PROJECTION_BYTES = 2 ** 21
+MIN_ROWS_IN_LOOP = 8        # fewer rows: tiles of too few sums for the micro-kernel (packed_gemm.py)
 if STEP_GEMM not in ("packed", "blas"):
     raise ValueError(f"BPTT_STEP_GEMM: expected packed or blas (or unset), got {STEP_GEMM!r}")
 
@@ -92,14 +93,16 @@ def inputs_for_loop(params, x):
     weights are small (W_x and W_h together at most ``IN_LOOP_PROJECTION_BYTES``),
     ``projected`` (T, B, G·H) is left empty and each step of the loop writes x_t W_xᵀ into
     it with the micro-kernel (the thread's own rows, still in L1 for the step's kernel),
-    from the W_xᵀ packed here. Else it is the whole input projection in one BLAS GEMM,
+    from the W_xᵀ packed here (with 8 rows or more: fewer leave the micro-kernel too few
+    sums in flight; the LSTM at B = 1 took 0.76 of PyTorch's time so, 0.47 with one GEMM).
+    Else it is the whole input projection in one BLAS GEMM,
     made here, and the packed W_x is empty. Measured against the one GEMM (forward pass,
     medians of 40 alternating blocks): LSTM 0.85 at (100, 32, 64, 128) (384 KiB of
     weights), 0.88 at (1000, 16, 32, 128), 0.98 at (100, 64, 128, 256) (1.5 MiB), but 1.03
     at (200, 32, 128, 512) (5 MiB: both weights from L3 at every step)."""
     T, B, D = x.shape
     W_x, W_h = params["W_x"], params["W_h"]
-    if STEP_GEMM == "packed" and W_x.nbytes + W_h.nbytes <= IN_LOOP_PROJECTION_BYTES:
+    if STEP_GEMM == "packed" and B >= MIN_ROWS_IN_LOOP and W_x.nbytes + W_h.nbytes <= IN_LOOP_PROJECTION_BYTES:
         return workspace.empty((T, B, W_x.shape[0]), x.dtype), packed_gemm.pack(contiguous(W_x).T)
     projected = matmul(x.reshape(T * B, D), W_x.T).reshape(T, B, W_x.shape[0])
     return projected, np.empty((0, 0, 0), dtype=x.dtype)
@@ -155,15 +158,16 @@ if AVAILABLE:
     @_jit
     def _times_w(a, W, out, transposed, gemm):
         """out = a · W_hᵀ (transposed: the forward's W_h h_{t-1}) or a · W_h (the backward's
-        W_hᵀ δ); W is (G·H, H); gemm = (mode, outT, packed, tiles) from gemm_args. Mode 2:
-        the micro-kernel over W packed once (backends/packed_gemm.py). Else BLAS: one row
-        (B = 1) takes gemv, which is faster there; mode 1 computes outᵀ = op(W)ᵀ aᵀ into
+        W_hᵀ δ); W is (G·H, H); gemm = (mode, outT, packed, tiles) from gemm_args. One row
+        (B = 1) takes BLAS's gemv: the micro-kernel would keep only two sums in flight, too
+        few to hide the FMA's latency. Mode 2: the micro-kernel over W packed once
+        (backends/packed_gemm.py). Else BLAS; mode 1 computes outᵀ = op(W)ᵀ aᵀ into
         outT (a different blocking inside OpenBLAS, faster at some shapes) and copies it back."""
         mode, outT, packed, tiles = gemm
-        if mode == 2:
-            times_packed(a, packed, out, 0, out.shape[1], tiles[0])
-        elif a.shape[0] == 1:
+        if a.shape[0] == 1:
             gemv(not transposed, W, a[0], out[0])
+        elif mode == 2:
+            times_packed(a, packed, out, 0, out.shape[1], tiles[0])
         elif mode == 0:
             gemm_blas(False, transposed, a, W, out)
         else:
