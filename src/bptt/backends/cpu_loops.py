@@ -77,7 +77,7 @@ def gemm_args(W_h, B, forward, parts=1):
     GH, H = W_h.shape
     dtype = W_h.dtype
     outT = np.empty((GH if forward else H, B), dtype=dtype)
-    if STEP_GEMM == "packed":
+    if STEP_GEMM == "packed" and B > 1:          # (one row takes gemv: nothing to pack)
         packed = packed_gemm.pack(W_h.T if forward else W_h)
         return 2, outT, packed, np.empty((2, packed_gemm.MR, packed.shape[2]), dtype=dtype)
     unused = np.empty((1, 1, 1), dtype=dtype)
