@@ -4,11 +4,13 @@ A step of a layer is one recurrent GEMM and one fused kernel (backends/fused.py)
 from Python, each step also pays the interpreter: a NumPy call, a Numba dispatch with
 eight or nine arrays to unbox, a few slices: about 10 µs a step. At (T, B, D, H) =
 (100, 32, 64, 128) an LSTM step's real work is 60-80 µs, so that was a tenth of the pass.
-Here the whole loop over t is one Numba function: the GEMM is the micro-kernel of
-backends/packed_gemm.py over W_h packed once per pass (1.2-1.4x OpenBLAS's rate at these
-shapes), or, with BPTT_STEP_GEMM=blas, a call straight into NumPy's own BLAS
-(backends/cblas.py, same library, same threads); the kernels are the ones the Python loop
-calls. The tests hold both loops, with either GEMM, to the NumPy path to 1e-12 in float64.
+Here the whole loop over t is one Numba function. The GEMM is the micro-kernel of
+backends/packed_gemm.py over W_h packed once per pass (1.06-1.55x OpenBLAS's rate at the
+benchmark's batched shapes, benchmarks/step_gemm.py), or, with BPTT_STEP_GEMM=blas, a
+call straight into NumPy's own BLAS (backends/cblas.py, same library, same threads); the
+kernels are the ones the Python loop calls. Where the weights are small, the forward
+loops also project x_t by W_x step by step (``inputs_for_loop``). The tests hold both
+loops, with either GEMM, to the NumPy path to 1e-12 in float64.
 
     rnn_forward, lstm_forward, gru_forward           (R1)-(R2), (L1)-(L4), (G1)-(G5), (M1), (M4)
     rnn_backward, lstm_backward, gru_backward        (R3)-(R4), (L5)-(L9), (G6)-(G9), (M2)-(M5)
