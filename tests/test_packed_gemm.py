@@ -1,6 +1,10 @@
 """The packed recurrent GEMM (backends/packed_gemm.py): its panels, and its products against
 NumPy's in float64 for every row count of the micro-kernel, partly covered panels and the
 column blocks the two threads of a loop take."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -78,9 +82,7 @@ def test_rows_of_any_stride_and_two_column_blocks_make_the_whole_product():
 
 
 def test_a_bad_step_gemm_setting_is_an_error_naming_it():
-    import subprocess
-    import sys
     run = subprocess.run([sys.executable, "-c", "import bptt.backends.cpu_loops"], capture_output=True, text=True,
-                         env={**__import__("os").environ, "BPTT_STEP_GEMM": "fast"})
+                         env={**os.environ, "BPTT_STEP_GEMM": "fast"})
     assert run.returncode != 0
     assert "BPTT_STEP_GEMM: expected packed or blas (or unset), got 'fast'" in run.stderr

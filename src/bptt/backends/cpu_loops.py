@@ -36,7 +36,6 @@ AVAILABLE = fused.AVAILABLE and cblas.AVAILABLE
 ENABLED = AVAILABLE and os.environ.get("BPTT_LOOPS", "1") != "0"
 STEP_GEMM = os.environ.get("BPTT_STEP_GEMM", "packed")
 IN_LOOP_PROJECTION_BYTES = 2 ** 21
-MIN_ROWS_IN_LOOP = 8        # fewer rows: tiles of too few sums for the micro-kernel (packed_gemm.py)
 if STEP_GEMM not in ("packed", "blas"):
     raise ValueError(f"BPTT_STEP_GEMM: expected packed or blas (or unset), got {STEP_GEMM!r}")
 
@@ -69,7 +68,7 @@ def gemm_args(W_h, B, forward, parts=1):
     mode 2 (the default, ``STEP_GEMM = "packed"``): W_h packed once here in the
     micro-kernel's panels (backends/packed_gemm.py; W_hᵀ forward, W_h backward), each step
     only the micro-kernel; tiles (2, MR, NR) is each thread's scratch for a partly covered
-    panel. With BPTT_STEP_GEMM=blas, NumPy's OpenBLAS at every step: mode 1 when BLAS
+    panel; outT is unused (empty). With BPTT_STEP_GEMM=blas, NumPy's OpenBLAS at every step: mode 1 when BLAS
     computes the transposed product into outT and the loop copies it back, else 0. That
     choice is recurrent_gemm's (BPTT_GEMM, or measured once per shape, direction, dtype,
     parts and process): OpenBLAS blocks the two products differently, and which one is
@@ -78,10 +77,11 @@ def gemm_args(W_h, B, forward, parts=1):
     (BLAS held to one thread)."""
     GH, H = W_h.shape
     dtype = W_h.dtype
-    outT = np.empty((GH if forward else H, B), dtype=dtype)
     if STEP_GEMM == "packed" and B > 1:          # (one row takes gemv: nothing to pack)
         packed = packed_gemm.pack(W_h.T if forward else W_h)
-        return 2, outT, packed, np.empty((2, packed_gemm.MR, packed.shape[2]), dtype=dtype)
+        tiles = np.empty((2, packed_gemm.MR, packed.shape[2]), dtype=dtype)
+        return 2, np.empty((0, 0), dtype=dtype), packed, tiles
+    outT = np.empty((GH if forward else H, B), dtype=dtype)
     unused = np.empty((1, 1, 1), dtype=dtype)
     if B <= 1:                                   # gemv, or nothing to multiply
         return 0, outT, unused, unused
@@ -91,20 +91,21 @@ def gemm_args(W_h, B, forward, parts=1):
 
 
 def inputs_for_loop(params, x):
-    """(projected, W_x packed) for a forward loop: where the packed GEMM runs it and the
-    weights are small (W_x and W_h together at most ``IN_LOOP_PROJECTION_BYTES``),
-    ``projected`` (T, B, G·H) is left empty and each step of the loop writes x_t W_xᵀ into
-    it with the micro-kernel (the thread's own rows, still in L1 for the step's kernel),
-    from the W_xᵀ packed here (with 8 rows or more: fewer leave the micro-kernel too few
-    sums in flight; the LSTM at B = 1 took 0.76 of PyTorch's time so, 0.47 with one GEMM).
-    Else it is the whole input projection in one BLAS GEMM,
-    made here, and the packed W_x is empty. Measured against the one GEMM (forward pass,
-    medians of 40 alternating blocks): LSTM 0.85 at (100, 32, 64, 128) (384 KiB of
-    weights), 0.88 at (1000, 16, 32, 128), 0.98 at (100, 64, 128, 256) (1.5 MiB), but 1.03
-    at (200, 32, 128, 512) (5 MiB: both weights from L3 at every step)."""
+    """(projected, W_x packed) for a forward loop. Where the packed GEMM runs it, the
+    weights are small (W_x and W_h together at most ``IN_LOOP_PROJECTION_BYTES``) and each
+    of two threads would still have packed_gemm.MIN_ROWS rows, ``projected`` (T, B, G·H)
+    is left empty and each step of the loop writes x_t W_xᵀ into it with the micro-kernel
+    (the thread's own rows, still in L1 for the step's kernel), from the W_xᵀ packed here.
+    Else it is the whole input projection in one BLAS GEMM, made here, and the packed W_x
+    is empty. Measured against the one GEMM (forward pass, medians of 40 alternating
+    blocks): LSTM 0.85 at (100, 32, 64, 128) (384 KiB of weights), 0.88 at (1000, 16, 32,
+    128), 0.98 at (100, 64, 128, 256) (1.5 MiB), but 1.03 at (200, 32, 128, 512) (5 MiB:
+    both weights from L3 at every step); at B = 1 the LSTM took 0.76 of PyTorch's time
+    so, 0.47 with the one GEMM."""
     T, B, D = x.shape
     W_x, W_h = params["W_x"], params["W_h"]
-    if STEP_GEMM == "packed" and B >= MIN_ROWS_IN_LOOP and W_x.nbytes + W_h.nbytes <= IN_LOOP_PROJECTION_BYTES:
+    if (STEP_GEMM == "packed" and B >= 2 * packed_gemm.MIN_ROWS
+            and W_x.nbytes + W_h.nbytes <= IN_LOOP_PROJECTION_BYTES):
         return workspace.empty((T, B, W_x.shape[0]), x.dtype), packed_gemm.pack(contiguous(W_x).T)
     projected = matmul(x.reshape(T * B, D), W_x.T).reshape(T, B, W_x.shape[0])
     return projected, np.empty((0, 0, 0), dtype=x.dtype)
@@ -115,10 +116,14 @@ def run(loop, args, W_h, B, T, forward):
     loop_threads.parts_for says two and the worker is free, on two threads each running
     half of every step, with gemm_args' recurrent GEMM for that way of running."""
     GH, H = W_h.shape
-    if loop_threads.parts_for(B, GH, H, T, meets=STEP_GEMM != "packed") == 2 and \
-            loop_threads.run_pair(loop, (*args, gemm_args(W_h, B, forward, parts=2))):
-        return
-    loop(*args, gemm_args(W_h, B, forward), 0, 1, loop_threads.NO_SYNC)
+    gemm = None
+    if loop_threads.parts_for(B, GH, H, T, meets=STEP_GEMM != "packed") == 2:
+        gemm = gemm_args(W_h, B, forward, parts=2)
+        if loop_threads.run_pair(loop, (*args, gemm)):
+            return
+    if gemm is None or gemm[0] != 2:     # (W_h packed serves one thread as well as two)
+        gemm = gemm_args(W_h, B, forward)
+    loop(*args, gemm, 0, 1, loop_threads.NO_SYNC)
 
 
 def _measure_flip(B, H, GH, dtype, forward, parts=1):
@@ -413,7 +418,8 @@ if AVAILABLE:
             gru_backward_step(above[r0:r1], dh_next[r0:r1], gates[t][r0:r1], q[t][r0:r1], h_prev[r0:r1],
                               valid[t][r0:r1], d_rec[t][r0:r1], d_n[t][r0:r1], direct[r0:r1])
             wait_for_partner(sync, part, meets)
-            _times_w_block(d_rec[t], W_h, dh_next, False, gemm, q0, q1, g0, g1, part, parts)   # (G6) W_hᵀ [δz_z, δz_r, δq]
+            # (G6) W_hᵀ [δz_z, δz_r, δq]
+            _times_w_block(d_rec[t], W_h, dh_next, False, gemm, q0, q1, g0, g1, part, parts)
             dh_next[q0:q1, g0:g1] += direct[q0:q1, g0:g1]                    # (G6) + z ⊙ dh_t
             if reset_at[t]:
                 _zero_rows(dh_next[q0:q1, g0:g1], resets[t][q0:q1])          # (M5)

@@ -21,17 +21,18 @@ two-thread GEMMs took a core from the loop and tripled its time.
 When (``parts_for``): two threads are wanted (``use(2)``, or by default where the
 process has exactly 2 cores: the only machine it was measured on; ``BPTT_LOOP_THREADS``
 sets the default), and the work is large enough. Where the threads never meet (the
-packed GEMM), the batch must have ``MIN_ROWS_SPLIT`` rows (each thread's micro-kernel
-needs 4 rows or more to keep 8 sums in flight; with 2 it runs at half its rate, and two
-threads do no more than one) and the whole loop's GEMM must be at least
+packed GEMM), the batch must have ``MIN_ROWS_SPLIT`` rows, so that each thread's
+micro-kernel gets packed_gemm.MIN_ROWS (with 2 rows it runs at half its rate, and two
+threads do no more than one), and the whole loop's GEMM must be at least
 ``MIN_LOOP_FLOPS``, to pay for handing half of it to the worker (about 0.1 ms a call):
 whole forward+backward passes split against one thread measured 1.13-1.35x at 6.5-13
-MFLOP a loop, 0.96 at 26, 0.76-0.85 at 52-520. Where they meet twice a step (BLAS), a
-step's GEMM must be at least ``MIN_STEP_FLOPS`` and the batch two rows (below it the two meetings a step cost
-about what they save: the RNN at 1.05 MFLOP a step measured 1.13x slower split, LSTM
-and GRU steps of 2.1-3.2 MFLOP 0.85-0.94). Inside the batch halves of batch_split.py each half is already a
-thread: they ask for one. One worker serves the process: a second thread whose loop
-finds it busy runs its loop whole rather than wait (``run_pair`` answers False).
+MFLOP a loop, 0.96 at 26, 0.76-0.85 at 52-520. Where they meet twice a step (BLAS), the
+batch must have two rows and a step's GEMM be at least ``MIN_STEP_FLOPS`` (below it the
+two meetings a step cost about what they save: the RNN at 1.05 MFLOP a step measured
+1.13x slower split, LSTM and GRU steps of 2.1-3.2 MFLOP 0.85-0.94). Inside the batch
+halves of batch_split.py each half is already a thread: they ask for one. One worker
+serves the process: a second thread whose loop finds it busy runs its loop whole rather
+than wait (``run_pair`` answers False).
 """
 from __future__ import annotations
 
@@ -43,11 +44,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import cblas, spin
+from . import cblas, packed_gemm, spin
 
 MIN_STEP_FLOPS = 2.0e6
 MIN_LOOP_FLOPS = 3.0e7
-MIN_ROWS_SPLIT = 8
+MIN_ROWS_SPLIT = 2 * packed_gemm.MIN_ROWS
 
 
 def available_cores() -> int:
@@ -97,7 +98,7 @@ def parts_for(B: int, GH: int, H: int, T: int = 1, meets: bool = True) -> int:
     step_flops = 2.0 * B * GH * H
     if meets:
         big_enough = B >= 2 and step_flops >= MIN_STEP_FLOPS
-    else:               # each half of the batch at least MR-ish rows, or the micro-kernel idles
+    else:
         big_enough = B >= MIN_ROWS_SPLIT and T * step_flops >= MIN_LOOP_FLOPS
     if wanted() == 2 and spin.AVAILABLE and big_enough and cblas.quiet_idle_workers():
         return 2

@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 MR = 6                      # rows of the output a micro-kernel call computes
+MIN_ROWS = 4                # rows a product needs for full speed: with fewer, a tile keeps
+                            # under 8 sums in flight, too few to hide the FMA's latency
 VECTORS = 2                 # vectors of the output a row of the micro-kernel holds
 _WIDTH = {np.dtype(np.float32): 8, np.dtype(np.float64): 4}   # lanes of a 256-bit vector
 
