@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bptt.cli import main
+from bptt.cli_flow import BAD_VALUES
 from bptt.diagnostics.explain import _model, X, Y_STAR, explain
 
 EQUATIONS = {"rnn": ["R1", "R2", "R3", "R4", "R9", "H7", "C2"],
@@ -14,7 +15,10 @@ EQUATIONS = {"rnn": ["R1", "R2", "R3", "R4", "R9", "H7", "C2"],
 
 
 def run(capsys, argv):
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as stop:             # argparse's own refusals (a value that is not a number)
+        code = stop.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -68,3 +72,69 @@ def test_flow_before_and_after_training_then_on_the_saved_runs(tmp_path, capsys)
 def test_flow_and_explain_errors_are_one_line(argv, message, tmp_path, capsys):
     code, out, err = run(capsys, argv + (["--out", str(tmp_path / "x")] if argv[0] == "flow" else []))
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def _flow_parser():
+    from bptt.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices["flow"]
+
+
+def test_every_flow_option_has_help_and_bad_values():
+    options = {a.option_strings[0]: a for a in _flow_parser()._actions if a.option_strings and a.dest != "help"}
+    assert all(a.help and a.help.strip() for a in options.values()), [o for o, a in options.items() if not a.help]
+    takes_a_value = {o for o, a in options.items() if a.nargs != 0}
+    assert set(BAD_VALUES) == takes_a_value
+    assert all(BAD_VALUES.values())
+
+
+@pytest.mark.parametrize("option,value", [(o, v) for o, values in BAD_VALUES.items() for v in values])
+def test_a_bad_flow_option_is_one_line_before_anything_is_written(option, value, tmp_path, monkeypatch, capsys):
+    """exit 2, one line on stderr that names the option, the value and what was expected;
+    no --out folder, no default runs/flow-… folder, nothing trained."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)                  # the default --out would land in work/runs
+    out_dir = tmp_path / "out"
+    argv = ["flow", option, value, "--quiet"] + ([] if option == "--out" else ["--out", str(out_dir)])
+    code, out, err = run(capsys, argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and option in lines[0] and "Traceback" not in err, err
+    assert "expected" in lines[0] and value in lines[0], lines[0]
+    assert out == "" and not out_dir.exists() and list(work.iterdir()) == []
+
+
+def test_flow_refuses_an_out_that_holds_a_run_before_writing(tmp_path, capsys):
+    """flow trains into OUT/<cell>: a folder there with files in it is refused at the door,
+    and nothing in OUT changes (no flow.png, flow.json, or the other cell's folder)."""
+    out_dir = tmp_path / "f"
+    (out_dir / "lstm").mkdir(parents=True)
+    (out_dir / "lstm" / "metrics.jsonl").write_text("{}\n")
+    code, _, err = run(capsys, ["flow", "--seq-len", "8", "--hidden", "4", "--cell", "rnn,lstm", "--quiet",
+                                "--out", str(out_dir)])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err and "lstm" in err
+    assert sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")) == ["lstm", "lstm/metrics.jsonl"]
+
+
+def test_flow_run_that_cannot_be_read_is_one_line_naming_run(tmp_path, capsys):
+    run_dir = tmp_path / "broken"
+    run_dir.mkdir()
+    (run_dir / "ckpt-00000001.json").write_text("not json")
+    (run_dir / "ckpt-00000001.safetensors").write_bytes(b"\0")
+    out_dir = tmp_path / "out"
+    code, _, err = run(capsys, ["flow", "--run", str(run_dir), "--out", str(out_dir)])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("bptt: error: --run: ") and "RUN:" not in err
+    assert not out_dir.exists()
+
+
+def test_flow_reports_a_share_in_zero_one_and_the_signed_projection(tmp_path, capsys):
+    out_dir = tmp_path / "f"
+    code, out, _ = run(capsys, ["flow", "--task", "copy", "--seq-len", "24", "--hidden", "6", "--batch", "2",
+                                "--cell", "rnn,gru", "--out", str(out_dir)])
+    assert code == 0 and "τ≥10: Σ_{τ≥10}‖G_τ‖ / Σ_τ‖G_τ‖, a share in [0, 1]" in out and "is signed" in out
+    summary = json.loads((out_dir / "flow.json").read_text())
+    for s in summary.values():
+        assert 0 < s["long_lag_share"] < 1 and s["long_lag_signed_projection"] != s["long_lag_share"]
+        row = next(line for line in out.splitlines() if line.startswith(f"{s['cell']}, init"))
+        assert float(row.split()[-2]) == pytest.approx(s["long_lag_share"], abs=5e-4)    # the column is the share

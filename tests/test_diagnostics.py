@@ -1,5 +1,7 @@
 """The flow report against independent references: the layers' own backward, finite
 differences of the forward pass, the PMB bound (V4) and the weight gradient itself."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -142,6 +144,56 @@ def test_lag_profile_sums_to_the_weight_gradient(cell):
     assert r.lag_by_layer[1].sum() == pytest.approx(np.linalg.norm(g["layer1.W_h"]), rel=1e-12)
     assert np.allclose(r.lag_profile, [np.vdot(Gt, G) / np.linalg.norm(G) for Gt in r.lag_grads])
     assert r.lag_grads[0].any() and r.lag_grads[T - 1].any()   # lag 0 and the longest lag both contribute
+
+
+@pytest.mark.parametrize("cell,outputs", [("rnn", "all"), ("lstm", "all"), ("gru", "all"), ("lstm", "last")])
+@pytest.mark.parametrize("block_rows,small_memory", [(None, False), (7, False), (None, True)])
+def test_lag_norms_are_the_norms_of_the_lag_gradients_and_their_share_is_a_fraction(
+        cell, outputs, block_rows, small_memory, monkeypatch):
+    """lag_norm[τ] = ‖G_τ‖ of the G_τ themselves (one pass, blocks of 2 steps, or windows of
+    lags in further passes), lag_share() rises from ‖G_0‖/Σ to exactly 1, long_lag_share is
+    Σ_{τ≥10}‖G_τ‖ / Σ_τ‖G_τ‖; the signed profile still sums to ‖G‖."""
+    module = sys.modules["bptt.diagnostics.flow"]
+    m = make_model(cell, layers=2, D=3, H=4, O=2, outputs=outputs)
+    T, B = 23, 3
+    x, y, s0 = _data(m, T, B, seed=8)
+    mask = ragged_mask(T, [23, 17, 20])
+    ref = flow(m, x, y, s0, mask, lag_grads=True)
+    G = m.gradients(x, y, s0, mask).params["layer0.W_h"]
+    norms = np.linalg.norm(ref.lag_grads.reshape(T, -1), axis=1)
+    if block_rows is not None:
+        monkeypatch.setattr(module, "LAG_BLOCK_ROWS", block_rows)          # 2 steps a block, the last one short
+    if small_memory:
+        per_lag = 8 * G.shape[0] * (G.shape[1] + (module.LAG_BLOCK_ROWS // B) * B)
+        monkeypatch.setattr(module, "LAG_MEMORY", 4 * per_lag)             # 4 lags a pass: 6 passes
+    r = flow(m, x, y, s0, mask, lag_grads=block_rows is not None)
+    if r.lag_grads is not None:
+        assert np.abs(r.lag_grads.sum(axis=0) - G).max() <= 1e-12 * np.abs(G).max()      # (D3)
+    assert np.allclose(r.lag_norm, norms, rtol=1e-12, atol=1e-15 * norms.max())
+    assert np.all(norms > 0)                                     # every lag, the longest included, contributes
+    assert r.lag_profile.sum() == pytest.approx(np.linalg.norm(G), rel=1e-12)
+    share = r.lag_share()
+    assert np.all(np.diff(share) >= 0) and np.all((share >= 0) & (share <= 1))
+    assert abs(share[-1] - 1) <= 1e-12 and share[0] == pytest.approx(norms[0] / norms.sum(), rel=1e-12)
+    s = r.summary()
+    assert s["long_lag_share"] == pytest.approx(norms[10:].sum() / norms.sum(), rel=1e-12)
+    assert 0 < s["long_lag_share"] < 1
+    assert s["long_lag_signed_projection"] == pytest.approx(np.vdot(ref.lag_grads[10:].sum(axis=0), G) / np.vdot(G, G),
+                                                            rel=1e-9, abs=1e-15)
+
+
+def test_the_signed_profile_can_leave_zero_one_where_the_magnitude_share_cannot():
+    """The report's case: lags pulling against the total make the signed long-lag share
+    negative; the magnitude share stays a fraction."""
+    m = bptt.Model("rnn", 3, 5, 2, num_layers=2, dtype="float64", seed=1)
+    rng = np.random.default_rng(0)
+    T, B = 23, 3
+    r = flow(m, rng.standard_normal((T, B, 3)), rng.standard_normal((T, B, 2)), lag_grads=True)
+    s = r.summary()
+    assert s["long_lag_signed_projection"] < 0 < s["long_lag_share"] < 1
+    signed = np.cumsum(r.lag_profile) / r.lag_profile.sum()
+    assert signed.max() > 1                                      # the old panel (c) passed 1
+    assert r.lag_share().max() == 1.0
 
 
 def test_outputs_last_has_one_loss_row_and_float32_models_are_measured_in_float64():

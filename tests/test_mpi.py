@@ -102,7 +102,7 @@ def test_a_dead_rank_ends_the_job_and_the_last_checkpoint_stays_whole(tmp_path):
         if job.poll() is None:
             job.kill()
     from bptt.train import runs
-    meta, arrays = runs.load_checkpoint(out)                          # the last checkpoint loads, whole
+    meta, arrays, _ = runs.load_checkpoint(out)                       # the last checkpoint loads, whole
     assert meta["step"] >= 50 and all(np.isfinite(v).all() for k, v in arrays.items() if k.startswith("param."))
 
 
@@ -128,3 +128,31 @@ def test_each_rank_takes_its_share_of_the_cores_for_blas():
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert [g[:2] for g in got] == [[0, 2], [1, 2]]
     assert all(blas and all(n == share for n in blas) for _, _, blas in got)
+
+
+def test_ctrl_c_to_mpiexec_stops_every_rank_at_one_update_and_resume_is_bit_for_bit(tmp_path):
+    """hydra passes SIGINT to the ranks; they agree on the update to stop after, rank 0
+    saves it and speaks, and two ranks resumed end where two uninterrupted ranks end."""
+    args = SYNTHETIC[:10] + ["300"] + SYNTHETIC[11:-5] + ["--checkpoint-every", "1000", "--eval-every", "1000",
+                                                         "--quiet"]
+    reference = run(2, args + ["--out", str(tmp_path / "ref")])
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "stopped"
+    job = subprocess.Popen([MPIEXEC, "-n", "2", *BPTT, *args, "--out", str(out)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and job.poll() is None and not (
+            (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
+        time.sleep(0.02)
+    job.send_signal(signal.SIGINT)
+    _, err = job.communicate(timeout=60)
+    ours = [line for line in err.splitlines() if line.startswith("bptt")]
+    saved = sorted(out.glob("ckpt-*.json"))
+    assert job.returncode == 130 and len(saved) == 1, err
+    step = int(saved[0].stem.split("-")[1])
+    assert 0 < step < 300
+    assert ours == [f"bptt: SIGINT: stopped after update {step}, saved as {saved[0]}; `bptt resume {out}` "
+                    f"continues from it"]
+    resumed = run(2, ["resume", str(out), "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same(params(out, 300), params(tmp_path / "ref", 300), tol=0)

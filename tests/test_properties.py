@@ -3,6 +3,7 @@ only outcomes allowed: the documented ValueError, naming the argument, exactly w
 input is invalid; or, when it is valid, a finite loss and gradients that match the loss
 (and, in float64, a central finite difference)."""
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -125,29 +126,103 @@ def test_schedules_give_full_bptt_or_a_named_error(data):
             assert np.allclose(g, full.params[name], rtol=1e-10, atol=1e-12), name
 
 
-OPTIONS = {"--hidden": ["0", "-3", "abc", "1.5"], "--layers": ["0", "x"], "--seq-len": ["0", "-1"],
-           "--batch": ["0", "two"], "--steps": ["0", "-5"], "--lr": ["0", "-1", "nan?", "fast"],
-           "--cell": ["elman", ""], "--task": ["nope"], "--optimizer": ["adamm"], "--dtype": ["float16"],
-           "--schedule": ["linear"], "--k1": ["0"], "--k2": ["1"], "--clip-norm": ["x", "-1", "0", "inf"],
-           "--clip-value": ["0", "-5"], "--warmup": ["-5"], "--forget-bias": ["nan", "inf"],
-           "--eval-every": ["0"], "--checkpoint-every": ["-1"], "--checkpointing": ["0"]}
+FLAG = ["=yes"]            # a flag given a value: argparse's "ignored explicit argument"
+NO_RUN = "/no/such/run"
+BAD = {
+    "train": {"--hidden": ["0", "-3", "abc", "1.5"], "--layers": ["0", "x"], "--seq-len": ["0", "-1"],
+              "--batch": ["0", "two"], "--steps": ["0", "-5"], "--lr": ["0", "-1", "nan?", "fast"],
+              "--cell": ["elman", ""], "--task": ["nope"], "--optimizer": ["adamm"], "--dtype": ["float16"],
+              "--schedule": ["linear"], "--k1": ["0"], "--k2": ["1"], "--clip-norm": ["x", "-1", "0", "inf"],
+              "--clip-value": ["0", "-5"], "--warmup": ["-5"], "--forget-bias": ["nan", "inf"],
+              "--eval-every": ["0"], "--checkpoint-every": ["-1"], "--checkpointing": ["0"],
+              "--text": ["/no/such/file.txt"], "--nonlinearity": ["softplus"], "--init": ["zeros"],
+              "--on-nonfinite": ["ignore"], "--seed": ["-1", "x"], "--threads": ["3", "0"], "--patience": ["0", "-2"],
+              "--out": [""], "--config": ["/no/such/file.toml"], "--fresh": FLAG, "--quiet": FLAG},
+    "resume": {"RUN": [NO_RUN], "--steps": ["0", "x"], "--patience": ["0", "-1"], "--best": FLAG, "--quiet": FLAG},
+    "sample": {"RUN": [NO_RUN], "--length": ["-5", "0", "x"], "--temperature": ["0", "-1", "nan", "inf"],
+               "--top-k": ["0", "-2"], "--prime": ["\u2603"], "--seed": ["-1", "x"], "--best": FLAG},
+    "eval": {"RUN": [NO_RUN], "--best": FLAG},
+    "explain": {"--cell": ["cnn", ""]},
+}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                HealthCheck.function_scoped_fixture])
-@given(option=st.sampled_from(sorted(OPTIONS)), data=st.data())
-def test_every_bad_option_of_bptt_train_is_one_named_line(option, data, tmp_path_factory, capsys):
+def _options_of_every_command():
+    """{command: {option or 'RUN': its argparse action}} from the `bptt` parser itself."""
+    import argparse
+    from bptt.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    found = {}
+    for name, parser in sub.choices.items():
+        found[name] = {}
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            long = [o for o in action.option_strings if o.startswith("--")]
+            found[name][long[0] if long else action.metavar or action.dest] = action
+    return found
+
+
+def _bad_values():
+    from bptt.cli_flow import BAD_VALUES
+    flags = {o: FLAG for o, a in _options_of_every_command()["flow"].items() if a.nargs == 0}
+    return BAD | {"flow": dict(BAD_VALUES) | flags}
+
+
+def test_every_option_of_every_command_has_help_and_bad_values():
+    bad = _bad_values()
+    for command, options in _options_of_every_command().items():
+        assert set(options) == set(bad[command]), (command, set(options) ^ set(bad[command]))
+        for option, action in options.items():
+            assert action.help and len(action.help) > 8, (command, option)
+
+
+@pytest.fixture(scope="session")
+def text_run(tmp_path_factory):
+    """A finished text run of 2 updates: what resume, sample and eval are given."""
     from bptt.cli import main
-    value = data.draw(st.sampled_from(OPTIONS[option]))
-    argv = ["train", "--task", "adding", "--seq-len", "8", "--steps", "1", "--quiet", option, value,
-            "--out", str(tmp_path_factory.mktemp("bad"))]
-    if option == "--k2":
+    root = tmp_path_factory.mktemp("text_run")
+    corpus = root / "c.txt"
+    corpus.write_text("abc def ghi. " * 40, encoding="utf-8")
+    run = root / "run"
+    assert main(["train", "--text", str(corpus), "--hidden", "4", "--seq-len", "8", "--batch", "2", "--steps", "2",
+                 "--quiet", "--out", str(run)]) == 0
+    return run
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_every_bad_option_of_every_command_is_one_named_line(data, text_run, tmp_path_factory, capsys):
+    from bptt.cli import main
+    from bptt.train import folder
+    bad = _bad_values()
+    command = data.draw(st.sampled_from(sorted(bad)))
+    option = data.draw(st.sampled_from(sorted(bad[command])))
+    value = data.draw(st.sampled_from(bad[command][option]))
+    out = tmp_path_factory.mktemp("bad") / "out"
+    base = {"train": ["train", "--task", "adding", "--seq-len", "8", "--steps", "1", "--quiet", "--out", str(out)],
+            "resume": ["resume", str(text_run), "--steps", "3", "--quiet"],
+            "sample": ["sample", str(text_run), "--length", "5"],
+            "eval": ["eval", str(text_run)],
+            "flow": ["flow", "--seq-len", "8", "--hidden", "4", "--cell", "rnn", "--quiet", "--out", str(out)],
+            "explain": ["explain"]}[command]
+    if option == "RUN":
+        argv = [base[0], value] + base[2:]
+    elif value == "=yes":
+        argv = base + [option + value]
+    else:
+        argv = base + [option, value]
+    if command == "train" and option == "--k2":
         argv += ["--k1", "4", "--task", "text", "--text", __file__]  # k2 < k1
+    before = folder.run_step(text_run), sorted(p.name for p in text_run.iterdir())
     try:
         code = main(argv)
     except SystemExit as exc:                            # argparse's own type errors
         code = exc.code
     err = capsys.readouterr().err.strip()
-    assert code == 2, (option, value)
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert option.lstrip("-").replace("-", "_") in err.replace("-", "_") or option in err, err
+    assert code == 2, (argv, err)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    name = option.lstrip("-").replace("-", "_")
+    assert name in err.replace("-", "_") or (option == "RUN" and "RUN:" in err), (argv, err)
+    assert not out.exists(), argv                         # a refusal makes no folder
+    assert (folder.run_step(text_run), sorted(p.name for p in text_run.iterdir())) == before

@@ -156,10 +156,10 @@ def test_a_run_saved_before_the_threads_option_resumes_with_one(tmp_path, monkey
     Trainer(c).train(progress=False)
     load = runs.load_checkpoint
 
-    def without_threads(run):
-        meta, arrays = load(run)
+    def without_threads(run, best=False):
+        meta, arrays, path = load(run, best)
         meta["config"].pop("threads")
-        return meta, arrays
+        return meta, arrays, path
 
     monkeypatch.setattr(runs, "load_checkpoint", without_threads)
     resumed = Trainer.resume(tmp_path / "old")
@@ -195,3 +195,10 @@ def test_mpi_ranks_run_their_loops_on_one_thread(tmp_path, monkeypatch):
             assert loop_threads.wanted() == 1
         t.evaluate()
         assert seen and set(seen) == {1}
+
+
+def test_the_first_update_says_that_it_compiles(tmp_path, capsys):
+    Trainer(small(tmp_path, "note", task="adding", hidden=4, seq_len=6, batch=4, steps=2)).train(progress=True)
+    err = capsys.readouterr().err
+    assert "adding/lstm: first update (compiles the kernels once, cached after)" in err
+    assert "adding/lstm: 100%" in err                  # the plain description once it has run

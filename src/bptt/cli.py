@@ -1,14 +1,21 @@
 """The `bptt` command: train, resume, sample, eval, flow, explain (also `python -m bptt`).
 
-Every error a user can cause (a bad option, a bad config file, a missing or non-UTF-8
-text file, a run folder without a checkpoint) is one line on stderr and exit status 2,
-never a traceback.
+Every error is one line on stderr, never a traceback, and leaves what is saved as it was:
+
+    exit 2     a mistake of the user's: a bad option, config file, text file or run folder
+    exit 1     the file system failed (read-only, full, a file where a folder should be);
+               the line names the path
+    exit 130   SIGINT (Ctrl-C), 143 SIGTERM: the update in flight is finished and saved,
+               the line names the checkpoint; a second signal stops at once
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -51,11 +58,37 @@ def _train_options(p):
     _option(p, "dtype", str, "float32 or float64")
     _option(p, "eval_every", int, "updates between validations")
     _option(p, "checkpoint_every", int, "updates between checkpoints")
+    _option(p, "patience", int, "stop after this many evaluations without a lower validation loss (unset: never)")
     _option(p, "threads", int, "2: two halves of each batch run at once on two threads, BLAS on one; "
                                "1: one pass, BLAS on its own threads; unset: 2 on a 2-core machine, else 1")
-    p.add_argument("--out", dest="out", default=None, metavar="RUN_DIR", help="run folder (default: runs/DATE-TIME)")
+    p.add_argument("--out", dest="out", default=None, metavar="RUN_DIR",
+                   help="run folder, new or empty (default: runs/DATE-TIME, a new name for every run)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over in a --out that holds an earlier run: its checkpoints, metrics, config and "
+                        "plot are deleted first (other files stay)")
     p.add_argument("--config", default=None, metavar="FILE.toml", help="options from a TOML file; flags win")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _checked(kind, test, expected):
+    """An argparse type: ``kind(text)``, refused with what was expected unless ``test`` holds."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not test(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE_INT = _checked(int, lambda v: v >= 1, "a positive integer")
+SEED = _checked(int, lambda v: v >= 0, "an integer >= 0")
+POSITIVE_FLOAT = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+RUN_HELP = "a run folder that `bptt train` wrote"
+BEST_HELP = "use the best model (best.json: the lowest validation loss) instead of the latest checkpoint"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,25 +106,36 @@ def build_parser():
     train = sub.add_parser("train", help="train a model (default: a character LSTM on Python's standard library)")
     _train_options(train)
     resume = sub.add_parser("resume", help="continue a run from its latest checkpoint")
-    resume.add_argument("run", metavar="RUN")
-    resume.add_argument("--steps", type=int, default=None, help="train until this many updates in all")
-    resume.add_argument("--quiet", action="store_true")
+    resume.add_argument("run", metavar="RUN", help=RUN_HELP)
+    resume.add_argument("--steps", type=POSITIVE_INT, default=None,
+                        help="train until this many updates in all (default: the run's own)")
+    resume.add_argument("--patience", type=POSITIVE_INT, default=None,
+                        help="stop after this many evaluations without a lower validation loss (default: the run's own)")
+    resume.add_argument("--best", action="store_true",
+                        help="continue from the best model; later checkpoints and metrics move to RUN/set-aside/")
+    resume.add_argument("--quiet", action="store_true", help="no progress bar")
     sample = sub.add_parser("sample", help="generate text from a text run")
-    sample.add_argument("run", metavar="RUN")
-    sample.add_argument("--length", type=int, default=400)
-    sample.add_argument("--temperature", type=float, default=0.8)
-    sample.add_argument("--top-k", type=int, default=None)
+    sample.add_argument("run", metavar="RUN", help=RUN_HELP + " on --task text")
+    sample.add_argument("--length", type=POSITIVE_INT, default=400, help="characters to draw (default: 400)")
+    sample.add_argument("--temperature", type=POSITIVE_FLOAT, default=0.8,
+                        help="divides the log-probabilities: below 1 sharper, above 1 more random (default: 0.8)")
+    sample.add_argument("--top-k", type=POSITIVE_INT, default=None,
+                        help="draw only among the k likeliest characters (default: all)")
     sample.add_argument("--prime", default=None, help="text to start from (default: a newline)")
-    sample.add_argument("--seed", type=int, default=None)
+    sample.add_argument("--seed", type=SEED, default=None, help="random seed of the draws (default: a fresh one)")
+    sample.add_argument("--best", action="store_true", help=BEST_HELP)
     evaluate = sub.add_parser("eval", help="validation figures of a run's latest checkpoint")
-    evaluate.add_argument("run", metavar="RUN")
+    evaluate.add_argument("run", metavar="RUN", help=RUN_HELP)
+    evaluate.add_argument("--best", action="store_true", help=BEST_HELP)
     cli_flow.add_parser(sub)
     explain = sub.add_parser("explain", help="print every step of BPTT on a tiny network, with equation numbers")
-    explain.add_argument("--cell", default="rnn", help="rnn, lstm or gru (default: rnn)")
+    explain.add_argument("--cell", default="rnn", choices=("rnn", "lstm", "gru"), help="rnn, lstm or gru (default: rnn)")
     return parser
 
 
 def _config_from(args) -> Config:
+    if args.out is not None and not args.out.strip():
+        raise ValueError("--out: expected a folder name, got ''")
     values = load_toml(args.config) if args.config else {}
     for f in dataclasses.fields(Config):
         v = getattr(args, f.name, None)
@@ -120,6 +164,12 @@ def _finish(trainer, final):
     if not trainer.world.root:                # under mpiexec, rank 0 speaks for the job
         return
     print(f"run folder: {trainer.run}  (metrics.jsonl, loss.png, checkpoints)")
+    if trainer.stopped_early:
+        print(f"stopped early at update {trainer.step}: no lower validation loss in {trainer.stale} evaluations "
+              f"(--patience {trainer.config.patience})")
+    if trainer.best is not None:
+        print(f"best model: {trainer.run / 'best.json'} (update {trainer.best['step']}, validation "
+              f"{trainer.best['val_loss']:.4f}); --best in sample, eval and resume takes it")
     if trainer.text:
         print("sample:")
         print(sample(trainer.model, trainer.task, 300, 0.8, rng=np.random.default_rng(trainer.config.seed)))
@@ -142,28 +192,44 @@ def _abort_other_ranks(code):
         sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(code)
 
 
+def _note(lines):
+    for line in lines:
+        print(f"bptt: {line}", file=sys.stderr)
+
+
+def _last_checkpoint(run) -> str:
+    from .train import runs
+    found = runs.checkpoints(run) if run is not None and Path(run).is_dir() else []
+    if not found:
+        return "no checkpoint was written, nothing to resume"
+    return f"the last complete checkpoint is {found[-1]} (`bptt resume {run}` continues from it)"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .distributed import CollectiveError
     from .train.clip import NonFiniteGradient
-    from .train.trainer import Trainer, sample
+    from .train.trainer import Interrupted, Trainer, sample
     trainer = None
     try:
         if args.command == "train":
-            trainer = Trainer(_config_from(args))
+            trainer = Trainer(_config_from(args), fresh=args.fresh)
             _finish(trainer, trainer.train(progress=not args.quiet))
         elif args.command == "resume":
-            overrides = {} if args.steps is None else {"steps": args.steps}
-            trainer = Trainer.resume(args.run, **overrides)
+            overrides = {k: getattr(args, k) for k in ("steps", "patience") if getattr(args, k) is not None}
+            trainer = Trainer.resume(args.run, best=args.best, **overrides)
+            trainer.check_can_continue(overrides)
+            if trainer.world.root:
+                _note(trainer.notes)
             _finish(trainer, trainer.train(progress=not args.quiet))
         elif args.command == "sample":
-            trainer = Trainer.resume(args.run)
+            trainer = Trainer.load(args.run, best=args.best)
             if not trainer.text:
-                raise ValueError(f"RUN: {args.run} is a {trainer.task.name} run; sampling needs a text run")
+                raise ValueError(f"RUN: {args.run} is a run of the {trainer.task.name} task; sampling needs a text run")
             print(sample(trainer.model, trainer.task, args.length, args.temperature, args.top_k, args.prime,
                          np.random.default_rng(args.seed)))
         elif args.command == "eval":
-            trainer = Trainer.resume(args.run)
+            trainer = Trainer.load(args.run, best=args.best)
             print(_figures(trainer, trainer.evaluate()))
         elif args.command == "flow":
             return cli_flow.run(args)
@@ -183,12 +249,28 @@ def main(argv=None) -> int:
         print(f"bptt: error{'' if rank is None else f' (MPI rank {rank})'}: {exc}{where}", file=sys.stderr)
         _abort_other_ranks(2)
         return 2
-    except BrokenPipeError:                 # output piped into `head` and closed: not an error
-        sys.stderr = None
-        return 0
-    except KeyboardInterrupt:
-        print("bptt: interrupted; `bptt resume RUN` continues from the last checkpoint", file=sys.stderr)
-        return 130
+    except OSError as exc:                  # the file system failed: name the path, keep what is saved
+        if isinstance(exc, BrokenPipeError):    # output piped into `head` and closed: not an error
+            sys.stderr = None
+            return 0
+        run = getattr(trainer, "run", None) or (args.run if args.command == "resume" else None)
+        path = exc.filename if exc.filename is not None else run
+        tail = f"; {_last_checkpoint(run)}" if run is not None and args.command in ("train", "resume") else ""
+        print(f"bptt: error: {path}: {exc.strerror or exc}{tail}", file=sys.stderr)
+        _abort_other_ranks(1)
+        return 1
+    except Interrupted as stop:
+        if stop.checkpoint is not None:
+            print(f"bptt: {stop.name}: stopped after update {stop.step}, saved as {stop.checkpoint}; "
+                  f"`bptt resume {trainer.run}` continues from it", file=sys.stderr)
+        elif trainer is not None and trainer.world.root:
+            print(f"bptt: second {stop.name}: stopped at once; {_last_checkpoint(trainer.run)}", file=sys.stderr)
+        return stop.code
+    except KeyboardInterrupt:               # before or after the training loop
+        run = getattr(trainer, "run", None)
+        print(f"bptt: interrupted; {_last_checkpoint(run)}" if args.command in ("train", "resume")
+              else "bptt: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0
 
 

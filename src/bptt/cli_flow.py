@@ -5,11 +5,16 @@ on a fixed batch of the task at initialisation, trains it for ``--train`` update
 OUT/<cell> (a run folder `bptt resume`/`bptt flow --run` can read) and measures again;
 or it measures saved runs (``--run``). It writes OUT/flow.png and OUT/flow.json and prints
 one table row per report. ``--explode`` adds the clipping study (OUT/clipping.png).
+
+Every option is checked by ``check`` before anything is written or trained: a bad value is
+a ValueError naming the option, what was expected and what came (one line, exit 2).
 """
 from __future__ import annotations
 
+import argparse
 import json
-import time
+import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,42 +22,174 @@ import numpy as np
 from .cells import CELLS
 from .diagnostics import flow
 from .diagnostics.plots import plot_clipping, plot_flow
+from .ops import ACTIVATIONS
+from .train import folder, runs
 from .train.config import Config
 from .train.explosion import clipping_study
+from .train.tasks import TASKS, make_task
 from .train.trainer import Trainer
+
+# Values every option that takes one must refuse at the door (tests/test_cli_flow.py runs
+# each: exit 2, one line naming the option, nothing written).
+BAD_VALUES = {
+    "--task": ["nope", "", "ADDING"],
+    "--seq-len": ["0", "-5", "1", "x", "2.5"],             # 1: the adding task (the default) needs 2
+    "--cell": ["foo", "rnn,foo", "", ",", "rnn,rnn"],
+    "--hidden": ["0", "-1", "x"],
+    "--nonlinearity": ["foo", "", "Tanh"],
+    "--batch": ["0", "-2", "x"],
+    "--train": ["-1", "x", "1.5"],
+    "--lr": ["-1", "0", "nan", "inf", "x"],
+    "--run": ["/nonexistent/bptt-flow-run", "/", ""],
+    "--gain": ["0", "-3", "nan", "inf", "x"],
+    "--seed": ["-3", "x", "1.5"],
+    "--out": ["", "/dev/null", "/dev/null/flow"],
+}
+
+
+def _number(kind, expected):
+    """An argparse type: ``kind(text)``, or one line saying what was expected."""
+    def parse(text):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def add_parser(sub):
+    integer, number = _number(int, "an integer"), _number(float, "a number")
     p = sub.add_parser("flow", help="see the gradient flow through time: per-step norms, credit, Jacobians, bound")
     p.add_argument("--task", default="adding", help="adding, copy, sine or text (default: adding)")
-    p.add_argument("--seq-len", type=int, default=200, help="sequence length (default: 200)")
-    p.add_argument("--cell", default="rnn,lstm", help="cells to compare, comma-separated (default: rnn,lstm)")
-    p.add_argument("--hidden", type=int, default=64, help="hidden units (default: 64)")
-    p.add_argument("--nonlinearity", default="tanh", help="f of the Elman RNN (default: tanh)")
-    p.add_argument("--batch", type=int, default=4, help="sequences in the measured batch (default: 4)")
-    p.add_argument("--train", type=int, default=0, metavar="UPDATES",
-                   help="also measure after this many updates of `bptt train` defaults (default: 0)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate for --train (default: train's)")
+    p.add_argument("--seq-len", type=integer, default=200,
+                   help="sequence length, >= 1 (>= 2 for adding; text: at most the validation split's "
+                        "characters per stream) (default: 200)")
+    p.add_argument("--cell", default="rnn,lstm", help="cells to compare, comma-separated, each once: "
+                                                      "rnn, lstm, gru (default: rnn,lstm)")
+    p.add_argument("--hidden", type=integer, default=64, help="hidden units, >= 1 (default: 64)")
+    p.add_argument("--nonlinearity", default="tanh",
+                   help=f"f of the Elman RNN: {', '.join(ACTIVATIONS)} (default: tanh)")
+    p.add_argument("--batch", type=integer, default=4, help="sequences in the measured batch, >= 1 (default: 4)")
+    p.add_argument("--train", type=integer, default=0, metavar="UPDATES",
+                   help="also measure after this many updates (>= 0) of `bptt train` defaults (default: 0)")
+    p.add_argument("--lr", type=number, default=None,
+                   help="learning rate for --train, a positive number (default: train's)")
     p.add_argument("--run", action="append", default=[], metavar="RUN",
-                   help="measure a saved run at its latest checkpoint instead (repeatable)")
+                   help="measure a saved run (a folder `bptt train` wrote) at its latest checkpoint "
+                        "instead (repeatable)")
     p.add_argument("--explode", action="store_true",
                    help="also train from an exploding initialisation with and without clipping")
-    p.add_argument("--gain", type=float, default=3.0, help="--explode: η = γ·σ_max(W_h) at init (default: 3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/flow-DATE-TIME)")
+    p.add_argument("--gain", type=number, default=3.0,
+                   help="--explode: η = γ·σ_max(W_h) at init, a positive number (default: 3)")
+    p.add_argument("--seed", type=integer, default=0,
+                   help="random seed of the models, the measured batch and training, >= 0 (default: 0)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder; flow trains each cell into DIR/<cell>, which must be new or empty "
+                        "(default: runs/flow-DATE-TIME)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
-def _batch(trainer, B, seed):
+def _writable_folder(out: Path):
+    """``out`` can be a folder we write in: it is one, or the nearest existing folder above it
+    can hold it. (Checked without creating anything.)"""
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"--out: expected a folder, got {os.fspath(out)} (a file)")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ValueError(f"--out: expected a folder we can write in, got {os.fspath(out)} (not writable)")
+        return
+    above = out.absolute().parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise ValueError(f"--out: expected a folder, got {os.fspath(out)} ({os.fspath(above)} is a file)")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise ValueError(f"--out: expected a folder we can create, got {os.fspath(out)} "
+                         f"({os.fspath(above)} is not writable)")
+
+
+def check(args) -> tuple:
+    """Every option of `bptt flow`, checked before anything is written or trained: a
+    ValueError that names the option, what was expected and what came. Returns the cells
+    and the output folder (not created yet)."""
+    if args.task not in TASKS:
+        raise ValueError(f"--task: expected one of {', '.join(TASKS)}, got {args.task!r}")
+    for name in ("seq_len", "hidden", "batch"):
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}")
+    explode_task = args.task if args.task != "text" else "adding"      # what --explode trains on
+    if args.seq_len < 2 and (args.task == "adding" or (args.explode and explode_task == "adding")):
+        raise ValueError(f"--seq-len: expected at least 2 for the adding task (one marked value in each "
+                         f"half of the sequence), got {args.seq_len}")
+    cells = [c.strip() for c in str(args.cell).split(",")]
+    if not any(cells):
+        raise ValueError(f"--cell: expected one or more of {', '.join(CELLS)}, comma-separated, got {args.cell!r}")
+    for c in cells:
+        if c not in CELLS:
+            raise ValueError(f"--cell: expected names from {', '.join(CELLS)}, got {c!r}"
+                             + (f" in {args.cell!r}" if len(cells) > 1 else ""))
+    if len(set(cells)) < len(cells):
+        raise ValueError(f"--cell: expected each cell once (each trains into OUT/<cell>), got {args.cell!r}")
+    if args.nonlinearity not in ACTIVATIONS:
+        raise ValueError(f"--nonlinearity: expected one of {', '.join(ACTIVATIONS)}, got {args.nonlinearity!r}")
+    if isinstance(args.train, bool) or not isinstance(args.train, int) or args.train < 0:
+        raise ValueError(f"--train: expected a number of updates >= 0, got {args.train!r}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr: expected a positive number, got {args.lr!r}")
+    if not (math.isfinite(args.gain) and args.gain > 0):
+        raise ValueError(f"--gain: expected a positive number, got {args.gain!r}")
+    if isinstance(args.seed, bool) or not isinstance(args.seed, int) or args.seed < 0:
+        raise ValueError(f"--seed: expected an integer >= 0, got {args.seed!r}")
+    for run_dir in args.run:
+        where = Path(run_dir)
+        if not str(run_dir).strip() or not where.is_dir():
+            raise ValueError(f"--run: expected a run folder, got {run_dir!r} "
+                             f"({'a file' if where.exists() and str(run_dir).strip() else 'no such folder'})")
+        if not runs.checkpoints(where):
+            raise ValueError(f"--run: expected a run folder with a checkpoint (ckpt-*.json and its "
+                             f".safetensors), got {run_dir!r} (none in it)")
+    if args.out is not None and not str(args.out).strip():
+        raise ValueError("--out: expected a folder name, got ''")
+    if args.out is None:                      # run() makes a new runs/flow-DATE-TIME[-n]
+        _writable_folder(Path("runs"))
+        out = None
+    else:
+        out = Path(args.out)
+        _writable_folder(out)
+    if not args.run and out is not None:
+        for cell in cells:
+            run_dir = out / cell
+            if run_dir.exists() and (not run_dir.is_dir() or any(p.name != ".lock" for p in run_dir.iterdir())):
+                raise ValueError(f"--out: expected a new or empty folder for the {cell} run (flow trains into "
+                                 f"OUT/<cell>), got {os.fspath(run_dir)}, which holds files")
+    if not args.run and args.task == "text":
+        task = make_task("text", args.seq_len)
+        _check_text_length(task, args.seq_len, args.batch, "--seq-len")
+    return cells, out
+
+
+def _check_text_length(task, T, B, option):
+    """B streams of the validation text must each give T steps (and the targets one more)."""
+    steps = task.streams(task.valid, B).shape[0] - 1
+    if steps >= T:
+        return
+    if option == "--batch":                   # a saved run: its sequence length is fixed
+        raise ValueError(f"--batch: expected at most {len(task.valid) // (T + 1)} streams, so that the "
+                         f"validation text gives each the run's {T} steps, got {B}")
+    raise ValueError(f"--seq-len: expected at most {steps}, the steps the validation text gives each of "
+                     f"--batch {B} streams, got {T}")
+
+
+def _batch(trainer, B, seed, option):
     """A fixed batch of the trainer's task: synthetic draws, or B streams of the text's validation split."""
     task, dtype = trainer.task, trainer.model.dtype
     if trainer.text:
         T = trainer.config.seq_len
+        _check_text_length(task, T, B, option)
         codes = task.streams(task.valid, B)
-        if codes.shape[0] < T + 1:
-            raise ValueError(f"--seq-len: the validation text gives {codes.shape[0] - 1} steps per stream, "
-                             f"expected at least {T}")
         return task.one_hot(codes[:T], dtype), codes[1:T + 1]
     return task.batch(np.random.default_rng(seed + 7), B, dtype)
 
@@ -63,34 +200,37 @@ def _row(label, s):
 
 
 HEADER = (f"{'':<24} {'loss':>9} {'σmax':>7} {'η':>6} {'rate':>7} {'‖g₁‖/‖g_T‖':>10} {'τ≥10':>7} {'sec':>6}\n"
-          "rate: per-step factor fitted to ‖∂s_t/∂s_k‖ ≈ rate^(t−k); τ≥10: share of ‖∂L/∂W_h‖ from lags ≥ 10")
+          "rate: per-step factor fitted to ‖∂s_t/∂s_k‖ ≈ rate^(t−k)\n"
+          "τ≥10: Σ_{τ≥10}‖G_τ‖ / Σ_τ‖G_τ‖, a share in [0, 1]; G_τ: the part of G = ∂L/∂W_h\n"
+          "      from dependencies τ steps long. (flow.json's long_lag_signed_projection,\n"
+          "      ⟨Σ_{τ≥10}G_τ, G⟩/‖G‖², is signed: below 0 where the long lags pull W_h against\n"
+          "      the total, above 1 where the short ones do)")
 
 
 def run(args) -> int:
-    cells = [c.strip() for c in args.cell.split(",") if c.strip()]
-    for c in cells:
-        if c not in CELLS:
-            raise ValueError(f"--cell: expected names from {', '.join(CELLS)}, got {c!r}")
-    for name in ("seq_len", "hidden", "batch"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
-    if args.train < 0:
-        raise ValueError(f"--train: expected a number of updates >= 0, got {args.train}")
-    out = Path(args.out or time.strftime("runs/flow-%Y%m%d-%H%M%S"))
-    out.mkdir(parents=True, exist_ok=True)
-    reports = {}
-    if args.run:
+    cells, out = check(args)
+    explode_task = args.task if args.task != "text" else "adding"
+    reports, measured = {}, []
+    if args.run:                              # every run is read before anything is written
         for run_dir in args.run:
-            trainer = Trainer.resume(run_dir)
-            x, y = _batch(trainer, args.batch, args.seed)
-            reports[f"{trainer.model.cell} @ {trainer.step} ({Path(run_dir).name})"] = flow(trainer.model, x, y)
-    else:
+            try:
+                trainer = Trainer.load(run_dir)
+            except ValueError as exc:
+                message = str(exc)
+                raise ValueError(f"--run: {message[5:] if message.startswith('RUN: ') else message}") from None
+            x, y = _batch(trainer, args.batch, args.seed, "--batch")
+            measured.append((f"{trainer.model.cell} @ {trainer.step} ({Path(run_dir).name})", trainer, x, y))
+    out = folder.default_name(prefix="flow-") if out is None else out
+    out.mkdir(parents=True, exist_ok=True)
+    for label, trainer, x, y in measured:
+        reports[label] = flow(trainer.model, x, y)
+    if not args.run:
         for cell in cells:
             config = Config(task=args.task, cell=cell, hidden=args.hidden, seq_len=args.seq_len,
                             nonlinearity=args.nonlinearity, steps=max(args.train, 1), seed=args.seed,
                             out=str(out / cell), **({} if args.lr is None else {"lr": args.lr}))
             trainer = Trainer(config.check())
-            x, y = _batch(trainer, args.batch, args.seed)
+            x, y = _batch(trainer, args.batch, args.seed, "--seq-len")
             name = f"rnn-{args.nonlinearity}" if cell == "rnn" else cell
             reports[f"{name}, init"] = flow(trainer.model, x, y)
             if args.train:
@@ -104,7 +244,7 @@ def run(args) -> int:
         print(_row(label, r.summary()))
     print(f"figure: {figure}")
     if args.explode:
-        study = clipping_study(cell=cells[0], task=args.task if args.task != "text" else "adding",
+        study = clipping_study(cell=cells[0], task=explode_task,
                                seq_len=min(args.seq_len, 50), gain=args.gain, seed=args.seed,
                                nonlinearity=args.nonlinearity)
         print(f"\nexploding start ({study.label}, η = {study.gain:g}, plain SGD, same batches):")

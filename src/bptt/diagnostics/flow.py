@@ -5,7 +5,8 @@ linearised steps (steps.py):
 
 - the *credit pass* runs the backward recursion with one channel per loss L_t, all
   channels at once (channel t is born at step t): ∂L_t/∂h_k for every k <= t and every
-  layer (D1), their sum ∂L/∂h_k (V1), and the split of ∂L/∂W_h by lag τ = t − k (D3);
+  layer (D1), their sum ∂L/∂h_k (V1), and the split of ∂L/∂W_h by lag τ = t − k (D3),
+  with the norm of each lag's part (D4);
 - the *Jacobian pass* runs it from the identity at chosen steps t of one sequence,
   giving the matrices ∂s_t/∂s_k of the first layer (D2), s = h, or (h, c) for the LSTM,
   whose singular values are taken where the report samples them.
@@ -18,9 +19,18 @@ All in float64 (a float32 model is copied). Indices are 0-based array indices: r
     credit_by_layer (L, T, T)
     jacobian_norm (T, T)   [t, k] = σ_max(∂s_t/∂s_k) of the first layer, NaN where not sampled
     jacobian_singular (T, T, r)   its top r singular values
-    lag_profile (T,)       [τ] = ⟨G_τ, G⟩ / ‖G‖ with G = ∂L/∂W_h (first layer), G = Σ_τ G_τ (D3):
-                           the share of ‖G‖ that dependencies τ steps long supply; sums to ‖G‖
-    lag_by_layer (L, T)
+    lag_norm (T,)          [τ] = ‖G_τ‖ (Frobenius, D4), G_τ the part of G = ∂L/∂W_h (first layer)
+                           that dependencies τ steps long supply, G = Σ_τ G_τ (D3): how much each
+                           lag moves W_h, whatever its direction. ``lag_share()`` is its cumulative
+                           share Σ_{τ'≤τ}‖G_τ'‖ / Σ_τ‖G_τ‖: in [0, 1], rising to 1
+    lag_profile (T,)       [τ] = ⟨G_τ, G⟩ / ‖G‖ (D3), signed: G_τ's projection on the total's
+                           direction; sums exactly to ‖G‖, but a lag whose G_τ pulls against the
+                           total gives a negative term, so partial sums can be < 0 or > ‖G‖
+    lag_by_layer (L, T)    lag_profile of every layer
+
+The credit pass builds the G_τ of the first layer (for ``lag_norm``) in blocks of
+steps, one GEMM per block; they take T·G·H² floats, or, beyond LAG_MEMORY bytes, the
+lags are split into windows and the credit pass runs once more for each further window.
 """
 from __future__ import annotations
 
@@ -38,6 +48,9 @@ AUTO_ALL_BELOW = 32         # up to this T, every pair (t, k) is measured
 AUTO_FLOPS = 6e10           # beyond it: as many target steps t as this many flops allow (2–16) ...
 AUTO_SHORT_LAGS = 8         # ... with every lag up to this ...
 AUTO_LONG_LAGS = 24         # ... and this many geometrically spaced longer lags
+LAG_MEMORY = 1 << 30        # bytes for the G_τ (and their staging buffer) in one credit pass
+LAG_BLOCK_ROWS = 128        # steps × batch rows gathered before one GEMM adds them to the G_τ ...
+LAG_GEMM_COLUMNS = 16384    # ... taken this many columns at a time
 
 
 @dataclasses.dataclass
@@ -54,7 +67,8 @@ class FlowReport:
     sigma_max: float
     gamma: float
     eta: float
-    lag_profile: np.ndarray
+    lag_norm: np.ndarray             # (T,) ‖G_τ‖ of the first layer
+    lag_profile: np.ndarray          # (T,) ⟨G_τ, G⟩ / ‖G‖, signed
     lag_by_layer: np.ndarray
     weight_grad_norm: float          # ‖∂L/∂W_h‖ of the first layer
     lag_grads: np.ndarray | None     # (T, G·H, H) the G_τ themselves, when asked for
@@ -76,8 +90,27 @@ class FlowReport:
         t, k = np.nonzero(np.isfinite(self.jacobian_norm) & (np.tri(self.T, k=-1, dtype=bool)))
         return t, k, self.jacobian_norm[t, k]
 
+    def lag_share(self) -> np.ndarray:
+        """(T,): [τ] = Σ_{τ'≤τ} ‖G_τ'‖ / Σ_τ' ‖G_τ'‖, the share of the lag parts' magnitudes
+        from lags up to τ: non-decreasing, in [0, 1], ending at 1 (all 0 when every G_τ = 0,
+        NaN when a gradient is not finite)."""
+        total = self.lag_norm.sum()
+        if not np.isfinite(total):
+            return np.full_like(self.lag_norm, np.nan)
+        if total == 0:
+            return np.zeros_like(self.lag_norm)
+        share = np.cumsum(self.lag_norm) / total
+        share[-1] = 1.0                       # the rounding of the cumulative sum, not a share
+        return np.minimum(share, 1.0)
+
     def summary(self, long_lag: int = 10) -> dict:
-        """The figures worth a table row."""
+        """The figures worth a table row.
+
+        ``long_lag_share`` = Σ_{τ≥long_lag} ‖G_τ‖ / Σ_τ ‖G_τ‖ is in [0, 1].
+        ``long_lag_signed_projection`` = Σ_{τ≥long_lag} profile[τ] / ‖G‖
+        = ⟨Σ_{τ≥long_lag} G_τ, G⟩ / ‖G‖² is signed: below 0 when the long lags pull W_h against the total, above 1 when the
+        short ones do.
+        """
         g = self.grad_norm[:, 0]
         t, k, norms = self.measured_pairs()
         lags = t - k
@@ -86,6 +119,7 @@ class FlowReport:
         with np.errstate(over="ignore"):
             above = float(np.mean(norms > self.eta ** lags.astype(float) * (1 + 1e-9))) if lags.size else 0.0
         total = self.lag_profile.sum()
+        magnitude = self.lag_norm.sum()
         return {
             "cell": self.cell if self.cell != "rnn" else f"rnn-{self.nonlinearity}",
             "loss": self.loss,
@@ -94,7 +128,8 @@ class FlowReport:
             "jacobian_rate": rate,         # per-step factor fitted to log‖∂s_t/∂s_k‖ ≈ τ log(rate)
             "above_bound": above,          # share of measured pairs with ‖∂s_t/∂s_k‖ > η^τ
             "grad_first_over_last": float(g[0] / g[-1]) if g[-1] > 0 else float("inf"),
-            "long_lag_share": float(self.lag_profile[long_lag:].sum() / total) if total else 0.0,
+            "long_lag_share": float(self.lag_norm[max(long_lag, 0):].sum() / magnitude) if magnitude else 0.0,
+            "long_lag_signed_projection": float(self.lag_profile[max(long_lag, 0):].sum() / total) if total else 0.0,
             "seconds": self.seconds,
         }
 
@@ -137,7 +172,8 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
             T = 32, else lags 0–8 and 24 geometrically spaced up to T − 1), "all", or a list.
         sequence: the batch index whose Jacobians are formed (they are per sequence).
         n_singular: how many of the largest singular values to keep.
-        lag_grads: also keep the (T, G·H, H) matrices G_τ of the first layer (memory T·G·H²).
+        lag_grads: also keep the (T, G·H, H) matrices G_τ of the first layer (memory T·G·H²,
+            in one credit pass whatever LAG_MEMORY says).
     """
     start = time.perf_counter()
     m = model if model.dtype == np.float64 else model.astype("float64")
@@ -164,7 +200,15 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
     weight_grads = m.gradients(x, targets, m._join_state(s0), mask, input_grad=False).params
     lin = [LINEAR[m.cell](m.layer_params(l), tape) for l, tape in enumerate(fw.tapes)]
 
-    credit, gnorm, cnorm, lag, lagmats = _credit_pass(m, lin, e, weight_grads, T, B, lag_grads)
+    GH, H = weight_grads["layer0.W_h"].shape
+    block = max(1, LAG_BLOCK_ROWS // B)                               # steps per GEMM into the G_τ
+    width = T if lag_grads else int(np.clip(LAG_MEMORY // (8 * GH * (H + block * B)), 1, T))
+    credit, gnorm, cnorm, lag, lagmats = _credit_pass(m, lin, e, weight_grads, T, B, (0, width), block)
+    norms = [np.sqrt(np.einsum("tgh,tgh->t", lagmats, lagmats))]
+    for lo in range(width, T, width):           # beyond LAG_MEMORY: the further lags, one window a pass
+        further = _credit_pass(m, lin, e, weight_grads, T, B, (lo, min(lo + width, T)), block)[-1]
+        norms.append(np.sqrt(np.einsum("tgh,tgh->t", further, further)))
+    lag_norm = np.concatenate(norms)
     jnorm, jsing = _jacobian_pass(lin[0].select(sequence), steps, lag_set, n_singular, T, m.hidden_size)
 
     W_h = m.params["layer0.W_h"]
@@ -176,13 +220,20 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
         credit=credit[0], credit_by_layer=credit,
         jacobian_norm=jnorm, jacobian_singular=jsing,
         sigma_max=sigma_max, gamma=gamma, eta=gamma * sigma_max,
-        lag_profile=lag[0], lag_by_layer=lag,
+        lag_norm=lag_norm, lag_profile=lag[0], lag_by_layer=lag,
         weight_grad_norm=float(np.linalg.norm(weight_grads["layer0.W_h"])),
-        lag_grads=lagmats, sequence=sequence, seconds=time.perf_counter() - start)
+        lag_grads=np.ascontiguousarray(lagmats) if lag_grads else None, sequence=sequence,
+        seconds=time.perf_counter() - start)
 
 
-def _credit_pass(m, lin, e, weight_grads, T, B, keep_lag_grads):
-    """Backward with one channel per loss L_t (D1), all layers, all steps; lag split (D3)."""
+def _credit_pass(m, lin, e, weight_grads, T, B, window, rows):
+    """Backward with one channel per loss L_t (D1), all layers, all steps; lag split (D3).
+
+    Also the G_τ of the first layer for the lags τ in ``window`` = [lo, hi), shape
+    (hi − lo, G·H, H), a view of an (H, (hi − lo)·G·H) array: the δ rows of ``rows``
+    consecutive steps are staged by lag, then one GEMM (inner size rows·B) adds
+    Σ_k δ_k^{(k+τ)} h_{k−1}ᵀ of the whole block to every G_τ it touches (D3).
+    """
     L, H = m.num_layers, m.hidden_size
     every_step = m.outputs == "all"
     C = T if every_step else 1
@@ -198,7 +249,14 @@ def _credit_pass(m, lin, e, weight_grads, T, B, keep_lag_grads):
     lag = np.zeros((L, T))
     G = [weight_grads[f"layer{l}.W_h"] for l in range(L)]
     G_unit = [g / max(np.linalg.norm(g), 1e-300) for g in G]
-    lagmats = np.zeros((T,) + G[0].shape) if keep_lag_grads else None
+    lo, hi = window
+    GH, n = G[0].shape[0], window[1] - window[0]
+    lag_t = np.zeros((H, n * GH))                        # [:, (τ − lo)·GH + g] = G_τ[g, :]
+    staged = np.zeros((rows * B, n * GH))                # [j·B + b, (τ − lo)·GH + g] = δ_k^{(k+τ)}[b, g],
+                                                         # k = top − j
+    by_lag = staged.reshape(rows, B, n, GH)
+    h_rows = np.zeros((rows * B, H))                     # [j·B + b] = h_{k−1}[b] of the same step
+    top, touched = T - 1, [hi, lo]                       # the block's first step; its lags' range
     for k in range(T - 1, -1, -1):
         act = slice(k, T) if every_step else slice(0, 1)
         src = source[act]
@@ -217,11 +275,25 @@ def _credit_pass(m, lin, e, weight_grads, T, B, keep_lag_grads):
                 cnorm[k, l] = np.linalg.norm(total[1].sum(axis=0))
             u = lin[l].h_in[k] @ G_unit[l].T                                         # (B, G·H)
             lag[l, src - k] += np.einsum("cbg,bg->c", delta, u)                      # (D3)
-            if lagmats is not None and l == 0:
-                lagmats[src - k] += np.einsum("cbg,bh->cgh", delta, lin[0].h_in[k])  # (D3), (S1)
+            if l == 0:
+                j = top - k
+                first = src[0] - k                       # channel c has lag first + c, in order
+                c0, c1 = max(lo - first, 0), min(hi - first, len(src))
+                if c0 < c1:
+                    by_lag[j, :, first + c0 - lo:first + c1 - lo] = delta[c0:c1].transpose(1, 0, 2)
+                    touched = [min(touched[0], first + c0), max(touched[1], first + c1)]
+                h_rows[j * B:(j + 1) * B] = lin[0].h_in[k]
+                if j == rows - 1 or k == 0:              # (D4): the block into the G_τ it touches
+                    hT = h_rows.T
+                    for c in range((touched[0] - lo) * GH, (touched[1] - lo) * GH, LAG_GEMM_COLUMNS):
+                        cols = slice(c, min(c + LAG_GEMM_COLUMNS, (touched[1] - lo) * GH))
+                        lag_t[:, cols] += hT @ staged[:, cols]
+                        staged[:, cols] = 0
+                    top, touched = k - 1, [hi, lo]
+                    h_rows[:] = 0
             for d, p in zip(ds[l], prev):
                 d[act] = p
-    return credit, gnorm, cnorm, lag, lagmats
+    return credit, gnorm, cnorm, lag, lag_t.reshape(H, n, GH).transpose(1, 2, 0)
 
 
 def _jacobian_pass(lin, steps, lag_set, r, T, H):

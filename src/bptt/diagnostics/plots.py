@@ -2,7 +2,10 @@
 
 ``plot_flow({label: FlowReport})``: several cells or stages in one figure —
 (a) ‖∂L/∂h_k‖ per step, log scale; (b) the measured ‖∂s_t/∂s_k‖ against the lag with
-η^τ (V4) dashed; (c) the cumulative lag profile (D3); then one credit-matrix heatmap (D1)
+η^τ (V4) dashed; (c) ``FlowReport.lag_share()``: the share Σ_{τ'≤τ}‖G_τ'‖ / Σ_τ'‖G_τ'‖ of
+the magnitudes of ∂L/∂W_h's lag parts G_τ (D3) from lags up to τ, rising from 0 to 1
+(the signed projections ``lag_profile`` are not drawn: lags that pull against the total
+would take a cumulative curve below 0 or above 1); then one credit-matrix heatmap (D1)
 per report that has more than one loss step.
 ``plot_clipping(study)``: gradient norm and loss per update, with and without clipping.
 """
@@ -58,14 +61,17 @@ def plot_flow(reports: dict, path, title: str | None = None) -> Path:
 
     ax = fig.add_subplot(grid[0, 2])
     for (label, r), c in zip(reports.items(), colors):
-        total = r.lag_profile.sum()
-        share = np.cumsum(r.lag_profile) / total if total else np.zeros_like(r.lag_profile)
-        ax.plot(np.arange(r.T), share, color=c, label=label)
+        ax.plot(np.arange(r.T), r.lag_share(), color=c, label=label)
     ax.axhline(1.0, color="grey", lw=0.5)
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlim(0, max(r.T for r in reports.values()))
-    ax.set(xlabel="lag τ (linear to 1, then log)", ylabel="share of ‖∂L/∂W_h‖ from lags ≤ τ", title="(c) lag profile, cumulative")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set(xlabel="lag τ (linear to 1, then log)",
+           ylabel=r"$\sum_{\tau'\leq\tau}\Vert G_{\tau'}\Vert\ /\ \sum_{\tau'}\Vert G_{\tau'}\Vert$",
+           title="(c) share of lags ≤ τ in Σ‖G_τ‖")
+    ax.text(0.98, 0.03, "G_τ: the part of ∂L/∂W_h from\ndependencies τ steps long (D3)",
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="dimgrey")
+    ax.legend(fontsize=8, loc="center right")
 
     if heat:
         logs = {k: np.log10(np.where(np.tri(r.T, dtype=bool) & (r.credit > 0), r.credit, np.nan))

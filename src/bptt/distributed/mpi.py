@@ -99,6 +99,13 @@ class World:
             raise RuntimeError(f"MPI: the parameters differ between ranks at update {step} "
                                f"(checksums {low[0]!r} to {high[0]!r}); stopping")
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any (a stop request seen by one rank)."""
+        if self.comm is None:
+            return bool(flag)
+        from mpi4py import MPI
+        return bool(self.comm.allreduce(int(bool(flag)), op=MPI.MAX))
+
     def broadcast(self, value):
         return value if self.comm is None else self.comm.bcast(value, root=0)
 
@@ -110,15 +117,27 @@ class World:
 
 
 _LIMITS = []        # keeps the BLAS thread limit in force
+# Set by MPI launchers (MPICH's hydra, Open MPI, PMIx, Slurm's srun, MVAPICH) in each rank.
+LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE",
+                      "MPI_LOCALNRANKS")
+
+
+def launched_by_mpi() -> bool:
+    return any(v in os.environ for v in LAUNCHER_VARIABLES)
 
 
 def world() -> World:
     """The MPI world when launched under mpiexec with mpi4py installed, else a world of one.
 
+    Outside a launcher MPI is not started at all: a single process does not pay MPI_Init
+    (0.15 s) nor depend on its transports (UCX's shared-memory files).
+
     With several ranks on one machine, each rank's BLAS gets its share of the cores:
     two ranks with two BLAS threads each on 2 cores made the spinning threads fight, and a
     run went 20× slower (300 updates took 10 minutes instead of 30 s).
     """
+    if not launched_by_mpi():
+        return World()
     try:
         from mpi4py import MPI
     except ImportError:

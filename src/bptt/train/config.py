@@ -22,6 +22,11 @@ else:                                  # pragma: no cover
     import tomli as tomllib
 
 
+# What resume takes from an edited config.json or its own options; every other key is the
+# checkpoint's (the model, data and optimizer must stay what the checkpoint holds).
+CHANGEABLE_ON_RESUME = ("steps", "patience", "eval_every", "checkpoint_every")
+
+
 @dataclass
 class Config:
     task: str = "text"
@@ -51,6 +56,7 @@ class Config:
     checkpoint_every: int = 1000
     threads: int | None = None         # 2: two halves of each batch at once, BLAS on one thread;
                                        # None: 2 where the process has 2 cores, else 1
+    patience: int | None = None        # stop after this many evaluations without a better validation loss
     out: str | None = None
 
     def check(self) -> "Config":
@@ -62,7 +68,7 @@ class Config:
         _checks.dtype_of("dtype", self.dtype)
         for name in ("hidden", "layers", "seq_len", "batch", "steps", "eval_every", "checkpoint_every"):
             _checks.positive_int(name.replace("_", "-"), getattr(self, name))
-        for name in ("k1", "k2", "checkpointing"):
+        for name in ("k1", "k2", "checkpointing", "patience"):
             if getattr(self, name) is not None:
                 _checks.positive_int(name, getattr(self, name))
         if self.k2 is not None and self.k2 < (self.k1 or self.seq_len):
@@ -79,6 +85,11 @@ class Config:
             raise ValueError(f"forget-bias: expected a finite number, got {self.forget_bias}")
         if self.threads is not None and (self.threads not in (1, 2) or isinstance(self.threads, bool)):
             raise ValueError(f"threads: expected 1 or 2, got {self.threads!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed: expected an integer >= 0, got {self.seed!r}")
+        if self.task == "adding" and self.seq_len < 2:
+            raise ValueError(f"seq-len: the adding task marks one value in each half of the sequence; "
+                             f"expected at least 2, got {self.seq_len}")
         if self.text is not None and self.task != "text":
             raise ValueError(f"text: applies to task='text' only, got task={self.task!r}")
         return self
@@ -121,6 +132,10 @@ def load_toml(path) -> dict:
             raw = tomllib.load(f)
     except FileNotFoundError:
         raise ValueError(f"--config: no such file: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"--config: {path} is a folder; expected a TOML file") from None
+    except OSError as exc:
+        raise ValueError(f"--config: {path} cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"--config: {path} is not valid TOML: {exc}") from None
     return {k: coerce(k, v) for k, v in raw.items()}

@@ -4,8 +4,13 @@ A checkpoint is two files, ckpt-STEP.safetensors (parameters, optimizer state, c
 stream state) and ckpt-STEP.json (config, step, random-generator state, data position,
 and the SHA-256 of the safetensors file). Each is written to a temporary name, flushed
 and renamed; the JSON goes last, so a checkpoint counts only once both are whole. The two
-newest are kept. Loading checks the digest first: a truncated, corrupted or altered tensor
-file is refused with its name, never loaded. No pickle anywhere.
+newest are kept; best.safetensors + best.json, the checkpoint with the lowest validation
+loss so far, are kept apart and never pruned. Loading checks the digest first: a
+truncated, corrupted or altered tensor file is refused with its name, never loaded. No
+pickle anywhere.
+
+A folder belongs to one run (folder.py claims it and holds its lock); files the run did not
+write are never overwritten: what is in the way is moved into set-aside/ with a word.
 """
 from __future__ import annotations
 
@@ -18,26 +23,67 @@ import numpy as np
 from safetensors.numpy import load, save
 
 FORMAT = 2          # 2: the JSON records the safetensors file's SHA-256
+BEST = "best"       # best.json + best.safetensors
+SET_ASIDE = "set-aside"
 
 
-def _atomic_write(path: Path, write):
+def atomic_write(path: Path, write):
+    """``write(tmp)`` then rename over ``path``: a reader sees the old file or the whole new
+    one. A failed write (a full disk, say) removes its temporary file and leaves ``path``
+    as it was."""
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError) and exc.filename is None:      # a write's error names no file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
 
 
-def save_checkpoint(run: Path, step: int, arrays: dict, meta: dict, keep: int = 2) -> Path:
+def set_aside(run: Path, path: Path) -> Path:
+    """Move ``path`` into RUN/set-aside/ under its own name (numbered if taken)."""
+    folder = Path(run) / SET_ASIDE
+    folder.mkdir(exist_ok=True)
+    target, n = folder / path.name, 1
+    while target.exists():
+        target, n = folder / f"{path.name}.{n}", n + 1
+    os.replace(path, target)
+    return target
+
+
+def save_checkpoint(run: Path, step: int, arrays: dict, meta: dict, keep: int = 2, name: str | None = None,
+                    written: set | None = None) -> Path:
+    """ckpt-STEP.* (or NAME.* for the best model, never pruned). ``written``: the names this
+    process wrote; a file of that name it did not write is set aside, not overwritten."""
+    run = Path(run)
+    stem = name or f"ckpt-{step:08d}"
     data = save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
-    _atomic_write(run / f"ckpt-{step:08d}.safetensors", lambda p: p.write_bytes(data))
     body = json.dumps({"format": FORMAT, "step": step, "sha256": hashlib.sha256(data).hexdigest()} | meta,
                       indent=1)
-    _atomic_write(run / f"ckpt-{step:08d}.json", lambda p: p.write_text(body))
-    for old in checkpoints(run)[:-keep]:
-        old.with_suffix(".safetensors").unlink(missing_ok=True)
-        old.unlink(missing_ok=True)
-    return run / f"ckpt-{step:08d}.json"
+    for suffix in (".safetensors", ".json"):
+        path = run / (stem + suffix)
+        if written is not None and path.name not in written and path.exists() and name is None:
+            set_aside(run, path)
+    _write_bytes(run / f"{stem}.safetensors", data)
+    _write_bytes(run / f"{stem}.json", body.encode())
+    if written is not None:
+        written.update({f"{stem}.safetensors", f"{stem}.json"})
+    if name is None:
+        for old in checkpoints(run)[:-keep]:
+            old.with_suffix(".safetensors").unlink(missing_ok=True)
+            old.unlink(missing_ok=True)
+    return run / f"{stem}.json"
+
+
+def _write_bytes(path: Path, data: bytes):
+    atomic_write(path, lambda p: p.write_bytes(data))
 
 
 def checkpoints(run: Path) -> list:
@@ -45,14 +91,38 @@ def checkpoints(run: Path) -> list:
     return sorted(p for p in Path(run).glob("ckpt-*.json") if p.with_suffix(".safetensors").exists())
 
 
-def load_checkpoint(run) -> tuple:
+def step_of(path: Path) -> int:
+    return int(path.stem.split("-")[1])
+
+
+def incomplete(run: Path) -> list:
+    """Halves of checkpoints cut short (a tensor file without its JSON, or the reverse)."""
+    run = Path(run)
+    halves = [p for p in run.glob("ckpt-*.safetensors") if not p.with_suffix(".json").exists()]
+    halves += [p for p in run.glob("ckpt-*.json") if not p.with_suffix(".safetensors").exists()]
+    return sorted(halves)
+
+
+def best_path(run: Path) -> Path:
+    return Path(run) / f"{BEST}.json"
+
+
+def load_checkpoint(run, best: bool = False) -> tuple:
+    """(meta, arrays, path) of the newest complete checkpoint, or of best.json."""
     run = Path(run)
     if not run.is_dir():
         raise ValueError(f"RUN: no such run folder: {run}")
-    found = checkpoints(run)
-    if not found:
-        raise ValueError(f"RUN: {run} has no checkpoint (ckpt-*.json with its .safetensors)")
-    meta_path = found[-1]
+    if best:
+        meta_path = best_path(run)
+        if not (meta_path.exists() and meta_path.with_suffix(".safetensors").exists()):
+            raise ValueError(f"--best: {run} has no best model (best.json with best.safetensors); it is written at "
+                             f"the first evaluation")
+        found = [meta_path]
+    else:
+        found = checkpoints(run)
+        if not found:
+            raise ValueError(f"RUN: {run} has no checkpoint (ckpt-*.json with its .safetensors)")
+        meta_path = found[-1]
     tensors = meta_path.with_suffix(".safetensors")
     previous = f"; the previous checkpoint {found[-2].name} may be intact (move the broken one away " \
                f"to resume from it)" if len(found) > 1 else ""
@@ -76,7 +146,8 @@ def load_checkpoint(run) -> tuple:
         arrays = load(data)
     except Exception as exc:                   # safetensors' own error type is not a ValueError
         raise ValueError(f"RUN: {tensors.name} is not a valid safetensors file: {exc}{previous}") from None
-    return meta, arrays
+    return meta, arrays, meta_path
+
 
 class Metrics:
     """Appends one JSON object per line to metrics.jsonl."""
@@ -85,18 +156,30 @@ class Metrics:
         self.path = Path(run) / "metrics.jsonl"
 
     def write(self, record: dict):
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            if exc.filename is None:
+                raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from None
+            raise
 
     def read(self) -> list:
+        """The records; a last line cut short (a process killed, a full disk) is left out."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return [r for r in records if isinstance(r, dict) and "step" in r]
 
     def truncate_after(self, step: int):
-        """Drop records past ``step`` (a resumed run writes them again)."""
-        kept = [r for r in self.read() if r["step"] <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        """Drop records past ``step`` (a resumed run writes them again); atomically."""
+        kept = "".join(json.dumps(r) + "\n" for r in self.read() if r["step"] <= step)
+        atomic_write(self.path, lambda p: p.write_text(kept))
 
 
 def plot_losses(run: Path, records: list, baseline=None, baseline_name="", ylabel="loss"):
@@ -111,7 +194,7 @@ def plot_losses(run: Path, records: list, baseline=None, baseline_name="", ylabe
     fig = Figure(figsize=(7, 4), dpi=110)
     ax = fig.add_subplot()
     if train:
-        ax.plot(*zip(*train), lw=1, alpha=0.8, label="training loss")
+        ax.plot(*zip(*train), "-" if len(train) > 1 else "o", lw=1, alpha=0.8, label="training loss")
     if valid:
         ax.plot(*zip(*valid), "o-", lw=2, label="validation loss")
     if baseline is not None:
@@ -123,5 +206,5 @@ def plot_losses(run: Path, records: list, baseline=None, baseline_name="", ylabe
     ax.legend()
     fig.tight_layout()
     path = Path(run) / "loss.png"
-    fig.savefig(path)
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
     return path

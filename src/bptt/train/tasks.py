@@ -112,10 +112,14 @@ def builtin_corpus(max_chars=3_000_000) -> str:
 
 def read_text_file(path) -> str:
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"--text: {os.fspath(path)} is a folder; expected a UTF-8 text file")
     if not p.is_file():
         raise ValueError(f"--text: no such file: {os.fspath(path)}")
     try:
         text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"--text: {os.fspath(path)} cannot be read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"--text: {os.fspath(path)} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     if len(text) < 100:

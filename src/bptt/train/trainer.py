@@ -5,7 +5,10 @@ through the whole sequence (or checkpointed, with ``checkpointing``). Text runs 
 parallel streams of the training split with truncated BPTT(k1, k2) and carries their
 state across updates. Every random number comes from one generator, saved with each
 checkpoint along with the data position and the carried state, so a resumed run repeats,
-bit for bit, the run that never stopped.
+bit for bit, the run that never stopped: after a SIGKILL from its last checkpoint, after
+SIGINT or SIGTERM from the update they interrupted (signals.py). Each evaluation that
+lowers the validation loss saves best.json apart; ``patience`` ends a run that stopped
+improving. The run folder is the trainer's alone while it writes (folder.py).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -22,22 +26,28 @@ from tqdm import tqdm
 
 from ..backends import cpu_loops, loop_threads
 from ..backends.loop_threads import available_cores
+from ..distributed import CollectiveError
 from ..distributed import world as mpi_world
 from ..model import Model
 from ..through_time import checkpointed
 from ..through_time.schedules import stream_updates
-from . import runs
+from . import folder, runs
 from .clip import NonFiniteGradient, check_finite, clip_grad_norm, clip_grad_value
-from .config import Config, from_dict
+from .config import CHANGEABLE_ON_RESUME, Config, from_dict
 from .optim import make_optimizer
 from .schedules import learning_rate
+from .signals import Interrupted, StopRequests
 from .tasks import TextTask, make_task
 
-LOG_EVERY = 50
+LOG_EVERY = 50                  # updates a metrics row averages (fewer in a short run)
 
 
 class Trainer:
-    def __init__(self, config: Config, run_dir=None, world=None):
+    """Trains ``config`` into a run folder it owns: ``run_dir`` (else config.out, else a new
+    runs/DATE-TIME) must be new or empty; ``fresh=True`` deletes an earlier run there first
+    (train/folder.py). ``Trainer.resume`` continues a run, ``Trainer.load`` only reads one."""
+
+    def __init__(self, config: Config, run_dir=None, world=None, fresh: bool = False, _claim="new"):
         self.config = config.check()
         c = config
         self.world = world if world is not None else mpi_world()     # one rank unless under mpiexec
@@ -69,10 +79,30 @@ class Trainer:
             self._updates = None
         else:
             self.valid_batch = self.task.batch(np.random.default_rng(c.seed + 1_000_003), 512, self.model.dtype)
-        # rank 0 names the run folder (a time-stamped default could differ by a second)
-        self.run = Path(self.world.broadcast(str(run_dir or c.out or time.strftime("runs/%Y%m%d-%H%M%S"))))
+        self._check_text_length()
+        self.best = None                 # {"step", "val_loss"} of best.json
+        self.stale = 0                   # evaluations since the best one
+        self.stopped_early = False
+        self.notes = []                  # what resume wants the user told (cli prints them)
+        self._written = set()            # checkpoint files this process wrote
+        self._lock = None
+        self._claim = _claim
+        # rank 0 claims the run folder and names it (a time-stamped default could differ by a
+        # second between ranks); a refusal there stops every rank with the same error
+        claimed, error = None, None
         if self.world.root:
-            self.run.mkdir(parents=True, exist_ok=True)
+            try:
+                if _claim == "new":
+                    path, self._lock = folder.claim_new(run_dir or c.out, fresh)
+                    claimed = str(path)
+                else:
+                    claimed = str(run_dir)
+            except folder.FolderError as exc:
+                error = str(exc)
+        claimed, error = self.world.broadcast((claimed, error))
+        if error is not None:
+            raise (CollectiveError(error) if self.world.size > 1 else folder.FolderError(error))
+        self.run = Path(claimed)
         self.metrics = runs.Metrics(self.run)
         self.world.agree("configuration", c.to_dict())
         self.world.agree("data", self._data_fingerprint())
@@ -82,10 +112,25 @@ class Trainer:
             return [len(self.task.train), hashlib.sha256(np.ascontiguousarray(self.task.train)).hexdigest()]
         return [self.task.name, self.config.seq_len, self.config.seed]
 
+    def _check_text_length(self):
+        """Each stream must hold at least one whole window of k2 steps (+1 for its target)."""
+        if not self.text:
+            return
+        c = self.config
+        per_stream = len(self.task.train) // c.batch
+        need = (c.k2 or self.k1) + 1
+        if per_stream < need:
+            source = f"--text: {c.text}" if c.text else "text: the built-in corpus"
+            window = f"--seq-len {c.seq_len}" if c.k1 is None and c.k2 is None else f"a window of {need - 1} steps (k2)"
+            raise ValueError(f"{source} gives {len(self.task.train)} training characters, {per_stream} per stream "
+                             f"with --batch {c.batch}; {window} needs at least {need} per stream "
+                             f"(lower --batch or --seq-len, or give a longer text)")
+
     # ---- checkpoints ------------------------------------------------------------------------
 
-    def save(self):
-        """A checkpoint, written by rank 0; every rank takes part (drift check, stream states)."""
+    def save(self, best: bool = False):
+        """A checkpoint, written by rank 0; every rank takes part (drift check, stream states).
+        ``best``: best.json + best.safetensors instead, kept apart from the pruned ones."""
         self.world.check_parameters(self.model.params, self.step)
         window_state = None
         if self.text and self.window_state is not None:
@@ -95,24 +140,104 @@ class Trainer:
             return None
         arrays = {f"param.{k}": v for k, v in self.model.params.items()}
         arrays |= {f"optim.{k}": np.asarray(v) for k, v in self.optimizer.state_dict().items()}
-        meta = {"config": self.config.to_dict(), "rng": self.rng.bit_generator.state, "skipped": self.skipped}
+        meta = {"config": self.config.to_dict(), "rng": self.rng.bit_generator.state, "skipped": self.skipped,
+                "best": self.best, "stale": self.stale}
         if self.text:
             meta["position"] = self.position
             if window_state is not None:
                 arrays |= {f"window_state.{i}": s for i, s in enumerate(window_state)}
-        return runs.save_checkpoint(self.run, self.step, arrays, meta)
+        return runs.save_checkpoint(self.run, self.step, arrays, meta, name=runs.BEST if best else None,
+                                    written=self._written)
 
     @classmethod
-    def resume(cls, run, **overrides) -> "Trainer":
-        """The trainer of ``run`` at its latest checkpoint (``overrides``: e.g. steps=…)."""
-        meta, arrays = runs.load_checkpoint(run)
-        # A run saved before the threads option ran one pass a batch: resume it the same way.
-        config = from_dict({"threads": 1} | meta["config"] | overrides)
-        trainer = cls(config, run_dir=run)
-        trainer._restore(meta, arrays)
+    def resume(cls, run, best: bool = False, world=None, **overrides) -> "Trainer":
+        """The trainer of ``run`` at its latest checkpoint (``best``: at best.json), holding
+        the run's lock. ``overrides``: keys of CHANGEABLE_ON_RESUME (steps=…, patience=…).
+        ``trainer.notes`` says where it starts and what it set aside."""
+        bad = sorted(set(overrides) - set(CHANGEABLE_ON_RESUME))
+        if bad:
+            raise ValueError(f"resume: {bad[0]} cannot change on resume; expected only {', '.join(CHANGEABLE_ON_RESUME)}")
+        world = world if world is not None else mpi_world()
+        run = Path(run)
+        lock, notes, error = None, [], None
+        if world.root:
+            try:
+                lock, notes = folder.claim_existing(run)
+            except folder.FolderError as exc:
+                error = str(exc)
+        error = world.broadcast(error)
+        if error is not None:
+            raise (CollectiveError(error) if world.size > 1 else folder.FolderError(error))
+        try:
+            meta, arrays, path = runs.load_checkpoint(run, best)
+            # A run saved before the threads option ran one pass a batch: resume it the same way.
+            config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)})
+            trainer = cls(config, run_dir=run, world=world, _claim="existing")
+            trainer._lock = lock
+            if best:
+                trainer._set_aside_after(meta["step"])
+            trainer._restore(meta, arrays)
+            # the checkpoint holds together; now what config.json and the options change
+            saved = folder.saved_config(run, meta["config"])
+            edits = {k: saved[k] for k in CHANGEABLE_ON_RESUME if k in saved and saved[k] != meta["config"].get(k)}
+            config = from_dict(config.to_dict() | edits | overrides)
+            trainer.config = config
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        trainer.notes = notes + trainer.notes + [f"config.json: {k} {v!r} (the checkpoint has {meta['config'].get(k)!r})"
+                                 for k, v in edits.items() if k not in overrides]
+        trainer.notes.append(f"resuming {run} from {path.name} (update {trainer.step}"
+                             f"{', the best model' if best else ''})")
+        if world.root and (edits or overrides):          # config.json says what the run now does
+            runs.atomic_write(run / "config.json", lambda p: p.write_text(json.dumps(config.to_dict(), indent=1)))
         return trainer
 
-    def _restore(self, meta, arrays):
+    @classmethod
+    def load(cls, run, best: bool = False, world=None) -> "Trainer":
+        """The trainer of ``run`` at its latest checkpoint (or best.json), to evaluate or
+        sample: no lock, and nothing in the folder is written."""
+        meta, arrays, path = runs.load_checkpoint(run, best)
+        config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)})
+        trainer = cls(config, run_dir=run, world=world, _claim="read")
+        trainer._restore(meta, arrays, read_only=True)
+        trainer.checkpoint = path
+        return trainer
+
+    def check_can_continue(self, overrides=()):
+        """Refuse a resume that would train nothing: the run is complete, or stopped early
+        and patience says it would stop again."""
+        c = self.config
+        if c.steps <= self.step:
+            if "steps" in overrides:
+                raise ValueError(f"--steps: the run is at update {self.step}; expected more than {self.step}")
+            raise ValueError(f"RUN: the run is complete at update {self.step} of {c.steps}; "
+                             f"pass --steps N (N > {self.step}) to continue it")
+        if c.patience is not None and self.stale >= c.patience:
+            raise ValueError(f"RUN: the run stopped early at update {self.step}: no better validation in "
+                             f"{self.stale} evaluations (--patience {c.patience}); pass a larger --patience "
+                             f"to continue it")
+
+    def _set_aside_after(self, step):
+        """resume --best: the checkpoints and metrics after the best model belong to the
+        abandoned continuation; they move into set-aside/ rather than being pruned or
+        overwritten."""
+        if not self.world.root:
+            return
+        for later in [p for p in runs.checkpoints(self.run) if runs.step_of(p) > step]:
+            for path in (later.with_suffix(".safetensors"), later):
+                moved = runs.set_aside(self.run, path)
+            self.notes.append(f"{later.name} (after the best model) moved to {moved.parent.name}/")
+        records = self.metrics.read()
+        if any(r["step"] > step for r in records):
+            kept = "".join(json.dumps(r) + "\n" for r in records)
+            target = self.run / runs.SET_ASIDE / f"metrics-to-{records[-1]['step']}.jsonl"
+            target.parent.mkdir(exist_ok=True)
+            runs.atomic_write(target, lambda p: p.write_text(kept))
+            self.notes.append(f"metrics.jsonl as it was: {runs.SET_ASIDE}/{target.name}")
+
+    def _restore(self, meta, arrays, read_only=False):
         params = self.model.params
         expected = {f"param.{k}" for k in params}
         got = {k for k in arrays if k.startswith("param.")}
@@ -128,12 +253,13 @@ class Trainer:
         self.step = int(meta["step"])
         self.skipped = int(meta.get("skipped", 0))
         self.rng.bit_generator.state = meta["rng"]
+        self.best, self.stale = meta.get("best"), int(meta.get("stale", 0))
         if self.text:
             self.position = dict(meta["position"])
             cols = self.world.share(self.config.batch, "batch")      # any number of ranks that divides B
             ws = [arrays[k][:, cols] for k in sorted(k for k in arrays if k.startswith("window_state."))]
             self.window_state = None if not ws else (tuple(ws) if self.model.cell == "lstm" else ws[0])
-        if self.world.root:
+        if self.world.root and not read_only:
             self.metrics.truncate_after(self.step)
 
     # ---- one update ---------------------------------------------------------------------------
@@ -250,42 +376,93 @@ class Trainer:
 
     def train(self, progress=True, stop_at=None) -> dict:
         """Run updates until config.steps (or until ``stop_at``, as a stopped run would,
-        with a checkpoint there); returns the last validation figures."""
+        with a checkpoint there, or until ``patience`` evaluations bring no better
+        validation); returns the last validation figures.
+
+        SIGINT or SIGTERM finish the update in flight, write a checkpoint and raise
+        ``Interrupted``; a second signal raises it at once (the checkpoints already written
+        stay whole). The run folder's lock is held until this returns."""
+        if self._claim == "read":
+            raise ValueError("RUN: Trainer.load gives a read-only trainer; Trainer.resume continues a run")
         c = self.config
         end = c.steps if stop_at is None else min(stop_at, c.steps)
         root = self.world.root
+        if root and self._lock is None:
+            self._lock = folder.Lock(self.run, "--out")
+        try:
+            with StopRequests(lambda: self.step) as stop:
+                final = self._loop(end, progress, stop)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+        return final
+
+    def _loop(self, end, progress, stop) -> dict:
+        c, root = self.config, self.world.root
         if self.step == 0 and root:
-            runs.Metrics(self.run).path.write_text("")
-            (self.run / "config.json").write_text(json.dumps(c.to_dict(), indent=1))
+            runs.atomic_write(self.run / "config.json", lambda p: p.write_text(json.dumps(c.to_dict(), indent=1)))
+            runs.atomic_write(self.metrics.path, lambda p: p.write_text(""))
+        log_every = max(1, min(LOG_EVERY, c.steps // 40))      # a short run still draws a curve
         bar = tqdm(total=c.steps, initial=self.step, disable=not (progress and root), unit="upd", dynamic_ncols=True,
                    desc=f"{c.task}/{c.cell}")
+        if self.step == 0:           # Numba compiles the loops once per machine (cached on disk)
+            bar.set_description_str(f"{c.task}/{c.cell}: first update (compiles the kernels once, cached after)")
         losses, t0, tokens = [], time.perf_counter(), 0
         final = {}
-        while self.step < end:
-            loss, norm, lr, n = self.update()
-            losses.append(loss)
-            tokens += n
-            bar.update(1)
-            record = None
-            if self.step % LOG_EVERY == 0 or self.step == c.steps:
-                dt = max(time.perf_counter() - t0, 1e-9)
-                record = {"step": self.step, "loss": float(np.mean(losses)), "grad_norm": norm, "lr": lr,
-                          "steps_per_s": len(losses) / dt, "tokens_per_s": tokens / dt}
-                losses, t0, tokens = [], time.perf_counter(), 0
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if self.step % c.eval_every == 0 or self.step == end:
-                final = self.evaluate()
-                record = (record or {"step": self.step}) | final
-            if record is not None and root:
-                self.metrics.write(record | ({"skipped": self.skipped} if self.skipped else {}))
-            if self.step % c.checkpoint_every == 0 or self.step == end:
-                self.save()
-        bar.close()
+        try:
+            while self.step < end:
+                first = self.step == 0
+                loss, norm, lr, n = self.update()
+                if first:
+                    bar.set_description_str(f"{c.task}/{c.cell}")
+                losses.append(loss)
+                tokens += n
+                bar.update(1)
+                record = None
+                if self.step % log_every == 0 or self.step == c.steps:
+                    dt = max(time.perf_counter() - t0, 1e-9)
+                    record = {"step": self.step, "loss": float(np.mean(losses)), "grad_norm": norm, "lr": lr,
+                              "steps_per_s": len(losses) / dt, "tokens_per_s": tokens / dt}
+                    losses, t0, tokens = [], time.perf_counter(), 0
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                evaluated = self.step % c.eval_every == 0 or self.step == end
+                if evaluated:
+                    final = self.evaluate()
+                    record = (record or {"step": self.step}) | final
+                if record is not None and root:
+                    self.metrics.write(record | ({"skipped": self.skipped} if self.skipped else {}))
+                if evaluated:
+                    self._judge(final)
+                signalled = self.world.any(stop.signum is not None)     # every rank stops at one update
+                patience_out = c.patience is not None and self.stale >= c.patience
+                if self.step % c.checkpoint_every == 0 or self.step == end or signalled or patience_out:
+                    checkpoint = self.save()
+                if signalled:
+                    raise Interrupted(stop.signum or signal.SIGTERM, self.step, checkpoint)
+                if patience_out:
+                    self.stopped_early = True
+                    break
+        finally:
+            bar.close()
         if not final:
             final = self.evaluate()
         if root:
             self.plot()
         return final
+
+    def _judge(self, figures):
+        """After an evaluation: a lower validation loss than any before is saved apart as the
+        best model (best.json); otherwise one more evaluation without improvement."""
+        val = self.world.broadcast(figures.get("val_loss"))
+        if val is None or not math.isfinite(val):
+            self.stale += 1
+            return
+        if self.best is None or val < self.best["val_loss"]:
+            self.best, self.stale = {"step": self.step, "val_loss": float(val)}, 0
+            self.save(best=True)
+        else:
+            self.stale += 1
 
     def plot(self):
         baseline = getattr(self.task, "baseline", None)

@@ -1,0 +1,235 @@
+"""A run folder belongs to one run, and to one process at a time.
+
+    claim_new(path, fresh)      a new run: the folder is created, or exists and is empty
+                                (``fresh``: an earlier run in it is deleted first); locked
+    claim_existing(path)        a run to continue: locked; halves of checkpoints cut short
+                                are moved into set-aside/ (never overwritten later)
+    default_name()              runs/DATE-TIME, made atomically, never shared by two runs
+    saved_config(path, config)  what an edited config.json changes for resume (or an error)
+
+The lock is ``fcntl.flock`` on RUN/.lock, held as long as the run writes: the operating
+system drops it with the process, so a run killed with SIGKILL leaves no stale lock, and a
+second writer is refused with one line. Refusals change nothing in the folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from . import runs
+from .config import CHANGEABLE_ON_RESUME
+
+try:
+    import fcntl
+except ImportError:                            # pragma: no cover - not POSIX: no lock
+    fcntl = None
+
+LOCK = ".lock"
+OWN_FILES = ("config.json", "metrics.jsonl", "loss.png", "best.json", "best.safetensors")
+OWN_PATTERNS = ("ckpt-*.json", "ckpt-*.safetensors", "ckpt-*.tmp", "*.tmp")
+
+
+class FolderError(ValueError):
+    """A run folder that cannot be used as asked: one line, nothing in it changed."""
+
+
+def default_name(parent="runs", prefix="") -> Path:
+    """runs/[PREFIX]YYYYMMDD-HHMMSS, made now, or -2, -3, … when one started in the same second."""
+    base = Path(parent) / time.strftime(f"{prefix}%Y%m%d-%H%M%S")
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FolderError(f"--out: no free run folder name beside {base}")   # pragma: no cover
+
+
+def _config_of(path: Path):
+    """The run configuration in config.json, or None when it is not a bptt run's."""
+    try:
+        values = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return values if isinstance(values, dict) and {"task", "cell", "hidden", "steps"} <= set(values) else None
+
+
+def run_step(path: Path):
+    """The update of a run's newest complete checkpoint; 0 for a run with none; None if the
+    folder is not a run."""
+    path = Path(path)
+    found = runs.checkpoints(path)
+    if found:
+        return runs.step_of(found[-1])
+    if _config_of(path) is not None or list(path.glob("ckpt-*")):
+        return 0
+    return None
+
+
+def _contents(path: Path) -> list:
+    return sorted(p.name for p in path.iterdir() if p.name != LOCK)
+
+
+def _check_folder(path: Path, option: str):
+    if path.exists() and not path.is_dir():
+        raise FolderError(f"{option}: {path} is a file; expected a folder for the run")
+
+
+class Lock:
+    """An exclusive lock on RUN/.lock for this process (released with it, whatever kills it)."""
+
+    def __init__(self, run: Path, option: str):
+        self.path = Path(run) / LOCK
+        self.fd = None
+        if fcntl is None:                      # pragma: no cover
+            return
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise FolderError(f"{option}: {run} is in use by another bptt process (pid {holder}); "
+                              f"wait for it to finish or stop it") from None
+        except BaseException:
+            os.close(fd)
+            if created:
+                self.path.unlink(missing_ok=True)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)                  # closing the last descriptor drops the flock
+            self.fd = None
+
+    def __del__(self):
+        self.release()
+
+
+def claim_new(path, fresh: bool = False, option: str = "--out") -> tuple:
+    """(path, Lock) for a new run in ``path`` (None: a new default name)."""
+    if path is None:
+        path = default_name()
+        return path, Lock(path, option)
+    path = Path(path)
+    _check_folder(path, option)
+    if path.exists():
+        _refuse_unless_empty(path, fresh, option)
+    path.mkdir(parents=True, exist_ok=True)
+    lock = Lock(path, option)
+    try:
+        _refuse_unless_empty(path, fresh, option, locked=True)   # again, now that nobody else can write
+        if fresh:
+            _delete_run(path)
+    except BaseException:
+        lock.release()
+        raise
+    return path, lock
+
+
+def _in_use(path: Path) -> str | None:
+    """The pid written in a lock that another process holds now, else None (tests the lock
+    without creating anything)."""
+    if fcntl is None:                           # pragma: no cover
+        return None
+    try:
+        fd = os.open(Path(path) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)                            # closing drops a lock taken here
+
+
+def _refuse_unless_empty(path: Path, fresh: bool, option: str, locked: bool = False):
+    names = _contents(path)
+    if not names:
+        return
+    holder = None if locked else _in_use(path)
+    if holder is not None:
+        raise FolderError(f"{option}: {path} is in use by another bptt process (pid {holder}); "
+                          f"wait for it to finish or stop it")
+    step = run_step(path)
+    if step is None:
+        if fresh and not (set(names) & set(OWN_FILES)):
+            return
+        clash = sorted(set(names) & set(OWN_FILES))
+        if fresh:
+            raise FolderError(f"--fresh: {path} is not a run, and its {clash[0]} would be overwritten; "
+                              f"choose another folder")
+        shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+        raise FolderError(f"{option}: {path} is not empty ({len(names)} {'entry' if len(names) == 1 else 'entries'}: "
+                          f"{shown}) and is not a run; "
+                          f"choose an empty or new folder")
+    if not fresh:
+        raise FolderError(f"{option}: {path} holds a run (at update {step}); `bptt resume {path}` continues it, "
+                          f"--fresh deletes it and starts over")
+
+
+def _delete_run(path: Path):
+    """--fresh: the earlier run's own files go (checkpoints, best model, metrics, config, plot,
+    set-aside/); files that are not a run's stay."""
+    for name in OWN_FILES:
+        (path / name).unlink(missing_ok=True)
+    for pattern in OWN_PATTERNS:
+        for p in path.glob(pattern):
+            p.unlink(missing_ok=True)
+    shutil.rmtree(path / runs.SET_ASIDE, ignore_errors=True)
+
+
+def claim_existing(path, option: str = "RUN") -> tuple:
+    """(Lock, notes) for continuing the run in ``path``; halves of checkpoints cut short are
+    set aside so that the run never overwrites them, and each gets a note."""
+    path = Path(path)
+    _check_folder(path, option)
+    if not path.is_dir():
+        raise FolderError(f"{option}: no such run folder: {path}")
+    if run_step(path) is None:
+        raise FolderError(f"{option}: {path} is not a run (no config.json or checkpoint of bptt's)")
+    lock = Lock(path, option)
+    notes = []
+    try:
+        for half in runs.incomplete(path):
+            other = ".json" if half.suffix == ".safetensors" else ".safetensors"
+            moved = runs.set_aside(path, half)
+            notes.append(f"{half.name} has no {half.stem}{other} (a checkpoint cut short); "
+                         f"moved to {moved.relative_to(path)}")
+    except BaseException:
+        lock.release()
+        raise
+    return lock, notes
+
+
+def saved_config(run, checkpoint_config: dict) -> dict:
+    """RUN/config.json as the user may have edited it. A changed key that resume can honour
+    (CHANGEABLE_ON_RESUME) is returned; any other change is an error, never ignored."""
+    path = Path(run) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"RUN: {path} is unreadable: {exc}") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"RUN: {path} is not a JSON object of options")
+    ckpt = checkpoint_config
+    changed = sorted(k for k in saved if k in ckpt and k not in CHANGEABLE_ON_RESUME + ("out",) and saved[k] != ckpt[k])
+    if changed:
+        k = changed[0]
+        raise ValueError(f"RUN: {path} says {k} = {saved[k]!r}, the checkpoint {k} = {ckpt[k]!r}; resume continues "
+                         f"the checkpoint's model and data (it can change only {', '.join(CHANGEABLE_ON_RESUME)}): "
+                         f"undo the edit, or start a new run with `bptt train`")
+    return {k: saved[k] for k in CHANGEABLE_ON_RESUME if k in saved}
