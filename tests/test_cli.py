@@ -36,6 +36,9 @@ def test_text_run_samples(tmp_path, capsys):
     assert code == 0 and "sample:" in out and "bigram" in out.strip().splitlines()[-1]
     code, out, _ = run(capsys, ["sample", str(tmp_path / "t"), "--length", "40", "--seed", "1", "--prime", "the"])
     assert code == 0 and len(out.rstrip("\n")) == 40
+    code, best, _ = run(capsys, ["sample", str(tmp_path / "t"), "--length", "40", "--seed", "1", "--prime", "the",
+                                 "--best"])
+    assert code == 0 and best == out                   # 10 updates, one evaluation: the best is the last
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -365,3 +365,10 @@ def test_a_second_process_compiles_nothing(tmp_path):
         assert done.returncode == 0, done.stderr
     assert "[cache] data loaded from" in done.stdout
     assert "[cache] data saved to" not in done.stdout
+
+
+def test_a_short_run_logs_enough_rows_to_draw_its_curve(earlier_run):
+    rows = [r for r in runs.Metrics(earlier_run).read() if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 21))             # 20 updates: a row each
+    assert all({"grad_norm", "lr", "steps_per_s", "tokens_per_s"} <= set(r) for r in rows)
+    assert (earlier_run / "loss.png").stat().st_size > 10_000
