@@ -44,7 +44,7 @@ def test_text_run_samples(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["train", "--hidden", "x"], "argument --hidden: invalid int value: 'x'"),
     (["train", "--colour", "red"], "unrecognized arguments: --colour red"),
-    (["train", "--cell", "transformer"], "cell: expected one of 'rnn', 'lstm', 'gru', got 'transformer'"),
+    (["train", "--cell", "transformer"], "cell: expected one of 'rnn', 'lstm', 'gru' or 'package.module:ClassName', got 'transformer'"),
     (["train", "--task", "adding", "--text", "a.txt"], "text: applies to task='text' only"),
     (["train", "--text", "/no/such/file.txt"], "--text: no such file: /no/such/file.txt"),
     (["train", "--k1", "8", "--k2", "4"], "k2: expected k2 >= k1 = 8, got 4"),

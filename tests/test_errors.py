@@ -90,7 +90,7 @@ def test_bad_dstate_is_named(model):
 
 
 @pytest.mark.parametrize("kwargs,pattern", [
-    ({"cell": "transformer"}, r"cell: expected one of 'rnn', 'lstm', 'gru', got 'transformer'"),
+    ({"cell": "transformer"}, r"cell: expected one of 'rnn', 'lstm', 'gru' or 'package.module:ClassName', got 'transformer'"),
     ({"hidden_size": 0}, r"hidden_size: expected a positive integer, got 0"),
     ({"num_layers": 1.5}, r"num_layers: expected a positive integer, got 1.5"),
     ({"nonlinearity": "gelu"}, r"nonlinearity: expected one of"),

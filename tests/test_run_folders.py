@@ -90,9 +90,12 @@ def test_train_refuses_an_earlier_run_and_names_resume(earlier_run):
 def test_fresh_starts_over_deleting_only_the_earlier_runs_files(earlier_run, tmp_path):
     run = copy_of(earlier_run, tmp_path / "again")
     (run / "notes.txt").write_text("not a run's file")
+    (run / "notes.tmp").write_text("nor this")
+    (run / "ckpt-00000030.safetensors.tmp").write_bytes(b"a write cut short")
     done = bptt("train", *SMALL, "--steps", 4, "--hidden", 4, "--eval-every", 2, "--out", run, "--fresh")
     assert done.returncode == 0, done.stderr
-    assert (run / "notes.txt").read_text() == "not a run's file"
+    assert (run / "notes.txt").read_text() == "not a run's file" and (run / "notes.tmp").exists()
+    assert not (run / "ckpt-00000030.safetensors.tmp").exists()
     assert [p.name for p in runs.checkpoints(run)] == ["ckpt-00000004.json"]
     assert json.loads((run / "config.json").read_text())["hidden"] == 4
     assert max(r["step"] for r in runs.Metrics(run).read()) == 4

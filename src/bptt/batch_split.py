@@ -43,7 +43,7 @@ def _state_rows(model, state, rows):
     """A public state (L, B, H), or the LSTM's (h, c) of them, cut to these streams."""
     if state is None:
         return None
-    if model.cell == "lstm":
+    if model.tuple_state:
         return tuple(_rows_of(s, rows, 1) for s in state)
     if isinstance(state, (tuple, list)):
         state = state[0]
@@ -51,7 +51,7 @@ def _state_rows(model, state, rows):
 
 
 def _join_states(model, first, second):
-    if model.cell == "lstm":
+    if model.tuple_state:
         return tuple(np.concatenate([a, b], axis=1) for a, b in zip(first, second))
     return np.concatenate([first, second], axis=1)
 

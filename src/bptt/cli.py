@@ -35,7 +35,7 @@ def _option(parser, name, kind, help_text):
 def _train_options(p):
     _option(p, "task", str, "text, adding, copy or sine")
     _option(p, "text", str, "a UTF-8 text file for --task text; the built-in corpus when omitted")
-    _option(p, "cell", str, "rnn, lstm or gru")
+    _option(p, "cell", str, "rnn, lstm, gru, or module:Class for a bptt.Cell of your own (docs/custom_cell.md)")
     _option(p, "hidden", int, "hidden units per layer")
     _option(p, "layers", int, "stacked recurrent layers")
     _option(p, "nonlinearity", str, "f of the Elman RNN: tanh, relu, sigmoid, identity")
@@ -239,7 +239,8 @@ def main(argv=None) -> int:
     except (ValueError, NonFiniteGradient, RuntimeError) as exc:
         rank = _mpi_rank()
         where = ""
-        if isinstance(exc, NonFiniteGradient) and getattr(trainer, "last_batch", None) is not None:
+        if isinstance(exc, NonFiniteGradient) and getattr(trainer, "last_batch", None) is not None \
+                and trainer.model.cell in ("rnn", "lstm", "gru"):          # a user cell has no linearised steps
             from .diagnostics.nonfinite import first_nonfinite
             where = "; " + first_nonfinite(trainer.model, *trainer.last_batch).describe()
         if isinstance(exc, CollectiveError):

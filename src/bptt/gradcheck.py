@@ -47,7 +47,7 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
         targets = np.array(targets, dtype=np.float64)
     if state0 is None:
         state0 = m.init_state(x.shape[1] if x.ndim == 3 else 1)
-    state0 = tuple(np.array(s, dtype=np.float64) for s in state0) if model.cell == "lstm" \
+    state0 = tuple(np.array(s, dtype=np.float64) for s in state0) if model.tuple_state \
         else np.array(state0, dtype=np.float64)
     g = m.gradients(x, targets, state0, mask, **options)
 
@@ -56,8 +56,8 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
 
     tensors = [(name, m.params[name], g.params[name]) for name in m.params]
     tensors.append(("x", x, g.x))
-    if model.cell == "lstm":
-        tensors += [("h0", state0[0], g.state0[0]), ("c0", state0[1], g.state0[1])]
+    if model.tuple_state:
+        tensors += [(f"{name}0", s, gs) for name, s, gs in zip(model.layer.STATE, state0, g.state0)]
     else:
         tensors.append(("h0", state0, g.state0))
     report = GradcheckReport()

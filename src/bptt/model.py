@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _checks, batch_split
-from .cells import CELLS, head as head_layer
+from .cells import CellLayer, head as head_layer, resolve
 from .ops import ACTIVATIONS, HEADS, LOSSES
 
 INITS = ("default", "orthogonal", "identity")
@@ -45,7 +45,9 @@ class Model:
     """Recurrent network trained by hand-derived backpropagation through time.
 
     Args:
-        cell: "rnn" (Elman), "lstm" or "gru".
+        cell: "rnn" (Elman), "lstm", "gru", or a cell of one's own: a ``bptt.Cell``
+            instance, or "package.module:ClassName" of a Cell class built with no
+            arguments (cells/protocol.py; docs/custom_cell.md).
         input_size, hidden_size, output_size: D, H, O.
         num_layers: L recurrent layers stacked; layer l > 0 reads layer l-1's h.
         nonlinearity: f of the Elman RNN: "tanh", "relu", "sigmoid", "identity".
@@ -65,14 +67,16 @@ class Model:
     def __init__(self, cell, input_size, hidden_size, output_size, num_layers=1,
                  nonlinearity="tanh", head="identity", loss="mse", outputs="all",
                  reduction="mean", dtype="float32", seed=None, init="default", forget_bias=0.0):
-        self.cell = _checks.choice("cell", cell, tuple(CELLS))
+        self.cell = cell
+        self.cell_name, self.layer = resolve(cell)
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.output_size = _checks.positive_int("output_size", output_size)
         self.num_layers = _checks.positive_int("num_layers", num_layers)
         self.nonlinearity = _checks.choice("nonlinearity", nonlinearity, tuple(ACTIVATIONS))
         if cell != "rnn" and nonlinearity != "tanh":
-            raise ValueError(f"nonlinearity: applies to cell='rnn' only, got {nonlinearity!r} with cell={cell!r}")
+            raise ValueError(f"nonlinearity: applies to cell='rnn' only, got {nonlinearity!r} with "
+                             f"cell={self.cell_name!r}")
         self.head = _checks.choice("head", head, tuple(HEADS))
         self.loss = _checks.choice("loss", loss, tuple(LOSSES))
         if head not in LOSSES[loss].heads:
@@ -84,12 +88,12 @@ class Model:
         self.dtype = _checks.dtype_of("dtype", dtype)
         _checks.choice("init", init, INITS)
         if init == "identity" and cell != "rnn":
-            raise ValueError(f"init: 'identity' (IRNN) applies to cell='rnn' only, got cell={cell!r}")
+            raise ValueError(f"init: 'identity' (IRNN) applies to cell='rnn' only, got cell={self.cell_name!r}")
         if not np.isfinite(forget_bias):
             raise ValueError(f"forget_bias: expected a finite number, got {forget_bias}")
         if forget_bias and cell != "lstm":
-            raise ValueError(f"forget_bias: applies to cell='lstm' only, got cell={cell!r}")
-        self.layer = CELLS[self.cell]
+            raise ValueError(f"forget_bias: applies to cell='lstm' only, got cell={self.cell_name!r}")
+        self.tuple_state = len(self.layer.STATE) > 1     # the public state: a tuple of arrays, or one
         self.threads = 1              # how gradients() runs, not part of the model: see there
         self.params = self._init_params(np.random.default_rng(seed), init)
         if forget_bias:
@@ -132,6 +136,13 @@ class Model:
             elif init == "identity":
                 W_h = np.eye(H)
             params[f"layer{l}.W_h"] = W_h
+            if isinstance(self.layer, CellLayer):                  # a cell of the protocol
+                params[f"layer{l}.b_h"] = uniform(shapes["b_h"])
+                layer = {k: uniform(shape) for k, shape in shapes.items() if k not in ("W_x", "W_h", "b_h")}
+                layer |= {k: params[f"layer{l}.{k}"] for k in ("W_x", "W_h", "b_h")}
+                self.layer.cell.initialize(layer, rng, H)
+                params |= {f"layer{l}.{k}": layer[k] for k in shapes}
+                continue
             # PyTorch draws b_ih and b_hh; we keep their sum, except GRU's b_hn (see cells/gru.py).
             b_ih, b_hh = uniform(shapes["b_h"]), uniform(shapes["b_h"])
             if init == "identity":
@@ -159,7 +170,7 @@ class Model:
         """The zero state for ``batch`` sequences, in the public structure."""
         B = _checks.positive_int("batch", batch)
         zeros = np.zeros((self.num_layers, B, self.hidden_size), dtype=self.dtype)
-        return (zeros, zeros.copy()) if self.cell == "lstm" else zeros
+        return tuple(zeros.copy() for _ in self.layer.STATE) if self.tuple_state else zeros
 
     def _split_state(self, state, B, name="state0"):
         """Public state -> list of per-layer tuples, validated."""
@@ -167,9 +178,11 @@ class Model:
         if state is None:
             return [tuple(np.zeros((B, self.hidden_size), self.dtype) for _ in self.layer.STATE)
                     for _ in range(self.num_layers)]
-        if self.cell == "lstm":
-            if not (isinstance(state, (tuple, list)) and len(state) == 2):
-                raise ValueError(f"{name}: expected a tuple (h0, c0) of arrays {dims} for cell='lstm', "
+        if self.tuple_state:
+            n = len(self.layer.STATE)
+            if not (isinstance(state, (tuple, list)) and len(state) == n):
+                names = ", ".join(f"{s}0" for s in self.layer.STATE)
+                raise ValueError(f"{name}: expected a tuple ({names}) of arrays {dims} for cell={self.cell_name!r}, "
                                  f"got {type(state).__name__}")
             arrays = [_checks.float_array(f"{name}[{i}]", s, self.dtype, dims) for i, s in enumerate(state)]
         else:
@@ -180,7 +193,7 @@ class Model:
 
     def _join_state(self, per_layer):
         arrays = tuple(np.stack([s[i] for s in per_layer]) for i in range(len(self.layer.STATE)))
-        return arrays if self.cell == "lstm" else arrays[0]
+        return arrays if self.tuple_state else arrays[0]
 
     # ---- inputs -----------------------------------------------------------------------
 

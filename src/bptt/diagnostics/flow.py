@@ -175,6 +175,8 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
         lag_grads: also keep the (T, G·H, H) matrices G_τ of the first layer (memory T·G·H²,
             in one credit pass whatever LAG_MEMORY says).
     """
+    if model.cell not in LINEAR:
+        raise ValueError(f"model: the flow report covers the cells {', '.join(LINEAR)}, got {model.cell_name!r}")
     start = time.perf_counter()
     m = model if model.dtype == np.float64 else model.astype("float64")
     if targets is None:

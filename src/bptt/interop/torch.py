@@ -77,6 +77,8 @@ def from_torch(rnn, linear, head="identity", loss="mse", outputs="all", reductio
 
 def to_torch(model: Model):
     """(nn.RNN/LSTM/GRU, nn.Linear) computing what ``model`` computes (time-major)."""
+    if model.cell not in ("rnn", "lstm", "gru"):
+        raise ValueError(f"model: PyTorch has layers for the cells 'rnn', 'lstm' and 'gru', got {model.cell_name!r}")
     torch = _torch()
     dtype = getattr(torch, model.dtype.name)
     kw = dict(input_size=model.input_size, hidden_size=model.hidden_size, num_layers=model.num_layers,

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, fields
 
 from .. import _checks
-from ..cells import CELLS
+from ..cells import resolve
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
 from .tasks import TASKS
@@ -61,7 +61,7 @@ class Config:
 
     def check(self) -> "Config":
         _checks.choice("task", self.task, TASKS)
-        _checks.choice("cell", self.cell, tuple(CELLS))
+        resolve(self.cell)                       # "rnn", "lstm", "gru" or "package.module:ClassName"
         _checks.choice("optimizer", self.optimizer, tuple(OPTIMIZERS))
         _checks.choice("schedule", self.schedule, SCHEDULES)
         _checks.choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))

@@ -29,7 +29,7 @@ except ImportError:                            # pragma: no cover - not POSIX: n
 
 LOCK = ".lock"
 OWN_FILES = ("config.json", "metrics.jsonl", "loss.png", "best.json", "best.safetensors")
-OWN_PATTERNS = ("ckpt-*.json", "ckpt-*.safetensors", "ckpt-*.tmp", "*.tmp")
+OWN_PATTERNS = ("ckpt-*.json", "ckpt-*.safetensors", "ckpt-*.tmp") + tuple(f"{name}.tmp" for name in OWN_FILES)
 
 
 class FolderError(ValueError):

@@ -28,6 +28,7 @@ from ..backends import cpu_loops, loop_threads
 from ..backends.loop_threads import available_cores
 from ..distributed import CollectiveError
 from ..distributed import world as mpi_world
+from ..cells import CellLayer
 from ..model import Model
 from ..through_time import checkpointed
 from ..through_time.schedules import stream_updates
@@ -61,7 +62,8 @@ class Trainer:
         # already share the cores). By default only on 2 cores, where it was measured: with
         # more, BLAS on all of them may beat two single-threaded halves.
         wanted = c.threads if c.threads is not None else (2 if available_cores() == 2 else 1)
-        loops = cpu_loops.use_for(np.zeros(1, self.model.dtype))
+        # (a cell of one's own steps in Python, under the GIL: two threads would take turns)
+        loops = cpu_loops.use_for(np.zeros(1, self.model.dtype)) and not isinstance(self.model.layer, CellLayer)
         self.model.threads = 2 if wanted == 2 and loops and self.world.size == 1 and c.batch >= 2 else 1
         self._blas = ThreadpoolController().select(user_api="blas")
         self.optimizer = make_optimizer(c.optimizer, self.model.params, c.lr)
@@ -258,7 +260,7 @@ class Trainer:
             self.position = dict(meta["position"])
             cols = self.world.share(self.config.batch, "batch")      # any number of ranks that divides B
             ws = [arrays[k][:, cols] for k in sorted(k for k in arrays if k.startswith("window_state."))]
-            self.window_state = None if not ws else (tuple(ws) if self.model.cell == "lstm" else ws[0])
+            self.window_state = None if not ws else (tuple(ws) if self.model.tuple_state else ws[0])
         if self.world.root and not read_only:
             self.metrics.truncate_after(self.step)
 

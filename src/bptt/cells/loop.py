@@ -1,0 +1,114 @@
+"""One time loop for any cell of the protocol (cells/protocol.py), in NumPy.
+
+``CellLayer(cell)`` is a layer with the contract every layer keeps (cells/__init__.py):
+
+    forward(params, x[T,B,D], state0, mask=None, resets=None) -> (h[T,B,H], stateT, tape)
+    backward(params, dh[T,B,H] | None, dstateT | None, tape, need_dx=True)
+        -> (dx[T,B,D] | None, dstate0, grads)
+
+Forward: (K1) for all steps in one GEMM, then per step (M4) resets, (K2), (K3) and
+(M1) for masks. Backward per step, newest first: the gradient from above joins the one
+from the future (R3 for s⁰), padded rows get zero (M2) so that the cell's linear backward
+gives them nothing and their gradient passes to s_{t-1} unchanged (M3), (K4), (K5),
+and (M5) stops it at a reset; then (K6) as one GEMM each. Equation numbers refer to
+docs/derivation.md.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ._resets import previous_states, steps_with_resets, zero_where
+from .protocol import check_cell
+
+
+class Tape(NamedTuple):
+    x: np.ndarray              # (T, B, D)
+    state0: tuple              # (B, H) each: the state the layer started from
+    states: tuple              # (T, B, H) each: s_t after every step
+    caches: list               # per step, what cell.step kept for step_backward
+    mask: np.ndarray | None    # (T, B) bool
+    resets: np.ndarray | None  # (T, B) bool
+
+
+class CellLayer:
+    """The layer of ``cell``: its parameters' shapes and the time loop over it."""
+
+    def __init__(self, cell):
+        self.cell = check_cell(cell)
+        self.GATES = cell.gates
+        self.STATE = tuple(cell.state)
+
+    def param_shapes(self, input_size: int, hidden_size: int) -> dict:
+        return self.cell.param_shapes(input_size, hidden_size)
+
+    def forward(self, params, x, state0, mask=None, resets=None):
+        T, B, D = x.shape
+        H = params["W_h"].shape[1]
+        cell = self.cell
+        u = (x.reshape(T * B, D) @ params["W_x"].T + params["b_h"]).reshape(T, B, -1)      # (K1)
+        states = tuple(np.empty((T, B, H), x.dtype) for _ in self.STATE)
+        caches = []
+        reset_at = steps_with_resets(resets, T)
+        prev = tuple(state0)
+        W_hT = params["W_h"].T
+        for t in range(T):
+            if reset_at[t]:
+                prev = tuple(zero_where(s, resets[t]) for s in prev)                 # (M4)
+            new, cache = cell.step(params, u[t], prev[0] @ W_hT, prev)               # (K2), (K3)
+            _check_step(cell, new, len(self.STATE), (B, H), x.dtype)
+            for i, s in enumerate(new):
+                states[i][t] = s
+                if mask is not None:
+                    np.copyto(states[i][t], prev[i], where=~mask[t, :, None])         # (M1)
+            caches.append(cache)
+            prev = tuple(s[t] for s in states)
+        return states[0], prev, Tape(x, tuple(state0), states, caches, mask, resets)
+
+    def backward(self, params, dh, dstateT, tape, need_dx=True):
+        x, states, mask = tape.x, tape.states, tape.mask
+        T, B, D = x.shape
+        H = params["W_h"].shape[1]
+        cell, W_h = self.cell, params["W_h"]
+        extra = {k: np.zeros_like(params[k]) for k in cell.extra_shapes(H)}
+        ds = tuple(np.zeros((B, H), x.dtype) for _ in self.STATE) if dstateT is None \
+            else tuple(np.array(s, dtype=x.dtype) for s in dstateT)
+        du = np.empty((T, B, cell.gates * H), x.dtype)
+        dv = np.empty((T, B, cell.gates * H), x.dtype)
+        for t in range(T - 1, -1, -1):
+            if dh is not None:
+                ds = (ds[0] + dh[t],) + ds[1:]                                         # (R3)
+            valid = None if mask is None else mask[t, :, None]
+            into_step = ds if valid is None else tuple(np.where(valid, s, 0) for s in ds)  # (M2)
+            du_t, dv_t, back, dextra = cell.step_backward(params, into_step, tape.caches[t])   # (K4)
+            du[t], dv[t] = du_t, dv_t
+            for k, g in dextra.items():
+                extra[k] += g
+            back = tuple(np.array(s, dtype=x.dtype) for s in back)
+            back = (back[0] + dv_t @ W_h,) + back[1:]                                   # (K5)
+            if valid is not None:
+                back = tuple(b + np.where(valid, 0, s) for b, s in zip(back, ds))      # (M3)
+            if tape.resets is not None and tape.resets[t].any():
+                back = tuple(np.where(tape.resets[t][:, None], 0, b) for b in back)    # (M5)
+            ds = back
+        du2, dv2 = du.reshape(T * B, -1), dv.reshape(T * B, -1)
+        h_prev = previous_states(tape.state0[0], states[0], tape.resets) if tape.resets is not None \
+            else np.concatenate([tape.state0[0][None], states[0][:-1]])
+        grads = {"W_x": du2.T @ x.reshape(T * B, D), "W_h": dv2.T @ h_prev.reshape(T * B, H),
+                 "b_h": du2.sum(axis=0)} | extra                                         # (K6)
+        dx = (du2 @ params["W_x"]).reshape(T, B, D) if need_dx else None                 # (K6)
+        return dx, ds, grads
+
+
+def _check_step(cell, new, n, shape, dtype):
+    """A cell's step must give one (B, H) array per state name, in the model's dtype."""
+    name = type(cell).__name__
+    if not isinstance(new, tuple) or len(new) != n:
+        raise ValueError(f"cell: {name}.step must return (state, cache) with state a tuple of {n} "
+                         f"arrays, got {type(new).__name__} of length {len(new) if hasattr(new, '__len__') else '?'}")
+    for s in new:
+        if getattr(s, "shape", None) != shape or s.dtype != dtype:
+            raise ValueError(f"cell: {name}.step must return state arrays of shape {shape} and dtype "
+                             f"{np.dtype(dtype).name}, got {getattr(s, 'shape', None)} "
+                             f"{getattr(s, 'dtype', type(s).__name__)}")

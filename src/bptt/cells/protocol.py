@@ -1,0 +1,86 @@
+"""The cell protocol: a recurrent cell defined once, run by one time loop (cells/loop.py).
+
+A cell says what is particular to it; the loop does the rest for every cell: the input
+projection of all steps in one GEMM, the recurrent GEMM of each step, masks, resets,
+the state carried in and the gradient carried in from the future, and the weight
+gradients in bulk after the loop. Per layer, with G gate blocks of H units, for t = 1 … T
+(rows are the B sequences of a batch):
+
+    u_t = x_t W_xᵀ + b_h                    (B, G·H)  input part, every step in one GEMM   (K1)
+    v_t = s⁰_{t-1} W_hᵀ                     (B, G·H)  recurrent part, one GEMM a step      (K2)
+    s_t, cache_t = cell.step(p, u_t, v_t, s_{t-1})     the pointwise part                  (K3)
+
+s is the tuple of state arrays named by ``cell.state``, each (B, H); s⁰ = h is the first,
+the layer's output and the one W_h multiplies. Backward, with ds_t the gradient that
+reaches the state at step t (from the layer above and from step t + 1):
+
+    du_t, dv_t, ds_{t-1}', dp_t = cell.step_backward(p, ds_t, cache_t)                    (K4)
+    ds_{t-1} = ds_{t-1}' + (dv_t W_h, 0, …)                                                (K5)
+    ∂L/∂W_x = Σ_t du_tᵀ x_t   ∂L/∂b_h = Σ_t du_t   ∂L/∂W_h = Σ_t dv_tᵀ s⁰_{t-1}
+    ∂L/∂x_t = du_t W_x        ∂L/∂p = Σ_t dp_t  (the cell's extra parameters)             (K6)
+
+ds_{t-1}' is what reaches s_{t-1} other than through v_t (the LSTM's f ⊙ dc, the GRU's
+z ⊙ dh). docs/derivation.md block K derives the loop; docs/custom_cell.md writes a cell.
+
+To write a cell, subclass ``Cell`` and give:
+
+    name         a short name (messages, repr)
+    gates        G: W_x is (G·H, D), W_h is (G·H, H), b_h is (G·H,)
+    state        names of the carried arrays, the output first: ("h",) or ("h", "c")
+    extra_shapes(H) -> {name: shape}   parameters beyond W_x, W_h, b_h (default none)
+    initialize(params, rng, H)         adjust the default U(±1/√H) initialisation (optional)
+    step(p, u, v, state) -> (new_state, cache)
+    step_backward(p, dstate, cache) -> (du, dv, dstate_prev, dextra)
+
+``p`` maps the layer's parameter names (W_x, W_h, b_h and the extras) to arrays. step
+must not write into u, v or state (they are views of the tape); ``cache`` is any tuple of
+arrays step_backward needs. step_backward gets ``dstate`` as a tuple of (B, H) arrays, is
+linear in it (the chain rule always is), and returns du and dv of shape (B, G·H),
+``dstate_prev`` as a tuple like ``state`` and ``dextra`` as {name: gradient} of the extra
+parameters summed over the batch (an empty dict when there are none). Use NumPy's array
+functions on the arrays you are given; float32 and float64 both occur.
+"""
+from __future__ import annotations
+
+
+class Cell:
+    """Base class of a recurrent cell; see the module docstring for the protocol."""
+
+    name = "cell"
+    gates = 1
+    state = ("h",)
+
+    def extra_shapes(self, hidden_size: int) -> dict:
+        """Parameters beyond W_x, W_h and b_h, as {name: shape}."""
+        return {}
+
+    def param_shapes(self, input_size: int, hidden_size: int) -> dict:
+        G, H = self.gates, hidden_size
+        return {"W_x": (G * H, input_size), "W_h": (G * H, H), "b_h": (G * H,)} | self.extra_shapes(H)
+
+    def initialize(self, params: dict, rng, hidden_size: int) -> None:
+        """Change the default initialisation (every entry U(±1/√H)) in place; default: keep it."""
+
+    def step(self, params: dict, u, v, state: tuple):
+        raise NotImplementedError(f"{type(self).__name__}.step")
+
+    def step_backward(self, params: dict, dstate: tuple, cache: tuple):
+        raise NotImplementedError(f"{type(self).__name__}.step_backward")
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+def check_cell(cell) -> Cell:
+    """``cell`` if it follows the protocol, else a ValueError naming what is missing."""
+    missing = [a for a in ("name", "gates", "state", "param_shapes", "step", "step_backward", "initialize")
+               if not hasattr(cell, a)]
+    if missing:
+        raise ValueError(f"cell: expected 'rnn', 'lstm', 'gru', 'module:Class' or a bptt.Cell, got "
+                         f"{type(cell).__name__} (it has no {', '.join(missing)})")
+    if isinstance(cell.gates, bool) or not isinstance(cell.gates, int) or cell.gates < 1:
+        raise ValueError(f"cell: {type(cell).__name__}.gates expected a positive integer, got {cell.gates!r}")
+    if not (isinstance(cell.state, tuple) and cell.state and all(isinstance(s, str) for s in cell.state)):
+        raise ValueError(f"cell: {type(cell).__name__}.state expected a tuple of names, the output first, "
+                         f"got {cell.state!r}")
+    return cell

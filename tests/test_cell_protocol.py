@@ -1,0 +1,190 @@
+"""Cells of one's own (cells/protocol.py) through the one time loop (cells/loop.py): the
+built-in GRU written as a protocol cell gives the built-in layer's numbers, and every floor
+(masks, resets, carried state, full, truncated and checkpointed BPTT, gradcheck, the
+trainer and the `bptt` command) works with a cell the library does not ship."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bptt
+from bptt import through_time as tt
+from bptt.cells import Cell
+
+
+def sigmoid(a):
+    return 0.5 * np.tanh(0.5 * a) + 0.5
+
+
+class GRUCell(Cell):
+    """PyTorch's GRU (G1)-(G5) through the public protocol, as a user would write it."""
+    name = "gru (protocol)"
+    gates = 3
+    state = ("h",)
+
+    def extra_shapes(self, H):
+        return {"b_hn": (H,)}
+
+    def step(self, p, u, v, state):
+        (h,) = state
+        H = h.shape[1]
+        r = sigmoid(u[:, :H] + v[:, :H])                                 # (G1)
+        z = sigmoid(u[:, H:2 * H] + v[:, H:2 * H])                       # (G2)
+        q = v[:, 2 * H:] + p["b_hn"]                                     # (G3)
+        n = np.tanh(u[:, 2 * H:] + r * q)                                # (G4)
+        return ((1 - z) * n + z * h,), (r, z, n, q, h)                   # (G5)
+
+    def step_backward(self, p, dstate, cache):
+        (dh,) = dstate
+        r, z, n, q, h = cache
+        dn = dh * (1 - z)
+        da_n = dn * (1 - n * n)
+        da_r = da_n * q * r * (1 - r)
+        da_z = dh * (h - n) * z * (1 - z)
+        du = np.concatenate([da_r, da_z, da_n], axis=1)
+        dv = np.concatenate([da_r, da_z, da_n * r], axis=1)
+        return du, dv, (dh * z,), {"b_hn": (da_n * r).sum(axis=0)}
+
+
+class TwoStateCell(Cell):
+    """An LSTM-like cell with a second carried array: exercises tuple states."""
+    name = "two-state"
+    gates = 2
+    state = ("h", "c")
+
+    def step(self, p, u, v, state):
+        h, c = state
+        H = h.shape[1]
+        f = sigmoid(u[:, :H] + v[:, :H])
+        g = np.tanh(u[:, H:] + v[:, H:])
+        c_new = f * c + (1 - f) * g
+        k = np.tanh(c_new)
+        return (k, c_new), (f, g, c, k)
+
+    def step_backward(self, p, dstate, cache):
+        dh, dc = dstate
+        f, g, c, k = cache
+        dc = dc + dh * (1 - k * k)
+        da_f = dc * (c - g) * f * (1 - f)
+        da_g = dc * (1 - f) * (1 - g * g)
+        d = np.concatenate([da_f, da_g], axis=1)
+        return d, d, (np.zeros_like(dh), dc * f), {}
+
+
+def pair(dtype="float64", layers=2, outputs="all", seed=3):
+    builtin = bptt.Model("gru", 3, 5, 2, num_layers=layers, outputs=outputs, dtype=dtype, seed=seed)
+    ours = bptt.Model(GRUCell(), 3, 5, 2, num_layers=layers, outputs=outputs, dtype=dtype, seed=seed)
+    assert ours.params.keys() == builtin.params.keys()
+    for k, v in builtin.params.items():
+        ours.params[k][...] = v
+    return builtin, ours
+
+
+def data(T=7, B=4, seed=0, dtype="float64"):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, B, 3)).astype(dtype)
+    y = rng.standard_normal((T, B, 2)).astype(dtype)
+    mask = np.ones((T, B), bool)
+    mask[5:, 1] = False
+    mask[3:, B - 1] = False
+    resets = np.zeros((T, B), bool)
+    resets[4, 0] = resets[2, B - 1] = True
+    h0 = 0.3 * rng.standard_normal((2, B, 5)).astype(dtype)
+    return x, y, mask, resets, h0
+
+
+@pytest.mark.parametrize("with_mask,with_resets", [(False, False), (True, False), (False, True), (True, True)])
+def test_the_gru_as_a_protocol_cell_equals_the_builtin_gru(with_mask, with_resets):
+    builtin, ours = pair()
+    x, y, mask, resets, h0 = data()
+    kw = dict(mask=mask if with_mask else None, resets=resets if with_resets else None)
+    a, b = builtin.gradients(x, y, h0, **kw), ours.gradients(x, y, h0, **kw)
+    assert abs(a.loss - b.loss) < 1e-12
+    for k in a.params:
+        np.testing.assert_allclose(b.params[k], a.params[k], rtol=0, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(b.x, a.x, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(b.state0, a.state0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(b.state, a.state, rtol=0, atol=1e-12)
+
+
+def test_the_gru_as_a_protocol_cell_in_float32_and_outputs_last():
+    builtin, ours = pair(dtype="float32", outputs="last")
+    x, y, mask, _, h0 = data(dtype="float32")
+    a, b = builtin.gradients(x, y[-1], h0, mask=mask), ours.gradients(x, y[-1], h0, mask=mask)
+    for k in a.params:
+        np.testing.assert_allclose(b.params[k], a.params[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("cell", [GRUCell(), TwoStateCell()])
+def test_gradcheck_of_user_cells_with_masks_resets_and_a_carried_state(cell):
+    model = bptt.Model(cell, 3, 4, 2, num_layers=2, dtype="float64", seed=1)
+    x, y, mask, resets, _ = data(T=6, B=3)
+    state0 = model.init_state(3)
+    rng = np.random.default_rng(5)
+    state0 = tuple(0.5 * rng.standard_normal(s.shape) for s in state0) if model.tuple_state \
+        else 0.5 * rng.standard_normal(state0.shape)
+    report = bptt.gradcheck(model, x, y, state0=state0, mask=mask, resets=resets)
+    assert report.worst() < 1e-6, report
+    assert set(report) >= set(model.params) | {"x", "h0"}
+
+
+@pytest.mark.parametrize("cell", [GRUCell(), TwoStateCell()])
+def test_schedules_and_carried_state_with_user_cells(cell):
+    model = bptt.Model(cell, 3, 4, 2, dtype="float64", seed=2)
+    x, y, *_ = data(T=9, B=2)
+    full = model.gradients(x, y)
+    loss, grads, _ = tt.checkpointed(model, x, y, budget=3)
+    assert abs(loss - full.loss) < 1e-12
+    for k in grads:
+        np.testing.assert_allclose(grads[k], full.params[k], rtol=0, atol=1e-12, err_msg=k)
+    (_, whole, *_), = list(tt.truncated(model, x, y, 9, 9))
+    for k in whole:
+        np.testing.assert_allclose(whole[k], full.params[k], rtol=0, atol=1e-12, err_msg=k)
+    y_all, state = model.forward(x)                  # step by step with the carried state
+    s, steps = None, []
+    for t in range(9):
+        y_t, s = model.forward(x[t:t + 1], s)
+        steps.append(y_t)
+    np.testing.assert_allclose(np.concatenate(steps), y_all, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(s, state, rtol=0, atol=1e-13)
+
+
+def test_a_cell_that_breaks_the_protocol_is_named():
+    class NoState(Cell):
+        name = "broken"
+
+        def step(self, p, u, v, state):
+            return state[0], ()                      # an array, not a tuple of them
+
+    model = bptt.Model(NoState(), 2, 3, 1, dtype="float64")
+    with pytest.raises(ValueError, match=r"cell: NoState.step must return \(state, cache\) with state a tuple"):
+        model.forward(np.zeros((2, 1, 2)))
+    with pytest.raises(ValueError, match="cell: expected 'rnn', 'lstm', 'gru', 'module:Class' or a bptt.Cell"):
+        bptt.Model(object(), 2, 3, 1)
+    with pytest.raises(ValueError, match="cell: cannot import 'no_such_module_xyz'"):
+        bptt.Model("no_such_module_xyz:Cell", 2, 3, 1)
+
+
+def test_the_trainer_runs_a_user_cell_in_one_pass_and_resumes_it(tmp_path):
+    """A cell of one's own steps in Python under the GIL: the trainer does not split its
+    batch over two threads; and a run of it resumes with the cell found again."""
+    import json
+    from bptt.cli import main
+    module = tmp_path / "tests_cells.py"
+    module.write_text((Path(__file__).read_text().split("def pair(")[0]))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        run = tmp_path / "run"
+        assert main(["train", "--task", "adding", "--seq-len", "8", "--cell", "tests_cells:GRUCell", "--hidden", "6",
+                     "--batch", "8", "--steps", "6", "--checkpoint-every", "3", "--threads", "2", "--quiet",
+                     "--out", str(run)]) == 0
+        assert json.loads((run / "config.json").read_text())["cell"] == "tests_cells:GRUCell"
+        assert main(["resume", str(run), "--steps", "9", "--quiet"]) == 0
+        assert main(["eval", str(run)]) == 0
+        from bptt.train.trainer import Trainer
+        assert Trainer.load(run).model.threads == 1 and Trainer.load(run).step == 9
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("tests_cells", None)
