@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import platform
 import statistics
 import time
 from typing import NamedTuple
@@ -39,6 +38,7 @@ import torch
 
 from bptt.backends import fused
 from bptt.cells import CELLS
+from machine import stamp
 
 SHAPES = [(25, 1, 65, 100), (100, 32, 64, 128), (100, 64, 128, 256), (200, 32, 128, 512), (1000, 16, 32, 128)]
 TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
@@ -191,8 +191,8 @@ def main():
 
     what = "forward + backward with ∂L/∂x" if args.input_grad else "forward + backward (training step, no ∂L/∂x)"
     print(f"# {what}")
-    print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · "
-          f"{os.cpu_count()} cores · threads {args.threads} · numpy {np.__version__} · torch {torch.__version__}")
+    print(stamp())
+    print(f"# threads {args.threads}")
     print(f"# malloc: {'freed memory kept (keep_freed_memory)' if kept else 'glibc defaults'}")
     before = gemm_rate()
     print(f"# NumPy float32 GEMM (1024³): {before:.0f} GFLOP/s")

@@ -10,14 +10,13 @@ Each cell is run once after a warm-up on a short sequence; the figure is wall ti
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
 
 import bptt
 from bptt.diagnostics import flow
+from machine import stamp
 
 
 def main():
@@ -27,8 +26,8 @@ def main():
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     args = parser.parse_args()
     T, H = args.T, args.hidden
-    print(f"# flow report, T={T}, H={H}, D=2, O=1; numpy {np.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores")
+    print(stamp())
+    print(f"# flow report, T={T}, H={H}, D=2, O=1")
     print(f"{'cell':<6} {'B':>3} {'outputs':>8} {'seconds':>8} {'targets':>8} {'pairs':>6}")
     rng = np.random.default_rng(0)
     for cell in ("rnn", "lstm", "gru"):

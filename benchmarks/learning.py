@@ -13,8 +13,6 @@ updates, or the MSE after --max-updates. Copy task at T=100 (LSTM and GRU; basel
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 
@@ -22,6 +20,7 @@ import numpy as np
 
 from bptt.train.config import Config
 from bptt.train.trainer import Trainer
+from machine import stamp
 
 ADDING = [("lstm", {}), ("gru", {}), ("rnn", {}),
           ("rnn", {"nonlinearity": "relu", "init": "identity", "lr": 1e-4})]
@@ -46,7 +45,7 @@ def main():
     parser.add_argument("--max-updates", type=int, default=10_000)
     args = parser.parse_args()
     out = tempfile.mkdtemp(prefix="bptt-learning-")
-    print(f"# {time.strftime('%Y-%m-%d')} · {platform.machine()} · {os.cpu_count()} cores · numpy {np.__version__}")
+    print(stamp())
     print("| task | T | model | recipe | updates | validation loss | baseline | seconds |")
     print("|---|---:|---|---|---:|---:|---:|---:|")
     if args.only in (None, "adding"):

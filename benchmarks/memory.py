@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import time
 import tracemalloc
 
@@ -26,6 +25,7 @@ import numpy as np
 import bptt
 from bptt import through_time as tt
 from bptt.backends import workspace
+from machine import stamp
 
 B, D, H, O = 16, 64, 256, 8
 
@@ -62,8 +62,8 @@ def main():
     args = parser.parse_args()
     model = bptt.Model("lstm", D, H, O, seed=0)
     mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    print(f"# {time.strftime('%Y-%m-%d')} · {platform.machine()} · {os.cpu_count()} cores · "
-          f"{mem_total / 2**30:.0f} GiB · numpy {np.__version__} · LSTM B={B} D={D} H={H} float32")
+    print(stamp())
+    print(f"# {mem_total / 2**30:.0f} GiB · LSTM B={B} D={D} H={H} float32")
     print("| T | schedule | peak MiB | time s | memory vs full | time vs full |")
     print("|---:|---|---:|---:|---:|---:|")
     for T in args.T:

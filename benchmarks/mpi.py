@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
+
+from machine import stamp
 
 CASES = {
     "lstm H=64, adding T=50, B=32": ["--task", "adding", "--cell", "lstm", "--hidden", "64", "--seq-len", "50",
@@ -63,8 +63,8 @@ def main():
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
     mpiexec = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    print(f"# {time.strftime('%Y-%m-%d')} · {platform.machine()} · {os.cpu_count()} cores · float32 · "
-          f"{args.steps} updates after 5 of warm-up · BLAS threads per rank: 2 // ranks")
+    print(stamp())
+    print(f"# float32 · {args.steps} updates after 5 of warm-up · BLAS threads per rank: 2 // ranks")
     print("| model and task | ranks | updates/s | all-reduce ms/update | speed-up |")
     print("|---|---:|---:|---:|---:|")
     for name, flags in CASES.items():

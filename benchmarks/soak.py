@@ -11,9 +11,9 @@ the second half), and draws the curve.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
+from machine import stamp
 
 
 def rss_mib() -> float:
@@ -53,7 +53,8 @@ def main():
     steps, rss = np.array(steps), np.array(rss)
     half = len(steps) // 2
     slope = np.polyfit(steps[half:], rss[half:], 1)[0] * 1000
-    print(f"# {time.strftime('%Y-%m-%d')} · {os.cpu_count()} cores · {args.updates} updates in {seconds:.0f} s "
+    print(stamp())
+    print(f"# {args.updates} updates in {seconds:.0f} s "
           f"(LSTM H=32, adding T=30, B=16, checkpoint and validation every 1000)")
     print(f"RSS after {steps[0]} updates: {rss[0]:.1f} MiB; after {steps[-1]}: {rss[-1]:.1f} MiB; "
           f"max {rss.max():.1f} MiB")

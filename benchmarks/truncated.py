@@ -11,14 +11,13 @@ forward and a backward per step, plus a k1-step forward to move the window.
 """
 from __future__ import annotations
 
-import os
-import platform
 import time
 
 import numpy as np
 
 import bptt
 from bptt import through_time as tt
+from machine import stamp
 
 T, B, D, H, O = 2000, 16, 64, 256, 8
 
@@ -42,8 +41,8 @@ def main():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, D), dtype=np.float32)
     y = rng.standard_normal((T, B, O), dtype=np.float32)
-    print(f"# {time.strftime('%Y-%m-%d')} · {platform.machine()} · {os.cpu_count()} cores · "
-          f"numpy {np.__version__} · LSTM T={T} B={B} D={D} H={H} float32")
+    print(stamp())
+    print(f"# LSTM T={T} B={B} D={D} H={H} float32")
     full = median_seconds(lambda: tt.full(model, x, y))
     print("| schedule | sweep s | vs full |")
     print("|---|---:|---:|")

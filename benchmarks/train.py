@@ -1,0 +1,117 @@
+"""`bptt train` end to end against the same training written as a plain PyTorch script.
+
+Both sides train a character LSTM on the same data: the built-in corpus's training split
+cut into B streams, T steps an update with the state carried across updates (truncated
+BPTT), one-hot inputs made every update, softmax + cross-entropy, the global gradient norm
+clipped at 5, Adam with a cosine schedule. bptt runs ``Trainer.update`` (what `bptt train`
+runs between its evaluations); PyTorch runs nn.LSTM + nn.Linear, ``clip_grad_norm_`` and
+torch.optim.Adam, the usual 60-line script. Each side is timed as a block of updates after
+a short pause, in alternating rounds (on 2 cores one library's idle threads spin against
+the other's); the ratio is taken within each round, and its median reported.
+
+    python benchmarks/train.py                          # the default job and a 2-layer LSTM of 256
+    python benchmarks/train.py --updates 50 --rounds 2  # quicker
+    python benchmarks/train.py --jobs default
+
+Prints one row per job: updates/s of each side (median over rounds) and bptt/PyTorch
+(> 1: bptt trains faster), under the machine stamp (benchmarks/machine.py).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from machine import cores, stamp
+
+JOBS = {"default": dict(hidden=128, layers=1), "large": dict(hidden=256, layers=2)}
+
+
+def bptt_side(job, run_dir):
+    from bptt.train.config import Config
+    from bptt.train.trainer import Trainer
+    trainer = Trainer(Config(**JOBS[job], out=run_dir))
+    return trainer, trainer.update
+
+
+def torch_side(trainer):
+    """The same model, data, schedule and clipping, in PyTorch; returns one update."""
+    c, task = trainer.config, trainer.task
+    V, H = task.vocab_size, c.hidden
+    streams = task.streams(task.train, c.batch)                  # (L, B) codes, as bptt's
+    lstm = torch.nn.LSTM(V, H, num_layers=c.layers)
+    head = torch.nn.Linear(H, V)
+    params = list(lstm.parameters()) + list(head.parameters())
+    optimizer = torch.optim.Adam(params, lr=c.lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    position = {"start": 0, "step": 0, "state": None}
+
+    def update():
+        T = c.seq_len
+        lo = position["start"]
+        if lo + T + 1 > streams.shape[0]:                        # an epoch is over
+            lo, position["state"] = 0, None
+        codes = torch.from_numpy(streams[lo:lo + T + 1])
+        x = torch.nn.functional.one_hot(codes[:-1], V).float()   # (T, B, V)
+        out, state = lstm(x, position["state"])
+        loss = loss_fn(head(out).reshape(-1, V), codes[1:].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, c.clip_norm)
+        position["step"] += 1
+        for group in optimizer.param_groups:                      # cosine, as train/schedules.py
+            group["lr"] = c.lr * 0.5 * (1 + math.cos(math.pi * min(position["step"], c.steps) / c.steps))
+        optimizer.step()
+        position["state"] = tuple(s.detach() for s in state)
+        position["start"] = lo + T
+        return loss.item()
+
+    return update
+
+
+def timed(update, n) -> float:
+    """Updates per second over a block of n, after a pause that lets idle threads sleep."""
+    time.sleep(0.5)
+    start = time.perf_counter()
+    for _ in range(n):
+        update()
+    return n / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", default="default,large", help="comma-separated: default, large")
+    parser.add_argument("--updates", type=int, default=100, help="updates a block (default: 100)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
+    args = parser.parse_args()
+    torch.set_num_threads(cores())
+    print(stamp())
+    print(f"# torch threads {torch.get_num_threads()} · float32 · {args.updates} updates a block · "
+          f"{args.rounds} rounds")
+    print(f"{'job':<34} {'bptt upd/s':>11} {'torch upd/s':>12} {'bptt/torch':>11}")
+    for job in args.jobs.split(","):
+        with tempfile.TemporaryDirectory() as run_dir:
+            trainer, ours = bptt_side(job, run_dir)
+            theirs = torch_side(trainer)
+            for _ in range(3):                                    # compile, warm caches
+                ours()
+                theirs()
+            rates = []
+            for _ in range(args.rounds):
+                rates.append((timed(ours, args.updates), timed(theirs, args.updates)))
+        c = trainer.config
+        label = f"{job}: LSTM {c.layers}×{c.hidden}, B {c.batch}, T {c.seq_len}"
+        ratio = statistics.median(a / b for a, b in rates)
+        print(f"{label:<34} {statistics.median(a for a, _ in rates):>11.1f} "
+              f"{statistics.median(b for _, b in rates):>12.1f} {ratio:>11.2f}")
+        print("  rounds (bptt, torch): " + ", ".join(f"({a:.1f}, {b:.1f})" for a, b in rates))
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
