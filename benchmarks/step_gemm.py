@@ -2,7 +2,7 @@
 
 A layer's time loop does one (B, H) x (H, G·H) product a step forward and one
 (B, G·H) x (G·H, H) backward. They are small in B, and OpenBLAS runs them below its
-square-matrix rate; that rate bounds what a whole pass can reach (RESULTS.md, session 4).
+square-matrix rate; that rate bounds what a whole pass can reach (RESULTS.md).
 This script times them exactly as the loops do (`cpu_loops._repeat_times_w`): the packed
 micro-kernel (backends/packed_gemm.py, the default) and Numba calling NumPy's OpenBLAS in
 both orientations (the flipped one with its transposing copy), and the 1024³ GEMM right

@@ -2,7 +2,6 @@
 built-in GRU written as a protocol cell gives the built-in layer's numbers, and every floor
 (masks, resets, carried state, full, truncated and checkpointed BPTT, gradcheck, the
 trainer and the `bptt` command) works with a cell the library does not ship."""
-import subprocess
 import sys
 from pathlib import Path
 
@@ -158,6 +157,16 @@ def test_a_cell_that_breaks_the_protocol_is_named():
         def step(self, p, u, v, state):
             return state[0], ()                      # an array, not a tuple of them
 
+        def step_backward(self, p, dstate, cache):
+            return None
+
+    class NoBackward(Cell):
+        def step(self, p, u, v, state):
+            return state, ()
+
+    with pytest.raises(TypeError, match="step_backward"):
+        NoBackward()
+
     model = bptt.Model(NoState(), 2, 3, 1, dtype="float64")
     with pytest.raises(ValueError, match=r"cell: NoState.step must return \(state, cache\) with state a tuple"):
         model.forward(np.zeros((2, 1, 2)))
@@ -188,3 +197,64 @@ def test_the_trainer_runs_a_user_cell_in_one_pass_and_resumes_it(tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("tests_cells", None)
+
+
+def test_the_protocol_gru_agrees_with_torch_nn_gru():
+    """The protocol GRU against torch.nn.GRU's autograd, weights loaded from PyTorch."""
+    torch = pytest.importorskip("torch")
+    from bptt.interop.torch import from_torch
+    torch.manual_seed(4)
+    rnn = torch.nn.GRU(3, 5, num_layers=2, dtype=torch.float64)
+    linear = torch.nn.Linear(5, 2, dtype=torch.float64)
+    builtin = from_torch(rnn, linear, loss="mse", reduction="sum")
+    ours = bptt.Model(GRUCell(), 3, 5, 2, num_layers=2, loss="mse", reduction="sum", dtype="float64")
+    for k, v in builtin.params.items():
+        ours.params[k][...] = v
+    x, y, _, _, h0 = data()
+    g = ours.gradients(x, y, h0)
+    xt, h0t = torch.tensor(x, requires_grad=True), torch.tensor(h0, requires_grad=True)
+    out, _ = rnn(xt, h0t)
+    loss = ((linear(out) - torch.tensor(y)) ** 2).sum()
+    loss.backward()
+    assert abs(g.loss - loss.item()) < 1e-10
+    H = 5
+    for l in range(2):
+        np.testing.assert_allclose(g.params[f"layer{l}.W_x"], getattr(rnn, f"weight_ih_l{l}").grad, atol=1e-10)
+        np.testing.assert_allclose(g.params[f"layer{l}.W_h"], getattr(rnn, f"weight_hh_l{l}").grad, atol=1e-10)
+        np.testing.assert_allclose(g.params[f"layer{l}.b_h"], getattr(rnn, f"bias_ih_l{l}").grad, atol=1e-10)
+        np.testing.assert_allclose(g.params[f"layer{l}.b_hn"], getattr(rnn, f"bias_hh_l{l}").grad[2 * H:],
+                                   atol=1e-10)
+    np.testing.assert_allclose(g.x, xt.grad, atol=1e-10)
+    np.testing.assert_allclose(g.state0, h0t.grad, atol=1e-10)
+
+
+def test_the_tutorial_mgu_agrees_with_torch_autograd_of_its_equations(tmp_path, monkeypatch):
+    """docs/custom_cell.md's MGU: (U1)-(U4) written in PyTorch, differentiated by autograd."""
+    torch = pytest.importorskip("torch")
+    import re
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "custom_cell.md").read_text(encoding="utf-8")
+    (tmp_path / "mgu.py").write_text(re.search(r"```python\n(# mgu\.py\n.*?)```", doc, re.S).group(1))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("mgu", None)
+    from mgu import MGU
+    model = bptt.Model(MGU(), 3, 4, 2, loss="mse", reduction="sum", dtype="float64", seed=7)
+    x, y, mask, resets, h0 = data()
+    h0 = h0[:1, :, :4]
+    g = model.gradients(x, y, h0)
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in model.params.items()}
+    xt, h = torch.tensor(x, requires_grad=True), torch.tensor(h0[0], requires_grad=True)
+    h0t, H, loss = h, 4, 0.0
+    for t in range(x.shape[0]):
+        u = xt[t] @ p["layer0.W_x"].T + p["layer0.b_h"]
+        v = h @ p["layer0.W_h"].T
+        f = torch.sigmoid(u[:, :H] + v[:, :H])                                  # (U1)
+        n = torch.tanh(u[:, H:] + f * (v[:, H:] + p["layer0.b_hn"]))           # (U2), (U3)
+        h = (1 - f) * h + f * n                                                  # (U4)
+        loss = loss + ((h @ p["head.W_y"].T + p["head.b_y"] - torch.tensor(y[t])) ** 2).sum()
+    loss.backward()
+    assert abs(g.loss - loss.item()) < 1e-10
+    for k in model.params:
+        np.testing.assert_allclose(g.params[k], p[k].grad, rtol=0, atol=1e-10, err_msg=k)
+    np.testing.assert_allclose(g.x, xt.grad, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(g.state0[0], h0t.grad, rtol=0, atol=1e-10)
+    sys.modules.pop("mgu", None)

@@ -10,6 +10,23 @@ import numpy as np
 FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
+def argument(kind, expected: str, test=lambda value: True):
+    """An argparse ``type``: ``kind(text)``, refused in argparse's one line ("argument
+    --opt: expected …, got '…'") when it does not parse or ``test`` fails."""
+    import argparse
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not test(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def dtype_of(name: str, value) -> np.dtype:
     """Resolve a dtype given as a string or numpy dtype; only float32 and float64."""
     try:

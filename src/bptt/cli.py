@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, cli_flow
+from . import __version__, _checks, cli_flow
 from .train.config import Config, coerce, load_toml
 
 DEFAULTS = Config()
@@ -70,23 +70,9 @@ def _train_options(p):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _checked(kind, test, expected):
-    """An argparse type: ``kind(text)``, refused with what was expected unless ``test`` holds."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not test(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
-POSITIVE_INT = _checked(int, lambda v: v >= 1, "a positive integer")
-SEED = _checked(int, lambda v: v >= 0, "an integer >= 0")
-POSITIVE_FLOAT = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+POSITIVE_INT = _checks.argument(int, "a positive integer", lambda v: v >= 1)
+SEED = _checks.argument(int, "an integer >= 0", lambda v: v >= 0)
+POSITIVE_FLOAT = _checks.argument(float, "a positive number", lambda v: v > 0 and math.isfinite(v))
 RUN_HELP = "a run folder that `bptt train` wrote"
 BEST_HELP = "use the best model (best.json: the lowest validation loss) instead of the latest checkpoint"
 

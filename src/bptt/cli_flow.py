@@ -11,7 +11,6 @@ a ValueError naming the option, what was expected and what came (one line, exit 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _checks
 from .cells import CELLS
 from .diagnostics import flow
 from .diagnostics.plots import plot_clipping, plot_flow
@@ -47,19 +47,8 @@ BAD_VALUES = {
 }
 
 
-def _number(kind, expected):
-    """An argparse type: ``kind(text)``, or one line saying what was expected."""
-    def parse(text):
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def add_parser(sub):
-    integer, number = _number(int, "an integer"), _number(float, "a number")
+    integer, number = _checks.argument(int, "an integer"), _checks.argument(float, "a number")
     p = sub.add_parser("flow", help="see the gradient flow through time: per-step norms, credit, Jacobians, bound")
     p.add_argument("--task", default="adding", help="adding, copy, sine or text (default: adding)")
     p.add_argument("--seq-len", type=integer, default=200,
@@ -161,10 +150,7 @@ def check(args) -> tuple:
         _writable_folder(out)
     if not args.run and out is not None:
         for cell in cells:
-            run_dir = out / cell
-            if run_dir.exists() and (not run_dir.is_dir() or any(p.name != ".lock" for p in run_dir.iterdir())):
-                raise ValueError(f"--out: expected a new or empty folder for the {cell} run (flow trains into "
-                                 f"OUT/<cell>), got {os.fspath(run_dir)}, which holds files")
+            folder.check_new(out / cell, option="--out")        # flow trains into OUT/<cell>
     if not args.run and args.task == "text":
         task = make_task("text", args.seq_len)
         _check_text_length(task, args.seq_len, args.batch, "--seq-len")

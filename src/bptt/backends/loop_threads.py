@@ -7,12 +7,12 @@ worker each run half of every step (backends/cpu_loops.py, ``parts = 2``). With 
 packed GEMM (the default, backends/packed_gemm.py: W_h packed once, shared read-only),
 each thread takes half of the batch's rows for the GEMM and the kernel alike, and so
 the two halves run through time without meeting: 2-8% faster than the split below at
-(100, 32, 64, 128) and (200, 32, 128, 512) (benchmarks/RESULTS.md, session 7). With
+(100, 32, 64, 128) and (200, 32, 128, 512) (benchmarks/RESULTS.md). With
 BPTT_STEP_GEMM=blas the GEMM is split into two blocks of output columns, each thread's
 block single-threaded with only its half of W_h packed, and the kernel into two blocks
 of batch rows; they meet at a spin barrier (backends/spin.py) twice a step. BLAS is held
 to one thread while they run, and goes back to its setting after. Measured on 2 cores
-(benchmarks/RESULTS.md, session 5): the LSTM's backward loop at (200, 32, 128, 512)
+(benchmarks/RESULTS.md): the LSTM's backward loop at (200, 32, 128, 512)
 0.63-0.81 of the one-thread loop's time.
 The first such loop makes OpenBLAS's idle workers sleep within a millisecond instead of
 spinning for 110 ms (cblas.quiet_idle_workers): a worker spinning after the layer's own

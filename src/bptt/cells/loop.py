@@ -57,7 +57,8 @@ class CellLayer:
             if reset_at[t]:
                 prev = tuple(zero_where(s, resets[t]) for s in prev)                 # (M4)
             new, cache = cell.step(params, u[t], prev[0] @ W_hT, prev)               # (K2), (K3)
-            _check_step(cell, new, len(self.STATE), (B, H), x.dtype)
+            if t == 0:                                   # what the cell returns, checked once
+                _check_step(cell, new, len(self.STATE), (B, H), x.dtype)
             for i, s in enumerate(new):
                 states[i][t] = s
                 if mask is not None:
@@ -72,8 +73,7 @@ class CellLayer:
         H = params["W_h"].shape[1]
         cell, W_h = self.cell, params["W_h"]
         extra = {k: np.zeros_like(params[k]) for k in cell.extra_shapes(H)}
-        ds = tuple(np.zeros((B, H), x.dtype) for _ in self.STATE) if dstateT is None \
-            else tuple(np.array(s, dtype=x.dtype) for s in dstateT)
+        ds = tuple(np.zeros((B, H), x.dtype) for _ in self.STATE) if dstateT is None else tuple(dstateT)
         du = np.empty((T, B, cell.gates * H), x.dtype)
         dv = np.empty((T, B, cell.gates * H), x.dtype)
         for t in range(T - 1, -1, -1):
@@ -85,8 +85,7 @@ class CellLayer:
             du[t], dv[t] = du_t, dv_t
             for k, g in dextra.items():
                 extra[k] += g
-            back = tuple(np.array(s, dtype=x.dtype) for s in back)
-            back = (back[0] + dv_t @ W_h,) + back[1:]                                   # (K5)
+            back = (back[0] + dv_t @ W_h,) + tuple(back[1:])                             # (K5)
             if valid is not None:
                 back = tuple(b + np.where(valid, 0, s) for b, s in zip(back, ds))      # (M3)
             if tape.resets is not None and tape.resets[t].any():

@@ -42,9 +42,12 @@ functions on the arrays you are given; float32 and float64 both occur.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 
-class Cell:
-    """Base class of a recurrent cell; see the module docstring for the protocol."""
+
+class Cell(ABC):
+    """Base class of a recurrent cell; see the module docstring for the protocol. A
+    subclass without ``step`` or ``step_backward`` cannot be built (TypeError names them)."""
 
     name = "cell"
     gates = 1
@@ -61,11 +64,13 @@ class Cell:
     def initialize(self, params: dict, rng, hidden_size: int) -> None:
         """Change the default initialisation (every entry U(±1/√H)) in place; default: keep it."""
 
+    @abstractmethod
     def step(self, params: dict, u, v, state: tuple):
-        raise NotImplementedError(f"{type(self).__name__}.step")
+        """(K3): (new state tuple, cache)."""
 
+    @abstractmethod
     def step_backward(self, params: dict, dstate: tuple, cache: tuple):
-        raise NotImplementedError(f"{type(self).__name__}.step_backward")
+        """(K4): (du, dv, dstate_prev, dextra)."""
 
     def __repr__(self):
         return f"{type(self).__name__}()"

@@ -1,5 +1,6 @@
 """A run folder belongs to one run, and to one process at a time.
 
+    check_new(path, fresh)      what claim_new would refuse, nothing created
     claim_new(path, fresh)      a new run: the folder is created, or exists and is empty
                                 (``fresh``: an earlier run in it is deleted first); locked
     claim_existing(path)        a run to continue: locked; halves of checkpoints cut short
@@ -115,15 +116,21 @@ class Lock:
         self.release()
 
 
+def check_new(path, fresh: bool = False, option: str = "--out") -> None:
+    """What ``claim_new`` would refuse, checked without creating or changing anything."""
+    path = Path(path)
+    _check_folder(path, option)
+    if path.exists():
+        _refuse_unless_empty(path, fresh, option)
+
+
 def claim_new(path, fresh: bool = False, option: str = "--out") -> tuple:
     """(path, Lock) for a new run in ``path`` (None: a new default name)."""
     if path is None:
         path = default_name()
         return path, Lock(path, option)
     path = Path(path)
-    _check_folder(path, option)
-    if path.exists():
-        _refuse_unless_empty(path, fresh, option)
+    check_new(path, fresh, option)
     path.mkdir(parents=True, exist_ok=True)
     lock = Lock(path, option)
     try:

@@ -200,11 +200,10 @@ class Trainer:
     def load(cls, run, best: bool = False, world=None) -> "Trainer":
         """The trainer of ``run`` at its latest checkpoint (or best.json), to evaluate or
         sample: no lock, and nothing in the folder is written."""
-        meta, arrays, path = runs.load_checkpoint(run, best)
+        meta, arrays, _ = runs.load_checkpoint(run, best)
         config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)})
         trainer = cls(config, run_dir=run, world=world, _claim="read")
         trainer._restore(meta, arrays, read_only=True)
-        trainer.checkpoint = path
         return trainer
 
     def check_can_continue(self, overrides=()):
@@ -309,7 +308,7 @@ class Trainer:
             with self._loop_threads():
                 return self._update()
         # BLAS on one thread: otherwise its idle worker busy-waits on the second core after
-        # every call, against our second thread (benchmarks/RESULTS.md, session 4).
+        # every call, against our second thread (benchmarks/RESULTS.md).
         with self._blas.limit(limits=1):
             return self._update()
 
