@@ -13,10 +13,10 @@ library's idle worker threads spin and steal the other's second core.
     python benchmarks/cells.py --keep-freed-memory   # both sides with glibc's malloc keeping freed blocks
 
 Prints one table: times in ms (the least of three rounds' medians of blocks; each round
-times the three sides one after the other) for our fused path (the default: Numba step kernels), our plain
-NumPy path (BPTT_FUSED=0) and PyTorch; the ratios to PyTorch (< 1 means faster), each the
-median over the rounds of the ratio within a round, since this machine's speed drifts; the
-achieved GFLOP/s of the fused pass (GEMM flops: 2·T·B·G·H·(3H + 3D), less 2·T·B·G·H·D
+times the two sides one after the other) for our layer (the compiled loop,
+cells/compiled.py) and PyTorch; their ratio (< 1 means faster), the median over the rounds
+of the ratio within a round, since this machine's speed drifts; the achieved GFLOP/s of our
+pass (GEMM flops: 2·T·B·G·H·(3H + 3D), less 2·T·B·G·H·D
 without ∂L/∂x) as a share of the float32 GEMM rate NumPy reaches (1024³, measured before
 and after in the same run, the larger taken; and, at the largest shape, measured again in
 each round right after our pass, the share taken within the round since the machine's
@@ -36,8 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from bptt.backends import fused
-from bptt.cells import CELLS
+from bptt.cells import layer as cell_layer
 from machine import stamp
 
 SHAPES = [(25, 1, 65, 100), (100, 32, 64, 128), (100, 64, 128, 256), (200, 32, 128, 512), (1000, 16, 32, 128)]
@@ -79,7 +78,7 @@ class Pair(NamedTuple):
 def make_pair(cell, T, B, D, H, input_grad=False) -> Pair:
     torch.manual_seed(0)
     ref = TORCH[cell](D, H)
-    layer = CELLS[cell]
+    layer = cell_layer(cell)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, D)).astype(np.float32)
     dh = rng.standard_normal((T, B, H)).astype(np.float32)
@@ -118,27 +117,22 @@ def bench_shape(cell, T, B, D, H, min_block_s, blocks, input_grad, measure_rate=
         out, _ = ref(xt, s0t)
     err = float(np.abs(h - out.numpy()).max())
     tape_mib = sum(v.nbytes for k, v in tape._asdict().items()
-                   if isinstance(v, np.ndarray) and k not in ("x", "h0", "c0", "mask", "resets")) / 2 ** 20
+                   if isinstance(v, np.ndarray) and k not in ("x", "start", "mask", "resets")) / 2 ** 20
     torch_mib = torch_saved_mib(ref, xt, s0t)
-    times = {"fused": [], "plain": [], "torch": []}
+    times = {"ours": [], "torch": []}
     rates = []
     for _ in range(ROUNDS):
-        times["fused"].append(block_time(ours, min_block_s, blocks))
+        times["ours"].append(block_time(ours, min_block_s, blocks))
         if measure_rate:                  # the GEMM rate of this round, right after our pass
             rates.append(gemm_rate(min_block_s=min_block_s / 2))
         times["torch"].append(block_time(theirs, min_block_s, blocks))
-        fused.ENABLED = False
-        try:
-            times["plain"].append(block_time(ours, min_block_s, blocks))
-        finally:
-            fused.ENABLED = True
     G = layer.GATES
     flops = 2.0 * T * B * G * H * (3 * H + (3 if input_grad else 2) * D)
     best = {k: min(v) for k, v in times.items()}
     # The machine's speed drifts between rounds; a ratio is taken within each round.
-    ratios = {k: statistics.median(a / b for a, b in zip(times[k], times["torch"])) for k in ("fused", "plain")}
-    share = statistics.median(flops / t / 1e9 / r for t, r in zip(times["fused"], rates)) if rates else None
-    return best, ratios, flops / best["fused"] / 1e9, err, tape_mib, torch_mib, share
+    ratio = statistics.median(a / b for a, b in zip(times["ours"], times["torch"]))
+    share = statistics.median(flops / t / 1e9 / r for t, r in zip(times["ours"], rates)) if rates else None
+    return best, ratio, flops / best["ours"] / 1e9, err, tape_mib, torch_mib, share
 
 
 def torch_saved_mib(ref, xt, s0t):
@@ -196,9 +190,9 @@ def main():
     print(f"# malloc: {'freed memory kept (keep_freed_memory)' if kept else 'glibc defaults'}")
     before = gemm_rate()
     print(f"# NumPy float32 GEMM (1024³): {before:.0f} GFLOP/s")
-    print("| cell | T, B, D, H | fused ms | plain ms | torch ms | fused/torch | plain/torch | GFLOP/s "
-          "| tape MiB ours | torch | max |Δh| |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| cell | T, B, D, H | bptt ms | torch ms | bptt/torch | GFLOP/s "
+          "| tape MiB bptt | torch | max |Δh| |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     largest = max(shapes, key=lambda s: s[0] * s[1] * s[3] * (s[2] + s[3]))
     for cell in args.cells.split(","):
@@ -206,9 +200,8 @@ def main():
             t, ratio, gflops, err, ours_mib, torch_mib, share = bench_shape(
                 cell, T, B, D, H, min_block_s, blocks, args.input_grad, measure_rate=(T, B, D, H) == largest)
             rows.append((cell, (T, B, D, H), gflops, share))
-            print(f"| {cell} | {T}, {B}, {D}, {H} | {1e3 * t['fused']:.2f} | {1e3 * t['plain']:.2f} | "
-                  f"{1e3 * t['torch']:.2f} | {ratio['fused']:.2f} | {ratio['plain']:.2f} | "
-                  f"{gflops:.1f} | {ours_mib:.2f} | {torch_mib:.2f} | {err:.1e} |", flush=True)
+            print(f"| {cell} | {T}, {B}, {D}, {H} | {1e3 * t['ours']:.2f} | {1e3 * t['torch']:.2f} | "
+                  f"{ratio:.2f} | {gflops:.1f} | {ours_mib:.2f} | {torch_mib:.2f} | {err:.1e} |", flush=True)
     after = gemm_rate()
     rate = max(before, after)
     print(f"# GEMM after the runs: {after:.0f} GFLOP/s")

@@ -34,7 +34,7 @@ def main():
 
     from bptt.backends import cuda
     from bptt.backends.graphs import GraphedLayer
-    from bptt.cells import CELLS
+    from bptt.cells import layer
     if not (cuda.AVAILABLE and torch.cuda.is_available()):
         raise SystemExit("benchmarks/gpu.py: needs CuPy and PyTorch with a CUDA device")
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -49,7 +49,7 @@ def main():
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for cell in args.cells.split(","):
         for T, B, D, H in shapes:
-            row = bench(cell, T, B, D, H, repeats, cp, torch, CELLS[cell], GraphedLayer)
+            row = bench(cell, T, B, D, H, repeats, cp, torch, layer(cell), GraphedLayer)
             print("| {} | {}, {}, {}, {} | {:.1e} | {:.1e} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |".format(
                 cell, T, B, D, H, *row), flush=True)
 

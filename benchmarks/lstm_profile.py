@@ -1,10 +1,11 @@
-"""Where a fused LSTM layer's time goes: input projection, compiled loops, weight GEMM.
+"""Where a layer's time goes: input projection, compiled loops, weight GEMM (LSTM by default).
 
     python benchmarks/lstm_profile.py                      # (T, B, D, H) = (100, 32, 64, 128)
-    python benchmarks/lstm_profile.py --shape 200,32,128,512
+    python benchmarks/lstm_profile.py --shape 200,32,128,512 --cell gru
 
 float32, the machine's BLAS threads; each figure is the median of 7 blocks of 20 calls.
-The parts are timed alone, so they need not add up exactly to the whole.
+The parts are timed alone, as cells/compiled.py runs them, so they need not add up
+exactly to the whole.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import time
 
 import numpy as np
 
-from bptt.backends import cpu_loops, loop_threads
+from bptt.backends import loop_threads, settings
 from bptt.backends.arrays import column_sums
-from bptt.cells import lstm
+from bptt.cells import compiled, layer
+from machine import stamp
 
 
 def median_ms(fn, calls=20, blocks=7):
@@ -33,58 +35,62 @@ def median_ms(fn, calls=20, blocks=7):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="100,32,64,128", help="T,B,D,H")
-    T, B, D, H = map(int, parser.parse_args().shape.split(","))
-    if not cpu_loops.use_for(np.zeros(1, np.float32)):
-        raise SystemExit("the compiled loops are off here (no Numba, no OpenBLAS, or BPTT_FUSED/BPTT_LOOPS=0)")
+    parser.add_argument("--cell", default="lstm", choices=("rnn", "lstm", "gru"))
+    args = parser.parse_args()
+    T, B, D, H = map(int, args.shape.split(","))
+    lay = layer(args.cell)
     rng = np.random.default_rng(0)
     f32 = np.float32
-    params = {"W_x": (rng.standard_normal((4 * H, D)) / np.sqrt(D)).astype(f32),
-              "W_h": (rng.standard_normal((4 * H, H)) / np.sqrt(H)).astype(f32),
-              "b_h": np.zeros(4 * H, f32)}
+    params = {k: (rng.standard_normal(s) / np.sqrt(s[-1])).astype(f32) for k, s in lay.param_shapes(D, H).items()}
     x = rng.standard_normal((T, B, D)).astype(f32)
     dh = rng.standard_normal((T, B, H)).astype(f32)
-    state0 = (np.zeros((B, H), f32), np.zeros((B, H), f32))
-    _, _, tape = lstm.forward(params, x, state0)
-    W_h, b_h = params["W_h"], params["b_h"]
-    valid, reset_at, resets = cpu_loops.step_flags(None, None, T, B)
-    split = loop_threads.parts_for(B, 4 * H, H, T, meets=cpu_loops.STEP_GEMM != "packed") == 2
-    gates, W_x_packed = cpu_loops.inputs_for_loop(params, x)    # empty, and the loop projects x_t, or projected
-    in_loop = W_x_packed.size > 0
-    h, c = np.empty((T, B, H), f32), np.empty((T, B, H), f32)
-    rec, scratch = np.empty((B, 4 * H), f32), np.empty((B, H), f32)
-    dz = np.empty((T, B, 4 * H), f32)
-    dh_next, dc_next = np.zeros((B, H), f32), np.zeros((B, H), f32)
-    inputs = np.empty((T * B, D + H), f32)
+    state0 = tuple(np.zeros((B, H), f32) for _ in lay.STATE)
+    h, _, tape = lay.forward(params, x, state0)
+    GH = params["W_h"].shape[0]
+    S, A = len(lay.STATE), tape.aux.shape[2]
+    loops = lay._loops()
+    W_h = params["W_h"]
+    extra = compiled._flat([params[k] for k in lay.extra_names(params)], f32)
+    valid, reset_at, resets = compiled._flags(None, None, T, B)
+    u, W_x_packed = compiled._inputs(params, x)
+    slab, out = np.empty((T, B, S, H), f32), np.empty((T, B, H), f32)
+    aux = np.empty((T, B, A), f32)
+    du = np.empty((T, B, GH), f32)
+    dv = du if lay.cell.dv_is_du else np.empty((T, B, GH), f32)
+    start = compiled._stack(state0, f32)
 
-    def forward_loop():                   # as lstm.forward runs it: one thread or two (loop_threads.py)
-        cpu_loops.run(cpu_loops.lstm_forward, (gates, x, W_x_packed, W_h, b_h, *state0, h, c, valid, reset_at, resets, rec,
-                                               scratch, scratch.copy()), W_h, B, T, forward=True)
+    def forward_loop():
+        args = (u, x, W_x_packed, params["b_h"], extra, start, slab, out, aux, valid, reset_at, resets,
+                np.empty((B, GH), f32), np.empty((B, S, H), f32), compiled._gemm(W_h, B, True), lay.cell.option)
+        loop_threads.run(loops.forward, args, B, GH, H, T)
 
     def backward_loop():
-        cpu_loops.run(cpu_loops.lstm_backward, (W_h, dh, True, dh_next, dc_next, tape.gates, tape.c, state0[1],
-                                                tape.c, False, valid, False, reset_at, resets, dz, scratch, scratch),
-                      W_h, B, T, forward=False)
+        args = (dh, True, np.zeros((B, S, H), f32), np.zeros((B, H), f32), tape.z, tape.aux, extra, start, tape.slab,
+                valid, reset_at, resets, np.empty((B, S, H), f32), du, dv, np.empty((B, S, H), f32),
+                np.zeros((2, extra.size), f32), compiled._gemm(W_h, B, False), lay.cell.option)
+        loop_threads.run(loops.backward, args, B, GH, H, T)
 
-    def weight_gemm():                    # as lstm.backward does it: [x_t | h_{t-1}] rows, one GEMM
-        inputs[:, :D] = x.reshape(T * B, D)
-        inputs[:B, D:] = state0[0]
-        inputs[B:, D:] = tape.h[:-1].reshape((T - 1) * B, H)
-        dz.reshape(T * B, 4 * H).T @ inputs
+    rows = np.empty((T * B, D + H), f32)
+
+    def weight_gemm():                    # as CompiledLayer.backward: [x_t | h_{t-1}] rows, one GEMM
+        rows[:, :D] = x.reshape(T * B, D)
+        rows[:, D:] = compiled._previous(state0[0], h, None).reshape(T * B, H)
+        du.reshape(T * B, GH).T @ rows
 
     parts = {
-        "forward": lambda: lstm.forward(params, x, state0),
-        "  input projection": lambda: cpu_loops.inputs_for_loop(params, x),
+        "forward": lambda: lay.forward(params, x, state0),
+        "  input projection": lambda: compiled._inputs(params, x),
         "  compiled loop": forward_loop,
-        "backward": lambda: lstm.backward(params, dh, None, tape, need_dx=False),
+        "backward": lambda: lay.backward(params, dh, None, tape, need_dx=False),
         "  compiled loop ": backward_loop,
         "  ∂W GEMM with its copies": weight_gemm,
-        "  ∂b sum": lambda: column_sums(dz.reshape(T * B, 4 * H)),
+        "  ∂b sum": lambda: column_sums(du.reshape(T * B, GH)),
     }
-    how = "two threads (loop_threads.py)" if split else "one thread"
-    modes = {2: "packed", 1: "BLAS, flipped", 0: "BLAS"}
-    gemm = f"forward {modes[cpu_loops.gemm_args(W_h, B, True)[0]]}, backward {modes[cpu_loops.gemm_args(W_h, B, False)[0]]}"
-    print(f"# LSTM (T, B, D, H) = {(T, B, D, H)}, float32; loops on {how}; step GEMM: {gemm}; input projection: "
-          + ("in the forward loop, step by step (the line below: W_x packed)" if in_loop else "one GEMM"))
+    how = "two threads (loop_threads.py)" if loop_threads.parts_for(B, GH, H, T) == 2 else "one thread"
+    print(stamp())
+    print(f"# {args.cell} (T, B, D, H) = {(T, B, D, H)}, float32; loops on {how}; step GEMM: "
+          f"{settings.step_gemm()}; input projection: "
+          + ("in the forward loop, step by step" if W_x_packed.size else "one GEMM"))
     for name, fn in parts.items():
         ms = median_ms(fn)
         per_step = f"  ({1e3 * ms / T:.0f} µs a step)" if "loop" in name else ""

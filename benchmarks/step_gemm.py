@@ -1,17 +1,24 @@
-"""The per-step recurrent GEMM alone, as the compiled loops call it, against the square GEMM.
+"""The per-step recurrent GEMM alone, on one thread: bptt's micro-kernel, oneMKL's packed
+GEMM and OpenBLAS, against the square GEMM.
 
 A layer's time loop does one (B, H) x (H, G·H) product a step forward and one
-(B, G·H) x (G·H, H) backward. They are small in B, and OpenBLAS runs them below its
-square-matrix rate; that rate bounds what a whole pass can reach (RESULTS.md).
-This script times them exactly as the loops do (`cpu_loops._repeat_times_w`): the packed
-micro-kernel (backends/packed_gemm.py, the default) and Numba calling NumPy's OpenBLAS in
-both orientations (the flipped one with its transposing copy), and the 1024³ GEMM right
-after each shape, in this process:
+(B, G·H) x (G·H, H) backward, over the same W_h every step, each loop thread on its own
+rows with one BLAS thread. This script times the candidates for that product, each
+called in a compiled loop as cells/compiled.py calls it:
 
-    python benchmarks/step_gemm.py                   # the core benchmark's batched shapes
+    packed   W_h packed once for the micro-kernel (backends/packed_gemm.py)
+    MKL      W_h packed once by cblas_sgemm_pack, cblas_sgemm_compute each step
+             (backends/mkl.py; the column is empty without the extra ``mkl``)
+    OpenBLAS np.matmul (NumPy's own BLAS, which repacks W_h at every call)
+
+and the 1024³ GEMM on one thread right after each shape, in this process:
+
+    python benchmarks/step_gemm.py                   # the core benchmark's shapes
     python benchmarks/step_gemm.py --shapes 32,512,4 16,128,4
 
-Each figure is the median of 7 blocks of about 20 MFLOP (float32, the machine's BLAS threads).
+settings.step_gemm() picks packed or MKL by the CPU's vector instructions: this table is
+the measurement behind that rule. Each figure is the median of 7 blocks of about 20 MFLOP
+(float32).
 """
 from __future__ import annotations
 
@@ -20,12 +27,28 @@ import statistics
 import time
 
 import numpy as np
+from numba import njit
+from threadpoolctl import threadpool_limits
 
-from bptt.backends import cpu_loops, packed_gemm
+from bptt.backends import mkl, packed_gemm
+from machine import stamp
 
-# (B, H, G) of the core benchmark's batched shapes, for the LSTM (G = 4); GRU is G = 3,
-# the Elman RNN G = 1.
-SHAPES = [(32, 128, 4), (64, 256, 4), (32, 512, 4), (16, 128, 4)]
+# (B, H, G) of the core benchmark's shapes, for the LSTM (G = 4); GRU is G = 3, the RNN G = 1.
+SHAPES = [(1, 100, 4), (32, 128, 4), (64, 256, 4), (32, 512, 4), (16, 128, 4)]
+
+
+@njit(cache=True)
+def _repeat_packed(a, packed, out, tile, n):
+    for _ in range(n):
+        packed_gemm.times_packed(a, packed, out, 0, out.shape[1], tile)
+
+
+def _repeat_mkl_factory():
+    @njit
+    def repeat(a, buffer, out, n):
+        for _ in range(n):
+            mkl.compute(a, buffer, out)
+    return repeat
 
 
 def median_s(run, n, blocks=7):
@@ -48,34 +71,40 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="*", help="B,H,G triples (G: gate blocks, 4 for the LSTM)")
     args = parser.parse_args()
-    if not cpu_loops.use_for(np.zeros(1, np.float32)):
-        raise SystemExit("the compiled loops are off here (no Numba, no OpenBLAS, or BPTT_FUSED/BPTT_LOOPS=0)")
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
+    has_mkl = mkl.library_path() is not None
+    repeat_mkl = _repeat_mkl_factory() if has_mkl else None
+    if has_mkl:
+        mkl.load()
     rng = np.random.default_rng(0)
-    print("# per-step recurrent GEMM, float32, as the compiled loops call it; GFLOP/s, and the")
-    print("# share of the 1024³ GEMM's rate measured right after each shape")
-    print("| B, H, G | direction | product | packed | BLAS plain | BLAS flipped (with its copy) | 1024³ "
-          "| packed share | packed / best BLAS |")
+    print("# per-step recurrent GEMM, float32, one thread; GFLOP/s, and the share of the one-thread")
+    print("# 1024³ GEMM's rate measured right after each shape")
+    print(stamp())
+    print("| B, H, G | direction | product | packed | MKL | OpenBLAS | 1024³ | packed share | MKL / packed |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-    for B, H, G in shapes:
-        W = rng.standard_normal((G * H, H)).astype(np.float32)
-        flops = 2.0 * B * H * G * H
-        n = max(4, int(2e7 / flops))
-        for forward in (True, False):
-            a = rng.standard_normal((B, H if forward else G * H)).astype(np.float32)
-            out = np.empty((B, G * H if forward else H), np.float32)
-            outT = np.empty(out.shape[::-1], np.float32)
-            unused = np.empty((1, 1, 1), np.float32)
-            packed = packed_gemm.pack(W.T if forward else W)
-            tiles = np.empty((2, packed_gemm.MR, packed.shape[2]), np.float32)
-            modes = [(2, outT, packed, tiles), (0, outT, unused, unused), (1, outT, unused, unused)]
-            rates = [flops / median_s(lambda k, g=g: cpu_loops._repeat_times_w(a, W, out, forward, g, k), n) / 1e9
-                     for g in modes]
-            square = square_rate()
-            product = f"({B}, {H}) x ({H}, {G * H})" if forward else f"({B}, {G * H}) x ({G * H}, {H})"
-            print(f"| {B}, {H}, {G} | {'forward' if forward else 'backward'} | {product} | {rates[0]:.1f} | "
-                  f"{rates[1]:.1f} | {rates[2]:.1f} | {square:.1f} | {rates[0] / square:.0%} | "
-                  f"{rates[0] / max(rates[1:]):.2f} |", flush=True)
+    with threadpool_limits(1, user_api="blas"):
+        for B, H, G in shapes:
+            W = rng.standard_normal((G * H, H)).astype(np.float32)
+            flops = 2.0 * B * H * G * H
+            n = max(4, int(2e7 / flops))
+            for forward in (True, False):
+                a = rng.standard_normal((B, H if forward else G * H)).astype(np.float32)
+                Bm = np.ascontiguousarray(W.T if forward else W)
+                out = np.empty((B, Bm.shape[1]), np.float32)
+                packed = packed_gemm.pack(Bm)
+                tile = np.empty((packed_gemm.MR, packed.shape[2]), np.float32)
+                rate = {"packed": flops / median_s(lambda k: _repeat_packed(a, packed, out, tile, k), n) / 1e9,
+                        "OpenBLAS": flops / median_s(lambda k: [np.matmul(a, Bm, out=out) for _ in range(k)], n) / 1e9}
+                if has_mkl:
+                    buffer = np.empty(mkl.packed_size(W, forward, B), np.float32)
+                    mkl.pack_into(W, forward, B, buffer)
+                    rate["MKL"] = flops / median_s(lambda k: repeat_mkl(a, buffer, out, k), n) / 1e9
+                square = square_rate()
+                product = f"({B}, {H}) x ({H}, {G * H})" if forward else f"({B}, {G * H}) x ({G * H}, {H})"
+                mkl_cells = (f"{rate['MKL']:.1f}", f"{rate['MKL'] / rate['packed']:.2f}") if has_mkl else ("", "")
+                print(f"| {B}, {H}, {G} | {'forward' if forward else 'backward'} | {product} | {rate['packed']:.1f} | "
+                      f"{mkl_cells[0]} | {rate['OpenBLAS']:.1f} | {square:.1f} | {rate['packed'] / square:.0%} | "
+                      f"{mkl_cells[1]} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 The kernels' source text is compiled unchanged, with __global__ and __device__ defined
 away and one "thread" per (b, j) run in a loop. Each thread of these kernels reads and
 writes only its own elements, so running them one after another is what the GPU does in
-parallel. The result has the Numba kernels' signatures, so the layers' fused path can run
-with it on NumPy arrays: the GPU's arithmetic, checked on any machine with a C++ compiler.
+parallel. The result launches like backends/cuda.py's ``DeviceSteps.launch``, so the
+Python loop can run the device steps on NumPy arrays: the GPU's arithmetic, checked on any
+machine with a C++ compiler.
 """
 from __future__ import annotations
 
@@ -65,27 +66,23 @@ def build(directory) -> "EmulatedKernels | None":
 
 
 class EmulatedKernels:
-    """The CUDA kernels under the names and signatures of backends/fused.py, on NumPy arrays."""
+    """``launch(name, B, H, *args)`` of backends/cuda.py's DeviceSteps, on NumPy arrays."""
 
     def __init__(self, lib):
         self.lib = lib
-        for name, params in _signatures().items():
-            setattr(self, name, self._launcher(name, params))
+        self.names = set(_signatures())
+        self.calls = []
 
-    def _launcher(self, name, params):
-        state_arg = cuda._STATE_ARG[name]
-
-        def launch(*args):
-            state = args[state_arg]
-            B, H = state.shape
-            fn = getattr(self.lib, f"{name}_{'double' if state.dtype == np.float64 else 'float'}")
-            converted = []
-            for a in args:
-                if isinstance(a, (int, np.integer)):
-                    converted.append(ctypes.c_int(int(a)))
-                else:
-                    assert a.flags.c_contiguous, name
-                    converted.append(ctypes.c_void_p(a.ctypes.data))
-            fn(*converted, ctypes.c_int(B), ctypes.c_int(H))
-
-        return launch
+    def __call__(self, name, B, H, *args):
+        assert name in self.names, name
+        dtype = next(a.dtype for a in args if hasattr(a, "dtype"))
+        fn = getattr(self.lib, f"{name}_{'double' if dtype == np.float64 else 'float'}")
+        converted = []
+        for a in args:
+            if isinstance(a, (int, np.integer)):
+                converted.append(ctypes.c_int(int(a)))
+            else:
+                assert a.flags.c_contiguous, name
+                converted.append(ctypes.c_void_p(a.ctypes.data))
+        self.calls.append(name)
+        fn(*converted, ctypes.c_int(B), ctypes.c_int(H))

@@ -1,5 +1,6 @@
 """The CUDA step kernels, compiled for the CPU (tests/cuda_emulation.py), inside the very
-loop the GPU runs: the same numbers as the NumPy reference path (float64 to 1e-12).
+loop the GPU runs (cells/loop.py with backends/cuda.py's DeviceSteps): the same numbers as
+the NumPy reference steps (float64 to 1e-12).
 
 This checks the GPU's arithmetic on any machine with g++; tests/test_gpu.py checks the
 rest (CuPy, cuBLAS, CUDA graphs) where a GPU is present."""
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 
 import cuda_emulation
-from bptt.backends import cpu_loops, fused
-from bptt.cells import gru, lstm, rnn
-from helpers import make_model, make_state, make_targets, ragged_mask
+from bptt.backends.cuda import DeviceSteps
+from bptt.cells import CellLayer, layer
+from helpers import KINDS, ragged_mask
 
 
 @pytest.fixture(scope="module")
@@ -20,61 +21,44 @@ def emulated(tmp_path_factory):
     return kernels
 
 
-KINDS = [("rnn", "tanh"), ("rnn", "relu"), ("rnn", "sigmoid"), ("rnn", "identity"), ("lstm", "tanh"),
-         ("gru", "tanh")]
+def _run(lay, params, x, state0, dh, dstateT, mask, resets):
+    h, stateT, tape = lay.forward(params, x, state0, mask, resets)
+    dx, dstate0, grads = lay.backward(params, dh, dstateT, tape)
+    return [h, *stateT, dx, *dstate0] + [grads[k] for k in sorted(grads)]
 
 
-def _gradients(model, x, targets, state0, mask, resets):
-    g = model.gradients(x, targets, state0, mask, resets=resets)
-    y, _ = model.forward(x, state0, mask, resets=resets)
-    return g, y
+def _case(cell, nonlinearity, dtype, T=9, B=4, D=4, H=6, seed=21):
+    rng = np.random.default_rng(seed)
+    cell = layer(cell, nonlinearity).cell
+    params = {k: rng.uniform(-0.6, 0.6, s).astype(dtype) for k, s in CellLayer(cell).param_shapes(D, H).items()}
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    state0 = tuple((0.5 * rng.standard_normal((B, H))).astype(dtype) for _ in cell.state)
+    dstateT = tuple(rng.standard_normal((B, H)).astype(dtype) for _ in cell.state)
+    dh = rng.standard_normal((T, B, H)).astype(dtype)
+    resets = np.zeros((T, B), bool)
+    resets[[2, 6], [0, 3]] = True
+    return cell, params, x, state0, dh, dstateT, ragged_mask(T, [9, 5, 8, 2]), resets
 
 
 @pytest.mark.parametrize("cell,nonlinearity", KINDS)
-@pytest.mark.parametrize("outputs", ["all", "last"])
-def test_cuda_kernels_give_the_reference_numbers(cell, nonlinearity, outputs, emulated, monkeypatch):
-    rng = np.random.default_rng(21)
-    model = make_model(cell, nonlinearity, layers=2, D=4, H=6, O=3, outputs=outputs, seed=9)
-    T, B = 9, 4
-    x = rng.standard_normal((T, B, 4))
-    targets = make_targets(model, T, B, rng)
-    state0 = make_state(model, B, rng)
-    mask = ragged_mask(T, [9, 5, 8, 2])
-    resets = np.zeros((T, B), bool)
-    resets[[2, 6], [0, 3]] = True
-    monkeypatch.setattr(fused, "ENABLED", False)
-    ref, y_ref = _gradients(model, x, targets, state0, mask, resets)          # the NumPy reference path
-    monkeypatch.setattr(fused, "ENABLED", True)
-    monkeypatch.setattr(cpu_loops, "ENABLED", False)       # the GPU runs the Python loop
-    monkeypatch.setattr(fused, "FLOAT64", True)
-    for module in (rnn, lstm, gru):
-        monkeypatch.setattr(module, "kernels_for", lambda xp: emulated)
-    calls = []
-    name = f"{cell}_forward_step"
-    launch = getattr(emulated, name)
-    monkeypatch.setattr(emulated, name, lambda *a: (calls.append(1), launch(*a)))
-    out, y = _gradients(model, x, targets, state0, mask, resets)
-    assert len(calls) == 2 * 2 * T                                            # the CUDA kernels ran
-    assert np.abs(y - y_ref).max() < 1e-12
-    assert abs(out.loss - ref.loss) < 1e-12 * max(1.0, abs(ref.loss))
-    for k in ref.params:
-        assert np.abs(out.params[k] - ref.params[k]).max() < 1e-12 * max(1.0, np.abs(ref.params[k]).max()), k
-    assert np.abs(out.x - ref.x).max() < 1e-12
+def test_cuda_kernels_give_the_reference_numbers(cell, nonlinearity, emulated):
+    cell, *case = _case(cell, nonlinearity, np.float64)
+    ref = _run(CellLayer(cell), *case)
+    emulated.calls.clear()
+    out = _run(CellLayer(cell, steps=DeviceSteps(cell, launch=emulated)), *case)
+    assert emulated.calls.count(f"{cell.name}_step") == 9                     # the CUDA kernels ran
+    assert emulated.calls.count(f"{cell.name}_step_backward") == 9
+    for a, b in zip(out, ref):
+        assert a.dtype == b.dtype and np.abs(a - b).max() < 1e-12 * max(1.0, np.abs(b).max())
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_cuda_kernels_in_float32(cell, emulated, monkeypatch):
-    rng = np.random.default_rng(22)
-    model = make_model(cell, layers=1, D=3, H=16, O=2, dtype="float32", seed=2)
-    T, B = 12, 3
-    x = rng.standard_normal((T, B, 3)).astype(np.float32)
-    targets = make_targets(model, T, B, rng)
-    monkeypatch.setattr(fused, "ENABLED", False)
-    ref, _ = _gradients(model, x, targets, None, None, None)
-    monkeypatch.setattr(fused, "ENABLED", True)
-    monkeypatch.setattr(cpu_loops, "ENABLED", False)       # the GPU runs the Python loop
-    for module in (rnn, lstm, gru):
-        monkeypatch.setattr(module, "kernels_for", lambda xp: emulated)
-    out, _ = _gradients(model, x, targets, None, None, None)
-    for k in ref.params:
-        assert np.abs(out.params[k] - ref.params[k]).max() <= 2e-5 * np.abs(ref.params[k]).max(), k
+def test_cuda_kernels_in_float32(cell, emulated):
+    cell, *case = _case(cell, "tanh", np.float64, H=16, seed=22)
+    ref = _run(CellLayer(cell), *case)
+    f32 = [{k: v.astype(np.float32) for k, v in case[0].items()}, case[1].astype(np.float32),
+           tuple(s.astype(np.float32) for s in case[2]), case[3].astype(np.float32),
+           tuple(s.astype(np.float32) for s in case[4]), case[5], case[6]]
+    out = _run(CellLayer(cell, steps=DeviceSteps(cell, launch=emulated)), *f32)
+    for a, b in zip(out, ref):
+        assert a.dtype == np.float32 and np.abs(a - b).max() <= 2e-5 * max(1.0, np.abs(b).max())

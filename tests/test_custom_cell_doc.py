@@ -1,6 +1,7 @@
-"""docs/custom_cell.md runs as written: its `# mgu.py` block is saved as mgu.py, the other
-Python blocks run in order in one namespace and print exactly the ```text block after
-each, and its `bptt train --cell mgu:MGU` command beats the adding task's baseline."""
+"""docs/custom_cell.md runs as written: its `# mgu.py` and `# mgu_compiled.py` blocks are
+saved as those files, the other Python blocks run in order in one namespace and print
+exactly the ```text block after each, and its `bptt train --cell mgu:MGU` command beats
+the adding task's baseline."""
 import contextlib
 import io
 import os
@@ -25,16 +26,24 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
     sys.modules.pop("mgu", None)
+    sys.modules.pop("mgu_compiled", None)
+
+
+def files(kind_body):
+    """{file name: text} of the blocks that start with `# <name>.py`."""
+    return {body.split("\n", 1)[0][2:]: body for kind, body in kind_body
+            if kind == "python" and re.match(r"# \w+\.py\n", body)}
 
 
 def test_every_python_block_prints_what_the_page_shows(in_tmp):
     found = blocks()
-    module = [body for kind, body in found if kind == "python" and body.startswith("# mgu.py\n")]
-    assert len(module) == 1
-    (in_tmp / "mgu.py").write_text(module[0], encoding="utf-8")
+    saved = files(found)
+    assert set(saved) == {"mgu.py", "mgu_compiled.py"}
+    for name, text in saved.items():
+        (in_tmp / name).write_text(text, encoding="utf-8")
     namespace, ran = {}, 0
     for i, (kind, body) in enumerate(found):
-        if kind != "python" or body.startswith("# mgu.py\n"):
+        if kind != "python" or body in saved.values():
             continue
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
@@ -43,7 +52,7 @@ def test_every_python_block_prints_what_the_page_shows(in_tmp):
         assert shown[0] == "text", f"block {i} is not followed by its output"
         assert out.getvalue() == shown[1], (i, out.getvalue())
         ran += 1
-    assert ran >= 3
+    assert ran >= 4
 
 
 def test_the_train_command_beats_the_baseline(in_tmp):

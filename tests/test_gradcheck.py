@@ -5,8 +5,10 @@ import zlib
 
 import numpy as np
 import pytest
+from numba import njit
 
 import bptt
+from bptt.cells import lstm
 from helpers import HEAD_LOSSES, KINDS, make_model, make_state, make_targets, ragged_mask
 
 TOL = 1e-6
@@ -48,15 +50,38 @@ def test_gradients_without_mask_and_longer_sequence(cell, nonlinearity, reductio
 
 
 def test_gradcheck_detects_a_wrong_gradient(monkeypatch):
-    """The checker itself can fail: break one derivative and it must report it."""
+    """The checker itself can fail: break one derivative of the reference step (the Python
+    loop runs it) and it must report it."""
+    from bptt.backends import settings
     from bptt.ops import activations
     broken = activations.ACTIVATIONS["tanh"]._replace(derivative=lambda h: 1 - 0.9 * h * h)
     monkeypatch.setitem(activations.ACTIVATIONS, "tanh", broken)
+    monkeypatch.setattr(settings, "loops_enabled", lambda: False)
     rng = np.random.default_rng(0)
     model = make_model("rnn", "tanh")
     x = rng.standard_normal((3, 2, 3))
     report = bptt.gradcheck(model, x, make_targets(model, 3, 2, rng))
     assert report["layer0.W_h"] > 1e-3
+
+
+@njit
+def _lstm_backward_off_by_a_tenth(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, option):
+    lstm.backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, option)
+    du[:du.size // 4] *= 0.9                          # δz_i a tenth too small
+
+
+class _BrokenLSTM(lstm.LSTM):
+    kernels = (lstm.forward_kernel, _lstm_backward_off_by_a_tenth)
+
+
+def test_gradcheck_detects_a_wrong_compiled_kernel():
+    rng = np.random.default_rng(0)
+    model = bptt.Model(_BrokenLSTM(), 3, 4, 2, dtype="float64", seed=0)
+    x = rng.standard_normal((4, 3, 3))
+    report = bptt.gradcheck(model, x, rng.standard_normal((4, 3, 2)))
+    assert report["layer0.W_x"] > 1e-3 and report["layer0.b_h"] > 1e-3
+    assert bptt.gradcheck(bptt.Model("lstm", 3, 4, 2, dtype="float64", seed=0), x,
+                          rng.standard_normal((4, 3, 2))).worst() < TOL
 
 
 def test_gradcheck_leaves_model_and_float32_params_unchanged():

@@ -1,9 +1,6 @@
 """The packed recurrent GEMM (backends/packed_gemm.py): its panels, and its products against
 NumPy's in float64 for every row count of the micro-kernel, partly covered panels and the
 column blocks the two threads of a loop take."""
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -79,10 +76,3 @@ def test_rows_of_any_stride_and_two_column_blocks_make_the_whole_product():
     packed_gemm.times_packed(a, panels, out, 16, 45, tiles[1])
     assert np.abs(out - a @ Bm).max() < 1e-12 * np.abs(a @ Bm).max()
     assert (wide_out[:, :10] == 7).all() and (wide_out[:, 55:] == 7).all()
-
-
-def test_a_bad_step_gemm_setting_is_an_error_naming_it():
-    run = subprocess.run([sys.executable, "-c", "import bptt.backends.cpu_loops"], capture_output=True, text=True,
-                         env={**os.environ, "BPTT_STEP_GEMM": "fast"})
-    assert run.returncode != 0
-    assert "BPTT_STEP_GEMM: expected packed or blas (or unset), got 'fast'" in run.stderr

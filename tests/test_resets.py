@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import bptt
-from bptt.backends import fused
+from bptt.backends import settings
 from helpers import KINDS, make_model, make_state, make_targets, ragged_mask
 
 
@@ -54,9 +54,8 @@ def test_gradients_with_resets_and_masks_match_finite_differences(cell, nonlinea
     assert report.worst() < 1e-6, str(report)
 
 
-@pytest.mark.skipif(not fused.AVAILABLE, reason="numba is not installed")
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_fused_and_numpy_paths_agree_with_resets(cell, monkeypatch):
+def test_the_compiled_and_python_loops_agree_with_resets_in_float32(cell, monkeypatch):
     rng = np.random.default_rng(3)
     model = make_model(cell, layers=2, D=4, H=8, dtype="float32", seed=1)
     T, B = 7, 3
@@ -66,7 +65,7 @@ def test_fused_and_numpy_paths_agree_with_resets(cell, monkeypatch):
     resets[[1, 4], [0, 2]] = True
     out = []
     for enabled in (False, True):
-        monkeypatch.setattr(fused, "ENABLED", enabled)
+        monkeypatch.setattr(settings, "loops_enabled", lambda: enabled)
         out.append(model.gradients(x, targets, make_state(model, B, np.random.default_rng(0)),
                                    ragged_mask(T, [7, 5, 7]), resets=resets))
     for k in out[0].params:

@@ -3,7 +3,6 @@ checkpointed equals full, RTRL equals BPTT, and the truncation bias vanishes at 
 import numpy as np
 import pytest
 
-import bptt
 from bptt import through_time as tt
 from helpers import HEAD_LOSSES, KINDS, make_model, make_state, make_targets, ragged_mask
 

@@ -166,13 +166,17 @@ def test_a_run_saved_before_the_threads_option_resumes_with_one(tmp_path, monkey
     assert resumed.config.threads == 1 and resumed.model.threads == 1
 
 
-@pytest.mark.parametrize("cores,expected", [(1, 1), (2, 2), (4, 1), (16, 1)])
-def test_threads_unset_means_two_on_two_cores_only(tmp_path, monkeypatch, cores, expected):
-    from bptt.train import trainer as trainer_module
-    monkeypatch.setattr(trainer_module, "available_cores", lambda: cores)
+@pytest.mark.parametrize("cores,expected", [(1, 1), (2, 2), (4, 2), (16, 2)])
+def test_threads_unset_means_two_where_there_are_two_cores(tmp_path, monkeypatch, cores, expected):
+    from bptt.backends import settings
+    monkeypatch.delenv("BPTT_LOOP_THREADS", raising=False)
+    monkeypatch.setattr(settings, "available_cores", lambda: cores)
+    settings.reset()
     c = small(tmp_path, f"auto{cores}", task="adding", cell="gru", hidden=8, seq_len=5, batch=4, steps=1)
     assert c.threads is None
     assert Trainer(c).model.threads == expected
+    monkeypatch.undo()
+    settings.reset()
     assert Trainer(small(tmp_path, f"set{cores}", task="adding", cell="gru", hidden=8, seq_len=5, batch=4, steps=1,
                          threads=2)).model.threads == 2
 
@@ -195,6 +199,23 @@ def test_mpi_ranks_run_their_loops_on_one_thread(tmp_path, monkeypatch):
             assert loop_threads.wanted() == 1
         t.evaluate()
         assert seen and set(seen) == {1}
+
+
+def test_two_processes_write_bit_identical_checkpoints(tmp_path):
+    """The same command in two processes: the same bits in every checkpoint (no choice that
+    changes the order of the arithmetic is timed anew in a process)."""
+    import subprocess
+    import sys
+    command = ["train", "--hidden", "32", "--layers", "2", "--batch", "16", "--seq-len", "24", "--steps", "12",
+               "--checkpoint-every", "6", "--eval-every", "6", "--quiet"]
+    for name in ("a", "b"):
+        done = subprocess.run([sys.executable, "-m", "bptt", *command, "--out", str(tmp_path / name)],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    files = sorted(p.name for p in (tmp_path / "a").glob("*.safetensors"))
+    assert len(files) >= 2
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
 def test_the_first_update_says_that_it_compiles(tmp_path, capsys):

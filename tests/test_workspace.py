@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from bptt.backends import workspace
-from bptt.cells import CELLS
+from bptt.backends import settings
+from bptt.cells import layer as cell_layer
 
 BIG = (300, 1024)                                 # 1.2 MB of float32: cached
 
@@ -59,7 +60,7 @@ def test_size_classes_waste_at_most_an_eighth():
 
 def test_free_blocks_beyond_the_limit_go_back_oldest_first(monkeypatch):
     block = workspace.size_class(BIG[0] * BIG[1] * 4)
-    monkeypatch.setattr(workspace, "LIMIT", 2 * block)
+    monkeypatch.setattr(settings, "workspace_bytes", lambda: 2 * block)
     arrays = [workspace.empty(BIG, np.float32) for _ in range(4)]
     starts = [a.ctypes.data for a in arrays]
     for i in range(4):                                          # freed in this order
@@ -68,7 +69,7 @@ def test_free_blocks_beyond_the_limit_go_back_oldest_first(monkeypatch):
     assert stats["free_blocks"] == 2 and stats["free_bytes"] == 2 * block
     again = [workspace.empty(BIG, np.float32) for _ in range(2)]
     assert {a.ctypes.data for a in again} == set(starts[2:])   # the two freed last were kept
-    monkeypatch.setattr(workspace, "LIMIT", 0)
+    monkeypatch.setattr(settings, "workspace_bytes", lambda: 0)
     assert workspace.empty(BIG, np.float32).base is None        # the cache is off
 
 
@@ -130,7 +131,7 @@ def test_threads_never_share_a_live_block():
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_a_kept_tape_is_untouched_by_later_steps(cell):
     """A layer's tape lives in cached blocks: later steps must not write into one still held."""
-    layer = CELLS[cell]
+    layer = cell_layer(cell)
     T, B, D, H = 40, 16, 24, 128                                 # (T, B, H) is cached: 327 kB
     rng = np.random.default_rng(0)
     params = {name: (0.2 * rng.standard_normal(shape)).astype(np.float32)
@@ -157,7 +158,7 @@ def test_a_kept_tape_is_untouched_by_later_steps(cell):
 
 def test_a_training_step_makes_no_page_faults_once_warm():
     """The reason for the cache: about 1 900 faults a step for this LSTM without it."""
-    layer = CELLS["lstm"]
+    layer = cell_layer("lstm")
     T, B, D, H = 100, 32, 64, 128
     rng = np.random.default_rng(0)
     params = {name: (0.1 * rng.standard_normal(shape)).astype(np.float32)
@@ -184,9 +185,11 @@ def _run(code, **env):
 
 
 def test_limit_from_the_environment():
-    off = _run("from bptt.backends import workspace as w; print(w.LIMIT, w.empty((1000, 1000)).base is None)",
+    off = _run("from bptt.backends import workspace as w, settings as s; "
+               "print(s.workspace_bytes(), w.empty((1000, 1000)).base is None)",
                BPTT_WORKSPACE_MB="0")
     assert off.stdout.split() == ["0", "True"], off.stderr
     for value in ("lots", "-1", "inf", "nan"):
-        bad = _run("import bptt.backends.workspace", BPTT_WORKSPACE_MB=value)
+        bad = _run("import numpy; from bptt.backends import workspace; workspace.empty((1000, 1000))",
+                   BPTT_WORKSPACE_MB=value)
         assert bad.returncode != 0 and "BPTT_WORKSPACE_MB" in bad.stderr and repr(value) in bad.stderr, value

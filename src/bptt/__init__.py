@@ -1,5 +1,9 @@
 """bptt: recurrent networks trained by backpropagation through time, every derivative by hand."""
-from .cells import Cell
+from .backends.settings import shorten_blas_idle_spin
+
+shorten_blas_idle_spin()             # before NumPy loads OpenBLAS (backends/settings.py)
+
+from .cells import Cell  # noqa: E402
 from .gradcheck import GradcheckReport, gradcheck
 from .model import Gradients, Model
 

@@ -225,8 +225,7 @@ def main(argv=None) -> int:
     except (ValueError, NonFiniteGradient, RuntimeError) as exc:
         rank = _mpi_rank()
         where = ""
-        if isinstance(exc, NonFiniteGradient) and getattr(trainer, "last_batch", None) is not None \
-                and trainer.model.cell in ("rnn", "lstm", "gru"):          # a user cell has no linearised steps
+        if isinstance(exc, NonFiniteGradient) and getattr(trainer, "last_batch", None) is not None:
             from .diagnostics.nonfinite import first_nonfinite
             where = "; " + first_nonfinite(trainer.model, *trainer.last_batch).describe()
         if isinstance(exc, CollectiveError):

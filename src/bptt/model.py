@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _checks, batch_split
-from .cells import CellLayer, head as head_layer, resolve
+from .cells import head as head_layer, resolve
 from .ops import ACTIVATIONS, HEADS, LOSSES
 
 INITS = ("default", "orthogonal", "identity")
@@ -69,6 +69,8 @@ class Model:
                  reduction="mean", dtype="float32", seed=None, init="default", forget_bias=0.0):
         self.cell = cell
         self.cell_name, self.layer = resolve(cell)
+        if cell == "rnn":                    # the RNN cell holds its nonlinearity
+            self.layer = resolve(cell, _checks.choice("nonlinearity", nonlinearity, tuple(ACTIVATIONS)))[1]
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.output_size = _checks.positive_int("output_size", output_size)
@@ -93,6 +95,7 @@ class Model:
             raise ValueError(f"forget_bias: expected a finite number, got {forget_bias}")
         if forget_bias and cell != "lstm":
             raise ValueError(f"forget_bias: applies to cell='lstm' only, got cell={self.cell_name!r}")
+        self.builtin = isinstance(cell, str) and cell in ("rnn", "lstm", "gru")
         self.tuple_state = len(self.layer.STATE) > 1     # the public state: a tuple of arrays, or one
         self.threads = 1              # how gradients() runs, not part of the model: see there
         self.params = self._init_params(np.random.default_rng(seed), init)
@@ -136,7 +139,7 @@ class Model:
             elif init == "identity":
                 W_h = np.eye(H)
             params[f"layer{l}.W_h"] = W_h
-            if isinstance(self.layer, CellLayer):                  # a cell of the protocol
+            if not self.builtin:                                   # a cell of one's own
                 params[f"layer{l}.b_h"] = uniform(shapes["b_h"])
                 layer = {k: uniform(shape) for k, shape in shapes.items() if k not in ("W_x", "W_h", "b_h")}
                 layer |= {k: params[f"layer{l}.{k}"] for k in ("W_x", "W_h", "b_h")}
@@ -230,8 +233,7 @@ class Model:
     def _forward(self, x, state0, mask, resets=None) -> _Forward:
         layer_in, states, tapes = x, [], []
         for l, s0 in enumerate(state0):
-            kwargs = {"nonlinearity": self.nonlinearity} if self.cell == "rnn" else {}
-            layer_in, sT, tape = self.layer.forward(self.layer_params(l), layer_in, s0, mask, resets, **kwargs)
+            layer_in, sT, tape = self.layer.forward(self.layer_params(l), layer_in, s0, mask, resets)
             states.append(sT)
             tapes.append(tape)
         return _Forward(layer_in, states, tapes)

@@ -1,1 +1,2 @@
-"""Beside all floors: fused kernels for the per-step gate arithmetic (Numba, optional)."""
+"""Beside all floors: BLAS from Numba, the packed GEMM micro-kernel, loop threads, the
+workspace cache, runtime settings, and CuPy (CUDA) for a GPU."""

@@ -1,9 +1,7 @@
-"""The array module of the inputs (NumPy or CuPy) and the step kernels that go with it.
+"""The array module of the inputs (NumPy or CuPy), and arrays from the workspace cache.
 
-DESIGN.md's rule 7: the same layer code runs on a GPU. A layer's fused path asks
-``array_module(x)`` for ``xp`` and ``kernels_for(xp)`` for its step kernels: NumPy arrays
-get backends/fused.py (Numba), CuPy arrays get backends/cuda.py (NVRTC). CuPy is only
-imported when a CuPy array is passed in.
+DESIGN.md's rule 7: the same layer code runs on a GPU. The Python loop (cells/loop.py)
+asks ``array_module(x)`` for ``xp``; CuPy is only imported when a CuPy array is passed in.
 """
 from __future__ import annotations
 
@@ -42,11 +40,3 @@ def column_sums(a):
     At (6400, 2048) float32 here: 2.0 ms against 4.9 ms."""
     xp = array_module(a)
     return xp.ones(a.shape[0], dtype=a.dtype) @ a
-
-
-def kernels_for(xp):
-    if xp is np:
-        from . import fused
-        return fused
-    from . import cuda
-    return cuda.kernels()

@@ -1,11 +1,14 @@
-"""The step kernels on an NVIDIA GPU (CuPy), with the signatures of the Numba kernels.
+"""The built-in cells' steps on an NVIDIA GPU (CuPy): the protocol's step and
+step_backward (cells/protocol.py), each one CUDA kernel with one thread per (b, j).
 
-The layers' fused paths (cells/) take their array module and their step kernels from
-the inputs (``kernels_for``): NumPy arrays get NumPy and backends/fused.py; CuPy arrays
-get CuPy, cuBLAS for the GEMMs, and the kernels below. So the loop around the kernels is
-one piece of code, tested on the CPU, and the GPU adds only these kernels: one thread
-per (b, j), the equations of fused.py line for line (equation numbers from
-docs/derivation.md), compiled by NVRTC for float and double.
+A layer called with CuPy arrays runs the Python loop (cells/loop.py), with cuBLAS for
+its GEMMs; for the built-in cells the loop takes ``steps_for(cell)`` below instead of the
+cell's NumPy step, so each step is one GEMM and one kernel launch. The kernels are the
+equations of cells/rnn.py, lstm.py and gru.py line for line (equation numbers from
+docs/derivation.md), with the protocol's arguments: u = x_t W_xᵀ + b_h (K1), v = h_{t-1} W_hᵀ
+(K2), masks and resets left to the loop. NVRTC compiles them for float and double. The
+same source, compiled for the CPU by g++, runs inside the same loop in
+tests/test_cuda_kernels_on_cpu.py, held to the NumPy reference at 1e-12.
 
 Install with the extra ``gpu`` (CuPy for CUDA 12). Without CuPy or without a device,
 ``AVAILABLE`` is False and nothing here is imported by the CPU path.
@@ -31,115 +34,87 @@ template <typename T> __device__ __forceinline__ T sigm(T z) {
 }
 
 template <typename T>
-__global__ void rnn_forward_step(T* a, const T* rec, const T* bias, const T* h_prev,
-                                 const bool* valid, int kind, int B, int H) {
+__global__ void rnn_step(const T* u, const T* v, T* h, int kind, int B, int H) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * H) return;
-    int b = idx / H, j = idx - b * H;
-    T v = a[idx] + rec[idx] + bias[j];                                          // (R1)
-    T h = kind == 0 ? tanh_(v) : kind == 1 ? (v > T(0) ? v : T(0))              // (R2)
-        : kind == 2 ? sigm(v) : v;
-    a[idx] = valid[b] ? h : h_prev[idx];                                        // (M1)
+    T a = u[idx] + v[idx];                                                      // (R1)
+    h[idx] = kind == 0 ? tanh_(a) : kind == 1 ? (a > T(0) ? a : T(0))           // (R2)
+           : kind == 2 ? sigm(a) : a;
 }
 
 template <typename T>
-__global__ void rnn_backward_step(const T* dh_above, const T* dh_next, const T* h,
-                                  const bool* valid, int kind, T* delta, T* skip, int B, int H) {
+__global__ void rnn_step_backward(const T* dh, const T* h, T* delta, int kind, int B, int H) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * H) return;
-    int b = idx / H;
-    T dh = dh_above[idx] + dh_next[idx];                                        // (R3)
-    if (!valid[b]) { delta[idx] = T(0); skip[idx] = dh; return; }               // (M2), (M3)
-    T hv = h[idx];
-    delta[idx] = kind == 0 ? dh * (T(1) - hv * hv) : kind == 1 ? (hv > T(0) ? dh : T(0))   // (R4), (A2)
-               : kind == 2 ? dh * hv * (T(1) - hv) : dh;
-    skip[idx] = T(0);
+    T d = dh[idx], hv = h[idx];
+    delta[idx] = kind == 0 ? d * (T(1) - hv * hv) : kind == 1 ? (hv > T(0) ? d : T(0))   // (R4), (A2)
+               : kind == 2 ? d * hv * (T(1) - hv) : d;
 }
 
 template <typename T>
-__global__ void lstm_forward_step(T* gt, const T* rec, const T* bias, const T* h_prev,
-                                  const T* c_prev, T* h_out, T* c_out, const bool* valid,
-                                  int B, int H) {
+__global__ void lstm_step(const T* u, const T* v, const T* c_prev, T* gates, T* h, T* c, int B, int H) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * H) return;
     int b = idx / H, j = idx - b * H, r = 4 * H * b;
-    T i = sigm(gt[r + j] + rec[r + j] + bias[j]);                               // (L1), (L2)
-    T f = sigm(gt[r + H + j] + rec[r + H + j] + bias[H + j]);
-    T g = tanh_(gt[r + 2 * H + j] + rec[r + 2 * H + j] + bias[2 * H + j]);
-    T o = sigm(gt[r + 3 * H + j] + rec[r + 3 * H + j] + bias[3 * H + j]);
-    gt[r + j] = i; gt[r + H + j] = f; gt[r + 2 * H + j] = g; gt[r + 3 * H + j] = o;
-    T c = f * c_prev[idx] + i * g;                                              // (L3)
-    if (valid[b]) { c_out[idx] = c; h_out[idx] = o * tanh_(c); }                // (L4)
-    else { c_out[idx] = c_prev[idx]; h_out[idx] = h_prev[idx]; }                // (M1)
+    T i = sigm(u[r + j] + v[r + j]);                                            // (L1), (L2)
+    T f = sigm(u[r + H + j] + v[r + H + j]);
+    T g = tanh_(u[r + 2 * H + j] + v[r + 2 * H + j]);
+    T o = sigm(u[r + 3 * H + j] + v[r + 3 * H + j]);
+    gates[r + j] = i; gates[r + H + j] = f; gates[r + 2 * H + j] = g; gates[r + 3 * H + j] = o;
+    T cn = f * c_prev[idx] + i * g;                                             // (L3)
+    c[idx] = cn;
+    h[idx] = o * tanh_(cn);                                                     // (L4)
 }
 
 template <typename T>
-__global__ void lstm_backward_step(const T* dh_above, const T* dh_next, T* dc_next, const T* gt,
-                                   const T* c_t, const T* c_prev, const bool* valid, T* dz,
-                                   T* skip, int B, int H) {
+__global__ void lstm_step_backward(const T* dh, const T* dc_next, const T* gates, const T* c_prev,
+                                   const T* c, T* dz, T* dh_prev, T* dc_prev, int B, int H) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * H) return;
     int b = idx / H, j = idx - b * H, r = 4 * H * b;
-    T dh = dh_above[idx] + dh_next[idx];                                        // (L5)
-    if (!valid[b]) {                                                            // (M2), (M3)
-        dz[r + j] = T(0); dz[r + H + j] = T(0); dz[r + 2 * H + j] = T(0); dz[r + 3 * H + j] = T(0);
-        skip[idx] = dh;
-        return;                                                                 // dc passes unchanged
-    }
-    T i = gt[r + j], f = gt[r + H + j], g = gt[r + 2 * H + j], o = gt[r + 3 * H + j];
-    T tc = tanh_(c_t[idx]);
-    T dc = dc_next[idx] + dh * o * (T(1) - tc * tc);                            // (L6)
+    T i = gates[r + j], f = gates[r + H + j], g = gates[r + 2 * H + j], o = gates[r + 3 * H + j];
+    T tc = tanh_(c[idx]);
+    T dc = dc_next[idx] + dh[idx] * o * (T(1) - tc * tc);                       // (L6)
     dz[r + 2 * H + j] = dc * i * (T(1) - g * g);                                // (L8)
     dz[r + j] = dc * g * i * (T(1) - i);
     dz[r + H + j] = dc * c_prev[idx] * f * (T(1) - f);
-    dz[r + 3 * H + j] = dh * tc * o * (T(1) - o);                               // (L7)
-    dc_next[idx] = dc * f;                                                      // (L9)
-    skip[idx] = T(0);
+    dz[r + 3 * H + j] = dh[idx] * tc * o * (T(1) - o);                          // (L7)
+    dc_prev[idx] = dc * f;                                                      // (L9)
+    dh_prev[idx] = T(0);
 }
 
 template <typename T>
-__global__ void gru_forward_step(T* gt, const T* rec, const T* bias, const T* b_hn,
-                                 const T* h_prev, T* q_out, T* h_out, const bool* valid,
-                                 int B, int H) {
+__global__ void gru_step(const T* u, const T* v, const T* b_hn, const T* h_prev, T* gates, T* q,
+                         T* h, int B, int H) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * H) return;
     int b = idx / H, j = idx - b * H, r0 = 3 * H * b;
-    T z = sigm(gt[r0 + H + j] + rec[r0 + H + j] + bias[H + j]);                 // (G2)
-    T r = sigm(gt[r0 + j] + rec[r0 + j] + bias[j]);                             // (G1)
-    T q = rec[r0 + 2 * H + j] + b_hn[j];                                        // (G3)
-    T n = tanh_(gt[r0 + 2 * H + j] + bias[2 * H + j] + r * q);                  // (G4)
-    gt[r0 + j] = r; gt[r0 + H + j] = z; gt[r0 + 2 * H + j] = n;
-    q_out[idx] = q;
-    T hp = h_prev[idx];
-    h_out[idx] = valid[b] ? n + z * (hp - n) : hp;                              // (G5), (M1)
+    T r = sigm(u[r0 + j] + v[r0 + j]);                                          // (G1)
+    T z = sigm(u[r0 + H + j] + v[r0 + H + j]);                                  // (G2)
+    T qv = v[r0 + 2 * H + j] + b_hn[j];                                         // (G3)
+    T n = tanh_(u[r0 + 2 * H + j] + r * qv);                                    // (G4)
+    gates[r0 + j] = r; gates[r0 + H + j] = z; gates[r0 + 2 * H + j] = n;
+    q[idx] = qv;
+    h[idx] = n + z * (h_prev[idx] - n);                                         // (G5)
 }
 
 template <typename T>
-__global__ void gru_backward_step(const T* dh_above, const T* dh_next, const T* gt, const T* q_t,
-                                  const T* h_prev, const bool* valid, T* d_rec, T* d_n,
-                                  T* direct, int B, int H) {
+__global__ void gru_step_backward(const T* dh, const T* gates, const T* q, const T* h_prev, T* du,
+                                  T* dv, T* dh_prev, int B, int H) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * H) return;
     int b = idx / H, j = idx - b * H, r0 = 3 * H * b;
-    T dh = dh_above[idx] + dh_next[idx];                                        // (G6)
-    if (!valid[b]) {                                                            // (M2), (M3)
-        d_rec[r0 + j] = T(0); d_rec[r0 + H + j] = T(0); d_rec[r0 + 2 * H + j] = T(0);
-        d_n[idx] = T(0);
-        direct[idx] = dh;
-        return;
-    }
-    T r = gt[r0 + j], z = gt[r0 + H + j], n = gt[r0 + 2 * H + j];
-    T dn = dh * (T(1) - z) * (T(1) - n * n);                                    // (G7)
-    d_n[idx] = dn;
-    d_rec[r0 + H + j] = dh * (h_prev[idx] - n) * z * (T(1) - z);                // (G8)
-    d_rec[r0 + j] = dn * q_t[idx] * r * (T(1) - r);                             // (G9)
-    d_rec[r0 + 2 * H + j] = dn * r;
-    direct[idx] = dh * z;                                                       // (G6)
+    T r = gates[r0 + j], z = gates[r0 + H + j], n = gates[r0 + 2 * H + j], d = dh[idx];
+    T da_n = d * (T(1) - z) * (T(1) - n * n);                                   // (G7)
+    T da_z = d * (h_prev[idx] - n) * z * (T(1) - z);                            // (G8)
+    T da_r = da_n * q[idx] * r * (T(1) - r);                                    // (G9)
+    du[r0 + j] = da_r; du[r0 + H + j] = da_z; du[r0 + 2 * H + j] = da_n;        // (G10)
+    dv[r0 + j] = da_r; dv[r0 + H + j] = da_z; dv[r0 + 2 * H + j] = da_n * r;
+    dh_prev[idx] = d * z;                                                       // (G6)
 }
 """
 
-NAMES = ("rnn_forward_step", "rnn_backward_step", "lstm_forward_step", "lstm_backward_step",
-         "gru_forward_step", "gru_backward_step")
+NAMES = ("rnn_step", "rnn_step_backward", "lstm_step", "lstm_step_backward", "gru_step", "gru_step_backward")
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,48 +123,72 @@ def _module():
     return cp.RawModule(code=SOURCE, options=("-std=c++14",), name_expressions=expressions)
 
 
-def _launcher(name):
-    """A callable with the Numba kernel's signature; B and H come from its state argument."""
-    state_arg = _STATE_ARG[name]
-    compiled = {}                               # dtype -> kernel: looked up once, launched every step
-
-    def launch(*args):
-        state = args[state_arg]
-        B, H = state.shape
-        kernel = compiled.get(state.dtype)
-        if kernel is None:
-            kind = "double" if state.dtype == cp.float64 else "float"
-            kernel = compiled[state.dtype] = _module().get_function(f"{name}<{kind}>")
-        grid = ((B * H + THREADS - 1) // THREADS,)
-        kernel(grid, (THREADS,), tuple(_arg(a) for a in args) + (cp.int32(B), cp.int32(H)))
-
-    launch.__name__ = name
-    return launch
+def _launch_on_gpu(name, B, H, *args):
+    """Kernel ``name`` over B·H threads; args: arrays (C-contiguous) and ints."""
+    dtype = next(a.dtype for a in args if hasattr(a, "dtype"))
+    kernel = _module().get_function(f"{name}<{'double' if dtype == cp.float64 else 'float'}>")
+    grid = ((B * H + THREADS - 1) // THREADS,)
+    kernel(grid, (THREADS,), tuple(cp.int32(a) if isinstance(a, int) else cp.ascontiguousarray(a) for a in args)
+           + (cp.int32(B), cp.int32(H)))
 
 
-# The argument, by position, whose shape is (B, H) in each kernel's signature.
-_STATE_ARG = {"rnn_forward_step": 3, "rnn_backward_step": 2, "lstm_forward_step": 3,
-              "lstm_backward_step": 1, "gru_forward_step": 4, "gru_backward_step": 1}
+class DeviceSteps:
+    """The protocol's step and step_backward of a built-in cell, one kernel each.
+
+    ``launch(name, B, H, *args)`` runs a kernel of SOURCE (on the GPU by default; the tests
+    give the g++ build of the same source). Arrays come from the array module of the
+    inputs, so the class itself runs on CuPy and on NumPy alike."""
+
+    def __init__(self, cell, launch=None):
+        self.cell, self.name = cell, cell.name
+        self.launch = launch or _launch_on_gpu
+
+    def step(self, p, u, v, state):
+        B, H = state[0].shape
+        xp = _module_of(u)
+        u, v = xp.ascontiguousarray(u), xp.ascontiguousarray(v)
+        h = xp.empty((B, H), u.dtype)
+        if self.name == "rnn":
+            self.launch("rnn_step", B, H, u, v, h, self.cell.option)
+            return (h,), (h,)
+        gates = xp.empty_like(u)
+        if self.name == "lstm":
+            c_prev = xp.ascontiguousarray(state[1])
+            c = xp.empty((B, H), u.dtype)
+            self.launch("lstm_step", B, H, u, v, c_prev, gates, h, c)
+            return (h, c), (gates, c_prev, c)
+        h_prev = xp.ascontiguousarray(state[0])
+        q = xp.empty((B, H), u.dtype)
+        self.launch("gru_step", B, H, u, v, xp.ascontiguousarray(p["b_hn"]), h_prev, gates, q, h)
+        return (h,), (gates, q, h_prev)
+
+    def step_backward(self, p, dstate, cache):
+        xp = _module_of(dstate[0])
+        dh = xp.ascontiguousarray(dstate[0])
+        B, H = dh.shape
+        dh_prev = xp.empty((B, H), dh.dtype)
+        if self.name == "rnn":
+            delta = xp.empty((B, H), dh.dtype)
+            self.launch("rnn_step_backward", B, H, dh, cache[0], delta, self.cell.option)
+            return delta, delta, (xp.zeros_like(dh),), {}
+        if self.name == "lstm":
+            gates, c_prev, c = cache
+            dz, dc_prev = xp.empty_like(gates), xp.empty((B, H), dh.dtype)
+            self.launch("lstm_step_backward", B, H, dh, xp.ascontiguousarray(dstate[1]), gates, c_prev, c, dz,
+                        dh_prev, dc_prev)
+            return dz, dz, (dh_prev, dc_prev), {}
+        gates, q, h_prev = cache
+        du, dv = xp.empty_like(gates), xp.empty_like(gates)
+        self.launch("gru_step_backward", B, H, dh, gates, q, h_prev, du, dv, dh_prev)
+        return du, dv, (dh_prev,), {"b_hn": dv[:, 2 * H:].sum(axis=0)}                    # (G10)
 
 
-def _arg(a):
-    if isinstance(a, int):                     # the Elman nonlinearity's number
-        return cp.int32(a)
-    if not a.flags.c_contiguous:
-        raise ValueError(f"kernel argument: expected a C-contiguous array, got strides {a.strides}")
-    return a
+def _module_of(a):
+    return cp if cp is not None and isinstance(a, cp.ndarray) else __import__("numpy")
 
 
-class _Kernels:
-    """The CUDA step kernels under the names and signatures of backends/fused.py."""
-
-    def __init__(self):
-        for name in NAMES:
-            setattr(self, name, _launcher(name))
-
-
-@functools.lru_cache(maxsize=None)
-def kernels():
+def steps_for(cell):
+    """The device steps of a built-in cell, or None for a cell of one's own."""
     if not AVAILABLE:
         raise RuntimeError("the CuPy backend needs CuPy and an NVIDIA GPU (pip install -e '.[gpu]')")
-    return _Kernels()
+    return DeviceSteps(cell) if type(cell).__module__.startswith("bptt.cells.") else None

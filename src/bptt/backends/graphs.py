@@ -19,7 +19,7 @@ from . import cuda
 
 
 class GraphedLayer:
-    """layer: a module of cells/ (rnn, lstm, gru); params, x, state0, dh: CuPy arrays."""
+    """layer: a layer of cells/ (cells.layer("lstm"), …); params, x, state0, dh: CuPy arrays."""
 
     def __init__(self, layer, params, x, state0, dh, need_dx=False, **forward_kwargs):
         cp = cuda.cp

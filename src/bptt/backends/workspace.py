@@ -23,7 +23,7 @@ to twice its size. When none fits, free blocks of as many bytes as the new one a
 back to the system first (the least recently freed), so the cache holds no more memory
 than the arrays in use would take: a training step that repeats its sizes reuses every
 block, and a pattern that does not (checkpointed BPTT) does not grow the peak. Free
-blocks are kept up to ``LIMIT`` bytes (``BPTT_WORKSPACE_MB``, default 512; 0 turns the
+blocks are kept up to settings.workspace_bytes() (``BPTT_WORKSPACE_MB``, default 512; 0 turns the
 cache off); arrays smaller than ``MIN_BYTES`` (glibc's heap serves those without new
 pages) or larger than the limit come from ``np.empty`` directly.
 """
@@ -35,22 +35,12 @@ import threading
 
 import numpy as np
 
+from . import settings
+
 MIN_BYTES = 256 * 1024
 ALIGN = 64                                   # bytes: a cache line, and the widest SIMD load
 
 
-def _limit_from_env() -> int:
-    wanted = os.environ.get("BPTT_WORKSPACE_MB", "512")
-    try:
-        mib = float(wanted)
-    except ValueError:
-        mib = -1.0
-    if not 0 <= mib < 2 ** 40:                   # not NaN, not negative, not inf
-        raise ValueError(f"BPTT_WORKSPACE_MB: expected a number of MiB >= 0 (0: no cache), got {wanted!r}")
-    return int(mib * 2 ** 20)
-
-
-LIMIT = _limit_from_env()
 
 _lock = threading.Lock()
 _free: dict[int, dict[int, np.ndarray]] = {}                 # size class -> {id: block}
@@ -105,7 +95,7 @@ def _file_returned():
         _free.setdefault(size, {})[id(block)] = block
         _order[id(block)] = size
         _counts["free_bytes"] += size
-    while _counts["free_bytes"] > LIMIT and _order:
+    while _counts["free_bytes"] > settings.workspace_bytes() and _order:
         _drop_oldest()
 
 
@@ -130,7 +120,7 @@ def empty(shape, dtype=np.float64) -> np.ndarray:
     dtype = np.dtype(dtype)
     shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(n) for n in shape)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes < MIN_BYTES or nbytes > LIMIT or dtype.hasobject:
+    if nbytes < MIN_BYTES or nbytes > settings.workspace_bytes() or dtype.hasobject:
         return np.empty(shape, dtype)
     size = size_class(nbytes)
     with _lock:

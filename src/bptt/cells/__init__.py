@@ -1,15 +1,16 @@
-"""Floor 2: recurrent layers over whole sequences, and the output head.
+"""Floor 2: recurrent cells, the time loops that run them, and the output head.
 
 Every layer has the same contract (DESIGN.md, "The layer contract"):
 
-    forward(params, x[T,B,D], state0, mask=None) -> (h[T,B,H], stateT, tape)
+    forward(params, x[T,B,D], state0, mask=None, resets=None) -> (h[T,B,H], stateT, tape)
     backward(params, dh[T,B,H] | None, dstateT | None, tape, need_dx=True)
         -> (dx[T,B,D] or None when not need_dx, dstate0, grads)
 
-with ``GATES`` (blocks of H rows in W_x, W_h), ``STATE`` (names of the state
-arrays) and ``param_shapes(input_size, hidden_size)``. The built-in layers are the
-modules rnn, lstm, gru; any cell of the protocol (protocol.py) becomes one through
-``loop.CellLayer``.
+with ``GATES`` (blocks of H rows in W_x, W_h), ``STATE`` (names of the state arrays) and
+``param_shapes(input_size, hidden_size)``. A layer is a cell of the protocol
+(protocol.py) in a time loop: ``CompiledLayer`` (compiled.py) for a cell with kernels,
+``CellLayer`` (loop.py, the Python loop) for one without. The built-in cells rnn, lstm
+and gru are such cells, with no other path.
 """
 from __future__ import annotations
 
@@ -17,19 +18,29 @@ import importlib
 import os
 import sys
 
-from . import gru, head, lstm, rnn
+from . import head
+from .compiled import CompiledLayer
+from .gru import GRU
 from .loop import CellLayer
+from .lstm import LSTM
 from .protocol import Cell, check_cell
+from .rnn import RNN
 
-CELLS = {"rnn": rnn, "lstm": lstm, "gru": gru}
+CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
 
-def resolve(cell):
+def layer_of(cell) -> CellLayer:
+    """The layer that runs a Cell: compiled when it has kernels, else the Python loop."""
+    check_cell(cell)
+    return CompiledLayer(cell) if getattr(cell, "kernels", None) else CellLayer(cell)
+
+
+def resolve(cell, nonlinearity: str = "tanh"):
     """(name, layer) for "rnn", "lstm", "gru", "package.module:ClassName" (a Cell class,
     built with no arguments) or a Cell instance."""
     if isinstance(cell, str):
         if cell in CELLS:
-            return cell, CELLS[cell]
+            return cell, layer_of(RNN(nonlinearity) if cell == "rnn" else CELLS[cell]())
         if ":" not in cell:
             raise ValueError(f"cell: expected one of 'rnn', 'lstm', 'gru' or 'package.module:ClassName', "
                              f"got {cell!r}")
@@ -46,8 +57,14 @@ def resolve(cell):
             instance = getattr(module, class_name)()
         except TypeError as exc:
             raise ValueError(f"cell: {cell} must be built with no arguments: {exc}") from None
-        return cell, CellLayer(instance)
-    return check_cell(cell).name, CellLayer(cell)
+        return cell, layer_of(instance)
+    return check_cell(cell).name, layer_of(cell)
 
 
-__all__ = ["CELLS", "Cell", "CellLayer", "resolve", "head", "rnn", "lstm", "gru"]
+def layer(name: str, nonlinearity: str = "tanh") -> CellLayer:
+    """The layer of a built-in cell by name ("rnn", "lstm", "gru")."""
+    return resolve(name, nonlinearity)[1]
+
+
+__all__ = ["CELLS", "Cell", "CellLayer", "CompiledLayer", "RNN", "LSTM", "GRU", "layer", "layer_of", "resolve",
+           "head"]

@@ -1,4 +1,4 @@
-"""One time loop for any cell of the protocol (cells/protocol.py), in NumPy.
+"""One time loop for any cell of the protocol (cells/protocol.py), in Python: the reference.
 
 ``CellLayer(cell)`` is a layer with the contract every layer keeps (cells/__init__.py):
 
@@ -11,7 +11,10 @@ Forward: (K1) for all steps in one GEMM, then per step (M4) resets, (K2), (K3) a
 from the future (R3 for s⁰), padded rows get zero (M2) so that the cell's linear backward
 gives them nothing and their gradient passes to s_{t-1} unchanged (M3), (K4), (K5),
 and (M5) stops it at a reset; then (K6) as one GEMM each. Equation numbers refer to
-docs/derivation.md.
+docs/derivation.md. It runs a cell's NumPy ``step`` and ``step_backward``: for a cell
+without compiled kernels, for arrays the compiled loop (cells/compiled.py) does not take
+(CuPy arrays, through NumPy's dispatch to them; BPTT_LOOPS=0), and in the tests as the
+independent reference the compiled loop is held to.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..backends.arrays import array_module
 from ._resets import previous_states, steps_with_resets, zero_where
 from .protocol import check_cell
 
@@ -35,10 +39,22 @@ class Tape(NamedTuple):
 class CellLayer:
     """The layer of ``cell``: its parameters' shapes and the time loop over it."""
 
-    def __init__(self, cell):
+    def __init__(self, cell, steps=None):
+        """steps: an object with the cell's step and step_backward to run instead of the
+        cell's own (backends/cuda.py's kernels); by default the cell's, or on CuPy arrays
+        the CUDA kernels of a built-in cell."""
         self.cell = check_cell(cell)
+        self.steps = steps
         self.GATES = cell.gates
         self.STATE = tuple(cell.state)
+
+    def _steps(self, xp):
+        if self.steps is not None:
+            return self.steps
+        if xp is not np:
+            from ..backends import cuda
+            return cuda.steps_for(self.cell) or self.cell
+        return self.cell
 
     def param_shapes(self, input_size: int, hidden_size: int) -> dict:
         return self.cell.param_shapes(input_size, hidden_size)
@@ -46,9 +62,10 @@ class CellLayer:
     def forward(self, params, x, state0, mask=None, resets=None):
         T, B, D = x.shape
         H = params["W_h"].shape[1]
-        cell = self.cell
+        xp = array_module(x)
+        cell = self._steps(xp)
         u = (x.reshape(T * B, D) @ params["W_x"].T + params["b_h"]).reshape(T, B, -1)      # (K1)
-        states = tuple(np.empty((T, B, H), x.dtype) for _ in self.STATE)
+        states = tuple(xp.empty((T, B, H), x.dtype) for _ in self.STATE)
         caches = []
         reset_at = steps_with_resets(resets, T)
         prev = tuple(state0)
@@ -62,7 +79,7 @@ class CellLayer:
             for i, s in enumerate(new):
                 states[i][t] = s
                 if mask is not None:
-                    np.copyto(states[i][t], prev[i], where=~mask[t, :, None])         # (M1)
+                    xp.copyto(states[i][t], prev[i], where=~mask[t, :, None])         # (M1)
             caches.append(cache)
             prev = tuple(s[t] for s in states)
         return states[0], prev, Tape(x, tuple(state0), states, caches, mask, resets)
@@ -71,29 +88,30 @@ class CellLayer:
         x, states, mask = tape.x, tape.states, tape.mask
         T, B, D = x.shape
         H = params["W_h"].shape[1]
-        cell, W_h = self.cell, params["W_h"]
-        extra = {k: np.zeros_like(params[k]) for k in cell.extra_shapes(H)}
-        ds = tuple(np.zeros((B, H), x.dtype) for _ in self.STATE) if dstateT is None else tuple(dstateT)
-        du = np.empty((T, B, cell.gates * H), x.dtype)
-        dv = np.empty((T, B, cell.gates * H), x.dtype)
+        W_h, xp = params["W_h"], array_module(x)
+        cell = self._steps(xp)
+        extra = {k: xp.zeros_like(params[k]) for k in self.cell.extra_shapes(H)}
+        ds = tuple(xp.zeros((B, H), x.dtype) for _ in self.STATE) if dstateT is None else tuple(dstateT)
+        du = xp.empty((T, B, self.GATES * H), x.dtype)
+        dv = xp.empty((T, B, self.GATES * H), x.dtype)
         for t in range(T - 1, -1, -1):
             if dh is not None:
                 ds = (ds[0] + dh[t],) + ds[1:]                                         # (R3)
             valid = None if mask is None else mask[t, :, None]
-            into_step = ds if valid is None else tuple(np.where(valid, s, 0) for s in ds)  # (M2)
+            into_step = ds if valid is None else tuple(xp.where(valid, s, 0) for s in ds)  # (M2)
             du_t, dv_t, back, dextra = cell.step_backward(params, into_step, tape.caches[t])   # (K4)
             du[t], dv[t] = du_t, dv_t
             for k, g in dextra.items():
                 extra[k] += g
             back = (back[0] + dv_t @ W_h,) + tuple(back[1:])                             # (K5)
             if valid is not None:
-                back = tuple(b + np.where(valid, 0, s) for b, s in zip(back, ds))      # (M3)
+                back = tuple(b + xp.where(valid, 0, s) for b, s in zip(back, ds))      # (M3)
             if tape.resets is not None and tape.resets[t].any():
-                back = tuple(np.where(tape.resets[t][:, None], 0, b) for b in back)    # (M5)
+                back = tuple(xp.where(tape.resets[t][:, None], 0, b) for b in back)    # (M5)
             ds = back
         du2, dv2 = du.reshape(T * B, -1), dv.reshape(T * B, -1)
         h_prev = previous_states(tape.state0[0], states[0], tape.resets) if tape.resets is not None \
-            else np.concatenate([tape.state0[0][None], states[0][:-1]])
+            else xp.concatenate([tape.state0[0][None], states[0][:-1]])
         grads = {"W_x": du2.T @ x.reshape(T * B, D), "W_h": dv2.T @ h_prev.reshape(T * B, H),
                  "b_h": du2.sum(axis=0)} | extra                                         # (K6)
         dx = (du2 @ params["W_x"]).reshape(T, B, D) if need_dx else None                 # (K6)

@@ -38,7 +38,32 @@ arrays step_backward needs. step_backward gets ``dstate`` as a tuple of (B, H) a
 linear in it (the chain rule always is), and returns du and dv of shape (B, G·H),
 ``dstate_prev`` as a tuple like ``state`` and ``dextra`` as {name: gradient} of the extra
 parameters summed over the batch (an empty dict when there are none). Use NumPy's array
-functions on the arrays you are given; float32 and float64 both occur.
+functions on the arrays you are given; float32 and float64 both occur. These two are the
+cell's reference: the Python loop (cells/loop.py) runs them, and so does every array the
+compiled loop cannot take.
+
+Compiled kernels (optional; cells/compiled.py runs them in one compiled loop). Give
+
+    kernels = (forward_kernel, backward_kernel)     two Numba functions (@numba.njit)
+    tape_width(H) -> A     values per row the forward kernel keeps for backward (default 0)
+    dv_is_du               True when dv always equals du (then one array serves both)
+    option                 an int handed to both kernels (say, which nonlinearity)
+
+each for ONE row of the batch, with 1-D rows of length G·H, H or A and (S, H) blocks
+for the S carried arrays (row s of the block is s^s):
+
+    forward_kernel(z, rec, bias, extra, prev, new, aux, option)
+        the pre-activations are z + rec + bias: z = x_t W_xᵀ (no bias), rec = s⁰_{t-1} W_hᵀ;
+        write the new state into ``new`` and what backward needs into ``z`` (its tape row,
+        which it may overwrite) and ``aux``; ``extra``: the extra parameters, flattened
+        in the order of extra_shapes, one after the other; ``prev`` is read only
+    backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, option)
+        ds: the gradient reaching s_t; write du and dv (K4), ds_prev (every element: what
+        reaches s_{t-1} other than through v_t, zeros where nothing does), and ADD the
+        extra parameters' gradient for this row into dextra (flattened as extra)
+
+Both kernels must give what step and step_backward give for the same row; the tests of
+a cell hold the two loops together (docs/custom_cell.md shows how).
 """
 from __future__ import annotations
 
@@ -52,10 +77,17 @@ class Cell(ABC):
     name = "cell"
     gates = 1
     state = ("h",)
+    kernels = None
+    dv_is_du = False
+    option = 0
 
     def extra_shapes(self, hidden_size: int) -> dict:
         """Parameters beyond W_x, W_h and b_h, as {name: shape}."""
         return {}
+
+    def tape_width(self, hidden_size: int) -> int:
+        """Values per row that the forward kernel keeps in ``aux`` for the backward kernel."""
+        return 0
 
     def param_shapes(self, input_size: int, hidden_size: int) -> dict:
         G, H = self.gates, hidden_size

@@ -42,7 +42,7 @@ import numpy as np
 from .. import _checks
 from ..cells import head as head_layer
 from ..ops import ACTIVATIONS
-from .steps import LINEAR
+from .steps import linearise
 
 AUTO_ALL_BELOW = 32         # up to this T, every pair (t, k) is measured
 AUTO_FLOPS = 6e10           # beyond it: as many target steps t as this many flops allow (2–16) ...
@@ -175,8 +175,6 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
         lag_grads: also keep the (T, G·H, H) matrices G_τ of the first layer (memory T·G·H²,
             in one credit pass whatever LAG_MEMORY says).
     """
-    if model.cell not in LINEAR:
-        raise ValueError(f"model: the flow report covers the cells {', '.join(LINEAR)}, got {model.cell_name!r}")
     start = time.perf_counter()
     m = model if model.dtype == np.float64 else model.astype("float64")
     if targets is None:
@@ -192,7 +190,7 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
         raise ValueError(f"sequence: expected a batch index in [0, {B}), got {sequence!r}")
     sequence = int(sequence)
     n_singular = _checks.positive_int("n_singular", n_singular)
-    S = model.hidden_size * (2 if model.cell == "lstm" else 1)
+    S = model.hidden_size * len(model.layer.STATE)
     steps, lag_set = _targets_and_lags(T, S, jacobian_steps, jacobian_lags)
 
     fw = m._forward(x, s0, mask)
@@ -200,7 +198,7 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
     loss, do = m._loss(rows, targets, mask, T, B)
     e, _ = head_layer.backward(m.head_params(), do, rows)            # (H7), (T·B, H) or (B, H)
     weight_grads = m.gradients(x, targets, m._join_state(s0), mask, input_grad=False).params
-    lin = [LINEAR[m.cell](m.layer_params(l), tape) for l, tape in enumerate(fw.tapes)]
+    lin = [linearise(m, m.layer_params(l), tape) for l, tape in enumerate(fw.tapes)]
 
     GH, H = weight_grads["layer0.W_h"].shape
     block = max(1, LAG_BLOCK_ROWS // B)                               # steps per GEMM into the G_τ

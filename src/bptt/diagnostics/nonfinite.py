@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..cells import head as head_layer
-from .steps import LINEAR
+from .steps import linearise
 
 
 class NonFinite(NamedTuple):
@@ -44,11 +44,11 @@ def first_nonfinite(model, x, targets, state0=None, mask=None) -> NonFinite:
     L, H = model.num_layers, model.hidden_size
     with np.errstate(all="ignore"):
         fw = model._forward(x, model._split_state(state0, B), mask)
-        forward = [_first(~np.isfinite(tape.h).all(axis=(1, 2))) for tape in fw.tapes]
+        forward = [_first(~np.isfinite(tape.states[0]).all(axis=(1, 2))) for tape in fw.tapes]
         rows = model._head_rows(fw.top)
         loss, do = model._loss(rows, targets, mask, T, B)
         e, _ = head_layer.backward(model.head_params(), do, rows)
-        lin = [LINEAR[model.cell](model.layer_params(l), tape) for l, tape in enumerate(fw.tapes)]
+        lin = [linearise(model, model.layer_params(l), tape) for l, tape in enumerate(fw.tapes)]
         ds = [[np.zeros((1, B, H), dtype=model.dtype) for _ in lin[0].state] for _ in range(L)]
         if model.outputs == "all":
             e = e.reshape(T, B, H)

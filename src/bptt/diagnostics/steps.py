@@ -3,24 +3,39 @@
 The layers' own backward passes carry one gradient (the sum over every loss). The
 diagnostics need many at once: one per loss L_t for the credit matrix (D1), one per
 state component for the Jacobian products (D2). A ``Linear*`` object holds the forward
-values of one layer's tape and applies step k's vector-Jacobian product to a stack of C
-vectors, in PyTorch's gate order:
+values of one layer (recomputed from its tape's inputs and states, whichever loop made
+it) and applies step k's vector-Jacobian product to a stack of C vectors, in PyTorch's
+gate order:
 
     vjp(k, ds) with ds = (dh,) or (dh, dc⁺), each (C, B, H)   [dc⁺: ∂/∂c_k from the future]
-      -> delta   (C, B, G·H)  the rows that (R6), (L10), (G10) multiply by h_{k-1}ᵀ for ∂L/∂W_h
-         ds_prev (dh⁺_{k-1},) or (dh⁺_{k-1}, dc⁺_{k-1})                   (R3), (L5)/(L9), (G6)
+      -> delta   (C, B, G·H)  the rows that (R6), (L10), (G10), (K6) multiply by h_{k-1}ᵀ for ∂L/∂W_h
+         ds_prev (dh⁺_{k-1},) or (dh⁺_{k-1}, dc⁺_{k-1})                   (R3), (L5)/(L9), (G6), (K5)
          total   (dh_k,) or (dh_k, dc_k): the whole gradient at step k     (R3), (L6)
-         dx      (C, B, D) or None: what reaches the layer below            (R8), (L11), (G11)
+         dx      (C, B, D) or None: what reaches the layer below            (R8), (L11), (G11), (K6)
 
 Masks follow (M2)/(M3): a padded step passes the gradient through unchanged. The same
-equations as cells/, written plainly: here clarity beats speed, float64 throughout.
+equations as cells/, written plainly: here clarity beats speed, float64 throughout. The
+built-in cells have their own classes; any other cell gets ``LinearCell``, which applies
+the cell's own NumPy step_backward (K4) to the C vectors at once (its ``total`` is the
+gradient reaching the carried arrays, ds_k of block K).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..cells import gru, lstm
 from ..ops import ACTIVATIONS
+
+
+def _sigmoid(a):
+    return 0.5 * np.tanh(0.5 * a) + 0.5                            # (A3)
+
+
+def _pre_activations(params, tape, h_in):
+    """(T, B, G·H): x_t W_xᵀ + b_h and h_{t-1} W_hᵀ, the two parts of (L1), (G1)-(G4), (K1)-(K2)."""
+    T, B, D = tape.x.shape
+    u = (tape.x.reshape(T * B, D) @ params["W_x"].T + params["b_h"]).reshape(T, B, -1)
+    v = (h_in.reshape(T * B, -1) @ params["W_h"].T).reshape(T, B, -1)
+    return u, v
 
 
 def _previous(first, seq):
@@ -34,12 +49,6 @@ def _mm(a, W):
     return (a.reshape(C * B, n) @ W).reshape(C, B, W.shape[1])
 
 
-def _torch_order(gates, blocks):
-    """(T, B, G·H) activated gates in a layer's internal order -> (T, B, G, H) in PyTorch's."""
-    T, B, GH = gates.shape
-    return gates.reshape(T, B, blocks.G, GH // blocks.G)[:, :, blocks.unperm]
-
-
 class _Linear:
     _per_step = ()      # names of the (T, B, …) arrays, sliced by select()
 
@@ -49,7 +58,11 @@ class _Linear:
         other.__dict__.update(self.__dict__)
         for name in self._per_step:
             value = getattr(self, name)
-            if value is not None:
+            if isinstance(value, _CacheRows):
+                setattr(other, name, value.select(b))
+            elif isinstance(value, tuple):
+                setattr(other, name, tuple(v[:, b:b + 1] for v in value))
+            elif value is not None:
                 setattr(other, name, value[:, b:b + 1])
         return other
 
@@ -61,11 +74,12 @@ class LinearRNN(_Linear):
     state = ("h",)
     _per_step = ("fprime", "h_in", "m")
 
-    def __init__(self, params, tape):
+    def __init__(self, params, tape, cell):
         self.W_x, self.W_h = params["W_x"], params["W_h"]
-        self.fprime = ACTIVATIONS[tape.nonlinearity].derivative(tape.h)      # (T, B, H) (A2)
-        self.h_in = _previous(tape.h0, tape.h)
-        self.m = None if tape.mask is None else tape.mask[:, :, None].astype(tape.h.dtype)
+        h = tape.states[0]
+        self.fprime = ACTIVATIONS[cell.nonlinearity].derivative(h)          # (T, B, H) (A2)
+        self.h_in = _previous(tape.state0[0], h)
+        self.m = None if tape.mask is None else tape.mask[:, :, None].astype(h.dtype)
 
     def vjp(self, k, ds, need_dx=True):
         (dh,) = ds
@@ -84,21 +98,23 @@ class LinearLSTM(_Linear):
     state = ("h", "c")
     _per_step = ("factors", "k_c", "f", "h_in", "m")
 
-    def __init__(self, params, tape):
+    def __init__(self, params, tape, cell):
         self.W_x, self.W_h = params["W_x"], params["W_h"]
-        blocks = lstm._TORCH_ORDER if tape.fused else lstm._BLOCKS
-        G = _torch_order(tape.gates, blocks)
-        i, f, g, o = (G[:, :, j] for j in range(4))
-        tanh_c = np.tanh(tape.c)
-        c_in = _previous(tape.c0, tape.c)
+        (h, c), (h0, c0) = tape.states, tape.state0
+        self.h_in = _previous(h0, h)
+        u, v = _pre_activations(params, tape, self.h_in)
+        T, B, H = h.shape
+        z = (u + v).reshape(T, B, 4, H)                               # (L1)
+        i, f, g, o = _sigmoid(z[:, :, 0]), _sigmoid(z[:, :, 1]), np.tanh(z[:, :, 2]), _sigmoid(z[:, :, 3])   # (L2)
+        tanh_c = np.tanh(c)
+        c_in = _previous(c0, c)
         # The factors of (L6)-(L8) that do not depend on the gradient, for all steps at once:
         # δz_{i,f,g} = dc ⊙ factors[:, :, :3], δz_o = dh ⊙ factors[:, :, 3].
         self.factors = np.stack([g * i * (1 - i), c_in * f * (1 - f), i * (1 - g ** 2),
                                  tanh_c * o * (1 - o)], axis=2)       # (T, B, 4, H)
         self.k_c = o * (1 - tanh_c ** 2)                              # (T, B, H) (L6)
         self.f = np.ascontiguousarray(f)
-        self.h_in = _previous(tape.h0, tape.h)
-        self.m = None if tape.mask is None else tape.mask[:, :, None].astype(tape.h.dtype)
+        self.m = None if tape.mask is None else tape.mask[:, :, None].astype(h.dtype)
 
     def vjp(self, k, ds, need_dx=True):
         dh, dc_next = ds
@@ -127,18 +143,22 @@ class LinearGRU(_Linear):
     state = ("h",)
     _per_step = ("factors", "r", "z", "h_in", "m")
 
-    def __init__(self, params, tape):
+    def __init__(self, params, tape, cell):
         self.W_x, self.W_h = params["W_x"], params["W_h"]
-        blocks = gru._TORCH_ORDER if tape.fused else gru._BLOCKS
-        G = _torch_order(tape.gates, blocks)
-        r, z, n = (G[:, :, j] for j in range(3))
-        self.h_in = _previous(tape.h0, tape.h)
+        h = tape.states[0]
+        H = h.shape[2]
+        self.h_in = _previous(tape.state0[0], h)
+        u, v = _pre_activations(params, tape, self.h_in)
+        r = _sigmoid(u[:, :, :H] + v[:, :, :H])                          # (G1)
+        z = _sigmoid(u[:, :, H:2 * H] + v[:, :, H:2 * H])                # (G2)
+        q = v[:, :, 2 * H:] + params["b_hn"]                             # (G3)
+        n = np.tanh(u[:, :, 2 * H:] + r * q)                             # (G4)
         # The factors of (G7)-(G9) that do not depend on the gradient, for all steps at once.
         self.factors = np.stack([(1 - z) * (1 - n ** 2),                   # (G7) δa_n / dh
                                  (self.h_in - n) * z * (1 - z),            # (G8) δa_z / dh
-                                 tape.q * r * (1 - r)], axis=2)            # (G9) δa_r / δa_n
+                                 q * r * (1 - r)], axis=2)                 # (G9) δa_r / δa_n
         self.r, self.z = np.ascontiguousarray(r), np.ascontiguousarray(z)
-        self.m = None if tape.mask is None else tape.mask[:, :, None].astype(tape.h.dtype)
+        self.m = None if tape.mask is None else tape.mask[:, :, None].astype(h.dtype)
 
     def vjp(self, k, ds, need_dx=True):
         (dh,) = ds
@@ -159,4 +179,59 @@ class LinearGRU(_Linear):
         return delta, (dh_prev,), (dh,), dx
 
 
+class LinearCell(_Linear):
+    """Any cell of the protocol, through its own step and step_backward (K3), (K4)."""
+    _per_step = ("h_in", "m", "states_in", "_cache_rows")
+
+    def __init__(self, params, tape, cell):
+        self.cell, self.params = cell, params
+        self.W_x, self.W_h = params["W_x"], params["W_h"]
+        self.state = tuple(cell.state)
+        self.states_in = tuple(_previous(s0, s) for s0, s in zip(tape.state0, tape.states))
+        self.h_in = self.states_in[0]
+        u, v = _pre_activations(params, tape, self.h_in)
+        T = u.shape[0]
+        # The reference step again from the states the tape holds: its caches, per step.
+        caches = [cell.step(params, u[k], v[k], tuple(s[k] for s in self.states_in))[1] for k in range(T)]
+        self._cache_rows = _CacheRows(caches)
+        self.m = None if tape.mask is None else tape.mask[:, :, None].astype(self.h_in.dtype)
+
+    def vjp(self, k, ds, need_dx=True):
+        C, B, H = ds[0].shape
+        m = self._mask(k)
+        into = ds if m is None else tuple(d * m for d in ds)                                      # (M2)
+        flat = tuple(d.reshape(C * B, H) for d in into)
+        cache = tuple(np.tile(a, (C,) + (1,) * (a.ndim - 1)) if getattr(a, "ndim", 0) and a.shape[0] == B
+                      else a for a in self._cache_rows[k])
+        du, dv, back, _ = self.cell.step_backward(self.params, flat, cache)                     # (K4)
+        du, dv = du.reshape(C, B, -1), dv.reshape(C, B, -1)
+        prev = [b.reshape(C, B, H) for b in back]
+        prev[0] = prev[0] + _mm(dv, self.W_h)                                                   # (K5)
+        if m is not None:
+            prev = [p + (1 - m) * d for p, d in zip(prev, ds)]                                  # (M3)
+        dx = _mm(du, self.W_x) if need_dx else None                                             # (K6)
+        return dv, tuple(prev), tuple(ds), dx
+
+
+class _CacheRows:
+    """The per-step caches, sliced to one sequence by ``select`` like the other arrays."""
+
+    def __init__(self, caches, b=None):
+        self.caches, self.b = caches, b
+
+    def __getitem__(self, k):
+        if self.b is None:
+            return self.caches[k]
+        return tuple(a[self.b:self.b + 1] if getattr(a, "ndim", 0) else a for a in self.caches[k])
+
+    def select(self, b):
+        return _CacheRows(self.caches, b)
+
+
 LINEAR = {"rnn": LinearRNN, "lstm": LinearLSTM, "gru": LinearGRU}
+
+
+def linearise(model, params, tape):
+    """The Linear* object of one layer of ``model``."""
+    kind = LINEAR.get(model.cell) if isinstance(model.cell, str) else None
+    return (kind or LinearCell)(params, tape, model.layer.cell)

@@ -24,11 +24,10 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 from tqdm import tqdm
 
-from ..backends import cpu_loops, loop_threads
-from ..backends.loop_threads import available_cores
+from ..backends import loop_threads, settings
 from ..distributed import CollectiveError
 from ..distributed import world as mpi_world
-from ..cells import CellLayer
+from ..cells import CompiledLayer
 from ..model import Model
 from ..through_time import checkpointed
 from ..through_time.schedules import stream_updates
@@ -59,11 +58,11 @@ class Trainer:
                            **self.task.model_kwargs)
         # Two halves of each batch on two threads (bptt/batch_split.py), with BLAS held to one
         # thread during an update: where the compiled loops run, and on one rank (MPI ranks
-        # already share the cores). By default only on 2 cores, where it was measured: with
-        # more, BLAS on all of them may beat two single-threaded halves.
-        wanted = c.threads if c.threads is not None else (2 if available_cores() == 2 else 1)
-        # (a cell of one's own steps in Python, under the GIL: two threads would take turns)
-        loops = cpu_loops.use_for(np.zeros(1, self.model.dtype)) and not isinstance(self.model.layer, CellLayer)
+        # already share the cores). By default where the process may use 2 cores or more
+        # (settings.loop_threads); --threads 1 or BPTT_LOOP_THREADS=1 keeps one.
+        wanted = c.threads if c.threads is not None else settings.loop_threads()
+        # (a cell without kernels steps in Python, under the GIL: two threads would take turns)
+        loops = settings.loops_enabled() and isinstance(self.model.layer, CompiledLayer)
         self.model.threads = 2 if wanted == 2 and loops and self.world.size == 1 and c.batch >= 2 else 1
         self._blas = ThreadpoolController().select(user_api="blas")
         self.optimizer = make_optimizer(c.optimizer, self.model.params, c.lr)

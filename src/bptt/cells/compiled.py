@@ -1,0 +1,406 @@
+"""One compiled time loop per direction, generated from a cell's kernels (Numba).
+
+A cell that gives ``kernels = (forward_kernel, backward_kernel)`` (cells/protocol.py)
+gets ``CompiledLayer``: the layer contract of cells/loop.py, with the whole loop over t
+compiled, so no step returns to Python. The loop is the same text for every cell (the
+``LOOPS`` template below) with the cell's two kernels called once per row of the batch;
+it does what loop.py does, in the same order:
+
+    forward, per step:   (M4) resets, (K2) the recurrent GEMM, the kernel for (K3), (M1)
+    backward, per step:  ds_t = carried + W_hᵀ-part + dh from above (R3, K5), (M2)/(M3) for
+                         padded rows, the kernel for (K4), (M5), then the GEMM of (K5)
+    after the loop:      (K6) as one GEMM each (one wide GEMM [x | h_{t-1}] when dv = du)
+
+The state of all steps is one array (T, B, S, H), so a row's state is an (S, H) block that
+the kernel reads as ``prev`` and writes as ``new``; h_t (s⁰) is also copied into a
+contiguous (T, B, H) output when S > 1. The recurrent GEMM runs over W_h packed once a
+pass: bptt's micro-kernel (backends/packed_gemm.py) or oneMKL's packed GEMM
+(backends/mkl.py), as settings.step_gemm() says. Where the micro-kernel runs and the
+weights are small, each step also projects its x_t (``_inputs``), in the thread's own
+rows, still in cache for the kernel.
+
+Generated, not closed over: Numba caches compiled code on disk only for functions of a
+module with a file. So the template, with the names of the cell's kernels, is written to
+a module in settings.cache_dir() (named by a hash of everything it compiles from) and
+imported from there; its compiled code is then cached beside it. A kernel that cannot be
+imported by name (defined in __main__ or inside a function) gets the same template
+compiled in this process, uncached.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from ..backends import loop_threads, mkl, packed_gemm, settings, workspace
+from ..backends.arrays import column_sums, matmul
+from ..backends.packed_gemm import times_packed
+from ._resets import previous_states
+from .loop import CellLayer
+
+IN_LOOP_PROJECTION_BYTES = 2 ** 21
+
+_jit = njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
+
+
+class CompiledTape(NamedTuple):
+    x: np.ndarray              # (T, B, D)
+    state0: tuple              # (B, H) each
+    states: tuple              # (T, B, H) each: views of ``slab``
+    slab: np.ndarray           # (T, B, S, H) every state of every step
+    start: np.ndarray          # (B, S, H) the state the layer started from
+    z: np.ndarray              # (T, B, G·H) the kernels' tape rows (the LSTM's gates, …)
+    aux: np.ndarray            # (T, B, A) the kernels' extra tape rows
+    mask: np.ndarray | None    # (T, B) bool
+    resets: np.ndarray | None  # (T, B) bool
+
+
+class CompiledLayer(CellLayer):
+    """The layer of a cell with kernels; arrays the compiled loop cannot take (CuPy, mixed
+    dtypes, BPTT_LOOPS=0) go to the Python loop of cells/loop.py."""
+
+    def __init__(self, cell):
+        super().__init__(cell)
+        self.kernels = tuple(cell.kernels)
+
+    def _compiles(self, *arrays) -> bool:
+        dtype = arrays[0].dtype
+        return (settings.loops_enabled() and dtype in (np.float32, np.float64)
+                and all(a is None or (isinstance(a, np.ndarray) and a.dtype == dtype) for a in arrays))
+
+    def forward(self, params, x, state0, mask=None, resets=None):
+        extras = [params[k] for k in self.extra_names(params)]
+        if not self._compiles(x, params["W_x"], params["W_h"], params["b_h"], *state0, *extras):
+            return super().forward(params, x, state0, mask, resets)
+        T, B, D = x.shape
+        W_h = np.ascontiguousarray(params["W_h"])
+        GH, H = W_h.shape
+        S, dt = len(self.STATE), x.dtype
+        u, W_x_packed = _inputs(params, x)                                           # (K1)
+        slab = workspace.empty((T, B, S, H), dt)
+        h = slab.reshape(T, B, H) if S == 1 else workspace.empty((T, B, H), dt)
+        aux = workspace.empty((T, B, self.cell.tape_width(H)), dt)
+        start = _stack(state0, dt)
+        valid, reset_at, resets_c = _flags(mask, resets, T, B)
+        args = (u, np.ascontiguousarray(x), W_x_packed, np.ascontiguousarray(params["b_h"]), _flat(extras, dt),
+                start, slab, h, aux, valid, reset_at, resets_c, np.empty((B, GH), dt), np.empty((B, S, H), dt),
+                _gemm(W_h, B, forward=True), self.cell.option)
+        loop_threads.run(self._loops().forward, args, B, GH, H, T)
+        stateT = tuple(slab[-1, :, s].copy() for s in range(S)) if T else tuple(state0)
+        states = (h,) + tuple(slab[:, :, s] for s in range(1, S))
+        return h, stateT, CompiledTape(x, tuple(state0), states, slab, start, u, aux, mask, resets)
+
+    def backward(self, params, dh, dstateT, tape, need_dx=True):
+        if not isinstance(tape, CompiledTape):
+            return super().backward(params, dh, dstateT, tape, need_dx)
+        x, slab = tape.x, tape.slab
+        T, B, S, H = slab.shape
+        D, dt = x.shape[2], x.dtype
+        W_h = np.ascontiguousarray(params["W_h"])
+        GH = W_h.shape[0]
+        names = self.extra_names(params)
+        extras = [params[k] for k in names]
+        carry = np.zeros((B, S, H), dt) if dstateT is None else _stack(dstateT, dt)
+        du = workspace.empty((T, B, GH), dt)
+        dv = du if self.cell.dv_is_du else workspace.empty((T, B, GH), dt)
+        dextra = np.zeros((2, sum(e.size for e in extras)), dt)
+        valid, reset_at, resets_c = _flags(tape.mask, tape.resets, T, B)
+        above = np.zeros((1, 1, H), dt) if dh is None else np.ascontiguousarray(dh, dtype=dt)
+        args = (above, dh is not None, carry, np.zeros((B, H), dt), tape.z, tape.aux, _flat(extras, dt),
+                tape.start, slab, valid, reset_at, resets_c, np.empty((B, S, H), dt), du, dv,
+                np.empty((B, S, H), dt), dextra, _gemm(W_h, B, forward=False), self.cell.option)
+        loop_threads.run(self._loops().backward, args, B, GH, H, T)
+        du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
+        h = tape.states[0]
+        if self.cell.dv_is_du:
+            # (K6) ∂L/∂W_x and ∂L/∂W_h as one GEMM against the rows [x_t | h_{t-1}] (T·B, D + H):
+            # one wide GEMM is faster than two narrow ones.
+            rows = workspace.empty((T * B, D + H), dt)
+            rows[:, :D] = x.reshape(T * B, D)
+            rows[:, D:] = _previous(tape.state0[0], h, tape.resets).reshape(T * B, H)
+            dW = matmul(du2.T, rows)
+            grads = {"W_x": np.ascontiguousarray(dW[:, :D]), "W_h": np.ascontiguousarray(dW[:, D:])}
+        else:
+            grads = {"W_x": matmul(du2.T, x.reshape(T * B, D)),
+                     "W_h": matmul(dv2.T, _previous(tape.state0[0], h, tape.resets).reshape(T * B, H))}
+        grads["b_h"] = column_sums(du2)                                                 # (K6)
+        flat, at = dextra.sum(axis=0), 0
+        for k, e in zip(names, extras):
+            grads[k] = flat[at:at + e.size].reshape(e.shape)                            # (K6)
+            at += e.size
+        dx = matmul(du2, params["W_x"]).reshape(T, B, D) if need_dx else None          # (K6)
+        return dx, tuple(carry[:, s].copy() for s in range(S)), grads
+
+    def extra_names(self, params):
+        return list(self.cell.extra_shapes(params["W_h"].shape[1]))
+
+    def _loops(self):
+        return loops_for(*self.kernels)
+
+
+def _stack(states, dtype):
+    """(B, S, H) from a tuple of S arrays (B, H)."""
+    out = np.empty((states[0].shape[0], len(states), states[0].shape[1]), dtype)
+    for s, a in enumerate(states):
+        out[:, s] = a
+    return out
+
+
+def _flat(arrays, dtype):
+    return np.concatenate([a.ravel() for a in arrays]).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
+
+
+def _flags(mask, resets, T, B):
+    """valid (T, B), reset_at (T,) and resets (T, B) as the loops take them, contiguous."""
+    valid = np.ones((T, B), dtype=bool) if mask is None else np.ascontiguousarray(mask, dtype=bool)
+    if resets is None:
+        return valid, np.zeros(T, dtype=bool), np.zeros((1, 1), dtype=bool)
+    resets = np.ascontiguousarray(resets, dtype=bool)
+    return valid, resets.any(axis=1), resets
+
+
+def _previous(first, h, resets):
+    """(T, B, H): the h each step read, after (M4)."""
+    if resets is not None:
+        return previous_states(first, h, resets)
+    prev = workspace.empty(h.shape, h.dtype)
+    prev[0] = first
+    prev[1:] = h[:-1]
+    return prev
+
+
+def _gemm(W_h, B, forward):
+    """(mode, packed, tiles, mkl_packed) for the loop's GEMM: mode 2 the micro-kernel over
+    W packed here (W_hᵀ forward, W_h backward; tiles: each thread's scratch for a panel),
+    3 MKL's packed GEMM, packed for B rows (row 0: one thread) and for each half (rows 1, 2)."""
+    dt = W_h.dtype
+    tiles = np.empty((2, packed_gemm.MR, packed_gemm.panel_width(dt)), dt)
+    if settings.step_gemm() == "mkl":
+        rows = (B, B // 2, B - B // 2)
+        mkl_packed = np.empty((3, max(mkl.packed_size(W_h, forward, max(m, 1)) for m in rows)), dt)
+        for i, m in enumerate(rows):
+            if m:
+                mkl.pack_into(W_h, forward, m, mkl_packed[i])
+        return 3, np.empty((1, 1, 1), dt), tiles, mkl_packed
+    return 2, packed_gemm.pack(W_h.T if forward else W_h), tiles, np.empty((1, 1), dt)
+
+
+def _inputs(params, x):
+    """(u, W_x packed): u (T, B, G·H) = x W_xᵀ (no bias: the kernels add b_h) for all steps
+    in one GEMM (K1); or, where the micro-kernel runs, the weights are small (W_x and W_h
+    at most IN_LOOP_PROJECTION_BYTES) and each of two threads would have MIN_ROWS rows, u
+    left empty for the loop to fill step by step from W_xᵀ packed here. Measured against
+    the one GEMM (forward pass): LSTM 0.85 at (100, 32, 64, 128) (384 KiB of weights), 0.98
+    at (100, 64, 128, 256), 1.03 at (200, 32, 128, 512) (5 MiB: both from L3 every step)."""
+    T, B, D = x.shape
+    W_x, W_h = params["W_x"], params["W_h"]
+    if (settings.step_gemm() == "packed" and B >= 2 * packed_gemm.MIN_ROWS
+            and W_x.nbytes + W_h.nbytes <= IN_LOOP_PROJECTION_BYTES):
+        return workspace.empty((T, B, W_x.shape[0]), x.dtype), packed_gemm.pack(np.ascontiguousarray(W_x).T)
+    u = matmul(x.reshape(T * B, D), W_x.T).reshape(T, B, W_x.shape[0])
+    return u, np.empty((0, 0, 0), dtype=x.dtype)
+
+
+@_jit
+def _share(n, part, parts):
+    """[lo, hi) of this part's rows: all for one part; for two, the first or second half."""
+    if parts == 1:
+        return 0, n
+    return (0, n // 2) if part == 0 else (n // 2, n)
+
+
+LOOPS = '''
+@_jit
+def _times_w(a, out, gemm, part, parts):
+    """out = a · W_hᵀ (forward) or a · W_h (backward), as packed in gemm (_gemm), for this
+    thread's rows a (M, ·) with any row stride."""
+    mode, packed, tiles, mkl_packed = gemm
+    if a.shape[0] == 0:
+        return
+    # MKL
+    times_packed(a, packed, out, 0, out.shape[1], tiles[part])
+
+
+@_jit
+def forward(u, x, W_x_packed, bias, extra, start, slab, h, aux, valid, reset_at, resets, rec, scratch,
+            gemm, option, part, parts):
+    """u (T, B, G·H): x_t W_xᵀ in (or made here from W_x_packed), the kernel's tape rows out;
+    slab (T, B, S, H) and h (T, B, H) out."""
+    T, B, S, H = slab.shape
+    r0, r1 = _share(B, part, parts)
+    for t in range(T):
+        if W_x_packed.size:                                                  # (K1)
+            times_packed(x[t][r0:r1], W_x_packed, u[t][r0:r1], 0, u.shape[2], gemm[2][part])
+        prev = start if t == 0 else slab[t - 1]
+        if reset_at[t]:                                                      # (M4)
+            for b in range(r0, r1):
+                if resets[t, b]:
+                    scratch[b] = 0
+                else:
+                    scratch[b] = prev[b]
+            prev = scratch
+        _times_w(prev[r0:r1, 0], rec[r0:r1], gemm, part, parts)              # (K2)
+        for b in range(r0, r1):
+            if valid[t, b]:
+                _step_forward(u[t, b], rec[b], bias, extra, prev[b], slab[t, b], aux[t, b], option)   # (K3)
+            else:
+                slab[t, b] = prev[b]                                         # (M1)
+            if S > 1:
+                h[t, b] = slab[t, b, 0]
+
+
+@_jit
+def backward(dh, has_dh, carry, rec_grad, z, aux, extra, start, slab, valid, reset_at, resets, scratch,
+             du, dv, ds, dextra, gemm, option, part, parts):
+    """carry (B, S, H): the gradient reaching s_T in, reaching s_0 out; du, dv (T, B, G·H) out;
+    dextra[part] accumulates the extra parameters' gradient."""
+    T, B, S, H = slab.shape
+    r0, r1 = _share(B, part, parts)
+    for t in range(T - 1, -1, -1):
+        prev = start if t == 0 else slab[t - 1]
+        if reset_at[t]:                                                      # (M4)
+            for b in range(r0, r1):
+                if resets[t, b]:
+                    scratch[b] = 0
+                else:
+                    scratch[b] = prev[b]
+            prev = scratch
+        for b in range(r0, r1):
+            d = ds[b]
+            d[:] = carry[b]
+            d0, g = d[0], rec_grad[b]
+            for j in range(H):
+                d0[j] += g[j]                                                # (K5)
+            if has_dh:
+                e = dh[t, b]
+                for j in range(H):
+                    d0[j] += e[j]                                            # (R3)
+            if valid[t, b]:
+                _step_backward(d, z[t, b], aux[t, b], extra, prev[b], slab[t, b], du[t, b], dv[t, b],
+                               carry[b], dextra[part], option)               # (K4)
+            else:                                                            # (M2), (M3)
+                du[t, b] = 0
+                dv[t, b] = 0
+                carry[b] = d
+            if reset_at[t] and resets[t, b]:
+                carry[b] = 0                                                 # (M5)
+        _times_w(dv[t][r0:r1], rec_grad[r0:r1], gemm, part, parts)          # (K5) dv_t W_h
+        if reset_at[t]:
+            for b in range(r0, r1):
+                if resets[t, b]:
+                    rec_grad[b] = 0                                          # (M5)
+    for b in range(r0, r1):
+        d0, g = carry[b, 0], rec_grad[b]
+        for j in range(H):
+            d0[j] += g[j]                                                    # (K5) at t = 0
+'''
+
+_HEADER = '''"""Generated by bptt.cells.compiled: the time loops of {names}. Do not edit."""
+import importlib
+
+from bptt.cells.compiled import _jit, _share, times_packed
+{mkl_import}
+
+def _find(module, qualname):
+    found = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+_step_forward = _find({fwd[0]!r}, {fwd[1]!r})
+_step_backward = _find({bwd[0]!r}, {bwd[1]!r})
+'''
+
+_MKL_BRANCH = """    if mode == 3:
+        mkl_compute(a, mkl_packed[0 if parts == 1 else 1 + part], out)
+        return
+"""
+_LOOPS: dict = {}
+
+
+def loops_for(forward_kernel, backward_kernel):
+    """The namespace (module) with ``forward`` and ``backward`` for these kernels and the
+    GEMM in force, made once per process: imported from the cache directory, or compiled
+    here (see the docstring)."""
+    use_mkl = settings.step_gemm() == "mkl"
+    key = (forward_kernel, backward_kernel, use_mkl)
+    if key not in _LOOPS:
+        if use_mkl:
+            mkl.load()                                 # its symbols, before code that calls them
+        text = LOOPS.replace("    # MKL\n", _MKL_BRANCH if use_mkl else "")
+        _LOOPS[key] = _generated(forward_kernel, backward_kernel, text, use_mkl) or \
+            _in_process(forward_kernel, backward_kernel, text)
+    return _LOOPS[key]
+
+
+def _address(kernel):
+    """(module, qualname) under which ``kernel`` can be imported, or None."""
+    fn = getattr(kernel, "py_func", None)
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if fn is None or module in (None, "__main__") or "<locals>" in qualname:
+        return None
+    try:
+        found = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return None
+    return (module, qualname) if found is kernel else None
+
+
+def _source_of(kernel):
+    """What the loop compiles from besides its own text: the kernel's module file."""
+    try:
+        return inspect.getsource(sys.modules[kernel.py_func.__module__])
+    except (OSError, TypeError, KeyError):
+        return ""
+
+
+def _generated(forward_kernel, backward_kernel, loops, use_mkl):
+    fwd, bwd = _address(forward_kernel), _address(backward_kernel)
+    if fwd is None or bwd is None:
+        return None
+    header = _HEADER.format(names=f"{fwd[0]}.{fwd[1]} and {bwd[0]}.{bwd[1]}", fwd=fwd, bwd=bwd,
+                            mkl_import="from bptt.backends.mkl import compute as mkl_compute\n" if use_mkl else "")
+    text = header + loops
+    stamp = hashlib.sha256("\0".join([text, _source_of(forward_kernel), _source_of(backward_kernel)] +
+                                     [inspect.getsource(m) for m in (sys.modules[__name__], packed_gemm, mkl)])
+                           .encode()).hexdigest()[:20]
+    folder = os.path.join(settings.cache_dir(), "loops")
+    path = os.path.join(folder, f"loops_{stamp}.py")
+    try:
+        if not os.path.exists(path):
+            os.makedirs(folder, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+    except OSError:
+        return None
+    name = f"bptt_loops_{stamp}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Namespace:
+    def __init__(self, values):
+        self.__dict__.update(values)
+
+
+def _in_process(forward_kernel, backward_kernel, loops):
+    names = {"_jit": njit(fastmath=True, error_model="numpy", nogil=True), "_share": _share,
+             "times_packed": times_packed, "mkl_compute": mkl.compute,
+             "_step_forward": forward_kernel, "_step_backward": backward_kernel}
+    exec(compile(loops, "<bptt.cells.compiled.LOOPS>", "exec"), names)
+    return _Namespace(names)

@@ -1,0 +1,330 @@
+"""The compiled time loop (cells/compiled.py) against the Python loop with the cells' NumPy
+steps (cells/loop.py, the reference): float64 to 1e-12 with masks, resets and carried
+state, with either per-step GEMM (the micro-kernel, oneMKL's packed GEMM), on one thread or
+two."""
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from numba import njit
+
+from bptt.backends import loop_threads, mkl, settings
+from bptt.cells import CellLayer, Cell, compiled, layer, scalar
+from bptt.cells.compiled import CompiledLayer, CompiledTape
+from helpers import KINDS, make_model, make_state, make_targets, ragged_mask
+
+HAS_MKL = mkl.library_path() is not None
+
+
+@pytest.fixture
+def pairs(monkeypatch):
+    """Counts the loops that ran on two threads."""
+    calls = []
+    run_pair = loop_threads.run_pair
+    monkeypatch.setattr(loop_threads, "run_pair", lambda *a: calls.append(1) or run_pair(*a))
+    return calls
+
+
+def test_fast_tanh_is_within_a_few_float32_ulp():
+    @njit
+    def apply(x, out):
+        for k in range(x.size):
+            out[k] = scalar.tanh(x[k])
+    x = np.linspace(-20, 20, 400_001, dtype=np.float32)
+    out = np.empty_like(x)
+    apply(x, out)
+    ref = np.tanh(x.astype(np.float64))
+    assert np.abs(out - ref).max() < 4e-7
+    assert out[0] == -1.0 and out[-1] == 1.0
+
+
+def _params(cell, D, H, dtype, rng):
+    shapes = CellLayer(cell).param_shapes(D, H)
+    return {k: (rng.standard_normal(s) / np.sqrt(H)).astype(dtype) for k, s in shapes.items()}
+
+
+def _run(lay, params, x, state0, dh, dstateT, mask, resets):
+    h, stateT, tape = lay.forward(params, x, state0, mask, resets)
+    dx, dstate0, grads = lay.backward(params, dh, dstateT, tape)
+    return [h, *stateT, dx, *dstate0] + [grads[k] for k in sorted(grads)], tape
+
+
+def _case(name, nonlinearity, dtype, T=9, B=7, D=5, H=12, seed=0):
+    rng = np.random.default_rng(seed)
+    lay = layer(name, nonlinearity)
+    params = _params(lay.cell, D, H, dtype, rng)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    state0 = tuple((0.5 * rng.standard_normal((B, H))).astype(dtype) for _ in lay.STATE)
+    dstateT = tuple(rng.standard_normal((B, H)).astype(dtype) for _ in lay.STATE)
+    dh = rng.standard_normal((T, B, H)).astype(dtype)
+    mask = ragged_mask(T, [(9, 5, 8, 2, 9, 1, 7, 4)[b % 8] for b in range(B)])
+    resets = np.zeros((T, B), bool)
+    resets[[2, 6, 4], [0, 3, 6 % B]] = True
+    return lay, params, x, state0, dh, dstateT, mask, resets
+
+
+@pytest.mark.parametrize("name,nonlinearity", KINDS)
+@pytest.mark.parametrize("step_gemm,threads,in_loop", [("packed", 1, True), ("packed", 2, False),
+                                                        ("mkl", 1, False), ("mkl", 2, False)])
+def test_the_compiled_loop_equals_the_reference_in_float64(name, nonlinearity, step_gemm, threads, in_loop,
+                                                           monkeypatch, pairs):
+    if step_gemm == "mkl" and not HAS_MKL:
+        pytest.skip("oneMKL is not installed (the extra mkl)")
+    monkeypatch.setenv("BPTT_STEP_GEMM", step_gemm)
+    monkeypatch.setattr(compiled, "IN_LOOP_PROJECTION_BYTES", 2 ** 21 if in_loop else 0)
+    monkeypatch.setattr(loop_threads, "MIN_LOOP_FLOPS", 0)
+    settings.reset()
+    lay, params, x, state0, dh, dstateT, mask, resets = _case(name, nonlinearity, np.float64, B=8)
+    ref, _ = _run(CellLayer(lay.cell), params, x, state0, dh, dstateT, mask, resets)
+    with loop_threads.use(threads):
+        out, tape = _run(lay, params, x, state0, dh, dstateT, mask, resets)
+    settings.reset()
+    assert isinstance(tape, CompiledTape)
+    assert len(pairs) == (2 if threads == 2 and settings.blas_workers_sleep() else 0)
+    for a, b in zip(out, ref):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert np.abs(a - b).max() < 1e-12 * max(1.0, np.abs(b).max())
+
+
+@pytest.mark.parametrize("name,nonlinearity", KINDS)
+def test_the_compiled_loop_in_float32_is_within_float32_rounding_of_float64(name, nonlinearity):
+    lay, params, x, state0, dh, dstateT, mask, resets = _case(name, nonlinearity, np.float64, seed=1)
+    ref, _ = _run(CellLayer(lay.cell), params, x, state0, dh, dstateT, mask, resets)
+    f32 = [{k: v.astype(np.float32) for k, v in params.items()}, x.astype(np.float32),
+           tuple(s.astype(np.float32) for s in state0), dh.astype(np.float32),
+           tuple(s.astype(np.float32) for s in dstateT)]
+    out, tape = _run(lay, *f32[:3], f32[3], f32[4], mask, resets)
+    assert isinstance(tape, CompiledTape)
+    for a, b in zip(out, ref):
+        assert a.dtype == np.float32
+        assert np.abs(a - b).max() < 3e-5 * max(1.0, np.abs(b).max())
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
+def test_two_threads_give_one_threads_bits(name, monkeypatch, pairs):
+    """Each thread runs its own rows with the same arithmetic: the same bits, so a result
+    does not depend on the cores a process was given."""
+    monkeypatch.setattr(loop_threads, "MIN_LOOP_FLOPS", 0)
+    lay, params, x, state0, dh, dstateT, mask, resets = _case(name, "tanh", np.float32, B=16, H=40)
+    with loop_threads.use(1):
+        one, _ = _run(lay, params, x, state0, dh, dstateT, mask, resets)
+    with loop_threads.use(2):
+        two, _ = _run(lay, params, x, state0, dh, dstateT, mask, resets)
+    if settings.blas_workers_sleep():
+        assert len(pairs) == 2
+    for a, b in zip(one, two):
+        assert np.array_equal(a, b)
+
+
+def test_arrays_the_compiled_loop_does_not_take_go_to_the_python_loop(monkeypatch):
+    lay, params, x, state0, dh, dstateT, mask, resets = _case("lstm", "tanh", np.float32)
+    monkeypatch.setenv("BPTT_LOOPS", "0")
+    settings.reset()
+    try:
+        assert not isinstance(lay.forward(params, x, state0)[2], CompiledTape)
+    finally:
+        monkeypatch.delenv("BPTT_LOOPS")
+        settings.reset()
+    assert isinstance(lay.forward(params, x, state0)[2], CompiledTape)
+
+
+@pytest.mark.parametrize("variable,value", [("BPTT_STEP_GEMM", "fast"), ("BPTT_LOOPS", "yes"),
+                                            ("BPTT_LOOP_THREADS", "4")])
+def test_a_bad_setting_is_an_error_naming_it(variable, value):
+    code = "import numpy as np, bptt; m = bptt.Model('lstm', 2, 8, 2); m.forward(np.zeros((3, 16, 2), np.float32))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, variable: value})
+    assert run.returncode != 0
+    assert f"{variable}: expected one of" in run.stderr and repr(value) in run.stderr
+
+
+def test_the_loops_are_generated_into_the_cache_and_reused(tmp_path):
+    code = ("import numpy as np, bptt, bptt.cells.compiled as c; m = bptt.Model('gru', 2, 8, 2);"
+            "m.forward(np.zeros((3, 4, 2), np.float32)); print(c.loops_for(*bptt.cells.GRU.kernels).__file__)")
+    env = {**os.environ, "BPTT_CACHE_DIR": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    path = first.stdout.strip()
+    assert path.startswith(str(tmp_path / "loops")) and os.path.exists(path)
+    assert "bptt.cells.gru" in open(path).read()
+    cached = list((tmp_path / "loops" / "__pycache__").glob("*.nbi"))
+    assert cached                                          # Numba's index of the compiled loops
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert second.stdout.strip() == path
+
+
+def _minimal_gated_unit():
+    """A cell defined inside a function: its kernels cannot be imported by name, so its
+    loops are compiled in this process."""
+    def sig(a):
+        return 0.5 * np.tanh(0.5 * a) + 0.5
+
+    class MGU(Cell):
+        name, gates, state = "mgu", 2, ("h",)
+
+        def step(self, p, u, v, state):
+            (h,) = state
+            H = h.shape[1]
+            f = sig(u[:, :H] + v[:, :H])
+            n = np.tanh(u[:, H:] + f * v[:, H:])
+            return (h + f * (n - h),), (f, n, v[:, H:].copy(), h)
+
+        def step_backward(self, p, dstate, cache):
+            (dh,), (f, n, vn, h) = dstate, cache
+            dn = dh * f * (1 - n * n)
+            df = (dh * (n - h) + dn * vn) * f * (1 - f)
+            return (np.concatenate([df, dn], axis=1), np.concatenate([df, dn * f], axis=1),
+                    (dh * (1 - f),), {})
+
+    @njit
+    def forward_kernel(z, rec, bias, extra, prev, new, aux, option):
+        H = prev.shape[1]
+        for j in range(H):
+            f = scalar.sigmoid(z[j] + rec[j] + bias[j])
+            n = scalar.tanh(z[H + j] + bias[H + j] + f * rec[H + j])
+            z[j], z[H + j], aux[j] = f, n, rec[H + j]
+            new[0, j] = prev[0, j] + f * (n - prev[0, j])
+
+    @njit
+    def backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, option):
+        H = prev.shape[1]
+        for j in range(H):
+            f, n, dh = z[j], z[H + j], ds[0, j]
+            dn = dh * f * (1 - n * n)
+            df = (dh * (n - prev[0, j]) + dn * aux[j]) * f * (1 - f)
+            du[j], du[H + j], dv[j], dv[H + j] = df, dn, df, dn * f
+            ds_prev[0, j] = dh * (1 - f)
+
+    MGU.kernels = (forward_kernel, backward_kernel)
+    MGU.tape_width = lambda self, H: H
+    return MGU()
+
+
+def test_a_users_cell_with_kernels_defined_in_a_function_runs_compiled():
+    cell = _minimal_gated_unit()
+    rng = np.random.default_rng(4)
+    T, B, D, H = 8, 6, 3, 5
+    params = _params(cell, D, H, np.float64, rng)
+    x = rng.standard_normal((T, B, D))
+    state0 = (rng.standard_normal((B, H)),)
+    dh = rng.standard_normal((T, B, H))
+    mask = ragged_mask(T, [8, 3, 8, 5, 1, 8])
+    resets = np.zeros((T, B), bool)
+    resets[3, 2] = True
+    ref, _ = _run(CellLayer(cell), params, x, state0, dh, None, mask, resets)
+    out, tape = _run(CompiledLayer(cell), params, x, state0, dh, None, mask, resets)
+    assert isinstance(tape, CompiledTape)
+    assert compiled._address(cell.kernels[0]) is None                # compiled here, not from the cache
+    for a, b in zip(out, ref):
+        assert np.abs(a - b).max() < 1e-12 * max(1.0, np.abs(b).max())
+
+
+@pytest.mark.parametrize("cell,nonlinearity", [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "relu")])
+def test_models_agree_with_the_python_loop_outputs_last_and_one_stream(cell, nonlinearity, monkeypatch):
+    """A whole model, B = 1 (one row: gemv) and B = 4, two layers, through both loops."""
+    for B in (1, 4):
+        rng = np.random.default_rng(B)
+        model = make_model(cell, nonlinearity, layers=2, D=3, H=6, O=2, outputs="last", seed=2)
+        x = rng.standard_normal((6, B, 3))
+        targets = make_targets(model, 6, B, rng)
+        state0 = make_state(model, B, rng)
+        got = model.gradients(x, targets, state0)
+        monkeypatch.setattr(settings, "loops_enabled", lambda: False)
+        want = model.gradients(x, targets, state0)
+        monkeypatch.undo()
+        assert abs(got.loss - want.loss) < 1e-12
+        for k in want.params:
+            assert np.abs(got.params[k] - want.params[k]).max() < 1e-12, k
+
+
+@pytest.mark.skipif(not HAS_MKL, reason="oneMKL is not installed (the extra mkl)")
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-13)])
+@pytest.mark.parametrize("forward", [True, False])
+@pytest.mark.parametrize("m", [1, 3, 16])
+def test_mkls_packed_gemm_from_compiled_code_equals_numpy(dtype, tol, forward, m):
+    @njit
+    def product(a, buffer, out):
+        mkl.compute(a, buffer, out)
+    rng = np.random.default_rng(0)
+    W_h = rng.standard_normal((12, 5)).astype(dtype)                       # (G·H, H)
+    B = W_h.T if forward else W_h
+    a = rng.standard_normal((m, B.shape[0])).astype(dtype)
+    buffer = np.empty(mkl.packed_size(W_h, forward, m), dtype)
+    mkl.pack_into(W_h, forward, m, buffer)
+    out = np.full((m, B.shape[1]), np.nan, dtype)
+    product(a, buffer, out)
+    assert np.abs(out - a @ B).max() < tol * np.abs(a @ B).max()
+
+
+def test_the_step_gemm_default_follows_the_vector_isa(monkeypatch):
+    monkeypatch.delenv("BPTT_STEP_GEMM", raising=False)
+    for isa, installed, want in [("AVX-512", True, "mkl"), ("AVX-512", False, "packed"), ("AVX2", True, "packed")]:
+        monkeypatch.setattr(settings, "vector_isa", lambda: isa)
+        monkeypatch.setattr(mkl, "library_path", lambda: "libmkl_rt.so" if installed else None)
+        settings.reset()
+        assert settings.step_gemm() == want
+    settings.reset()
+
+
+def test_a_busy_worker_turns_a_second_caller_away_at_once():
+    ran = []
+    with loop_threads._PAIR:                       # another thread's loop holds the worker
+        assert loop_threads.run_pair(lambda *a: ran.append(a), ()) is False
+    assert ran == []
+
+
+def test_layers_called_from_two_threads_at_once_give_their_own_results(monkeypatch):
+    """Two threads each running a layer whose loop would use two threads: whichever finds
+    the worker busy runs its loop whole, and both results are right."""
+    monkeypatch.setattr(loop_threads, "MIN_LOOP_FLOPS", 0)
+    lay, params, _, _, _, _, _, _ = _case("lstm", "tanh", np.float32, B=8, H=48)
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((30, 8, 5)).astype(np.float32) for _ in range(2)]
+    state0 = (np.zeros((8, 48), np.float32), np.zeros((8, 48), np.float32))
+    with loop_threads.use(1):
+        expected = [lay.forward(params, x, state0)[0] for x in xs]
+
+    def forward(x):
+        with loop_threads.use(2):
+            return [lay.forward(params, x, state0)[0].copy() for _ in range(20)]
+
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(forward, xs))
+    for hs, h_ref in zip(got, expected):
+        for h in hs:
+            assert np.array_equal(h, h_ref)
+
+
+def test_when_two_threads_are_used(monkeypatch):
+    monkeypatch.setattr(settings, "blas_workers_sleep", lambda: True)
+    with loop_threads.use(2):
+        assert loop_threads.parts_for(32, 512, 128, 100) == 2
+        assert loop_threads.parts_for(7, 512, 128, 100) == 1                  # too few rows a thread
+        assert loop_threads.parts_for(32, 64, 16, 10) == 1                    # too little work
+    with loop_threads.use(1):
+        assert loop_threads.parts_for(32, 512, 128, 100) == 1
+    monkeypatch.setattr(settings, "blas_workers_sleep", lambda: False)        # OpenBLAS spins long
+    with loop_threads.use(2):
+        assert loop_threads.parts_for(32, 512, 128, 100) == 1
+
+
+def _probe(env, cores=None):
+    code = ("import bptt, os; from bptt.backends import settings as s;"
+            "print(s.loop_threads(), s.blas_workers_sleep(), os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+    if cores:
+        code = f"import os; os.sched_setaffinity(0, {cores!r}); " + code
+    clean = {k: v for k, v in os.environ.items() if k not in ("BPTT_LOOP_THREADS", "OPENBLAS_THREAD_TIMEOUT")}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env},
+                         check=True)
+    return run.stdout.split()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two cores")
+def test_the_defaults_follow_the_cores_and_the_environment():
+    assert _probe({}) == ["2", "True", "20"]                 # bptt shortens OpenBLAS's idle spin
+    assert _probe({}, cores={0}) == ["1", "True", "20"]      # one core (as taskset -c 0)
+    assert _probe({"BPTT_LOOP_THREADS": "1"}) == ["1", "True", "20"]
+    assert _probe({"OPENBLAS_THREAD_TIMEOUT": "28"}) == ["2", "False", "28"]    # the user's own is kept
