@@ -13,6 +13,8 @@ backends/loop_threads.py, the other GEMMs on OpenBLAS's two) and PyTorch.
 """
 from __future__ import annotations
 
+import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
+
 import argparse
 import os
 import statistics

@@ -26,6 +26,8 @@ tensors, found with autograd's saved-tensor hooks, without parameters, x and h0)
 """
 from __future__ import annotations
 
+import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
+
 import argparse
 import ctypes
 import os

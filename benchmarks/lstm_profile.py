@@ -9,6 +9,8 @@ exactly to the whole.
 """
 from __future__ import annotations
 
+import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
+
 import argparse
 import statistics
 import time
@@ -58,40 +60,44 @@ def main():
     du = np.empty((T, B, GH), f32)
     dv = du if lay.cell.dv_is_du else np.empty((T, B, GH), f32)
     start = compiled._stack(state0, f32)
+    parts = loop_threads.parts_for(B, GH, H, T)
 
     def forward_loop():
         args = (u, x, W_x_packed, params["b_h"], extra, start, slab, out, aux, valid, reset_at, resets,
                 np.empty((B, GH), f32), np.empty((B, S, H), f32), compiled._gemm(W_h, B, True), lay.cell.option)
-        loop_threads.run(loops.forward, args, B, GH, H, T)
+        with loop_threads.held(parts):
+            loop_threads.run(loops.forward, args, parts)
 
     def backward_loop():
         args = (dh, True, np.zeros((B, S, H), f32), np.zeros((B, H), f32), tape.z, tape.aux, extra, start, tape.slab,
                 valid, reset_at, resets, np.empty((B, S, H), f32), du, dv, np.empty((B, S, H), f32),
-                np.zeros((2, extra.size), f32), compiled._gemm(W_h, B, False), lay.cell.option)
-        loop_threads.run(loops.backward, args, B, GH, H, T)
+                np.zeros((B, extra.size), f32), compiled._gemm(W_h, B, False), lay.cell.option)
+        with loop_threads.held(parts):
+            loop_threads.run(loops.backward, args, parts)
 
     rows = np.empty((T * B, D + H), f32)
 
     def weight_gemm():                    # as CompiledLayer.backward: [x_t | h_{t-1}] rows, one GEMM
         rows[:, :D] = x.reshape(T * B, D)
         rows[:, D:] = compiled._previous(state0[0], h, None).reshape(T * B, H)
-        du.reshape(T * B, GH).T @ rows
+        with loop_threads.held(parts):
+            loop_threads.matmul(du.reshape(T * B, GH).T, rows, parts)
 
-    parts = {
+    pieces = {
         "forward": lambda: lay.forward(params, x, state0),
-        "  input projection": lambda: compiled._inputs(params, x),
+        "  input projection": lambda: compiled._inputs(params, x, parts),
         "  compiled loop": forward_loop,
         "backward": lambda: lay.backward(params, dh, None, tape, need_dx=False),
         "  compiled loop ": backward_loop,
         "  ∂W GEMM with its copies": weight_gemm,
         "  ∂b sum": lambda: column_sums(du.reshape(T * B, GH)),
     }
-    how = "two threads (loop_threads.py)" if loop_threads.parts_for(B, GH, H, T) == 2 else "one thread"
+    how = "two threads (loop_threads.py)" if parts == 2 else "one thread"
     print(stamp())
     print(f"# {args.cell} (T, B, D, H) = {(T, B, D, H)}, float32; loops on {how}; step GEMM: "
           f"{settings.step_gemm()}; input projection: "
           + ("in the forward loop, step by step" if W_x_packed.size else "one GEMM"))
-    for name, fn in parts.items():
+    for name, fn in pieces.items():
         ms = median_ms(fn)
         per_step = f"  ({1e3 * ms / T:.0f} µs a step)" if "loop" in name else ""
         print(f"{name:<28} {ms:8.2f} ms{per_step}")

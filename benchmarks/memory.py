@@ -14,6 +14,8 @@ would not fit in half this machine's memory.
 """
 from __future__ import annotations
 
+import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
+
 import argparse
 import gc
 import os

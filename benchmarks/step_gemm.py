@@ -22,6 +22,8 @@ the measurement behind that rule. Each figure is the median of 7 blocks of about
 """
 from __future__ import annotations
 
+import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
+
 import argparse
 import statistics
 import time

@@ -18,6 +18,8 @@ Prints one row per job: updates/s of each side (median over rounds) and bptt/PyT
 """
 from __future__ import annotations
 
+import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
+
 import argparse
 import math
 import statistics

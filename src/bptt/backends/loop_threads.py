@@ -4,19 +4,28 @@ A compiled loop (cells/compiled.py) can run each step on two threads: the callin
 and one worker, each with its own rows of the batch for the recurrent GEMM and the cell's
 kernel alike. W_h is packed once and shared read-only, and a row's recurrence needs only
 that row, so the two halves of the batch run through time without ever meeting, and each
-row's arithmetic is the same as on one thread: the same bits either way. BLAS is held to
-one thread while they run.
+row's arithmetic is the same as on one thread: the same bits either way. Neither thread
+calls BLAS inside the loop (the micro-kernel, or oneMKL's sequential packed GEMM); the
+layer's bulk GEMMs before and after it are OpenBLAS's, on its own threads.
+
+OpenBLAS's idle workers spin after each call they joined, for 2^N cycles with N from
+OPENBLAS_THREAD_TIMEOUT (default 28, about 0.1 s), on the cores the loop needs: the RNN at
+(100, 32, 64, 128) took 18.5 ms a pass with two loop threads beside spinning workers, 17.0
+with one, 11.7 with the workers asleep (2-core AMD EPYC). Two OpenBLAS calls from two
+threads of ours at once measured 3x slower than one after the other (a ∂W GEMM of
+(128, 3200) x (3200, 192): 10 ms against 2 x 3), so the bulk GEMMs are not shared out.
+So two threads only where the workers sleep soon (settings.blas_workers_sleep: bptt sets
+N = 20 before NumPy loads OpenBLAS, unless it is set already).
 
 When (``parts_for``): two threads are wanted (``use(2)``, else settings.loop_threads():
-2 where the process may run on 2 cores or more), OpenBLAS's idle workers sleep soon
-(settings.blas_workers_sleep), each thread gets ``MIN_ROWS_SPLIT`` rows (so that its
-micro-kernel keeps enough sums in flight; with 2 rows two threads do no more than one) and
-the whole loop's GEMM is at least ``MIN_LOOP_FLOPS``, to pay for handing half of it to the
+2 where the process may run on 2 cores or more), the workers sleep soon, each thread gets
+``MIN_ROWS_SPLIT`` rows (so that its micro-kernel keeps enough sums in flight) and the
+whole loop's GEMM is at least ``MIN_LOOP_FLOPS``, to pay for handing half of it to the
 worker (about 0.1 ms a call): whole forward+backward passes split against one thread
 measured 1.13-1.35x at 6.5-13 MFLOP a loop, 0.96 at 26, 0.76-0.85 at 52-520 (2-core AMD
-EPYC, benchmarks/RESULTS.md). Inside the batch halves of batch_split.py each half is
-already a thread: they ask for one. One worker serves the process: a second thread whose
-loop finds it busy runs its loop whole rather than wait (``run_pair`` answers False).
+EPYC). Inside the batch halves of batch_split.py each half is already a thread: they ask
+for one. One worker serves the process: a second thread whose loop finds it busy runs
+both parts itself rather than wait (``run_pair`` answers False).
 """
 from __future__ import annotations
 
@@ -73,21 +82,20 @@ def blas_one_thread():
 
 
 def run_pair(loop, args) -> bool:
-    """loop(*args, part, 2) for part 0 on this thread and part 1 on the worker, BLAS held
-    to one thread; True when both are done, raising either one's error. False at once,
-    running nothing, when the worker is busy with another thread's loop."""
+    """loop(*args, part, 2) for part 0 on this thread and part 1 on the worker; True when
+    both are done, raising either one's error. False at once, running nothing, when the
+    worker is busy with another thread's loop."""
     global _POOL
     if not _PAIR.acquire(blocking=False):
         return False
     try:
         if _POOL is None:
             _POOL = ThreadPoolExecutor(1, thread_name_prefix="bptt-loop")
-        with blas_one_thread():
-            other = _POOL.submit(loop, *args, 1, 2)
-            try:
-                loop(*args, 0, 2)
-            finally:
-                error = other.exception()    # waits for the worker either way
+        other = _POOL.submit(loop, *args, 1, 2)
+        try:
+            loop(*args, 0, 2)
+        finally:
+            error = other.exception()        # waits for the worker either way
         if error is not None:
             raise error
         return True
@@ -95,9 +103,11 @@ def run_pair(loop, args) -> bool:
         _PAIR.release()
 
 
-def run(loop, args, B, GH, H, T) -> None:
-    """loop(*args, part, parts): on two threads where ``parts_for`` says so and the worker
-    is free, else whole on this one."""
-    if parts_for(B, GH, H, T) == 2 and run_pair(loop, args):
-        return
-    loop(*args, 0, 1)
+def run(loop, args, parts) -> None:
+    """loop(*args, part, parts): with parts = 2 on two threads where the worker is free,
+    else both parts one after the other here; with parts = 1 whole, here."""
+    if parts == 2 and not run_pair(loop, args):
+        loop(*args, 0, 2)
+        loop(*args, 1, 2)
+    elif parts == 1:
+        loop(*args, 0, 1)

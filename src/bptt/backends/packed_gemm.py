@@ -1,25 +1,21 @@
-"""The recurrent GEMM of the compiled loops with W_h packed once per pass.
+"""The recurrent GEMM of the compiled loops with W_h packed once per pass (a micro-kernel).
 
-Every step of a layer multiplies a small batch by the same W_h: (B, H) x (H, G·H) forward,
-(B, G·H) x (G·H, H) backward. OpenBLAS re-packs its operand at every call, and at
-B = 32 its single-thread rate sat at 45-70 GFLOP/s here against 87 for a 1024³ product
-(benchmarks/step_gemm.py). Here W_h is laid out once per pass in panels of NR columns
-(the order the micro-kernel reads it), and each step runs only the micro-kernel: an
-MR x NR block of the output kept in 2·MR vector registers (12 of the 16 AVX2 registers)
-while k runs over the whole of K, one vector FMA per register per k.
+Every step multiplies a small batch by the same W_h: (B, H) x (H, G·H) forward, (B, G·H) x
+(G·H, H) backward. OpenBLAS re-packs its operand at every call. Here W_h is laid out once
+per pass in panels of NR columns, and each step runs only the micro-kernel: an MR x NR
+block of the output kept in 2·MR vector registers (12 of AVX2's 16) while k runs over all
+of K, one vector FMA per register per k (benchmarks/step_gemm.py measures it against
+OpenBLAS and oneMKL's packed GEMM).
 
     pack(Bm)                      (K, N) -> (ceil(N / NR), K, NR), zero-padded panels
     times_packed(a, Bp, out, lo, hi, tile)
                                   out[:, lo:hi] = a · Bm[:, lo:hi]   a (M, K), out (M, N)
 
-The micro-kernel is written as LLVM IR (llvmlite) and inlined into the Numba code that
-calls it: Numba's own loops did not keep the 96 accumulators in registers (6 GFLOP/s in a
-first try). ``llvm.fmuladd`` fuses where the CPU has FMA and stays correct where it has
-not. float32: MR x NR = 6 x 16 (two 8-wide vectors a row); float64: 6 x 8. Measured
-against 4 x 24, 4 x 16, 5 x 16 and 8 x 8 at K = 128, 512 and 2048: 6 x 16 and 4 x 24 were
-best (85-90 GFLOP/s at K >= 512, one thread), 6 x 16 divides the usual H into whole panels.
-Sums run in k order within each output element: the same numbers as any GEMM up to
-rounding (the tests hold them to NumPy's at 1e-12 in float64).
+The micro-kernel is LLVM IR (llvmlite), inlined into the Numba code that calls it (Numba's
+own loops did not keep the accumulators in registers). ``llvm.fmuladd`` fuses where the
+CPU has FMA. float32: MR x NR = 6 x 16 (two 8-wide vectors a row); float64: 6 x 8. Sums
+run in k order within each output element, whatever the rows: the same numbers as any
+GEMM up to rounding, and the same bits however the batch's rows are shared out.
 """
 from __future__ import annotations
 

@@ -16,24 +16,19 @@
     BPTT_CACHE_DIR=DIR       where the generated loop modules and their compiled code go
                              (default $XDG_CACHE_HOME/bptt, else ~/.cache/bptt)
 
+One setting is not bptt's: OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when NumPy loads
+it, for how long its idle workers spin (2^N cycles; N = 28 by default, about 0.1 s) on
+cores a two-thread loop needs (backends/loop_threads.py). ``import bptt`` sets N = 20
+(under 1 ms) when NumPy is not loaded yet and the variable is unset; else the setting in
+force is kept, and ``blas_workers_sleep()`` tells the loops whether it is short enough.
+
 Each is read once per process; ``reset()`` forgets what was read (tests change the
 environment and call it). A bad value is a ValueError naming the variable.
-
-OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when NumPy loads it: how long its idle
-worker threads spin before they sleep (2^N cycles; its default N = 28, about 0.1 s). A
-worker spinning after a two-thread GEMM takes a core from a compiled loop that runs on two
-threads of its own (measured: an LSTM forward went from 10 to 30 ms). ``bptt`` sets
-N = 20 (under 1 ms) before NumPy is first imported, unless the variable is set already;
-``blas_workers_sleep()`` says whether the setting in force is that short, and the loops
-use two threads only then.
 """
 from __future__ import annotations
 
 import functools
 import os
-
-IDLE_SPIN_LOG2 = 20
-
 
 def _choice(name, allowed, default):
     value = os.environ.get(name, "") or default
@@ -95,6 +90,29 @@ def workspace_bytes() -> int:
     return int(mib * 2 ** 20)
 
 
+IDLE_SPIN_LOG2 = 20
+
+
+def shorten_blas_idle_spin() -> None:
+    """Before NumPy loads OpenBLAS: its idle workers sleep after 2^20 cycles."""
+    import sys
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", str(IDLE_SPIN_LOG2))
+
+
+@functools.cache
+def blas_workers_sleep() -> bool:
+    """Whether OpenBLAS's idle workers give their core back within a millisecond (a BLAS
+    other than OpenBLAS keeps no such workers)."""
+    value = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")
+    return (value.isdigit() and int(value) <= IDLE_SPIN_LOG2) or not _numpy_has_openblas()
+
+
+def _numpy_has_openblas() -> bool:
+    from threadpoolctl import threadpool_info
+    return any(lib.get("internal_api") == "openblas" for lib in threadpool_info())
+
+
 @functools.cache
 def cache_dir() -> str:
     if os.environ.get("BPTT_CACHE_DIR"):
@@ -103,20 +121,7 @@ def cache_dir() -> str:
     return os.path.join(base, "bptt")
 
 
-def shorten_blas_idle_spin() -> None:
-    """Before NumPy loads OpenBLAS: its idle workers sleep after 2^20 cycles (see above)."""
-    import sys
-    if "numpy" not in sys.modules:
-        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", str(IDLE_SPIN_LOG2))
-
-
-@functools.cache
-def blas_workers_sleep() -> bool:
-    """Whether OpenBLAS's idle workers give their core back within a millisecond."""
-    value = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")
-    return value.isdigit() and int(value) <= IDLE_SPIN_LOG2
-
-
 def reset() -> None:
     for read in (loops_enabled, step_gemm, loop_threads, workspace_bytes, cache_dir, blas_workers_sleep):
-        read.cache_clear()
+        if hasattr(read, "cache_clear"):          # (a test may have put a plain function here)
+            read.cache_clear()

@@ -79,10 +79,11 @@ class CompiledLayer(CellLayer):
         extras = [params[k] for k in self.extra_names(params)]
         if not self._compiles(x, params["W_x"], params["W_h"], params["b_h"], *state0, *extras):
             return super().forward(params, x, state0, mask, resets)
-        T, B, D = x.shape
+        T, B, _ = x.shape
         W_h = np.ascontiguousarray(params["W_h"])
         GH, H = W_h.shape
         S, dt = len(self.STATE), x.dtype
+        parts = loop_threads.parts_for(B, GH, H, T)
         u, W_x_packed = _inputs(params, x)                                           # (K1)
         slab = workspace.empty((T, B, S, H), dt)
         h = slab.reshape(T, B, H) if S == 1 else workspace.empty((T, B, H), dt)
@@ -92,10 +93,11 @@ class CompiledLayer(CellLayer):
         args = (u, np.ascontiguousarray(x), W_x_packed, np.ascontiguousarray(params["b_h"]), _flat(extras, dt),
                 start, slab, h, aux, valid, reset_at, resets_c, np.empty((B, GH), dt), np.empty((B, S, H), dt),
                 _gemm(W_h, B, forward=True), self.cell.option)
-        loop_threads.run(self._loops().forward, args, B, GH, H, T)
+        loop_threads.run(self._loops().forward, args, parts)
         stateT = tuple(slab[-1, :, s].copy() for s in range(S)) if T else tuple(state0)
         states = (h,) + tuple(slab[:, :, s] for s in range(1, S))
-        return h, stateT, CompiledTape(x, tuple(state0), states, slab, start, u, aux, mask, resets)
+        z = u if self.cell.backward_reads_z else np.empty((T, B, 0), dt)     # the tape keeps only what is read
+        return h, stateT, CompiledTape(x, tuple(state0), states, slab, start, z, aux, mask, resets)
 
     def backward(self, params, dh, dstateT, tape, need_dx=True):
         if not isinstance(tape, CompiledTape):
@@ -110,33 +112,38 @@ class CompiledLayer(CellLayer):
         carry = np.zeros((B, S, H), dt) if dstateT is None else _stack(dstateT, dt)
         du = workspace.empty((T, B, GH), dt)
         dv = du if self.cell.dv_is_du else workspace.empty((T, B, GH), dt)
-        dextra = np.zeros((2, sum(e.size for e in extras)), dt)
+        dextra = np.zeros((B, sum(e.size for e in extras)), dt)      # per row: the same sums on 1 or 2 threads
         valid, reset_at, resets_c = _flags(tape.mask, tape.resets, T, B)
         above = np.zeros((1, 1, H), dt) if dh is None else np.ascontiguousarray(dh, dtype=dt)
+        other = np.empty((B, S, H), dt)
         args = (above, dh is not None, carry, np.zeros((B, H), dt), tape.z, tape.aux, _flat(extras, dt),
                 tape.start, slab, valid, reset_at, resets_c, np.empty((B, S, H), dt), du, dv,
-                np.empty((B, S, H), dt), dextra, _gemm(W_h, B, forward=False), self.cell.option)
-        loop_threads.run(self._loops().backward, args, B, GH, H, T)
+                other, dextra, _gemm(W_h, B, forward=False), self.cell.option)
+        loop_threads.run(self._loops().backward, args, loop_threads.parts_for(B, GH, H, T))
         du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
-        h = tape.states[0]
+        h_in = _previous(tape.state0[0], tape.states[0], tape.resets).reshape(T * B, H)
+        # (K6) as products of C-ordered operands, (rowsᵀ · du)ᵀ: OpenBLAS's products with a
+        # transposed operand fall into slow small-matrix paths at some shapes on one thread
+        # (∂W of (1024, 512) x (1024, 225): 19.5 ms as duᵀ · rows, 7.8 ms this way).
         if self.cell.dv_is_du:
-            # (K6) ∂L/∂W_x and ∂L/∂W_h as one GEMM against the rows [x_t | h_{t-1}] (T·B, D + H):
-            # one wide GEMM is faster than two narrow ones.
-            rows = workspace.empty((T * B, D + H), dt)
-            rows[:, :D] = x.reshape(T * B, D)
-            rows[:, D:] = _previous(tape.state0[0], h, tape.resets).reshape(T * B, H)
-            dW = matmul(du2.T, rows)
-            grads = {"W_x": np.ascontiguousarray(dW[:, :D]), "W_h": np.ascontiguousarray(dW[:, D:])}
+            # ∂L/∂W_x and ∂L/∂W_h as one GEMM against the rows [x_t | h_{t-1}]: one wide
+            # GEMM is faster than two narrow ones.
+            rowsT = workspace.empty((D + H, T * B), dt)
+            rowsT[:D] = x.reshape(T * B, D).T
+            rowsT[D:] = h_in.T
+            dWT = matmul(rowsT, du2)
+            grads = {"W_x": np.ascontiguousarray(dWT[:D].T), "W_h": np.ascontiguousarray(dWT[D:].T)}
         else:
-            grads = {"W_x": matmul(du2.T, x.reshape(T * B, D)),
-                     "W_h": matmul(dv2.T, _previous(tape.state0[0], h, tape.resets).reshape(T * B, H))}
+            grads = {"W_x": np.ascontiguousarray(matmul(np.ascontiguousarray(x.reshape(T * B, D).T), du2).T),
+                     "W_h": np.ascontiguousarray(matmul(np.ascontiguousarray(h_in.T), dv2).T)}
         grads["b_h"] = column_sums(du2)                                                 # (K6)
         flat, at = dextra.sum(axis=0), 0
         for k, e in zip(names, extras):
             grads[k] = flat[at:at + e.size].reshape(e.shape)                            # (K6)
             at += e.size
         dx = matmul(du2, params["W_x"]).reshape(T, B, D) if need_dx else None          # (K6)
-        return dx, tuple(carry[:, s].copy() for s in range(S)), grads
+        dstate0 = carry if T % 2 == 0 else other
+        return dx, tuple(dstate0[:, s].copy() for s in range(S)), grads
 
     def extra_names(self, params):
         return list(self.cell.extra_shapes(params["W_h"].shape[1]))
@@ -204,7 +211,7 @@ def _inputs(params, x):
     if (settings.step_gemm() == "packed" and B >= 2 * packed_gemm.MIN_ROWS
             and W_x.nbytes + W_h.nbytes <= IN_LOOP_PROJECTION_BYTES):
         return workspace.empty((T, B, W_x.shape[0]), x.dtype), packed_gemm.pack(np.ascontiguousarray(W_x).T)
-    u = matmul(x.reshape(T * B, D), W_x.T).reshape(T, B, W_x.shape[0])
+    u = matmul(x.reshape(T * B, D), np.ascontiguousarray(W_x.T)).reshape(T, B, W_x.shape[0])
     return u, np.empty((0, 0, 0), dtype=x.dtype)
 
 
@@ -258,11 +265,14 @@ def forward(u, x, W_x_packed, bias, extra, start, slab, h, aux, valid, reset_at,
 
 @_jit
 def backward(dh, has_dh, carry, rec_grad, z, aux, extra, start, slab, valid, reset_at, resets, scratch,
-             du, dv, ds, dextra, gemm, option, part, parts):
-    """carry (B, S, H): the gradient reaching s_T in, reaching s_0 out; du, dv (T, B, G·H) out;
-    dextra[part] accumulates the extra parameters' gradient."""
+             du, dv, other, dextra, gemm, option, part, parts):
+    """carry (B, S, H): the gradient reaching s_T in; it and ``other`` take turns as the
+    gradient into a step and out of it, so the one reaching s_0 ends in carry for even T,
+    in other for odd T. du, dv (T, B, G·H) out; dextra[b] accumulates row b's part of the
+    extra parameters' gradient."""
     T, B, S, H = slab.shape
     r0, r1 = _share(B, part, parts)
+    into, out = carry, other
     for t in range(T - 1, -1, -1):
         prev = start if t == 0 else slab[t - 1]
         if reset_at[t]:                                                      # (M4)
@@ -273,31 +283,32 @@ def backward(dh, has_dh, carry, rec_grad, z, aux, extra, start, slab, valid, res
                     scratch[b] = prev[b]
             prev = scratch
         for b in range(r0, r1):
-            d = ds[b]
-            d[:] = carry[b]
+            d = into[b]
             d0, g = d[0], rec_grad[b]
-            for j in range(H):
-                d0[j] += g[j]                                                # (K5)
             if has_dh:
                 e = dh[t, b]
                 for j in range(H):
-                    d0[j] += e[j]                                            # (R3)
+                    d0[j] = (d0[j] + g[j]) + e[j]                            # (K5), (R3)
+            else:
+                for j in range(H):
+                    d0[j] += g[j]                                            # (K5)
             if valid[t, b]:
                 _step_backward(d, z[t, b], aux[t, b], extra, prev[b], slab[t, b], du[t, b], dv[t, b],
-                               carry[b], dextra[part], option)               # (K4)
+                               out[b], dextra[b], option)                    # (K4)
             else:                                                            # (M2), (M3)
                 du[t, b] = 0
                 dv[t, b] = 0
-                carry[b] = d
+                out[b] = d
             if reset_at[t] and resets[t, b]:
-                carry[b] = 0                                                 # (M5)
+                out[b] = 0                                                   # (M5)
         _times_w(dv[t][r0:r1], rec_grad[r0:r1], gemm, part, parts)          # (K5) dv_t W_h
         if reset_at[t]:
             for b in range(r0, r1):
                 if resets[t, b]:
                     rec_grad[b] = 0                                          # (M5)
+        into, out = out, into
     for b in range(r0, r1):
-        d0, g = carry[b, 0], rec_grad[b]
+        d0, g = into[b, 0], rec_grad[b]
         for j in range(H):
             d0[j] += g[j]                                                    # (K5) at t = 0
 '''

@@ -47,6 +47,8 @@ Compiled kernels (optional; cells/compiled.py runs them in one compiled loop). G
     kernels = (forward_kernel, backward_kernel)     two Numba functions (@numba.njit)
     tape_width(H) -> A     values per row the forward kernel keeps for backward (default 0)
     dv_is_du               True when dv always equals du (then one array serves both)
+    backward_reads_z       False when the backward kernel never reads z (then the tape
+                           does not keep it)
     option                 an int handed to both kernels (say, which nonlinearity)
 
 each for ONE row of the batch, with 1-D rows of length G·H, H or A and (S, H) blocks
@@ -79,6 +81,7 @@ class Cell(ABC):
     state = ("h",)
     kernels = None
     dv_is_du = False
+    backward_reads_z = True
     option = 0
 
     def extra_shapes(self, hidden_size: int) -> dict:

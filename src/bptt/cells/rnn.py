@@ -28,6 +28,7 @@ class RNN(Cell):
     gates = 1
     state = ("h",)
     dv_is_du = True
+    backward_reads_z = False          # f' comes from h_t (A2)
 
     def __init__(self, nonlinearity: str = "tanh"):
         if nonlinearity not in KINDS:
