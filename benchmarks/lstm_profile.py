@@ -65,27 +65,24 @@ def main():
     def forward_loop():
         args = (u, x, W_x_packed, params["b_h"], extra, start, slab, out, aux, valid, reset_at, resets,
                 np.empty((B, GH), f32), np.empty((B, S, H), f32), compiled._gemm(W_h, B, True), lay.cell.option)
-        with loop_threads.held(parts):
-            loop_threads.run(loops.forward, args, parts)
+        loop_threads.run(loops.forward, args, parts)
 
     def backward_loop():
         args = (dh, True, np.zeros((B, S, H), f32), np.zeros((B, H), f32), tape.z, tape.aux, extra, start, tape.slab,
                 valid, reset_at, resets, np.empty((B, S, H), f32), du, dv, np.empty((B, S, H), f32),
                 np.zeros((B, extra.size), f32), compiled._gemm(W_h, B, False), lay.cell.option)
-        with loop_threads.held(parts):
-            loop_threads.run(loops.backward, args, parts)
+        loop_threads.run(loops.backward, args, parts)
 
-    rows = np.empty((T * B, D + H), f32)
+    rowsT = np.empty((D + H, T * B), f32)
 
-    def weight_gemm():                    # as CompiledLayer.backward: [x_t | h_{t-1}] rows, one GEMM
-        rows[:, :D] = x.reshape(T * B, D)
-        rows[:, D:] = compiled._previous(state0[0], h, None).reshape(T * B, H)
-        with loop_threads.held(parts):
-            loop_threads.matmul(du.reshape(T * B, GH).T, rows, parts)
+    def weight_gemm():                    # as CompiledLayer.backward: ([x_t | h_{t-1}]ᵀ · du)ᵀ, one GEMM
+        rowsT[:D] = x.reshape(T * B, D).T
+        rowsT[D:] = compiled._previous(state0[0], h, None).reshape(T * B, H).T
+        np.ascontiguousarray((rowsT @ du.reshape(T * B, GH)).T)
 
     pieces = {
         "forward": lambda: lay.forward(params, x, state0),
-        "  input projection": lambda: compiled._inputs(params, x, parts),
+        "  input projection": lambda: compiled._inputs(params, x),
         "  compiled loop": forward_loop,
         "backward": lambda: lay.backward(params, dh, None, tape, need_dx=False),
         "  compiled loop ": backward_loop,

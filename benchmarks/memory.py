@@ -14,7 +14,7 @@ would not fit in half this machine's memory.
 """
 from __future__ import annotations
 
-import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
+import bptt  # (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
 
 import argparse
 import gc
@@ -24,7 +24,6 @@ import tracemalloc
 
 import numpy as np
 
-import bptt
 from bptt import through_time as tt
 from bptt.backends import workspace
 from machine import stamp

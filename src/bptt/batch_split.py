@@ -3,7 +3,7 @@
 Every stream of a batch is independent until the loss sums them: the halves' losses and
 weight gradients add up to the whole batch's, and their ∂L/∂x, ∂L/∂state0 and final
 states are the whole batch's rows. The compiled time loops release the GIL
-(backends/cpu_loops.py), so two threads run two halves at once, each with its own step
+(cells/compiled.py), so two threads run two halves at once, each with its own step
 kernels and GEMMs. Used with BLAS held to one thread for the whole run (the trainer does
 it): then each core runs one half, kernels included, where with BLAS on two threads the
 step kernels run on one core between GEMMs. `benchmarks/batch_split.py` measures a layer
