@@ -30,6 +30,7 @@ pages) or larger than the limit come from ``np.empty`` directly.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import threading
 
@@ -118,8 +119,8 @@ def _unfile(size, key):
 def empty(shape, dtype=np.float64) -> np.ndarray:
     """np.empty(shape, dtype), C order, in a cached block when the array is large."""
     dtype = np.dtype(dtype)
-    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(n) for n in shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    shape = tuple(int(n) for n in shape) if isinstance(shape, (tuple, list)) else (int(shape),)
+    nbytes = math.prod(shape) * dtype.itemsize          # (Python ints: np.prod costs µs a call)
     if nbytes < MIN_BYTES or nbytes > settings.workspace_bytes() or dtype.hasobject:
         return np.empty(shape, dtype)
     size = size_class(nbytes)

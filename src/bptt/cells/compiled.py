@@ -184,19 +184,23 @@ def _previous(first, h, resets):
 
 
 def _gemm(W_h, B, forward):
-    """(mode, packed, tiles, mkl_packed) for the loop's GEMM: mode 2 the micro-kernel over
-    W packed here (W_hᵀ forward, W_h backward; tiles: each thread's scratch for a panel),
-    3 MKL's packed GEMM, packed for B rows (row 0: one thread) and for each half (rows 1, 2)."""
+    """(mode, packed, tiles, mkl_packed, W) for the loop's GEMM: mode 1 for one or two rows,
+    a row of W (W_hᵀ forward, W_h backward, C-ordered) added per input element (packing
+    would cost more than the products); 2 the micro-kernel over W packed here (W_hᵀ forward, W_h backward;
+    tiles: each thread's scratch for a panel); 3 MKL's packed GEMM, packed for B rows
+    (row 0: one thread) and for each half (rows 1, 2)."""
     dt = W_h.dtype
     tiles = np.empty((2, packed_gemm.MR, packed_gemm.panel_width(dt)), dt)
+    if B <= 2:
+        return 1, np.empty((1, 1, 1), dt), tiles, np.empty((1, 1), dt), np.ascontiguousarray(W_h.T if forward else W_h)
     if settings.step_gemm() == "mkl":
         rows = (B, B // 2, B - B // 2)
         mkl_packed = np.empty((3, max(mkl.packed_size(W_h, forward, max(m, 1)) for m in rows)), dt)
         for i, m in enumerate(rows):
             if m:
                 mkl.pack_into(W_h, forward, m, mkl_packed[i])
-        return 3, np.empty((1, 1, 1), dt), tiles, mkl_packed
-    return 2, packed_gemm.pack(W_h.T if forward else W_h), tiles, np.empty((1, 1), dt)
+        return 3, np.empty((1, 1, 1), dt), tiles, mkl_packed, np.empty((1, 1), dt)
+    return 2, packed_gemm.pack(W_h.T if forward else W_h), tiles, np.empty((1, 1), dt), np.empty((1, 1), dt)
 
 
 def _inputs(params, x):
@@ -225,14 +229,41 @@ def _share(n, part, parts):
 
 LOOPS = '''
 @_jit
+def _state_read(prev, resets_t, scratch, r0, r1):
+    """(M4) the state a step reads: prev with the rows of resetting streams zeroed (this
+    thread's rows [r0, r1) of scratch written)."""
+    for b in range(r0, r1):
+        if resets_t[b]:
+            scratch[b] = 0
+        else:
+            scratch[b] = prev[b]
+    return scratch
+
+
+@_jit
 def _times_w(a, out, gemm, part, parts):
     """out = a · W_hᵀ (forward) or a · W_h (backward), as packed in gemm (_gemm), for this
     thread's rows a (M, ·) with any row stride."""
-    mode, packed, tiles, mkl_packed = gemm
+    mode, packed, tiles, mkl_packed, W = gemm
     if a.shape[0] == 0:
+        return
+    if mode == 1:
+        _few_rows(a, W, out)
         return
     # MKL
     times_packed(a, packed, out, 0, out.shape[1], tiles[part])
+
+
+@_jit
+def _few_rows(a, W, out):
+    """out = a · W for W (K, N), C-ordered: a row of W added per element of a's row."""
+    for i in range(a.shape[0]):
+        row, o = a[i], out[i]
+        o[:] = 0
+        for k in range(W.shape[0]):
+            r, w = row[k], W[k]
+            for j in range(o.size):
+                o[j] += r * w[j]
 
 
 @_jit
@@ -246,13 +277,8 @@ def forward(u, x, W_x_packed, bias, extra, start, slab, h, aux, valid, reset_at,
         if W_x_packed.size:                                                  # (K1)
             times_packed(x[t][r0:r1], W_x_packed, u[t][r0:r1], 0, u.shape[2], gemm[2][part])
         prev = start if t == 0 else slab[t - 1]
-        if reset_at[t]:                                                      # (M4)
-            for b in range(r0, r1):
-                if resets[t, b]:
-                    scratch[b] = 0
-                else:
-                    scratch[b] = prev[b]
-            prev = scratch
+        if reset_at[t]:
+            prev = _state_read(prev, resets[t], scratch, r0, r1)              # (M4)
         _times_w(prev[r0:r1, 0], rec[r0:r1], gemm, part, parts)              # (K2)
         for b in range(r0, r1):
             if valid[t, b]:
@@ -275,13 +301,8 @@ def backward(dh, has_dh, carry, rec_grad, z, aux, extra, start, slab, valid, res
     into, out = carry, other
     for t in range(T - 1, -1, -1):
         prev = start if t == 0 else slab[t - 1]
-        if reset_at[t]:                                                      # (M4)
-            for b in range(r0, r1):
-                if resets[t, b]:
-                    scratch[b] = 0
-                else:
-                    scratch[b] = prev[b]
-            prev = scratch
+        if reset_at[t]:
+            prev = _state_read(prev, resets[t], scratch, r0, r1)              # (M4)
         for b in range(r0, r1):
             d = into[b]
             d0, g = d[0], rec_grad[b]
