@@ -77,7 +77,7 @@ def main():
 
     def weight_gemm():                    # as CompiledLayer.backward: ([x_t | h_{t-1}]ᵀ · du)ᵀ, one GEMM
         rowsT[:D] = x.reshape(T * B, D).T
-        rowsT[D:] = compiled._previous(state0[0], h, None).reshape(T * B, H).T
+        rowsT[D:] = compiled.previous_states(state0[0], h).reshape(T * B, H).T
         np.ascontiguousarray((rowsT @ du.reshape(T * B, GH)).T)
 
     pieces = {

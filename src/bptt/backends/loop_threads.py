@@ -68,17 +68,7 @@ def parts_for(B: int, GH: int, H: int, T: int = 1) -> int:
 
 
 _POOL: ThreadPoolExecutor | None = None
-_BLAS = None
 _PAIR = threading.Lock()                 # held while the worker runs a part
-
-
-def blas_one_thread():
-    """A context that holds BLAS to one thread (threadpoolctl's controller, made once)."""
-    global _BLAS
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
-        _BLAS = ThreadpoolController().select(user_api="blas")
-    return _BLAS.limit(limits=1)
 
 
 def run_pair(loop, args) -> bool:

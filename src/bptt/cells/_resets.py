@@ -6,7 +6,7 @@ a reset, and weight gradients use s_in, the state the step really read.         
 """
 from __future__ import annotations
 
-from ..backends.arrays import array_module
+from ..backends.arrays import array_module, empty
 
 
 def steps_with_resets(resets, T):
@@ -20,10 +20,12 @@ def zero_where(state, resets_t):
     return xp.where(resets_t[:, None], 0, state).astype(state.dtype, copy=False)
 
 
-def previous_states(first, seq, resets):
-    """(T, B, H): the state each step read, [first, seq[0], …, seq[T-2]] after (M4)."""
-    prev = array_module(seq).empty_like(seq)
+def previous_states(first, seq, resets=None):
+    """(T, B, H): the state each step read, [first, seq[0], …, seq[T-2]], after (M4) when
+    resets are given; a workspace array for NumPy."""
+    prev = empty(array_module(seq), seq.shape, seq.dtype)
     prev[0] = first
     prev[1:] = seq[:-1]
-    prev *= ~resets[:, :, None]
+    if resets is not None:
+        prev *= ~resets[:, :, None]
     return prev

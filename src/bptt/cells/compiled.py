@@ -121,7 +121,7 @@ class CompiledLayer(CellLayer):
                 other, dextra, _gemm(W_h, B, forward=False), self.cell.option)
         loop_threads.run(self._loops().backward, args, loop_threads.parts_for(B, GH, H, T))
         du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
-        h_in = _previous(tape.state0[0], tape.states[0], tape.resets).reshape(T * B, H)
+        h_in = previous_states(tape.state0[0], tape.states[0], tape.resets).reshape(T * B, H)
         # (K6) as products of C-ordered operands, (rowsᵀ · du)ᵀ: OpenBLAS's products with a
         # transposed operand fall into slow small-matrix paths at some shapes on one thread
         # (∂W of (1024, 512) x (1024, 225): 19.5 ms as duᵀ · rows, 7.8 ms this way).
@@ -171,16 +171,6 @@ def _flags(mask, resets, T, B):
         return valid, np.zeros(T, dtype=bool), np.zeros((1, 1), dtype=bool)
     resets = np.ascontiguousarray(resets, dtype=bool)
     return valid, resets.any(axis=1), resets
-
-
-def _previous(first, h, resets):
-    """(T, B, H): the h each step read, after (M4)."""
-    if resets is not None:
-        return previous_states(first, h, resets)
-    prev = workspace.empty(h.shape, h.dtype)
-    prev[0] = first
-    prev[1:] = h[:-1]
-    return prev
 
 
 def _gemm(W_h, B, forward):

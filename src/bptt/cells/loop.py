@@ -110,8 +110,7 @@ class CellLayer:
                 back = tuple(xp.where(tape.resets[t][:, None], 0, b) for b in back)    # (M5)
             ds = back
         du2, dv2 = du.reshape(T * B, -1), dv.reshape(T * B, -1)
-        h_prev = previous_states(tape.state0[0], states[0], tape.resets) if tape.resets is not None \
-            else xp.concatenate([tape.state0[0][None], states[0][:-1]])
+        h_prev = previous_states(tape.state0[0], states[0], tape.resets)
         grads = {"W_x": du2.T @ x.reshape(T * B, D), "W_h": dv2.T @ h_prev.reshape(T * B, H),
                  "b_h": du2.sum(axis=0)} | extra                                         # (K6)
         dx = (du2 @ params["W_x"]).reshape(T, B, D) if need_dx else None                 # (K6)
