@@ -10,7 +10,6 @@ library's idle worker threads spin and steal the other's second core.
     python benchmarks/cells.py                 # the five shapes of the core issue
     python benchmarks/cells.py --quick         # fewer repeats
     python benchmarks/cells.py --shapes 100,32,64,128
-    python benchmarks/cells.py --keep-freed-memory   # both sides with glibc's malloc keeping freed blocks
 
 Prints one table: times in ms (the least of three rounds' medians of blocks; each round
 times the two sides one after the other) for our layer (the compiled loop,
@@ -29,7 +28,6 @@ from __future__ import annotations
 import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
 
 import argparse
-import ctypes
 import os
 import statistics
 import time
@@ -38,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from bptt.backends import settings
 from bptt.cells import layer as cell_layer
 from machine import stamp
 
@@ -159,16 +158,6 @@ def gemm_rate(n=1024, min_block_s=0.5):
     return 2.0 * n ** 3 / t / 1e9
 
 
-def keep_freed_memory(limit=1 << 30):
-    """glibc's malloc: serve blocks up to limit from the heap and keep freed ones
-    (mallopt M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1). False without glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, limit)) and bool(libc.mallopt(-1, limit))
-    except (OSError, AttributeError):
-        return False
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter blocks (noisier)")
@@ -176,11 +165,8 @@ def main():
     parser.add_argument("--shapes", nargs="*", help="T,B,D,H tuples")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--input-grad", action="store_true", help="also compute ∂L/∂x on both sides")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="raise glibc's mmap and trim thresholds to 1 GiB for this process, so "
-                             "freed large arrays are reused without page faults (both sides)")
     args = parser.parse_args()
-    kept = args.keep_freed_memory and keep_freed_memory()
+    kept = settings.keep_freed_memory()        # bptt's first pass would set it; here both sides have it
     torch.set_num_threads(args.threads)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
     min_block_s, blocks = (0.2, 3) if args.quick else (0.4, 5)
@@ -189,7 +175,7 @@ def main():
     print(f"# {what}")
     print(stamp())
     print(f"# threads {args.threads}")
-    print(f"# malloc: {'freed memory kept (keep_freed_memory)' if kept else 'glibc defaults'}")
+    print(f"# malloc: {f'glibc keeps {kept >> 20} MiB of freed memory (both sides)' if kept else 'defaults'}")
     before = gemm_rate()
     print(f"# NumPy float32 GEMM (1024³): {before:.0f} GFLOP/s")
     print("| cell | T, B, D, H | bptt ms | torch ms | bptt/torch | GFLOP/s "

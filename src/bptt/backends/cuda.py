@@ -1,17 +1,13 @@
 """The built-in cells' steps on an NVIDIA GPU (CuPy): the protocol's step and
 step_backward (cells/protocol.py), each one CUDA kernel with one thread per (b, j).
 
-A layer called with CuPy arrays runs the Python loop (cells/loop.py), with cuBLAS for
-its GEMMs; for the built-in cells the loop takes ``steps_for(cell)`` below instead of the
-cell's NumPy step, so each step is one GEMM and one kernel launch. The kernels are the
-equations of cells/rnn.py, lstm.py and gru.py line for line (equation numbers from
-docs/derivation.md), with the protocol's arguments: u = x_t W_xᵀ + b_h (K1), v = h_{t-1} W_hᵀ
-(K2), masks and resets left to the loop. NVRTC compiles them for float and double. The
-same source, compiled for the CPU by g++, runs inside the same loop in
-tests/test_cuda_kernels_on_cpu.py, held to the NumPy reference at 1e-12.
-
-Install with the extra ``gpu`` (CuPy for CUDA 12). Without CuPy or without a device,
-``AVAILABLE`` is False and nothing here is imported by the CPU path.
+A layer called with CuPy arrays runs the Python loop (cells/loop.py) with cuBLAS for its
+GEMMs and, for a built-in cell, ``steps_for(cell)`` in place of its NumPy step: one GEMM
+and one launch a step. The kernels are cells/rnn.py, lstm.py and gru.py line for line
+(equation numbers from docs/derivation.md); NVRTC compiles them for float and double.
+tests/test_cuda_kernels_on_cpu.py runs the g++ build of the same source in the same loop
+against the NumPy reference. Needs the extra ``gpu``; without CuPy or a device,
+``AVAILABLE`` is False.
 """
 from __future__ import annotations
 

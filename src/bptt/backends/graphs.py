@@ -1,17 +1,11 @@
 """One layer's forward + backward for a fixed shape, captured once as a CUDA graph.
 
-Eagerly, a step of a layer on the GPU is a GEMM and a small kernel, each a few µs of
-launch overhead, and T steps forward and back make thousands of launches. Captured as
-one CUDA graph they replay with one launch (the issue measured 5-9× on an H100 for a
-hand-written LSTM). The graph replays the exact work of the captured call, on fixed
-buffers: ``GraphedLayer`` keeps the inputs, copies new values into them, replays, and
-returns the same output arrays each time (copy them to keep them).
-
-Memory: everything the captured call allocates comes from a private CuPy memory pool
-that the graph keeps, so no later allocation elsewhere can land in a buffer the graph
-writes (PyTorch's CUDA graphs do the same). A warm-up call on the capturing stream
-first fills that pool, compiles the kernels and lets cuBLAS set up its workspace, so
-that the captured call allocates nothing new.
+Eagerly, each step on the GPU is a GEMM and a small kernel, a few µs of launch overhead
+each; captured as one CUDA graph, the T steps forward and back replay in one launch.
+``GraphedLayer`` keeps fixed input buffers, copies new values into them, replays, and
+returns the same output arrays each time (copy them to keep them). Everything the
+captured call allocates comes from a private CuPy memory pool the graph keeps (as
+PyTorch's CUDA graphs do), filled by a warm-up call before the capture.
 """
 from __future__ import annotations
 

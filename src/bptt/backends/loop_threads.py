@@ -1,31 +1,23 @@
 """How many threads a compiled time loop uses, and the worker that runs the second.
 
-A compiled loop (cells/compiled.py) can run each step on two threads: the calling thread
-and one worker, each with its own rows of the batch for the recurrent GEMM and the cell's
-kernel alike. W_h is packed once and shared read-only, and a row's recurrence needs only
-that row, so the two halves of the batch run through time without ever meeting, and each
-row's arithmetic is the same as on one thread: the same bits either way. Neither thread
-calls BLAS inside the loop (the micro-kernel, or oneMKL's sequential packed GEMM); the
-layer's bulk GEMMs before and after it are OpenBLAS's, on its own threads.
+A compiled loop (cells/compiled.py) can run each step on two threads, the caller and one
+worker, each on its own rows of the batch for the recurrent GEMM and the kernel alike. A
+row's recurrence needs only that row and W_h (packed once, read only), so the two halves
+never meet, and each row's arithmetic is that of one thread: the same bits either way.
+Neither thread calls OpenBLAS inside the loop; the bulk GEMMs before and after it run on
+OpenBLAS's own threads, never two at once (concurrent calls from two threads of ours are
+several times slower than one after the other).
 
-OpenBLAS's idle workers spin after each call they joined, for 2^N cycles with N from
-OPENBLAS_THREAD_TIMEOUT (default 28, about 0.1 s), on the cores the loop needs: the RNN at
-(100, 32, 64, 128) took 18.5 ms a pass with two loop threads beside spinning workers, 17.0
-with one, 11.7 with the workers asleep (2-core AMD EPYC). Two OpenBLAS calls from two
-threads of ours at once measured 3x slower than one after the other (a ∂W GEMM of
-(128, 3200) x (3200, 192): 10 ms against 2 x 3), so the bulk GEMMs are not shared out.
-So two threads only where the workers sleep soon (settings.blas_workers_sleep: bptt sets
-N = 20 before NumPy loads OpenBLAS, unless it is set already).
-
-When (``parts_for``): two threads are wanted (``use(2)``, else settings.loop_threads():
-2 where the process may run on 2 cores or more), the workers sleep soon, each thread gets
-``MIN_ROWS_SPLIT`` rows (so that its micro-kernel keeps enough sums in flight) and the
-whole loop's GEMM is at least ``MIN_LOOP_FLOPS``, to pay for handing half of it to the
-worker (about 0.1 ms a call): whole forward+backward passes split against one thread
-measured 1.13-1.35x at 6.5-13 MFLOP a loop, 0.96 at 26, 0.76-0.85 at 52-520 (2-core AMD
-EPYC). Inside the batch halves of batch_split.py each half is already a thread: they ask
-for one. One worker serves the process: a second thread whose loop finds it busy runs
-both parts itself rather than wait (``run_pair`` answers False).
+OpenBLAS's idle workers spin after each call (2^N cycles, N = OPENBLAS_THREAD_TIMEOUT,
+default 28, about 0.1 s) on the cores the loop needs, so two threads are used only where
+they sleep soon (settings.blas_workers_sleep; ``import bptt`` sets N = 20 before NumPy
+loads OpenBLAS). ``parts_for`` also asks that each thread get ``MIN_ROWS_SPLIT`` rows
+(enough sums in flight for the micro-kernel) and that the loop's GEMM be at least
+``MIN_LOOP_FLOPS``, the size from which handing half of it to the worker (about 0.1 ms a
+call) pays (benchmarks/RESULTS.md, "One core"). Inside the batch halves of batch_split.py
+each half is already a thread: they ask for one (``use(1)``). One worker serves the
+process: a thread whose loop finds it busy runs both parts itself (``run_pair`` answers
+False).
 """
 from __future__ import annotations
 

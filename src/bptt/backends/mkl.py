@@ -1,18 +1,17 @@
-"""MKL's packed GEMM, from Numba code: W_h packed once a pass, every step only the product.
+"""oneMKL's packed GEMM from Numba code: W_h packed once a pass, each step only the product.
 
-oneMKL has an API for exactly the recurrent GEMM's case, "pack one operand once, multiply
-by it many times": cblas_?gemm_pack lays W_h out in MKL's internal format, and
-cblas_?gemm_compute multiplies by it with no repacking. It comes with the optional extra
-``mkl`` (``pip install 'bptt[mkl]'``: the ``mkl`` wheel, oneMKL's runtime ``libmkl_rt``).
-Loaded at first use (``load``), with MKL's sequential threading layer: each loop thread
-makes its own calls, and MKL's OpenMP workers would spin on the cores the loop uses.
+cblas_?gemm_pack lays W_h out in MKL's internal format once; cblas_?gemm_compute then
+multiplies by it with no repacking: MKL's API for the recurrent GEMM's case. It comes
+with the extra ``mkl`` (the ``mkl`` wheel's ``libmkl_rt``), loaded at first use with the
+sequential threading layer (each loop thread makes its own calls; OpenMP workers would
+spin on the loop's cores).
 
     pack_into(W_h, forward, m, buffer)    B = W_hᵀ (forward) or W_h (backward), for products of
                                           m rows (packed_size(W_h, forward, m) elements)
     compute(a, buffer, out)               out (m, N) = a (m, K) · B, from Numba code only
 
-The symbols are registered with LLVM under fixed names, so the generated loops that call
-them (cells/compiled.py) can be cached on disk. settings.step_gemm() says when this serves.
+The symbols are registered with LLVM under fixed names, so that generated loops calling
+them (cells/compiled.py) can be cached on disk.
 """
 from __future__ import annotations
 

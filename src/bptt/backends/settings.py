@@ -3,24 +3,23 @@
     BPTT_LOOPS=0             every layer runs the Python time loop (cells/loop.py) with the
                              cell's NumPy step, not the compiled loop (cells/compiled.py)
     BPTT_STEP_GEMM=packed|mkl
-                             the compiled loop's per-step recurrent GEMM, W_h packed once a
-                             pass either way: for bptt's micro-kernel (backends/packed_gemm.py)
-                             or for oneMKL's packed GEMM (backends/mkl.py, the extra ``mkl``).
-                             Default: mkl where it is installed and the CPU runs AVX-512
-                             (there it measured 1.5-1.9x the micro-kernel's rate, which is
-                             written for AVX2), else packed (on AVX2 the micro-kernel measured
-                             1.1-1.5x MKL's rate; benchmarks/step_gemm.py)
+                             the compiled loop's recurrent GEMM over W_h packed once a pass:
+                             bptt's AVX2 micro-kernel (backends/packed_gemm.py) or oneMKL's
+                             packed GEMM (backends/mkl.py, extra ``mkl``). Default: mkl where
+                             it is installed and the CPU runs AVX-512, else packed (the
+                             faster of the two on each, benchmarks/step_gemm.py)
     BPTT_LOOP_THREADS=1|2    threads a compiled loop may use (default: 2 where the process
                              may run on 2 cores or more, else 1)
-    BPTT_WORKSPACE_MB=N      free blocks kept for reuse by backends/workspace.py (default 512)
+    BPTT_WORKSPACE_MB=N      MiB of freed memory glibc's malloc keeps for reuse (default 512;
+                             0: glibc's own thresholds), see keep_freed_memory()
     BPTT_CACHE_DIR=DIR       where the generated loop modules and their compiled code go
                              (default $XDG_CACHE_HOME/bptt, else ~/.cache/bptt)
 
 One setting is not bptt's: OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when NumPy loads
-it, for how long its idle workers spin (2^N cycles; N = 28 by default, about 0.1 s) on
-cores a two-thread loop needs (backends/loop_threads.py). ``import bptt`` sets N = 20
-(under 1 ms) when NumPy is not loaded yet and the variable is unset; else the setting in
-force is kept, and ``blas_workers_sleep()`` tells the loops whether it is short enough.
+it, for how long its idle workers spin on cores a two-thread loop needs
+(backends/loop_threads.py). ``import bptt`` sets it to 20 (2^20 cycles, under 1 ms) when
+NumPy is not loaded yet and it is unset; ``blas_workers_sleep()`` says whether the value
+in force is short enough.
 
 Each is read once per process; ``reset()`` forgets what was read (tests change the
 environment and call it). A bad value is a ValueError naming the variable.
@@ -65,11 +64,8 @@ def vector_isa() -> str:
 
 
 def available_cores() -> int:
-    """The cores this process may run on (its affinity), not the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                   # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
+    """The cores this process may run on (its affinity, as taskset sets it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @functools.cache
@@ -85,9 +81,31 @@ def workspace_bytes() -> int:
         mib = float(wanted)
     except ValueError:
         mib = -1.0
-    if not 0 <= mib < 2 ** 40:                   # not NaN, not negative, not inf
-        raise ValueError(f"BPTT_WORKSPACE_MB: expected a number of MiB >= 0 (0: no cache), got {wanted!r}")
+    if not 0 <= mib <= 1024:                     # not NaN, not negative; glibc takes at most an int
+        raise ValueError(f"BPTT_WORKSPACE_MB: expected a number of MiB from 0 to 1024 (0: glibc's "
+                         f"defaults), got {wanted!r}")
     return int(mib * 2 ** 20)
+
+
+@functools.cache
+def keep_freed_memory() -> int:
+    """Set glibc's malloc to serve blocks up to workspace_bytes() from its heap and to keep
+    that much freed memory (mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD), once per process;
+    the bytes set, 0 when off or not glibc. A training step allocates the same large arrays
+    again (tape, δz, the rows of ∂W); by default glibc maps each block afresh and unmaps it
+    when freed, so every step pays a page fault and the kernel's zeroing per 4 KiB touched
+    (about 2,300 faults a pass for the LSTM at (100, 32, 64, 128)). The layers call this at
+    their first pass; it is process-wide, as the allocator is."""
+    limit = workspace_bytes()
+    if limit == 0:
+        return 0
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(-3, limit) and libc.mallopt(-1, limit)     # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):            # not glibc
+        return 0
+    return limit if ok else 0
 
 
 IDLE_SPIN_LOG2 = 20
@@ -122,6 +140,7 @@ def cache_dir() -> str:
 
 
 def reset() -> None:
-    for read in (loops_enabled, step_gemm, loop_threads, workspace_bytes, cache_dir, blas_workers_sleep):
+    for read in (loops_enabled, step_gemm, loop_threads, workspace_bytes, keep_freed_memory, cache_dir,
+                 blas_workers_sleep):
         if hasattr(read, "cache_clear"):          # (a test may have put a plain function here)
             read.cache_clear()

@@ -1,30 +1,24 @@
 """One compiled time loop per direction, generated from a cell's kernels (Numba).
 
 A cell that gives ``kernels = (forward_kernel, backward_kernel)`` (cells/protocol.py)
-gets ``CompiledLayer``: the layer contract of cells/loop.py, with the whole loop over t
-compiled, so no step returns to Python. The loop is the same text for every cell (the
-``LOOPS`` template below) with the cell's two kernels called once per row of the batch;
-it does what loop.py does, in the same order:
+gets ``CompiledLayer``: the layer contract of cells/loop.py with the whole loop over t
+compiled. The loop (``LOOPS`` below) is the same text for every cell, calling the cell's
+kernels once per row of the batch, and does what loop.py does in the same order:
 
     forward, per step:   (M4) resets, (K2) the recurrent GEMM, the kernel for (K3), (M1)
     backward, per step:  ds_t = carried + W_hᵀ-part + dh from above (R3, K5), (M2)/(M3) for
                          padded rows, the kernel for (K4), (M5), then the GEMM of (K5)
     after the loop:      (K6) as one GEMM each (one wide GEMM [x | h_{t-1}] when dv = du)
 
-The state of all steps is one array (T, B, S, H), so a row's state is an (S, H) block that
-the kernel reads as ``prev`` and writes as ``new``; h_t (s⁰) is also copied into a
-contiguous (T, B, H) output when S > 1. The recurrent GEMM runs over W_h packed once a
-pass: bptt's micro-kernel (backends/packed_gemm.py) or oneMKL's packed GEMM
-(backends/mkl.py), as settings.step_gemm() says. Where the micro-kernel runs and the
-weights are small, each step also projects its x_t (``_inputs``), in the thread's own
-rows, still in cache for the kernel.
+All steps' state is one (T, B, S, H) array, so a row's state is an (S, H) block, read by
+the kernel as ``prev`` and written as ``new``. The recurrent GEMM runs over W_h packed
+once a pass (backends/packed_gemm.py or backends/mkl.py, as settings.step_gemm() says).
 
-Generated, not closed over: Numba caches compiled code on disk only for functions of a
-module with a file. So the template, with the names of the cell's kernels, is written to
-a module in settings.cache_dir() (named by a hash of everything it compiles from) and
-imported from there; its compiled code is then cached beside it. A kernel that cannot be
-imported by name (defined in __main__ or inside a function) gets the same template
-compiled in this process, uncached.
+Numba caches compiled code on disk only for functions of a module with a file, so the
+template, with the names of the cell's kernels, is written to a module in
+settings.cache_dir() named by a hash of everything it compiles from, and imported from
+there. Kernels that cannot be imported by name (from __main__ or inside a function) get
+the template compiled in this process, uncached.
 """
 from __future__ import annotations
 
@@ -34,16 +28,16 @@ import importlib.util
 import inspect
 import os
 import sys
+import types
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
-from ..backends import loop_threads, mkl, packed_gemm, settings, workspace
-from ..backends.arrays import column_sums, matmul
+from ..backends import loop_threads, mkl, packed_gemm, settings
+from ..backends.arrays import column_sums
 from ..backends.packed_gemm import times_packed
-from ._resets import previous_states
-from .loop import CellLayer
+from .loop import CellLayer, previous_states
 
 IN_LOOP_PROJECTION_BYTES = 2 ** 21
 
@@ -79,16 +73,17 @@ class CompiledLayer(CellLayer):
         extras = [params[k] for k in self.extra_names(params)]
         if not self._compiles(x, params["W_x"], params["W_h"], params["b_h"], *state0, *extras):
             return super().forward(params, x, state0, mask, resets)
+        settings.keep_freed_memory()
         T, B, _ = x.shape
         W_h = np.ascontiguousarray(params["W_h"])
         GH, H = W_h.shape
         S, dt = len(self.STATE), x.dtype
         parts = loop_threads.parts_for(B, GH, H, T)
         u, W_x_packed = _inputs(params, x)                                           # (K1)
-        slab = workspace.empty((T, B, S, H), dt)
-        h = slab.reshape(T, B, H) if S == 1 else workspace.empty((T, B, H), dt)
-        aux = workspace.empty((T, B, self.cell.tape_width(H)), dt)
-        start = _stack(state0, dt)
+        slab = np.empty((T, B, S, H), dt)
+        h = slab.reshape(T, B, H) if S == 1 else np.empty((T, B, H), dt)
+        aux = np.empty((T, B, self.cell.tape_width(H)), dt)
+        start = np.stack(state0, axis=1, dtype=dt)                                  # (B, S, H)
         valid, reset_at, resets_c = _flags(mask, resets, T, B)
         args = (u, np.ascontiguousarray(x), W_x_packed, np.ascontiguousarray(params["b_h"]), _flat(extras, dt),
                 start, slab, h, aux, valid, reset_at, resets_c, np.empty((B, GH), dt), np.empty((B, S, H), dt),
@@ -109,9 +104,9 @@ class CompiledLayer(CellLayer):
         GH = W_h.shape[0]
         names = self.extra_names(params)
         extras = [params[k] for k in names]
-        carry = np.zeros((B, S, H), dt) if dstateT is None else _stack(dstateT, dt)
-        du = workspace.empty((T, B, GH), dt)
-        dv = du if self.cell.dv_is_du else workspace.empty((T, B, GH), dt)
+        carry = np.zeros((B, S, H), dt) if dstateT is None else np.stack(dstateT, axis=1, dtype=dt)
+        du = np.empty((T, B, GH), dt)
+        dv = du if self.cell.dv_is_du else np.empty((T, B, GH), dt)
         dextra = np.zeros((B, sum(e.size for e in extras)), dt)      # per row: the same sums on 1 or 2 threads
         valid, reset_at, resets_c = _flags(tape.mask, tape.resets, T, B)
         above = np.zeros((1, 1, H), dt) if dh is None else np.ascontiguousarray(dh, dtype=dt)
@@ -123,25 +118,24 @@ class CompiledLayer(CellLayer):
         du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
         h_in = previous_states(tape.state0[0], tape.states[0], tape.resets).reshape(T * B, H)
         # (K6) as products of C-ordered operands, (rowsᵀ · du)ᵀ: OpenBLAS's products with a
-        # transposed operand fall into slow small-matrix paths at some shapes on one thread
-        # (∂W of (1024, 512) x (1024, 225): 19.5 ms as duᵀ · rows, 7.8 ms this way).
+        # transposed operand fall into slow small-matrix paths at some shapes on one thread.
         if self.cell.dv_is_du:
             # ∂L/∂W_x and ∂L/∂W_h as one GEMM against the rows [x_t | h_{t-1}]: one wide
             # GEMM is faster than two narrow ones.
-            rowsT = workspace.empty((D + H, T * B), dt)
+            rowsT = np.empty((D + H, T * B), dt)
             rowsT[:D] = x.reshape(T * B, D).T
             rowsT[D:] = h_in.T
-            dWT = matmul(rowsT, du2)
+            dWT = rowsT @ du2
             grads = {"W_x": np.ascontiguousarray(dWT[:D].T), "W_h": np.ascontiguousarray(dWT[D:].T)}
         else:
-            grads = {"W_x": np.ascontiguousarray(matmul(np.ascontiguousarray(x.reshape(T * B, D).T), du2).T),
-                     "W_h": np.ascontiguousarray(matmul(np.ascontiguousarray(h_in.T), dv2).T)}
+            grads = {"W_x": np.ascontiguousarray((np.ascontiguousarray(x.reshape(T * B, D).T) @ du2).T),
+                     "W_h": np.ascontiguousarray((np.ascontiguousarray(h_in.T) @ dv2).T)}
         grads["b_h"] = column_sums(du2)                                                 # (K6)
         flat, at = dextra.sum(axis=0), 0
         for k, e in zip(names, extras):
             grads[k] = flat[at:at + e.size].reshape(e.shape)                            # (K6)
             at += e.size
-        dx = matmul(du2, params["W_x"]).reshape(T, B, D) if need_dx else None          # (K6)
+        dx = (du2 @ params["W_x"]).reshape(T, B, D) if need_dx else None          # (K6)
         dstate0 = carry if T % 2 == 0 else other
         return dx, tuple(dstate0[:, s].copy() for s in range(S)), grads
 
@@ -150,14 +144,6 @@ class CompiledLayer(CellLayer):
 
     def _loops(self):
         return loops_for(*self.kernels)
-
-
-def _stack(states, dtype):
-    """(B, S, H) from a tuple of S arrays (B, H)."""
-    out = np.empty((states[0].shape[0], len(states), states[0].shape[1]), dtype)
-    for s, a in enumerate(states):
-        out[:, s] = a
-    return out
 
 
 def _flat(arrays, dtype):
@@ -197,15 +183,15 @@ def _inputs(params, x):
     """(u, W_x packed): u (T, B, G·H) = x W_xᵀ (no bias: the kernels add b_h) for all steps
     in one GEMM (K1); or, where the micro-kernel runs, the weights are small (W_x and W_h
     at most IN_LOOP_PROJECTION_BYTES) and each of two threads would have MIN_ROWS rows, u
-    left empty for the loop to fill step by step from W_xᵀ packed here. Measured against
-    the one GEMM (forward pass): LSTM 0.85 at (100, 32, 64, 128) (384 KiB of weights), 0.98
-    at (100, 64, 128, 256), 1.03 at (200, 32, 128, 512) (5 MiB: both from L3 every step)."""
+    left empty for the loop to fill step by step from W_xᵀ packed here: each x_t W_xᵀ is
+    then still in cache when the kernel reads it, which pays while both weights stay in
+    cache too (benchmarks/RESULTS.md)."""
     T, B, D = x.shape
     W_x, W_h = params["W_x"], params["W_h"]
     if (settings.step_gemm() == "packed" and B >= 2 * packed_gemm.MIN_ROWS
             and W_x.nbytes + W_h.nbytes <= IN_LOOP_PROJECTION_BYTES):
-        return workspace.empty((T, B, W_x.shape[0]), x.dtype), packed_gemm.pack(np.ascontiguousarray(W_x).T)
-    u = matmul(x.reshape(T * B, D), np.ascontiguousarray(W_x.T)).reshape(T, B, W_x.shape[0])
+        return np.empty((T, B, W_x.shape[0]), x.dtype), packed_gemm.pack(np.ascontiguousarray(W_x).T)
+    u = (x.reshape(T * B, D) @ np.ascontiguousarray(W_x.T)).reshape(T, B, W_x.shape[0])
     return u, np.empty((0, 0, 0), dtype=x.dtype)
 
 
@@ -325,17 +311,9 @@ def backward(dh, has_dh, carry, rec_grad, z, aux, extra, start, slab, valid, res
 '''
 
 _HEADER = '''"""Generated by bptt.cells.compiled: the time loops of {names}. Do not edit."""
-import importlib
 
-from bptt.cells.compiled import _jit, _share, times_packed
+from bptt.cells.compiled import _find, _jit, _share, times_packed
 {mkl_import}
-
-def _find(module, qualname):
-    found = importlib.import_module(module)
-    for part in qualname.split("."):
-        found = getattr(found, part)
-    return found
-
 
 _step_forward = _find({fwd[0]!r}, {fwd[1]!r})
 _step_backward = _find({bwd[0]!r}, {bwd[1]!r})
@@ -363,6 +341,13 @@ def loops_for(forward_kernel, backward_kernel):
     return _LOOPS[key]
 
 
+def _find(module, qualname):
+    found = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
 def _address(kernel):
     """(module, qualname) under which ``kernel`` can be imported, or None."""
     fn = getattr(kernel, "py_func", None)
@@ -370,12 +355,9 @@ def _address(kernel):
     if fn is None or module in (None, "__main__") or "<locals>" in qualname:
         return None
     try:
-        found = importlib.import_module(module)
-        for part in qualname.split("."):
-            found = getattr(found, part)
+        return (module, qualname) if _find(module, qualname) is kernel else None
     except (ImportError, AttributeError):
         return None
-    return (module, qualname) if found is kernel else None
 
 
 def _source_of(kernel):
@@ -415,14 +397,9 @@ def _generated(forward_kernel, backward_kernel, loops, use_mkl):
     return module
 
 
-class _Namespace:
-    def __init__(self, values):
-        self.__dict__.update(values)
-
-
 def _in_process(forward_kernel, backward_kernel, loops):
     names = {"_jit": njit(fastmath=True, error_model="numpy", nogil=True), "_share": _share,
              "times_packed": times_packed, "mkl_compute": mkl.compute,
              "_step_forward": forward_kernel, "_step_backward": backward_kernel}
     exec(compile(loops, "<bptt.cells.compiled.LOOPS>", "exec"), names)
-    return _Namespace(names)
+    return types.SimpleNamespace(**names)

@@ -1,20 +1,18 @@
 """One time loop for any cell of the protocol (cells/protocol.py), in Python: the reference.
 
-``CellLayer(cell)`` is a layer with the contract every layer keeps (cells/__init__.py):
+``CellLayer(cell)`` is a layer with the contract of cells/__init__.py. Forward: (K1) for
+all steps in one GEMM, then per step (M4) resets, (K2), (K3) and (M1) for masks.
+Backward per step, newest first: the gradient from above joins the one from the future
+(R3 for s⁰), padded rows get zero (M2) so that the cell's linear backward gives them
+nothing and their gradient passes to s_{t-1} unchanged (M3), (K4), (K5), and (M5) stops
+it at a reset; then (K6) as one GEMM each. With resets, stream b's state is set to zero
+before step t where resets[t, b]: the step reads s_in = (1 − r_t) ⊙ s_{t-1} (M4), nothing
+crosses a reset backward, and the weight gradients use s_in (M5). Equation numbers refer
+to docs/derivation.md.
 
-    forward(params, x[T,B,D], state0, mask=None, resets=None) -> (h[T,B,H], stateT, tape)
-    backward(params, dh[T,B,H] | None, dstateT | None, tape, need_dx=True)
-        -> (dx[T,B,D] | None, dstate0, grads)
-
-Forward: (K1) for all steps in one GEMM, then per step (M4) resets, (K2), (K3) and
-(M1) for masks. Backward per step, newest first: the gradient from above joins the one
-from the future (R3 for s⁰), padded rows get zero (M2) so that the cell's linear backward
-gives them nothing and their gradient passes to s_{t-1} unchanged (M3), (K4), (K5),
-and (M5) stops it at a reset; then (K6) as one GEMM each. Equation numbers refer to
-docs/derivation.md. It runs a cell's NumPy ``step`` and ``step_backward``: for a cell
-without compiled kernels, for arrays the compiled loop (cells/compiled.py) does not take
-(CuPy arrays, through NumPy's dispatch to them; BPTT_LOOPS=0), and in the tests as the
-independent reference the compiled loop is held to.
+It runs a cell's NumPy ``step`` and ``step_backward``: for a cell without compiled
+kernels, for arrays the compiled loop (cells/compiled.py) does not take (CuPy arrays;
+BPTT_LOOPS=0), and in the tests as the reference the compiled loop is held to.
 """
 from __future__ import annotations
 
@@ -22,8 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..backends import settings
 from ..backends.arrays import array_module
-from ._resets import previous_states, steps_with_resets, zero_where
 from .protocol import check_cell
 
 
@@ -63,16 +61,18 @@ class CellLayer:
         T, B, D = x.shape
         H = params["W_h"].shape[1]
         xp = array_module(x)
+        if xp is np:
+            settings.keep_freed_memory()
         cell = self._steps(xp)
         u = (x.reshape(T * B, D) @ params["W_x"].T + params["b_h"]).reshape(T, B, -1)      # (K1)
         states = tuple(xp.empty((T, B, H), x.dtype) for _ in self.STATE)
         caches = []
-        reset_at = steps_with_resets(resets, T)
+        reset_at = [False] * T if resets is None else resets.any(axis=1).tolist()
         prev = tuple(state0)
         W_hT = params["W_h"].T
         for t in range(T):
             if reset_at[t]:
-                prev = tuple(zero_where(s, resets[t]) for s in prev)                 # (M4)
+                prev = tuple(xp.where(resets[t][:, None], 0, s).astype(s.dtype, copy=False) for s in prev)  # (M4)
             new, cache = cell.step(params, u[t], prev[0] @ W_hT, prev)               # (K2), (K3)
             if t == 0:                                   # what the cell returns, checked once
                 _check_step(cell, new, len(self.STATE), (B, H), x.dtype)
@@ -128,3 +128,14 @@ def _check_step(cell, new, n, shape, dtype):
             raise ValueError(f"cell: {name}.step must return state arrays of shape {shape} and dtype "
                              f"{np.dtype(dtype).name}, got {getattr(s, 'shape', None)} "
                              f"{getattr(s, 'dtype', type(s).__name__)}")
+
+
+def previous_states(first, seq, resets=None):
+    """(T, B, H): the state each step read, [first, seq[0], …, seq[T-2]], after (M4) when
+    resets are given."""
+    prev = array_module(seq).empty(seq.shape, dtype=seq.dtype)
+    prev[0] = first
+    prev[1:] = seq[:-1]
+    if resets is not None:
+        prev *= ~resets[:, :, None]
+    return prev

@@ -1,17 +1,16 @@
 """The cell protocol: a recurrent cell defined once, run by one time loop (cells/loop.py).
 
 A cell says what is particular to it; the loop does the rest for every cell: the input
-projection of all steps in one GEMM, the recurrent GEMM of each step, masks, resets,
-the state carried in and the gradient carried in from the future, and the weight
-gradients in bulk after the loop. Per layer, with G gate blocks of H units, for t = 1 … T
-(rows are the B sequences of a batch):
+projection of all steps in one GEMM, the recurrent GEMM of each step, masks, resets, the
+state and the gradient carried in, and the weight gradients in bulk after the loop. Per
+layer, with G gate blocks of H units, for t = 1 … T (rows are the B sequences):
 
     u_t = x_t W_xᵀ + b_h                    (B, G·H)  input part, every step in one GEMM   (K1)
     v_t = s⁰_{t-1} W_hᵀ                     (B, G·H)  recurrent part, one GEMM a step      (K2)
     s_t, cache_t = cell.step(p, u_t, v_t, s_{t-1})     the pointwise part                  (K3)
 
-s is the tuple of state arrays named by ``cell.state``, each (B, H); s⁰ = h is the first,
-the layer's output and the one W_h multiplies. Backward, with ds_t the gradient that
+s is the tuple of state arrays named by ``cell.state``, each (B, H); s⁰ = h, the first,
+is the layer's output and the one W_h multiplies. Backward, with ds_t the gradient that
 reaches the state at step t (from the layer above and from step t + 1):
 
     du_t, dv_t, ds_{t-1}', dp_t = cell.step_backward(p, ds_t, cache_t)                    (K4)
@@ -21,8 +20,7 @@ reaches the state at step t (from the layer above and from step t + 1):
 
 ds_{t-1}' is what reaches s_{t-1} other than through v_t (the LSTM's f ⊙ dc, the GRU's
 z ⊙ dh). docs/derivation.md block K derives the loop; docs/custom_cell.md writes a cell.
-
-To write a cell, subclass ``Cell`` and give:
+A cell subclasses ``Cell`` and gives:
 
     name         a short name (messages, repr)
     gates        G: W_x is (G·H, D), W_h is (G·H, H), b_h is (G·H,)
@@ -32,23 +30,20 @@ To write a cell, subclass ``Cell`` and give:
     step(p, u, v, state) -> (new_state, cache)
     step_backward(p, dstate, cache) -> (du, dv, dstate_prev, dextra)
 
-``p`` maps the layer's parameter names (W_x, W_h, b_h and the extras) to arrays. step
-must not write into u, v or state (they are views of the tape); ``cache`` is any tuple of
-arrays step_backward needs. step_backward gets ``dstate`` as a tuple of (B, H) arrays, is
-linear in it (the chain rule always is), and returns du and dv of shape (B, G·H),
-``dstate_prev`` as a tuple like ``state`` and ``dextra`` as {name: gradient} of the extra
-parameters summed over the batch (an empty dict when there are none). Use NumPy's array
-functions on the arrays you are given; float32 and float64 both occur. These two are the
-cell's reference: the Python loop (cells/loop.py) runs them, and so does every array the
-compiled loop cannot take.
+``p`` maps parameter names (W_x, W_h, b_h, the extras) to arrays. step must not write
+into u, v or state (views of the tape); ``cache`` is any tuple of arrays step_backward
+needs. step_backward gets ``dstate`` as a tuple of (B, H) arrays, is linear in it, and
+returns du and dv (B, G·H), ``dstate_prev`` like ``state``, and ``dextra`` {name:
+gradient} of the extra parameters summed over the batch ({} when there are none). Use
+NumPy's array functions; float32 and float64 both occur. These two are the cell's
+reference: the Python loop runs them, for every array the compiled loop cannot take too.
 
-Compiled kernels (optional; cells/compiled.py runs them in one compiled loop). Give
+Compiled kernels (optional; cells/compiled.py runs them in one compiled loop):
 
     kernels = (forward_kernel, backward_kernel)     two Numba functions (@numba.njit)
     tape_width(H) -> A     values per row the forward kernel keeps for backward (default 0)
     dv_is_du               True when dv always equals du (then one array serves both)
-    backward_reads_z       False when the backward kernel never reads z (then the tape
-                           does not keep it)
+    backward_reads_z       False when the backward kernel never reads z (the tape drops it)
     option                 an int handed to both kernels (say, which nonlinearity)
 
 each for ONE row of the batch, with 1-D rows of length G·H, H or A and (S, H) blocks
@@ -58,7 +53,7 @@ for the S carried arrays (row s of the block is s^s):
         the pre-activations are z + rec + bias: z = x_t W_xᵀ (no bias), rec = s⁰_{t-1} W_hᵀ;
         write the new state into ``new`` and what backward needs into ``z`` (its tape row,
         which it may overwrite) and ``aux``; ``extra``: the extra parameters, flattened
-        in the order of extra_shapes, one after the other; ``prev`` is read only
+        one after the other in the order of extra_shapes; ``prev`` is read only
     backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, option)
         ds: the gradient reaching s_t; write du and dv (K4), ds_prev (every element: what
         reaches s_{t-1} other than through v_t, zeros where nothing does), and ADD the
