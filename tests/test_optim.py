@@ -41,6 +41,24 @@ def test_steps_match_torch_optim(name, kwargs):
             np.testing.assert_allclose(params[k], tparams[k].detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,kwargs", [c for c in CASES if c[0].startswith("adam")])
+def test_adams_one_pass_kernel_gives_the_bits_of_its_numpy_form(name, kwargs, dtype):
+    """C-ordered NumPy parameters take the compiled one-pass update, others (here the same
+    values in Fortran order) the NumPy expressions: the same bits, float32 included."""
+    rng = np.random.default_rng(1)
+    fast = {"a": rng.standard_normal((6, 5)).astype(dtype), "b": rng.standard_normal(4).astype(dtype)}
+    plain = {"a": np.asfortranarray(fast["a"]), "b": fast["b"][::-1].copy()[::-1]}   # b: a negative stride
+    assert fast["a"].flags.c_contiguous and not plain["a"].flags.c_contiguous and not plain["b"].flags.c_contiguous
+    opts = [make_optimizer(name, p, 0.05, **kwargs) for p in (fast, plain)]
+    for _ in range(6):
+        grads = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in fast.items()}
+        for o in opts:
+            o.step(grads, 0.03)
+    for k in fast:
+        np.testing.assert_array_equal(fast[k], plain[k])
+
+
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_state_dict_round_trip_continues_identically(name, kwargs):
     rng, params, _, ours, _ = setup(name, kwargs)

@@ -117,19 +117,8 @@ class CompiledLayer(CellLayer):
         loop_threads.run(self._loops().backward, args, loop_threads.parts_for(B, GH, H, T))
         du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
         h_in = previous_states(tape.state0[0], tape.states[0], tape.resets).reshape(T * B, H)
-        # (K6) as products of C-ordered operands, (rowsᵀ · du)ᵀ: OpenBLAS's products with a
-        # transposed operand fall into slow small-matrix paths at some shapes on one thread.
-        if self.cell.dv_is_du:
-            # ∂L/∂W_x and ∂L/∂W_h as one GEMM against the rows [x_t | h_{t-1}]: one wide
-            # GEMM is faster than two narrow ones.
-            rowsT = np.empty((D + H, T * B), dt)
-            rowsT[:D] = x.reshape(T * B, D).T
-            rowsT[D:] = h_in.T
-            dWT = rowsT @ du2
-            grads = {"W_x": np.ascontiguousarray(dWT[:D].T), "W_h": np.ascontiguousarray(dWT[D:].T)}
-        else:
-            grads = {"W_x": np.ascontiguousarray((np.ascontiguousarray(x.reshape(T * B, D).T) @ du2).T),
-                     "W_h": np.ascontiguousarray((np.ascontiguousarray(h_in.T) @ dv2).T)}
+        # (K6) as transposed-operand products, C-ordered results with no copy (benchmarks/RESULTS.md)
+        grads = {"W_x": du2.T @ x.reshape(T * B, D), "W_h": dv2.T @ h_in}
         grads["b_h"] = column_sums(du2)                                                 # (K6)
         flat, at = dextra.sum(axis=0), 0
         for k, e in zip(names, extras):

@@ -8,6 +8,7 @@ hold it as safetensors + JSON.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from .. import _checks
 
@@ -142,19 +143,43 @@ class Adam(Optimizer):
         self.weight_decay = _positive_float("weight_decay", weight_decay, allow_zero=True)
 
     def _update(self, name, p, g, lr):
+        m, v = self.state["exp_avg"][name], self.state["exp_avg_sq"][name]
+        bias1 = 1 - self.beta1 ** self.steps
+        bias2 = 1 - self.beta2 ** self.steps
+        if isinstance(p, np.ndarray) and p.dtype in (np.float32, np.float64) and p.flags.c_contiguous:
+            # The operations below in the same order and dtypes, in one pass over memory.
+            c = np.array([self.beta1, 1 - self.beta1, self.beta2, 1 - self.beta2, lr / bias1, self.weight_decay,
+                          1 - lr * self.weight_decay], dtype=p.dtype)
+            _adam(p.reshape(-1), np.ascontiguousarray(g, dtype=p.dtype).reshape(-1), m.reshape(-1), v.reshape(-1), c,
+                  float(np.sqrt(bias2)), self.eps, bool(self.weight_decay), self.decoupled)
+            return
         if self.weight_decay:
             if self.decoupled:
                 p *= 1 - lr * self.weight_decay                    # AdamW: decay the weights apart
             else:
                 g = g + self.weight_decay * p
-        m, v = self.state["exp_avg"][name], self.state["exp_avg_sq"][name]
         m *= self.beta1
         m += (1 - self.beta1) * g
         v *= self.beta2
         v += (1 - self.beta2) * g * g
-        bias1 = 1 - self.beta1 ** self.steps
-        bias2 = 1 - self.beta2 ** self.steps
         p -= (lr / bias1) * m / (np.sqrt(v) / np.sqrt(bias2) + self.eps)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")           # no zero-division branch: vectorised
+def _adam(p, g, m, v, c, sqrt_bias2, eps, decay, decoupled):
+    """Adam's update of 1-D arrays of one dtype, element by element: c holds β1, 1 − β1, β2,
+    1 − β2, lr/(1 − β1^t), λ and 1 − lr·λ in that dtype; the denominator is in float64,
+    as NumPy computes it above (√(1 − β2^t) is a float64 scalar there)."""
+    for i in range(p.size):
+        gi = g[i]
+        if decay:
+            if decoupled:
+                p[i] *= c[6]
+            else:
+                gi = gi + c[5] * p[i]
+        m[i] = m[i] * c[0] + c[1] * gi
+        v[i] = v[i] * c[2] + c[3] * gi * gi
+        p[i] -= c[4] * m[i] / (np.float64(np.sqrt(v[i])) / sqrt_bias2 + eps)
 
 
 class AdamW(Adam):
