@@ -117,8 +117,11 @@ class CompiledLayer(CellLayer):
         loop_threads.run(self._loops().backward, args, loop_threads.parts_for(B, GH, H, T))
         du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
         h_in = previous_states(tape.state0[0], tape.states[0], tape.resets).reshape(T * B, H)
-        # (K6) as transposed-operand products, C-ordered results with no copy (benchmarks/RESULTS.md)
-        grads = {"W_x": du2.T @ x.reshape(T * B, D), "W_h": dv2.T @ h_in}
+        # (K6) as products of C-ordered operands, transposed into the parameters' layout
+        # (OpenBLAS's products with a transposed operand measured 3x slower in the trainer's
+        # batch halves; benchmarks/RESULTS.md)
+        grads = {"W_x": _transposed(np.ascontiguousarray(x.reshape(T * B, D).T) @ du2),
+                 "W_h": _transposed(np.ascontiguousarray(h_in.T) @ dv2)}
         grads["b_h"] = column_sums(du2)                                                 # (K6)
         flat, at = dextra.sum(axis=0), 0
         for k, e in zip(names, extras):
@@ -182,6 +185,20 @@ def _inputs(params, x):
         return np.empty((T, B, W_x.shape[0]), x.dtype), packed_gemm.pack(np.ascontiguousarray(W_x).T)
     u = (x.reshape(T * B, D) @ np.ascontiguousarray(W_x.T)).reshape(T, B, W_x.shape[0])
     return u, np.empty((0, 0, 0), dtype=x.dtype)
+
+
+@_jit
+def _transposed(a):
+    """a.T, C-ordered, copied in 32 x 32 blocks that stay in cache (NumPy's copy of a
+    transposed view goes row by row through the whole source)."""
+    K, N = a.shape
+    out = np.empty((N, K), a.dtype)
+    for i0 in range(0, K, 32):
+        for j0 in range(0, N, 32):
+            for i in range(i0, min(i0 + 32, K)):
+                for j in range(j0, min(j0 + 32, N)):
+                    out[j, i] = a[i, j]
+    return out
 
 
 @_jit
