@@ -105,6 +105,31 @@ def test_the_compiled_loop_in_float32_is_within_float32_rounding_of_float64(name
 
 
 @pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
+def test_one_hot_inputs_take_a_gather_and_equal_the_reference(name):
+    """Rows of x that are unit vectors (characters) give (K1) as rows of W_xᵀ and ∂L/∂W_x
+    as sums of du's rows: the reference's numbers, with masks, resets and carried state."""
+    lay, params, x, state0, dh, dstateT, mask, resets = _case(name, "tanh", np.float64, B=8)
+    T, B, D = x.shape
+    x = np.eye(D)[np.random.default_rng(3).integers(0, D, (T, B))]
+    ref, _ = _run(CellLayer(lay.cell), params, x, state0, dh, dstateT, mask, resets)
+    out, tape = _run(lay, params, x, state0, dh, dstateT, mask, resets)
+    assert tape.codes is not None and np.array_equal(tape.codes, x.reshape(T * B, D).argmax(axis=1))
+    for a, b in zip(out, ref):
+        assert np.abs(a - b).max() < 1e-12 * max(1.0, np.abs(b).max())
+
+
+@pytest.mark.parametrize("change", ["a 2", "two ones", "a zero row", "-1", "a strided view"])
+def test_only_rows_of_one_1_and_zeros_count_as_one_hot(change):
+    x = np.eye(5)[np.random.default_rng(0).integers(0, 5, (4, 3))]
+    assert compiled._one_hot_codes(x) is not None
+    if change == "a strided view":
+        x = np.concatenate([x, x], axis=2)[:, :, :5]
+    else:
+        x[3, 2] = {"a 2": 2 * x[3, 2], "two ones": 1.0, "a zero row": 0.0, "-1": -x[3, 2]}[change]
+    assert compiled._one_hot_codes(x) is None
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
 def test_two_threads_give_one_threads_bits(name, monkeypatch, pairs):
     """Each thread runs its own rows with the same arithmetic: the same bits, so a result
     does not depend on the cores a process was given."""

@@ -54,6 +54,7 @@ class CompiledTape(NamedTuple):
     aux: np.ndarray            # (T, B, A) the kernels' extra tape rows
     mask: np.ndarray | None    # (T, B) bool
     resets: np.ndarray | None  # (T, B) bool
+    codes: np.ndarray | None   # (T·B,) the column of each row's 1 where x is one-hot
 
 
 class CompiledLayer(CellLayer):
@@ -79,7 +80,8 @@ class CompiledLayer(CellLayer):
         GH, H = W_h.shape
         S, dt = len(self.STATE), x.dtype
         parts = loop_threads.parts_for(B, GH, H, T)
-        u, W_x_packed = _inputs(params, x)                                           # (K1)
+        codes = _one_hot_codes(x)
+        u, W_x_packed = _inputs(params, x, codes)                                    # (K1)
         slab = np.empty((T, B, S, H), dt)
         h = slab.reshape(T, B, H) if S == 1 else np.empty((T, B, H), dt)
         aux = np.empty((T, B, self.cell.tape_width(H)), dt)
@@ -92,7 +94,7 @@ class CompiledLayer(CellLayer):
         stateT = tuple(slab[-1, :, s].copy() for s in range(S)) if T else tuple(state0)
         states = (h,) + tuple(slab[:, :, s] for s in range(1, S))
         z = u if self.cell.backward_reads_z else np.empty((T, B, 0), dt)     # the tape keeps only what is read
-        return h, stateT, CompiledTape(x, tuple(state0), states, slab, start, z, aux, mask, resets)
+        return h, stateT, CompiledTape(x, tuple(state0), states, slab, start, z, aux, mask, resets, codes)
 
     def backward(self, params, dh, dstateT, tape, need_dx=True):
         if not isinstance(tape, CompiledTape):
@@ -120,7 +122,8 @@ class CompiledLayer(CellLayer):
         # (K6) as products of C-ordered operands, transposed into the parameters' layout
         # (OpenBLAS's products with a transposed operand measured 3x slower in the trainer's
         # batch halves; benchmarks/RESULTS.md)
-        grads = {"W_x": _transposed(np.ascontiguousarray(x.reshape(T * B, D).T) @ du2),
+        grads = {"W_x": _transposed(np.ascontiguousarray(x.reshape(T * B, D).T) @ du2 if tape.codes is None
+                                    else _rows_summed(du2, tape.codes, D)),
                  "W_h": _transposed(np.ascontiguousarray(h_in.T) @ dv2)}
         grads["b_h"] = column_sums(du2)                                                 # (K6)
         flat, at = dextra.sum(axis=0), 0
@@ -171,20 +174,60 @@ def _gemm(W_h, B, forward):
     return 2, packed_gemm.pack(W_h.T if forward else W_h), tiles, np.empty((1, 1), dt), np.empty((1, 1), dt)
 
 
-def _inputs(params, x):
+def _inputs(params, x, codes):
     """(u, W_x packed): u (T, B, G·H) = x W_xᵀ (no bias: the kernels add b_h) for all steps
-    in one GEMM (K1); or, where the micro-kernel runs, the weights are small (W_x and W_h
+    in one GEMM (K1), or as rows of W_xᵀ gathered where x is one-hot (the same numbers);
+    or, where the micro-kernel runs, the weights are small (W_x and W_h
     at most IN_LOOP_PROJECTION_BYTES) and each of two threads would have MIN_ROWS rows, u
     left empty for the loop to fill step by step from W_xᵀ packed here: each x_t W_xᵀ is
     then still in cache when the kernel reads it, which pays while both weights stay in
     cache too (benchmarks/RESULTS.md)."""
     T, B, D = x.shape
     W_x, W_h = params["W_x"], params["W_h"]
+    if codes is not None:
+        return _transposed(np.ascontiguousarray(W_x))[codes].reshape(T, B, W_x.shape[0]), np.empty((0, 0, 0), x.dtype)
     if (settings.step_gemm() == "packed" and B >= 2 * packed_gemm.MIN_ROWS
             and W_x.nbytes + W_h.nbytes <= IN_LOOP_PROJECTION_BYTES):
         return np.empty((T, B, W_x.shape[0]), x.dtype), packed_gemm.pack(np.ascontiguousarray(W_x).T)
     u = (x.reshape(T * B, D) @ np.ascontiguousarray(W_x.T)).reshape(T, B, W_x.shape[0])
     return u, np.empty((0, 0, 0), dtype=x.dtype)
+
+
+def _one_hot_codes(x):
+    """(T·B,) int64: the column of the single 1 in each row of x (T, B, D) where every row
+    is one-hot (characters, tokens), else None. Then (K1) is a gather of rows of W_xᵀ and
+    ∂L/∂W_x a sum of du's rows per column (_rows_summed), with no GEMM over D."""
+    rows = x.reshape(-1, x.shape[2])
+    codes = np.empty(rows.shape[0], np.int64)
+    return codes if rows.flags.c_contiguous and _find_ones(rows, codes) else None
+
+
+@_jit
+def _find_ones(rows, codes):
+    """codes[r] = k for rows[r] = e_k; False at the first row that is not a unit vector."""
+    for r in range(rows.shape[0]):
+        found = -1
+        for k in range(rows.shape[1]):
+            if rows[r, k] != 0:
+                if rows[r, k] != 1 or found >= 0:
+                    return False
+                found = k
+        if found < 0:
+            return False
+        codes[r] = found
+    return True
+
+
+@_jit
+def _rows_summed(du, codes, D):
+    """(D, G·H): row k is the sum of du's rows r with codes[r] = k, in order of r: x2ᵀ du
+    for one-hot rows x2, (K6)."""
+    out = np.zeros((D, du.shape[1]), du.dtype)
+    for r in range(du.shape[0]):
+        o, d = out[codes[r]], du[r]
+        for j in range(d.size):
+            o[j] += d[j]
+    return out
 
 
 @_jit
