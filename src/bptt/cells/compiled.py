@@ -122,9 +122,9 @@ class CompiledLayer(CellLayer):
         # (K6) as products of C-ordered operands, transposed into the parameters' layout
         # (OpenBLAS's products with a transposed operand measured 3x slower in the trainer's
         # batch halves; benchmarks/RESULTS.md)
-        grads = {"W_x": _transposed(np.ascontiguousarray(x.reshape(T * B, D).T) @ du2 if tape.codes is None
-                                    else _rows_summed(du2, tape.codes, D)),
-                 "W_h": _transposed(np.ascontiguousarray(h_in.T) @ dv2)}
+        grads = {"W_x": _transposed(_transposed(np.ascontiguousarray(x).reshape(T * B, D)) @ du2
+                                    if tape.codes is None else _rows_summed(du2, tape.codes, D)),
+                 "W_h": _transposed(_transposed(h_in) @ dv2)}
         grads["b_h"] = column_sums(du2)                                                 # (K6)
         flat, at = dextra.sum(axis=0), 0
         for k, e in zip(names, extras):
