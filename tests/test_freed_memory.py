@@ -12,17 +12,21 @@ from bptt.backends import settings
 from bptt.cells import layer as cell_layer
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_a_kept_tape_is_untouched_by_later_steps(cell):
-    """Later steps must not write into a tape still held."""
+def _case(cell, T, B, D, H, scale):
+    """A layer, its float32 parameters, x, dh and a zero state0."""
     layer = cell_layer(cell)
-    T, B, D, H = 40, 16, 24, 128
     rng = np.random.default_rng(0)
-    params = {name: (0.2 * rng.standard_normal(shape)).astype(np.float32)
+    params = {name: (scale * rng.standard_normal(shape)).astype(np.float32)
               for name, shape in layer.param_shapes(D, H).items()}
     x = rng.standard_normal((T, B, D)).astype(np.float32)
     dh = rng.standard_normal((T, B, H)).astype(np.float32)
-    state0 = tuple(np.zeros((B, H), np.float32) for _ in layer.STATE)
+    return layer, params, x, dh, tuple(np.zeros((B, H), np.float32) for _ in layer.STATE)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_a_kept_tape_is_untouched_by_later_steps(cell):
+    """Later steps must not write into a tape still held."""
+    layer, params, x, dh, state0 = _case(cell, 40, 16, 24, 128, 0.2)
     h1, _, tape1 = layer.forward(params, x, state0)
     kept = {k: v.copy() for k, v in tape1._asdict().items() if isinstance(v, np.ndarray)}
     h1_copy = h1.copy()
@@ -45,14 +49,7 @@ def test_a_training_step_makes_no_page_faults_once_warm():
     defaults (BPTT_WORKSPACE_MB=0)."""
     if not settings.keep_freed_memory():
         pytest.skip("not glibc's malloc")
-    layer = cell_layer("lstm")
-    T, B, D, H = 100, 32, 64, 128
-    rng = np.random.default_rng(0)
-    params = {name: (0.1 * rng.standard_normal(shape)).astype(np.float32)
-              for name, shape in layer.param_shapes(D, H).items()}
-    x = rng.standard_normal((T, B, D)).astype(np.float32)
-    dh = rng.standard_normal((T, B, H)).astype(np.float32)
-    state0 = (np.zeros((B, H), np.float32), np.zeros((B, H), np.float32))
+    layer, params, x, dh, state0 = _case("lstm", 100, 32, 64, 128, 0.1)
 
     def step():
         _, _, tape = layer.forward(params, x, state0)

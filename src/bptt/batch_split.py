@@ -75,7 +75,7 @@ def gradients(model, x, targets, state0, mask, dstate, input_grad, resets, loss_
     target_axis = 1 if model.outputs == "all" else 0
 
     def half(rows):
-        with loop_threads.use(1):            # this half is one core's work already
+        with loop_threads.use(1, beside=True):      # this half is one core's work already
             return model.gradients(
                 _rows_of(x, rows, 1), _rows_of(targets, rows, target_axis), _state_rows(model, state0, rows),
                 _rows_of(mask, rows, 1), _state_rows(model, dstate, rows), input_grad, _rows_of(resets, rows, 1),

@@ -119,12 +119,9 @@ class CompiledLayer(CellLayer):
         loop_threads.run(self._loops().backward, args, loop_threads.parts_for(B, GH, H, T))
         du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
         h_in = previous_states(tape.state0[0], tape.states[0], tape.resets).reshape(T * B, H)
-        # (K6) as products of C-ordered operands, transposed into the parameters' layout
-        # (OpenBLAS's products with a transposed operand measured 3x slower in the trainer's
-        # batch halves; benchmarks/RESULTS.md)
-        grads = {"W_x": _transposed(_transposed(np.ascontiguousarray(x).reshape(T * B, D)) @ du2
-                                    if tape.codes is None else _rows_summed(du2, tape.codes, D)),
-                 "W_h": _transposed(_transposed(h_in) @ dv2)}
+        x2 = np.ascontiguousarray(x).reshape(T * B, D)
+        grads = {"W_x": _transposed(_rows_summed(du2, tape.codes, D)) if tape.codes is not None
+                 else _t_times(du2, x2), "W_h": _t_times(dv2, h_in)}                  # (K6)
         grads["b_h"] = column_sums(du2)                                                 # (K6)
         flat, at = dextra.sum(axis=0), 0
         for k, e in zip(names, extras):
@@ -191,6 +188,16 @@ def _inputs(params, x, codes):
         return np.empty((T, B, W_x.shape[0]), x.dtype), packed_gemm.pack(np.ascontiguousarray(W_x).T)
     u = (x.reshape(T * B, D) @ np.ascontiguousarray(W_x.T)).reshape(T, B, W_x.shape[0])
     return u, np.empty((0, 0, 0), dtype=x.dtype)
+
+
+def _t_times(d, rows):
+    """dᵀ · rows, C-ordered, for d (N, G·H) and rows (N, K): a product with a transposed
+    operand; or, beside another thread doing the same (the trainer's batch halves, OpenBLAS
+    on one thread each, where that product measured 3x slower), a product of C-ordered
+    operands with the transposes copied in blocks (benchmarks/RESULTS.md)."""
+    if loop_threads.beside_another():
+        return _transposed(_transposed(rows) @ d)
+    return d.T @ rows
 
 
 def _one_hot_codes(x):
