@@ -6,8 +6,8 @@ states are the whole batch's rows. The compiled time loops release the GIL
 (cells/compiled.py), so two threads run two halves at once, each with its own step
 kernels and GEMMs. Used with BLAS held to one thread for the whole run (the trainer does
 it): then each core runs one half, kernels included, where with BLAS on two threads the
-step kernels run on one core between GEMMs. `benchmarks/batch_split.py` measures a layer
-this way (the LSTM at 0.68-0.94 of the whole batch's time on 2 cores).
+step kernels run on one core between GEMMs (`benchmarks/batch_split.py` measures a layer
+this way). Each half runs under ``loop_threads.use(1, beside=True)``.
 
 A mean reduction divides by the whole batch's count of loss positions (``loss_count``),
 so that each half's loss is its share of the whole batch's mean.
