@@ -118,10 +118,16 @@ class CompiledLayer(CellLayer):
                 other, dextra, _gemm(W_h, B, forward=False), self.cell.option)
         loop_threads.run(self._loops().backward, args, loop_threads.parts_for(B, GH, H, T))
         du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
-        h_in = previous_states(tape.state0[0], tape.states[0], tape.resets).reshape(T * B, H)
         x2 = np.ascontiguousarray(x).reshape(T * B, D)
         grads = {"W_x": _transposed(_rows_summed(du2, tape.codes, D)) if tape.codes is not None
-                 else _t_times(du2, x2), "W_h": _t_times(dv2, h_in)}                  # (K6)
+                 else _t_times(du2, x2)}                                               # (K6)
+        if tape.resets is None:            # h_{t-1} is h_0, then the tape's h: no copy of them
+            grads["W_h"] = _t_times(dv2[:B], np.ascontiguousarray(tape.state0[0], dtype=dt))
+            if T > 1:
+                grads["W_h"] += _t_times(dv2[B:], tape.states[0][:-1].reshape((T - 1) * B, H))
+        else:
+            grads["W_h"] = _t_times(dv2, previous_states(tape.state0[0], tape.states[0], tape.resets)
+                                    .reshape(T * B, H))                                # (K6), (M5)
         grads["b_h"] = column_sums(du2)                                                 # (K6)
         flat, at = dextra.sum(axis=0), 0
         for k, e in zip(names, extras):
