@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from bptt.backends import loop_threads, mkl, settings
+from bptt.backends import bulk, loop_threads, mkl, settings
 from bptt.cells import CellLayer, Cell, compiled, layer, scalar
 from bptt.cells.compiled import CompiledLayer, CompiledTape
 from helpers import KINDS, make_model, make_state, make_targets, ragged_mask
@@ -121,12 +121,12 @@ def test_one_hot_inputs_take_a_gather_and_equal_the_reference(name):
 @pytest.mark.parametrize("change", ["a 2", "two ones", "a zero row", "-1", "a strided view"])
 def test_only_rows_of_one_1_and_zeros_count_as_one_hot(change):
     x = np.eye(5)[np.random.default_rng(0).integers(0, 5, (4, 3))]
-    assert compiled._one_hot_codes(x) is not None
+    assert bulk.one_hot_codes(x) is not None
     if change == "a strided view":
         x = np.concatenate([x, x], axis=2)[:, :, :5]
     else:
         x[3, 2] = {"a 2": 2 * x[3, 2], "two ones": 1.0, "a zero row": 0.0, "-1": -x[3, 2]}[change]
-    assert compiled._one_hot_codes(x) is None
+    assert bulk.one_hot_codes(x) is None
 
 
 @pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])

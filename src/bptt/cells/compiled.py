@@ -36,6 +36,7 @@ from numba import njit
 
 from ..backends import loop_threads, mkl, packed_gemm, settings
 from ..backends.arrays import column_sums
+from ..backends.bulk import one_hot_codes, rows_summed, t_times, transposed
 from ..backends.packed_gemm import times_packed
 from .loop import CellLayer, previous_states
 
@@ -80,7 +81,7 @@ class CompiledLayer(CellLayer):
         GH, H = W_h.shape
         S, dt = len(self.STATE), x.dtype
         parts = loop_threads.parts_for(B, GH, H, T)
-        codes = _one_hot_codes(x)
+        codes = one_hot_codes(x)
         u, W_x_packed = _inputs(params, x, codes)                                    # (K1)
         slab = np.empty((T, B, S, H), dt)
         h = slab.reshape(T, B, H) if S == 1 else np.empty((T, B, H), dt)
@@ -119,14 +120,14 @@ class CompiledLayer(CellLayer):
         loop_threads.run(self._loops().backward, args, loop_threads.parts_for(B, GH, H, T))
         du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
         x2 = np.ascontiguousarray(x).reshape(T * B, D)
-        grads = {"W_x": _transposed(_rows_summed(du2, tape.codes, D)) if tape.codes is not None
-                 else _t_times(du2, x2)}                                               # (K6)
+        grads = {"W_x": transposed(rows_summed(du2, tape.codes, D)) if tape.codes is not None
+                 else t_times(du2, x2)}                                               # (K6)
         if tape.resets is None:            # h_{t-1} is h_0, then the tape's h: no copy of them
-            grads["W_h"] = _t_times(dv2[:B], np.ascontiguousarray(tape.state0[0], dtype=dt))
+            grads["W_h"] = t_times(dv2[:B], np.ascontiguousarray(tape.state0[0], dtype=dt))
             if T > 1:
-                grads["W_h"] += _t_times(dv2[B:], tape.states[0][:-1].reshape((T - 1) * B, H))
+                grads["W_h"] += t_times(dv2[B:], tape.states[0][:-1].reshape((T - 1) * B, H))
         else:
-            grads["W_h"] = _t_times(dv2, previous_states(tape.state0[0], tape.states[0], tape.resets)
+            grads["W_h"] = t_times(dv2, previous_states(tape.state0[0], tape.states[0], tape.resets)
                                     .reshape(T * B, H))                                # (K6), (M5)
         grads["b_h"] = column_sums(du2)                                                 # (K6)
         flat, at = dextra.sum(axis=0), 0
@@ -188,73 +189,12 @@ def _inputs(params, x, codes):
     T, B, D = x.shape
     W_x, W_h = params["W_x"], params["W_h"]
     if codes is not None:
-        return _transposed(np.ascontiguousarray(W_x))[codes].reshape(T, B, W_x.shape[0]), np.empty((0, 0, 0), x.dtype)
+        return transposed(np.ascontiguousarray(W_x))[codes].reshape(T, B, W_x.shape[0]), np.empty((0, 0, 0), x.dtype)
     if (settings.step_gemm() == "packed" and B >= 2 * packed_gemm.MIN_ROWS
             and W_x.nbytes + W_h.nbytes <= IN_LOOP_PROJECTION_BYTES):
         return np.empty((T, B, W_x.shape[0]), x.dtype), packed_gemm.pack(np.ascontiguousarray(W_x).T)
     u = (x.reshape(T * B, D) @ np.ascontiguousarray(W_x.T)).reshape(T, B, W_x.shape[0])
     return u, np.empty((0, 0, 0), dtype=x.dtype)
-
-
-def _t_times(d, rows):
-    """dᵀ · rows, C-ordered, for d (N, G·H) and rows (N, K): a product with a transposed
-    operand; or, beside another thread doing the same (the trainer's batch halves, OpenBLAS
-    on one thread each, where that product measured 3x slower), a product of C-ordered
-    operands with the transposes copied in blocks (benchmarks/RESULTS.md)."""
-    if loop_threads.beside_another():
-        return _transposed(_transposed(rows) @ d)
-    return d.T @ rows
-
-
-def _one_hot_codes(x):
-    """(T·B,) int64: the column of the single 1 in each row of x (T, B, D) where every row
-    is one-hot (characters, tokens), else None. Then (K1) is a gather of rows of W_xᵀ and
-    ∂L/∂W_x a sum of du's rows per column (_rows_summed), with no GEMM over D."""
-    rows = x.reshape(-1, x.shape[2])
-    codes = np.empty(rows.shape[0], np.int64)
-    return codes if rows.flags.c_contiguous and _find_ones(rows, codes) else None
-
-
-@_jit
-def _find_ones(rows, codes):
-    """codes[r] = k for rows[r] = e_k; False at the first row that is not a unit vector."""
-    for r in range(rows.shape[0]):
-        found = -1
-        for k in range(rows.shape[1]):
-            if rows[r, k] != 0:
-                if rows[r, k] != 1 or found >= 0:
-                    return False
-                found = k
-        if found < 0:
-            return False
-        codes[r] = found
-    return True
-
-
-@_jit
-def _rows_summed(du, codes, D):
-    """(D, G·H): row k is the sum of du's rows r with codes[r] = k, in order of r: x2ᵀ du
-    for one-hot rows x2, (K6)."""
-    out = np.zeros((D, du.shape[1]), du.dtype)
-    for r in range(du.shape[0]):
-        o, d = out[codes[r]], du[r]
-        for j in range(d.size):
-            o[j] += d[j]
-    return out
-
-
-@_jit
-def _transposed(a):
-    """a.T, C-ordered, copied in 32 x 32 blocks that stay in cache (NumPy's copy of a
-    transposed view goes row by row through the whole source)."""
-    K, N = a.shape
-    out = np.empty((N, K), a.dtype)
-    for i0 in range(0, K, 32):
-        for j0 in range(0, N, 32):
-            for i in range(i0, min(i0 + 32, K)):
-                for j in range(j0, min(j0 + 32, N)):
-                    out[j, i] = a[i, j]
-    return out
 
 
 @_jit

@@ -1,0 +1,80 @@
+"""The layers' bulk work beside the time loop, on NumPy arrays (Numba where NumPy is slow).
+
+    t_times(d, rows)       dᵀ · rows, C-ordered: the weight gradients (K6)
+    one_hot_codes(x)       the column of each row's 1 where every row of x is one-hot, else None
+    rows_summed(du, codes, D)
+                           (D, G·H): du's rows summed per code, x2ᵀ du for one-hot rows x2 (K6)
+    transposed(a)          a.T, C-ordered, copied in cache-sized blocks
+
+For one-hot inputs (characters, tokens) the layers take (K1) as a gather of W_xᵀ's rows
+and ∂L/∂W_x from ``rows_summed``: no GEMM over the vocabulary, the same numbers.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from . import loop_threads
+
+_jit = njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
+
+
+def t_times(d, rows):
+    """dᵀ · rows, C-ordered, for d (N, G·H) and rows (N, K): a product with a transposed
+    operand; or, beside another thread doing the same (the trainer's batch halves, OpenBLAS
+    on one thread each, where that product measured 3x slower), a product of C-ordered
+    operands with the transposes copied in blocks (benchmarks/RESULTS.md)."""
+    if loop_threads.beside_another():
+        return transposed(transposed(rows) @ d)
+    return d.T @ rows
+
+
+def one_hot_codes(x):
+    """(T·B,) int64: the column of the single 1 in each row of x (T, B, D) where every row
+    is one-hot (characters, tokens), else None. Then (K1) is a gather of rows of W_xᵀ and
+    ∂L/∂W_x a sum of du's rows per column (rows_summed), with no GEMM over D."""
+    rows = x.reshape(-1, x.shape[2])
+    codes = np.empty(rows.shape[0], np.int64)
+    return codes if rows.flags.c_contiguous and _find_ones(rows, codes) else None
+
+
+@_jit
+def _find_ones(rows, codes):
+    """codes[r] = k for rows[r] = e_k; False at the first row that is not a unit vector."""
+    for r in range(rows.shape[0]):
+        found = -1
+        for k in range(rows.shape[1]):
+            if rows[r, k] != 0:
+                if rows[r, k] != 1 or found >= 0:
+                    return False
+                found = k
+        if found < 0:
+            return False
+        codes[r] = found
+    return True
+
+
+@_jit
+def rows_summed(du, codes, D):
+    """(D, G·H): row k is the sum of du's rows r with codes[r] = k, in order of r: x2ᵀ du
+    for one-hot rows x2, (K6)."""
+    out = np.zeros((D, du.shape[1]), du.dtype)
+    for r in range(du.shape[0]):
+        o, d = out[codes[r]], du[r]
+        for j in range(d.size):
+            o[j] += d[j]
+    return out
+
+
+@_jit
+def transposed(a):
+    """a.T, C-ordered, copied in 32 x 32 blocks that stay in cache (NumPy's copy of a
+    transposed view goes row by row through the whole source)."""
+    K, N = a.shape
+    out = np.empty((N, K), a.dtype)
+    for i0 in range(0, K, 32):
+        for j0 in range(0, N, 32):
+            for i in range(i0, min(i0 + 32, K)):
+                for j in range(j0, min(j0 + 32, N)):
+                    out[j, i] = a[i, j]
+    return out
