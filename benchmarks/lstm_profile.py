@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from bptt.backends import loop_threads, settings
+from bptt.backends import bulk, loop_threads, settings
 from bptt.backends.arrays import column_sums
 from bptt.cells import compiled, layer
 from machine import stamp
@@ -54,12 +54,12 @@ def main():
     W_h = params["W_h"]
     extra = compiled._flat([params[k] for k in lay.extra_names(params)], f32)
     valid, reset_at, resets = compiled._flags(None, None, T, B)
-    u, W_x_packed = compiled._inputs(params, x)
+    u, W_x_packed = compiled._inputs(params, x, None)
     slab, out = np.empty((T, B, S, H), f32), np.empty((T, B, H), f32)
     aux = np.empty((T, B, A), f32)
     du = np.empty((T, B, GH), f32)
     dv = du if lay.cell.dv_is_du else np.empty((T, B, GH), f32)
-    start = compiled._stack(state0, f32)
+    start = np.stack(state0, axis=1)
     parts = loop_threads.parts_for(B, GH, H, T)
 
     def forward_loop():
@@ -73,20 +73,18 @@ def main():
                 np.zeros((B, extra.size), f32), compiled._gemm(W_h, B, False), lay.cell.option)
         loop_threads.run(loops.backward, args, parts)
 
-    rowsT = np.empty((D + H, T * B), f32)
-
-    def weight_gemm():                    # as CompiledLayer.backward: ([x_t | h_{t-1}]ᵀ · du)ᵀ, one GEMM
-        rowsT[:D] = x.reshape(T * B, D).T
-        rowsT[D:] = compiled.previous_states(state0[0], h).reshape(T * B, H).T
-        np.ascontiguousarray((rowsT @ du.reshape(T * B, GH)).T)
+    def weight_gemm():                    # as CompiledLayer.backward (no resets): dᵀ · rows
+        du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
+        bulk.t_times(du2, x.reshape(T * B, D))
+        bulk.t_times(dv2[:B], state0[0]) + bulk.t_times(dv2[B:], h[:-1].reshape((T - 1) * B, H))
 
     pieces = {
         "forward": lambda: lay.forward(params, x, state0),
-        "  input projection": lambda: compiled._inputs(params, x),
+        "  input projection": lambda: compiled._inputs(params, x, None),
         "  compiled loop": forward_loop,
         "backward": lambda: lay.backward(params, dh, None, tape, need_dx=False),
         "  compiled loop ": backward_loop,
-        "  ∂W GEMM with its copies": weight_gemm,
+        "  ∂W products": weight_gemm,
         "  ∂b sum": lambda: column_sums(du.reshape(T * B, GH)),
     }
     how = "two threads (loop_threads.py)" if parts == 2 else "one thread"
