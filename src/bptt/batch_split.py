@@ -7,7 +7,7 @@ states are the whole batch's rows. The compiled time loops release the GIL
 kernels and GEMMs. Used with BLAS held to one thread for the whole run (the trainer does
 it): then each core runs one half, kernels included, where with BLAS on two threads the
 step kernels run on one core between GEMMs (`benchmarks/batch_split.py` measures a layer
-this way). Each half runs under ``loop_threads.use(1, beside=True)``.
+this way).
 
 A mean reduction divides by the whole batch's count of loss positions (``loss_count``),
 so that each half's loss is its share of the whole batch's mean.
@@ -75,7 +75,7 @@ def gradients(model, x, targets, state0, mask, dstate, input_grad, resets, loss_
     target_axis = 1 if model.outputs == "all" else 0
 
     def half(rows):
-        with loop_threads.use(1, beside=True):      # this half is one core's work already
+        with loop_threads.use(1):            # this half is one core's work already
             return model.gradients(
                 _rows_of(x, rows, 1), _rows_of(targets, rows, target_axis), _state_rows(model, state0, rows),
                 _rows_of(mask, rows, 1), _state_rows(model, dstate, rows), input_grad, _rows_of(resets, rows, 1),

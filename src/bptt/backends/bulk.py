@@ -14,18 +14,21 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from . import loop_threads
+from . import settings
+
 
 _jit = njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
 
 
 def t_times(d, rows):
-    """dᵀ · rows, C-ordered, for d (N, G·H) and rows (N, K): a product with a transposed
-    operand; or, beside another thread doing the same (the trainer's batch halves, OpenBLAS
-    on one thread each, where that product measured 3x slower), a product of C-ordered
-    operands with the transposes copied in blocks (benchmarks/RESULTS.md)."""
-    if loop_threads.beside_another():
-        return transposed(transposed(rows) @ d)
+    """dᵀ · rows, C-ordered, for d (N, G·H) and rows (N, K): where NumPy's BLAS runs on two
+    threads or more, OpenBLAS's product with a transposed operand (no copies); where it
+    runs on one (one core, the trainer's batch halves, MPI ranks), where that product
+    measured 1.6-3x slower, one of C-ordered operands, (rowsᵀ · d)ᵀ, with the transposes
+    copied in blocks (benchmarks/RESULTS.md). The two round differently: the choice
+    follows the BLAS threads in force, never a timing."""
+    if isinstance(d, np.ndarray) and settings.numpy_blas_threads() == 1:
+        return transposed(transposed(np.ascontiguousarray(rows)) @ d)
     return d.T @ rows
 
 

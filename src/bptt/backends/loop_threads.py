@@ -32,7 +32,6 @@ MIN_LOOP_FLOPS = 3.0e7
 MIN_ROWS_SPLIT = 2 * packed_gemm.MIN_ROWS
 
 _WANTED: contextvars.ContextVar[int | None] = contextvars.ContextVar("bptt_loop_threads", default=None)
-_BESIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("bptt_beside", default=False)
 
 
 def wanted() -> int:
@@ -41,23 +40,16 @@ def wanted() -> int:
     return settings.loop_threads() if chosen is None else chosen
 
 
-def beside_another() -> bool:
-    """Whether another thread of ours runs the same work at the same time (``use(…, beside=True)``)."""
-    return _BESIDE.get()
-
-
 @contextlib.contextmanager
-def use(threads: int, beside: bool = False):
-    """Within the block (this thread and context), the compiled loops use this many threads;
-    ``beside``: another thread runs beside this one (batch_split.py's halves)."""
+def use(threads: int):
+    """Within the block (this thread and context), the compiled loops use this many threads."""
     if threads not in (1, 2):
         raise ValueError(f"threads: expected 1 or 2, got {threads!r}")
-    tokens = _WANTED.set(threads), _BESIDE.set(beside)
+    token = _WANTED.set(threads)
     try:
         yield
     finally:
-        _WANTED.reset(tokens[0])
-        _BESIDE.reset(tokens[1])
+        _WANTED.reset(token)
 
 
 def parts_for(B: int, GH: int, H: int, T: int = 1) -> int:

@@ -126,6 +126,20 @@ def blas_workers_sleep() -> bool:
     return (value.isdigit() and int(value) <= IDLE_SPIN_LOG2) or not _numpy_has_openblas()
 
 
+@functools.cache
+def _numpy_blas():
+    """threadpoolctl's controller of the BLAS NumPy calls, or None."""
+    from threadpoolctl import ThreadpoolController
+    found = ThreadpoolController().select(user_api="blas").lib_controllers
+    return next((c for c in found if "numpy" in c.filepath), found[0] if found else None)
+
+
+def numpy_blas_threads() -> int:
+    """The threads NumPy's BLAS may use now (limits in force included; about 1 µs)."""
+    blas = _numpy_blas()
+    return blas.get_num_threads() if blas is not None else 1
+
+
 def _numpy_has_openblas() -> bool:
     from threadpoolctl import threadpool_info
     return any(lib.get("internal_api") == "openblas" for lib in threadpool_info())

@@ -8,6 +8,7 @@ W_y (O, H), b_y (O,), o (N, O).
 from __future__ import annotations
 
 from ..backends.arrays import column_sums
+from ..backends.bulk import t_times
 
 
 def param_shapes(hidden_size: int, output_size: int) -> dict:
@@ -22,5 +23,5 @@ def forward(params, h):
 
 def backward(params, do, h):
     """do (N, O) = ∂L/∂o  ->  (∂L/∂h (N, H), grads)."""
-    grads = {"W_y": do.T @ h, "b_y": column_sums(do)}               # (H6)
+    grads = {"W_y": t_times(do, h), "b_y": column_sums(do)}         # (H6)
     return do @ params["W_y"], grads                               # (H7)
