@@ -49,6 +49,22 @@ def test_gradients_without_mask_and_longer_sequence(cell, nonlinearity, reductio
     assert report.worst() < TOL, str(report)
 
 
+@pytest.mark.parametrize("cell,nonlinearity", KINDS)
+def test_gradients_with_one_hot_inputs_match_finite_differences(cell, nonlinearity):
+    """Unit-vector rows of x take the compiled layers' gather and per-code sums for (K1) and
+    ∂L/∂W_x (backends/bulk.py); finite differences hold them to the same derivative."""
+    from bptt.cells.compiled import CompiledTape
+    rng = np.random.default_rng(5)
+    model = make_model(cell, nonlinearity, 2, D=4, H=5, seed=2)
+    T, B = 6, 3
+    x = np.eye(model.input_size)[rng.integers(0, model.input_size, (T, B))]
+    tape = model._forward(x, model._split_state(None, B), None).tapes[0]
+    assert isinstance(tape, CompiledTape) and tape.codes is not None
+    report = bptt.gradcheck(model, x, make_targets(model, T, B, rng), make_state(model, B, rng),
+                            ragged_mask(T, [6, 3, 5]), eps=eps_for(nonlinearity))
+    assert report.worst() < TOL, str(report)
+
+
 def test_gradcheck_detects_a_wrong_gradient(monkeypatch):
     """The checker itself can fail: break one derivative of the reference step (the Python
     loop runs it) and it must report it."""

@@ -39,13 +39,17 @@ def torch_grad_of(rnn, kind, l, name, H):
 @pytest.mark.parametrize("layers", [1, 3])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
-def test_outputs_and_gradients_match_torch(kind, nonlinearity, layers, dtype, loss):
+@pytest.mark.parametrize("inputs", ["dense", "one-hot"])
+def test_outputs_and_gradients_match_torch(kind, nonlinearity, layers, dtype, loss, inputs):
+    """One-hot inputs take the compiled layers' gather and per-code sums (backends/bulk.py)."""
     T, B, D, H, O = 7, 3, 5, 6, 4
     rnn, linear = torch_pair(kind, nonlinearity, D, H, O, layers, dtype, seed=layers)
     head = "softmax" if loss == "cross_entropy" else "identity"
     model = from_torch(rnn, linear, head=head, loss=loss, reduction="mean")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, D)).astype(dtype)
+    if inputs == "one-hot":
+        x = np.eye(D, dtype=dtype)[rng.integers(0, D, (T, B))]
     h0 = rng.standard_normal((layers, B, H)).astype(dtype)
     c0 = rng.standard_normal((layers, B, H)).astype(dtype)
     if loss == "mse":
