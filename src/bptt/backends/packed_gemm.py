@@ -49,8 +49,10 @@ def pack(Bm):
 
 _I64 = ir.IntType(64)
 
+
 def _const(n):
     return ir.Constant(_I64, n)
+
 
 def _micro_kernel(module, scalar, width, rows):
     """void f(A*, lda, Bp*, K, C*, ldc, accumulate): C[:rows, :NR] (+)= A[:rows, :K] · panel,
@@ -114,6 +116,7 @@ def _micro_kernel(module, scalar, width, rows):
         b.ret_void()
     return fn
 
+
 @intrinsic
 def _tile(typingctx, A, a_off, lda, Bp, b_off, K, C, c_off, ldc, rows, accumulate):
     """C[c_off + i·ldc + j] (+)= Σ_k A[a_off + i·lda + k] · Bp[b_off + k·NR + j] for
@@ -137,9 +140,12 @@ def _tile(typingctx, A, a_off, lda, Bp, b_off, K, C, c_off, ldc, rows, accumulat
         return context.get_dummy_value()
     return sig, codegen
 
+
 _jit = njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
 
+
 KC = 256                  # the k-block: 16 KiB of a float32 panel (NR = 16), of a float64 one (NR = 8)
+
 
 @_jit
 def times_packed(a, Bp, out, lo, hi, tile):
@@ -177,6 +183,7 @@ def times_packed(a, Bp, out, lo, hi, tile):
                     for j in range(first, j1):
                         out[i0 + i, j] = tile[i, j - j0]
                 i0 += rows
+
 
 @_jit
 def _tile_rows(M, tiles, n):

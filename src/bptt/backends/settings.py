@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import os
 
+
 def _choice(name, allowed, default):
     value = os.environ.get(name, "") or default
     if value not in allowed:
@@ -141,8 +142,8 @@ def numpy_blas_threads() -> int:
 
 
 def _numpy_has_openblas() -> bool:
-    from threadpoolctl import threadpool_info
-    return any(lib.get("internal_api") == "openblas" for lib in threadpool_info())
+    blas = _numpy_blas()
+    return blas is not None and blas.internal_api == "openblas"
 
 
 @functools.cache

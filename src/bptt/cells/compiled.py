@@ -8,7 +8,8 @@ kernels once per row of the batch, and does what loop.py does in the same order:
     forward, per step:   (M4) resets, (K2) the recurrent GEMM, the kernel for (K3), (M1)
     backward, per step:  ds_t = carried + W_hᵀ-part + dh from above (R3, K5), (M2)/(M3) for
                          padded rows, the kernel for (K4), (M5), then the GEMM of (K5)
-    after the loop:      (K6) as one GEMM each (one wide GEMM [x | h_{t-1}] when dv = du)
+    after the loop:      (K6) as one product each (backends/bulk.py's t_times; for one-hot
+                         x a sum of du's rows per code)
 
 All steps' state is one (T, B, S, H) array, so a row's state is an (S, H) block, read by
 the kernel as ``prev`` and written as ``new``. The recurrent GEMM runs over W_h packed
