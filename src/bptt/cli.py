@@ -33,14 +33,19 @@ def _option(parser, name, kind, help_text):
 
 
 def _train_options(p):
-    _option(p, "task", str, "text, adding, copy or sine")
+    _option(p, "task", str, "text, adding, copy, sine or digits (--seq-len 8: rows, 64: pixels)")
     _option(p, "text", str, "a UTF-8 text file for --task text; the built-in corpus when omitted")
     _option(p, "cell", str, "rnn, lstm, gru, or module:Class for a bptt.Cell of your own (docs/custom_cell.md)")
     _option(p, "hidden", int, "hidden units per layer")
     _option(p, "layers", int, "stacked recurrent layers")
     _option(p, "nonlinearity", str, "f of the Elman RNN: tanh, relu, sigmoid, identity")
-    _option(p, "init", str, "default, orthogonal or identity (IRNN)")
+    _option(p, "init", str, "default, orthogonal, identity (IRNN) or chrono (LSTM, GRU)")
+    _option(p, "chrono_t_max", float, "--init chrono: the longest dependency expected, in steps (unset: --seq-len)")
     _option(p, "forget_bias", float, "added to the LSTM forget-gate bias")
+    _option(p, "dropout", float, "dropout between stacked layers, a fresh mask every step (PyTorch's)")
+    _option(p, "input_dropout", float, "variational dropout of every layer's input, one mask per window")
+    _option(p, "recurrent_dropout", float, "variational dropout of h_{t-1} before W_h, one mask per window")
+    _option(p, "zoneout", float, "probability that a state unit keeps its previous value at a step")
     _option(p, "seq_len", int, "sequence length (text: steps per update)")
     _option(p, "batch", int, "sequences per update (text: parallel streams)")
     _option(p, "steps", int, "updates in all")
@@ -140,7 +145,10 @@ def _figures(trainer, final) -> str:
     line = f"validation {task.name}: loss {final['val_loss']:.5f}"
     if task.baseline is not None:
         line += f" (baseline, {task.baseline_name}: {task.baseline:.5f})"
-    if "val_acc" in final:
+    if task.name == "digits":
+        line += (f", accuracy {final['val_acc']:.3f}; test ({len(task.splits['test'][1])} images): loss "
+                 f"{final['test_loss']:.5f}, accuracy {final['test_acc']:.3f}")
+    elif "val_acc" in final:
         line += f", accuracy of the copied symbols {final['val_acc']:.3f}"
     return line
 

@@ -35,7 +35,9 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
 
     Keys: every name of ``model.params``, then ``"x"`` and ``"h0"`` (and ``"c0"`` for
     an LSTM). Everything runs in float64 on a copy; ``model`` is not changed.
-    ``options`` (resets, loss_mask, loss_count) go to ``Model.gradients`` as they are.
+    ``options`` (resets, loss_mask, loss_count, masks) go to ``Model.gradients`` and
+    ``Model.loss_value`` as they are: with ``masks``, the check holds the dropout and
+    zoneout masks fixed.
     """
     for name, value in (("eps", eps), ("floor", floor)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \

@@ -20,11 +20,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _checks, batch_split
+from . import _checks, batch_split, dropout as noise
 from .cells import head as head_layer, resolve
 from .ops import ACTIVATIONS, HEADS, LOSSES
 
-INITS = ("default", "orthogonal", "identity")
+INITS = ("default", "orthogonal", "identity", "chrono")
 
 
 class Gradients(NamedTuple):
@@ -39,6 +39,7 @@ class _Forward(NamedTuple):
     top: np.ndarray   # (T, B, H) the last layer's outputs
     states: list      # per layer, a tuple of (B, H) arrays
     tapes: list
+    scales: list      # per layer, what multiplied its input (dropout.input_scale), or None
 
 
 class Model:
@@ -58,15 +59,21 @@ class Model:
         reduction: "mean" (over valid positions, and over O for mse and bce) or "sum".
         dtype: "float32" or "float64".
         seed: seed of the initialisation.
-        init: "default" (PyTorch's), "orthogonal" (orthogonal recurrent blocks) or
-            "identity" (W_h = I, zero b_h: IRNN with nonlinearity="relu", Le et al. 2015).
+        init: "default" (PyTorch's), "orthogonal" (orthogonal recurrent blocks),
+            "identity" (W_h = I, zero b_h: IRNN with nonlinearity="relu", Le et al. 2015)
+            or "chrono" (Tallec & Ollivier 2018, LSTM and GRU: gate biases that make
+            the state's memory span 1 to chrono_t_max steps, docs/derivation.md (I1)).
+        chrono_t_max: the longest dependency expected, in steps, for init="chrono".
         forget_bias: added to the LSTM's forget-gate bias after initialisation (1.0 is
             the common remedy for early forgetting); only for cell="lstm".
+        dropout, input_dropout, recurrent_dropout, zoneout: rates in [0, 1) of the noise
+            of bptt/dropout.py, active only in passes given masks (``draw_masks``).
     """
 
     def __init__(self, cell, input_size, hidden_size, output_size, num_layers=1,
                  nonlinearity="tanh", head="identity", loss="mse", outputs="all",
-                 reduction="mean", dtype="float32", seed=None, init="default", forget_bias=0.0):
+                 reduction="mean", dtype="float32", seed=None, init="default", forget_bias=0.0,
+                 dropout=0.0, input_dropout=0.0, recurrent_dropout=0.0, zoneout=0.0, chrono_t_max=None):
         self.cell = cell
         self.cell_name, self.layer = resolve(cell)
         if cell == "rnn":                    # the RNN cell holds its nonlinearity
@@ -95,10 +102,29 @@ class Model:
             raise ValueError(f"forget_bias: expected a finite number, got {forget_bias}")
         if forget_bias and cell != "lstm":
             raise ValueError(f"forget_bias: applies to cell='lstm' only, got cell={self.cell_name!r}")
+        self.init = init
+        self.chrono_t_max = None
+        if init == "chrono":
+            if cell not in ("lstm", "gru"):
+                raise ValueError(f"init: 'chrono' sets gate biases of cell='lstm' or 'gru', got cell={self.cell_name!r}")
+            if isinstance(chrono_t_max, bool) or not isinstance(chrono_t_max, (int, float)) or not chrono_t_max >= 2:
+                raise ValueError(f"chrono_t_max: init='chrono' needs the longest dependency expected, in steps "
+                                 f"(a number >= 2), got {chrono_t_max!r}")
+            self.chrono_t_max = chrono_t_max
+        elif chrono_t_max is not None:
+            raise ValueError(f"chrono_t_max: applies to init='chrono' only, got init={init!r}")
+        for rate in noise.RATES:
+            setattr(self, rate, noise.check_rate(rate, locals()[rate]))
+        if self.dropout and self.num_layers == 1:
+            raise ValueError("dropout: acts between stacked layers and num_layers=1 has none; "
+                             "use input_dropout or recurrent_dropout, or num_layers >= 2")
         self.builtin = isinstance(cell, str) and cell in ("rnn", "lstm", "gru")
         self.tuple_state = len(self.layer.STATE) > 1     # the public state: a tuple of arrays, or one
         self.threads = 1              # how gradients() runs, not part of the model: see there
-        self.params = self._init_params(np.random.default_rng(seed), init)
+        rng = np.random.default_rng(seed)
+        self.params = self._init_params(rng, init)
+        if init == "chrono":
+            self._chrono(rng)
         if forget_bias:
             H = self.hidden_size
             for l in range(self.num_layers):
@@ -111,7 +137,7 @@ class Model:
         """Everything but the parameters needed to build this model again."""
         return {k: getattr(self, k) for k in ("cell", "input_size", "hidden_size", "output_size",
                                               "num_layers", "nonlinearity", "head", "loss",
-                                              "outputs", "reduction")} | {"dtype": self.dtype.name}
+                                              "outputs", "reduction") + noise.RATES} | {"dtype": self.dtype.name}
 
     def astype(self, dtype) -> "Model":
         """A copy of this model with parameters converted to ``dtype``."""
@@ -159,6 +185,23 @@ class Model:
         params["head.W_y"] = uniform(shapes["W_y"])     # nn.Linear's default: U(±1/√H)
         params["head.b_y"] = uniform(shapes["b_y"])
         return {k: np.ascontiguousarray(v, dtype=dt) for k, v in params.items()}
+
+    def _chrono(self, rng):
+        """(I1): LSTM b_f ~ log U(1, T_max − 1), b_i = −b_f; GRU (PyTorch's z keeps the
+        state) b_z ~ log U(1, T_max − 1). The other gates keep their initialisation."""
+        H = self.hidden_size
+        for l in range(self.num_layers):
+            b = self.params[f"layer{l}.b_h"]
+            spans = np.log(rng.uniform(1, self.chrono_t_max - 1, size=H))
+            b[H:2 * H] = spans                              # LSTM f (i, f, g, o); GRU z (r, z, n)
+            if self.cell == "lstm":
+                b[:H] = -spans
+
+    def draw_masks(self, T: int, B: int, rng) -> "noise.Masks | None":
+        """The dropout and zoneout masks of one training pass over T steps of B sequences,
+        from the generator ``rng`` (bptt/dropout.py); None when every rate is 0. Hand them
+        to ``gradients``, ``forward``, ``advance`` or ``loss_value`` (masks=…)."""
+        return noise.draw(self, rng, _checks.positive_int("T", T), _checks.positive_int("B", B))
 
     def layer_params(self, l: int) -> dict:
         prefix = f"layer{l}."
@@ -230,32 +273,42 @@ class Model:
 
     # ---- forward and backward -----------------------------------------------------------
 
-    def _forward(self, x, state0, mask, resets=None) -> _Forward:
-        layer_in, states, tapes = x, [], []
+    def _forward(self, x, state0, mask, resets=None, masks=None) -> _Forward:
+        layer_in, states, tapes, scales = x, [], [], []
         for l, s0 in enumerate(state0):
-            layer_in, sT, tape = self.layer.forward(self.layer_params(l), layer_in, s0, mask, resets)
+            scale = noise.input_scale(masks, l)
+            if scale is not None:
+                layer_in = layer_in * scale                                             # (N5)
+            layer_in, sT, tape = self.layer.forward(self.layer_params(l), layer_in, s0, mask, resets,
+                                                    noise.layer_noise(self, masks, l))
             states.append(sT)
             tapes.append(tape)
-        return _Forward(layer_in, states, tapes)
+            scales.append(scale)
+        return _Forward(layer_in, states, tapes, scales)
 
     def _head_rows(self, top):
         T, B, H = top.shape
         return top.reshape(T * B, H) if self.outputs == "all" else top[-1]
 
-    def forward(self, x, state0=None, mask=None, resets=None):
+    def forward(self, x, state0=None, mask=None, resets=None, masks=None):
         """Predictions y = g(o): (T, B, O) or (B, O) with outputs="last"; and the final state."""
         x, mask, resets = self._check_inputs(x, mask, resets)
         T, B, _ = x.shape
-        fw = self._forward(x, self._split_state(state0, B), mask, resets)
+        fw = self._forward(x, self._split_state(state0, B), mask, resets, self._masks(masks, T, B))
         y = HEADS[self.head][0](head_layer.forward(self.head_params(), self._head_rows(fw.top)))
         if self.outputs == "all":
             y = y.reshape(T, B, self.output_size)
         return y, self._join_state(fw.states)
 
-    def advance(self, x, state0=None, mask=None, resets=None):
+    def advance(self, x, state0=None, mask=None, resets=None, masks=None):
         """The state after running x from state0: no head, no loss (checkpointing uses it)."""
         x, mask, resets = self._check_inputs(x, mask, resets)
-        return self._join_state(self._forward(x, self._split_state(state0, x.shape[1]), mask, resets).states)
+        T, B, _ = x.shape
+        return self._join_state(self._forward(x, self._split_state(state0, B), mask, resets,
+                                              self._masks(masks, T, B)).states)
+
+    def _masks(self, masks, T, B):
+        return noise.check(masks, T, B, self.num_layers)
 
     def _counted(self, mask, loss_mask):
         """(T, B) bool: the positions that add loss (outputs="all"); None: all of them."""
@@ -282,7 +335,7 @@ class Model:
         return w
 
     def gradients(self, x, targets, state0=None, mask=None, dstate=None, input_grad=True,
-                  resets=None, loss_mask=None, loss_count=None, threads=None) -> Gradients:
+                  resets=None, loss_mask=None, loss_count=None, threads=None, masks=None) -> Gradients:
         """Loss and its exact gradient with respect to every parameter, x and state0.
 
         ``dstate`` (state structure, optional) is a gradient flowing into the final
@@ -296,6 +349,7 @@ class Model:
         ``threads=2`` (default: ``model.threads``, 1) runs two halves of the batch on two
         threads at once, with the same result (batch_split.py); it pays with BLAS held to
         one thread, as the trainer does it.
+        ``masks``: dropout and zoneout masks (``draw_masks``); without them, no noise.
         """
         threads = self.threads if threads is None else threads
         if threads not in (1, 2):
@@ -309,10 +363,11 @@ class Model:
             loss_mask = _checks.bool_mask("loss_mask", loss_mask, (T, B))
         s0 = self._split_state(state0, B)
         dsT = None if dstate is None else self._split_state(dstate, B, "dstate")
+        masks = self._masks(masks, T, B)
         if threads == 2 and batch_split.can_split(mask, B):
             return batch_split.gradients(self, x, targets, state0, mask, dstate, input_grad, resets,
-                                         loss_mask, loss_count)
-        fw = self._forward(x, s0, mask, resets)
+                                         loss_mask, loss_count, masks)
+        fw = self._forward(x, s0, mask, resets, masks)
         rows = self._head_rows(fw.top)
         loss, do = self._loss(rows, targets, mask, T, B, loss_mask, loss_count)
         d_rows, grads = head_layer.backward(self.head_params(), do, rows)
@@ -329,22 +384,24 @@ class Model:
         for l in range(self.num_layers - 1, -1, -1):
             dh, dstate0[l], g = self.layer.backward(self.layer_params(l), dh, None if dsT is None else dsT[l],
                                                     fw.tapes[l], need_dx=l > 0 or input_grad)
+            if dh is not None and fw.scales[l] is not None:
+                dh = dh * fw.scales[l]                                                  # (N5)
             layer_grads.update({f"layer{l}.{k}": v for k, v in g.items()})
         grads = {k: (layer_grads | grads)[k] for k in self.params}
         return Gradients(loss, grads, dh, self._join_state(dstate0), self._join_state(fw.states))
 
-    def loss_and_grads(self, x, targets, state0=None, mask=None, resets=None):
+    def loss_and_grads(self, x, targets, state0=None, mask=None, resets=None, masks=None):
         """(loss, grads, final state); grads has the keys of ``params``."""
-        g = self.gradients(x, targets, state0, mask, input_grad=False, resets=resets)
+        g = self.gradients(x, targets, state0, mask, input_grad=False, resets=resets, masks=masks)
         return g.loss, g.params, g.state
 
     def loss_value(self, x, targets, state0=None, mask=None, resets=None, loss_mask=None,
-                   loss_count=None) -> float:
+                   loss_count=None, masks=None) -> float:
         """The loss alone, through the same forward pass and loss as ``gradients``."""
         x, mask, resets = self._check_inputs(x, mask, resets)
         T, B, _ = x.shape
         targets = self._check_targets(targets, T, B)
-        fw = self._forward(x, self._split_state(state0, B), mask, resets)
+        fw = self._forward(x, self._split_state(state0, B), mask, resets, self._masks(masks, T, B))
         return self._loss(self._head_rows(fw.top), targets, mask, T, B, loss_mask, loss_count)[0]
 
     def _loss(self, rows, targets, mask, T, B, loss_mask=None, loss_count=None):

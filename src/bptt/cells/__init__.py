@@ -2,12 +2,13 @@
 
 Every layer has the same contract (DESIGN.md, "The layer contract"):
 
-    forward(params, x[T,B,D], state0, mask=None, resets=None) -> (h[T,B,H], stateT, tape)
+    forward(params, x[T,B,D], state0, mask=None, resets=None, noise=None) -> (h[T,B,H], stateT, tape)
     backward(params, dh[T,B,H] | None, dstateT | None, tape, need_dx=True)
         -> (dx[T,B,D] or None when not need_dx, dstate0, grads)
 
 with ``GATES`` (blocks of H rows in W_x, W_h), ``STATE`` (names of the state arrays) and
-``param_shapes(input_size, hidden_size)``. A layer is a cell of the protocol
+``param_shapes(input_size, hidden_size)``. ``noise`` (loop.Noise): recurrent dropout's mask
+and zoneout's d_t, kept on the tape (bptt/dropout.py draws them). A layer is a cell of the protocol
 (protocol.py) in a time loop: ``CompiledLayer`` (compiled.py) for a cell with kernels,
 ``CellLayer`` (loop.py, the Python loop) for one without. The built-in cells rnn, lstm
 and gru are such cells, with no other path.

@@ -39,7 +39,7 @@ from ..backends import loop_threads, mkl, packed_gemm, settings
 from ..backends.arrays import column_sums
 from ..backends.bulk import one_hot_codes, rows_summed, t_times, transposed
 from ..backends.packed_gemm import times_packed
-from .loop import CellLayer, previous_states
+from .loop import CellLayer, Noise, previous_states
 
 IN_LOOP_PROJECTION_BYTES = 2 ** 21
 
@@ -57,6 +57,8 @@ class CompiledTape(NamedTuple):
     mask: np.ndarray | None    # (T, B) bool
     resets: np.ndarray | None  # (T, B) bool
     codes: np.ndarray | None   # (T·B,) the column of each row's 1 where x is one-hot
+    noise: object              # loop.Noise or None
+    fresh: np.ndarray          # (T, B, S, H) the kernels' new states before zoneout (N3); slab without it
 
 
 class CompiledLayer(CellLayer):
@@ -72,10 +74,11 @@ class CompiledLayer(CellLayer):
         return (settings.loops_enabled() and dtype in (np.float32, np.float64)
                 and all(a is None or (isinstance(a, np.ndarray) and a.dtype == dtype) for a in arrays))
 
-    def forward(self, params, x, state0, mask=None, resets=None):
+    def forward(self, params, x, state0, mask=None, resets=None, noise=None):
         extras = [params[k] for k in self.extra_names(params)]
-        if not self._compiles(x, params["W_x"], params["W_h"], params["b_h"], *state0, *extras):
-            return super().forward(params, x, state0, mask, resets)
+        noise = noise or Noise(None, None)
+        if not self._compiles(x, params["W_x"], params["W_h"], params["b_h"], *state0, *extras, *noise):
+            return super().forward(params, x, state0, mask, resets, noise)
         settings.keep_freed_memory()
         T, B, _ = x.shape
         W_h = np.ascontiguousarray(params["W_h"])
@@ -89,14 +92,18 @@ class CompiledLayer(CellLayer):
         aux = np.empty((T, B, self.cell.tape_width(H)), dt)
         start = np.stack(state0, axis=1, dtype=dt)                                  # (B, S, H)
         valid, reset_at, resets_c = _flags(mask, resets, T, B)
+        keep, zone = _noise_arrays(noise, dt)
+        fresh = slab if noise.zone is None else np.empty_like(slab)
         args = (u, np.ascontiguousarray(x), W_x_packed, np.ascontiguousarray(params["b_h"]), _flat(extras, dt),
-                start, slab, h, aux, valid, reset_at, resets_c, np.empty((B, GH), dt), np.empty((B, S, H), dt),
+                start, slab, fresh, h, aux, valid, reset_at, resets_c, keep, zone, np.empty((B, GH), dt),
+                np.empty((B, S, H), dt), np.empty((B if keep.size else 0, H), dt),
                 _gemm(W_h, B, forward=True), self.cell.option)
         loop_threads.run(self._loops().forward, args, parts)
         stateT = tuple(slab[-1, :, s].copy() for s in range(S)) if T else tuple(state0)
         states = (h,) + tuple(slab[:, :, s] for s in range(1, S))
         z = u if self.cell.backward_reads_z else np.empty((T, B, 0), dt)     # the tape keeps only what is read
-        return h, stateT, CompiledTape(x, tuple(state0), states, slab, start, z, aux, mask, resets, codes)
+        return h, stateT, CompiledTape(x, tuple(state0), states, slab, start, z, aux, mask, resets, codes,
+                                       noise, fresh)
 
     def backward(self, params, dh, dstateT, tape, need_dx=True):
         if not isinstance(tape, CompiledTape):
@@ -115,15 +122,20 @@ class CompiledLayer(CellLayer):
         valid, reset_at, resets_c = _flags(tape.mask, tape.resets, T, B)
         above = np.zeros((1, 1, H), dt) if dh is None else np.ascontiguousarray(dh, dtype=dt)
         other = np.empty((B, S, H), dt)
+        keep, zone = _noise_arrays(tape.noise, dt)
         args = (above, dh is not None, carry, np.zeros((B, H), dt), tape.z, tape.aux, _flat(extras, dt),
-                tape.start, slab, valid, reset_at, resets_c, np.empty((B, S, H), dt), du, dv,
-                other, dextra, _gemm(W_h, B, forward=False), self.cell.option)
+                tape.start, slab, tape.fresh, valid, reset_at, resets_c, keep, zone, np.empty((B, S, H), dt),
+                np.empty((B if zone.size else 0, S, H), dt), du, dv, other, dextra,
+                _gemm(W_h, B, forward=False), self.cell.option)
         loop_threads.run(self._loops().backward, args, loop_threads.parts_for(B, GH, H, T))
         du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
         x2 = np.ascontiguousarray(x).reshape(T * B, D)
         grads = {"W_x": transposed(rows_summed(du2, tape.codes, D)) if tape.codes is not None
                  else t_times(du2, x2)}                                               # (K6)
-        if tape.resets is None:            # h_{t-1} is h_0, then the tape's h: no copy of them
+        if keep.size:
+            grads["W_h"] = t_times(dv2, (previous_states(tape.state0[0], tape.states[0], tape.resets) * keep)
+                                    .reshape(T * B, H))                                # (K6), (N2)
+        elif tape.resets is None:          # h_{t-1} is h_0, then the tape's h: no copy of them
             grads["W_h"] = t_times(dv2[:B], np.ascontiguousarray(tape.state0[0], dtype=dt))
             if T > 1:
                 grads["W_h"] += t_times(dv2[B:], tape.states[0][:-1].reshape((T - 1) * B, H))
@@ -148,6 +160,13 @@ class CompiledLayer(CellLayer):
 
 def _flat(arrays, dtype):
     return np.concatenate([a.ravel() for a in arrays]).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
+
+
+def _noise_arrays(noise, dtype):
+    """keep (B, H) and zone (T or 1, B or 1, S, H) as the loops take them, empty for none."""
+    keep = np.zeros((0, 0), dtype) if noise.recurrent is None else np.ascontiguousarray(noise.recurrent, dtype)
+    zone = np.zeros((0, 0, 0, 0), dtype) if noise.zone is None else np.ascontiguousarray(noise.zone, dtype)
+    return keep, zone
 
 
 def _flags(mask, resets, T, B):
@@ -246,10 +265,17 @@ def _few_rows(a, W, out):
 
 
 @_jit
-def forward(u, x, W_x_packed, bias, extra, start, slab, h, aux, valid, reset_at, resets, rec, scratch,
-            gemm, option, part, parts):
+def _zone_at(zone, t, b):
+    """d_t of row b, (S, H), from zone (T or 1, B or 1, S, H)."""
+    return zone[t if zone.shape[0] > 1 else 0, b if zone.shape[1] > 1 else 0]
+
+
+@_jit
+def forward(u, x, W_x_packed, bias, extra, start, slab, fresh, h, aux, valid, reset_at, resets, keep, zone,
+            rec, scratch, dropped, gemm, option, part, parts):
     """u (T, B, G·H): x_t W_xᵀ in (or made here from W_x_packed), the kernel's tape rows out;
-    slab (T, B, S, H) and h (T, B, H) out."""
+    slab (T, B, S, H) and h (T, B, H) out; with zoneout (zone not empty) the kernel's own
+    states out in fresh, else fresh is slab. keep (B, H): recurrent dropout's m, or empty."""
     T, B, S, H = slab.shape
     r0, r1 = _share(B, part, parts)
     for t in range(T):
@@ -258,10 +284,21 @@ def forward(u, x, W_x_packed, bias, extra, start, slab, h, aux, valid, reset_at,
         prev = start if t == 0 else slab[t - 1]
         if reset_at[t]:
             prev = _state_read(prev, resets[t], scratch, r0, r1)              # (M4)
-        _times_w(prev[r0:r1, 0], rec[r0:r1], gemm, part, parts)              # (K2)
+        if keep.size:
+            for b in range(r0, r1):
+                for j in range(H):
+                    dropped[b, j] = prev[b, 0, j] * keep[b, j]               # (N1)
+            _times_w(dropped[r0:r1], rec[r0:r1], gemm, part, parts)          # (K2)
+        else:
+            _times_w(prev[r0:r1, 0], rec[r0:r1], gemm, part, parts)          # (K2)
         for b in range(r0, r1):
             if valid[t, b]:
-                _step_forward(u[t, b], rec[b], bias, extra, prev[b], slab[t, b], aux[t, b], option)   # (K3)
+                _step_forward(u[t, b], rec[b], bias, extra, prev[b], fresh[t, b], aux[t, b], option)   # (K3)
+                if zone.size:
+                    d, n, p, s_t = _zone_at(zone, t, b), fresh[t, b], prev[b], slab[t, b]
+                    for i in range(S):       # (d = 1 apart: fastmath may reassociate the sum)
+                        for j in range(H):
+                            s_t[i, j] = p[i, j] if d[i, j] == 1 else d[i, j] * p[i, j] + (1 - d[i, j]) * n[i, j]  # (N3)
             else:
                 slab[t, b] = prev[b]                                         # (M1)
             if S > 1:
@@ -269,12 +306,12 @@ def forward(u, x, W_x_packed, bias, extra, start, slab, h, aux, valid, reset_at,
 
 
 @_jit
-def backward(dh, has_dh, carry, rec_grad, z, aux, extra, start, slab, valid, reset_at, resets, scratch,
-             du, dv, other, dextra, gemm, option, part, parts):
+def backward(dh, has_dh, carry, rec_grad, z, aux, extra, start, slab, fresh, valid, reset_at, resets, keep,
+             zone, scratch, into_cell, du, dv, other, dextra, gemm, option, part, parts):
     """carry (B, S, H): the gradient reaching s_T in; it and ``other`` take turns as the
     gradient into a step and out of it, so the one reaching s_0 ends in carry for even T,
     in other for odd T. du, dv (T, B, G·H) out; dextra[b] accumulates row b's part of the
-    extra parameters' gradient."""
+    extra parameters' gradient. into_cell (B, S, H): with zoneout, what enters the kernel."""
     T, B, S, H = slab.shape
     r0, r1 = _share(B, part, parts)
     into, out = carry, other
@@ -292,8 +329,19 @@ def backward(dh, has_dh, carry, rec_grad, z, aux, extra, start, slab, valid, res
             else:
                 for j in range(H):
                     d0[j] += g[j]                                            # (K5)
-            if valid[t, b]:
-                _step_backward(d, z[t, b], aux[t, b], extra, prev[b], slab[t, b], du[t, b], dv[t, b],
+            if valid[t, b] and zone.size:
+                k, c = _zone_at(zone, t, b), into_cell[b]
+                for i in range(S):
+                    for j in range(H):
+                        c[i, j] = (1 - k[i, j]) * d[i, j]                    # (N4)
+                _step_backward(c, z[t, b], aux[t, b], extra, prev[b], fresh[t, b], du[t, b], dv[t, b],
+                               out[b], dextra[b], option)                    # (K4)
+                o = out[b]
+                for i in range(S):
+                    for j in range(H):
+                        o[i, j] += k[i, j] * d[i, j]                         # (N4)
+            elif valid[t, b]:
+                _step_backward(d, z[t, b], aux[t, b], extra, prev[b], fresh[t, b], du[t, b], dv[t, b],
                                out[b], dextra[b], option)                    # (K4)
             else:                                                            # (M2), (M3)
                 du[t, b] = 0
@@ -302,6 +350,10 @@ def backward(dh, has_dh, carry, rec_grad, z, aux, extra, start, slab, valid, res
             if reset_at[t] and resets[t, b]:
                 out[b] = 0                                                   # (M5)
         _times_w(dv[t][r0:r1], rec_grad[r0:r1], gemm, part, parts)          # (K5) dv_t W_h
+        if keep.size:
+            for b in range(r0, r1):
+                for j in range(H):
+                    rec_grad[b, j] *= keep[b, j]                             # (N2)
         if reset_at[t]:
             for b in range(r0, r1):
                 if resets[t, b]:

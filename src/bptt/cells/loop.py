@@ -10,6 +10,14 @@ before step t where resets[t, b]: the step reads s_in = (1 − r_t) ⊙ s_{t-1} 
 crosses a reset backward, and the weight gradients use s_in (M5). Equation numbers refer
 to docs/derivation.md.
 
+Noise (bptt/dropout.py draws it; ``Noise`` below) enters in two places, per layer. Variational
+recurrent dropout: the GEMM of (K2) reads m ⊙ s⁰_{t-1} with one mask m (B, H) for all steps
+(N1); backward, (K5) returns m ⊙ (dv_t W_h) and ∂L/∂W_h sums dv_tᵀ (m ⊙ s⁰_{t-1}) (N2).
+Zoneout: the cell's new state s̃_t is mixed with the one it read, s_t = d_t ⊙ s_{t-1} +
+(1 − d_t) ⊙ s̃_t (N3), d_t a (B, S, H) block of 0 and 1 in training, the rate p everywhere
+in evaluation; backward, (1 − d_t) ⊙ ds_t enters the cell and d_t ⊙ ds_t passes to s_{t-1}
+(N4). On a padded step (M1) neither applies.
+
 It runs a cell's NumPy ``step`` and ``step_backward``: for a cell without compiled
 kernels, for arrays the compiled loop (cells/compiled.py) does not take (CuPy arrays;
 BPTT_LOOPS=0), and in the tests as the reference the compiled loop is held to.
@@ -25,6 +33,16 @@ from ..backends.arrays import array_module
 from .protocol import check_cell
 
 
+class Noise(NamedTuple):
+    """A layer's noise; either may be None."""
+    recurrent: np.ndarray | None   # (B, H) m: what multiplies s⁰_{t-1} before W_h (N1)
+    zone: np.ndarray | None        # (T or 1, B or 1, S, H) d_t: the share of s_{t-1} kept (N3)
+
+    def zone_at(self, t):
+        """d_t as (B or 1, S, H)."""
+        return self.zone[t if self.zone.shape[0] > 1 else 0]
+
+
 class Tape(NamedTuple):
     x: np.ndarray              # (T, B, D)
     state0: tuple              # (B, H) each: the state the layer started from
@@ -32,6 +50,7 @@ class Tape(NamedTuple):
     caches: list               # per step, what cell.step kept for step_backward
     mask: np.ndarray | None    # (T, B) bool
     resets: np.ndarray | None  # (T, B) bool
+    noise: Noise | None
 
 
 class CellLayer:
@@ -57,7 +76,7 @@ class CellLayer:
     def param_shapes(self, input_size: int, hidden_size: int) -> dict:
         return self.cell.param_shapes(input_size, hidden_size)
 
-    def forward(self, params, x, state0, mask=None, resets=None):
+    def forward(self, params, x, state0, mask=None, resets=None, noise=None):
         T, B, D = x.shape
         H = params["W_h"].shape[1]
         xp = array_module(x)
@@ -68,28 +87,36 @@ class CellLayer:
         states = tuple(xp.empty((T, B, H), x.dtype) for _ in self.STATE)
         caches = []
         reset_at = [False] * T if resets is None else resets.any(axis=1).tolist()
+        dropped = noise is not None and noise.recurrent is not None
+        zoned = noise is not None and noise.zone is not None
         prev = tuple(state0)
         W_hT = params["W_h"].T
         for t in range(T):
             if reset_at[t]:
                 prev = tuple(xp.where(resets[t][:, None], 0, s).astype(s.dtype, copy=False) for s in prev)  # (M4)
-            new, cache = cell.step(params, u[t], prev[0] @ W_hT, prev)               # (K2), (K3)
+            v = (prev[0] * noise.recurrent if dropped else prev[0]) @ W_hT               # (K2), (N1)
+            new, cache = cell.step(params, u[t], v, prev)                                 # (K3)
             if t == 0:                                   # what the cell returns, checked once
                 _check_step(cell, new, len(self.STATE), (B, H), x.dtype)
+            if zoned:
+                d = noise.zone_at(t)
+                new = tuple(d[:, i] * p + (1 - d[:, i]) * n for i, (n, p) in enumerate(zip(new, prev)))   # (N3)
             for i, s in enumerate(new):
                 states[i][t] = s
                 if mask is not None:
                     xp.copyto(states[i][t], prev[i], where=~mask[t, :, None])         # (M1)
             caches.append(cache)
             prev = tuple(s[t] for s in states)
-        return states[0], prev, Tape(x, tuple(state0), states, caches, mask, resets)
+        return states[0], prev, Tape(x, tuple(state0), states, caches, mask, resets, noise)
 
     def backward(self, params, dh, dstateT, tape, need_dx=True):
-        x, states, mask = tape.x, tape.states, tape.mask
+        x, states, mask, noise = tape.x, tape.states, tape.mask, tape.noise
         T, B, D = x.shape
         H = params["W_h"].shape[1]
         W_h, xp = params["W_h"], array_module(x)
         cell = self._steps(xp)
+        dropped = noise is not None and noise.recurrent is not None
+        zoned = noise is not None and noise.zone is not None
         extra = {k: xp.zeros_like(params[k]) for k in self.cell.extra_shapes(H)}
         ds = tuple(xp.zeros((B, H), x.dtype) for _ in self.STATE) if dstateT is None else tuple(dstateT)
         du = xp.empty((T, B, self.GATES * H), x.dtype)
@@ -99,11 +126,18 @@ class CellLayer:
                 ds = (ds[0] + dh[t],) + ds[1:]                                         # (R3)
             valid = None if mask is None else mask[t, :, None]
             into_step = ds if valid is None else tuple(xp.where(valid, s, 0) for s in ds)  # (M2)
+            if zoned:
+                d = noise.zone_at(t)
+                kept = tuple(d[:, i] * s for i, s in enumerate(into_step))              # (N4)
+                into_step = tuple((1 - d[:, i]) * s for i, s in enumerate(into_step))
             du_t, dv_t, back, dextra = cell.step_backward(params, into_step, tape.caches[t])   # (K4)
             du[t], dv[t] = du_t, dv_t
             for k, g in dextra.items():
                 extra[k] += g
-            back = (back[0] + dv_t @ W_h,) + tuple(back[1:])                             # (K5)
+            rec = dv_t @ W_h
+            back = (back[0] + (rec * noise.recurrent if dropped else rec),) + tuple(back[1:])   # (K5), (N2)
+            if zoned:
+                back = tuple(b + k for b, k in zip(back, kept))                       # (N4)
             if valid is not None:
                 back = tuple(b + xp.where(valid, 0, s) for b, s in zip(back, ds))      # (M3)
             if tape.resets is not None and tape.resets[t].any():
@@ -111,6 +145,8 @@ class CellLayer:
             ds = back
         du2, dv2 = du.reshape(T * B, -1), dv.reshape(T * B, -1)
         h_prev = previous_states(tape.state0[0], states[0], tape.resets)
+        if dropped:
+            h_prev *= noise.recurrent                                                  # (N2)
         grads = {"W_x": du2.T @ x.reshape(T * B, D), "W_h": dv2.T @ h_prev.reshape(T * B, H),
                  "b_h": du2.sum(axis=0)} | extra                                         # (K6)
         dx = (du2 @ params["W_x"]).reshape(T, B, D) if need_dx else None                 # (K6)

@@ -31,19 +31,21 @@ _MAX_UNITS = 1000       # the programme's table is units × slots; its time grow
 _MAX_SLOTS = 200        # more slots than this are not needed to get close to full speed
 
 
-def checkpointed(model, x, targets, state0=None, mask=None, budget=None, resets=None):
-    """(loss, grads, final state), equal to ``full``'s, holding at most ``budget`` steps of tape."""
+def checkpointed(model, x, targets, state0=None, mask=None, budget=None, resets=None, masks=None):
+    """(loss, grads, final state), equal to ``full``'s, holding at most ``budget`` steps of
+    tape. ``masks`` (model.draw_masks over all T steps) are cut to each segment's steps."""
     x, mask, resets = model._check_inputs(x, mask, resets)
     T, B, _ = x.shape
     targets = model._check_targets(targets, T, B)
     model._split_state(state0, B)
+    masks = model._masks(masks, T, B)
     if budget is not None:
         budget = _budget(budget)
     if model.outputs == "all":
         count = T * B if mask is None else int(mask.sum())
     else:
         count = None
-    run = _Run(model, x, targets, mask, resets, count)
+    run = _Run(model, x, targets, mask, resets, count, masks)
     state = model.init_state(B) if state0 is None else state0
     if budget is None:
         final = run.sqrt_schedule(state, max(1, math.ceil(math.sqrt(T))))
@@ -55,8 +57,9 @@ def checkpointed(model, x, targets, state0=None, mask=None, budget=None, resets=
 class _Run:
     """One checkpointed backward: the segments' losses and gradients add up here."""
 
-    def __init__(self, model, x, targets, mask, resets, count):
+    def __init__(self, model, x, targets, mask, resets, count, masks=None):
         self.model, self.x, self.targets, self.mask, self.resets = model, x, targets, mask, resets
+        self.masks = masks
         self.count = count
         self.T = x.shape[0]
         self.loss = 0.0
@@ -65,24 +68,25 @@ class _Run:
 
     def _part(self, a, b):
         return (self.x[a:b], None if self.mask is None else self.mask[a:b],
-                None if self.resets is None else self.resets[a:b])
+                None if self.resets is None else self.resets[a:b],
+                None if self.masks is None else self.masks.steps(a, b))
 
     def advance(self, a, b, state, chunk):
         """The state at b from the state at a, holding at most ``chunk`` steps of tape."""
         for lo in range(a, b, chunk):
-            x, mask, resets = self._part(lo, min(lo + chunk, b))
-            state = self.model.advance(x, state, mask, resets)
+            x, mask, resets, masks = self._part(lo, min(lo + chunk, b))
+            state = self.model.advance(x, state, mask, resets, masks)
         return state
 
     def segment(self, a, b, state, dstate):
         """Backward of [a, b) with its tape; returns the gradient at its initial state."""
-        x, mask, resets = self._part(a, b)
+        x, mask, resets, masks = self._part(a, b)
         if self.model.outputs == "all":
             targets = self.targets[a:b]
         else:
             targets = self.targets if b == self.T else None      # the head reads the last state
         g = self.model.gradients(x, targets, state, mask, dstate=dstate, input_grad=False,
-                                 resets=resets, loss_count=self.count)
+                                 resets=resets, loss_count=self.count, masks=masks)
         self.loss += g.loss
         for k, v in g.params.items():
             self.grads[k] += v

@@ -29,7 +29,7 @@ def _slice(a, lo, hi):
     return None if a is None else a[lo:hi]
 
 
-def truncated(model, x, targets, k1, k2=None, state0=None, mask=None, resets=None):
+def truncated(model, x, targets, k1, k2=None, state0=None, mask=None, resets=None, rng=None):
     """TBPTT(k1, k2): yields (loss, grads, state) after every block of k1 steps.
 
     Args:
@@ -39,13 +39,15 @@ def truncated(model, x, targets, k1, k2=None, state0=None, mask=None, resets=Non
         state0: the streams' state before step 0 (zeros when omitted).
         mask (T, B): valid steps; resets (T, B): a stream's state is set to zero before
             step t (a document boundary in a text stream).
+        rng: a generator for the model's dropout and zoneout masks, drawn once per
+            update for the whole window it backpropagates through; None: no noise.
     The caller may change ``model.params`` between updates (that is what updates are
     for); each update runs with the parameters as they are when it starts.
     """
-    return (u[:3] for u in _updates(model, x, targets, k1, k2, state0, mask, resets))
+    return (u[:3] for u in _updates(model, x, targets, k1, k2, state0, mask, resets, rng=rng))
 
 
-def _updates(model, x, targets, k1, k2, state0, mask, resets, loss_count=None):
+def _updates(model, x, targets, k1, k2, state0, mask, resets, loss_count=None, rng=None):
     """The updates of TBPTT(k1, k2), as stream_updates yields them.
 
     Checks everything at the call, then returns the generator.
@@ -63,15 +65,18 @@ def _updates(model, x, targets, k1, k2, state0, mask, resets, loss_count=None):
     model._check_targets(targets, T, B)
     model._split_state(state0, B)
     return stream_updates(model, T, lambda lo, hi: x[lo:hi], lambda lo, hi: targets[lo:hi], k1, k2 - k1,
-                          state0, mask=mask, resets=resets, loss_count=loss_count)
+                          state0, mask=mask, resets=resets, loss_count=loss_count,
+                          draw_masks=None if rng is None else lambda T, B: model.draw_masks(T, B, rng))
 
 
 def stream_updates(model, T, inputs, targets, k1, context, state0, start=0, window_state=None,
-                   mask=None, resets=None, loss_count=None):
+                   mask=None, resets=None, loss_count=None, draw_masks=None):
     """The loop of TBPTT over steps [start, T), with the inputs and targets of steps
     [lo, hi) given by ``inputs(lo, hi)`` and ``targets(lo, hi)`` (a trainer builds them
     on the fly). Yields (loss, grads, state, a, e, window_start, window_state): the last
-    two are what a checkpoint needs to resume exactly after this update."""
+    two are what a checkpoint needs to resume exactly after this update.
+    ``draw_masks(steps, B)``: the dropout masks of an update's window (one draw per
+    window; the state carried to the next window runs under the same masks)."""
     B = None
     window_start = max(0, start - context)
     if window_state is None:
@@ -85,8 +90,10 @@ def stream_updates(model, T, inputs, targets, k1, context, state0, start=0, wind
         if w < a:
             loss_mask = np.zeros((e - w, B), dtype=bool)
             loss_mask[a - w:] = True              # only the new block's losses count
+        masks = None if draw_masks is None else draw_masks(e - w, B)
         g = model.gradients(x, targets(w, e), window_state, _slice(mask, w, e), input_grad=False,
-                            resets=_slice(resets, w, e), loss_mask=loss_mask, loss_count=loss_count)
+                            resets=_slice(resets, w, e), loss_mask=loss_mask, loss_count=loss_count,
+                            masks=masks)
         # The next window starts k2 − k1 steps before this block's end: take its state from
         # this update's parameters, before the caller changes them.
         w_next = max(0, e - context)
@@ -94,6 +101,7 @@ def stream_updates(model, T, inputs, targets, k1, context, state0, start=0, wind
             window_state = g.state
         elif w_next > w:
             _, window_state = model.forward(x[:w_next - w], window_state, _slice(mask, w, w_next),
-                                            _slice(resets, w, w_next))
+                                            _slice(resets, w, w_next),
+                                            None if masks is None else masks.steps(0, w_next - w))
         window_start = w_next
         yield g.loss, g.params, g.state, a, e, window_start, window_state

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 
 from .. import _checks
 from ..cells import resolve
+from ..dropout import RATES, check_rate
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
 from .tasks import TASKS
@@ -36,7 +37,12 @@ class Config:
     layers: int = 1
     nonlinearity: str = "tanh"
     init: str = "default"
+    chrono_t_max: float | None = None  # init=chrono: the longest dependency, in steps (default seq_len)
     forget_bias: float = 0.0
+    dropout: float = 0.0               # between stacked layers (PyTorch's)
+    input_dropout: float = 0.0         # variational, on every layer's input
+    recurrent_dropout: float = 0.0     # variational, on h_{t-1} before W_h
+    zoneout: float = 0.0
     seq_len: int = 64
     batch: int = 32
     steps: int = 3000
@@ -83,10 +89,23 @@ class Config:
             raise ValueError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
         if not math.isfinite(self.forget_bias):
             raise ValueError(f"forget-bias: expected a finite number, got {self.forget_bias}")
+        for name in RATES:
+            check_rate(name.replace("_", "-"), getattr(self, name))
+        if self.dropout and self.layers == 1:
+            raise ValueError("dropout: acts between stacked layers and --layers 1 has none; use "
+                             "--input-dropout or --recurrent-dropout, or --layers 2 or more")
+        if self.chrono_t_max is not None:
+            if self.init != "chrono":
+                raise ValueError(f"chrono-t-max: applies to --init chrono only, got --init {self.init}")
+            if not (self.chrono_t_max >= 2 and math.isfinite(self.chrono_t_max)):
+                raise ValueError(f"chrono-t-max: expected a number of steps >= 2, got {self.chrono_t_max}")
         if self.threads is not None and (self.threads not in (1, 2) or isinstance(self.threads, bool)):
             raise ValueError(f"threads: expected 1 or 2, got {self.threads!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed: expected an integer >= 0, got {self.seed!r}")
+        if self.task == "digits" and self.seq_len not in (8, 64):
+            raise ValueError(f"seq-len: --task digits reads an 8x8 image row by row (--seq-len 8) or pixel by "
+                             f"pixel (--seq-len 64), got {self.seq_len}")
         if self.task == "adding" and self.seq_len < 2:
             raise ValueError(f"seq-len: the adding task marks one value in each half of the sequence; "
                              f"expected at least 2, got {self.seq_len}")

@@ -1,4 +1,4 @@
-"""Tasks, generated from a seed, nothing downloaded.
+"""Tasks, generated from a seed or shipped in a package, nothing downloaded.
 
     adding  Arjovsky et al. 2016: two channels, values U[0, 1] and two markers (one in
             each half); the target is the sum of the two marked values. Always
@@ -7,6 +7,8 @@
             the output is blank until the delimiter, then the 10 symbols. Predicting blank
             and then a uniform symbol scores 10·ln 8 / (T + 20) nats.
     sine    noisy sums of sines; predict the clean next value at every step.
+    digits  the 1,797 8x8 handwritten digits scikit-learn ships (extra ``data``), read row
+            by row (seq_len 8) or pixel by pixel (seq_len 64); ten classes, a fixed split.
     text    character-level language modelling of a UTF-8 file (built in: the source
             files of Python's standard library, in a fixed order), B parallel streams.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-TASKS = ("text", "adding", "copy", "sine")
+TASKS = ("text", "adding", "copy", "sine", "digits")
 
 
 class AddingTask:
@@ -87,6 +89,55 @@ class SineTask:
         clean = (amp * np.sin(freq * t + phase)).sum(axis=2)               # (T + 1, B)
         noisy = clean + self.noise * rng.standard_normal(clean.shape)
         return noisy[:-1, :, None].astype(dtype), clean[1:, :, None].astype(dtype)
+
+
+class DigitsTask:
+    """The UCI handwritten digits (8x8, grey levels 0-16, scaled to [0, 1]) as sequences:
+    seq_len 8 reads an image row by row (x_t: row t, 8 values), seq_len 64 pixel by pixel
+    (x_t: one value, rows in order). One split for every run, from a fixed permutation:
+    1,257 images train, 180 validate (the best model), 360 test. Classified at the last
+    step (outputs="last"); predicting the training split's class frequencies scores
+    ``baseline`` nats on the validation split."""
+    name = "digits"
+    SPLIT = (1257, 180, 360)
+
+    def __init__(self, seq_len):
+        if seq_len not in (8, 64):
+            raise ValueError(f"seq-len: --task digits reads an 8x8 image row by row (--seq-len 8) or pixel by "
+                             f"pixel (--seq-len 64), got {seq_len}")
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise ValueError("task: digits needs scikit-learn, which ships the images: "
+                             "pip install 'bptt[data]'") from None
+        digits = load_digits()
+        order = np.random.default_rng(20240601).permutation(len(digits.target))
+        images = (digits.images[order] / 16.0).reshape(len(order), seq_len, 64 // seq_len)
+        labels = digits.target[order].astype(np.int64)
+        a, b, _ = self.SPLIT
+        self.splits = {"train": (images[:a], labels[:a]), "valid": (images[a:a + b], labels[a:a + b]),
+                       "test": (images[a + b:], labels[a + b:])}
+        self.T = seq_len
+        self.model_kwargs = dict(input_size=64 // seq_len, output_size=10, head="softmax", loss="cross_entropy",
+                                 outputs="last")
+        prior = np.bincount(labels[:a], minlength=10) / a
+        self.baseline = float(-np.log(prior[labels[a:a + b]]).mean())
+        self.baseline_name = "class frequencies"
+
+    def batch(self, rng, B, dtype=np.float32):
+        """B training images drawn without replacement: x (T, B, D), y (B,)."""
+        images, labels = self.splits["train"]
+        pick = rng.choice(len(labels), size=min(B, len(labels)), replace=False)
+        return self._sequences(images[pick], dtype), labels[pick]
+
+    def split(self, name, dtype=np.float32):
+        """All of one split ("train", "valid", "test"): x (T, N, D), y (N,)."""
+        images, labels = self.splits[name]
+        return self._sequences(images, dtype), labels
+
+    @staticmethod
+    def _sequences(images, dtype):
+        return np.ascontiguousarray(images.transpose(1, 0, 2), dtype=dtype)
 
 
 # ---- text -----------------------------------------------------------------------------------
@@ -186,6 +237,8 @@ def make_task(name, seq_len, text=None):
         return CopyTask(seq_len)
     if name == "sine":
         return SineTask(seq_len)
+    if name == "digits":
+        return DigitsTask(seq_len)
     if name == "text":
         return TextTask(builtin_corpus() if text is None else read_text_file(text), seq_len)
     raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {name!r}")

@@ -53,9 +53,12 @@ class Trainer:
         self.world = world if world is not None else mpi_world()     # one rank unless under mpiexec
         self.world.share(c.batch, "batch")
         self.task = make_task(c.task, c.seq_len, c.text)
+        chrono = {"chrono_t_max": c.chrono_t_max or c.seq_len} if c.init == "chrono" else {}
         self.model = Model(c.cell, hidden_size=c.hidden, num_layers=c.layers, nonlinearity=c.nonlinearity,
                            dtype=c.dtype, seed=c.seed, init=c.init, forget_bias=c.forget_bias,
-                           **self.task.model_kwargs)
+                           dropout=c.dropout, input_dropout=c.input_dropout,
+                           recurrent_dropout=c.recurrent_dropout, zoneout=c.zoneout,
+                           **chrono, **self.task.model_kwargs)
         # Two halves of each batch on two threads (bptt/batch_split.py), with BLAS held to one
         # thread during an update: where the compiled loops run, and on one rank (MPI ranks
         # already share the cores). By default where the process may use 2 cores or more
@@ -78,6 +81,8 @@ class Trainer:
             self.position = dict(epoch=0, start=0)
             self.window_state = None
             self._updates = None
+        elif hasattr(self.task, "split"):                     # a fixed validation split
+            self.valid_batch = self.task.split("valid", self.model.dtype)
         else:
             self.valid_batch = self.task.batch(np.random.default_rng(c.seed + 1_000_003), 512, self.model.dtype)
         self._check_text_length()
@@ -271,7 +276,7 @@ class Trainer:
             self._updates = stream_updates(
                 self.model, L, lambda lo, hi: self.task.one_hot(self.streams[lo:hi], self.model.dtype),
                 lambda lo, hi: self.streams[lo + 1:hi + 1], self.k1, self.context, None,
-                start=start, window_state=self.window_state)
+                start=start, window_state=self.window_state, draw_masks=self._draw_masks)
         try:
             loss, grads, _, a, e, _, window_state = next(self._updates)
         except StopIteration:                     # an epoch is over: streams restart from zero
@@ -290,11 +295,21 @@ class Trainer:
             x = np.ascontiguousarray(x[:, rows])
             y = np.ascontiguousarray(y[rows] if self.model.outputs == "last" else y[:, rows])
         self.last_batch = (x, y)                  # for locating a non-finite gradient
+        masks = self._draw_masks(x.shape[0], x.shape[1])
         if self.config.checkpointing:
-            loss, grads, _ = checkpointed(self.model, x, y, budget=self.config.checkpointing)
+            loss, grads, _ = checkpointed(self.model, x, y, budget=self.config.checkpointing, masks=masks)
         else:
-            loss, grads, _ = self.model.loss_and_grads(x, y)
+            loss, grads, _ = self.model.loss_and_grads(x, y, masks=masks)
         return loss, grads, x.shape[0] * x.shape[1]
+
+    def _draw_masks(self, T, B):
+        """The dropout masks of one update, from the run's generator (saved with every
+        checkpoint): drawn for the whole batch, so that every rank takes its own
+        sequences' rows of the same draw."""
+        masks = self.model.draw_masks(T, self.config.batch, self.rng)
+        if masks is None or self.world.size == 1:
+            return masks
+        return masks.rows(self.world.share(self.config.batch, "batch"))
 
     def _loop_threads(self):
         """MPI ranks already share the cores: each rank's loops stay on one thread
@@ -370,6 +385,10 @@ class Trainer:
         if self.task.name == "copy":
             pred, _ = m.forward(x)
             out["val_acc"] = float((pred[-10:].argmax(-1) == y[-10:]).mean())
+        if self.task.name == "digits":
+            out["val_acc"] = float((m.forward(x)[0].argmax(-1) == y).mean())
+            x, y = self.task.split("test", m.dtype)
+            out |= {"test_loss": m.loss_value(x, y), "test_acc": float((m.forward(x)[0].argmax(-1) == y).mean())}
         return out
 
     # ---- the loop --------------------------------------------------------------------------------

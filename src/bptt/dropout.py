@@ -1,0 +1,128 @@
+"""Dropout and zoneout: the masks of one training pass, drawn from a generator the caller
+holds (floor 3, beside model.py).
+
+A Model with any of these rates gets noise only where masks are handed to it
+(``model.draw_masks``); evaluation, sampling, validation and ``flow`` run without. The
+gradient is exact for the masks drawn (docs/derivation.md, block N):
+
+    dropout            between stacked layers, as PyTorch's: layer l < L − 1's output h_t
+                       times m_t / (1 − p), a fresh mask every step                    (N5)
+    input_dropout      variational (Gal & Ghahramani 2016; Keras's ``dropout``): every
+                       layer's input x_t times m / (1 − p), one mask per sequence      (N5)
+    recurrent_dropout  variational, on h_{t-1} where it meets W_h, one mask per
+                       sequence (Keras's ``recurrent_dropout``)                     (N1, N2)
+    zoneout            (Krueger et al. 2017) each unit of the state keeps its previous
+                       value with probability p at every step                       (N3, N4)
+
+m is Bernoulli(1 − p). Without masks, zoneout uses its expectation, s_t = p s_{t-1} +
+(1 − p) s̃_t, and the three dropouts are the identity. Per-sequence masks hold for the
+whole window an update backpropagates through: truncated and checkpointed BPTT slice one
+draw in time (``Masks.steps``), never draw per chunk.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .cells.loop import Noise
+
+RATES = ("dropout", "input_dropout", "recurrent_dropout", "zoneout")
+
+
+class Masks(NamedTuple):
+    """One pass's masks, per layer (None where that kind is off). Shapes:
+
+        between    L − 1 of (T, B, H)   multipliers of layer l's output, l < L − 1
+        inputs     L of (B, D_l)        multipliers of layer l's input
+        recurrent  L of (B, H)          multipliers of h_{t-1} before W_h
+        zone       L of (T, B, S, H)    d_t: 1 where a unit keeps its previous value
+    """
+    between: list
+    inputs: list
+    recurrent: list
+    zone: list
+
+    @property
+    def shape(self):
+        """(T, B) the masks were drawn for (T is None when no mask is per step)."""
+        T = next((a.shape[0] for a in self.between + self.zone if a is not None), None)
+        B = next((a.shape[1] for a in self.between + self.zone if a is not None), None)
+        if B is None:
+            B = next((a.shape[0] for a in self.inputs + self.recurrent if a is not None), None)
+        return T, B
+
+    def steps(self, lo, hi) -> "Masks":
+        """The masks of steps [lo, hi): per-step masks sliced, per-sequence ones kept."""
+        def cut(arrays):
+            return [None if a is None else a[lo:hi] for a in arrays]
+        return Masks(cut(self.between), self.inputs, self.recurrent, cut(self.zone))
+
+    def rows(self, rows) -> "Masks":
+        """The masks of these sequences (a slice of the batch)."""
+        def cut(arrays, axis):
+            return [None if a is None else np.ascontiguousarray(a[(slice(None),) * axis + (rows,)])
+                    for a in arrays]
+        return Masks(cut(self.between, 1), cut(self.inputs, 0), cut(self.recurrent, 0), cut(self.zone, 1))
+
+
+def check_rate(name: str, value) -> float:
+    """A probability in [0, 1), else a ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
+def draw(model, rng, T: int, B: int) -> Masks | None:
+    """The masks of one pass over T steps of B sequences, drawn from ``rng`` in a fixed
+    order (layer by layer: between, inputs, recurrent, zone); None when every rate is 0."""
+    if not any(getattr(model, r) for r in RATES):
+        return None
+    L, H, S, dt = model.num_layers, model.hidden_size, len(model.layer.STATE), model.dtype
+
+    def kept(p, shape):
+        return None if not p else ((rng.random(shape) >= p) / (1 - p)).astype(dt)
+
+    between, inputs, recurrent, zone = [], [], [], []
+    for l in range(L):
+        if l < L - 1:
+            between.append(kept(model.dropout, (T, B, H)))
+        inputs.append(kept(model.input_dropout, (B, model.input_size if l == 0 else H)))
+        recurrent.append(kept(model.recurrent_dropout, (B, H)))
+        zone.append(None if not model.zoneout else (rng.random((T, B, S, H)) < model.zoneout).astype(dt))
+    return Masks(between, inputs, recurrent, zone)
+
+
+def check(masks, T: int, B: int, L: int) -> Masks | None:
+    """``masks`` if they fit T steps of B sequences in L layers, else a ValueError."""
+    if masks is None:
+        return None
+    if not isinstance(masks, Masks) or len(masks.inputs) != L:
+        raise ValueError(f"masks: expected the Masks of this model (model.draw_masks), got {type(masks).__name__}")
+    mT, mB = masks.shape
+    if (mT is not None and mT != T) or (mB is not None and mB != B):
+        raise ValueError(f"masks: drawn for T={mT}, B={mB}; the inputs have T={T}, B={B}")
+    return masks
+
+
+def input_scale(masks: Masks | None, l: int):
+    """What multiplies layer l's input: (T, B, D), (1, B, D) or None."""
+    if masks is None:
+        return None
+    below = masks.between[l - 1] if l > 0 else None
+    mine = None if masks.inputs[l] is None else masks.inputs[l][None]
+    if below is None or mine is None:
+        return below if mine is None else mine
+    return below * mine
+
+
+def layer_noise(model, masks: Masks | None, l: int) -> Noise | None:
+    """Layer l's recurrent dropout and zoneout: the masks' in training; without masks,
+    zoneout's expectation (d_t = p everywhere)."""
+    if masks is None:
+        if not model.zoneout:
+            return None
+        return Noise(None, np.full((1, 1, len(model.layer.STATE), model.hidden_size), model.zoneout, model.dtype))
+    if masks.recurrent[l] is None and masks.zone[l] is None:
+        return None
+    return Noise(masks.recurrent[l], masks.zone[l])
