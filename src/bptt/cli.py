@@ -46,6 +46,8 @@ def _train_options(p):
     _option(p, "input_dropout", float, "variational dropout of every layer's input, one mask per window")
     _option(p, "recurrent_dropout", float, "variational dropout of h_{t-1} before W_h, one mask per window")
     _option(p, "zoneout", float, "probability that a state unit keeps its previous value at a step")
+    p.add_argument("--layer-norm", dest="layer_norm", action="store_true", default=None,
+                   help="layer-normalised LSTM or GRU (Ba et al. 2016)")
     _option(p, "seq_len", int, "sequence length (text: steps per update)")
     _option(p, "batch", int, "sequences per update (text: parallel streams)")
     _option(p, "steps", int, "updates in all")

@@ -79,9 +79,10 @@ def draw(model, rng, T: int, B: int) -> Masks | None:
     if not any(getattr(model, r) for r in RATES):
         return None
     L, H, S, dt = model.num_layers, model.hidden_size, len(model.layer.STATE), model.dtype
+    uniform = np.float32 if dt == np.float32 else np.float64     # float32 draws: half the work
 
     def kept(p, shape):
-        return None if not p else ((rng.random(shape) >= p) / (1 - p)).astype(dt)
+        return None if not p else np.where(rng.random(shape, dtype=uniform) >= p, dt.type(1 / (1 - p)), dt.type(0))
 
     between, inputs, recurrent, zone = [], [], [], []
     for l in range(L):
@@ -89,7 +90,7 @@ def draw(model, rng, T: int, B: int) -> Masks | None:
             between.append(kept(model.dropout, (T, B, H)))
         inputs.append(kept(model.input_dropout, (B, model.input_size if l == 0 else H)))
         recurrent.append(kept(model.recurrent_dropout, (B, H)))
-        zone.append(None if not model.zoneout else (rng.random((T, B, S, H)) < model.zoneout).astype(dt))
+        zone.append(None if not model.zoneout else (rng.random((T, B, S, H), dtype=uniform) < model.zoneout).astype(dt))
     return Masks(between, inputs, recurrent, zone)
 
 

@@ -21,7 +21,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _checks, batch_split, dropout as noise
-from .cells import head as head_layer, resolve
+from .cells import head as head_layer, layer_of, resolve
+from .cells.layer_norm import LayerNormGRU, LayerNormLSTM
 from .ops import ACTIVATIONS, HEADS, LOSSES
 
 INITS = ("default", "orthogonal", "identity", "chrono")
@@ -68,14 +69,23 @@ class Model:
             the common remedy for early forgetting); only for cell="lstm".
         dropout, input_dropout, recurrent_dropout, zoneout: rates in [0, 1) of the noise
             of bptt/dropout.py, active only in passes given masks (``draw_masks``).
+        layer_norm: layer-normalised LSTM or GRU (cells/layer_norm.py, Ba et al. 2016).
     """
 
     def __init__(self, cell, input_size, hidden_size, output_size, num_layers=1,
                  nonlinearity="tanh", head="identity", loss="mse", outputs="all",
                  reduction="mean", dtype="float32", seed=None, init="default", forget_bias=0.0,
-                 dropout=0.0, input_dropout=0.0, recurrent_dropout=0.0, zoneout=0.0, chrono_t_max=None):
+                 dropout=0.0, input_dropout=0.0, recurrent_dropout=0.0, zoneout=0.0, chrono_t_max=None,
+                 layer_norm=False):
         self.cell = cell
         self.cell_name, self.layer = resolve(cell)
+        self.layer_norm = bool(layer_norm)
+        if not isinstance(layer_norm, bool):
+            raise ValueError(f"layer_norm: expected True or False, got {layer_norm!r}")
+        if layer_norm:
+            if cell not in ("lstm", "gru"):
+                raise ValueError(f"layer_norm: applies to cell='lstm' or 'gru', got cell={self.cell_name!r}")
+            self.layer = layer_of(LayerNormLSTM() if cell == "lstm" else LayerNormGRU())
         if cell == "rnn":                    # the RNN cell holds its nonlinearity
             self.layer = resolve(cell, _checks.choice("nonlinearity", nonlinearity, tuple(ACTIVATIONS)))[1]
         self.input_size = _checks.positive_int("input_size", input_size)
@@ -118,7 +128,7 @@ class Model:
         if self.dropout and self.num_layers == 1:
             raise ValueError("dropout: acts between stacked layers and num_layers=1 has none; "
                              "use input_dropout or recurrent_dropout, or num_layers >= 2")
-        self.builtin = isinstance(cell, str) and cell in ("rnn", "lstm", "gru")
+        self.builtin = isinstance(cell, str) and cell in ("rnn", "lstm", "gru") and not layer_norm
         self.tuple_state = len(self.layer.STATE) > 1     # the public state: a tuple of arrays, or one
         self.threads = 1              # how gradients() runs, not part of the model: see there
         rng = np.random.default_rng(seed)
@@ -128,7 +138,7 @@ class Model:
         if forget_bias:
             H = self.hidden_size
             for l in range(self.num_layers):
-                self.params[f"layer{l}.b_h"][H:2 * H] += forget_bias     # gates i, f, g, o
+                self.params[f"layer{l}.{self._gate_bias}"][H:2 * H] += forget_bias     # gates i, f, g, o
 
     # ---- construction -------------------------------------------------------------
 
@@ -137,7 +147,8 @@ class Model:
         """Everything but the parameters needed to build this model again."""
         return {k: getattr(self, k) for k in ("cell", "input_size", "hidden_size", "output_size",
                                               "num_layers", "nonlinearity", "head", "loss",
-                                              "outputs", "reduction") + noise.RATES} | {"dtype": self.dtype.name}
+                                              "outputs", "reduction", "layer_norm") + noise.RATES} | \
+            {"dtype": self.dtype.name}
 
     def astype(self, dtype) -> "Model":
         """A copy of this model with parameters converted to ``dtype``."""
@@ -191,11 +202,16 @@ class Model:
         state) b_z ~ log U(1, T_max − 1). The other gates keep their initialisation."""
         H = self.hidden_size
         for l in range(self.num_layers):
-            b = self.params[f"layer{l}.b_h"]
+            b = self.params[f"layer{l}.{self._gate_bias}"]
             spans = np.log(rng.uniform(1, self.chrono_t_max - 1, size=H))
             b[H:2 * H] = spans                              # LSTM f (i, f, g, o); GRU z (r, z, n)
             if self.cell == "lstm":
                 b[:H] = -spans
+
+    @property
+    def _gate_bias(self) -> str:
+        """The bias the gates see: b_h, or β (ln_bias) where b_h sits inside a normalisation."""
+        return "ln_bias" if self.layer_norm else "b_h"
 
     def draw_masks(self, T: int, B: int, rng) -> "noise.Masks | None":
         """The dropout and zoneout masks of one training pass over T steps of B sequences,

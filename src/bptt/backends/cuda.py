@@ -187,4 +187,5 @@ def steps_for(cell):
     """The device steps of a built-in cell, or None for a cell of one's own."""
     if not AVAILABLE:
         raise RuntimeError("the CuPy backend needs CuPy and an NVIDIA GPU (pip install -e '.[gpu]')")
-    return DeviceSteps(cell) if type(cell).__module__.startswith("bptt.cells.") else None
+    return DeviceSteps(cell) if type(cell).__module__ in ("bptt.cells.rnn", "bptt.cells.lstm", "bptt.cells.gru") \
+        else None

@@ -79,6 +79,8 @@ def to_torch(model: Model):
     """(nn.RNN/LSTM/GRU, nn.Linear) computing what ``model`` computes (time-major)."""
     if model.cell not in ("rnn", "lstm", "gru"):
         raise ValueError(f"model: PyTorch has layers for the cells 'rnn', 'lstm' and 'gru', got {model.cell_name!r}")
+    if model.layer_norm:
+        raise ValueError("model: PyTorch has no layer-normalised LSTM or GRU layer (layer_norm=True)")
     torch = _torch()
     dtype = getattr(torch, model.dtype.name)
     kw = dict(input_size=model.input_size, hidden_size=model.hidden_size, num_layers=model.num_layers,

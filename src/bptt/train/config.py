@@ -43,6 +43,7 @@ class Config:
     input_dropout: float = 0.0         # variational, on every layer's input
     recurrent_dropout: float = 0.0     # variational, on h_{t-1} before W_h
     zoneout: float = 0.0
+    layer_norm: bool = False           # layer-normalised LSTM or GRU
     seq_len: int = 64
     batch: int = 32
     steps: int = 3000
@@ -91,6 +92,8 @@ class Config:
             raise ValueError(f"forget-bias: expected a finite number, got {self.forget_bias}")
         for name in RATES:
             check_rate(name.replace("_", "-"), getattr(self, name))
+        if self.layer_norm and self.cell not in ("lstm", "gru"):
+            raise ValueError(f"layer-norm: applies to --cell lstm or gru, got --cell {self.cell}")
         if self.dropout and self.layers == 1:
             raise ValueError("dropout: acts between stacked layers and --layers 1 has none; use "
                              "--input-dropout or --recurrent-dropout, or --layers 2 or more")
@@ -134,6 +137,8 @@ def coerce(key: str, value):
     elif kind.startswith("float"):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+    elif kind.startswith("bool"):
+        ok = isinstance(value, bool)
     else:
         ok = isinstance(value, str)
     if not ok:
