@@ -19,7 +19,7 @@ def make_model(cell, nonlinearity="tanh", layers=1, D=3, H=4, O=3, dtype="float6
 
 
 def make_state(model, B, rng, scale=0.5):
-    shape = (model.num_layers, B, model.hidden_size)
+    shape = (model.num_layers * model.directions, B, model.hidden_size)
     if model.cell == "lstm":
         return tuple(scale * rng.standard_normal(shape).astype(model.dtype) for _ in range(2))
     return scale * rng.standard_normal(shape).astype(model.dtype)

@@ -49,12 +49,26 @@ def test_two_ranks_equal_one_rank_with_adam_and_clipping(tmp_path):
     assert float(last.split('"grad_norm": ')[1].split(",")[0]) > 0.05   # clipping was active
 
 
-def test_text_streams_split_over_ranks_and_resume_with_another_count(tmp_path):
+def test_two_ranks_draw_the_masks_of_one_rank(tmp_path):
+    """Dropout and zoneout masks are drawn for the whole batch and each rank takes its rows:
+    two ranks train what one does."""
+    noise = ["--input-dropout", "0.2", "--recurrent-dropout", "0.3", "--zoneout", "0.2", "--cell", "gru"]
+    one = run(1, SYNTHETIC + noise + ["--out", str(tmp_path / "one")])
+    two = run(2, SYNTHETIC + noise + ["--out", str(tmp_path / "two")])
+    plain = run(1, SYNTHETIC + ["--cell", "gru", "--out", str(tmp_path / "plain")])
+    assert one.returncode == 0 and two.returncode == 0 and plain.returncode == 0, two.stderr
+    assert_same(params(tmp_path / "one", 8), params(tmp_path / "two", 8))
+    a, b = params(tmp_path / "one", 8), params(tmp_path / "plain", 8)
+    assert max(np.abs(a[k] - b[k]).max() for k in a) > 1e-4                # the noise acted
+
+
+@pytest.mark.parametrize("noise", [[], ["--recurrent-dropout", "0.3", "--zoneout", "0.1"]])
+def test_text_streams_split_over_ranks_and_resume_with_another_count(tmp_path, noise):
     corpus = tmp_path / "t.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog; " * 300, encoding="utf-8")
     text = ["train", "--text", str(corpus), "--hidden", "12", "--seq-len", "8", "--k2", "12", "--batch", "4",
             "--dtype", "float64", "--schedule", "constant", "--eval-every", "5", "--checkpoint-every", "5",
-            "--quiet"]
+            "--quiet"] + noise
     assert run(1, text + ["--steps", "10", "--out", str(tmp_path / "one")]).returncode == 0
     two = run(2, text + ["--steps", "5", "--out", str(tmp_path / "two")])
     assert two.returncode == 0, two.stderr

@@ -138,7 +138,7 @@ def test_masked_batch_matches_torch_packed_sequences():
 
 
 def test_interop_rejects_what_it_cannot_represent():
-    with pytest.raises(ValueError, match="bidirectional"):
+    with pytest.raises(ValueError, match=r"in_features = 2 · rnn.hidden_size = 6, got 3"):
         from_torch(torch.nn.GRU(2, 3, bidirectional=True), torch.nn.Linear(3, 1))
     with pytest.raises(ValueError, match="in_features"):
         from_torch(torch.nn.GRU(2, 3), torch.nn.Linear(4, 1))

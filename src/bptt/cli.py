@@ -48,6 +48,8 @@ def _train_options(p):
     _option(p, "zoneout", float, "probability that a state unit keeps its previous value at a step")
     p.add_argument("--layer-norm", dest="layer_norm", action="store_true", default=None,
                    help="layer-normalised LSTM or GRU (Ba et al. 2016)")
+    p.add_argument("--bidirectional", dest="bidirectional", action="store_true", default=None,
+                   help="every layer also reads each sequence backward (not with --task text: streams)")
     _option(p, "seq_len", int, "sequence length (text: steps per update)")
     _option(p, "batch", int, "sequences per update (text: parallel streams)")
     _option(p, "steps", int, "updates in all")
@@ -235,7 +237,8 @@ def main(argv=None) -> int:
     except (ValueError, NonFiniteGradient, RuntimeError) as exc:
         rank = _mpi_rank()
         where = ""
-        if isinstance(exc, NonFiniteGradient) and getattr(trainer, "last_batch", None) is not None:
+        if isinstance(exc, NonFiniteGradient) and getattr(trainer, "last_batch", None) is not None \
+                and not trainer.model.bidirectional:                  # (it follows one direction)
             from .diagnostics.nonfinite import first_nonfinite
             where = "; " + first_nonfinite(trainer.model, *trainer.last_batch).describe()
         if isinstance(exc, CollectiveError):

@@ -31,12 +31,14 @@ RATES = ("dropout", "input_dropout", "recurrent_dropout", "zoneout")
 
 
 class Masks(NamedTuple):
-    """One pass's masks, per layer (None where that kind is off). Shapes:
+    """One pass's masks (None where that kind is off). With D directions (stack.py),
+    per layer l, or per layer and direction k = l·D + d:
 
-        between    L − 1 of (T, B, H)   multipliers of layer l's output, l < L − 1
-        inputs     L of (B, D_l)        multipliers of layer l's input
-        recurrent  L of (B, H)          multipliers of h_{t-1} before W_h
-        zone       L of (T, B, S, H)    d_t: 1 where a unit keeps its previous value
+        between    L − 1 of (T, B, D·H)   multipliers of layer l's output, l < L − 1
+        inputs     L of (B, D_l)          multipliers of layer l's input
+        recurrent  L·D of (B, H)          multipliers of h_{t-1} before W_h
+        zone       L·D of (T, B, S, H)    d_t: 1 where a unit keeps its previous value
+                                          (a reverse direction's t runs backward in time)
     """
     between: list
     inputs: list
@@ -84,13 +86,16 @@ def draw(model, rng, T: int, B: int) -> Masks | None:
     def kept(p, shape):
         return None if not p else np.where(rng.random(shape, dtype=uniform) >= p, dt.type(1 / (1 - p)), dt.type(0))
 
+    width = model.directions * H
     between, inputs, recurrent, zone = [], [], [], []
     for l in range(L):
         if l < L - 1:
-            between.append(kept(model.dropout, (T, B, H)))
-        inputs.append(kept(model.input_dropout, (B, model.input_size if l == 0 else H)))
-        recurrent.append(kept(model.recurrent_dropout, (B, H)))
-        zone.append(None if not model.zoneout else (rng.random((T, B, S, H), dtype=uniform) < model.zoneout).astype(dt))
+            between.append(kept(model.dropout, (T, B, width)))
+        inputs.append(kept(model.input_dropout, (B, model.input_size if l == 0 else width)))
+        for _ in range(model.directions):
+            recurrent.append(kept(model.recurrent_dropout, (B, H)))
+            zone.append(None if not model.zoneout
+                        else (rng.random((T, B, S, H), dtype=uniform) < model.zoneout).astype(dt))
     return Masks(between, inputs, recurrent, zone)
 
 
@@ -117,13 +122,13 @@ def input_scale(masks: Masks | None, l: int):
     return below * mine
 
 
-def layer_noise(model, masks: Masks | None, l: int) -> Noise | None:
-    """Layer l's recurrent dropout and zoneout: the masks' in training; without masks,
-    zoneout's expectation (d_t = p everywhere)."""
+def layer_noise(model, masks: Masks | None, k: int) -> Noise | None:
+    """The recurrent dropout and zoneout of layer and direction k (stack.py): the masks' in
+    training; without masks, zoneout's expectation (d_t = p everywhere)."""
     if masks is None:
         if not model.zoneout:
             return None
         return Noise(None, np.full((1, 1, len(model.layer.STATE), model.hidden_size), model.zoneout, model.dtype))
-    if masks.recurrent[l] is None and masks.zone[l] is None:
+    if masks.recurrent[k] is None and masks.zone[k] is None:
         return None
-    return Noise(masks.recurrent[l], masks.zone[l])
+    return Noise(masks.recurrent[k], masks.zone[k])

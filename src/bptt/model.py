@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _checks, batch_split, dropout as noise
+from . import _checks, batch_split, dropout as noise, stack
 from .cells import head as head_layer, layer_of, resolve
 from .cells.layer_norm import LayerNormGRU, LayerNormLSTM
 from .ops import ACTIVATIONS, HEADS, LOSSES
@@ -34,13 +34,6 @@ class Gradients(NamedTuple):
     x: np.ndarray     # ∂L/∂x (T, B, D), None when input_grad=False
     state0: object    # ∂L/∂state0, in the state's structure
     state: object     # the final state of the forward pass
-
-
-class _Forward(NamedTuple):
-    top: np.ndarray   # (T, B, H) the last layer's outputs
-    states: list      # per layer, a tuple of (B, H) arrays
-    tapes: list
-    scales: list      # per layer, what multiplied its input (dropout.input_scale), or None
 
 
 class Model:
@@ -70,18 +63,23 @@ class Model:
         dropout, input_dropout, recurrent_dropout, zoneout: rates in [0, 1) of the noise
             of bptt/dropout.py, active only in passes given masks (``draw_masks``).
         layer_norm: layer-normalised LSTM or GRU (cells/layer_norm.py, Ba et al. 2016).
+        bidirectional: every layer also runs each sequence backward in time, from its last
+            valid step, with parameters ``layer{l}_reverse.*``; outputs (T, B, 2H) (stack.py).
+            The state is then (2L, B, H), PyTorch's layout.
     """
 
     def __init__(self, cell, input_size, hidden_size, output_size, num_layers=1,
                  nonlinearity="tanh", head="identity", loss="mse", outputs="all",
                  reduction="mean", dtype="float32", seed=None, init="default", forget_bias=0.0,
                  dropout=0.0, input_dropout=0.0, recurrent_dropout=0.0, zoneout=0.0, chrono_t_max=None,
-                 layer_norm=False):
+                 layer_norm=False, bidirectional=False):
         self.cell = cell
         self.cell_name, self.layer = resolve(cell)
-        self.layer_norm = bool(layer_norm)
-        if not isinstance(layer_norm, bool):
-            raise ValueError(f"layer_norm: expected True or False, got {layer_norm!r}")
+        for name, flag in (("layer_norm", layer_norm), ("bidirectional", bidirectional)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{name}: expected True or False, got {flag!r}")
+        self.layer_norm, self.bidirectional = bool(layer_norm), bool(bidirectional)
+        self.directions = 2 if bidirectional else 1
         if layer_norm:
             if cell not in ("lstm", "gru"):
                 raise ValueError(f"layer_norm: applies to cell='lstm' or 'gru', got cell={self.cell_name!r}")
@@ -137,8 +135,8 @@ class Model:
             self._chrono(rng)
         if forget_bias:
             H = self.hidden_size
-            for l in range(self.num_layers):
-                self.params[f"layer{l}.{self._gate_bias}"][H:2 * H] += forget_bias     # gates i, f, g, o
+            for prefix in self.layer_prefixes():
+                self.params[f"{prefix}.{self._gate_bias}"][H:2 * H] += forget_bias     # gates i, f, g, o
 
     # ---- construction -------------------------------------------------------------
 
@@ -147,7 +145,8 @@ class Model:
         """Everything but the parameters needed to build this model again."""
         return {k: getattr(self, k) for k in ("cell", "input_size", "hidden_size", "output_size",
                                               "num_layers", "nonlinearity", "head", "loss",
-                                              "outputs", "reduction", "layer_norm") + noise.RATES} | \
+                                              "outputs", "reduction", "layer_norm", "bidirectional")
+                + noise.RATES} | \
             {"dtype": self.dtype.name}
 
     def astype(self, dtype) -> "Model":
@@ -167,42 +166,44 @@ class Model:
 
         params = {}
         for l in range(self.num_layers):
-            D = self.input_size if l == 0 else H
+            D = self.input_size if l == 0 else self.directions * H
             shapes = self.layer.param_shapes(D, H)
-            params[f"layer{l}.W_x"] = uniform(shapes["W_x"])
-            W_h = uniform(shapes["W_h"])
-            if init == "orthogonal":
-                W_h = np.concatenate([_orthogonal(rng, H) for _ in range(self.layer.GATES)])
-            elif init == "identity":
-                W_h = np.eye(H)
-            params[f"layer{l}.W_h"] = W_h
-            if not self.builtin:                                   # a cell of one's own
-                params[f"layer{l}.b_h"] = uniform(shapes["b_h"])
-                layer = {k: uniform(shape) for k, shape in shapes.items() if k not in ("W_x", "W_h", "b_h")}
-                layer |= {k: params[f"layer{l}.{k}"] for k in ("W_x", "W_h", "b_h")}
-                self.layer.cell.initialize(layer, rng, H)
-                params |= {f"layer{l}.{k}": layer[k] for k in shapes}
-                continue
-            # PyTorch draws b_ih and b_hh; we keep their sum, except GRU's b_hn (see cells/gru.py).
-            b_ih, b_hh = uniform(shapes["b_h"]), uniform(shapes["b_h"])
-            if init == "identity":
-                b_ih, b_hh = np.zeros_like(b_ih), np.zeros_like(b_hh)
-            if self.cell == "gru":
-                params[f"layer{l}.b_h"] = np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])
-                params[f"layer{l}.b_hn"] = b_hh[2 * H:]
-            else:
-                params[f"layer{l}.b_h"] = b_ih + b_hh
-        shapes = head_layer.param_shapes(H, self.output_size)
-        params["head.W_y"] = uniform(shapes["W_y"])     # nn.Linear's default: U(±1/√H)
+            for d in range(self.directions):
+                params |= {f"{self.direction_prefix(l, d)}.{k}": v
+                           for k, v in self._init_layer(shapes, uniform, rng, init).items()}
+        shapes = head_layer.param_shapes(self.directions * H, self.output_size)
+        bound = 1.0 / np.sqrt(self.directions * H)              # nn.Linear's default: U(±1/√fan_in)
+        params["head.W_y"] = uniform(shapes["W_y"])
         params["head.b_y"] = uniform(shapes["b_y"])
         return {k: np.ascontiguousarray(v, dtype=dt) for k, v in params.items()}
+
+    def _init_layer(self, shapes, uniform, rng, init) -> dict:
+        """One layer's (one direction's) parameters, PyTorch's way for the built-in cells."""
+        H = self.hidden_size
+        layer = {"W_x": uniform(shapes["W_x"]), "W_h": uniform(shapes["W_h"])}
+        if init == "orthogonal":
+            layer["W_h"] = np.concatenate([_orthogonal(rng, H) for _ in range(self.layer.GATES)])
+        elif init == "identity":
+            layer["W_h"] = np.eye(H)
+        if not self.builtin:                                   # a cell of one's own
+            layer["b_h"] = uniform(shapes["b_h"])
+            layer |= {k: uniform(shape) for k, shape in shapes.items() if k not in ("W_x", "W_h", "b_h")}
+            self.layer.cell.initialize(layer, rng, H)
+            return {k: layer[k] for k in shapes}
+        # PyTorch draws b_ih and b_hh; we keep their sum, except GRU's b_hn (see cells/gru.py).
+        b_ih, b_hh = uniform(shapes["b_h"]), uniform(shapes["b_h"])
+        if init == "identity":
+            b_ih, b_hh = np.zeros_like(b_ih), np.zeros_like(b_hh)
+        if self.cell == "gru":
+            return layer | {"b_h": np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]]), "b_hn": b_hh[2 * H:]}
+        return layer | {"b_h": b_ih + b_hh}
 
     def _chrono(self, rng):
         """(I1): LSTM b_f ~ log U(1, T_max − 1), b_i = −b_f; GRU (PyTorch's z keeps the
         state) b_z ~ log U(1, T_max − 1). The other gates keep their initialisation."""
         H = self.hidden_size
-        for l in range(self.num_layers):
-            b = self.params[f"layer{l}.{self._gate_bias}"]
+        for prefix in self.layer_prefixes():
+            b = self.params[f"{prefix}.{self._gate_bias}"]
             spans = np.log(rng.uniform(1, self.chrono_t_max - 1, size=H))
             b[H:2 * H] = spans                              # LSTM f (i, f, g, o); GRU z (r, z, n)
             if self.cell == "lstm":
@@ -219,9 +220,21 @@ class Model:
         to ``gradients``, ``forward``, ``advance`` or ``loss_value`` (masks=…)."""
         return noise.draw(self, rng, _checks.positive_int("T", T), _checks.positive_int("B", B))
 
-    def layer_params(self, l: int) -> dict:
-        prefix = f"layer{l}."
+    def direction_prefix(self, l: int, d: int = 0) -> str:
+        """"layer{l}" (forward in time) or "layer{l}_reverse", as PyTorch names them."""
+        return f"layer{l}_reverse" if d else f"layer{l}"
+
+    def layer_prefixes(self) -> list:
+        """Every layer's and direction's prefix, in the order of the states (stack.py)."""
+        return [self.direction_prefix(l, d) for l in range(self.num_layers) for d in range(self.directions)]
+
+    def direction_params(self, l: int, d: int = 0) -> dict:
+        prefix = self.direction_prefix(l, d) + "."
         return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
+
+    def layer_params(self, l: int) -> dict:
+        """Layer l's parameters (its forward direction's)."""
+        return self.direction_params(l, 0)
 
     def head_params(self) -> dict:
         return {"W_y": self.params["head.W_y"], "b_y": self.params["head.b_y"]}
@@ -231,15 +244,15 @@ class Model:
     def init_state(self, batch: int):
         """The zero state for ``batch`` sequences, in the public structure."""
         B = _checks.positive_int("batch", batch)
-        zeros = np.zeros((self.num_layers, B, self.hidden_size), dtype=self.dtype)
+        zeros = np.zeros((self.num_layers * self.directions, B, self.hidden_size), dtype=self.dtype)
         return tuple(zeros.copy() for _ in self.layer.STATE) if self.tuple_state else zeros
 
     def _split_state(self, state, B, name="state0"):
-        """Public state -> list of per-layer tuples, validated."""
-        dims = (self.num_layers, B, self.hidden_size)
+        """Public state -> list of tuples per layer and direction (stack.py), validated."""
+        dims = (self.num_layers * self.directions, B, self.hidden_size)
         if state is None:
             return [tuple(np.zeros((B, self.hidden_size), self.dtype) for _ in self.layer.STATE)
-                    for _ in range(self.num_layers)]
+                    for _ in range(dims[0])]
         if self.tuple_state:
             n = len(self.layer.STATE)
             if not (isinstance(state, (tuple, list)) and len(state) == n):
@@ -251,7 +264,7 @@ class Model:
             if isinstance(state, (tuple, list)) and len(state) == 1:
                 state = state[0]
             arrays = [_checks.float_array(name, state, self.dtype, dims)]
-        return [tuple(a[l] for a in arrays) for l in range(self.num_layers)]
+        return [tuple(a[k] for a in arrays) for k in range(dims[0])]
 
     def _join_state(self, per_layer):
         arrays = tuple(np.stack([s[i] for s in per_layer]) for i in range(len(self.layer.STATE)))
@@ -266,6 +279,9 @@ class Model:
             resets = _checks.bool_mask("resets", resets, (T, B))
             if not resets.any():
                 resets = None
+            elif self.bidirectional:
+                raise ValueError("resets: mark where a stream's next sequence begins; a bidirectional model "
+                                 "reads whole sequences (one per row, padded with a mask) and takes none")
         if mask is not None:
             mask = _checks.bool_mask("mask", mask, (T, B))
             if self.outputs == "last" and not mask.any(axis=0).all():
@@ -289,29 +305,24 @@ class Model:
 
     # ---- forward and backward -----------------------------------------------------------
 
-    def _forward(self, x, state0, mask, resets=None, masks=None) -> _Forward:
-        layer_in, states, tapes, scales = x, [], [], []
-        for l, s0 in enumerate(state0):
-            scale = noise.input_scale(masks, l)
-            if scale is not None:
-                layer_in = layer_in * scale                                             # (N5)
-            layer_in, sT, tape = self.layer.forward(self.layer_params(l), layer_in, s0, mask, resets,
-                                                    noise.layer_noise(self, masks, l))
-            states.append(sT)
-            tapes.append(tape)
-            scales.append(scale)
-        return _Forward(layer_in, states, tapes, scales)
+    def _forward(self, x, state0, mask, resets=None, masks=None) -> stack.Forward:
+        return stack.forward(self, x, state0, mask, resets, masks)
 
-    def _head_rows(self, top):
-        T, B, H = top.shape
-        return top.reshape(T * B, H) if self.outputs == "all" else top[-1]
+    def _head_rows(self, fw: stack.Forward):
+        """What the head reads: every step's top output (T·B, D·H), or with outputs="last"
+        the top layer's final h of each direction, side by side (B, D·H), PyTorch's h_n."""
+        if self.outputs == "all":
+            T, B, width = fw.top.shape
+            return fw.top.reshape(T * B, width)
+        top = fw.states[-self.directions:]
+        return top[0][0] if self.directions == 1 else np.concatenate([s[0] for s in top], axis=1)
 
     def forward(self, x, state0=None, mask=None, resets=None, masks=None):
         """Predictions y = g(o): (T, B, O) or (B, O) with outputs="last"; and the final state."""
         x, mask, resets = self._check_inputs(x, mask, resets)
         T, B, _ = x.shape
         fw = self._forward(x, self._split_state(state0, B), mask, resets, self._masks(masks, T, B))
-        y = HEADS[self.head][0](head_layer.forward(self.head_params(), self._head_rows(fw.top)))
+        y = HEADS[self.head][0](head_layer.forward(self.head_params(), self._head_rows(fw)))
         if self.outputs == "all":
             y = y.reshape(T, B, self.output_size)
         return y, self._join_state(fw.states)
@@ -384,27 +395,24 @@ class Model:
             return batch_split.gradients(self, x, targets, state0, mask, dstate, input_grad, resets,
                                          loss_mask, loss_count, masks)
         fw = self._forward(x, s0, mask, resets, masks)
-        rows = self._head_rows(fw.top)
+        rows = self._head_rows(fw)
         loss, do = self._loss(rows, targets, mask, T, B, loss_mask, loss_count)
         d_rows, grads = head_layer.backward(self.head_params(), do, rows)
         grads = {f"head.{k}": v for k, v in grads.items()}
         if self.outputs == "all":
-            dh = d_rows.reshape(T, B, self.hidden_size)
+            dh = d_rows.reshape(T, B, d_rows.shape[1])
         else:
-            # The last row is the final state itself: its gradient enters as dstate_T.
-            dh = None
-            top = list(dsT[-1]) if dsT is not None else [np.zeros_like(d_rows) for _ in self.layer.STATE]
-            top[0] = top[0] + d_rows
-            dsT = (dsT or [None] * self.num_layers)[:-1] + [tuple(top)]
-        layer_grads, dstate0 = {}, [None] * self.num_layers
-        for l in range(self.num_layers - 1, -1, -1):
-            dh, dstate0[l], g = self.layer.backward(self.layer_params(l), dh, None if dsT is None else dsT[l],
-                                                    fw.tapes[l], need_dx=l > 0 or input_grad)
-            if dh is not None and fw.scales[l] is not None:
-                dh = dh * fw.scales[l]                                                  # (N5)
-            layer_grads.update({f"layer{l}.{k}": v for k, v in g.items()})
+            # The rows are the top layer's final states: their gradient enters as dstate_T.
+            dh, H, K = None, self.hidden_size, len(fw.states)
+            dsT = list(dsT) if dsT is not None else [None] * K
+            for d in range(self.directions):
+                k = K - self.directions + d
+                top = list(dsT[k]) if dsT[k] is not None else [np.zeros((B, H), self.dtype) for _ in self.layer.STATE]
+                top[0] = top[0] + d_rows[:, d * H:(d + 1) * H]
+                dsT[k] = tuple(top)
+        dx, dstate0, layer_grads = stack.backward(self, fw, dh, dsT, input_grad)
         grads = {k: (layer_grads | grads)[k] for k in self.params}
-        return Gradients(loss, grads, dh, self._join_state(dstate0), self._join_state(fw.states))
+        return Gradients(loss, grads, dx, self._join_state(dstate0), self._join_state(fw.states))
 
     def loss_and_grads(self, x, targets, state0=None, mask=None, resets=None, masks=None):
         """(loss, grads, final state); grads has the keys of ``params``."""
@@ -418,7 +426,7 @@ class Model:
         T, B, _ = x.shape
         targets = self._check_targets(targets, T, B)
         fw = self._forward(x, self._split_state(state0, B), mask, resets, self._masks(masks, T, B))
-        return self._loss(self._head_rows(fw.top), targets, mask, T, B, loss_mask, loss_count)[0]
+        return self._loss(self._head_rows(fw), targets, mask, T, B, loss_mask, loss_count)[0]
 
     def _loss(self, rows, targets, mask, T, B, loss_mask=None, loss_count=None):
         """Head and loss on all rows at once -> (loss, ∂L/∂o); no targets, no loss."""

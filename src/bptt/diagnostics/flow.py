@@ -176,6 +176,9 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
             in one credit pass whatever LAG_MEMORY says).
     """
     start = time.perf_counter()
+    if model.bidirectional:
+        raise ValueError("model: the flow report follows the gradient back through time in one direction; "
+                         "got bidirectional=True")
     m = model if model.dtype == np.float64 else model.astype("float64")
     if targets is None:
         raise ValueError("targets: the flow report needs targets (a loss to take the gradient of), got None")
@@ -194,7 +197,7 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
     steps, lag_set = _targets_and_lags(T, S, jacobian_steps, jacobian_lags)
 
     fw = m._forward(x, s0, mask)
-    rows = m._head_rows(fw.top)
+    rows = m._head_rows(fw)
     loss, do = m._loss(rows, targets, mask, T, B)
     e, _ = head_layer.backward(m.head_params(), do, rows)            # (H7), (T·B, H) or (B, H)
     weight_grads = m.gradients(x, targets, m._join_state(s0), mask, input_grad=False).params

@@ -45,7 +45,7 @@ def first_nonfinite(model, x, targets, state0=None, mask=None) -> NonFinite:
     with np.errstate(all="ignore"):
         fw = model._forward(x, model._split_state(state0, B), mask)
         forward = [_first(~np.isfinite(tape.states[0]).all(axis=(1, 2))) for tape in fw.tapes]
-        rows = model._head_rows(fw.top)
+        rows = model._head_rows(fw)
         loss, do = model._loss(rows, targets, mask, T, B)
         e, _ = head_layer.backward(model.head_params(), do, rows)
         lin = [linearise(model, model.layer_params(l), tape) for l, tape in enumerate(fw.tapes)]

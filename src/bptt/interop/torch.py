@@ -37,38 +37,40 @@ def from_torch(rnn, linear, head="identity", loss="mse", outputs="all", reductio
         raise ValueError(f"rnn: expected torch.nn.RNN, LSTM or GRU, got {type(rnn).__name__}")
     if not isinstance(linear, torch.nn.Linear):
         raise ValueError(f"linear: expected torch.nn.Linear, got {type(linear).__name__}")
-    if rnn.bidirectional:
-        raise ValueError("rnn: bidirectional layers are not supported, got bidirectional=True")
     if getattr(rnn, "proj_size", 0):
         raise ValueError(f"rnn: LSTM projections are not supported, got proj_size={rnn.proj_size}")
-    if linear.in_features != rnn.hidden_size:
-        raise ValueError(f"linear: expected in_features = rnn.hidden_size = {rnn.hidden_size}, "
-                         f"got {linear.in_features}")
+    width = rnn.hidden_size * (2 if rnn.bidirectional else 1)
+    if linear.in_features != width:
+        raise ValueError(f"linear: expected in_features = {'2 · ' if rnn.bidirectional else ''}rnn.hidden_size = "
+                         f"{width}, got {linear.in_features}")
     dtype = rnn.weight_hh_l0.dtype
     if dtype not in (torch.float32, torch.float64) or linear.weight.dtype != dtype:
         raise ValueError(f"rnn, linear: expected both float32 or both float64, got "
                          f"{rnn.weight_hh_l0.dtype} and {linear.weight.dtype}")
     model = Model(kind, rnn.input_size, rnn.hidden_size, linear.out_features, num_layers=rnn.num_layers,
                   nonlinearity=getattr(rnn, "nonlinearity", "tanh"), head=head, loss=loss,
-                  outputs=outputs, reduction=reduction, dtype=str(dtype).removeprefix("torch."))
+                  outputs=outputs, reduction=reduction, dtype=str(dtype).removeprefix("torch."),
+                  bidirectional=rnn.bidirectional)
     H = rnn.hidden_size
 
     def array(t):
         return t.detach().cpu().numpy().astype(model.dtype, copy=True)
 
+    p = model.params
     for l in range(rnn.num_layers):
-        p = model.params
-        p[f"layer{l}.W_x"] = array(getattr(rnn, f"weight_ih_l{l}"))
-        p[f"layer{l}.W_h"] = array(getattr(rnn, f"weight_hh_l{l}"))
-        if rnn.bias:
-            b_ih, b_hh = array(getattr(rnn, f"bias_ih_l{l}")), array(getattr(rnn, f"bias_hh_l{l}"))
-        else:
-            b_ih = b_hh = np.zeros(p[f"layer{l}.b_h"].shape[0], dtype=model.dtype)
-        if kind == "gru":
-            p[f"layer{l}.b_h"] = np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])
-            p[f"layer{l}.b_hn"] = b_hh[2 * H:].copy()
-        else:
-            p[f"layer{l}.b_h"] = b_ih + b_hh
+        for d in range(model.directions):
+            ours, theirs = model.direction_prefix(l, d), f"l{l}" + ("_reverse" if d else "")
+            p[f"{ours}.W_x"] = array(getattr(rnn, f"weight_ih_{theirs}"))
+            p[f"{ours}.W_h"] = array(getattr(rnn, f"weight_hh_{theirs}"))
+            if rnn.bias:
+                b_ih, b_hh = array(getattr(rnn, f"bias_ih_{theirs}")), array(getattr(rnn, f"bias_hh_{theirs}"))
+            else:
+                b_ih = b_hh = np.zeros(p[f"{ours}.b_h"].shape[0], dtype=model.dtype)
+            if kind == "gru":
+                p[f"{ours}.b_h"] = np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])
+                p[f"{ours}.b_hn"] = b_hh[2 * H:].copy()
+            else:
+                p[f"{ours}.b_h"] = b_ih + b_hh
     model.params["head.W_y"] = array(linear.weight)
     model.params["head.b_y"] = (array(linear.bias) if linear.bias is not None
                                 else np.zeros(linear.out_features, dtype=model.dtype))
@@ -84,7 +86,7 @@ def to_torch(model: Model):
     torch = _torch()
     dtype = getattr(torch, model.dtype.name)
     kw = dict(input_size=model.input_size, hidden_size=model.hidden_size, num_layers=model.num_layers,
-              dtype=dtype)
+              bidirectional=model.bidirectional, dtype=dtype)
     if model.cell == "rnn":
         if model.nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"model: torch.nn.RNN supports nonlinearity 'tanh' or 'relu', "
@@ -92,18 +94,19 @@ def to_torch(model: Model):
         rnn = torch.nn.RNN(nonlinearity=model.nonlinearity, **kw)
     else:
         rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[model.cell](**kw)
-    linear = torch.nn.Linear(model.hidden_size, model.output_size, dtype=dtype)
+    linear = torch.nn.Linear(model.directions * model.hidden_size, model.output_size, dtype=dtype)
     H = model.hidden_size
     with torch.no_grad():
         for l in range(model.num_layers):
-            p = model.layer_params(l)
-            getattr(rnn, f"weight_ih_l{l}").copy_(torch.from_numpy(p["W_x"]))
-            getattr(rnn, f"weight_hh_l{l}").copy_(torch.from_numpy(p["W_h"]))
-            getattr(rnn, f"bias_ih_l{l}").copy_(torch.from_numpy(p["b_h"]))
-            b_hh = getattr(rnn, f"bias_hh_l{l}")
-            b_hh.zero_()
-            if model.cell == "gru":
-                b_hh[2 * H:] = torch.from_numpy(p["b_hn"])
+            for d in range(model.directions):
+                p, theirs = model.direction_params(l, d), f"l{l}" + ("_reverse" if d else "")
+                getattr(rnn, f"weight_ih_{theirs}").copy_(torch.from_numpy(p["W_x"]))
+                getattr(rnn, f"weight_hh_{theirs}").copy_(torch.from_numpy(p["W_h"]))
+                getattr(rnn, f"bias_ih_{theirs}").copy_(torch.from_numpy(p["b_h"]))
+                b_hh = getattr(rnn, f"bias_hh_{theirs}")
+                b_hh.zero_()
+                if model.cell == "gru":
+                    b_hh[2 * H:] = torch.from_numpy(p["b_hn"])
         linear.weight.copy_(torch.from_numpy(model.params["head.W_y"]))
         linear.bias.copy_(torch.from_numpy(model.params["head.b_y"]))
     return rnn, linear

@@ -26,6 +26,7 @@ from functools import lru_cache
 import numpy as np
 
 from .. import _checks
+from .schedules import refuse_bidirectional
 
 _MAX_UNITS = 1000       # the programme's table is units × slots; its time grows as units²·slots
 _MAX_SLOTS = 200        # more slots than this are not needed to get close to full speed
@@ -34,6 +35,7 @@ _MAX_SLOTS = 200        # more slots than this are not needed to get close to fu
 def checkpointed(model, x, targets, state0=None, mask=None, budget=None, resets=None, masks=None):
     """(loss, grads, final state), equal to ``full``'s, holding at most ``budget`` steps of
     tape. ``masks`` (model.draw_masks over all T steps) are cut to each segment's steps."""
+    refuse_bidirectional(model, "checkpointed BPTT")
     x, mask, resets = model._check_inputs(x, mask, resets)
     T, B, _ = x.shape
     targets = model._check_targets(targets, T, B)

@@ -23,7 +23,7 @@ from ..ops import ACTIVATIONS
 
 def rtrl(model, x, targets, state0=None):
     """(loss, grads) of a one-layer Elman model (cell="rnn") by forward-mode RTRL."""
-    if model.cell != "rnn" or model.num_layers != 1:
+    if model.cell != "rnn" or model.num_layers != 1 or model.bidirectional:
         raise ValueError(f"model: RTRL is implemented for one Elman layer (cell='rnn', num_layers=1), "
                          f"got cell={model.cell!r}, num_layers={model.num_layers}")
     x, _, _ = model._check_inputs(x, None)

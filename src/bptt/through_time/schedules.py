@@ -25,6 +25,15 @@ def full(model, x, targets, state0=None, mask=None, resets=None):
     return model.loss_and_grads(x, targets, state0, mask, resets=resets)
 
 
+def refuse_bidirectional(model, schedule):
+    """A schedule that cuts the sequence in time cannot run the reverse direction, which
+    starts from each sequence's end: a clear error instead."""
+    if model.bidirectional:
+        raise ValueError(f"model: {schedule} runs the sequence in pieces, carrying the state forward; the "
+                         f"reverse direction of a bidirectional model needs the whole sequence first "
+                         f"(bidirectional=True): use full BPTT")
+
+
 def _slice(a, lo, hi):
     return None if a is None else a[lo:hi]
 
@@ -60,6 +69,7 @@ def _updates(model, x, targets, k1, k2, state0, mask, resets, loss_count=None, r
     if model.outputs != "all":
         raise ValueError(f"model: truncated BPTT needs outputs='all' (a loss at every step), "
                          f"got outputs={model.outputs!r}")
+    refuse_bidirectional(model, "truncated BPTT")
     x, mask, resets = model._check_inputs(x, mask, resets)
     T, B, _ = x.shape
     model._check_targets(targets, T, B)
@@ -77,6 +87,7 @@ def stream_updates(model, T, inputs, targets, k1, context, state0, start=0, wind
     two are what a checkpoint needs to resume exactly after this update.
     ``draw_masks(steps, B)``: the dropout masks of an update's window (one draw per
     window; the state carried to the next window runs under the same masks)."""
+    refuse_bidirectional(model, "truncated BPTT")
     B = None
     window_start = max(0, start - context)
     if window_state is None:

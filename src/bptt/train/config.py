@@ -44,6 +44,7 @@ class Config:
     recurrent_dropout: float = 0.0     # variational, on h_{t-1} before W_h
     zoneout: float = 0.0
     layer_norm: bool = False           # layer-normalised LSTM or GRU
+    bidirectional: bool = False        # not for text: its streams are cut in windows
     seq_len: int = 64
     batch: int = 32
     steps: int = 3000
@@ -92,6 +93,12 @@ class Config:
             raise ValueError(f"forget-bias: expected a finite number, got {self.forget_bias}")
         for name in RATES:
             check_rate(name.replace("_", "-"), getattr(self, name))
+        if self.bidirectional and self.task == "text":
+            raise ValueError("bidirectional: --task text trains on streams cut in windows (truncated BPTT), "
+                             "which the reverse direction cannot read; use it with adding, copy, sine or digits")
+        if self.bidirectional and self.checkpointing:
+            raise ValueError("bidirectional: --checkpointing runs the sequence in segments; the reverse "
+                             "direction needs the whole sequence first")
         if self.layer_norm and self.cell not in ("lstm", "gru"):
             raise ValueError(f"layer-norm: applies to --cell lstm or gru, got --cell {self.cell}")
         if self.dropout and self.layers == 1:
