@@ -137,7 +137,7 @@ BAD = {
               "--eval-every": ["0"], "--checkpoint-every": ["-1"], "--checkpointing": ["0"],
               "--text": ["/no/such/file.txt"], "--nonlinearity": ["softplus"], "--init": ["zeros"],
               "--chrono-t-max": ["1", "inf", "x"], "--dropout": ["1", "-0.1", "x"], "--input-dropout": ["1.5"],
-              "--recurrent-dropout": ["-1", "nan"], "--zoneout": ["1"], "--layer-norm": FLAG, "--bidirectional": FLAG,
+              "--recurrent-dropout": ["-1", "nan"], "--zoneout": ["1"], "--layer-norm": FLAG, "--bidirectional": FLAG, "--proj-size": ["-1", "x", "128"],
               "--on-nonfinite": ["ignore"], "--seed": ["-1", "x"], "--threads": ["3", "0"], "--patience": ["0", "-2"],
               "--out": [""], "--config": ["/no/such/file.toml"], "--fresh": FLAG, "--quiet": FLAG},
     "resume": {"RUN": [NO_RUN], "--steps": ["0", "x"], "--patience": ["0", "-1"], "--best": FLAG, "--quiet": FLAG},

@@ -48,6 +48,7 @@ def _train_options(p):
     _option(p, "zoneout", float, "probability that a state unit keeps its previous value at a step")
     p.add_argument("--layer-norm", dest="layer_norm", action="store_true", default=None,
                    help="layer-normalised LSTM or GRU (Ba et al. 2016)")
+    _option(p, "proj_size", int, "LSTM: project h to this many units (Sak et al. 2014, PyTorch's proj_size); 0: none")
     p.add_argument("--bidirectional", dest="bidirectional", action="store_true", default=None,
                    help="every layer also reads each sequence backward (not with --task text: streams)")
     _option(p, "seq_len", int, "sequence length (text: steps per update)")
@@ -238,7 +239,7 @@ def main(argv=None) -> int:
         rank = _mpi_rank()
         where = ""
         if isinstance(exc, NonFiniteGradient) and getattr(trainer, "last_batch", None) is not None \
-                and not trainer.model.bidirectional:                  # (it follows one direction)
+                and not (trainer.model.bidirectional or trainer.model.proj_size):   # (one direction, unprojected)
             from .diagnostics.nonfinite import first_nonfinite
             where = "; " + first_nonfinite(trainer.model, *trainer.last_batch).describe()
         if isinstance(exc, CollectiveError):

@@ -37,7 +37,7 @@ class Masks(NamedTuple):
         between    L − 1 of (T, B, D·H)   multipliers of layer l's output, l < L − 1
         inputs     L of (B, D_l)          multipliers of layer l's input
         recurrent  L·D of (B, H)          multipliers of h_{t-1} before W_h
-        zone       L·D of (T, B, S, H)    d_t: 1 where a unit keeps its previous value
+        zone       L·D of (T, B, S, H)    d_t, bool: True where a unit keeps its previous value
                                           (a reverse direction's t runs backward in time)
     """
     between: list
@@ -86,7 +86,7 @@ def draw(model, rng, T: int, B: int) -> Masks | None:
     def kept(p, shape):
         return None if not p else np.where(rng.random(shape, dtype=uniform) >= p, dt.type(1 / (1 - p)), dt.type(0))
 
-    width = model.directions * H
+    width = model.directions * model.output_width
     between, inputs, recurrent, zone = [], [], [], []
     for l in range(L):
         if l < L - 1:
@@ -94,16 +94,16 @@ def draw(model, rng, T: int, B: int) -> Masks | None:
         inputs.append(kept(model.input_dropout, (B, model.input_size if l == 0 else width)))
         for _ in range(model.directions):
             recurrent.append(kept(model.recurrent_dropout, (B, H)))
-            zone.append(None if not model.zoneout
-                        else (rng.random((T, B, S, H), dtype=uniform) < model.zoneout).astype(dt))
+            zone.append(None if not model.zoneout else rng.random((T, B, S, H), dtype=uniform) < model.zoneout)
     return Masks(between, inputs, recurrent, zone)
 
 
-def check(masks, T: int, B: int, L: int) -> Masks | None:
-    """``masks`` if they fit T steps of B sequences in L layers, else a ValueError."""
+def check(masks, T: int, B: int, model) -> Masks | None:
+    """``masks`` if they fit T steps of B sequences through ``model``'s layers, else a ValueError."""
     if masks is None:
         return None
-    if not isinstance(masks, Masks) or len(masks.inputs) != L:
+    L = model.num_layers
+    if not isinstance(masks, Masks) or len(masks.inputs) != L or len(masks.recurrent) != L * model.directions:
         raise ValueError(f"masks: expected the Masks of this model (model.draw_masks), got {type(masks).__name__}")
     mT, mB = masks.shape
     if (mT is not None and mT != T) or (mB is not None and mB != B):

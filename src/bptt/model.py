@@ -23,6 +23,7 @@ import numpy as np
 from . import _checks, batch_split, dropout as noise, stack
 from .cells import head as head_layer, layer_of, resolve
 from .cells.layer_norm import LayerNormGRU, LayerNormLSTM
+from .cells.projection import ProjectedLayer
 from .ops import ACTIVATIONS, HEADS, LOSSES
 
 INITS = ("default", "orthogonal", "identity", "chrono")
@@ -66,13 +67,16 @@ class Model:
         bidirectional: every layer also runs each sequence backward in time, from its last
             valid step, with parameters ``layer{l}_reverse.*``; outputs (T, B, 2H) (stack.py).
             The state is then (2L, B, H), PyTorch's layout.
+        proj_size: P > 0 projects the LSTM's output to P units, h_t = W_hr (o ⊙ tanh c_t)
+            (Sak et al. 2014, PyTorch's proj_size; cells/projection.py): h is (L, B, P),
+            c stays (L, B, H).
     """
 
     def __init__(self, cell, input_size, hidden_size, output_size, num_layers=1,
                  nonlinearity="tanh", head="identity", loss="mse", outputs="all",
                  reduction="mean", dtype="float32", seed=None, init="default", forget_bias=0.0,
                  dropout=0.0, input_dropout=0.0, recurrent_dropout=0.0, zoneout=0.0, chrono_t_max=None,
-                 layer_norm=False, bidirectional=False):
+                 layer_norm=False, bidirectional=False, proj_size=0):
         self.cell = cell
         self.cell_name, self.layer = resolve(cell)
         for name, flag in (("layer_norm", layer_norm), ("bidirectional", bidirectional)):
@@ -126,6 +130,13 @@ class Model:
         if self.dropout and self.num_layers == 1:
             raise ValueError("dropout: acts between stacked layers and num_layers=1 has none; "
                              "use input_dropout or recurrent_dropout, or num_layers >= 2")
+        self.proj_size = 0 if proj_size is None else proj_size
+        if self.proj_size:
+            self._check_projection(init)
+            self.layer = ProjectedLayer(self.layer, self.proj_size)
+        H = self.hidden_size
+        self.state_widths = self.layer.state_widths(H) if self.proj_size else (H,) * len(self.layer.STATE)
+        self.output_width = self.state_widths[0]      # what a layer outputs: H, or P when projected
         self.builtin = isinstance(cell, str) and cell in ("rnn", "lstm", "gru") and not layer_norm
         self.tuple_state = len(self.layer.STATE) > 1     # the public state: a tuple of arrays, or one
         self.threads = 1              # how gradients() runs, not part of the model: see there
@@ -140,12 +151,27 @@ class Model:
 
     # ---- construction -------------------------------------------------------------
 
+    def _check_projection(self, init):
+        P = self.proj_size
+        if isinstance(P, bool) or not isinstance(P, (int, np.integer)) or not 0 < P < self.hidden_size:
+            raise ValueError(f"proj_size: expected an integer from 1 to hidden_size - 1 = {self.hidden_size - 1} "
+                             f"(0: none), got {P!r}")
+        if self.cell != "lstm" or self.layer_norm:
+            raise ValueError(f"proj_size: projects the output of cell='lstm' (without layer_norm), as PyTorch's, "
+                             f"got cell={self.cell_name!r}{' with layer_norm=True' if self.layer_norm else ''}")
+        if init in ("orthogonal", "identity"):
+            raise ValueError(f"init: {init!r} makes W_h square; with proj_size it is (4H, P): use 'default' or 'chrono'")
+        for rate in ("recurrent_dropout", "zoneout"):
+            if getattr(self, rate):
+                raise ValueError(f"{rate}: not defined with proj_size (the state the step reads is projected); "
+                                 f"use dropout or input_dropout")
+
     @property
     def config(self) -> dict:
         """Everything but the parameters needed to build this model again."""
         return {k: getattr(self, k) for k in ("cell", "input_size", "hidden_size", "output_size",
                                               "num_layers", "nonlinearity", "head", "loss",
-                                              "outputs", "reduction", "layer_norm", "bidirectional")
+                                              "outputs", "reduction", "layer_norm", "bidirectional", "proj_size")
                 + noise.RATES} | \
             {"dtype": self.dtype.name}
 
@@ -166,13 +192,13 @@ class Model:
 
         params = {}
         for l in range(self.num_layers):
-            D = self.input_size if l == 0 else self.directions * H
+            D = self.input_size if l == 0 else self.directions * self.output_width
             shapes = self.layer.param_shapes(D, H)
             for d in range(self.directions):
                 params |= {f"{self.direction_prefix(l, d)}.{k}": v
                            for k, v in self._init_layer(shapes, uniform, rng, init).items()}
-        shapes = head_layer.param_shapes(self.directions * H, self.output_size)
-        bound = 1.0 / np.sqrt(self.directions * H)              # nn.Linear's default: U(±1/√fan_in)
+        shapes = head_layer.param_shapes(self.directions * self.output_width, self.output_size)
+        bound = 1.0 / np.sqrt(self.directions * self.output_width)   # nn.Linear's default: U(±1/√fan_in)
         params["head.W_y"] = uniform(shapes["W_y"])
         params["head.b_y"] = uniform(shapes["b_y"])
         return {k: np.ascontiguousarray(v, dtype=dt) for k, v in params.items()}
@@ -181,6 +207,8 @@ class Model:
         """One layer's (one direction's) parameters, PyTorch's way for the built-in cells."""
         H = self.hidden_size
         layer = {"W_x": uniform(shapes["W_x"]), "W_h": uniform(shapes["W_h"])}
+        if "W_hr" in shapes:                                   # the projection: U(±1/√H), as PyTorch
+            layer["W_hr"] = uniform(shapes["W_hr"])
         if init == "orthogonal":
             layer["W_h"] = np.concatenate([_orthogonal(rng, H) for _ in range(self.layer.GATES)])
         elif init == "identity":
@@ -244,27 +272,28 @@ class Model:
     def init_state(self, batch: int):
         """The zero state for ``batch`` sequences, in the public structure."""
         B = _checks.positive_int("batch", batch)
-        zeros = np.zeros((self.num_layers * self.directions, B, self.hidden_size), dtype=self.dtype)
-        return tuple(zeros.copy() for _ in self.layer.STATE) if self.tuple_state else zeros
+        zeros = tuple(np.zeros((self.num_layers * self.directions, B, w), dtype=self.dtype) for w in self.state_widths)
+        return zeros if self.tuple_state else zeros[0]
 
     def _split_state(self, state, B, name="state0"):
         """Public state -> list of tuples per layer and direction (stack.py), validated."""
-        dims = (self.num_layers * self.directions, B, self.hidden_size)
+        K = self.num_layers * self.directions
+        dims = [(K, B, w) for w in self.state_widths]
         if state is None:
-            return [tuple(np.zeros((B, self.hidden_size), self.dtype) for _ in self.layer.STATE)
-                    for _ in range(dims[0])]
+            return [tuple(np.zeros((B, w), self.dtype) for w in self.state_widths) for _ in range(K)]
         if self.tuple_state:
             n = len(self.layer.STATE)
             if not (isinstance(state, (tuple, list)) and len(state) == n):
                 names = ", ".join(f"{s}0" for s in self.layer.STATE)
-                raise ValueError(f"{name}: expected a tuple ({names}) of arrays {dims} for cell={self.cell_name!r}, "
+                shapes = ", ".join(str(d) for d in dict.fromkeys(dims))
+                raise ValueError(f"{name}: expected a tuple ({names}) of arrays {shapes} for cell={self.cell_name!r}, "
                                  f"got {type(state).__name__}")
-            arrays = [_checks.float_array(f"{name}[{i}]", s, self.dtype, dims) for i, s in enumerate(state)]
+            arrays = [_checks.float_array(f"{name}[{i}]", s, self.dtype, d) for i, (s, d) in enumerate(zip(state, dims))]
         else:
             if isinstance(state, (tuple, list)) and len(state) == 1:
                 state = state[0]
-            arrays = [_checks.float_array(name, state, self.dtype, dims)]
-        return [tuple(a[k] for a in arrays) for k in range(dims[0])]
+            arrays = [_checks.float_array(name, state, self.dtype, dims[0])]
+        return [tuple(a[k] for a in arrays) for k in range(K)]
 
     def _join_state(self, per_layer):
         arrays = tuple(np.stack([s[i] for s in per_layer]) for i in range(len(self.layer.STATE)))
@@ -335,7 +364,7 @@ class Model:
                                               self._masks(masks, T, B)).states)
 
     def _masks(self, masks, T, B):
-        return noise.check(masks, T, B, self.num_layers)
+        return noise.check(masks, T, B, self)
 
     def _counted(self, mask, loss_mask):
         """(T, B) bool: the positions that add loss (outputs="all"); None: all of them."""
@@ -403,11 +432,11 @@ class Model:
             dh = d_rows.reshape(T, B, d_rows.shape[1])
         else:
             # The rows are the top layer's final states: their gradient enters as dstate_T.
-            dh, H, K = None, self.hidden_size, len(fw.states)
+            dh, H, K = None, self.output_width, len(fw.states)
             dsT = list(dsT) if dsT is not None else [None] * K
             for d in range(self.directions):
                 k = K - self.directions + d
-                top = list(dsT[k]) if dsT[k] is not None else [np.zeros((B, H), self.dtype) for _ in self.layer.STATE]
+                top = list(dsT[k]) if dsT[k] is not None else [np.zeros((B, w), self.dtype) for w in self.state_widths]
                 top[0] = top[0] + d_rows[:, d * H:(d + 1) * H]
                 dsT[k] = tuple(top)
         dx, dstate0, layer_grads = stack.backward(self, fw, dh, dsT, input_grad)

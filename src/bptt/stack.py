@@ -79,7 +79,7 @@ def forward(model, x, state0, mask, resets, masks) -> Forward:
 def backward(model, fw: Forward, dh, dstateT, input_grad):
     """(∂L/∂x or None, ∂L/∂state0 per k, {name: gradient}) from dh (T, B, D·H) on the top
     layer's outputs (None: none) and dstateT per k (None: none)."""
-    D, H = model.directions, model.hidden_size
+    D, H = model.directions, model.output_width
     grads, dstate0 = {}, [None] * len(fw.tapes)
     for l in range(model.num_layers - 1, -1, -1):
         dx = None

@@ -77,7 +77,9 @@ class CompiledLayer(CellLayer):
     def forward(self, params, x, state0, mask=None, resets=None, noise=None):
         extras = [params[k] for k in self.extra_names(params)]
         noise = noise or Noise(None, None)
-        if not self._compiles(x, params["W_x"], params["W_h"], params["b_h"], *state0, *extras, *noise):
+        zone_ok = noise.zone is None or noise.zone.dtype in (np.bool_, x.dtype)       # a draw, or the rate
+        if not (zone_ok and self._compiles(x, params["W_x"], params["W_h"], params["b_h"], *state0, *extras,
+                                           noise.recurrent)):
             return super().forward(params, x, state0, mask, resets, noise)
         settings.keep_freed_memory()
         T, B, _ = x.shape
@@ -163,9 +165,10 @@ def _flat(arrays, dtype):
 
 
 def _noise_arrays(noise, dtype):
-    """keep (B, H) and zone (T or 1, B or 1, S, H) as the loops take them, empty for none."""
+    """keep (B, H) and zone (T or 1, B or 1, S, H; bool or the dtype) as the loops take them,
+    empty for none."""
     keep = np.zeros((0, 0), dtype) if noise.recurrent is None else np.ascontiguousarray(noise.recurrent, dtype)
-    zone = np.zeros((0, 0, 0, 0), dtype) if noise.zone is None else np.ascontiguousarray(noise.zone, dtype)
+    zone = np.zeros((0, 0, 0, 0), dtype) if noise.zone is None else np.ascontiguousarray(noise.zone)
     return keep, zone
 
 
@@ -296,9 +299,10 @@ def forward(u, x, W_x_packed, bias, extra, start, slab, fresh, h, aux, valid, re
                 _step_forward(u[t, b], rec[b], bias, extra, prev[b], fresh[t, b], aux[t, b], option)   # (K3)
                 if zone.size:
                     d, n, p, s_t = _zone_at(zone, t, b), fresh[t, b], prev[b], slab[t, b]
-                    for i in range(S):       # (d = 1 apart: fastmath may reassociate the sum)
-                        for j in range(H):
-                            s_t[i, j] = p[i, j] if d[i, j] == 1 else d[i, j] * p[i, j] + (1 - d[i, j]) * n[i, j]  # (N3)
+                    for i in range(S):
+                        for j in range(H):   # (N3); d = 1 apart: fastmath may reassociate the sum
+                            k = d[i, j]
+                            s_t[i, j] = p[i, j] if k == 1 else k * p[i, j] + (1 - k) * n[i, j]
             else:
                 slab[t, b] = prev[b]                                         # (M1)
             if S > 1:

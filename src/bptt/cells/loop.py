@@ -36,11 +36,12 @@ from .protocol import check_cell
 class Noise(NamedTuple):
     """A layer's noise; either may be None."""
     recurrent: np.ndarray | None   # (B, H) m: what multiplies s⁰_{t-1} before W_h (N1)
-    zone: np.ndarray | None        # (T or 1, B or 1, S, H) d_t: the share of s_{t-1} kept (N3)
+    zone: np.ndarray | None        # (T or 1, B or 1, S, H) d_t: the share of s_{t-1} kept (N3),
+                                   # bool (a draw) or the state's dtype (the rate, in evaluation)
 
-    def zone_at(self, t):
-        """d_t as (B or 1, S, H)."""
-        return self.zone[t if self.zone.shape[0] > 1 else 0]
+    def zone_at(self, t, dtype):
+        """d_t as (B or 1, S, H) in ``dtype``."""
+        return self.zone[t if self.zone.shape[0] > 1 else 0].astype(dtype, copy=False)
 
 
 class Tape(NamedTuple):
@@ -99,7 +100,7 @@ class CellLayer:
             if t == 0:                                   # what the cell returns, checked once
                 _check_step(cell, new, len(self.STATE), (B, H), x.dtype)
             if zoned:
-                d = noise.zone_at(t)
+                d = noise.zone_at(t, x.dtype)
                 new = tuple(d[:, i] * p + (1 - d[:, i]) * n for i, (n, p) in enumerate(zip(new, prev)))   # (N3)
             for i, s in enumerate(new):
                 states[i][t] = s
@@ -127,7 +128,7 @@ class CellLayer:
             valid = None if mask is None else mask[t, :, None]
             into_step = ds if valid is None else tuple(xp.where(valid, s, 0) for s in ds)  # (M2)
             if zoned:
-                d = noise.zone_at(t)
+                d = noise.zone_at(t, x.dtype)
                 kept = tuple(d[:, i] * s for i, s in enumerate(into_step))              # (N4)
                 into_step = tuple((1 - d[:, i]) * s for i, s in enumerate(into_step))
             du_t, dv_t, back, dextra = cell.step_backward(params, into_step, tape.caches[t])   # (K4)

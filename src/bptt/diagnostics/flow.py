@@ -176,9 +176,9 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
             in one credit pass whatever LAG_MEMORY says).
     """
     start = time.perf_counter()
-    if model.bidirectional:
-        raise ValueError("model: the flow report follows the gradient back through time in one direction; "
-                         "got bidirectional=True")
+    if model.bidirectional or model.proj_size:
+        raise ValueError("model: the flow report follows one direction's unprojected state back through time; "
+                         f"got bidirectional={model.bidirectional}, proj_size={model.proj_size}")
     m = model if model.dtype == np.float64 else model.astype("float64")
     if targets is None:
         raise ValueError("targets: the flow report needs targets (a loss to take the gradient of), got None")

@@ -37,12 +37,11 @@ def from_torch(rnn, linear, head="identity", loss="mse", outputs="all", reductio
         raise ValueError(f"rnn: expected torch.nn.RNN, LSTM or GRU, got {type(rnn).__name__}")
     if not isinstance(linear, torch.nn.Linear):
         raise ValueError(f"linear: expected torch.nn.Linear, got {type(linear).__name__}")
-    if getattr(rnn, "proj_size", 0):
-        raise ValueError(f"rnn: LSTM projections are not supported, got proj_size={rnn.proj_size}")
-    width = rnn.hidden_size * (2 if rnn.bidirectional else 1)
+    P = getattr(rnn, "proj_size", 0)
+    width = (P or rnn.hidden_size) * (2 if rnn.bidirectional else 1)
     if linear.in_features != width:
-        raise ValueError(f"linear: expected in_features = {'2 · ' if rnn.bidirectional else ''}rnn.hidden_size = "
-                         f"{width}, got {linear.in_features}")
+        raise ValueError(f"linear: expected in_features = {'2 · ' if rnn.bidirectional else ''}"
+                         f"rnn.{'proj' if P else 'hidden'}_size = {width}, got {linear.in_features}")
     dtype = rnn.weight_hh_l0.dtype
     if dtype not in (torch.float32, torch.float64) or linear.weight.dtype != dtype:
         raise ValueError(f"rnn, linear: expected both float32 or both float64, got "
@@ -50,7 +49,7 @@ def from_torch(rnn, linear, head="identity", loss="mse", outputs="all", reductio
     model = Model(kind, rnn.input_size, rnn.hidden_size, linear.out_features, num_layers=rnn.num_layers,
                   nonlinearity=getattr(rnn, "nonlinearity", "tanh"), head=head, loss=loss,
                   outputs=outputs, reduction=reduction, dtype=str(dtype).removeprefix("torch."),
-                  bidirectional=rnn.bidirectional)
+                  bidirectional=rnn.bidirectional, proj_size=P)
     H = rnn.hidden_size
 
     def array(t):
@@ -62,6 +61,8 @@ def from_torch(rnn, linear, head="identity", loss="mse", outputs="all", reductio
             ours, theirs = model.direction_prefix(l, d), f"l{l}" + ("_reverse" if d else "")
             p[f"{ours}.W_x"] = array(getattr(rnn, f"weight_ih_{theirs}"))
             p[f"{ours}.W_h"] = array(getattr(rnn, f"weight_hh_{theirs}"))
+            if P:
+                p[f"{ours}.W_hr"] = array(getattr(rnn, f"weight_hr_{theirs}"))
             if rnn.bias:
                 b_ih, b_hh = array(getattr(rnn, f"bias_ih_{theirs}")), array(getattr(rnn, f"bias_hh_{theirs}"))
             else:
@@ -87,6 +88,8 @@ def to_torch(model: Model):
     dtype = getattr(torch, model.dtype.name)
     kw = dict(input_size=model.input_size, hidden_size=model.hidden_size, num_layers=model.num_layers,
               bidirectional=model.bidirectional, dtype=dtype)
+    if model.proj_size:
+        kw["proj_size"] = model.proj_size
     if model.cell == "rnn":
         if model.nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"model: torch.nn.RNN supports nonlinearity 'tanh' or 'relu', "
@@ -94,7 +97,7 @@ def to_torch(model: Model):
         rnn = torch.nn.RNN(nonlinearity=model.nonlinearity, **kw)
     else:
         rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[model.cell](**kw)
-    linear = torch.nn.Linear(model.directions * model.hidden_size, model.output_size, dtype=dtype)
+    linear = torch.nn.Linear(model.directions * model.output_width, model.output_size, dtype=dtype)
     H = model.hidden_size
     with torch.no_grad():
         for l in range(model.num_layers):
@@ -102,6 +105,8 @@ def to_torch(model: Model):
                 p, theirs = model.direction_params(l, d), f"l{l}" + ("_reverse" if d else "")
                 getattr(rnn, f"weight_ih_{theirs}").copy_(torch.from_numpy(p["W_x"]))
                 getattr(rnn, f"weight_hh_{theirs}").copy_(torch.from_numpy(p["W_h"]))
+                if model.proj_size:
+                    getattr(rnn, f"weight_hr_{theirs}").copy_(torch.from_numpy(p["W_hr"]))
                 getattr(rnn, f"bias_ih_{theirs}").copy_(torch.from_numpy(p["b_h"]))
                 b_hh = getattr(rnn, f"bias_hh_{theirs}")
                 b_hh.zero_()

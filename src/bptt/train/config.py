@@ -45,6 +45,7 @@ class Config:
     zoneout: float = 0.0
     layer_norm: bool = False           # layer-normalised LSTM or GRU
     bidirectional: bool = False        # not for text: its streams are cut in windows
+    proj_size: int = 0                 # LSTM: project h to this many units (0: none)
     seq_len: int = 64
     batch: int = 32
     steps: int = 3000
@@ -99,6 +100,13 @@ class Config:
         if self.bidirectional and self.checkpointing:
             raise ValueError("bidirectional: --checkpointing runs the sequence in segments; the reverse "
                              "direction needs the whole sequence first")
+        if not (isinstance(self.proj_size, int) and 0 <= self.proj_size < self.hidden) or \
+                isinstance(self.proj_size, bool):
+            raise ValueError(f"proj-size: expected an integer from 0 (none) to --hidden - 1 = {self.hidden - 1}, "
+                             f"got {self.proj_size!r}")
+        if self.proj_size and (self.cell != "lstm" or self.layer_norm):
+            raise ValueError(f"proj-size: projects the output of --cell lstm (without --layer-norm), got --cell "
+                             f"{self.cell}{' --layer-norm' if self.layer_norm else ''}")
         if self.layer_norm and self.cell not in ("lstm", "gru"):
             raise ValueError(f"layer-norm: applies to --cell lstm or gru, got --cell {self.cell}")
         if self.dropout and self.layers == 1:

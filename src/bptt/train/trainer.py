@@ -58,7 +58,7 @@ class Trainer:
                            dtype=c.dtype, seed=c.seed, init=c.init, forget_bias=c.forget_bias,
                            dropout=c.dropout, input_dropout=c.input_dropout,
                            recurrent_dropout=c.recurrent_dropout, zoneout=c.zoneout, layer_norm=c.layer_norm,
-                           bidirectional=c.bidirectional,
+                           bidirectional=c.bidirectional, proj_size=c.proj_size,
                            **chrono, **self.task.model_kwargs)
         # Two halves of each batch on two threads (bptt/batch_split.py), with BLAS held to one
         # thread during an update: where the compiled loops run, and on one rank (MPI ranks
