@@ -81,10 +81,13 @@ def draw(model, rng, T: int, B: int) -> Masks | None:
     if not any(getattr(model, r) for r in RATES):
         return None
     L, H, S, dt = model.num_layers, model.hidden_size, len(model.layer.STATE), model.dtype
-    uniform = np.float32 if dt == np.float32 else np.float64     # float32 draws: half the work
+
+    def below(p, shape):
+        """True with probability p (to 2^-32): 32-bit integers, the cheapest draw NumPy has."""
+        return rng.integers(0, 2 ** 32, size=shape, dtype=np.uint32) < np.uint32(min(round(p * 2 ** 32), 2 ** 32 - 1))
 
     def kept(p, shape):
-        return None if not p else np.where(rng.random(shape, dtype=uniform) >= p, dt.type(1 / (1 - p)), dt.type(0))
+        return None if not p else np.multiply(~below(p, shape), dt.type(1 / (1 - p)), dtype=dt)
 
     width = model.directions * model.output_width
     between, inputs, recurrent, zone = [], [], [], []
@@ -94,7 +97,7 @@ def draw(model, rng, T: int, B: int) -> Masks | None:
         inputs.append(kept(model.input_dropout, (B, model.input_size if l == 0 else width)))
         for _ in range(model.directions):
             recurrent.append(kept(model.recurrent_dropout, (B, H)))
-            zone.append(None if not model.zoneout else rng.random((T, B, S, H), dtype=uniform) < model.zoneout)
+            zone.append(below(model.zoneout, (T, B, S, H)) if model.zoneout else None)
     return Masks(between, inputs, recurrent, zone)
 
 
