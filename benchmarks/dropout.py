@@ -16,12 +16,11 @@ from __future__ import annotations
 import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
 
+from cells import block_time
 from machine import stamp
 
 SHAPES = [(100, 32, 64, 128), (100, 64, 128, 256)]
@@ -30,20 +29,6 @@ VARIANTS = {"plain": {}, "dropout": dict(dropout=P), "input": dict(input_dropout
             "recurrent": dict(recurrent_dropout=P), "zoneout": dict(zoneout=P),
             "all four": dict(dropout=P, input_dropout=P, recurrent_dropout=P, zoneout=P)}
 TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
-
-
-def median_time(fn, min_block_s, blocks):
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    reps = max(1, int(min_block_s / max(time.perf_counter() - t0, 1e-6)))
-    times = []
-    for _ in range(blocks):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        times.append((time.perf_counter() - t0) / reps)
-    return statistics.median(times)
 
 
 def passes(cell, T, B, D, H):
@@ -90,7 +75,7 @@ def main():
             best = {k: float("inf") for k in runs}
             for _ in range(args.rounds):
                 for k, fn in runs.items():
-                    best[k] = min(best[k], median_time(fn, min_block_s, blocks))
+                    best[k] = min(best[k], block_time(fn, min_block_s, blocks))
             cells = []
             for k in names:
                 base = best["bptt plain" if k.startswith("bptt") else "torch plain"]
