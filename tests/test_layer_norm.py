@@ -127,3 +127,20 @@ def test_training_with_layer_norm_from_the_command_options(tmp_path):
     final = trainer.train(progress=False)
     assert "layer0.ln_gain_c" in trainer.model.params
     assert final["val_loss"] < 0.7 * trainer.task.baseline and final["val_acc"] > 0.5     # 10 classes: 0.1
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_checkpointed_bptt_equals_full_bptt(cell):
+    """Segments with carried state and gradient give full BPTT's loss and gradients."""
+    from bptt.through_time import checkpointed
+    model = ln_model(cell, 2, seed=6, zoneout=0.1)
+    rng = np.random.default_rng(6)
+    T, B = 11, 3
+    x = rng.standard_normal((T, B, model.input_size))
+    targets, state0 = make_targets(model, T, B, rng), make_state(model, B, rng)
+    masks = model.draw_masks(T, B, rng)
+    full = model.gradients(x, targets, state0, masks=masks)
+    loss, grads, _ = checkpointed(model, x, targets, state0, budget=3, masks=masks)
+    assert abs(loss - full.loss) < 1e-12
+    for k in model.params:
+        np.testing.assert_allclose(grads[k], full.params[k], rtol=0, atol=1e-12, err_msg=k)
