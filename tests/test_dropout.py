@@ -9,6 +9,7 @@ import pytest
 import bptt
 from bptt.backends import settings
 from bptt.cells import Cell
+from bptt.dropout import drawn_rate
 from bptt.through_time import checkpointed
 from helpers import make_model, make_state, make_targets, ragged_mask
 
@@ -99,7 +100,8 @@ def test_masks_have_the_rates_asked_and_keep_the_expected_value():
     assert masks.zone[0].shape == (50, 400, 2, 32)
     for arrays, p in ((masks.between, 0.3), (masks.inputs, 0.2), (masks.recurrent, 0.3)):
         for m in arrays:
-            assert set(np.unique(m)) <= {0.0, np.float32(1 / (1 - p))}
+            assert abs(drawn_rate(p) - p) <= 2 ** -17
+            assert set(np.unique(m)) <= {0.0, np.float32(1 / (1 - drawn_rate(p)))}
             assert abs((m == 0).mean() - p) < 0.03                # 2,400 draws or more: σ < 0.01
             assert abs(m.mean() - 1) < 0.05                  # E[m / (1 − p)] = 1
     assert abs(masks.zone[1].mean() - 0.25) < 0.01

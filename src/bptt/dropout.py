@@ -14,7 +14,7 @@ gradient is exact for the masks drawn (docs/derivation.md, block N):
     zoneout            (Krueger et al. 2017) each unit of the state keeps its previous
                        value with probability p at every step                       (N3, N4)
 
-m is Bernoulli(1 − p). Without masks, zoneout uses its expectation, s_t = p s_{t-1} +
+m is Bernoulli(1 − p), p taken to the nearest multiple of 2^-16 (``drawn_rate``). Without masks, zoneout uses its expectation, s_t = p s_{t-1} +
 (1 − p) s̃_t, and the three dropouts are the identity. Per-sequence masks hold for the
 whole window an update backpropagates through: truncated and checkpointed BPTT slice one
 draw in time (``Masks.steps``), never draw per chunk.
@@ -75,6 +75,16 @@ def check_rate(name: str, value) -> float:
     return float(value)
 
 
+STEPS = 2 ** 16
+
+
+def drawn_rate(p: float) -> float:
+    """The rate the masks realise: p to the nearest multiple of 2^-16 (at most 1 − 2^-16).
+    Kept entries are scaled by 1 / (1 − drawn_rate(p)), so E[m] = 1 exactly, and
+    zoneout's expectation uses the same rate."""
+    return min(round(p * STEPS), STEPS - 1) / STEPS
+
+
 def draw(model, rng, T: int, B: int) -> Masks | None:
     """The masks of one pass over T steps of B sequences, drawn from ``rng`` in a fixed
     order (layer by layer: between, inputs, recurrent, zone); None when every rate is 0."""
@@ -83,11 +93,14 @@ def draw(model, rng, T: int, B: int) -> Masks | None:
     L, H, S, dt = model.num_layers, model.hidden_size, len(model.layer.STATE), model.dtype
 
     def below(p, shape):
-        """True with probability p (to 2^-32): 32-bit integers, the cheapest draw NumPy has."""
-        return rng.integers(0, 2 ** 32, size=shape, dtype=np.uint32) < np.uint32(min(round(p * 2 ** 32), 2 ** 32 - 1))
+        """True with probability drawn_rate(p): four 16-bit draws from each 64-bit word of
+        the generator, a quarter of the words a float or 32-bit draw takes."""
+        n = int(np.prod(shape))
+        words = rng.bit_generator.random_raw(-(-n // 4))
+        return (words.view(np.uint16)[:n] < np.uint16(round(drawn_rate(p) * STEPS))).reshape(shape)
 
     def kept(p, shape):
-        return None if not p else np.multiply(~below(p, shape), dt.type(1 / (1 - p)), dtype=dt)
+        return None if not p else np.multiply(~below(p, shape), dt.type(1 / (1 - drawn_rate(p))), dtype=dt)
 
     width = model.directions * model.output_width
     between, inputs, recurrent, zone = [], [], [], []
@@ -131,7 +144,8 @@ def layer_noise(model, masks: Masks | None, k: int) -> Noise | None:
     if masks is None:
         if not model.zoneout:
             return None
-        return Noise(None, np.full((1, 1, len(model.layer.STATE), model.hidden_size), model.zoneout, model.dtype))
+        return Noise(None, np.full((1, 1, len(model.layer.STATE), model.hidden_size), drawn_rate(model.zoneout),
+                                   model.dtype))
     if masks.recurrent[k] is None and masks.zone[k] is None:
         return None
     return Noise(masks.recurrent[k], masks.zone[k])
