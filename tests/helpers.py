@@ -1,4 +1,6 @@
 """Shared builders for the tests: small models with nonzero biases and states."""
+import os
+
 import numpy as np
 
 import bptt
@@ -37,3 +39,16 @@ def make_targets(model, T, B, rng):
 def ragged_mask(T, lengths):
     """(T, B) mask of sequences with the given lengths, padded at the end."""
     return np.arange(T)[:, None] < np.asarray(lengths)[None, :]
+
+
+def python_loop(run):
+    """run() with every layer on the Python loop and the cells' NumPy steps (BPTT_LOOPS=0):
+    the reference the compiled loop is held to."""
+    from bptt.backends import settings
+    os.environ["BPTT_LOOPS"] = "0"
+    settings.reset()
+    try:
+        return run()
+    finally:
+        del os.environ["BPTT_LOOPS"]
+        settings.reset()

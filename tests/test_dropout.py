@@ -1,33 +1,21 @@
 """Dropout (between layers, variational on inputs and on h_{t-1}) and zoneout: exact
 gradients for the masks drawn, the compiled loop equal to the Python reference, the
 masks' statistics and invariants, chunks equal to the whole, and training with them."""
-import os
 
 import numpy as np
 import pytest
 
 import bptt
-from bptt.backends import settings
 from bptt.cells import Cell
 from bptt.dropout import drawn_rate
 from bptt.through_time import checkpointed
-from helpers import make_model, make_state, make_targets, ragged_mask
+from helpers import make_model, make_state, make_targets, python_loop, ragged_mask
 
 TOL = 1e-6
 FEATURES = {"dropout": dict(dropout=0.4), "input_dropout": dict(input_dropout=0.3),
             "recurrent_dropout": dict(recurrent_dropout=0.4), "zoneout": dict(zoneout=0.3),
             "all": dict(dropout=0.3, input_dropout=0.2, recurrent_dropout=0.3, zoneout=0.25)}
 CELLS = ["rnn", "lstm", "gru"]
-
-
-def python_loop(run):
-    os.environ["BPTT_LOOPS"] = "0"
-    settings.reset()
-    try:
-        return run()
-    finally:
-        del os.environ["BPTT_LOOPS"]
-        settings.reset()
 
 
 def model_with(cell, layers, feature, **kw):

@@ -1,14 +1,12 @@
 """Layer-normalised LSTM and GRU (cells/layer_norm.py): finite differences, the compiled
 loop against the NumPy reference, the normalisation's invariance to scale, and the
 options it refuses."""
-import os
 
 import numpy as np
 import pytest
 
 import bptt
-from bptt.backends import settings
-from helpers import make_model, make_state, make_targets, ragged_mask
+from helpers import make_model, make_state, make_targets, python_loop, ragged_mask
 
 TOL = 1e-6
 EPS = 1e-4       # (LN1) of a 4-unit pre-activation curves sharply: the 4th-order difference needs a small step
@@ -60,13 +58,7 @@ def test_compiled_loop_equals_the_numpy_reference(cell):
     targets, state0, mask = make_targets(model, T, B, rng), make_state(model, B, rng), ragged_mask(T, [7, 4, 6, 2])
     masks = model.draw_masks(T, B, rng)
     compiled = model.gradients(x, targets, state0, mask, masks=masks)
-    os.environ["BPTT_LOOPS"] = "0"
-    settings.reset()
-    try:
-        reference = model.gradients(x, targets, state0, mask, masks=masks)
-    finally:
-        del os.environ["BPTT_LOOPS"]
-        settings.reset()
+    reference = python_loop(lambda: model.gradients(x, targets, state0, mask, masks=masks))
     assert abs(compiled.loss - reference.loss) < 1e-12
     for k in model.params:
         np.testing.assert_allclose(compiled.params[k], reference.params[k], rtol=0, atol=1e-12, err_msg=k)

@@ -8,7 +8,7 @@ import torch
 import bptt
 from bptt.interop.torch import from_torch, to_torch
 from bptt.through_time import checkpointed
-from helpers import make_targets, ragged_mask
+from helpers import make_targets, python_loop, ragged_mask
 
 LENGTHS = [6, 3, 4]
 
@@ -98,21 +98,13 @@ def test_gradients_with_masks_resets_and_dropout_match_finite_differences(output
 
 
 def test_compiled_and_python_loops_agree_and_chunks_equal_the_whole():
-    import os
-    from bptt.backends import settings
     model = model_p()
     rng = np.random.default_rng(5)
     T, B = 10, 3
     x = rng.standard_normal((T, B, 3))
     targets, s0 = make_targets(model, T, B, rng), state(model, B, rng)
     full = model.gradients(x, targets, s0)
-    os.environ["BPTT_LOOPS"] = "0"
-    settings.reset()
-    try:
-        reference = model.gradients(x, targets, s0)
-    finally:
-        del os.environ["BPTT_LOOPS"]
-        settings.reset()
+    reference = python_loop(lambda: model.gradients(x, targets, s0))
     for budget in (None, 3):
         loss, grads, final = checkpointed(model, x, targets, s0, budget=budget)
         assert abs(loss - full.loss) < 1e-12

@@ -25,6 +25,7 @@ import numpy as np
 
 class ProjectedTape(NamedTuple):
     inner: object            # the inner layer's tape
+    inner_params: dict       # W_x' = [W_x, W_h], W_eff = W_h W_hr and the rest, as the inner layer ran
     m: np.ndarray            # (T, B, H) m_t, the LSTM's unprojected output
     mT: np.ndarray           # (B, H)
     first: np.ndarray        # (B,) each sequence's first valid step
@@ -63,11 +64,12 @@ class ProjectedLayer:
         e = np.zeros((T, B, self.P), x.dtype)
         rows = np.flatnonzero(fed)
         e[first[rows], rows] = h0[rows]
-        m, (mT, cT), tape = self.inner.forward(self._inner_params(params), np.concatenate([x, e], axis=2),
+        inner_params = self._inner_params(params)
+        m, (mT, cT), tape = self.inner.forward(inner_params, np.concatenate([x, e], axis=2),
                                                (np.zeros((B, H), x.dtype), c0), mask, resets, noise)
         W_hrT = params["W_hr"].T
         h = (m.reshape(T * B, H) @ W_hrT).reshape(T, B, self.P)                          # (PR2)
-        return h, (mT @ W_hrT, cT), ProjectedTape(tape, m, mT, first, fed, D)
+        return h, (mT @ W_hrT, cT), ProjectedTape(tape, inner_params, m, mT, first, fed, D)
 
     def backward(self, params, dh, dstateT, tape, need_dx=True):
         W_h, W_hr = params["W_h"], params["W_hr"]
@@ -77,7 +79,7 @@ class ProjectedLayer:
         dm = None if dh is None else (dh.reshape(T * B, self.P) @ W_hr).reshape(T, B, H)           # (PR3)
         dmT = None if dhT is None else dhT @ W_hr
         inner_dT = None if dstateT is None else (dmT if dmT is not None else np.zeros((B, H), m.dtype), dcT)
-        dx_all, (_, dc0), g = self.inner.backward(self._inner_params(params), dm, inner_dT, tape.inner,
+        dx_all, (_, dc0), g = self.inner.backward(tape.inner_params, dm, inner_dT, tape.inner,
                                                   need_dx=True)
         D = tape.D
         dW_eff = g.pop("W_h")
