@@ -97,7 +97,7 @@ def build_parser():
     parser = _Parser(prog="bptt", description="Recurrent networks trained by hand-derived backpropagation "
                                               "through time.")
     parser.add_argument("--version", action="version", version=f"bptt {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,resume,sample,eval,flow,explain}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,resume,sample,eval,export,flow,explain}")
     sub.required = True
     train = sub.add_parser("train", help="train a model (default: a character LSTM on Python's standard library)")
     _train_options(train)
@@ -123,6 +123,13 @@ def build_parser():
     evaluate = sub.add_parser("eval", help="validation figures of a run's latest checkpoint")
     evaluate.add_argument("run", metavar="RUN", help=RUN_HELP)
     evaluate.add_argument("--best", action="store_true", help=BEST_HELP)
+    export = sub.add_parser("export", help="write a run's model to another format (ONNX)")
+    export.add_argument("run", metavar="RUN", help=RUN_HELP + ", or a folder of model.save")
+    export.add_argument("--onnx", metavar="FILE", required=True,
+                        help="the ONNX file to write (ONNX's own RNN, GRU and LSTM operators)")
+    export.add_argument("--lengths", action="store_true",
+                        help="add the input 'lengths' (B,) int32: each sequence's number of valid steps")
+    export.add_argument("--best", action="store_true", help=BEST_HELP)
     cli_flow.add_parser(sub)
     explain = sub.add_parser("explain", help="print every step of BPTT on a tiny network, with equation numbers")
     explain.add_argument("--cell", default="rnn", choices=("rnn", "lstm", "gru"), help="rnn, lstm or gru (default: rnn)")
@@ -230,6 +237,16 @@ def main(argv=None) -> int:
         elif args.command == "eval":
             trainer = Trainer.load(args.run, best=args.best)
             print(_figures(trainer, trainer.evaluate()))
+        elif args.command == "export":
+            from .interop.onnx import to_onnx
+            from .train.load import load
+            model = load(args.run, best=args.best)
+            try:
+                to_onnx(model, args.onnx, lengths=args.lengths)
+            except ImportError as exc:
+                raise ValueError(f"--onnx: {exc}") from None
+            print(f"wrote {args.onnx}: {model.cell_name}, {model.num_layers} layer(s) of {model.hidden_size}"
+                  f"{', bidirectional' if model.bidirectional else ''}, head {model.head}, outputs {model.outputs!r}")
         elif args.command == "flow":
             return cli_flow.run(args)
         elif args.command == "explain":

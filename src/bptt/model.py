@@ -140,6 +140,7 @@ class Model:
         self.builtin = isinstance(cell, str) and cell in ("rnn", "lstm", "gru") and not layer_norm
         self.tuple_state = len(self.layer.STATE) > 1     # the public state: a tuple of arrays, or one
         self.threads = 1              # how gradients() runs, not part of the model: see there
+        self.vocabulary = None        # a text model's characters, in the order of its inputs and outputs
         rng = np.random.default_rng(seed)
         self.params = self._init_params(rng, init)
         if init == "chrono":
@@ -178,10 +179,17 @@ class Model:
     def astype(self, dtype) -> "Model":
         """A copy of this model with parameters converted to ``dtype``."""
         other = Model(**(self.config | {"dtype": dtype}))
-        other.threads = self.threads
+        other.threads, other.vocabulary = self.threads, self.vocabulary
         for name, value in self.params.items():
             other.params[name] = value.astype(other.dtype, copy=True)
         return other
+
+    def save(self, path):
+        """Write the model into the folder ``path``: model.safetensors with the parameters,
+        model.json with the config and ``vocabulary`` (bptt/saved.py); ``bptt.load(path)``
+        builds it again. Returns the folder."""
+        from .saved import save
+        return save(self, path)
 
     def _init_params(self, rng, init):
         H, dt = self.hidden_size, self.dtype

@@ -28,6 +28,7 @@ from ..backends import loop_threads, settings
 from ..distributed import CollectiveError
 from ..distributed import world as mpi_world
 from ..cells import CompiledLayer
+from ..generate import generate
 from ..model import Model
 from ..through_time import checkpointed
 from ..through_time.schedules import stream_updates
@@ -60,6 +61,8 @@ class Trainer:
                            recurrent_dropout=c.recurrent_dropout, zoneout=c.zoneout, layer_norm=c.layer_norm,
                            bidirectional=c.bidirectional, proj_size=c.proj_size,
                            **chrono, **self.task.model_kwargs)
+        if isinstance(self.task, TextTask):
+            self.model.vocabulary = list(self.task.chars)
         # Two halves of each batch on two threads (bptt/batch_split.py), with BLAS held to one
         # thread during an update: where the compiled loops run, and on one rank (MPI ranks
         # already share the cores). By default where the process may use 2 cores or more
@@ -496,28 +499,9 @@ class Trainer:
 
 
 def sample(model: Model, task: TextTask, length=300, temperature=1.0, top_k=None, prime=None, rng=None) -> str:
-    """Text from a character model: feed ``prime`` (default: a newline, or the training
-    text's first character if it has no newline), then draw ``length`` characters."""
-    if temperature <= 0:
-        raise ValueError(f"temperature: expected a positive number, got {temperature}")
-    if top_k is not None and not 1 <= top_k:
-        raise ValueError(f"top_k: expected a positive integer, got {top_k}")
-    rng = rng or np.random.default_rng()
+    """Text from a character model of ``task`` (bptt/generate.py): feed ``prime`` (default:
+    a newline, or the training text's first character if it has no newline), then draw
+    ``length`` characters."""
     if not prime:
         prime = "\n" if "\n" in task.index else task.decode(task.train[:1])
-    codes = task.encode(prime)
-    y, state = model.forward(task.one_hot(codes[:, None], model.dtype))
-    p = y[-1, 0].astype(np.float64)
-    out = []
-    for _ in range(length):
-        logits = np.log(np.maximum(p, 1e-30)) / temperature
-        if top_k is not None and top_k < logits.size:
-            cut = np.partition(logits, -top_k)[-top_k]
-            logits[logits < cut] = -np.inf
-        q = np.exp(logits - logits.max())
-        q /= q.sum()
-        code = int(rng.choice(q.size, p=q))
-        out.append(code)
-        y, state = model.forward(task.one_hot(np.array([[code]]), model.dtype), state)
-        p = y[0, 0].astype(np.float64)
-    return task.decode(out)
+    return generate(model, length, prime, temperature, top_k, seed=rng, vocabulary=task.chars)

@@ -1,0 +1,54 @@
+"""Sample text from an exported character model with onnxruntime and NumPy alone (no bptt).
+
+    bptt train --steps 300 --out runs/demo
+    bptt export runs/demo --onnx demo.onnx
+    python examples/sample_onnx.py demo.onnx --length 200 --prime "def "
+
+The ONNX file holds its characters in the metadata entry ``bptt.vocabulary`` (a JSON list);
+the graph takes x (T, B, V) one-hot, h0 (and c0 for an LSTM) and returns the softmax y and
+the final state, which is fed back with the next character.
+"""
+import argparse
+import json
+
+import numpy as np
+import onnxruntime as ort
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="an ONNX file written by `bptt export RUN --onnx FILE`")
+    parser.add_argument("--length", type=int, default=300)
+    parser.add_argument("--prime", default="\n")
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+    chars = json.loads(session.get_modelmeta().custom_metadata_map["bptt.vocabulary"])
+    index = {c: i for i, c in enumerate(chars)}
+    state_inputs = [i for i in session.get_inputs() if i.name in ("h0", "c0")]
+    state = {i.name: np.zeros((i.shape[0], 1, i.shape[2]), np.float32) for i in state_inputs}
+    rng = np.random.default_rng(args.seed)
+
+    def step(codes):
+        """Feed the characters ``codes``; return the last step's probabilities."""
+        x = np.zeros((len(codes), 1, len(chars)), np.float32)
+        x[np.arange(len(codes)), 0, codes] = 1
+        y, *final = session.run(None, {"x": x} | state)
+        state.update(zip(("h0", "c0"), final))
+        return y[-1, 0].astype(np.float64)
+
+    p = step([index[c] for c in args.prime])
+    out = []
+    for _ in range(args.length):
+        logits = np.log(np.maximum(p, 1e-30)) / args.temperature
+        q = np.exp(logits - logits.max())
+        code = int(rng.choice(len(chars), p=q / q.sum()))
+        out.append(chars[code])
+        p = step([code])
+    print(args.prime + "".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Text from a character model: feed a prime, then draw one character at a time, each fed
+back with the carried state.
+
+A character model reads one-hot inputs and has a softmax head over the same characters,
+``model.vocabulary`` (set by the trainer, kept by ``model.save`` and ``bptt.load``)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _one_hot(codes, size, dtype):
+    x = np.zeros(codes.shape + (size,), dtype=dtype)
+    np.put_along_axis(x, codes[..., None], 1, axis=-1)
+    return x
+
+
+def generate(model, length: int = 300, prime: str | None = None, temperature: float = 1.0,
+             top_k: int | None = None, seed=None, vocabulary=None) -> str:
+    """``length`` characters drawn from ``model`` after feeding ``prime``.
+
+    Args:
+        model: a Model with a softmax head whose inputs and outputs are characters.
+        prime: the text fed first (default: a newline, or the first character where the
+            vocabulary has no newline).
+        temperature: > 0; divides the log-probabilities (lower: more conservative).
+        top_k: draw only among the k most likely characters.
+        seed: a seed or a numpy Generator for the draws (None: fresh entropy).
+        vocabulary: the characters, in the model's order (default ``model.vocabulary``).
+    """
+    chars = list(vocabulary if vocabulary is not None else (model.vocabulary or []))
+    if not chars:
+        raise ValueError("vocabulary: the model has none (model.vocabulary is None); pass vocabulary=, the "
+                         "characters in the order of the model's inputs")
+    V = len(chars)
+    if model.input_size != V or model.output_size != V or model.head != "softmax":
+        raise ValueError(f"model: generating text needs one-hot inputs and a softmax over the {V} characters of "
+                         f"the vocabulary; got input_size={model.input_size}, output_size={model.output_size}, "
+                         f"head={model.head!r}")
+    if model.bidirectional or model.outputs != "all":
+        raise ValueError("model: generating text reads the output at every step of a unidirectional model; got "
+                         f"bidirectional={model.bidirectional}, outputs={model.outputs!r}")
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+        raise ValueError(f"length: expected an integer >= 0, got {length!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature: expected a positive number, got {temperature}")
+    if top_k is not None and not 1 <= top_k:
+        raise ValueError(f"top_k: expected a positive integer, got {top_k}")
+    index = {c: i for i, c in enumerate(chars)}
+    if not prime:
+        prime = "\n" if "\n" in index else chars[0]
+    unknown = sorted(set(prime) - set(index))
+    if unknown:
+        raise ValueError(f"prime: characters not in the model's vocabulary: {''.join(unknown[:10])!r}")
+    rng = np.random.default_rng(seed)
+    codes = np.array([index[c] for c in prime], dtype=np.int64)
+    y, state = model.forward(_one_hot(codes[:, None], V, model.dtype))
+    p = y[-1, 0].astype(np.float64)
+    out = []
+    for _ in range(length):
+        logits = np.log(np.maximum(p, 1e-30)) / temperature
+        if top_k is not None and top_k < logits.size:
+            cut = np.partition(logits, -top_k)[-top_k]
+            logits[logits < cut] = -np.inf
+        q = np.exp(logits - logits.max())
+        q /= q.sum()
+        code = int(rng.choice(q.size, p=q))
+        out.append(code)
+        y, state = model.forward(_one_hot(np.array([[code]]), V, model.dtype), state)
+        p = y[0, 0].astype(np.float64)
+    return "".join(chars[c] for c in out)

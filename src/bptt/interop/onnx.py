@@ -1,0 +1,170 @@
+"""Export a Model to ONNX with ONNX's own RNN, GRU and LSTM operators (opset 14 or later).
+
+    to_onnx(model, "model.onnx")                  # python
+    bptt export RUN --onnx model.onnx             # a run's latest (or --best) checkpoint
+
+The graph, for L layers of D directions (2 where bidirectional) and width H:
+
+    inputs   x (T, B, input_size)    h0 (L·D, B, H)    [c0 (L·D, B, H), LSTM]    [lengths (B,) int32]
+    outputs  y (T, B, O) [outputs="all"] or (B, O) [outputs="last"]    h_n (L·D, B, H)    [c_n]
+
+T and B are free. Each layer is one operator node; its Y (T, D, B, H) is transposed and
+reshaped to (T, B, D·H) for the next layer, and the head is MatMul + Add and the head's
+activation. State and lengths follow PyTorch's layout and bptt's: h0[l·D + d] is layer l,
+direction d. With ``lengths`` (a mask that is a prefix of each column), the reverse
+direction starts at each sequence's last valid step, h_n and outputs="last" are taken
+there, and y is zero on padded steps (ONNX's rule; bptt's y carries the state there).
+
+Gate orders (ONNX spec, "LSTM", "GRU", "RNN"): ONNX's LSTM stacks i, o, f, c where bptt (as
+PyTorch) stacks i, f, g, o; ONNX's GRU z, r, h where bptt stacks r, z, n, and
+``linear_before_reset=1`` is PyTorch's form, r ⊙ (W_hn h + b_hn) (docs/derivation.md
+(G3)-(G4)). Each operator takes two biases, Wb and Rb, added together except for the
+GRU's candidate: bptt's b_h goes to Wb, its b_hn to the candidate's Rb, zeros elsewhere.
+
+Refused, with the reason: a user's cell, layer_norm and proj_size (no ONNX operator
+computes them) and zoneout (its evaluation mixes old and new state unit by unit).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+# Rows of bptt's stacked gate blocks, in the order ONNX's operator reads them.
+GATE_ORDER = {"lstm": (0, 3, 1, 2),       # i, f, g, o  ->  i, o, f, c
+              "gru": (1, 0, 2),           # r, z, n     ->  z, r, h
+              "rnn": (0,)}
+OPERATOR = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+ACTIVATION = {"tanh": ("Tanh", None), "relu": ("Relu", None), "sigmoid": ("Sigmoid", None),
+              "identity": ("Affine", (1.0, 0.0))}          # Affine(x) = αx + β
+HEAD = {"identity": None, "softmax": "Softmax", "sigmoid": "Sigmoid"}
+DTYPES = {np.dtype(np.float32): "FLOAT", np.dtype(np.float64): "DOUBLE"}
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("ONNX export needs the onnx package: pip install 'bptt[onnx]'") from None
+    return onnx
+
+
+def check_exportable(model):
+    """Raise a ValueError naming the option that ONNX's operators cannot express."""
+    if not isinstance(model.cell, str) or model.cell not in OPERATOR:
+        raise ValueError(f"model: ONNX's RNN, GRU and LSTM operators express cell='rnn', 'lstm' or 'gru'; "
+                         f"got cell={model.cell_name!r}")
+    for name in ("layer_norm", "proj_size", "zoneout"):
+        if getattr(model, name):
+            raise ValueError(f"model: {name}={getattr(model, name)!r} has no ONNX operator "
+                             f"(ONNX's {OPERATOR[model.cell]} computes the plain cell); export a model without it")
+
+
+def _layer_weights(model, l):
+    """(W, R, B) of layer l for ONNX's operator: (D, G·H, in), (D, G·H, H), (D, 2·G·H)."""
+    cell, H = model.cell, model.hidden_size
+    order = list(GATE_ORDER[cell])
+    G = len(order)
+
+    def gates(a):
+        return a.reshape((G, H) + a.shape[1:])[order].reshape(a.shape)
+
+    Ws, Rs, Bs = [], [], []
+    for d in range(model.directions):
+        p = {k: model.params[f"{model.direction_prefix(l, d)}.{k}"] for k in ("W_x", "W_h", "b_h")}
+        rb = np.zeros(G * H, dtype=model.dtype)
+        if cell == "gru":
+            rb[2 * H:] = model.params[f"{model.direction_prefix(l, d)}.b_hn"]
+        Ws.append(gates(p["W_x"]))
+        Rs.append(gates(p["W_h"]))
+        Bs.append(np.concatenate([gates(p["b_h"]), rb]))
+    return np.stack(Ws), np.stack(Rs), np.stack(Bs)
+
+
+def to_onnx(model, path, lengths: bool = False, opset: int = 17):
+    """Write ``model`` as an ONNX file at ``path`` (see the module's docstring for the
+    graph) and return the ``onnx.ModelProto``. ``lengths=True`` adds the int32 input
+    ``lengths`` (B,), each sequence's number of valid steps. The file is checked with
+    ``onnx.checker.check_model(full_check=True)`` before it is written."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper, numpy_helper
+    check_exportable(model)
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
+        raise ValueError(f"opset: expected an integer >= 14 (Reshape's allowzero, the operators' layout), got {opset!r}")
+    elem = getattr(TensorProto, DTYPES[model.dtype])
+    L, D, H, cell = model.num_layers, model.directions, model.hidden_size, model.cell
+    nodes, inits = [], []
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    state = [("h0", "h_n")] + ([("c0", "c_n")] if cell == "lstm" else [])
+    inputs = [helper.make_tensor_value_info("x", elem, ["T", "B", model.input_size])]
+    inputs += [helper.make_tensor_value_info(s0, elem, [L * D, "B", H]) for s0, _ in state]
+    if lengths:
+        inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT32, ["B"]))
+    const("merge_directions", np.array([0, 0, -1], dtype=np.int64))
+    activation, alpha_beta = ACTIVATION[model.nonlinearity]
+    direction = "bidirectional" if D == 2 else "forward"
+    layer_in, finals = "x", {s0: [] for s0, _ in state}
+    for l in range(L):
+        W, R, B = _layer_weights(model, l)
+        names = [const(f"layer{l}.{k}", v) for k, v in (("W", W), ("R", R), ("B", B))]
+        starts, ends = const(f"layer{l}.first", np.array([l * D], np.int64)), const(f"layer{l}.end", np.array([(l + 1) * D], np.int64))
+        axes = const(f"layer{l}.axis", np.array([0], np.int64))
+        initial = []
+        for s0, _ in state:
+            nodes.append(helper.make_node("Slice", [s0, starts, ends, axes], [f"layer{l}.{s0}"]))
+            initial.append(f"layer{l}.{s0}")
+        Y, Yh, Yc = f"layer{l}.Y", f"layer{l}.Y_h", f"layer{l}.Y_c"
+        attrs = {"hidden_size": H, "direction": direction}
+        if cell == "gru":
+            attrs["linear_before_reset"] = 1
+        if cell == "rnn":
+            attrs["activations"] = [activation] * D
+            if alpha_beta:
+                attrs["activation_alpha"], attrs["activation_beta"] = [alpha_beta[0]] * D, [alpha_beta[1]] * D
+        node_inputs = [layer_in] + names + ["lengths" if lengths else ""] + initial
+        nodes.append(helper.make_node(OPERATOR[cell], node_inputs, [Y, Yh] + ([Yc] if cell == "lstm" else []),
+                                      name=f"layer{l}", **attrs))
+        finals["h0"].append(Yh)
+        if cell == "lstm":
+            finals["c0"].append(Yc)
+        nodes.append(helper.make_node("Transpose", [Y], [f"layer{l}.Y_tbdh"], perm=[0, 2, 1, 3]))
+        nodes.append(helper.make_node("Reshape", [f"layer{l}.Y_tbdh", "merge_directions"], [f"layer{l}.out"]))
+        layer_in = f"layer{l}.out"
+    for s0, sn in state:
+        nodes.append(helper.make_node("Concat", finals[s0], [sn], axis=0))
+    if model.outputs == "last":                      # each direction's final state, (B, D·H)
+        nodes.append(helper.make_node("Transpose", [finals["h0"][-1]], ["last.bdh"], perm=[1, 0, 2]))
+        nodes.append(helper.make_node("Reshape", ["last.bdh", const("merge_last", np.array([0, -1], np.int64))],
+                                      ["head.in"]))
+    else:
+        nodes.append(helper.make_node("Identity", [layer_in], ["head.in"]))
+    W_y, b_y = model.params["head.W_y"], model.params["head.b_y"]
+    nodes.append(helper.make_node("MatMul", ["head.in", const("head.W_y_t", np.ascontiguousarray(W_y.T))], ["head.z"]))
+    activation = HEAD[model.head]
+    nodes.append(helper.make_node("Add", ["head.z", const("head.b_y", b_y)], ["head.a" if activation else "y"]))
+    if activation:
+        nodes.append(helper.make_node(activation, ["head.a"], ["y"], axis=-1) if activation == "Softmax"
+                     else helper.make_node(activation, ["head.a"], ["y"]))
+    y_shape = ["T", "B", model.output_size] if model.outputs == "all" else ["B", model.output_size]
+    outputs = [helper.make_tensor_value_info("y", elem, y_shape)]
+    outputs += [helper.make_tensor_value_info(sn, elem, [L * D, "B", H]) for _, sn in state]
+    graph = helper.make_graph(nodes, "bptt", inputs, outputs, initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="bptt")
+    proto.ir_version = min(proto.ir_version, 10)         # what onnxruntime reads
+    if model.vocabulary is not None:           # for a sampler that has onnxruntime alone
+        helper.set_model_props(proto, {"bptt.vocabulary": json.dumps(model.vocabulary, ensure_ascii=False)})
+    onnx.checker.check_model(proto, full_check=True)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        onnx.save(proto, str(tmp))
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return proto

@@ -1,0 +1,110 @@
+"""A model saved on its own: a folder with model.safetensors (the parameters) and
+model.json (what builds the model again, the vocabulary of a text model, and the
+safetensors file's SHA-256). No pickle.
+
+    model.save("my-model")           # my-model/model.safetensors + my-model/model.json
+    model = bptt.load("my-model")    # also takes a run folder (train/load.py)
+
+Each file is written to a temporary name, flushed and renamed, the JSON last: a reader
+finds the previous model or the whole new one. A folder that holds anything but a saved
+model is refused rather than written into.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load as load_tensors, save as save_tensors
+
+KIND = "bptt-model"
+FORMAT = 1
+FILES = ("model.safetensors", "model.json")
+
+
+def cell_spec(cell) -> str:
+    """The ``cell`` argument that builds the cell again: its name, or "module:ClassName"."""
+    if isinstance(cell, str):
+        return cell
+    kind = type(cell)
+    if kind.__module__ == "__main__" or "<locals>" in kind.__qualname__:
+        raise ValueError(f"cell: {kind.__qualname__} is defined in a script or a function, where loading cannot "
+                         f"import it; define it in a module (package.module:ClassName) to save the model")
+    return f"{kind.__module__}:{kind.__qualname__}"
+
+
+def _write(path: Path, data: bytes):
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save(model, path) -> Path:
+    """Write ``model`` into the folder ``path`` (created if missing); returns the folder."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"path: {folder} is a file; expected a folder to hold {' and '.join(FILES)}")
+    if folder.is_dir():
+        others = sorted(p.name for p in folder.iterdir() if p.name not in FILES)
+        if others:
+            raise ValueError(f"path: {folder} holds other files ({', '.join(others[:3])}); expected a new folder "
+                             f"or one with a saved model only")
+    config = model.config | {"cell": cell_spec(model.cell)}
+    data = save_tensors({k: np.ascontiguousarray(v) for k, v in model.params.items()})
+    meta = {"kind": KIND, "format": FORMAT, "config": config, "vocabulary": model.vocabulary,
+            "sha256": hashlib.sha256(data).hexdigest()}
+    folder.mkdir(parents=True, exist_ok=True)
+    _write(folder / FILES[0], data)
+    _write(folder / FILES[1], json.dumps(meta, indent=1, ensure_ascii=False).encode())
+    return folder
+
+
+def is_saved(path) -> bool:
+    return (Path(path) / FILES[1]).is_file()
+
+
+def read(path):
+    """The Model saved in the folder ``path``, checked against its recorded digest."""
+    from .model import Model
+    folder = Path(path)
+    meta_path, tensors = folder / FILES[1], folder / FILES[0]
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        data = tensors.read_bytes()
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"path: {folder} is not a readable saved model: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("kind") != KIND or meta.get("format") != FORMAT:
+        raise ValueError(f"path: {meta_path} is not a bptt model of format {FORMAT} "
+                         f"(kind {meta.get('kind') if isinstance(meta, dict) else None!r})")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != meta.get("sha256"):
+        raise ValueError(f"path: {tensors} does not match the SHA-256 in {FILES[1]} ({str(meta.get('sha256'))[:12]}…, "
+                         f"the file gives {digest[:12]}…): it is truncated, corrupted or was changed")
+    model = Model(**meta["config"])
+    arrays = load_tensors(data)
+    return with_params(model, arrays, str(tensors), meta.get("vocabulary"))
+
+
+def with_params(model, arrays: dict, source: str, vocabulary=None):
+    """``model`` with its parameters copied from ``arrays`` (same names, shapes and dtypes)."""
+    if set(arrays) != set(model.params):
+        missing, extra = sorted(set(model.params) - set(arrays)), sorted(set(arrays) - set(model.params))
+        raise ValueError(f"path: {source} does not hold this model's parameters "
+                         f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, value in model.params.items():
+        src = arrays[name]
+        if src.shape != value.shape or src.dtype != value.dtype:
+            raise ValueError(f"path: {source}: {name} is {src.shape} {src.dtype}, the model expects "
+                             f"{value.shape} {value.dtype}")
+        value[...] = src
+    model.vocabulary = vocabulary
+    return model

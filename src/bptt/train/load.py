@@ -1,0 +1,22 @@
+"""``bptt.load``: a trained model from a saved-model folder or from a run folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import saved
+
+
+def load(path, best: bool = False):
+    """The Model at ``path``: a folder written by ``model.save`` (model.json +
+    model.safetensors), or a run folder of ``bptt train``, at its latest checkpoint
+    (``best=True``: at the checkpoint with the lowest validation loss, best.json). A text
+    model comes with its ``vocabulary``, ready for ``bptt.generate``."""
+    from .trainer import Trainer
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"path: no such folder: {folder}; expected a saved model (model.json) or a run folder")
+    if saved.is_saved(folder):
+        if best:
+            raise ValueError(f"best: {folder} is a saved model, not a run folder with checkpoints")
+        return saved.read(folder)
+    return Trainer.load(folder, best=best).model

@@ -1,0 +1,118 @@
+"""ONNX export: onnxruntime's outputs equal bptt's forward (float32 < 1e-5), ONNX's reference
+evaluator equals it in float64 (< 1e-12: onnxruntime has no float64 RNN kernels), the file
+passes onnx.checker's full check, and what no ONNX operator computes is refused by name."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bptt
+from bptt.interop.onnx import to_onnx
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+T, B, D, H, O = 6, 4, 3, 5, 4
+LENGTHS = np.array([6, 3, 1, 5], np.int32)
+MASK = np.arange(T)[:, None] < LENGTHS[None, :]
+
+
+def zero_state(model, state):
+    states = state if isinstance(state, tuple) else (state,)
+    return {name: np.zeros_like(s) for name, s in zip(("h0", "c0"), states)}, states
+
+
+def check(outputs, y, states, mask=None):
+    y_onnx, *states_onnx = outputs
+    if mask is not None and y.ndim == 3:            # ONNX zeroes y on padded steps; bptt carries the state there
+        y_onnx, y = y_onnx * mask[..., None], y * mask[..., None]
+    return max(np.abs(y_onnx - y).max(), *(np.abs(a - b).max() for a, b in zip(states_onnx, states)))
+
+
+@pytest.mark.parametrize("outputs", ["all", "last"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.parametrize("cell", ["rnn-tanh", "rnn-relu", "rnn-identity", "lstm", "gru"])
+def test_onnxruntime_equals_forward_float32_with_lengths(tmp_path, cell, layers, bidirectional, outputs):
+    cell, _, nonlinearity = cell.partition("-")
+    head, loss = ("softmax", "cross_entropy") if cell != "rnn" else ("identity", "mse")
+    model = bptt.Model(cell, D, H, O, num_layers=layers, nonlinearity=nonlinearity or "tanh", head=head,
+                       loss=loss, bidirectional=bidirectional, outputs=outputs, seed=3)
+    x = np.random.default_rng(1).standard_normal((T, B, D)).astype(np.float32)
+    y, state = model.forward(x, mask=MASK)
+    path = tmp_path / "m.onnx"
+    to_onnx(model, path, lengths=True)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    feeds, states = zero_state(model, state)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert check(session.run(None, {"x": x, "lengths": LENGTHS} | feeds), y, states, MASK) < 1e-5
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_reference_evaluator_equals_forward_float64_with_carried_state(tmp_path, cell, bidirectional):
+    from onnx.reference import ReferenceEvaluator
+    model = bptt.Model(cell, D, H, O, num_layers=2, bidirectional=bidirectional, dtype="float64", seed=4)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((T, B, D))
+    _, state0 = model.forward(rng.standard_normal((3, B, D)))          # a state carried from before
+    y, state = model.forward(x, state0)
+    proto = to_onnx(model, tmp_path / "m.onnx")
+    states0 = state0 if isinstance(state0, tuple) else (state0,)
+    feeds = dict(zip(("h0", "c0"), states0))
+    _, states = zero_state(model, state)
+    assert check(ReferenceEvaluator(proto).run(None, {"x": x} | feeds), y, states) < 1e-12
+
+
+def test_graph_inputs_outputs_and_vocabulary(tmp_path):
+    model = bptt.Model("lstm", 3, 8, 3, num_layers=2, head="softmax", loss="cross_entropy")
+    model.vocabulary = ["a", "é", "\n"]
+    proto = to_onnx(model, tmp_path / "m.onnx")
+    assert [i.name for i in proto.graph.input] == ["x", "h0", "c0"]
+    assert [o.name for o in proto.graph.output] == ["y", "h_n", "c_n"]
+    assert {n.op_type for n in proto.graph.node} >= {"LSTM", "MatMul", "Softmax"}
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["bptt.vocabulary"]) == model.vocabulary
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(cell="lstm", layer_norm=True), "layer_norm"),
+    (dict(cell="lstm", proj_size=2), "proj_size"),
+    (dict(cell="gru", zoneout=0.1), "zoneout"),
+])
+def test_what_no_operator_computes_is_refused_by_name(tmp_path, kwargs, named):
+    model = bptt.Model(input_size=3, hidden_size=4, output_size=2, **kwargs)
+    with pytest.raises(ValueError, match=named):
+        to_onnx(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_user_cell_is_refused(tmp_path):
+    from bptt.cells import GRU
+
+    class MyGRU(GRU):
+        name = "my_gru"
+    model = bptt.Model(MyGRU(), 3, 4, 2)
+    with pytest.raises(ValueError, match="cell='rnn', 'lstm' or 'gru'"):
+        to_onnx(model, tmp_path / "m.onnx")
+
+
+def test_bptt_export_and_the_onnxruntime_sampler(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat.\n" * 300, encoding="utf-8")
+    run = tmp_path / "run"
+    bptt_cli = [sys.executable, "-m", "bptt"]
+    subprocess.run(bptt_cli + ["train", "--text", str(corpus), "--hidden", "16", "--seq-len", "16", "--batch", "4",
+                               "--steps", "3", "--out", str(run), "--quiet"], check=True, capture_output=True)
+    done = subprocess.run(bptt_cli + ["export", str(run), "--onnx", str(tmp_path / "m.onnx")],
+                          check=True, capture_output=True, text=True)
+    assert "wrote" in done.stdout and (tmp_path / "m.onnx").exists()
+    example = Path(__file__).parents[1] / "examples" / "sample_onnx.py"
+    out = subprocess.run([sys.executable, str(example), str(tmp_path / "m.onnx"), "--length", "40", "--prime", "the "],
+                         check=True, capture_output=True, text=True).stdout
+    assert out.startswith("the ") and len(out.rstrip("\n")) >= 30 and set(out) <= set("the cat sat on the mat.\n")
+    bad = subprocess.run(bptt_cli + ["export", str(tmp_path / "nowhere"), "--onnx", str(tmp_path / "n.onnx")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "nowhere" in bad.stderr and not (tmp_path / "n.onnx").exists()

@@ -1,0 +1,89 @@
+"""model.save and bptt.load: the same parameters, outputs and vocabulary come back, from a
+saved folder or a run; a folder that holds other things is refused and left as it was; a
+changed tensor file is refused by its digest; and text generation from Python."""
+import json
+
+import numpy as np
+import pytest
+
+import bptt
+from bptt.train.trainer import sample
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(cell="lstm", num_layers=2, proj_size=3, dtype="float64"),
+    dict(cell="gru", bidirectional=True, layer_norm=True, outputs="last"),
+    dict(cell="rnn", nonlinearity="relu", dropout=0.2, num_layers=2, head="sigmoid", loss="bce"),
+])
+def test_save_then_load_gives_the_same_model(tmp_path, kwargs):
+    model = bptt.Model(input_size=4, hidden_size=6, output_size=3, seed=5, **kwargs)
+    for v in model.params.values():                       # not the initialisation a fresh Model would draw
+        v += 0.01
+    model.save(tmp_path / "m")
+    loaded = bptt.load(tmp_path / "m")
+    assert loaded.config == model.config and loaded.vocabulary is None
+    assert all(np.array_equal(loaded.params[k], model.params[k]) for k in model.params)
+    x = np.random.default_rng(0).standard_normal((5, 2, 4)).astype(model.dtype)
+    np.testing.assert_array_equal(loaded.forward(x)[0], model.forward(x)[0])
+
+
+def test_saving_again_replaces_the_model_and_refuses_a_folder_with_other_files(tmp_path):
+    model = bptt.Model("gru", 2, 3, 1, seed=0)
+    model.save(tmp_path / "m")
+    model.params["head.b_y"][:] = 7.0
+    model.save(tmp_path / "m")
+    assert bptt.load(tmp_path / "m").params["head.b_y"][0] == 7.0
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.tex").write_text("mine")
+    with pytest.raises(ValueError, match=r"path: .*notes holds other files \(thesis.tex\)"):
+        model.save(other)
+    assert sorted(p.name for p in other.iterdir()) == ["thesis.tex"]
+
+
+def test_a_changed_tensor_file_is_refused_by_its_digest(tmp_path):
+    bptt.Model("lstm", 2, 3, 1).save(tmp_path / "m")
+    data = bytearray((tmp_path / "m" / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "m" / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256"):
+        bptt.load(tmp_path / "m")
+    with pytest.raises(ValueError, match="path: no such folder"):
+        bptt.load(tmp_path / "absent")
+
+
+def test_a_cell_class_loading_cannot_import_is_refused_on_save(tmp_path):
+    from bptt.cells import GRU
+
+    class Local(GRU):
+        name = "local"
+    with pytest.raises(ValueError, match="cell: .*Local.*define it in a module"):
+        bptt.Model(Local(), 2, 3, 1).save(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_save_load_generate_from_python(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be, that is the question.\n" * 200, encoding="utf-8")
+    trainer = bptt.Trainer(bptt.Config(text=str(corpus), hidden=16, seq_len=16, batch=4, steps=20, eval_every=10,
+                                       out=str(tmp_path / "run")))
+    trainer.train(progress=False)
+    trainer.model.save(tmp_path / "saved")
+    for model in (bptt.load(tmp_path / "saved"), bptt.load(tmp_path / "run"), bptt.load(tmp_path / "run", best=True)):
+        assert model.vocabulary == trainer.task.chars
+    from_run = bptt.load(tmp_path / "run")
+    assert all(np.array_equal(from_run.params[k], trainer.model.params[k]) for k in trainer.model.params)
+    text = bptt.generate(bptt.load(tmp_path / "saved"), 60, prime="to ", temperature=0.8, seed=1)
+    assert len(text) == 60 and set(text) <= set(trainer.task.chars)
+    assert text == sample(trainer.model, trainer.task, 60, 0.8, prime="to ", rng=np.random.default_rng(1))
+    meta = json.loads((tmp_path / "saved" / "model.json").read_text(encoding="utf-8"))
+    assert meta["config"]["cell"] == "lstm" and meta["vocabulary"] == trainer.task.chars
+
+
+def test_generate_refuses_what_is_not_a_character_model():
+    with pytest.raises(ValueError, match="vocabulary: the model has none"):
+        bptt.generate(bptt.Model("rnn", 3, 4, 3, head="softmax", loss="cross_entropy"))
+    with pytest.raises(ValueError, match="softmax over the 3 characters"):
+        bptt.generate(bptt.Model("rnn", 3, 4, 3), vocabulary="abc")
+    with pytest.raises(ValueError, match="prime: characters not in"):
+        bptt.generate(bptt.Model("rnn", 3, 4, 3, head="softmax", loss="cross_entropy"), vocabulary="abc", prime="z")
