@@ -29,6 +29,7 @@ from bptt.backends import loop_threads
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cells import block_time, make_pair  # noqa: E402  (a sibling script, not a package)
+from machine import recorded, stamp  # noqa: E402
 
 SHAPES = [(100, 32, 64, 128), (100, 64, 128, 256), (200, 32, 128, 512), (1000, 16, 32, 128)]
 ROUNDS = 3
@@ -63,6 +64,7 @@ def main():
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
     pool = ThreadPoolExecutor(2)
+    print(stamp())
     print("# forward + backward (training step, no ∂L/∂x), float32; ms are each side's best "
           f"round, ratios the median over {ROUNDS} rounds of the ratio within a round")
     print("| cell | T, B, D, H | whole batch ms | two halves ms | torch ms | halves/whole "
@@ -94,4 +96,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with recorded(__file__):
+        main()

@@ -7,7 +7,7 @@ step. ``--input-grad`` also asks both sides for ∂L/∂x. Each side is timed as
 a block of repeats after a short pause, never alternating call by call: on 2 cores one
 library's idle worker threads spin and steal the other's second core.
 
-    python benchmarks/cells.py                 # the five shapes of the core issue
+    python benchmarks/cells.py                 # five shapes, from one sequence to large batches
     python benchmarks/cells.py --quick         # fewer repeats
     python benchmarks/cells.py --shapes 100,32,64,128
 
@@ -38,7 +38,7 @@ import torch
 
 from bptt.backends import settings
 from bptt.cells import layer as cell_layer
-from machine import stamp
+from machine import recorded, stamp
 
 SHAPES = [(25, 1, 65, 100), (100, 32, 64, 128), (100, 64, 128, 256), (200, 32, 128, 512), (1000, 16, 32, 128)]
 TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
@@ -199,4 +199,5 @@ def main():
                   f"within each round, against that round's GEMM rate: {100 * share:.0f}% (median of {ROUNDS})")
 
 if __name__ == "__main__":
-    main()
+    with recorded(__file__):
+        main()

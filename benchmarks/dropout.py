@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cells import block_time
-from machine import stamp
+from machine import recorded, stamp
 
 SHAPES = [(100, 32, 64, 128), (100, 64, 128, 256)]
 P = 0.25
@@ -84,4 +84,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with recorded(__file__):
+        main()

@@ -16,7 +16,7 @@ import numpy as np
 
 import bptt
 from bptt.diagnostics import flow
-from machine import stamp
+from machine import recorded, stamp
 
 
 def main():
@@ -46,4 +46,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with recorded(__file__):
+        main()

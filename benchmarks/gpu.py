@@ -20,6 +20,8 @@ os.environ.setdefault("CUPY_TF32", "0")
 
 import numpy as np  # noqa: E402
 
+from machine import recorded  # noqa: E402
+
 SHAPES = [(100, 64, 128, 256), (256, 64, 512, 512), (1000, 16, 128, 1024), (100, 256, 1024, 1024)]
 
 
@@ -157,4 +159,5 @@ def bench(cell, T, B, D, H, repeats, cp, torch, layer, GraphedLayer):
 
 
 if __name__ == "__main__":
-    main()
+    with recorded(__file__):
+        main()

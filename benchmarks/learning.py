@@ -1,4 +1,4 @@
-"""Full-size learning runs, printed as a table for benchmarks/RESULTS.md.
+"""Full-size learning runs: the updates and seconds each model needs to reach a stated loss.
 
     python benchmarks/learning.py                    # everything (hours on 2 cores)
     python benchmarks/learning.py --only adding      # one family: adding, chrono, copy, digits, text,
@@ -27,7 +27,7 @@ import numpy as np
 
 from bptt.train.config import Config
 from bptt.train.trainer import Trainer
-from machine import stamp
+from machine import recorded, stamp
 
 ADDING = [("lstm", {}), ("gru", {}), ("rnn", {}),
           ("rnn", {"nonlinearity": "relu", "init": "identity", "lr": 1e-4})]
@@ -128,4 +128,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with recorded(__file__):
+        main()

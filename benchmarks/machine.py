@@ -8,9 +8,14 @@ A figure holds on the machine it was measured on; a table without this line is n
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import platform
+import re
+import sys
 import time
+from pathlib import Path
 
 # What the AVX2 imitation sets (DESIGN.md); any of them present means the figures are not native.
 IMITATION = ("OPENBLAS_CORETYPE", "NUMBA_CPU_NAME", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
@@ -81,6 +86,52 @@ def stamp() -> str:
     """One line: date, CPU, vector ISA, cores, BLAS, versions."""
     return (f"# {time.strftime('%Y-%m-%d')} · {cpu_model()} · {vector_isa()} · {cores()} cores · {blas()} · "
             f"{versions()}")
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine_key() -> str:
+    """A folder name for this machine: CPU model, vector ISA (and imitation), cores."""
+    isa = vector_isa().split(" (")[0] + ("-imitated-avx2" if "imitating" in vector_isa() else "")
+    name = f"{cpu_model()} {isa} {cores()}-cores"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self):
+        for s in self.streams:
+            s.flush()
+
+
+@contextlib.contextmanager
+def recorded(script: str):
+    """Print as usual and, when the script ends without an error, write what it printed to
+    benchmarks/results/<machine>/<script>[--<arguments>].md with the command that ran it.
+    docs/performance.md is generated from those files (benchmarks/report.py)."""
+    captured = io.StringIO()
+    real = sys.stdout
+    sys.stdout = _Tee(real, captured)
+    try:
+        yield
+    finally:
+        sys.stdout = real
+    name = Path(script).stem
+    args = " ".join(sys.argv[1:])
+    variant = re.sub(r"[^A-Za-z0-9.,=]+", "-", args).strip("-")
+    path = RESULTS / machine_key() / (name + (f"--{variant}" if variant else "") + ".md")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = f"python benchmarks/{name}.py" + (f" {args}" if args else "")
+    path.write_text(f"command: `{command}`\n\n```text\n{captured.getvalue().rstrip()}\n```\n", encoding="utf-8")
+    print(f"# recorded in {path.relative_to(RESULTS.parent.parent)}", file=real)
 
 
 if __name__ == "__main__":

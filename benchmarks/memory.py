@@ -25,7 +25,7 @@ import tracemalloc
 import numpy as np
 
 from bptt import through_time as tt
-from machine import stamp
+from machine import recorded, stamp
 
 B, D, H, O = 16, 64, 256, 8
 
@@ -94,4 +94,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with recorded(__file__):
+        main()

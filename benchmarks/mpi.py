@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-from machine import stamp
+from machine import recorded, stamp
 
 CASES = {
     "lstm H=64, adding T=50, B=32": ["--task", "adding", "--cell", "lstm", "--hidden", "64", "--seq-len", "50",
@@ -85,4 +85,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with recorded(__file__):
+        main()

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from machine import stamp
+from pathlib import Path
+from machine import recorded, stamp
 
 
 def rss_mib() -> float:
@@ -28,7 +29,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=20000)
     parser.add_argument("--every", type=int, default=250)
-    parser.add_argument("--out", default="docs/images/soak_rss.png")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "images" / "soak_rss.png"))
     parser.add_argument("--redraw", action="store_true",
                         help="draw loss.png after every chunk too (matplotlib's caches then grow)")
     args = parser.parse_args()
@@ -72,4 +73,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with recorded(__file__):
+        main()

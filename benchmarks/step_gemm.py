@@ -33,7 +33,7 @@ from numba import njit
 from threadpoolctl import threadpool_limits
 
 from bptt.backends import mkl, packed_gemm
-from machine import stamp
+from machine import recorded, stamp
 
 # (B, H, G) of the core benchmark's shapes, for the LSTM (G = 4); GRU is G = 3, the RNN G = 1.
 SHAPES = [(1, 100, 4), (32, 128, 4), (64, 256, 4), (32, 512, 4), (16, 128, 4)]
@@ -110,4 +110,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with recorded(__file__):
+        main()

@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from machine import cores, stamp
+from machine import cores, recorded, stamp
 
 JOBS = {"default": dict(hidden=128, layers=1), "large": dict(hidden=256, layers=2)}
 
@@ -116,4 +116,5 @@ def main():
 
 if __name__ == "__main__":
     np.seterr(all="ignore")
-    main()
+    with recorded(__file__):
+        main()

@@ -17,7 +17,7 @@ import numpy as np
 
 import bptt
 from bptt import through_time as tt
-from machine import stamp
+from machine import recorded, stamp
 
 T, B, D, H, O = 2000, 16, 64, 256, 8
 
@@ -53,4 +53,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with recorded(__file__):
+        main()

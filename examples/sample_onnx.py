@@ -24,10 +24,10 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
-    chars = json.loads(session.get_modelmeta().custom_metadata_map["bptt.vocabulary"])
+    runtime = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+    chars = json.loads(runtime.get_modelmeta().custom_metadata_map["bptt.vocabulary"])
     index = {c: i for i, c in enumerate(chars)}
-    state_inputs = [i for i in session.get_inputs() if i.name in ("h0", "c0")]
+    state_inputs = [i for i in runtime.get_inputs() if i.name in ("h0", "c0")]
     state = {i.name: np.zeros((i.shape[0], 1, i.shape[2]), np.float32) for i in state_inputs}
     rng = np.random.default_rng(args.seed)
 
@@ -35,7 +35,7 @@ def main():
         """Feed the characters ``codes``; return the last step's probabilities."""
         x = np.zeros((len(codes), 1, len(chars)), np.float32)
         x[np.arange(len(codes)), 0, codes] = 1
-        y, *final = session.run(None, {"x": x} | state)
+        y, *final = runtime.run(None, {"x": x} | state)
         state.update(zip(("h0", "c0"), final))
         return y[-1, 0].astype(np.float64)
 

@@ -3,6 +3,7 @@ checkpointed equals full, RTRL equals BPTT, and the truncation bias vanishes at 
 import numpy as np
 import pytest
 
+import bptt
 from bptt import through_time as tt
 from helpers import HEAD_LOSSES, KINDS, make_model, make_state, make_targets, ragged_mask
 
@@ -158,10 +159,46 @@ def test_rtrl_equals_bptt(nonlinearity, head, loss, outputs):
     model = make_model("rnn", nonlinearity, 1, D=3, H=5, head=head, loss=loss, outputs=outputs, seed=4)
     T, B = 12, 3
     x, targets, s0 = rng.standard_normal((T, B, 3)), make_targets(model, T, B, rng), make_state(model, B, rng)
-    loss_r, grads_r = tt.rtrl(model, x, targets, s0)
-    L, G, _ = tt.full(model, x, targets, s0)
+    loss_r, grads_r, state_r = tt.rtrl(model, x, targets, s0)
+    L, G, state = tt.full(model, x, targets, s0)
     assert loss_r == pytest.approx(L, rel=1e-12)
     assert_grads_equal(grads_r, G, 1e-9)
+    np.testing.assert_allclose(state_r, state, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "layer_norm_lstm", "layer_norm_gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_rtrl_equals_bptt_for_every_cell_with_masks_and_resets(cell, layers):
+    rng = np.random.default_rng(11)
+    layer_norm = cell.startswith("layer_norm")
+    model = bptt.Model(cell.rsplit("_", 1)[-1], 3, 4, 2, num_layers=layers, layer_norm=layer_norm,
+                       dtype="float64", seed=5)
+    T, B = 9, 3
+    x, targets, s0 = rng.standard_normal((T, B, 3)), make_targets(model, T, B, rng), make_state(model, B, rng)
+    mask = np.ones((T, B), bool)
+    mask[6:, 1] = False                                  # sequence 1 ends after 6 steps
+    resets = np.zeros((T, B), bool)
+    resets[4, 2] = True                                  # sequence 2 starts anew at step 4
+    loss_r, grads_r, _ = tt.rtrl(model, x, targets, s0, mask=mask, resets=resets)
+    L, G, _ = tt.full(model, x, targets, s0, mask=mask, resets=resets)
+    assert loss_r == pytest.approx(L, rel=1e-12)
+    assert_grads_equal(grads_r, G, 1e-9)
+
+
+def test_rtrl_of_a_user_cell_and_of_zoneout_in_evaluation():
+    from bptt.cells import GRU
+
+    class MyGRU(GRU):                                     # through the protocol, no kernels
+        name, kernels = "my_gru", None
+    rng = np.random.default_rng(12)
+    for model in (bptt.Model(MyGRU(), 3, 4, 2, num_layers=2, outputs="last", dtype="float64", seed=6),
+                  bptt.Model("lstm", 3, 4, 2, zoneout=0.3, dtype="float64", seed=7)):
+        T, B = 7, 2
+        x, targets = rng.standard_normal((T, B, 3)), make_targets(model, T, B, rng)
+        loss_r, grads_r, _ = tt.rtrl(model, x, targets)
+        L, G, _ = tt.full(model, x, targets)
+        assert loss_r == pytest.approx(L, rel=1e-12)
+        assert_grads_equal(grads_r, G, 1e-9)
 
 
 # ---- truncation bias ---------------------------------------------------------------------
@@ -203,7 +240,7 @@ def test_schedule_errors_are_named():
         tt.checkpointed(model, x, y, budget=2.5)
     with pytest.raises(ValueError, match=r"truncated BPTT needs outputs='all'"):
         tt.truncated(make_model("rnn", outputs="last"), x, np.zeros((2, 3)), 2)
-    with pytest.raises(ValueError, match=r"RTRL is implemented for one Elman layer"):
-        tt.rtrl(make_model("lstm"), x, y)
+    with pytest.raises(ValueError, match=r"RTRL carries one direction's unprojected state .*bidirectional=True"):
+        tt.rtrl(bptt.Model("lstm", 3, 4, 3, bidirectional=True, dtype="float64"), x, y)
     with pytest.raises(ValueError, match=r"ks: expected positive truncation lengths"):
         tt.truncation_bias(model, x, y, [0, 2])

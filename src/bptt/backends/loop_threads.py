@@ -5,16 +5,16 @@ worker, each on its own rows of the batch for the recurrent GEMM and the kernel 
 row's recurrence needs only that row and W_h (packed once, read only), so the two halves
 never meet, and each row's arithmetic is that of one thread: the same bits either way.
 Neither thread calls OpenBLAS inside the loop; the bulk GEMMs before and after it run on
-OpenBLAS's own threads, never two at once (concurrent calls from two threads of ours are
-several times slower than one after the other).
+OpenBLAS's own threads, never two at once (concurrent calls from two threads of ours
+compete for the same cores and OpenBLAS's own workers).
 
 OpenBLAS's idle workers spin after each call (2^N cycles, N = OPENBLAS_THREAD_TIMEOUT,
 default 28, about 0.1 s) on the cores the loop needs, so two threads are used only where
 they sleep soon (settings.blas_workers_sleep; ``import bptt`` sets N = 20 before NumPy
 loads OpenBLAS). ``parts_for`` also asks that each thread get ``MIN_ROWS_SPLIT`` rows
 (enough sums in flight for the micro-kernel) and that the loop's GEMM be at least
-``MIN_LOOP_FLOPS``, the size from which handing half of it to the worker (about 0.1 ms a
-call) pays (benchmarks/RESULTS.md, "One core"). Inside the batch halves of batch_split.py
+``MIN_LOOP_FLOPS``, the size from which handing half of it to the worker pays for the
+hand-over (`benchmarks/cells.py` with `BPTT_LOOP_THREADS=1` and `2` measures both). Inside the batch halves of batch_split.py
 each half is already a thread: they ask for one (``use(1)``). One worker serves the
 process: a thread whose loop finds it busy runs both parts itself (``run_pair`` answers
 False).

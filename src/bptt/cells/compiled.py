@@ -208,7 +208,7 @@ def _inputs(params, x, codes):
     at most IN_LOOP_PROJECTION_BYTES) and each of two threads would have MIN_ROWS rows, u
     left empty for the loop to fill step by step from W_xᵀ packed here: each x_t W_xᵀ is
     then still in cache when the kernel reads it, which pays while both weights stay in
-    cache too (benchmarks/RESULTS.md)."""
+    cache too."""
     T, B, D = x.shape
     W_x, W_h = params["W_x"], params["W_h"]
     if codes is not None:

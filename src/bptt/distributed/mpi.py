@@ -130,11 +130,10 @@ def world() -> World:
     """The MPI world when launched under mpiexec with mpi4py installed, else a world of one.
 
     Outside a launcher MPI is not started at all: a single process does not pay MPI_Init
-    (0.15 s) nor depend on its transports (UCX's shared-memory files).
+    nor depend on its transports (UCX's shared-memory files).
 
     With several ranks on one machine, each rank's BLAS gets its share of the cores:
-    two ranks with two BLAS threads each on 2 cores made the spinning threads fight, and a
-    run went 20× slower (300 updates took 10 minutes instead of 30 s).
+    ranks whose BLAS threads outnumber the cores would spin against each other.
     """
     if not launched_by_mpi():
         return World()

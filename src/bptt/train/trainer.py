@@ -326,7 +326,7 @@ class Trainer:
             with self._loop_threads():
                 return self._update()
         # BLAS on one thread: otherwise its idle worker busy-waits on the second core after
-        # every call, against our second thread (benchmarks/RESULTS.md).
+        # every call, against our second thread (benchmarks/batch_split.py measures both).
         with self._blas.limit(limits=1):
             return self._update()
 
@@ -369,8 +369,8 @@ class Trainer:
             return self._evaluate()
 
     def _evaluate(self) -> dict:
-        # The validation pass runs whole, BLAS on its threads: in halves it measured no faster
-        # (B = 16 validation streams; 1.96, 1.61, 1.76 s against 1.98, 1.90, 1.60 s).
+        # The validation pass runs whole, BLAS on its threads: its 16 streams are too few for
+        # two halves to gain anything over one pass.
         m = self.model
         if self.text:
             codes = self.task.streams(self.task.valid, min(16, max(1, len(self.task.valid) // 200)))

@@ -1,0 +1,74 @@
+"""The documents: a README of at most 200 lines whose links resolve, a performance page
+generated from benchmarks/results/ and current, a custom-cell notebook that is the page,
+every page of the site's navigation present, and no word of how the project was built."""
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def test_readme_is_a_front_page_whose_links_resolve():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 200
+    assert "pip install -e '.[test]' && bptt train" in text and "python -m pytest" in text
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install -e '.[test]'" in ci and "python -m pytest" in ci
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    assert len(links) >= 10
+    for link in links:
+        if not link.startswith("http"):
+            assert (ROOT / link).exists(), link
+
+
+def test_the_performance_page_is_generated_from_the_recorded_results():
+    report = load(ROOT / "benchmarks" / "report.py", "report")
+    assert (ROOT / "docs" / "performance.md").read_text(encoding="utf-8") == report.render(), \
+        "docs/performance.md is not current: run python benchmarks/report.py"
+    recorded = list((ROOT / "benchmarks" / "results").glob("*/*.md"))
+    assert recorded
+    for path in recorded:          # each table carries the stamp of its machine and its command
+        text = path.read_text(encoding="utf-8")
+        assert text.startswith("command: `python benchmarks/") or "python benchmarks/" in text.split("\n")[0], path
+        assert re.search(r"# 20\d\d-\d\d-\d\d · .+ · (AVX2|AVX-512|SSE/other).* · \d+ cores · ", text), path
+
+
+def test_the_custom_cell_notebook_is_the_page():
+    notebooks = load(ROOT / "tools" / "notebooks.py", "notebooks")
+    assert notebooks.NOTEBOOK.read_text(encoding="utf-8") == notebooks.text(), \
+        "docs/tutorials/custom_cell.ipynb differs from docs/custom_cell.md: run python tools/notebooks.py"
+
+
+def test_every_page_of_the_navigation_exists():
+    nav = re.findall(r":\s+(\S+\.(?:md|ipynb))\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    assert len(nav) >= 14
+    for page in nav:
+        assert (ROOT / "docs" / page).exists(), page
+
+
+NARRATIVE = re.compile(r"\bsessions?\b|\bissue \d+|\bRESULTS\.md\b|\bwe tried\b|\bwas tried\b|\bround of work\b"
+                       r"|\bthis project's machine\b|\bnot measured yet\b", re.I)
+
+
+@pytest.mark.parametrize("folder", ["README.md", "docs", "src", "benchmarks", "examples", "tools"])
+def test_no_word_of_how_the_project_was_built(folder):
+    root = ROOT / folder
+    files = [root] if root.is_file() else [p for p in root.rglob("*") if p.suffix in (".md", ".py", ".ipynb", ".sh")
+                                            and "egg-info" not in str(p)]
+    found = [f"{p.relative_to(ROOT)}:{i + 1}: {line.strip()}" for p in files
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()) if NARRATIVE.search(line)]
+    assert not found, "\n".join(found[:20])
