@@ -29,13 +29,12 @@ from ..dropout import layer_noise
 from ..ops import LOSSES
 
 
-class ExactInfluence:
-    """The influence matrices of every layer, advanced one step at a time (T1), (T3), (T4).
-
-    ``step(x_t, mask_t, reset_t)`` advances the state and the influence and returns the top
-    layer's output h_t (B, H); ``collect(dh_t)`` adds (∂L_t/∂h_t)ᵀ M_t[h] to ``grad`` (T2);
-    ``grads()`` gives them by parameter name. The head's gradient is not here: it needs no
-    recursion."""
+class Influence:
+    """What every forward-mode method shares: the model's state, advanced one step at a time,
+    and each layer's step Jacobian J_t and immediate influence I_t = ∂s_t/∂θ|_{s_{t−1}
+    fixed} of its own parameters (T3). Subclasses keep their own picture of M_t and give
+    ``step(x_t, mask_t, reset_t)`` -> h_t of the top layer, ``collect(dh_t)`` (T2) and
+    ``grads()``."""
 
     def __init__(self, model, B: int, state0=None):
         if model.bidirectional or model.proj_size:
@@ -44,34 +43,30 @@ class ExactInfluence:
         self.model, self.B = model, B
         self.cell = model.layer.cell
         self.S, self.H = len(model.layer.STATE), model.hidden_size
+        self.K = self.S * self.H
         self.state = [tuple(a.copy() for a in s) for s in model._split_state(state0, B)]
-        self.blocks, n = [], 0                       # per layer: {name: (offset, shape)}
+        self.blocks, self.offsets, n = [], [], 0       # per layer: {name: (offset in the layer, shape)}
         for l in range(model.num_layers):
-            block = {}
+            block, start = {}, n
             for name, value in model.layer_params(l).items():
-                block[name] = (n, value.shape)
+                block[name] = (n - start, value.shape)
                 n += value.size
             self.blocks.append(block)
+            self.offsets.append((start, n))
         self.n = n
-        K = self.S * self.H
-        self.M = [np.zeros((B, K, n), model.dtype) for _ in range(model.num_layers)]
-        self.grad = np.zeros(n, model.dtype)
         self.zone = [layer_noise(model, None, l) for l in range(model.num_layers)]
         self.extras = tuple(self.cell.extra_shapes(self.H))
 
-    def step(self, x_t, mask_t=None, reset_t=None):
-        inputs, M_in = x_t, None
-        for l in range(self.model.num_layers):
-            inputs, M_in = self._layer_step(l, inputs, M_in, mask_t, reset_t)
-        return inputs
-
-    def _layer_step(self, l, inputs, M_in, mask_t, reset_t):
+    def local(self, l, inputs, reset_t=None):
+        """Layer l's step from ``inputs`` (B, D_l): (prev, new, J, I, du) with prev the state it
+        read (after a reset, (M4)), new its new state (after zoneout's mix, (N3)), J (B, K, K)
+        = ∂s_t/∂s_{t−1}, I (B, K, n_l) over the layer's own parameters, du (B, K, G·H) =
+        ∂s_t/∂u_t (for (T4))."""
         p, block = self.model.layer_params(l), self.blocks[l]
-        B, S, H, K = self.B, self.S, self.H, self.S * self.H
-        prev, M_prev = self.state[l], self.M[l]
+        B, S, H, K = inputs.shape[0], self.S, self.H, self.K
+        prev = self.state[l]
         if reset_t is not None and reset_t.any():                                         # (M4)
             prev = tuple(np.where(reset_t[:, None], 0, s).astype(s.dtype) for s in prev)
-            M_prev = np.where(reset_t[:, None, None], 0, M_prev)
         u = inputs @ p["W_x"].T + p["b_h"]                                                # (K1)
         v = prev[0] @ p["W_h"].T                                                          # (K2)
         new, cache = self.cell.step(p, u, v, prev)                                        # (K3)
@@ -89,47 +84,75 @@ class ExactInfluence:
         J[:, :, :H] += dv @ p["W_h"]                                                      # through v_t (K5)
         if kept is not None:
             J += np.diag(kept.reshape(K))                                                 # (N3)
-        M = J @ M_prev                                                                    # (T1)
-        n0, _ = block["W_x"]
-        M[:, :, n0:n0 + du.shape[2] * inputs.shape[1]] += (du[:, :, :, None] * inputs[:, None, None, :]).reshape(B, K, -1)
-        n0, _ = block["W_h"]
-        M[:, :, n0:n0 + dv.shape[2] * H] += (dv[:, :, :, None] * prev[0][:, None, None, :]).reshape(B, K, -1)
-        n0, _ = block["b_h"]
-        M[:, :, n0:n0 + du.shape[2]] += du
-        if self.extras:
-            self._add_extras(M, p, block, dstate, rep)
-        if M_in is not None:
-            M += (du @ p["W_x"]) @ M_in                                                   # (T4)
-        if mask_t is not None and not mask_t.all():                                       # (M1)
-            new = tuple(np.where(mask_t[:, None], n, s) for n, s in zip(new, prev))
-            M = np.where(mask_t[:, None, None], M, M_prev)
-        self.state[l], self.M[l] = new, M
-        return new[0], M[:, :H]
+        start, end = self.offsets[l]
+        I = np.zeros((B, K, end - start), u.dtype)
+        n0 = block["W_x"][0]
+        I[:, :, n0:n0 + du.shape[2] * inputs.shape[1]] = (du[:, :, :, None] * inputs[:, None, None, :]).reshape(B, K, -1)
+        n0 = block["W_h"][0]
+        I[:, :, n0:n0 + dv.shape[2] * H] = (dv[:, :, :, None] * prev[0][:, None, None, :]).reshape(B, K, -1)
+        n0 = block["b_h"][0]
+        I[:, :, n0:n0 + du.shape[2]] = du
+        if self.extras:                  # step_backward sums these over its batch: one row at a time
+            for r in range(B * K):
+                _, _, _, dextra = self.cell.step_backward(p, tuple(d[r:r + 1] for d in dstate),
+                                                          tuple(c[r:r + 1] for c in rep))
+                for name, g in dextra.items():
+                    n0 = block[name][0]
+                    I[r // K, r % K, n0:n0 + g.size] += g.reshape(-1)
+        return prev, new, J, I, du
 
-    def _add_extras(self, M, p, block, dstate, rep):
-        """∂s_t/∂(extra parameters): step_backward sums them over its batch, so one row at
-        a time."""
-        B, K = M.shape[0], M.shape[1]
-        for r in range(B * K):
-            _, _, _, dextra = self.cell.step_backward(p, tuple(d[r:r + 1] for d in dstate),
-                                                      tuple(c[r:r + 1] for c in rep))
-            for name, g in dextra.items():
-                n0, shape = block[name]
-                M[r // K, r % K, n0:n0 + g.size] += g.reshape(-1)
+    def advance(self, l, prev, new, mask_t):
+        """Store layer l's new state; padded rows keep the state they read (M1)."""
+        if mask_t is not None and not mask_t.all():
+            new = tuple(np.where(mask_t[:, None], n, s) for n, s in zip(new, prev))
+        self.state[l] = new
+        return new[0]
+
+    def named(self, grad) -> dict:
+        """A flat gradient over every layer's parameters, by name."""
+        out = {}
+        for l, block in enumerate(self.blocks):
+            start = self.offsets[l][0]
+            for name, (n0, shape) in block.items():
+                out[f"{self.model.direction_prefix(l)}.{name}"] = grad[start + n0:start + n0 + int(np.prod(shape))].reshape(shape)
+        return out
+
+    def public_state(self):
+        return self.model._join_state(self.state)
+
+
+class ExactInfluence(Influence):
+    """Exact RTRL: every layer's M_t over all parameters below and at it (T1), (T4)."""
+
+    def __init__(self, model, B: int, state0=None):
+        super().__init__(model, B, state0)
+        self.M = [np.zeros((B, self.K, self.n), model.dtype) for _ in range(model.num_layers)]
+        self.grad = np.zeros(self.n, model.dtype)
+
+    def step(self, x_t, mask_t=None, reset_t=None):
+        inputs, M_in = x_t, None
+        for l in range(self.model.num_layers):
+            prev, new, J, I, du = self.local(l, inputs, reset_t)
+            M_prev = self.M[l]
+            if reset_t is not None and reset_t.any():
+                M_prev = np.where(reset_t[:, None, None], 0, M_prev)                      # (M4)
+            M = J @ M_prev                                                                # (T1)
+            start, end = self.offsets[l]
+            M[:, :, start:end] += I
+            if M_in is not None:
+                M += (du @ self.model.layer_params(l)["W_x"]) @ M_in                      # (T4)
+            if mask_t is not None and not mask_t.all():                                   # (M1)
+                M = np.where(mask_t[:, None, None], M, M_prev)
+            self.M[l] = M
+            inputs, M_in = self.advance(l, prev, new, mask_t), M[:, :self.H]
+        return inputs
 
     def collect(self, dh):
         """Add (∂L_t/∂h_t)ᵀ M_t[h] for the top layer's h_t (T2); dh (B, H)."""
         self.grad += np.einsum("bk,bkn->n", dh, self.M[-1][:, :self.H])
 
     def grads(self) -> dict:
-        out = {}
-        for l, block in enumerate(self.blocks):
-            for name, (n0, shape) in block.items():
-                out[f"{self.model.direction_prefix(l)}.{name}"] = self.grad[n0:n0 + int(np.prod(shape))].reshape(shape)
-        return out
-
-    def public_state(self):
-        return self.model._join_state(self.state)
+        return self.named(self.grad)
 
 
 def rtrl(model, x, targets, state0=None, mask=None, resets=None):
@@ -137,10 +160,16 @@ def rtrl(model, x, targets, state0=None, mask=None, resets=None):
     same numbers as ``model.loss_and_grads`` (BPTT), computed without a backward pass
     through time. Any cell, stacked layers, masks and resets; evaluation mode (no
     dropout; zoneout at its expectation)."""
+    return forward_mode(lambda B: ExactInfluence(model, B, state0), model, x, targets, mask, resets)
+
+
+def forward_mode(make, model, x, targets, mask=None, resets=None):
+    """(loss, gradient, final state) with the influence ``make(B)`` advanced over the
+    sequence: each step's loss gradient is collected as it comes (T2), the head's exactly."""
     x, mask, resets = model._check_inputs(x, mask, resets)
     T, B, _ = x.shape
     targets = model._check_targets(targets, T, B)
-    influence = ExactInfluence(model, B, state0)
+    influence = make(B)
     head = model.head_params()
     head_grads = {k: np.zeros_like(v) for k, v in head.items()}
     weights = model._row_weights(mask, T, B)
