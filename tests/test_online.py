@@ -6,7 +6,7 @@ import pytest
 
 import bptt
 from bptt import through_time as tt
-from bptt.through_time.online import snap, uoro
+from bptt.through_time.online import eprop, kf_rtrl, rflo, snap, uoro
 
 
 def relative(g, ref):
@@ -72,3 +72,77 @@ def test_online_estimators_refuse_stacked_layers_and_bad_n():
         uoro(model, x, y)
     with pytest.raises(ValueError, match=r"n: expected a positive integer \(SnAp-n\), got 0"):
         snap(bptt.Model("lstm", 2, 3, 1, dtype="float64"), x, y, n=0)
+
+
+def test_kf_rtrl_is_unbiased_its_error_shrinks_like_one_over_root_n():
+    model = bptt.Model("rnn", 2, 3, 1, dtype="float64", seed=3)
+    x1, y1 = data(model, 6, 1, seed=5)
+    _, exact, _ = tt.rtrl(model, x1, y1)
+    errors = {}
+    for N in (100, 400, 1600):
+        x, y = np.repeat(x1, N, axis=1), np.repeat(y1, N, axis=1)
+        runs = [relative(kf_rtrl(model, x, y, rng=seed)[1], exact) for seed in range(8)]
+        errors[N] = float(np.sqrt(np.mean(np.square(runs))))
+    assert 0.25 < errors[400] / errors[100] < 1.0
+    assert 0.1 < errors[1600] / errors[100] < 0.5
+    assert errors[1600] < 0.3
+
+
+def sigmoid(a):
+    return 1 / (1 + np.exp(-a))
+
+
+def test_eprop_of_an_lstm_is_bellec_et_al_s_eligibility_traces():
+    """By hand: ε_t = f_t ⊙ ε_{t−1} + ∂c_t/∂θ (the cell state's eligibility vector), e_t =
+    o_t tanh′(c_t) ε_t + ∂h_t/∂θ (the output gate's own), ∂L/∂θ ≈ Σ_t dh_t e_t."""
+    model = bptt.Model("lstm", 2, 3, 1, reduction="sum", dtype="float64", seed=8)
+    x, y = data(model, 7, 1, seed=6)
+    p = {k.split(".")[1]: v for k, v in model.params.items()}
+    H = 3
+    h, c = np.zeros(H), np.zeros(H)
+    eps = {g: np.zeros((H, 2 + H + 1)) for g in "ifgo"}      # per gate: rows by unit, columns x̂ = [x, h, 1]
+    grad = {g: np.zeros((H, 2 + H + 1)) for g in "ifgo"}
+    for t in range(7):
+        x_hat = np.concatenate([x[t, 0], h, [1.0]])
+        z = p["W_x"] @ x[t, 0] + p["W_h"] @ h + p["b_h"]
+        zi, zf, zg, zo = np.split(z, 4)
+        i, f, g, o = sigmoid(zi), sigmoid(zf), np.tanh(zg), sigmoid(zo)
+        c_prev, c = c, f * c + i * g
+        h = o * np.tanh(c)
+        direct_c = {"i": g * i * (1 - i), "f": c_prev * f * (1 - f), "g": i * (1 - g ** 2), "o": np.zeros(H)}
+        dh = 2 * (p["W_y"] @ h + p["b_y"] - y[t, 0]) @ p["W_y"]
+        for gate in "ifgo":
+            eps[gate] = f[:, None] * eps[gate] + direct_c[gate][:, None] * x_hat[None, :]
+            e = (o * (1 - np.tanh(c) ** 2))[:, None] * eps[gate]
+            if gate == "o":
+                e = e + (np.tanh(c) * o * (1 - o))[:, None] * x_hat[None, :]
+            grad[gate] += dh[:, None] * e
+    whole = np.concatenate([grad[gate] for gate in "ifgo"])          # rows i, f, g, o as W_x's
+    _, estimate, _ = eprop(model, x, y)
+    np.testing.assert_allclose(estimate["layer0.W_x"], whole[:, :2], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(estimate["layer0.W_h"], whole[:, 2:2 + H], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(estimate["layer0.b_h"], whole[:, -1], rtol=0, atol=1e-12)
+    _, exact, _ = tt.rtrl(model, x, y)
+    assert relative(estimate, exact) > 1e-3                          # e-prop drops the path through W_h
+
+
+def test_rflo_of_a_leaky_elman_layer_is_murray_s_formula():
+    """Zoneout p at evaluation makes h_t = (1 − α) h_{t−1} + α tanh(a_t), α = 1 − p; by hand,
+    e_t = (1 − α) e_{t−1} + α tanh′(a_t) x̂_tᵀ per unit and ∂L/∂W ≈ Σ_t dh_t ⊙ e_t."""
+    p_keep = 0.25
+    model = bptt.Model("rnn", 2, 3, 1, zoneout=p_keep, reduction="sum", dtype="float64", seed=9)
+    alpha = 1 - bptt.dropout.drawn_rate(p_keep)
+    x, y = data(model, 6, 1, seed=7)
+    p = {k.split(".")[1]: v for k, v in model.params.items()}
+    h, e, grad = np.zeros(3), np.zeros((3, 6)), np.zeros((3, 6))
+    for t in range(6):
+        x_hat = np.concatenate([x[t, 0], h, [1.0]])
+        a = p["W_x"] @ x[t, 0] + p["W_h"] @ h + p["b_h"]
+        h = (1 - alpha) * h + alpha * np.tanh(a)
+        e = (1 - alpha) * e + alpha * (1 - np.tanh(a) ** 2)[:, None] * x_hat[None, :]
+        dh = 2 * (p["W_y"] @ h + p["b_y"] - y[t, 0]) @ p["W_y"]
+        grad += dh[:, None] * e
+    _, estimate, _ = rflo(model, x, y)
+    np.testing.assert_allclose(estimate["layer0.W_x"], grad[:, :2], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(estimate["layer0.W_h"], grad[:, 2:5], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(estimate["layer0.b_h"], grad[:, 5], rtol=0, atol=1e-12)

@@ -17,12 +17,25 @@ block O). K = S·H state values, n parameters of the layer, per sequence:
                                   ν_t random signs, ρ₀ = √(‖θ̃_{t−1}‖/‖J_t ũ_{t−1}‖) and
                                   ρ₁ = √(‖I_tᵀ ν_t‖/‖ν_t‖), the choice that makes the
                                   estimate's variance least.                                 (O2)
+    e-prop (Bellec et al. 2020)   M_t ≈ E_t = J_t^direct E_{t−1} + I_t, J_t^direct the part of
+    RFLO (Murray 2019)            J_t that does not pass through the recurrent product
+                                  v_t = h_{t−1} W_hᵀ: the LSTM's f_t on c (Bellec et al.'s
+                                  eligibility traces), the GRU's z_t, and for the Elman
+                                  layer the leak alone: with zoneout p at evaluation,
+                                  h_t = p h_{t−1} + (1 − p) f(a_t) is Murray's leaky RNN with
+                                  α = 1 − p, and E_t = (1 − α) E_{t−1} + α f′(a_t) x̂_tᵀ per unit. (O3)
+    KF-RTRL (Mujika et al. 2018)  the Elman layer's M_t ≈ u_tᵀ ⊗ A_t, u over the layer's
+                                  input x̂_t = [x_t, h_{t−1}, 1], A (H, H): u_t = c₁ p₁ u_{t−1} +
+                                  c₂ p₂ x̂_t, A_t = c₁ J_t A_{t−1}/p₁ + c₂ D_t/p₂ with random
+                                  signs c₁, c₂ and D_t = ∂h_t/∂a_t; unbiased.                (O4)
 
 Cost per step of the algorithms (the Jacobians J_t and I_t aside, which the cell's
 step_backward gives in O(K) backward steps of the batch): SnAp-1 keeps S values per
 parameter of the built-in cells (its unit's), O(B·S·n) memory and O(B·S²·n) time; SnAp-2
 of a dense W_h reaches every entry, RTRL's O(B·K·n) and O(B·K²·n); UORO keeps two vectors,
-O(B·(K + n)) memory, and O(B·(K² + K·n)) time. Here SnAp keeps M dense and masks it, which
+O(B·(K + n)) memory, and O(B·(K² + K·n)) time; e-prop and RFLO keep the same entries as
+SnAp-1 with a diagonal J^direct, O(B·S·n) and O(B·S²·n); KF-RTRL keeps u and A,
+O(B·(D + H + H²)) memory and O(B·H³ + B·H·(D + H)) time. Here SnAp keeps M dense and masks it, which
 computes SnAp's numbers at RTRL's cost: a reference for the estimators' quality, not their
 speed.
 """
@@ -56,7 +69,7 @@ class SnAp(Influence):
         rng = np.random.default_rng(0)
         kept = self.state
         self.state = [tuple(rng.standard_normal((2, self.H)).astype(self.model.dtype) for _ in range(self.S))]
-        _, _, J, I, _ = self.local(0, rng.standard_normal((2, self.model.input_size)).astype(self.model.dtype))
+        _, _, J, _, I, _ = self.local(0, rng.standard_normal((2, self.model.input_size)).astype(self.model.dtype))
         self.state = kept
         reach, touched = (J != 0).any(axis=0).astype(np.int64), (I != 0).any(axis=0)
         units = touched.reshape(self.S, self.H, -1).any(axis=0)                         # (H, n_θ)
@@ -66,7 +79,7 @@ class SnAp(Influence):
         return pattern
 
     def step(self, x_t, mask_t=None, reset_t=None):
-        prev, new, J, I, _ = self.local(0, x_t, reset_t)
+        prev, new, J, _, I, _ = self.local(0, x_t, reset_t)
         M_prev = self.M if reset_t is None or not reset_t.any() else np.where(reset_t[:, None, None], 0, self.M)
         M = (J @ M_prev + I) * self.pattern                                               # (O1)
         if mask_t is not None and not mask_t.all():                                       # (M1)
@@ -95,7 +108,7 @@ class UORO(Influence):
         self.grad = np.zeros(self.n, model.dtype)
 
     def step(self, x_t, mask_t=None, reset_t=None):
-        prev, new, J, I, _ = self.local(0, x_t, reset_t)
+        prev, new, J, _, I, _ = self.local(0, x_t, reset_t)
         u, theta = self.u, self.theta
         if reset_t is not None and reset_t.any():                                         # (M4): M = 0
             u, theta = np.where(reset_t[:, None], 0, u), np.where(reset_t[:, None], 0, theta)
@@ -128,3 +141,96 @@ def uoro(model, x, targets, state0=None, mask=None, resets=None, rng=None):
     """(loss, gradient estimate, final state) by UORO (O2), one recurrent layer; ``rng``
     (a seed or a Generator) draws the signs ν_t."""
     return forward_mode(lambda B: UORO(model, B, state0, rng), model, x, targets, mask, resets)
+
+
+class Eligibility(Influence):
+    """e-prop and RFLO (O3): the influence carried through J^direct only."""
+
+    def __init__(self, model, B: int, state0=None):
+        _one_layer(model, "e-prop")
+        super().__init__(model, B, state0)
+        self.M = np.zeros((B, self.K, self.n), model.dtype)
+        self.grad = np.zeros(self.n, model.dtype)
+
+    def step(self, x_t, mask_t=None, reset_t=None):
+        prev, new, _, direct, I, _ = self.local(0, x_t, reset_t)
+        M_prev = self.M if reset_t is None or not reset_t.any() else np.where(reset_t[:, None, None], 0, self.M)
+        M = direct @ M_prev + I                                                           # (O3)
+        if mask_t is not None and not mask_t.all():                                       # (M1)
+            M = np.where(mask_t[:, None, None], M, M_prev)
+        self.M = M
+        return self.advance(0, prev, new, mask_t)
+
+    def collect(self, dh):
+        self.grad += np.einsum("bk,bkn->n", dh, self.M[:, :self.H])                      # (T2)
+
+    def grads(self) -> dict:
+        return self.named(self.grad)
+
+
+class KFRTRL(Influence):
+    """KF-RTRL (O4): the Elman layer's influence as one Kronecker product u ⊗ A, unbiased."""
+
+    EPS = 1e-7
+
+    def __init__(self, model, B: int, state0=None, rng=None):
+        _one_layer(model, "KF-RTRL")
+        if model.cell != "rnn":
+            raise ValueError(f"model: KF-RTRL is defined for the Elman layer (cell='rnn'), got cell={model.cell_name!r}")
+        super().__init__(model, B, state0)
+        self.rng = np.random.default_rng(rng)
+        D, H = model.input_size, self.H
+        self.u = np.zeros((B, D + H + 1), model.dtype)
+        self.A = np.zeros((B, H, H), model.dtype)
+        self.gW = np.zeros((H, D + H + 1), model.dtype)          # ∂L/∂[W_x, W_h, b_h], rows by unit
+
+    def step(self, x_t, mask_t=None, reset_t=None):
+        prev, new, J, _, _, du = self.local(0, x_t, reset_t)
+        u, A = self.u, self.A
+        if reset_t is not None and reset_t.any():                                         # (M4): M = 0
+            u, A = np.where(reset_t[:, None], 0, u), np.where(reset_t[:, None, None], 0, A)
+        x_hat = np.concatenate([x_t, prev[0], np.ones((x_t.shape[0], 1), x_t.dtype)], axis=1)
+        JA = J @ A
+        eps = self.EPS
+        p1 = np.sqrt((np.linalg.norm(JA, axis=(1, 2)) + eps) / (np.linalg.norm(u, axis=1) + eps))
+        p2 = np.sqrt((np.linalg.norm(du, axis=(1, 2)) + eps) / (np.linalg.norm(x_hat, axis=1) + eps))
+        c1, c2 = self.rng.choice(np.array([-1.0, 1.0], dtype=u.dtype), size=(2, u.shape[0]))
+        new_u = (c1 * p1)[:, None] * u + (c2 * p2)[:, None] * x_hat                      # (O4)
+        new_A = (c1 / p1)[:, None, None] * JA + (c2 / p2)[:, None, None] * du
+        if mask_t is not None and not mask_t.all():                                       # (M1)
+            new_u = np.where(mask_t[:, None], new_u, u)
+            new_A = np.where(mask_t[:, None, None], new_A, A)
+        self.u, self.A = new_u, new_A
+        return self.advance(0, prev, new, mask_t)
+
+    def collect(self, dh):
+        g = np.einsum("bk,bki->bi", dh, self.A)                                          # (T2) through A's rows
+        self.gW += g.T @ self.u
+
+    def grads(self) -> dict:
+        D, H = self.model.input_size, self.H
+        prefix = self.model.direction_prefix(0)
+        return {f"{prefix}.W_x": self.gW[:, :D].copy(), f"{prefix}.W_h": self.gW[:, D:D + H].copy(),
+                f"{prefix}.b_h": self.gW[:, D + H].copy()}
+
+
+def eprop(model, x, targets, state0=None, mask=None, resets=None):
+    """(loss, gradient estimate, final state) by e-prop (O3): eligibility traces through the
+    cell's own dynamics, not through W_h; one recurrent layer of any cell."""
+    return forward_mode(lambda B: Eligibility(model, B, state0), model, x, targets, mask, resets)
+
+
+def rflo(model, x, targets, state0=None, mask=None, resets=None):
+    """(loss, gradient estimate, final state) by RFLO (O3) for the Elman layer, leaky where
+    the model has zoneout (α = 1 − p at evaluation)."""
+    if model.cell != "rnn":
+        raise ValueError(f"model: RFLO is defined for the (leaky) Elman layer (cell='rnn'), got "
+                         f"cell={model.cell_name!r}; e-prop is its form for gated cells")
+    return forward_mode(lambda B: Eligibility(model, B, state0), model, x, targets, mask, resets)
+
+
+def kf_rtrl(model, x, targets, state0=None, mask=None, resets=None, rng=None):
+    """(loss, gradient estimate, final state) by KF-RTRL (O4), the Elman layer; ``rng``
+    draws the signs c₁, c₂."""
+    return forward_mode(lambda B: KFRTRL(model, B, state0, rng), model, x, targets, mask, resets)
+

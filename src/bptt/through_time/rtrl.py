@@ -22,11 +22,23 @@ networks, as a check of BPTT and as the reference of the online approximations.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..cells import head as head_layer
 from ..dropout import layer_noise
 from ..ops import LOSSES
+
+
+class Local(NamedTuple):
+    """One layer's step and its Jacobians (Influence.local)."""
+    prev: tuple
+    new: tuple
+    J: np.ndarray          # (B, K, K) ∂s_t/∂s_{t−1}
+    direct: np.ndarray     # (B, K, K) the part of J not through v_t = s⁰_{t−1} W_hᵀ
+    I: np.ndarray          # (B, K, n_l) ∂s_t/∂θ_l with s_{t−1} fixed
+    du: np.ndarray         # (B, K, G·H) ∂s_t/∂u_t
 
 
 class Influence:
@@ -58,10 +70,10 @@ class Influence:
         self.extras = tuple(self.cell.extra_shapes(self.H))
 
     def local(self, l, inputs, reset_t=None):
-        """Layer l's step from ``inputs`` (B, D_l): (prev, new, J, I, du) with prev the state it
-        read (after a reset, (M4)), new its new state (after zoneout's mix, (N3)), J (B, K, K)
-        = ∂s_t/∂s_{t−1}, I (B, K, n_l) over the layer's own parameters, du (B, K, G·H) =
-        ∂s_t/∂u_t (for (T4))."""
+        """Layer l's step from ``inputs`` (B, D_l), a ``Local``: prev the state it read (after a
+        reset, (M4)), new its new state (after zoneout's mix, (N3)), J (B, K, K) =
+        ∂s_t/∂s_{t−1}, direct the part of J not through the recurrent product v_t, I (B, K,
+        n_l) over the layer's own parameters, du (B, K, G·H) = ∂s_t/∂u_t (for (T4))."""
         p, block = self.model.layer_params(l), self.blocks[l]
         B, S, H, K = inputs.shape[0], self.S, self.H, self.K
         prev = self.state[l]
@@ -80,10 +92,11 @@ class Influence:
         rep = tuple(np.repeat(c, K, axis=0) for c in cache)
         du, dv, back, _ = self.cell.step_backward(p, dstate, rep)
         du, dv = du.reshape(B, K, -1), dv.reshape(B, K, -1)
-        J = np.concatenate([b.reshape(B, K, H) for b in back], axis=2)                    # direct ∂s_t/∂s_{t−1}
-        J[:, :, :H] += dv @ p["W_h"]                                                      # through v_t (K5)
+        direct = np.concatenate([b.reshape(B, K, H) for b in back], axis=2)               # not through v_t
         if kept is not None:
-            J += np.diag(kept.reshape(K))                                                 # (N3)
+            direct += np.diag(kept.reshape(K))                                            # (N3)
+        J = direct.copy()
+        J[:, :, :H] += dv @ p["W_h"]                                                      # through v_t (K5)
         start, end = self.offsets[l]
         I = np.zeros((B, K, end - start), u.dtype)
         n0 = block["W_x"][0]
@@ -99,7 +112,7 @@ class Influence:
                 for name, g in dextra.items():
                     n0 = block[name][0]
                     I[r // K, r % K, n0:n0 + g.size] += g.reshape(-1)
-        return prev, new, J, I, du
+        return Local(prev, new, J, direct, I, du)
 
     def advance(self, l, prev, new, mask_t):
         """Store layer l's new state; padded rows keep the state they read (M1)."""
@@ -132,7 +145,7 @@ class ExactInfluence(Influence):
     def step(self, x_t, mask_t=None, reset_t=None):
         inputs, M_in = x_t, None
         for l in range(self.model.num_layers):
-            prev, new, J, I, du = self.local(l, inputs, reset_t)
+            prev, new, J, _, I, du = self.local(l, inputs, reset_t)
             M_prev = self.M[l]
             if reset_t is not None and reset_t.any():
                 M_prev = np.where(reset_t[:, None, None], 0, M_prev)                      # (M4)
