@@ -16,6 +16,8 @@ batch 20, within 3,500 updates, and on the copy task at T=100 (T_max = 3T/2, Tal
 Ollivier's choice). digits: scikit-learn's 8x8 digits row by row (T=8) and pixel by pixel
 (T=64), the test accuracy of the best validation checkpoint's run. regularised: the
 default text run with and without layer normalisation, at the same number of updates.
+online: the adding problem at T=50 trained with each forward-mode method of
+through_time/online.py (`bptt train --through-time`) against BPTT, an LSTM of 8 units.
 """
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ def until(config, target, max_updates, check_every=100):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["adding", "chrono", "copy", "digits", "text", "regularised"], default=None)
+    parser.add_argument("--only", choices=["adding", "chrono", "copy", "digits", "text", "regularised", "online"],
+                        default=None)
     parser.add_argument("--max-updates", type=int, default=10_000)
     args = parser.parse_args()
     out = tempfile.mkdtemp(prefix="bptt-learning-")
@@ -118,6 +121,15 @@ def main():
             final = trainer.train(progress=False)
             print(f"| text (stdlib) | 64 | {name} | `bptt train` defaults | {trainer.step} | {final['val_loss']:.4f} | "
                   f"bigram {trainer.task.baselines['bigram']:.4f} | {time.perf_counter() - t0:.0f} |", flush=True)
+    if args.only in (None, "online"):
+        for method in ("bptt", "rtrl", "snap1", "snap2", "uoro", "eprop"):
+            c = Config(task="adding", cell="lstm", hidden=8, seq_len=50, batch=20, optimizer="adam", lr=1e-2,
+                       schedule="constant", init="chrono", through_time=method, steps=1500, eval_every=10**9,
+                       checkpoint_every=10**9, seed=0, out=f"{out}/online-{method}")
+            steps, loss, sec = until(c, 0.01, 1500, check_every=250)
+            print(f"| adding | 50 | LSTM H 8, chrono; {method} | Adam 1e-2, batch 20 | "
+                  f"{steps if loss < 0.01 else f'> {steps}'} | {loss:.4f} | 0.1667 | {sec:.0f} ({1e3 * sec / steps:.0f} ms "
+                  f"an update) |", flush=True)
     if args.only in (None, "text"):
         trainer = Trainer(Config(out=f"{out}/text"))
         t0 = time.perf_counter()

@@ -146,3 +146,38 @@ def test_rflo_of_a_leaky_elman_layer_is_murray_s_formula():
     np.testing.assert_allclose(estimate["layer0.W_x"], grad[:, :2], rtol=0, atol=1e-12)
     np.testing.assert_allclose(estimate["layer0.W_h"], grad[:, 2:5], rtol=0, atol=1e-12)
     np.testing.assert_allclose(estimate["layer0.b_h"], grad[:, 5], rtol=0, atol=1e-12)
+
+
+def test_training_with_rtrl_equals_training_with_bptt(tmp_path):
+    from bptt.train.config import Config
+    from bptt.train.trainer import Trainer
+    base = dict(task="adding", cell="gru", hidden=6, seq_len=8, batch=4, steps=15, lr=1e-2, dtype="float64",
+                eval_every=100, checkpoint_every=100, schedule="constant", seed=2)
+    by_bptt = Trainer(Config(**base, out=str(tmp_path / "bptt")))
+    by_bptt.train(progress=False)
+    by_rtrl = Trainer(Config(**base, through_time="rtrl", out=str(tmp_path / "rtrl")))
+    by_rtrl.train(progress=False)
+    for k, v in by_bptt.model.params.items():
+        np.testing.assert_allclose(by_rtrl.model.params[k], v, rtol=0, atol=1e-10)
+
+
+def test_online_training_resumes_bit_for_bit_and_refuses_what_it_cannot_run(tmp_path):
+    from bptt.train.config import Config
+    from bptt.train.trainer import Trainer
+    base = dict(task="adding", cell="lstm", hidden=5, seq_len=6, batch=3, steps=12, through_time="uoro",
+                eval_every=100, checkpoint_every=4, schedule="constant", seed=3)
+    whole = Trainer(Config(**base, out=str(tmp_path / "whole")))
+    whole.train(progress=False)
+    stopped = Trainer(Config(**base, out=str(tmp_path / "stopped")))
+    stopped.train(progress=False, stop_at=5)
+    resumed = Trainer.resume(tmp_path / "stopped")
+    resumed.train(progress=False)
+    for k, v in whole.model.params.items():
+        assert np.array_equal(resumed.model.params[k], v), k
+    for kwargs, message in ((dict(task="text"), "streams use truncated BPTT"),
+                            (dict(layers=2), "one recurrent layer, got --layers 2"),
+                            (dict(recurrent_dropout=0.1), "cannot run with --recurrent-dropout"),
+                            (dict(through_time="rflo"), "Elman layer \\(--cell rnn\\), got --cell lstm"),
+                            (dict(through_time="backprop"), "through-time: expected one of")):
+        with pytest.raises(ValueError, match=message):
+            Config(**(base | kwargs)).check()

@@ -138,12 +138,13 @@ BAD = {
               "--text": ["/no/such/file.txt"], "--nonlinearity": ["softplus"], "--init": ["zeros"],
               "--chrono-t-max": ["1", "inf", "x"], "--dropout": ["1", "-0.1", "x"], "--input-dropout": ["1.5"],
               "--recurrent-dropout": ["-1", "nan"], "--zoneout": ["1"], "--layer-norm": FLAG, "--bidirectional": FLAG, "--proj-size": ["-1", "x", "128"],
-              "--on-nonfinite": ["ignore"], "--seed": ["-1", "x"], "--threads": ["3", "0"], "--patience": ["0", "-2"],
+              "--on-nonfinite": ["ignore"], "--through-time": ["backprop", ""], "--seed": ["-1", "x"], "--threads": ["3", "0"], "--patience": ["0", "-2"],
               "--out": [""], "--config": ["/no/such/file.toml"], "--fresh": FLAG, "--quiet": FLAG},
     "resume": {"RUN": [NO_RUN], "--steps": ["0", "x"], "--patience": ["0", "-1"], "--best": FLAG, "--quiet": FLAG},
     "sample": {"RUN": [NO_RUN], "--length": ["-5", "0", "x"], "--temperature": ["0", "-1", "nan", "inf"],
                "--top-k": ["0", "-2"], "--prime": ["\u2603"], "--seed": ["-1", "x"], "--best": FLAG},
     "eval": {"RUN": [NO_RUN], "--best": FLAG},
+    "export": {"RUN": [NO_RUN], "--onnx": ["", "model.txt"], "--lengths": FLAG, "--best": FLAG},
     "explain": {"--cell": ["cnn", ""]},
 }
 
@@ -206,6 +207,7 @@ def test_every_bad_option_of_every_command_is_one_named_line(data, text_run, tmp
             "resume": ["resume", str(text_run), "--steps", "3", "--quiet"],
             "sample": ["sample", str(text_run), "--length", "5"],
             "eval": ["eval", str(text_run)],
+            "export": ["export", str(text_run), "--onnx", str(out) + ".onnx"],
             "flow": ["flow", "--seq-len", "8", "--hidden", "4", "--cell", "rnn", "--quiet", "--out", str(out)],
             "explain": ["explain"]}[command]
     if option == "RUN":

@@ -63,6 +63,8 @@ def _train_options(p):
     _option(p, "k1", int, "text: truncated BPTT, steps between updates")
     _option(p, "k2", int, "text: truncated BPTT, steps backpropagated (>= k1)")
     _option(p, "checkpointing", int, "synthetic tasks: checkpointed BPTT with this many steps of tape")
+    _option(p, "through_time", str, "synthetic tasks: bptt (default), or forward mode without a backward pass: "
+                                    "rtrl, snap1, snap2, uoro, kf-rtrl, eprop, rflo")
     _option(p, "on_nonfinite", str, "stop, or skip (and count) an update whose gradient is not finite")
     _option(p, "seed", int, "random seed")
     _option(p, "dtype", str, "float32 or float64")
@@ -240,6 +242,10 @@ def main(argv=None) -> int:
         elif args.command == "export":
             from .interop.onnx import to_onnx
             from .train.load import load
+            if not args.onnx.endswith(".onnx") or len(args.onnx) <= len(".onnx"):
+                raise ValueError(f"--onnx: expected a file name ending in .onnx, got {args.onnx!r}")
+            if not Path(args.run).is_dir():
+                raise ValueError(f"RUN: no such run folder: {args.run}")
             model = load(args.run, best=args.best)
             try:
                 to_onnx(model, args.onnx, lengths=args.lengths)

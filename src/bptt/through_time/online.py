@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rtrl import Influence, forward_mode
+from .rtrl import ExactInfluence, Influence, forward_mode
 
 
 def _one_layer(model, method):
@@ -233,4 +233,23 @@ def kf_rtrl(model, x, targets, state0=None, mask=None, resets=None, rng=None):
     """(loss, gradient estimate, final state) by KF-RTRL (O4), the Elman layer; ``rng``
     draws the signs c₁, c₂."""
     return forward_mode(lambda B: KFRTRL(model, B, state0, rng), model, x, targets, mask, resets)
+
+
+# The methods by the names of `bptt train --through-time`: a factory (model, B, rng) -> influence.
+ESTIMATORS = {
+    "rtrl": lambda model, B, rng: ExactInfluence(model, B),
+    "snap1": lambda model, B, rng: SnAp(model, B, n=1),
+    "snap2": lambda model, B, rng: SnAp(model, B, n=2),
+    "uoro": lambda model, B, rng: UORO(model, B, rng=rng),
+    "kf-rtrl": lambda model, B, rng: KFRTRL(model, B, rng=rng),
+    "eprop": lambda model, B, rng: Eligibility(model, B),
+    "rflo": lambda model, B, rng: Eligibility(model, B),
+}
+
+
+def estimate(name, model, x, targets, rng=None):
+    """(loss, gradient, final state) of the method ``name`` of ESTIMATORS on a batch."""
+    if name == "rflo" and model.cell != "rnn":
+        raise ValueError(f"through-time: rflo is defined for the (leaky) Elman layer, got cell={model.cell_name!r}")
+    return forward_mode(lambda B: ESTIMATORS[name](model, B, rng), model, x, targets)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from .. import _checks
 from ..cells import resolve
 from ..dropout import RATES, check_rate
+from ..through_time.online import ESTIMATORS
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
 from .tasks import TASKS
@@ -58,6 +59,7 @@ class Config:
     k1: int | None = None              # text: steps per update (default seq_len)
     k2: int | None = None              # text: steps backpropagated (default k1)
     checkpointing: int | None = None   # synthetic tasks: checkpointed BPTT with this budget
+    through_time: str = "bptt"         # synthetic tasks: bptt, or a forward-mode method (through_time/online.py)
     on_nonfinite: str = "stop"
     seed: int = 0
     dtype: str = "float32"
@@ -67,6 +69,24 @@ class Config:
                                        # None: 2 where the process has 2 cores, else 1
     patience: int | None = None        # stop after this many evaluations without a better validation loss
     out: str | None = None
+
+    def _check_through_time(self):
+        method = _checks.choice("through-time", self.through_time, ("bptt",) + tuple(ESTIMATORS))
+        if method == "bptt":
+            return
+        if self.task == "text":
+            raise ValueError(f"through-time: {method} trains the synthetic tasks (adding, copy, sine, digits), each "
+                             f"sequence forward once; --task text streams use truncated BPTT")
+        clashes = [f"--{name.replace('_', '-')}" for name in ("checkpointing", "bidirectional", "proj_size",
+                                                              "dropout", "input_dropout", "recurrent_dropout")
+                   if getattr(self, name)]
+        if clashes:
+            raise ValueError(f"through-time: {method} carries the influence forward without noise masks or "
+                             f"segments; it cannot run with {', '.join(clashes)}")
+        if method != "rtrl" and self.layers != 1:
+            raise ValueError(f"through-time: {method} is defined here for one recurrent layer, got --layers {self.layers}")
+        if method in ("kf-rtrl", "rflo") and self.cell != "rnn":
+            raise ValueError(f"through-time: {method} is defined for the Elman layer (--cell rnn), got --cell {self.cell}")
 
     def check(self) -> "Config":
         _checks.choice("task", self.task, TASKS)
@@ -97,6 +117,7 @@ class Config:
         if self.bidirectional and self.task == "text":
             raise ValueError("bidirectional: --task text trains on streams cut in windows (truncated BPTT), "
                              "which the reverse direction cannot read; use it with adding, copy, sine or digits")
+        self._check_through_time()
         if self.bidirectional and self.checkpointing:
             raise ValueError("bidirectional: --checkpointing runs the sequence in segments; the reverse "
                              "direction needs the whole sequence first")

@@ -30,7 +30,7 @@ from ..distributed import world as mpi_world
 from ..cells import CompiledLayer
 from ..generate import generate
 from ..model import Model
-from ..through_time import checkpointed
+from ..through_time import checkpointed, online
 from ..through_time.schedules import stream_updates
 from . import folder, runs
 from .clip import NonFiniteGradient, check_finite, clip_grad_norm, clip_grad_value
@@ -299,6 +299,11 @@ class Trainer:
             x = np.ascontiguousarray(x[:, rows])
             y = np.ascontiguousarray(y[rows] if self.model.outputs == "last" else y[:, rows])
         self.last_batch = (x, y)                  # for locating a non-finite gradient
+        if self.config.through_time != "bptt":
+            # Forward mode, no backward pass through time; with zoneout, its evaluation mix
+            # (a leaky state) rather than masks (through_time/online.py).
+            loss, grads, _ = online.estimate(self.config.through_time, self.model, x, y, self.rng)
+            return loss, grads, x.shape[0] * x.shape[1]
         masks = self._draw_masks(x.shape[0], x.shape[1])
         if self.config.checkpointing:
             loss, grads, _ = checkpointed(self.model, x, y, budget=self.config.checkpointing, masks=masks)

@@ -1,0 +1,131 @@
+"""Online gradient estimates against the exact gradient: how close, how noisy, how costly.
+
+For a tanh RNN, an LSTM and a GRU (one layer of H units) on the adding problem (T steps,
+the loss at the last one), at initialisation and after BPTT training (Adam), each method
+of bptt.through_time.online estimates the gradient of N sequences one at a time. The
+table gives, over the recurrent parameters (the head's gradient is exact in every method):
+the cosine between estimate and exact gradient (mean and standard deviation over the N
+sequences), the relative error ‖ĝ − g‖/‖g‖ (its mean), the time per step of a batch of B
+sequences against full BPTT's (`Model.loss_and_grads`) on the same batch, and the values
+per sequence each method keeps between steps against BPTT's tape.
+
+    python benchmarks/online.py                      # H 16, T 20, N 50
+    python benchmarks/online.py --hidden 8 --seq-len 10 --sequences 20 --cells rnn
+
+Values kept: RTRL K·n (K = S·H state values, n recurrent parameters), SnAp-n and e-prop
+the entries of their pattern, UORO K + n, KF-RTRL (D + H + 1) + H², BPTT T·(S·H + G·H) (the
+states and the gates' pre-activations of every step). SnAp and e-prop are computed here
+on the dense influence, masked: their time is RTRL's, not that of a sparse implementation.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import bptt
+from bptt import through_time as tt
+from bptt.through_time import online
+from bptt.through_time.rtrl import forward_mode
+from bptt.train.optim import make_optimizer
+from bptt.train.tasks import AddingTask
+from machine import recorded, stamp
+
+METHODS = {
+    "RTRL": lambda m, B, rng: tt.ExactInfluence(m, B),
+    "SnAp-1": lambda m, B, rng: online.SnAp(m, B, n=1),
+    "SnAp-2": lambda m, B, rng: online.SnAp(m, B, n=2),
+    "UORO": lambda m, B, rng: online.UORO(m, B, rng=rng),
+    "KF-RTRL": lambda m, B, rng: online.KFRTRL(m, B, rng=rng),
+    "e-prop / RFLO": lambda m, B, rng: online.Eligibility(m, B),
+}
+ONLY_ELMAN = {"KF-RTRL"}
+
+
+def recurrent(grads):
+    return np.concatenate([v.ravel() for k, v in grads.items() if not k.startswith("head.")])
+
+
+def kept(method, influence, model, T):
+    """Values per sequence the method carries from step to step (see the docstring)."""
+    K, n = influence.K, influence.n
+    if method == "RTRL":
+        return K * n
+    if method.startswith("SnAp"):
+        return int(influence.pattern.sum())
+    if method == "UORO":
+        return K + n
+    if method == "KF-RTRL":
+        return model.input_size + model.hidden_size + 1 + model.hidden_size ** 2
+    probe = online.SnAp(model, 1, n=1)              # e-prop: J^direct keeps each unit's own entries
+    return int(probe.pattern.sum())
+
+
+def trained(cell, H, T, updates, seed):
+    task = AddingTask(T)
+    model = bptt.Model(cell, hidden_size=H, dtype="float64", seed=seed, **task.model_kwargs)
+    opt = make_optimizer("adam", model.params, 3e-3)
+    rng = np.random.default_rng(seed)
+    for _ in range(updates):
+        x, y = task.batch(rng, 32, np.float64)
+        _, grads, _ = model.loss_and_grads(x, y)
+        opt.step(grads)
+    x, y = task.batch(np.random.default_rng(seed + 1), 256, np.float64)
+    return model, model.loss_value(x, y)
+
+
+def compare(model, method, T, N, B, seed):
+    task = AddingTask(T)
+    rng = np.random.default_rng(seed)
+    cosines, errors = [], []
+    for _ in range(N):
+        x, y = task.batch(rng, 1, np.float64)
+        _, exact, _ = model.loss_and_grads(x, y)
+        _, estimate, _ = forward_mode(lambda b: METHODS[method](model, b, rng), model, x, y)
+        g, e = recurrent(exact), recurrent(estimate)
+        cosines.append(float(g @ e / (np.linalg.norm(g) * np.linalg.norm(e) + 1e-300)))
+        errors.append(float(np.linalg.norm(e - g) / np.linalg.norm(g)))
+    x, y = task.batch(rng, B, np.float64)
+    t0 = time.perf_counter()
+    forward_mode(lambda b: METHODS[method](model, b, rng), model, x, y)
+    seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(5):
+        model.loss_and_grads(x, y)
+    bptt_seconds = (time.perf_counter() - t0) / 5
+    influence = METHODS[method](model, 1, rng)
+    return np.mean(cosines), np.std(cosines), np.mean(errors), seconds / T, bptt_seconds / T, kept(method, influence, model, T)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", default="rnn,lstm,gru")
+    parser.add_argument("--hidden", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=20)
+    parser.add_argument("--sequences", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=16, help="sequences in the timed batch")
+    parser.add_argument("--train", type=int, default=500, help="BPTT updates before the second comparison")
+    args = parser.parse_args()
+    H, T, N, B = args.hidden, args.seq_len, args.sequences, args.batch
+    print(stamp())
+    print(f"# adding problem, T = {T}, H = {H}, float64; cosine and error over {N} sequences; time over a batch of {B}")
+    print("| cell | when | method | cosine mean | cosine std | rel. error | ms / step | BPTT ms / step "
+          "| values kept | BPTT values |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for cell in args.cells.split(","):
+        for when, updates in (("init", 0), (f"after {args.train} updates", args.train)):
+            model, loss = trained(cell, H, T, updates, seed=0)
+            layer = model.layer
+            tape = T * (len(layer.STATE) + layer.GATES) * H
+            for method in METHODS:
+                if method in ONLY_ELMAN and cell != "rnn":
+                    continue
+                cos, spread, err, step_s, bptt_s, values = compare(model, method, T, N, B, seed=1)
+                print(f"| {cell} | {when} (loss {loss:.3f}) | {method} | {cos:.3f} | {spread:.3f} | {err:.3f} "
+                      f"| {1e3 * step_s:.2f} | {1e3 * bptt_s:.3f} | {values} | {tape} |", flush=True)
+
+
+if __name__ == "__main__":
+    with recorded(__file__):
+        main()
