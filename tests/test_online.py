@@ -181,3 +181,20 @@ def test_online_training_resumes_bit_for_bit_and_refuses_what_it_cannot_run(tmp_
                             (dict(through_time="backprop"), "through-time: expected one of")):
         with pytest.raises(ValueError, match=message):
             Config(**(base | kwargs)).check()
+
+
+def test_estimator_error_is_zero_where_a_method_is_exact_and_the_flow_command_draws_it(tmp_path):
+    from bptt.cli import main
+    from bptt.diagnostics.estimators import estimator_error
+    model = bptt.Model("lstm", 2, 4, 1, seed=4)
+    x = np.random.default_rng(5).standard_normal((12, 2, 2)).astype(np.float32)
+    errors = estimator_error(model, x, ("rtrl", "snap2", "snap1", "uoro", "eprop"), rng=0)
+    assert np.nanmax(errors["rtrl"]) < 1e-12 and np.nanmax(errors["snap2"]) < 1e-12
+    assert errors["snap1"][0] < 1e-12 < errors["snap1"][-1]             # exact at the first step only
+    assert errors["uoro"][0] > 0.1                                      # one draw of a rank-one estimate
+    assert errors["snap1"][-1] < errors["uoro"][-1]
+    code = main(["flow", "--cell", "rnn", "--hidden", "4", "--seq-len", "10", "--batch", "2",
+                 "--estimators", "snap1,kf-rtrl,rflo", "--quiet", "--out", str(tmp_path / "flow")])
+    assert code == 0 and (tmp_path / "flow" / "estimators.png").stat().st_size > 10_000
+    refused = main(["flow", "--cell", "rnn,lstm", "--estimators", "kf-rtrl", "--quiet", "--out", str(tmp_path / "no")])
+    assert refused == 2 and not (tmp_path / "no").exists()

@@ -21,12 +21,14 @@ import numpy as np
 from . import _checks
 from .cells import CELLS
 from .diagnostics import flow
-from .diagnostics.plots import plot_clipping, plot_flow
+from .diagnostics.estimators import estimator_error
+from .diagnostics.plots import plot_clipping, plot_estimator_error, plot_flow
 from .ops import ACTIVATIONS
 from .train import folder, runs
 from .train.config import Config
 from .train.explosion import clipping_study
 from .train.tasks import TASKS, make_task
+from .through_time.online import ESTIMATORS
 from .train.trainer import Trainer
 
 # Values every option that takes one must refuse at the door (tests/test_cli_flow.py runs
@@ -44,6 +46,7 @@ BAD_VALUES = {
     "--gain": ["0", "-3", "nan", "inf", "x"],
     "--seed": ["-3", "x", "1.5"],
     "--out": ["", "/dev/null", "/dev/null/flow"],
+    "--estimators": ["nope", "", "snap1,nope", "snap1,,uoro"],
 }
 
 
@@ -76,6 +79,10 @@ def add_parser(sub):
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output folder; flow trains each cell into DIR/<cell>, which must be new or empty "
                         "(default: runs/flow-DATE-TIME)")
+    p.add_argument("--estimators", default=None, metavar="LIST",
+                   help="also measure online methods' influence error against RTRL per step, on the batch's "
+                        "first sequence: comma-separated from rtrl, snap1, snap2, uoro, kf-rtrl, eprop, rflo "
+                        "(RTRL's cost: use a small --hidden)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -140,6 +147,14 @@ def check(args) -> tuple:
         if not runs.checkpoints(where):
             raise ValueError(f"--run: expected a run folder with a checkpoint (ckpt-*.json and its "
                              f".safetensors), got {run_dir!r} (none in it)")
+    if args.estimators is not None:
+        methods = [m.strip() for m in str(args.estimators).split(",")]
+        if not all(m in ESTIMATORS for m in methods):
+            raise ValueError(f"--estimators: expected names from {', '.join(ESTIMATORS)}, comma-separated, "
+                             f"got {args.estimators!r}")
+        if {"kf-rtrl", "rflo"} & set(methods) and (args.run or any(c != "rnn" for c in cells)):
+            raise ValueError(f"--estimators: kf-rtrl and rflo are defined for the Elman layer; --cell must be rnn, "
+                             f"got --estimators {args.estimators!r} with --cell {args.cell}")
     if args.out is not None and not str(args.out).strip():
         raise ValueError("--out: expected a folder name, got ''")
     if args.out is None:                      # run() makes a new runs/flow-DATE-TIME[-n]
@@ -180,6 +195,20 @@ def _batch(trainer, B, seed, option):
     return task.batch(np.random.default_rng(seed + 7), B, dtype)
 
 
+def _estimators(args, models, out, title):
+    """--estimators: each method's influence error (O5) per step, on the first sequence."""
+    methods = [m.strip() for m in args.estimators.split(",")]
+    errors = {label: estimator_error(model, x[:, :1], methods, rng=args.seed) for label, (model, x) in models.items()}
+    figure = plot_estimator_error(errors, out / "estimators.png", title=title)
+    T = args.seq_len
+    at = sorted({max(1, T // 4), max(1, T // 2), T})
+    print("\ninfluence error ‖M̂_t − M_t‖/‖M_t‖ against RTRL, first sequence, at steps " + ", ".join(map(str, at)))
+    for label, by_method in errors.items():
+        for method, e in by_method.items():
+            print(f"{label:<24} {method:<8} " + " ".join(f"{e[min(t, len(e)) - 1]:>9.3g}" for t in at))
+    print(f"figure: {figure}")
+
+
 def _row(label, s):
     return (f"{label:<24} {s['loss']:>9.4f} {s['sigma_max']:>7.3f} {s['eta']:>6.3f} {s['jacobian_rate']:>7.3f} "
             f"{s['grad_first_over_last']:>10.2e} {s['long_lag_share']:>7.3f} {s['seconds']:>6.1f}")
@@ -208,8 +237,10 @@ def run(args) -> int:
             measured.append((f"{trainer.model.cell} @ {trainer.step} ({Path(run_dir).name})", trainer, x, y))
     out = folder.default_name(prefix="flow-") if out is None else out
     out.mkdir(parents=True, exist_ok=True)
+    models = {}                               # label -> (model at that stage, batch) for --estimators
     for label, trainer, x, y in measured:
         reports[label] = flow(trainer.model, x, y)
+        models[label] = (trainer.model.astype("float64"), x.astype(np.float64))
     if not args.run:
         for cell in cells:
             config = Config(task=args.task, cell=cell, hidden=args.hidden, seq_len=args.seq_len,
@@ -219,9 +250,11 @@ def run(args) -> int:
             x, y = _batch(trainer, args.batch, args.seed, "--seq-len")
             name = f"rnn-{args.nonlinearity}" if cell == "rnn" else cell
             reports[f"{name}, init"] = flow(trainer.model, x, y)
+            models[f"{name}, init"] = (trainer.model.astype("float64"), x.astype(np.float64))
             if args.train:
                 trainer.train(progress=not args.quiet)
                 reports[f"{name}, {args.train} updates"] = flow(trainer.model, x, y)
+                models[f"{name}, {args.train} updates"] = (trainer.model.astype("float64"), x.astype(np.float64))
     title = f"{args.task}, T = {args.seq_len}" if not args.run else "saved runs"
     figure = plot_flow(reports, out / "flow.png", title=title)
     (out / "flow.json").write_text(json.dumps({k: r.summary() for k, r in reports.items()}, indent=1))
@@ -229,6 +262,8 @@ def run(args) -> int:
     for label, r in reports.items():
         print(_row(label, r.summary()))
     print(f"figure: {figure}")
+    if args.estimators is not None:
+        _estimators(args, models, out, title)
     if args.explode:
         study = clipping_study(cell=cells[0], task=explode_task,
                                seq_len=min(args.seq_len, 50), gain=args.gain, seed=args.seed,

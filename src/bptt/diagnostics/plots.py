@@ -8,6 +8,8 @@ the magnitudes of ∂L/∂W_h's lag parts G_τ (D3) from lags up to τ, rising f
 would take a cumulative curve below 0 or above 1); then one credit-matrix heatmap (D1)
 per report that has more than one loss step.
 ``plot_clipping(study)``: gradient norm and loss per update, with and without clipping.
+``plot_estimator_error({label: {method: (T,)}})``: each online method's influence error
+(O5) against RTRL's, per step, one panel per model.
 """
 from __future__ import annotations
 
@@ -112,3 +114,24 @@ def plot_clipping(study, path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_estimator_error(errors: dict, path, title: str | None = None) -> Path:
+    """One panel per label: ‖M̂_t − M_t‖/‖M_t‖ of each method against the step (O5)."""
+    if not errors:
+        raise ValueError("errors: expected at least one model's estimator errors, got none")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(errors), figsize=(4.6 * len(errors), 3.8), constrained_layout=True,
+                             squeeze=False)
+    for ax, (label, by_method) in zip(axes[0], errors.items()):
+        for method, e in by_method.items():
+            ax.semilogy(np.arange(1, len(e) + 1), np.where(e > 0, e, np.nan), label=method)   # exact steps: no point
+        ax.set(xlabel="step t", ylabel="‖M̂_t − M_t‖ / ‖M_t‖", title=label)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+

@@ -93,6 +93,9 @@ class SnAp(Influence):
     def grads(self) -> dict:
         return self.named(self.grad)
 
+    def influence(self):
+        return self.M
+
 
 class UORO(Influence):
     """UORO (O2): an unbiased rank-one estimate ũ θ̃ᵀ of the influence, per sequence."""
@@ -131,6 +134,9 @@ class UORO(Influence):
     def grads(self) -> dict:
         return self.named(self.grad)
 
+    def influence(self):
+        return self.u[:, :, None] * self.theta[:, None, :]
+
 
 def snap(model, x, targets, n: int = 1, state0=None, mask=None, resets=None):
     """(loss, gradient estimate, final state) by SnAp-n (O1), one recurrent layer."""
@@ -166,6 +172,9 @@ class Eligibility(Influence):
 
     def grads(self) -> dict:
         return self.named(self.grad)
+
+    def influence(self):
+        return self.M
 
 
 class KFRTRL(Influence):
@@ -212,6 +221,13 @@ class KFRTRL(Influence):
         prefix = self.model.direction_prefix(0)
         return {f"{prefix}.W_x": self.gW[:, :D].copy(), f"{prefix}.W_h": self.gW[:, D:D + H].copy(),
                 f"{prefix}.b_h": self.gW[:, D + H].copy()}
+
+    def influence(self):
+        """u ⊗ A laid out as the parameters are: W_x, then W_h, then b_h, rows by unit."""
+        D, H, B = self.model.input_size, self.H, self.u.shape[0]
+        kron = self.A[:, :, :, None] * self.u[:, None, None, :]                          # (B, K, H, D + H + 1)
+        return np.concatenate([kron[..., :D].reshape(B, H, -1), kron[..., D:D + H].reshape(B, H, -1),
+                               kron[..., D + H]], axis=2)
 
 
 def eprop(model, x, targets, state0=None, mask=None, resets=None):

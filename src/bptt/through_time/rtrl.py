@@ -167,6 +167,10 @@ class ExactInfluence(Influence):
     def grads(self) -> dict:
         return self.named(self.grad)
 
+    def influence(self):
+        """M_t of the top layer, (B, K, n)."""
+        return self.M[-1]
+
 
 def rtrl(model, x, targets, state0=None, mask=None, resets=None):
     """(loss, grads, final state) of ``model`` on (x, targets) by forward-mode RTRL: the
