@@ -25,6 +25,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path, title=None) -> Path:
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_flow(reports: dict, path, title: str | None = None) -> Path:
     if not reports:
         raise ValueError("reports: expected at least one FlowReport, got none")
@@ -87,12 +96,7 @@ def plot_flow(reports: dict, path, title: str | None = None) -> Path:
                               extent=(0.5, T + 0.5, 0.5, T + 0.5), interpolation="nearest")
             ax.set(xlabel="state step k", ylabel="loss step t", title=f"credit log10‖∂L_t/∂h_k‖: {label}")
         fig.colorbar(image, ax=fig.axes[3:], shrink=0.8, label="log10 ‖∂L_t/∂h_k‖")
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 
 
 def plot_clipping(study, path) -> Path:
@@ -128,10 +132,5 @@ def plot_estimator_error(errors: dict, path, title: str | None = None) -> Path:
             ax.semilogy(np.arange(1, len(e) + 1), np.where(e > 0, e, np.nan), label=method)   # exact steps: no point
         ax.set(xlabel="step t", ylabel="‖M̂_t − M_t‖ / ‖M_t‖", title=label)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 

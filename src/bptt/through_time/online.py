@@ -51,7 +51,37 @@ def _one_layer(model, method):
         raise ValueError(f"model: {method} is defined here for one recurrent layer, got num_layers={model.num_layers}")
 
 
-class SnAp(Influence):
+class _Dense(Influence):
+    """A method that keeps a (B, K, n) picture of the influence; ``_next`` advances it."""
+
+    def __init__(self, model, B: int, state0=None):
+        super().__init__(model, B, state0)
+        self.M = np.zeros((B, self.K, self.n), model.dtype)
+        self.grad = np.zeros(self.n, model.dtype)
+
+    def _next(self, local, M_prev):
+        raise NotImplementedError
+
+    def step(self, x_t, mask_t=None, reset_t=None):
+        local = self.local(0, x_t, reset_t)
+        M_prev = self.M if reset_t is None or not reset_t.any() else np.where(reset_t[:, None, None], 0, self.M)
+        M = self._next(local, M_prev)
+        if mask_t is not None and not mask_t.all():                                       # (M1)
+            M = np.where(mask_t[:, None, None], M, M_prev)
+        self.M = M
+        return self.advance(0, local.prev, local.new, mask_t)
+
+    def collect(self, dh):
+        self.grad += np.einsum("bk,bkn->n", dh, self.M[:, :self.H])                      # (T2)
+
+    def grads(self) -> dict:
+        return self.named(self.grad)
+
+    def influence(self):
+        return self.M
+
+
+class SnAp(_Dense):
     """SnAp-n (O1): RTRL's influence kept on the entries n steps reach."""
 
     def __init__(self, model, B: int, state0=None, n: int = 1):
@@ -60,8 +90,6 @@ class SnAp(Influence):
             raise ValueError(f"n: expected a positive integer (SnAp-n), got {n!r}")
         super().__init__(model, B, state0)
         self.pattern = self._pattern(n)
-        self.M = np.zeros((B, self.K, self.n), model.dtype)
-        self.grad = np.zeros(self.n, model.dtype)
 
     def _pattern(self, n):
         """P_n (K, n_θ) bool, from one step at a random state and input (where exact zeros
@@ -78,23 +106,8 @@ class SnAp(Influence):
             pattern = pattern | ((reach @ pattern.astype(np.int64)) > 0)
         return pattern
 
-    def step(self, x_t, mask_t=None, reset_t=None):
-        prev, new, J, _, I, _ = self.local(0, x_t, reset_t)
-        M_prev = self.M if reset_t is None or not reset_t.any() else np.where(reset_t[:, None, None], 0, self.M)
-        M = (J @ M_prev + I) * self.pattern                                               # (O1)
-        if mask_t is not None and not mask_t.all():                                       # (M1)
-            M = np.where(mask_t[:, None, None], M, M_prev)
-        self.M = M
-        return self.advance(0, prev, new, mask_t)
-
-    def collect(self, dh):
-        self.grad += np.einsum("bk,bkn->n", dh, self.M[:, :self.H])                      # (T2)
-
-    def grads(self) -> dict:
-        return self.named(self.grad)
-
-    def influence(self):
-        return self.M
+    def _next(self, local, M_prev):
+        return (local.J @ M_prev + local.I) * self.pattern                               # (O1)
 
 
 class UORO(Influence):
@@ -149,32 +162,15 @@ def uoro(model, x, targets, state0=None, mask=None, resets=None, rng=None):
     return forward_mode(lambda B: UORO(model, B, state0, rng), model, x, targets, mask, resets)
 
 
-class Eligibility(Influence):
+class Eligibility(_Dense):
     """e-prop and RFLO (O3): the influence carried through J^direct only."""
 
     def __init__(self, model, B: int, state0=None):
         _one_layer(model, "e-prop")
         super().__init__(model, B, state0)
-        self.M = np.zeros((B, self.K, self.n), model.dtype)
-        self.grad = np.zeros(self.n, model.dtype)
 
-    def step(self, x_t, mask_t=None, reset_t=None):
-        prev, new, _, direct, I, _ = self.local(0, x_t, reset_t)
-        M_prev = self.M if reset_t is None or not reset_t.any() else np.where(reset_t[:, None, None], 0, self.M)
-        M = direct @ M_prev + I                                                           # (O3)
-        if mask_t is not None and not mask_t.all():                                       # (M1)
-            M = np.where(mask_t[:, None, None], M, M_prev)
-        self.M = M
-        return self.advance(0, prev, new, mask_t)
-
-    def collect(self, dh):
-        self.grad += np.einsum("bk,bkn->n", dh, self.M[:, :self.H])                      # (T2)
-
-    def grads(self) -> dict:
-        return self.named(self.grad)
-
-    def influence(self):
-        return self.M
+    def _next(self, local, M_prev):
+        return local.direct @ M_prev + local.I                                            # (O3)
 
 
 class KFRTRL(Influence):
