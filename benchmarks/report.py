@@ -41,10 +41,11 @@ script writes its own file there when it finishes.
 
 
 def method(script: Path) -> tuple:
-    """(title, markdown) from the script's docstring: its first line, then the rest with
+    """(title, markdown) from the script's docstring: its first paragraph, then the rest with
     indented lines (commands, lists) as text blocks."""
     doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or script.stem
-    title, _, rest = doc.partition("\n")
+    title, _, rest = doc.partition("\n\n")             # the first paragraph, however many lines
+    title = " ".join(title.split())
     out, block = [], []
     for line in rest.strip("\n").splitlines():
         if line.startswith("    ") or (block and not line.strip()):
