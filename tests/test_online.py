@@ -174,7 +174,7 @@ def test_online_training_resumes_bit_for_bit_and_refuses_what_it_cannot_run(tmp_
     resumed.train(progress=False)
     for k, v in whole.model.params.items():
         assert np.array_equal(resumed.model.params[k], v), k
-    for kwargs, message in ((dict(task="text"), "streams use truncated BPTT"),
+    for kwargs, message in ((dict(task="text", k1=4, k2=8), "k2: uoro carries the influence forward"),
                             (dict(layers=2), "one recurrent layer, got --layers 2"),
                             (dict(recurrent_dropout=0.1), "cannot run with --recurrent-dropout"),
                             (dict(through_time="rflo"), "Elman layer \\(--cell rnn\\), got --cell lstm"),
@@ -198,3 +198,25 @@ def test_estimator_error_is_zero_where_a_method_is_exact_and_the_flow_command_dr
     assert code == 0 and (tmp_path / "flow" / "estimators.png").stat().st_size > 10_000
     refused = main(["flow", "--cell", "rnn,lstm", "--estimators", "kf-rtrl", "--quiet", "--out", str(tmp_path / "no")])
     assert refused == 2 and not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("method", ["uoro", "snap1"])
+def test_online_training_over_text_streams_learns_and_resumes_bit_for_bit(tmp_path, method):
+    from bptt.train.config import Config
+    from bptt.train.trainer import Trainer
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat. the dog sat on the log.\n" * 40, encoding="utf-8")
+    # 1,728 training characters in 4 streams: the 40 updates of 16 steps pass an epoch's end
+    base = dict(text=str(corpus), cell="lstm", hidden=8, batch=4, seq_len=16, steps=40, lr=1e-2, through_time=method,
+                eval_every=1000, checkpoint_every=7, schedule="constant", seed=4)
+    whole = Trainer(Config(**base, out=str(tmp_path / "whole")))
+    final = whole.train(progress=False)
+    assert final["val_loss"] < whole.task.baselines["unigram"]          # it learns without a backward pass
+    stopped = Trainer(Config(**base, out=str(tmp_path / "stopped")))
+    stopped.train(progress=False, stop_at=30)
+    resumed = Trainer.resume(tmp_path / "stopped")
+    resumed.train(progress=False)
+    assert whole.position["epoch"] == resumed.position["epoch"] == 1
+    for k, v in whole.model.params.items():
+        assert np.array_equal(resumed.model.params[k], v), k
+

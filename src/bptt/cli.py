@@ -63,8 +63,8 @@ def _train_options(p):
     _option(p, "k1", int, "text: truncated BPTT, steps between updates")
     _option(p, "k2", int, "text: truncated BPTT, steps backpropagated (>= k1)")
     _option(p, "checkpointing", int, "synthetic tasks: checkpointed BPTT with this many steps of tape")
-    _option(p, "through_time", str, "synthetic tasks: bptt (default), or forward mode without a backward pass: "
-                                    "rtrl, snap1, snap2, uoro, kf-rtrl, eprop, rflo")
+    _option(p, "through_time", str, "bptt (default), or forward mode without a backward pass: rtrl, snap1, "
+                                    "snap2, uoro, kf-rtrl, eprop, rflo (text: an update every --k1 steps)")
     _option(p, "on_nonfinite", str, "stop, or skip (and count) an update whose gradient is not finite")
     _option(p, "seed", int, "random seed")
     _option(p, "dtype", str, "float32 or float64")

@@ -54,6 +54,8 @@ def _one_layer(model, method):
 class _Dense(Influence):
     """A method that keeps a (B, K, n) picture of the influence; ``_next`` advances it."""
 
+    CARRIED = ("M",)
+
     def __init__(self, model, B: int, state0=None):
         super().__init__(model, B, state0)
         self.M = np.zeros((B, self.K, self.n), model.dtype)
@@ -112,6 +114,8 @@ class SnAp(_Dense):
 
 class UORO(Influence):
     """UORO (O2): an unbiased rank-one estimate ũ θ̃ᵀ of the influence, per sequence."""
+
+    CARRIED = ("u", "theta")
 
     EPS = 1e-7
 
@@ -176,6 +180,8 @@ class Eligibility(_Dense):
 class KFRTRL(Influence):
     """KF-RTRL (O4): the Elman layer's influence as one Kronecker product u ⊗ A, unbiased."""
 
+    CARRIED = ("u", "A")
+
     EPS = 1e-7
 
     def __init__(self, model, B: int, state0=None, rng=None):
@@ -211,6 +217,9 @@ class KFRTRL(Influence):
     def collect(self, dh):
         g = np.einsum("bk,bki->bi", dh, self.A)                                          # (T2) through A's rows
         self.gW += g.T @ self.u
+
+    def reset_grads(self):
+        self.gW[...] = 0
 
     def grads(self) -> dict:
         D, H = self.model.input_size, self.H

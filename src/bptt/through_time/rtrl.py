@@ -133,9 +133,27 @@ class Influence:
     def public_state(self):
         return self.model._join_state(self.state)
 
+    def reset_grads(self):
+        """Start collecting (T2) anew: the next update's gradient, the influence kept."""
+        self.grad[...] = 0
+
+    def carried(self) -> dict:
+        """{name: array} of what goes on from step to step: the state and the method's
+        influence (a checkpoint saves it; ``restore`` puts it back)."""
+        out = {f"state.{l}.{i}": s for l, layer in enumerate(self.state) for i, s in enumerate(layer)}
+        return out | {name: getattr(self, name) for name in self.CARRIED}
+
+    def restore(self, arrays: dict):
+        self.state = [tuple(arrays[f"state.{l}.{i}"].copy() for i in range(self.S))
+                      for l in range(self.model.num_layers)]
+        for name in self.CARRIED:
+            setattr(self, name, arrays[name].copy())
+
 
 class ExactInfluence(Influence):
     """Exact RTRL: every layer's M_t over all parameters below and at it (T1), (T4)."""
+
+    CARRIED = ()
 
     def __init__(self, model, B: int, state0=None):
         super().__init__(model, B, state0)
@@ -171,6 +189,13 @@ class ExactInfluence(Influence):
         """M_t of the top layer, (B, K, n)."""
         return self.M[-1]
 
+    def carried(self) -> dict:
+        return super().carried() | {f"M.{l}": M for l, M in enumerate(self.M)}
+
+    def restore(self, arrays: dict):
+        super().restore(arrays)
+        self.M = [arrays[f"M.{l}"].copy() for l in range(self.model.num_layers)]
+
 
 def rtrl(model, x, targets, state0=None, mask=None, resets=None):
     """(loss, grads, final state) of ``model`` on (x, targets) by forward-mode RTRL: the
@@ -187,6 +212,16 @@ def forward_mode(make, model, x, targets, mask=None, resets=None):
     T, B, _ = x.shape
     targets = model._check_targets(targets, T, B)
     influence = make(B)
+    loss, grads = window(influence, model, x, targets, mask, resets)
+    return loss, grads, influence.public_state()
+
+
+def window(influence, model, x, targets, mask=None, resets=None):
+    """(loss, gradient) of the steps of x from the influence's current state and picture of
+    M, which both go on: the next window continues them (online training over a stream).
+    The loss is the model's over these steps (a mean over their positions, by default)."""
+    T, B, _ = x.shape
+    influence.reset_grads()
     head = model.head_params()
     head_grads = {k: np.zeros_like(v) for k, v in head.items()}
     weights = model._row_weights(mask, T, B)
@@ -208,4 +243,4 @@ def forward_mode(make, model, x, targets, mask=None, resets=None):
         dh, head_grads = head_layer.backward(head, do, h)
         influence.collect(dh)
     grads = influence.grads() | {f"head.{k}": v for k, v in head_grads.items()}
-    return float(loss), {k: grads[k] for k in model.params}, influence.public_state()
+    return float(loss), {k: grads[k] for k in model.params}

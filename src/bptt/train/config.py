@@ -59,7 +59,7 @@ class Config:
     k1: int | None = None              # text: steps per update (default seq_len)
     k2: int | None = None              # text: steps backpropagated (default k1)
     checkpointing: int | None = None   # synthetic tasks: checkpointed BPTT with this budget
-    through_time: str = "bptt"         # synthetic tasks: bptt, or a forward-mode method (through_time/online.py)
+    through_time: str = "bptt"         # bptt, or a forward-mode method (through_time/online.py)
     on_nonfinite: str = "stop"
     seed: int = 0
     dtype: str = "float32"
@@ -74,9 +74,9 @@ class Config:
         method = _checks.choice("through-time", self.through_time, ("bptt",) + tuple(ESTIMATORS))
         if method == "bptt":
             return
-        if self.task == "text":
-            raise ValueError(f"through-time: {method} trains the synthetic tasks (adding, copy, sine, digits), each "
-                             f"sequence forward once; --task text streams use truncated BPTT")
+        if self.task == "text" and self.k2 is not None and self.k2 != (self.k1 or self.seq_len):
+            raise ValueError(f"k2: {method} carries the influence forward and backpropagates through no window; "
+                             f"expected no --k2 (or k2 = k1), got {self.k2}")
         clashes = [f"--{name.replace('_', '-')}" for name in ("checkpointing", "bidirectional", "proj_size",
                                                               "dropout", "input_dropout", "recurrent_dropout")
                    if getattr(self, name)]

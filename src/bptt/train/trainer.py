@@ -31,6 +31,7 @@ from ..cells import CompiledLayer
 from ..generate import generate
 from ..model import Model
 from ..through_time import checkpointed, online
+from ..through_time.rtrl import window
 from ..through_time.schedules import stream_updates
 from . import folder, runs
 from .clip import NonFiniteGradient, check_finite, clip_grad_norm, clip_grad_value
@@ -85,6 +86,9 @@ class Trainer:
             self.position = dict(epoch=0, start=0)
             self.window_state = None
             self._updates = None
+            self.influence = None          # --through-time other than bptt: what goes on between updates
+            if c.through_time != "bptt":
+                self._check_online_text()
         elif hasattr(self.task, "split"):                     # a fixed validation split
             self.valid_batch = self.task.split("valid", self.model.dtype)
         else:
@@ -156,6 +160,8 @@ class Trainer:
             meta["position"] = self.position
             if window_state is not None:
                 arrays |= {f"window_state.{i}": s for i, s in enumerate(window_state)}
+            if self.influence is not None:
+                arrays |= {f"influence.{k}": v for k, v in self.influence.carried().items()}
         return runs.save_checkpoint(self.run, self.step, arrays, meta, name=runs.BEST if best else None,
                                     written=self._written)
 
@@ -268,12 +274,18 @@ class Trainer:
             cols = self.world.share(self.config.batch, "batch")      # any number of ranks that divides B
             ws = [arrays[k][:, cols] for k in sorted(k for k in arrays if k.startswith("window_state."))]
             self.window_state = None if not ws else (tuple(ws) if self.model.tuple_state else ws[0])
+            carried = {k[len("influence."):]: v for k, v in arrays.items() if k.startswith("influence.")}
+            if carried:
+                self.influence = online.ESTIMATORS[self.config.through_time](self.model, self.streams.shape[1], self.rng)
+                self.influence.restore(carried)
         if self.world.root and not read_only:
             self.metrics.truncate_after(self.step)
 
     # ---- one update ---------------------------------------------------------------------------
 
     def _text_update(self):
+        if self.config.through_time != "bptt":
+            return self._online_text_update()
         L = self.streams.shape[0] - 1
         if self._updates is None:
             start = self.position["start"]
@@ -290,6 +302,38 @@ class Trainer:
             return self._text_update()
         self.position = dict(epoch=self.position["epoch"], start=e)
         self.window_state = window_state
+        return loss, grads, (e - a) * self.streams.shape[1]
+
+    def _check_online_text(self):
+        """Forward mode over streams: on one process (each rank's influence would be its
+        own, and a checkpoint holds one), and with an influence that fits in memory."""
+        c, m = self.config, self.model
+        if self.world.size > 1:
+            raise CollectiveError(f"through-time: {c.through_time} over streams runs on one process; got "
+                                  f"{self.world.size} MPI ranks")
+        n = sum(v.size for k, v in m.params.items() if not k.startswith("head."))
+        K = len(m.layer.STATE) * m.hidden_size
+        values = c.batch * (K + n if c.through_time == "uoro" else K * n)
+        if values * m.dtype.itemsize > 2 ** 31:
+            raise ValueError(f"through-time: {c.through_time} keeps {values:,} values for {c.batch} streams of this "
+                             f"model ({values * m.dtype.itemsize / 2 ** 30:.1f} GiB, over 2 GiB); use a smaller "
+                             f"--hidden or --batch, or --through-time uoro")
+
+    def _online_text_update(self):
+        """Forward mode over the streams: the next k1 steps from the state and influence the
+        last update left (through_time/online.py), an update with no backward pass. At the
+        end of the streams an epoch begins from zero state and influence."""
+        L = self.streams.shape[0] - 1
+        a = self.position["start"]
+        if a >= L:
+            self.position = dict(epoch=self.position["epoch"] + 1, start=0)
+            self.influence, a = None, 0
+        if self.influence is None:
+            self.influence = online.ESTIMATORS[self.config.through_time](self.model, self.streams.shape[1], self.rng)
+        e = min(a + self.k1, L)
+        x = self.task.one_hot(self.streams[a:e], self.model.dtype)
+        loss, grads = window(self.influence, self.model, x, self.streams[a + 1:e + 1])
+        self.position = dict(epoch=self.position["epoch"], start=e)
         return loss, grads, (e - a) * self.streams.shape[1]
 
     def _batch_update(self):
