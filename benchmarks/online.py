@@ -11,11 +11,19 @@ per sequence each method keeps between steps against BPTT's tape.
 
     python benchmarks/online.py                      # H 16, T 20, N 50
     python benchmarks/online.py --hidden 8 --seq-len 10 --sequences 20 --cells rnn
+    python benchmarks/online.py --copy               # the copy curriculum instead (below)
 
 Values kept: RTRL K·n (K = S·H state values, n recurrent parameters), SnAp-n and e-prop
 the entries of their pattern, UORO K + n, KF-RTRL (D + H + 1) + H², BPTT T·(S·H + G·H) (the
 states and the gates' pre-activations of every step). SnAp and e-prop are computed here
 on the dense influence, masked: their time is RTRL's, not that of a sparse implementation.
+
+``--copy``: how far each method gets on the copy task with a curriculum (Graves et al.
+2014's binary copy, as Menick et al. 2021 train it): L random bits, a delimiter, then the
+L bits to be written back while the input is blank (T = 2L + 1, the loss on the last L
+steps only). L starts at 1 and grows by one whenever the loss on a fresh batch falls below
+0.15 bits per bit; the table gives the largest L reached within a fixed budget of updates
+(LSTM, Adam, batch 16) and the seconds it took.
 """
 from __future__ import annotations
 
@@ -98,6 +106,52 @@ def compare(model, method, T, N, B, seed):
     return np.mean(cosines), np.std(cosines), np.mean(errors), seconds / T, bptt_seconds / T, kept(method, influence, model, T)
 
 
+def copy_batch(rng, L, B):
+    """x (2L+1, B, 3): bits one-hot in channels 0-1, the delimiter in 2; targets (2L+1, B)
+    the bits again on the last L steps; the loss mask marks those steps."""
+    T = 2 * L + 1
+    bits = rng.integers(0, 2, size=(L, B))
+    x = np.zeros((T, B, 3))
+    np.put_along_axis(x[:L], bits[:, :, None], 1, axis=2)
+    x[L, :, 2] = 1
+    targets = np.zeros((T, B), dtype=np.int64)
+    targets[L + 1:] = bits
+    loss_mask = np.zeros((T, B), dtype=bool)
+    loss_mask[L + 1:] = True
+    return x, targets, loss_mask
+
+
+def curriculum(method, H, updates, seed=0, check_every=50, B=16):
+    """(largest L reached, seconds) of ``method`` ("bptt" or a name of online.ESTIMATORS)."""
+    model = bptt.Model("lstm", 3, H, 2, head="softmax", loss="cross_entropy", dtype="float64", seed=seed)
+    opt = make_optimizer("adam", model.params, 1e-2)
+    rng, L = np.random.default_rng(seed), 1
+    t0 = time.perf_counter()
+    for step in range(1, updates + 1):
+        x, y, loss_mask = copy_batch(rng, L, B)
+        if method == "bptt":
+            grads = model.gradients(x, y, loss_mask=loss_mask, input_grad=False).params
+        else:
+            grads = online.estimate(method, model, x, y, rng, loss_mask=loss_mask)[1]
+        opt.step(grads)
+        if step % check_every == 0:
+            x, y, loss_mask = copy_batch(np.random.default_rng(10_000 + step), L, 64)
+            if model.loss_value(x, y, loss_mask=loss_mask) / np.log(2) < 0.15:
+                L += 1
+    return L - 1, time.perf_counter() - t0
+
+
+def copy_table(args):
+    print(stamp())
+    print(f"# copy curriculum: LSTM H = {args.hidden}, Adam 1e-2, batch 16, {args.updates} updates; L grows by one "
+          f"when a fresh batch's loss < 0.15 bits per bit")
+    print("| method | largest L reached | seconds |")
+    print("|---|---:|---:|")
+    for method in ("bptt", "rtrl", "snap1", "snap2", "uoro", "eprop"):
+        L, seconds = curriculum(method, args.hidden, args.updates)
+        print(f"| {method} | {L} | {seconds:.0f} |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", default="rnn,lstm,gru")
@@ -106,7 +160,11 @@ def main():
     parser.add_argument("--sequences", type=int, default=50)
     parser.add_argument("--batch", type=int, default=16, help="sequences in the timed batch")
     parser.add_argument("--train", type=int, default=500, help="BPTT updates before the second comparison")
+    parser.add_argument("--copy", action="store_true", help="the copy curriculum instead of the comparison")
+    parser.add_argument("--updates", type=int, default=1000, help="--copy: the budget of updates")
     args = parser.parse_args()
+    if args.copy:
+        return copy_table(args)
     H, T, N, B = args.hidden, args.seq_len, args.sequences, args.batch
     print(stamp())
     print(f"# adding problem, T = {T}, H = {H}, float64; cosine and error over {N} sequences; time over a batch of {B}")

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rtrl import ExactInfluence, Influence, forward_mode
+from .rtrl import ExactInfluence, Influence, bmm, forward_mode
 
 
 def _one_layer(model, method):
@@ -109,7 +109,7 @@ class SnAp(_Dense):
         return pattern
 
     def _next(self, local, M_prev):
-        return (local.J @ M_prev + local.I) * self.pattern                               # (O1)
+        return (bmm(local.J, M_prev) + local.I) * self.pattern                           # (O1)
 
 
 class UORO(Influence):
@@ -174,7 +174,7 @@ class Eligibility(_Dense):
         super().__init__(model, B, state0)
 
     def _next(self, local, M_prev):
-        return local.direct @ M_prev + local.I                                            # (O3)
+        return bmm(local.direct, M_prev) + local.I                                        # (O3)
 
 
 class KFRTRL(Influence):
@@ -268,9 +268,9 @@ ESTIMATORS = {
 }
 
 
-def estimate(name, model, x, targets, rng=None):
+def estimate(name, model, x, targets, rng=None, loss_mask=None):
     """(loss, gradient, final state) of the method ``name`` of ESTIMATORS on a batch."""
     if name == "rflo" and model.cell != "rnn":
         raise ValueError(f"through-time: rflo is defined for the (leaky) Elman layer, got cell={model.cell_name!r}")
-    return forward_mode(lambda B: ESTIMATORS[name](model, B, rng), model, x, targets)
+    return forward_mode(lambda B: ESTIMATORS[name](model, B, rng), model, x, targets, loss_mask=loss_mask)
 
