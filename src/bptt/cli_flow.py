@@ -240,7 +240,8 @@ def run(args) -> int:
     models = {}                               # label -> (model at that stage, batch) for --estimators
     for label, trainer, x, y in measured:
         reports[label] = flow(trainer.model, x, y)
-        models[label] = (trainer.model.astype("float64"), x.astype(np.float64))
+        if args.estimators is not None:
+            models[label] = (trainer.model.astype("float64"), x.astype(np.float64))
     if not args.run:
         for cell in cells:
             config = Config(task=args.task, cell=cell, hidden=args.hidden, seq_len=args.seq_len,
@@ -250,11 +251,13 @@ def run(args) -> int:
             x, y = _batch(trainer, args.batch, args.seed, "--seq-len")
             name = f"rnn-{args.nonlinearity}" if cell == "rnn" else cell
             reports[f"{name}, init"] = flow(trainer.model, x, y)
-            models[f"{name}, init"] = (trainer.model.astype("float64"), x.astype(np.float64))
+            if args.estimators is not None:
+                models[f"{name}, init"] = (trainer.model.astype("float64"), x.astype(np.float64))
             if args.train:
                 trainer.train(progress=not args.quiet)
                 reports[f"{name}, {args.train} updates"] = flow(trainer.model, x, y)
-                models[f"{name}, {args.train} updates"] = (trainer.model.astype("float64"), x.astype(np.float64))
+                if args.estimators is not None:
+                    models[f"{name}, {args.train} updates"] = (trainer.model.astype("float64"), x.astype(np.float64))
     title = f"{args.task}, T = {args.seq_len}" if not args.run else "saved runs"
     figure = plot_flow(reports, out / "flow.png", title=title)
     (out / "flow.json").write_text(json.dumps({k: r.summary() for k, r in reports.items()}, indent=1))

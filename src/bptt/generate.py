@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def _one_hot(codes, size, dtype):
+def one_hot(codes, size, dtype=np.float32):
+    """(…, size): a 1 at each code's column (characters as a model reads them)."""
     x = np.zeros(codes.shape + (size,), dtype=dtype)
     np.put_along_axis(x, codes[..., None], 1, axis=-1)
     return x
@@ -53,7 +54,7 @@ def generate(model, length: int = 300, prime: str | None = None, temperature: fl
         raise ValueError(f"prime: characters not in the model's vocabulary: {''.join(unknown[:10])!r}")
     rng = np.random.default_rng(seed)
     codes = np.array([index[c] for c in prime], dtype=np.int64)
-    y, state = model.forward(_one_hot(codes[:, None], V, model.dtype))
+    y, state = model.forward(one_hot(codes[:, None], V, model.dtype))
     p = y[-1, 0].astype(np.float64)
     out = []
     for _ in range(length):
@@ -65,6 +66,6 @@ def generate(model, length: int = 300, prime: str | None = None, temperature: fl
         q /= q.sum()
         code = int(rng.choice(q.size, p=q))
         out.append(code)
-        y, state = model.forward(_one_hot(np.array([[code]]), V, model.dtype), state)
+        y, state = model.forward(one_hot(np.array([[code]]), V, model.dtype), state)
         p = y[0, 0].astype(np.float64)
     return "".join(chars[c] for c in out)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load as load_tensors, save as save_tensors
+
+from ._files import atomic_write
 
 KIND = "bptt-model"
 FORMAT = 1
@@ -35,19 +36,6 @@ def cell_spec(cell) -> str:
     return f"{kind.__module__}:{kind.__qualname__}"
 
 
-def _write(path: Path, data: bytes):
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save(model, path) -> Path:
     """Write ``model`` into the folder ``path`` (created if missing); returns the folder."""
     folder = Path(path)
@@ -63,8 +51,9 @@ def save(model, path) -> Path:
     meta = {"kind": KIND, "format": FORMAT, "config": config, "vocabulary": model.vocabulary,
             "sha256": hashlib.sha256(data).hexdigest()}
     folder.mkdir(parents=True, exist_ok=True)
-    _write(folder / FILES[0], data)
-    _write(folder / FILES[1], json.dumps(meta, indent=1, ensure_ascii=False).encode())
+    body = json.dumps(meta, indent=1, ensure_ascii=False).encode()
+    atomic_write(folder / FILES[0], lambda p: p.write_bytes(data))
+    atomic_write(folder / FILES[1], lambda p: p.write_bytes(body))
     return folder
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_write
+
 # Rows of bptt's stacked gate blocks, in the order ONNX's operator reads them.
 GATE_ORDER = {"lstm": (0, 3, 1, 2),       # i, f, g, o  ->  i, o, f, c
               "gru": (1, 0, 2),           # r, z, n     ->  z, r, h
@@ -159,12 +161,5 @@ def to_onnx(model, path, lengths: bool = False, opset: int = 17):
     if model.vocabulary is not None:           # for a sampler that has onnxruntime alone
         helper.set_model_props(proto, {"bptt.vocabulary": json.dumps(model.vocabulary, ensure_ascii=False)})
     onnx.checker.check_model(proto, full_check=True)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        onnx.save(proto, str(tmp))
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(Path(path), lambda p: onnx.save(proto, str(p)))
     return proto

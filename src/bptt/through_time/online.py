@@ -41,6 +41,8 @@ speed.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from .rtrl import ExactInfluence, Influence, bmm, forward_mode
@@ -51,7 +53,7 @@ def _one_layer(model, method):
         raise ValueError(f"model: {method} is defined here for one recurrent layer, got num_layers={model.num_layers}")
 
 
-class _Dense(Influence):
+class _Dense(Influence, ABC):
     """A method that keeps a (B, K, n) picture of the influence; ``_next`` advances it."""
 
     CARRIED = ("M",)
@@ -61,8 +63,9 @@ class _Dense(Influence):
         self.M = np.zeros((B, self.K, self.n), model.dtype)
         self.grad = np.zeros(self.n, model.dtype)
 
+    @abstractmethod
     def _next(self, local, M_prev):
-        raise NotImplementedError
+        """M_t from M_{t−1} and the step's Jacobians (rtrl.Local)."""
 
     def step(self, x_t, mask_t=None, reset_t=None):
         local = self.local(0, x_t, reset_t)
@@ -222,10 +225,8 @@ class KFRTRL(Influence):
         self.gW[...] = 0
 
     def grads(self) -> dict:
-        D, H = self.model.input_size, self.H
-        prefix = self.model.direction_prefix(0)
-        return {f"{prefix}.W_x": self.gW[:, :D].copy(), f"{prefix}.W_h": self.gW[:, D:D + H].copy(),
-                f"{prefix}.b_h": self.gW[:, D + H].copy()}
+        D, H = self.model.input_size, self.H                 # the blocks' order: W_x, W_h, b_h
+        return self.named(np.concatenate([self.gW[:, :D].ravel(), self.gW[:, D:D + H].ravel(), self.gW[:, D + H]]))
 
     def influence(self):
         """u ⊗ A laid out as the parameters are: W_x, then W_h, then b_h, rows by unit."""

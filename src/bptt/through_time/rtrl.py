@@ -77,6 +77,7 @@ class Influence:
         self.n = n
         self.zone = [layer_noise(model, None, l) for l in range(model.num_layers)]
         self.extras = tuple(self.cell.extra_shapes(self.H))
+        self._units = {}
 
     def local(self, l, inputs, reset_t=None):
         """Layer l's step from ``inputs`` (B, D_l), a ``Local``: prev the state it read (after a
@@ -84,7 +85,7 @@ class Influence:
         ∂s_t/∂s_{t−1}, direct the part of J not through the recurrent product v_t, I (B, K,
         n_l) over the layer's own parameters, du (B, K, G·H) = ∂s_t/∂u_t (for (T4))."""
         p, block = self.model.layer_params(l), self.blocks[l]
-        B, S, H, K = inputs.shape[0], self.S, self.H, self.K
+        B, H, K = inputs.shape[0], self.H, self.K
         prev = self.state[l]
         if reset_t is not None and reset_t.any():                                         # (M4)
             prev = tuple(np.where(reset_t[:, None], 0, s).astype(s.dtype) for s in prev)
@@ -96,8 +97,7 @@ class Influence:
             new = tuple(kept[i] * s + (1 - kept[i]) * n for i, (n, s) in enumerate(zip(new, prev)))   # (N3)
         # Row k of every Jacobian at once: step_backward of the unit vectors e_k, the batch
         # repeated K times (row b·K + k) (T3).
-        unit = np.eye(K, dtype=u.dtype) if kept is None else np.diag(1 - kept.reshape(K))
-        dstate = tuple(np.tile(unit[:, i * H:(i + 1) * H], (B, 1)) for i in range(S))
+        dstate = self._unit_rows(l, B, u.dtype, kept)
         rep = tuple(np.repeat(c, K, axis=0) for c in cache)
         du, dv, back, _ = self.cell.step_backward(p, dstate, rep)
         du, dv = du.reshape(B, K, -1), dv.reshape(B, K, -1)
@@ -122,6 +122,19 @@ class Influence:
                     n0 = block[name][0]
                     I[r // K, r % K, n0:n0 + g.size] += g.reshape(-1)
         return Local(prev, new, J, direct, I, du)
+
+    def _unit_rows(self, l, B, dtype, kept):
+        """The unit vectors e_k of the state for every row of the batch, (1 − d_k) e_k with
+        zoneout (N3): the same at every step, so made once per layer and batch size."""
+        key = (l, B, np.dtype(dtype))
+        if key not in self._units:
+            K, H = self.K, self.H
+            unit = np.eye(K, dtype=dtype) if kept is None else np.diag(1 - kept.reshape(K)).astype(dtype)
+            rows = tuple(np.tile(unit[:, i * H:(i + 1) * H], (B, 1)) for i in range(self.S))
+            for r in rows:
+                r.flags.writeable = False            # shared by every step: a cell may read, not write
+            self._units[key] = rows
+        return self._units[key]
 
     def advance(self, l, prev, new, mask_t):
         """Store layer l's new state; padded rows keep the state they read (M1)."""

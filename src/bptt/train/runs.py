@@ -22,29 +22,11 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load, save
 
+from .._files import atomic_write  # noqa: F401  (runs.atomic_write: the trainer's and the CLI's too)
+
 FORMAT = 2          # 2: the JSON records the safetensors file's SHA-256
 BEST = "best"       # best.json + best.safetensors
 SET_ASIDE = "set-aside"
-
-
-def atomic_write(path: Path, write):
-    """``write(tmp)`` then rename over ``path``: a reader sees the old file or the whole new
-    one. A failed write (a full disk, say) removes its temporary file and leaves ``path``
-    as it was."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(exc, OSError) and exc.filename is None:      # a write's error names no file
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
-        raise
 
 
 def set_aside(run: Path, path: Path) -> Path:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..generate import one_hot
+
 TASKS = ("text", "adding", "copy", "sine", "digits")
 
 
@@ -211,9 +213,7 @@ class TextTask:
                 "bigram": float(-np.log(big[v[:-1], v[1:]]).mean())}
 
     def one_hot(self, codes, dtype=np.float32):
-        x = np.zeros(codes.shape + (self.vocab_size,), dtype=dtype)
-        np.put_along_axis(x, codes[..., None], 1, axis=-1)
-        return x
+        return one_hot(codes, self.vocab_size, dtype)
 
     def streams(self, codes, B):
         """(L, B): B contiguous streams of the codes, char-rnn style."""
