@@ -5,13 +5,16 @@ the loss at the last one), at initialisation and after BPTT training (Adam), eac
 of bptt.through_time.online estimates the gradient of N sequences one at a time. The
 table gives, over the recurrent parameters (the head's gradient is exact in every method):
 the cosine between estimate and exact gradient (mean and standard deviation over the N
-sequences), the relative error ‖ĝ − g‖/‖g‖ (its mean), the time per step of a batch of B
+sequences), the relative error ‖ĝ − g‖/‖g‖ (its mean), the relative variance of the random
+methods (UORO, KF-RTRL) E‖ĝ − E ĝ‖²/‖g‖² over 8 draws on each of 10 sequences (the
+others are deterministic: 0), the time per step of a batch of B
 sequences against full BPTT's (`Model.loss_and_grads`) on the same batch, and the values
 per sequence each method keeps between steps against BPTT's tape.
 
     python benchmarks/online.py                      # H 16, T 20, N 50
     python benchmarks/online.py --hidden 8 --seq-len 10 --sequences 20 --cells rnn
     python benchmarks/online.py --copy               # the copy curriculum instead (below)
+    python benchmarks/online.py --balancing          # the influence-balancing problem (below)
 
 Values kept: RTRL K·n (K = S·H state values, n recurrent parameters), SnAp-n and e-prop
 the entries of their pattern, UORO K + n, KF-RTRL (D + H + 1) + H², BPTT T·(S·H + G·H) (the
@@ -24,11 +27,22 @@ L bits to be written back while the input is blank (T = 2L + 1, the loss on the 
 steps only). L starts at 1 and grows by one whenever the loss on a fresh batch falls below
 0.15 bits per bit; the table gives the largest L reached within a fixed budget of updates
 (LSTM, Adam, batch 16) and the seconds it took.
+
+``--balancing``: Tallec & Ollivier's influence-balancing problem (through_time/balancing.py:
+23 linear units, one parameter θ whose effect on the loss is positive over short horizons
+and negative in the long run, θ* = −1/6), learnt online from θ = 0.5 with one plain
+gradient step per step. For each method and step size, θ after --steps steps (the mean
+and spread over three seeds for the random methods), or the step at which |θ| passed
+1000. Truncated BPTT with a window shorter than the dependency moves θ the wrong way at
+every step size; RTRL, UORO and KF-RTRL converge at step sizes small enough for their
+variance. The figure (docs/images/influence_balancing.png) shows |θ − θ*| step by step at
+one step size.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -49,6 +63,8 @@ METHODS = {
     "e-prop / RFLO": lambda m, B, rng: online.Eligibility(m, B),
 }
 ONLY_ELMAN = {"KF-RTRL"}
+DRAWN = {"UORO", "KF-RTRL"}             # random: their variance over draws on one sequence
+VARIANCE_SEQUENCES, VARIANCE_DRAWS = 10, 8
 
 
 def recurrent(grads):
@@ -86,7 +102,8 @@ def trained(cell, H, T, updates, seed):
 def compare(model, method, T, N, B, seed):
     task = AddingTask(T)
     rng = np.random.default_rng(seed)
-    cosines, errors = [], []
+    cosines, errors, variances = [], [], []
+    draw_rng = np.random.default_rng(seed + 100)         # the draws apart: the N sequences stay the others'
     for _ in range(N):
         x, y = task.batch(rng, 1, np.float64)
         _, exact, _ = model.loss_and_grads(x, y)
@@ -94,6 +111,10 @@ def compare(model, method, T, N, B, seed):
         g, e = recurrent(exact), recurrent(estimate)
         cosines.append(float(g @ e / (np.linalg.norm(g) * np.linalg.norm(e) + 1e-300)))
         errors.append(float(np.linalg.norm(e - g) / np.linalg.norm(g)))
+        if method in DRAWN and len(variances) < VARIANCE_SEQUENCES:
+            draws = np.array([recurrent(forward_mode(lambda b: METHODS[method](model, b, draw_rng), model, x, y)[1])
+                              for _ in range(VARIANCE_DRAWS)])
+            variances.append(float(((draws - draws.mean(axis=0)) ** 2).sum(axis=1).mean() / (g @ g)))
     x, y = task.batch(rng, B, np.float64)
     t0 = time.perf_counter()
     forward_mode(lambda b: METHODS[method](model, b, rng), model, x, y)
@@ -103,7 +124,9 @@ def compare(model, method, T, N, B, seed):
         model.loss_and_grads(x, y)
     bptt_seconds = (time.perf_counter() - t0) / 5
     influence = METHODS[method](model, 1, rng)
-    return np.mean(cosines), np.std(cosines), np.mean(errors), seconds / T, bptt_seconds / T, kept(method, influence, model, T)
+    variance = np.mean(variances) if variances else 0.0
+    return (np.mean(cosines), np.std(cosines), np.mean(errors), variance, seconds / T, bptt_seconds / T,
+            kept(method, influence, model, T))
 
 
 def copy_batch(rng, L, B):
@@ -152,6 +175,58 @@ def copy_table(args):
         print(f"| {method} | {L} | {seconds:.0f} |", flush=True)
 
 
+BALANCING = [("tbptt", w) for w in (1, 10, 40, 50, 100)] + [(m, None) for m in ("rtrl", "snap1", "snap2", "eprop",
+                                                                                 "uoro", "kf-rtrl")]
+RANDOM = {"uoro", "kf-rtrl"}
+
+
+def balancing_table(args):
+    from bptt.through_time.balancing import influence_balancing
+
+    rates = (1e-4, 3e-5, 1e-5, 3e-6)
+    print(stamp())
+    print(f"# influence balancing: n = 23, p = 10, θ* = -1/6, θ0 = 0.5, {args.steps} steps, one update a step; "
+          f"θ at the end (random methods: mean ± spread over 3 seeds), or the step at which |θ| > 1000")
+    print("| method | " + " | ".join(f"lr {lr:g}" for lr in rates) + " |")
+    print("|---|" + "---:|" * len(rates))
+    curves = {}
+    for method, window in BALANCING:
+        name = f"tbptt, window {window}" if window else method
+        cells = []
+        for lr in rates:
+            runs = [influence_balancing(method, args.steps, lr, window, rng=seed)
+                    for seed in (range(3) if method in RANDOM else [0])]
+            if lr == args.figure_lr:
+                curves[name] = runs[0]
+            diverged = [r.diverged_at for r in runs if r.diverged_at is not None]
+            if diverged:
+                cells.append(f"diverged at {min(diverged)}" + (f" ({len(diverged)} of {len(runs)})"
+                                                                 if len(runs) > 1 else ""))
+            elif len(runs) > 1:
+                ends = np.array([r.theta[-1] for r in runs])
+                cells.append(f"{ends.mean():.4f} ± {ends.std():.4f}")
+            else:
+                cells.append(f"{runs[0].theta[-1]:.4f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    if args.figure:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(7, 4))
+        colors = plt.get_cmap("tab20").colors
+        for i, (name, run) in enumerate(curves.items()):
+            ax.semilogy(np.abs(run.theta - run.theta_star), label=name, lw=1, color=colors[(2 * i) % 20 + i // 10],
+                        ls="--" if name.startswith("tbptt") else "-")
+        ax.set_xlabel("step (one update each)")
+        ax.set_ylabel("|θ − θ*|")
+        ax.set_ylim(1e-8, 1e3)
+        ax.set_title(f"influence balancing, lr {args.figure_lr:g}")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(args.figure, dpi=110)
+        print(f"figure: {Path(args.figure).name}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", default="rnn,lstm,gru")
@@ -162,15 +237,22 @@ def main():
     parser.add_argument("--train", type=int, default=500, help="BPTT updates before the second comparison")
     parser.add_argument("--copy", action="store_true", help="the copy curriculum instead of the comparison")
     parser.add_argument("--updates", type=int, default=1000, help="--copy: the budget of updates")
+    parser.add_argument("--balancing", action="store_true", help="the influence-balancing problem instead")
+    parser.add_argument("--steps", type=int, default=10_000, help="--balancing: steps of each run")
+    parser.add_argument("--figure-lr", type=float, default=1e-5, help="--balancing: the step size drawn")
+    parser.add_argument("--figure", default=str(Path(__file__).resolve().parents[1] / "docs" / "images" /
+                                                "influence_balancing.png"), help="--balancing: the figure's path")
     args = parser.parse_args()
     if args.copy:
         return copy_table(args)
+    if args.balancing:
+        return balancing_table(args)
     H, T, N, B = args.hidden, args.seq_len, args.sequences, args.batch
     print(stamp())
     print(f"# adding problem, T = {T}, H = {H}, float64; cosine and error over {N} sequences; time over a batch of {B}")
-    print("| cell | when | method | cosine mean | cosine std | rel. error | ms / step | BPTT ms / step "
+    print("| cell | when | method | cosine mean | cosine std | rel. error | rel. variance | ms / step | BPTT ms / step "
           "| values kept | BPTT values |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for cell in args.cells.split(","):
         for when, updates in (("init", 0), (f"after {args.train} updates", args.train)):
             model, loss = trained(cell, H, T, updates, seed=0)
@@ -179,8 +261,8 @@ def main():
             for method in METHODS:
                 if method in ONLY_ELMAN and cell != "rnn":
                     continue
-                cos, spread, err, step_s, bptt_s, values = compare(model, method, T, N, B, seed=1)
-                print(f"| {cell} | {when} (loss {loss:.3f}) | {method} | {cos:.3f} | {spread:.3f} | {err:.3f} "
+                cos, spread, err, var, step_s, bptt_s, values = compare(model, method, T, N, B, seed=1)
+                print(f"| {cell} | {when} (loss {loss:.3f}) | {method} | {cos:.3f} | {spread:.3f} | {err:.3f} | {var:.3g} "
                       f"| {1e3 * step_s:.2f} | {1e3 * bptt_s:.3f} | {values} | {tape} |", flush=True)
 
 

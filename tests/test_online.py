@@ -220,3 +220,30 @@ def test_online_training_over_text_streams_learns_and_resumes_bit_for_bit(tmp_pa
     for k, v in whole.model.params.items():
         assert np.array_equal(resumed.model.params[k], v), k
 
+
+
+def test_influence_balancing_truncation_shorter_than_the_dependency_diverges_and_unbiased_methods_converge():
+    from bptt.through_time.balancing import influence_balancing, problem
+    model, sigma, theta_star = problem()
+    A = model.params["layer0.W_h"]
+    fixed = np.linalg.solve(np.eye(23) - A, sigma)[0]                    # s⁰ = c θ at the fixed point
+    assert theta_star == pytest.approx(1 / fixed, rel=1e-12) and theta_star == pytest.approx(-1 / 6)
+    # the short-horizon effect of θ on s⁰ is positive, the long-run one negative
+    reach = [sum(np.linalg.matrix_power(A, i) @ sigma for i in range(k))[0] for k in (1, 10, 30, 200)]
+    assert reach[0] > 0 and reach[1] > 0 and fixed < 0 and reach[3] == pytest.approx(fixed, rel=1e-6)
+    exact = influence_balancing("rtrl", 3000, 5e-5)
+    assert exact.diverged_at is None and abs(exact.theta[-1] - theta_star) < 1e-6
+    short = influence_balancing("tbptt", 3000, 5e-5, window=10)
+    assert short.diverged_at is not None and short.theta[short.diverged_at] > 1e3      # the wrong way
+    long = influence_balancing("tbptt", 3000, 5e-5, window=100)
+    assert long.diverged_at is None and abs(long.theta[-1] - theta_star) < 1e-4
+    biased = influence_balancing("snap1", 3000, 5e-5)
+    assert biased.theta[-1] > 5                                         # SnAp-1 sees one step: truncation's sign
+    unbiased = influence_balancing("uoro", 10_000, 1e-5, rng=0)
+    assert unbiased.diverged_at is None and abs(unbiased.theta[-1] - theta_star) < 0.01
+    with pytest.raises(ValueError, match="window: applies to method='tbptt' only, got window=5"):
+        influence_balancing("rtrl", 10, 1e-5, window=5)
+    with pytest.raises(ValueError, match="window: expected a positive integer"):
+        influence_balancing("tbptt", 10, 1e-5)
+    with pytest.raises(ValueError, match="positive: with positive = n/2 = 2"):
+        problem(n=4, positive=2)
