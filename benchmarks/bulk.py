@@ -1,70 +1,81 @@
-"""The weight-gradient product dᵀ · rows two ways: BLAS with a transposed operand, against
-C-ordered operands with the transposes copied in blocks.
+"""The weight-gradient product dᵀ · rows two ways, in the trainer: C-ordered operands with
+blocked transposes against BLAS's product with a transposed operand.
 
 After the time loop each layer forms ∂W = Σ_t δ_tᵀ x_t as one product of d (N, G·H), the
-gate gradients of all N = T·B rows, with rows (N, K), its inputs or previous states
-(backends/bulk.py's t_times). BLAS can read dᵀ in place (a transposed operand) or take
-C-ordered copies, (rowsᵀ · d)ᵀ with both transposes blocked. t_times takes the first;
-this table is the measurement behind that choice. The shapes are the trainer's: the
-default job (H 128) and the 2-layer LSTM of 256, whole batches of 32 and the halves of 16
-that the trainer's two threads take, on one BLAS thread (as the trainer holds it) and on
-all. Each figure is the median of 5 rounds of 20 products (float32), after a warm-up.
+gate gradients of all N = T·B rows, with rows (N, K) (backends/bulk.py's t_times). On one
+BLAS thread t_times copies both transposes in blocks and multiplies C-ordered operands,
+(rowsᵀ · d)ᵀ; on more it lets BLAS read dᵀ in place. A product timed alone, warmed up, in
+a process of its own, can favour the transposed operand where the trainer does not
+(OpenBLAS's speed at these shapes depends on what the process ran before and on the
+thread beside it), so this script measures the choice where it matters: `bptt train`'s
+updates/s for the default job and the 2-layer LSTM of 256, each form in processes of its
+own (one process per round and form, alternating), the median over rounds.
 
     python benchmarks/bulk.py
+    python benchmarks/bulk.py --rounds 5 --updates 20
 """
 from __future__ import annotations
 
-import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
-
+import argparse
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
-from threadpoolctl import threadpool_limits
+from machine import recorded, stamp
 
-from bptt.backends.bulk import t_times, transposed
-from machine import cores, recorded, stamp
-
-# (N, G·H, K) of the LSTM's products at T = 64, B 32 or 16 (N = T·B): W_h (N − B rows, the
-# first step's are apart) of the default job, then W_x of the upper layer and W_h of the 2 × 256.
-SHAPES = [(2016, 512, 128), (1008, 512, 128), (2048, 1024, 256), (1024, 1024, 256), (2016, 1024, 256),
-          (1008, 1024, 256)]
+JOBS = {"default": dict(hidden=128, layers=1), "large": dict(hidden=256, layers=2)}
+FORMS = ("shipped", "transposed operand")
 
 
-def blocked(d, rows):
-    return transposed(transposed(np.ascontiguousarray(rows)) @ d)
+def child(form, job, updates):
+    """One process: updates/s of Trainer.update for ``job`` with ``form`` of t_times."""
+    import tempfile
 
-
-def rate(f, flop, repeats=20, rounds=5):
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            f()
-        times.append((time.perf_counter() - t0) / repeats)
-    return flop / statistics.median(times) / 1e9
+    import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin)
+    from bptt.cells import compiled, head
+    from bptt.train.config import Config
+    from bptt.train.trainer import Trainer
+    if form == "transposed operand":
+        compiled.t_times = head.t_times = lambda d, rows: d.T @ rows
+    trainer = Trainer(Config(**JOBS[job], out=tempfile.mkdtemp(prefix="bptt-bulk-")))
+    for _ in range(3):
+        trainer.update()
+    t0 = time.perf_counter()
+    for _ in range(updates):
+        trainer.update()
+    print(updates / (time.perf_counter() - t0))
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--updates", type=int, default=None, help="updates a process (default: 40, large 12)")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child[0], args.child[1], int(args.child[2]))
     print(stamp())
-    rng = np.random.default_rng(0)
-    square = rng.standard_normal((1024, 1024)).astype(np.float32)
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < 1.5:         # the first products of a process run slow: warm up
-        square @ square
-    print("| BLAS threads | N, G·H, K | transposed operand GFLOP/s | blocked copies GFLOP/s | transposed / blocked |")
-    print("|---:|---|---:|---:|---:|")
-    for threads in sorted({1, cores()}):
-        with threadpool_limits(threads, user_api="blas"):
-            for N, G, K in SHAPES:
-                d = rng.standard_normal((N, G)).astype(np.float32)
-                rows = rng.standard_normal((N, K)).astype(np.float32)
-                assert np.abs(t_times(d, rows) - blocked(d, rows)).max() < 1e-3
-                flop = 2 * N * G * K
-                plain, copies = rate(lambda: t_times(d, rows), flop), rate(lambda: blocked(d, rows), flop)
-                print(f"| {threads} | {N}, {G}, {K} | {plain:.1f} | {copies:.1f} | {plain / copies:.2f} |", flush=True)
+    print("| job | t_times as shipped, updates/s | transposed operand, updates/s | shipped / transposed |")
+    print("|---|---:|---:|---:|")
+    for job in JOBS:
+        updates = args.updates or (12 if job == "large" else 40)
+        rates = {form: [] for form in FORMS}
+        for r in range(args.rounds):
+            for form in FORMS if r % 2 == 0 else FORMS[::-1]:
+                out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", form, job, str(updates)],
+                                     capture_output=True, text=True, check=True).stdout
+                rates[form].append(float(out.strip().splitlines()[-1]))
+        ratios = [a / b for a, b in zip(*rates.values())]
+        shipped, plain = (statistics.median(v) for v in rates.values())
+        print(f"| {job}: LSTM {JOBS[job]['layers']}×{JOBS[job]['hidden']} | {shipped:.2f} | {plain:.2f} | "
+              f"{statistics.median(ratios):.2f} |", flush=True)
 
 
 if __name__ == "__main__":
-    with recorded(__file__):
+    if "--child" in sys.argv:
         main()
+    else:
+        with recorded(__file__):
+            main()

@@ -135,6 +135,12 @@ def _numpy_blas():
     return next((c for c in found if "numpy" in c.filepath), found[0] if found else None)
 
 
+def numpy_blas_threads() -> int:
+    """The threads NumPy's BLAS may use now (limits in force included; about 1 µs)."""
+    blas = _numpy_blas()
+    return blas.get_num_threads() if blas is not None else 1
+
+
 def _numpy_has_openblas() -> bool:
     blas = _numpy_blas()
     return blas is not None and blas.internal_api == "openblas"
