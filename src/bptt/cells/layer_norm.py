@@ -157,16 +157,6 @@ def _normalise_row(a, out):
 
 
 @_jit
-def _back_sums(dn, n):
-    """mean(dn) and mean(dn ⊙ n) of (LN5)."""
-    s1, s2 = 0.0, 0.0
-    for j in range(dn.size):
-        s1 += dn[j]
-        s2 += dn[j] * n[j]
-    return s1 / dn.size, s2 / dn.size
-
-
-@_jit
 def lstm_forward_kernel(z, rec, bias, extra, prev, new, aux, option):
     """One row of (LN1)-(LN3): z (4H) in, the activated gates out; aux: n_x, n_h, n_c,
     tanh(ĉ), 1/σ_x, 1/σ_h, 1/σ_c."""
