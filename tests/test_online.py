@@ -221,7 +221,6 @@ def test_online_training_over_text_streams_learns_and_resumes_bit_for_bit(tmp_pa
         assert np.array_equal(resumed.model.params[k], v), k
 
 
-
 def test_influence_balancing_truncation_shorter_than_the_dependency_diverges_and_unbiased_methods_converge():
     from bptt.through_time.balancing import influence_balancing, problem
     model, sigma, theta_star = problem()
