@@ -1,11 +1,13 @@
-"""Where a layer's time goes: input projection, compiled loops, weight GEMM (LSTM by default).
+"""Where a layer's time goes: input projection, compiled loops, weight GEMMs (LSTM by default).
 
     python benchmarks/lstm_profile.py                      # (T, B, D, H) = (100, 32, 64, 128)
     python benchmarks/lstm_profile.py --shape 200,32,128,512 --cell gru
 
-float32, the machine's BLAS threads; each figure is the median of 7 blocks of 20 calls.
-The parts are timed alone, as cells/compiled.py runs them, so they need not add up
-exactly to the whole.
+float32, the machine's BLAS threads. The layer's own forward and backward run as the
+model runs them; each function they call from cells/compiled.py (the input projection,
+the time loop through loop_threads.run, the weight-gradient products, the bias sums) is
+timed inside those calls, so the parts and the rest add up to the whole. Each figure is
+the median over 7 blocks of 20 calls of the time per call.
 """
 from __future__ import annotations
 
@@ -14,24 +16,39 @@ import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, ba
 import argparse
 import statistics
 import time
+from collections import defaultdict
 
 import numpy as np
 
-from bptt.backends import bulk, loop_threads, settings
-from bptt.backends.arrays import column_sums
+from bptt.backends import settings
 from bptt.cells import compiled, layer
 from machine import stamp
 
+TIMED = {"_inputs": "input projection", "t_times": "∂W products", "column_sums": "∂b sum",
+         "rows_summed": "∂W_x one-hot sums", "transposed": "transposes"}
 
-def median_ms(fn, calls=20, blocks=7):
-    fn()
-    times = []
-    for _ in range(blocks):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) / calls)
-    return 1e3 * statistics.median(times)
+
+def instrument(spent):
+    """Wrap the functions compiled.py calls so each call adds its time to spent[part]."""
+    def timed(fn, part):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[part] += time.perf_counter() - t0
+        return wrapper
+    for name, part in TIMED.items():
+        setattr(compiled, name, timed(getattr(compiled, name), part))
+    run = compiled.loop_threads.run
+
+    def loop(fn, args, parts):
+        t0 = time.perf_counter()
+        try:
+            return run(fn, args, parts)
+        finally:
+            spent[f"{fn.__name__} loop"] += time.perf_counter() - t0
+    compiled.loop_threads.run = loop
 
 
 def main():
@@ -47,55 +64,32 @@ def main():
     x = rng.standard_normal((T, B, D)).astype(f32)
     dh = rng.standard_normal((T, B, H)).astype(f32)
     state0 = tuple(np.zeros((B, H), f32) for _ in lay.STATE)
-    h, _, tape = lay.forward(params, x, state0)
-    GH = params["W_h"].shape[0]
-    S, A = len(lay.STATE), tape.aux.shape[2]
-    loops = lay._loops()
-    W_h = params["W_h"]
-    extra = compiled._flat([params[k] for k in lay.extra_names(params)], f32)
-    valid, reset_at, resets = compiled._flags(None, None, T, B)
-    u, W_x_packed = compiled._inputs(params, x, None)
-    slab, out = np.empty((T, B, S, H), f32), np.empty((T, B, H), f32)
-    aux = np.empty((T, B, A), f32)
-    du = np.empty((T, B, GH), f32)
-    dv = du if lay.cell.dv_is_du else np.empty((T, B, GH), f32)
-    start = np.stack(state0, axis=1)
-    parts = loop_threads.parts_for(B, GH, H, T)
-
-    def forward_loop():
-        args = (u, x, W_x_packed, params["b_h"], extra, start, slab, out, aux, valid, reset_at, resets,
-                np.empty((B, GH), f32), np.empty((B, S, H), f32), compiled._gemm(W_h, B, True), lay.cell.option)
-        loop_threads.run(loops.forward, args, parts)
-
-    def backward_loop():
-        args = (dh, True, np.zeros((B, S, H), f32), np.zeros((B, H), f32), tape.z, tape.aux, extra, start, tape.slab,
-                valid, reset_at, resets, np.empty((B, S, H), f32), du, dv, np.empty((B, S, H), f32),
-                np.zeros((B, extra.size), f32), compiled._gemm(W_h, B, False), lay.cell.option)
-        loop_threads.run(loops.backward, args, parts)
-
-    def weight_gemm():                    # as CompiledLayer.backward (no resets): dᵀ · rows
-        du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
-        bulk.t_times(du2, x.reshape(T * B, D))
-        bulk.t_times(dv2[:B], state0[0]) + bulk.t_times(dv2[B:], h[:-1].reshape((T - 1) * B, H))
-
-    pieces = {
-        "forward": lambda: lay.forward(params, x, state0),
-        "  input projection": lambda: compiled._inputs(params, x, None),
-        "  compiled loop": forward_loop,
-        "backward": lambda: lay.backward(params, dh, None, tape, need_dx=False),
-        "  compiled loop ": backward_loop,
-        "  ∂W products": weight_gemm,
-        "  ∂b sum": lambda: column_sums(du.reshape(T * B, GH)),
-    }
-    how = "two threads (loop_threads.py)" if parts == 2 else "one thread"
+    tape = lay.forward(params, x, state0)[2]
+    lay.backward(params, dh, None, tape, need_dx=False)            # compiled and warm
+    spent = defaultdict(float)
+    instrument(spent)
+    blocks = {"forward": defaultdict(list), "backward": defaultdict(list)}
+    for _ in range(7):
+        for phase, call in (("forward", lambda: lay.forward(params, x, state0)),
+                            ("backward", lambda: lay.backward(params, dh, None, tape, need_dx=False))):
+            spent.clear()
+            t0 = time.perf_counter()
+            for _ in range(20):
+                call()
+            whole = (time.perf_counter() - t0) / 20
+            blocks[phase]["whole"].append(whole)
+            for part, seconds in spent.items():
+                blocks[phase][part].append(seconds / 20)
+            blocks[phase]["rest"].append(whole - sum(spent.values()) / 20)
     print(stamp())
-    print(f"# {args.cell} (T, B, D, H) = {(T, B, D, H)}, float32; loops on {how}; step GEMM: "
-          f"{settings.step_gemm()}; input projection: "
-          + ("in the forward loop, step by step" if W_x_packed.size else "one GEMM"))
-    for name, fn in pieces.items():
-        ms = median_ms(fn)
-        per_step = f"  ({1e3 * ms / T:.0f} µs a step)" if "loop" in name else ""
-        print(f"{name:<28} {ms:8.2f} ms{per_step}")
+    print(f"# {args.cell} (T, B, D, H) = {(T, B, D, H)}, float32; step GEMM: {settings.step_gemm()}; "
+          f"loop threads: {settings.loop_threads()}")
+    for phase, parts in blocks.items():
+        for part, values in sorted(parts.items(), key=lambda kv: (kv[0] != "whole", kv[0] == "rest", kv[0])):
+            ms = 1e3 * statistics.median(values)
+            per_step = f"  ({1e3 * ms / T:.0f} µs a step)" if part.endswith("loop") else ""
+            label = phase if part == "whole" else f"  {part}"
+            print(f"{label:<28} {ms:8.2f} ms{per_step}")
 
 
 if __name__ == "__main__":
