@@ -246,3 +246,18 @@ def test_influence_balancing_truncation_shorter_than_the_dependency_diverges_and
         influence_balancing("tbptt", 10, 1e-5)
     with pytest.raises(ValueError, match="positive: with positive = n/2 = 2"):
         problem(n=4, positive=2)
+
+
+@pytest.mark.parametrize("kwargs", [dict(cell="rnn"), dict(cell="lstm"), dict(cell="gru"),
+                                    dict(cell="lstm", layer_norm=True), dict(cell="gru", zoneout=0.3)])
+def test_immediate_vjp_is_the_contraction_of_the_immediate_influence(kwargs):
+    """UORO's νᵀ I_t by one step_backward of ν equals the sum over the K unit vectors' rows."""
+    model = bptt.Model(input_size=3, hidden_size=4, output_size=2, dtype="float64", seed=5, **kwargs)
+    influence = tt.ExactInfluence(model, 3)
+    rng = np.random.default_rng(6)
+    influence.local(0, rng.standard_normal((3, 3)))                     # a state that is not zero
+    influence.state = [influence.local(0, rng.standard_normal((3, 3))).new]
+    local = influence.local(0, rng.standard_normal((3, 3)))
+    c = rng.standard_normal((3, influence.K))
+    contracted = np.einsum("bk,bkn->bn", c, local.I)
+    assert np.abs(influence.immediate_vjp(0, local, c) - contracted).max() < 1e-12 * max(1, np.abs(contracted).max())

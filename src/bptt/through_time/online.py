@@ -102,7 +102,7 @@ class SnAp(_Dense):
         rng = np.random.default_rng(0)
         kept = self.state
         self.state = [tuple(rng.standard_normal((2, self.H)).astype(self.model.dtype) for _ in range(self.S))]
-        _, _, J, _, I, _ = self.local(0, rng.standard_normal((2, self.model.input_size)).astype(self.model.dtype))
+        _, _, J, _, I, _ = self.local(0, rng.standard_normal((2, self.model.input_size)).astype(self.model.dtype))[:6]
         self.state = kept
         reach, touched = (J != 0).any(axis=0).astype(np.int64), (I != 0).any(axis=0)
         units = touched.reshape(self.S, self.H, -1).any(axis=0)                         # (H, n_θ)
@@ -131,13 +131,14 @@ class UORO(Influence):
         self.grad = np.zeros(self.n, model.dtype)
 
     def step(self, x_t, mask_t=None, reset_t=None):
-        prev, new, J, _, I, _ = self.local(0, x_t, reset_t)
+        local = self.local(0, x_t, reset_t, immediate=False)
+        prev, new, J = local.prev, local.new, local.J
         u, theta = self.u, self.theta
         if reset_t is not None and reset_t.any():                                         # (M4): M = 0
             u, theta = np.where(reset_t[:, None], 0, u), np.where(reset_t[:, None], 0, theta)
         Ju = np.einsum("bkj,bj->bk", J, u)
         nu = self.rng.choice(np.array([-1.0, 1.0], dtype=u.dtype), size=u.shape)
-        nu_I = np.einsum("bk,bkn->bn", nu, I)
+        nu_I = self.immediate_vjp(0, local, nu)                                          # νᵀ I_t: one VJP
         eps = self.EPS
         rho0 = np.sqrt((np.linalg.norm(theta, axis=1) + eps) / (np.linalg.norm(Ju, axis=1) + eps))[:, None]
         rho1 = np.sqrt((np.linalg.norm(nu_I, axis=1) + eps) / (np.linalg.norm(nu, axis=1) + eps))[:, None]
@@ -199,7 +200,7 @@ class KFRTRL(Influence):
         self.gW = np.zeros((H, D + H + 1), model.dtype)          # ∂L/∂[W_x, W_h, b_h], rows by unit
 
     def step(self, x_t, mask_t=None, reset_t=None):
-        prev, new, J, _, _, du = self.local(0, x_t, reset_t)
+        prev, new, J, _, _, du = self.local(0, x_t, reset_t, immediate=False)[:6]
         u, A = self.u, self.A
         if reset_t is not None and reset_t.any():                                         # (M4): M = 0
             u, A = np.where(reset_t[:, None], 0, u), np.where(reset_t[:, None, None], 0, A)

@@ -46,8 +46,11 @@ class Local(NamedTuple):
     new: tuple
     J: np.ndarray          # (B, K, K) ∂s_t/∂s_{t−1}
     direct: np.ndarray     # (B, K, K) the part of J not through v_t = s⁰_{t−1} W_hᵀ
-    I: np.ndarray          # (B, K, n_l) ∂s_t/∂θ_l with s_{t−1} fixed
+    I: np.ndarray | None   # (B, K, n_l) ∂s_t/∂θ_l with s_{t−1} fixed (None: not formed)
     du: np.ndarray         # (B, K, G·H) ∂s_t/∂u_t
+    inputs: np.ndarray     # (B, D_l) what the step read (for immediate_vjp)
+    cache: tuple           # the cell's step cache
+    kept: np.ndarray | None  # (S, H) zoneout's d at evaluation, or None
 
 
 class Influence:
@@ -79,11 +82,12 @@ class Influence:
         self.extras = tuple(self.cell.extra_shapes(self.H))
         self._units = {}
 
-    def local(self, l, inputs, reset_t=None):
+    def local(self, l, inputs, reset_t=None, immediate=True):
         """Layer l's step from ``inputs`` (B, D_l), a ``Local``: prev the state it read (after a
         reset, (M4)), new its new state (after zoneout's mix, (N3)), J (B, K, K) =
         ∂s_t/∂s_{t−1}, direct the part of J not through the recurrent product v_t, I (B, K,
-        n_l) over the layer's own parameters, du (B, K, G·H) = ∂s_t/∂u_t (for (T4))."""
+        n_l) over the layer's own parameters (``immediate=False``: not formed, for a method
+        that needs only cᵀ I_t, ``immediate_vjp``), du (B, K, G·H) = ∂s_t/∂u_t (for (T4))."""
         p, block = self.model.layer_params(l), self.blocks[l]
         B, H, K = inputs.shape[0], self.H, self.K
         prev = self.state[l]
@@ -106,6 +110,8 @@ class Influence:
             direct += np.diag(kept.reshape(K))                                            # (N3)
         J = direct.copy()
         J[:, :, :H] += dv @ p["W_h"]                                                      # through v_t (K5)
+        if not immediate:
+            return Local(prev, new, J, direct, None, du, inputs, cache, kept)
         start, end = self.offsets[l]
         I = np.zeros((B, K, end - start), u.dtype)
         n0 = block["W_x"][0]
@@ -121,7 +127,34 @@ class Influence:
                 for name, g in dextra.items():
                     n0 = block[name][0]
                     I[r // K, r % K, n0:n0 + g.size] += g.reshape(-1)
-        return Local(prev, new, J, direct, I, du)
+        return Local(prev, new, J, direct, I, du, inputs, cache, kept)
+
+    def immediate_vjp(self, l, local, c):
+        """(B, n_l): c_bᵀ I_t[b] for every row b, with c (B, K): one step_backward of the rows
+        of c instead of the K unit vectors that form I_t (T3), the same sum; zoneout's mix
+        (N3) scales what reaches the cell by 1 − d."""
+        p, block = self.model.layer_params(l), self.blocks[l]
+        B, H = c.shape[0], self.H
+        if local.kept is not None:
+            c = c * (1 - local.kept.reshape(1, -1))
+        dstate = tuple(np.ascontiguousarray(c[:, i * H:(i + 1) * H]) for i in range(self.S))
+        du, dv, _, _ = self.cell.step_backward(p, dstate, local.cache)
+        start, end = self.offsets[l]
+        out = np.zeros((B, end - start), c.dtype)
+        n0 = block["W_x"][0]
+        out[:, n0:n0 + du.shape[1] * local.inputs.shape[1]] = (du[:, :, None] * local.inputs[:, None, :]).reshape(B, -1)
+        n0 = block["W_h"][0]
+        out[:, n0:n0 + dv.shape[1] * H] = (dv[:, :, None] * local.prev[0][:, None, :]).reshape(B, -1)
+        n0 = block["b_h"][0]
+        out[:, n0:n0 + du.shape[1]] = du
+        if self.extras:                  # step_backward sums these over its batch: one row at a time
+            for b in range(B):
+                _, _, _, dextra = self.cell.step_backward(p, tuple(d[b:b + 1] for d in dstate),
+                                                          tuple(x[b:b + 1] for x in local.cache))
+                for name, g in dextra.items():
+                    n0 = block[name][0]
+                    out[b, n0:n0 + g.size] += g.reshape(-1)
+        return out
 
     def _unit_rows(self, l, B, dtype, kept):
         """The unit vectors e_k of the state for every row of the batch, (1 − d_k) e_k with
@@ -185,7 +218,7 @@ class ExactInfluence(Influence):
     def step(self, x_t, mask_t=None, reset_t=None):
         inputs, M_in = x_t, None
         for l in range(self.model.num_layers):
-            prev, new, J, _, I, du = self.local(l, inputs, reset_t)
+            prev, new, J, _, I, du = self.local(l, inputs, reset_t)[:6]
             M_prev = self.M[l]
             if reset_t is not None and reset_t.any():
                 M_prev = np.where(reset_t[:, None, None], 0, M_prev)                      # (M4)
