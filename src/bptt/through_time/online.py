@@ -33,11 +33,12 @@ Cost per step of the algorithms (the Jacobians J_t and I_t aside, which the cell
 step_backward gives in O(K) backward steps of the batch): SnAp-1 keeps S values per
 parameter of the built-in cells (its unit's), O(B·S·n) memory and O(B·S²·n) time; SnAp-2
 of a dense W_h reaches every entry, RTRL's O(B·K·n) and O(B·K²·n); UORO keeps two vectors,
-O(B·(K + n)) memory, and O(B·(K² + K·n)) time; e-prop and RFLO keep the same entries as
+O(B·(K + n)) memory, and O(B·(K² + n)) time, forming J_t but not I_t: ν_tᵀ I_t is one
+backward step of ν_t (Influence.immediate_vjp); e-prop and RFLO keep the same entries as
 SnAp-1 with a diagonal J^direct, O(B·S·n) and O(B·S²·n); KF-RTRL keeps u and A,
-O(B·(D + H + H²)) memory and O(B·H³ + B·H·(D + H)) time. Here SnAp keeps M dense and masks it, which
-computes SnAp's numbers at RTRL's cost: a reference for the estimators' quality, not their
-speed.
+O(B·(D + H + H²)) memory and O(B·H³ + B·H·(D + H)) time, and forms J_t and ∂s_t/∂u_t
+only. Here SnAp keeps M dense and masks it, which computes SnAp's numbers at RTRL's cost:
+a reference for the estimators' quality, not their speed.
 """
 from __future__ import annotations
 
