@@ -103,7 +103,8 @@ class SnAp(_Dense):
         rng = np.random.default_rng(0)
         kept = self.state
         self.state = [tuple(rng.standard_normal((2, self.H)).astype(self.model.dtype) for _ in range(self.S))]
-        _, _, J, _, I, _ = self.local(0, rng.standard_normal((2, self.model.input_size)).astype(self.model.dtype))[:6]
+        local = self.local(0, rng.standard_normal((2, self.model.input_size)).astype(self.model.dtype))
+        J, I = local.J, local.I
         self.state = kept
         reach, touched = (J != 0).any(axis=0).astype(np.int64), (I != 0).any(axis=0)
         units = touched.reshape(self.S, self.H, -1).any(axis=0)                         # (H, n_θ)
@@ -201,7 +202,8 @@ class KFRTRL(Influence):
         self.gW = np.zeros((H, D + H + 1), model.dtype)          # ∂L/∂[W_x, W_h, b_h], rows by unit
 
     def step(self, x_t, mask_t=None, reset_t=None):
-        prev, new, J, _, _, du = self.local(0, x_t, reset_t, immediate=False)[:6]
+        local = self.local(0, x_t, reset_t, immediate=False)
+        prev, new, J, du = local.prev, local.new, local.J, local.du
         u, A = self.u, self.A
         if reset_t is not None and reset_t.any():                                         # (M4): M = 0
             u, A = np.where(reset_t[:, None], 0, u), np.where(reset_t[:, None, None], 0, A)

@@ -218,7 +218,8 @@ class ExactInfluence(Influence):
     def step(self, x_t, mask_t=None, reset_t=None):
         inputs, M_in = x_t, None
         for l in range(self.model.num_layers):
-            prev, new, J, _, I, du = self.local(l, inputs, reset_t)[:6]
+            local = self.local(l, inputs, reset_t)
+            prev, new, J, I, du = local.prev, local.new, local.J, local.I, local.du
             M_prev = self.M[l]
             if reset_t is not None and reset_t.any():
                 M_prev = np.where(reset_t[:, None, None], 0, M_prev)                      # (M4)
