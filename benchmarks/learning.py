@@ -41,7 +41,7 @@ ADDING = [("lstm", {}), ("gru", {}), ("rnn", {}),
 
 def until(config, target, max_updates, check_every=100, also=None):
     """Train until validation loss < target (checked every check_every updates): (updates,
-    loss, seconds), and with ``also`` the updates at which the loss first fell below it."""
+    loss, seconds, the updates at which the loss first fell below ``also``, or None)."""
     trainer = Trainer(config)
     t0 = time.perf_counter()
     loss, first = None, None
@@ -52,7 +52,7 @@ def until(config, target, max_updates, check_every=100, also=None):
             first = trainer.step
         if loss < target:
             break
-    return (trainer.step, loss, time.perf_counter() - t0) + ((first,) if also is not None else ())
+    return trainer.step, loss, time.perf_counter() - t0, first
 
 
 def main():
@@ -74,7 +74,7 @@ def main():
                           eval_every=10**9, checkpoint_every=10**9, seed=0) | extra
                 name = "IRNN" if extra.get("init") == "identity" else cell.upper()
                 c = Config(**kw, out=f"{out}/adding-{T}-{name}")
-                steps, loss, sec = until(c, 0.01, args.max_updates)
+                steps, loss, sec, _ = until(c, 0.01, args.max_updates)
                 reached = f"{steps}" if loss < 0.01 else f"> {steps}"
                 print(f"| adding | {T} | {name} | RMSprop {kw['lr']:g}, batch 20, H 128 | {reached} | "
                       f"{loss:.4f} | 0.1667 | {sec:.0f} |", flush=True)
@@ -85,7 +85,7 @@ def main():
                        steps=args.max_updates, eval_every=10**9, checkpoint_every=10**9, seed=0,
                        out=f"{out}/copy-{cell}")
             baseline = 10 * np.log(8) / 120
-            steps, loss, sec = until(c, baseline / 10, args.max_updates, check_every=500)
+            steps, loss, sec, _ = until(c, baseline / 10, args.max_updates, check_every=500)
             reached = f"{steps}" if loss < baseline / 10 else f"> {steps}"
             print(f"| copy | 100 | {cell.upper()} | Adam 2e-3, batch 32, H 128, clip 1 | {reached} | {loss:.4f} | "
                   f"{baseline:.4f} | {sec:.0f} |", flush=True)
@@ -93,7 +93,7 @@ def main():
         c = Config(task="adding", cell="lstm", hidden=128, seq_len=200, batch=20, optimizer="adam", lr=1e-3,
                    schedule="constant", clip_norm=1.0, init="chrono", steps=3500, eval_every=10**9,
                    checkpoint_every=10**9, seed=0, out=f"{out}/chrono-adding")
-        steps, loss, sec = until(c, 0.01, 3500)
+        steps, loss, sec, _ = until(c, 0.01, 3500)
         print(f"| adding | 200 | LSTM, chrono T_max 200 | Adam 1e-3, batch 20, H 128, clip 1 | "
               f"{steps if loss < 0.01 else f'> {steps}'} | {loss:.4f} | 0.1667 | {sec:.0f} |", flush=True)
         baseline = 10 * np.log(8) / 120
@@ -102,7 +102,7 @@ def main():
                        schedule="constant", clip_norm=1.0, init="chrono", chrono_t_max=150, layer_norm=layer_norm,
                        steps=args.max_updates, eval_every=10**9, checkpoint_every=10**9, seed=0,
                        out=f"{out}/chrono-copy-{layer_norm}")
-            steps, loss, sec = until(c, baseline / 10, args.max_updates, check_every=500)
+            steps, loss, sec, _ = until(c, baseline / 10, args.max_updates, check_every=500)
             print(f"| copy | 100 | {name} | Adam 1e-3, batch 32, H 128, clip 1 | "
                   f"{steps if loss < baseline / 10 else f'> {steps}'} | {loss:.4f} | {baseline:.4f} | {sec:.0f} |",
                   flush=True)

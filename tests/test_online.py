@@ -260,4 +260,19 @@ def test_immediate_vjp_is_the_contraction_of_the_immediate_influence(kwargs):
     local = influence.local(0, rng.standard_normal((3, 3)))
     c = rng.standard_normal((3, influence.K))
     contracted = np.einsum("bk,bkn->bn", c, local.I)
-    assert np.abs(influence.immediate_vjp(0, local, c) - contracted).max() < 1e-12 * max(1, np.abs(contracted).max())
+    vjp = influence.immediate_vjp(0, local, c)
+    assert np.abs(vjp - contracted).max() < 1e-12 * max(1, np.abs(contracted).max())
+    # and by central differences: d/dε Σ_b c_bᵀ s_t(θ + ε δ) with s_{t−1} held, along a random δ
+    params = model.layer_params(0)
+    delta = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+    flat_delta = np.concatenate([delta[k].ravel() for k in params])     # the blocks' order of I_t
+
+    def probe(eps):
+        for k in params:
+            params[k] += eps * delta[k]
+        new = influence.local(0, local.inputs, immediate=False).new
+        for k in params:
+            params[k] -= eps * delta[k]
+        return float((c * np.concatenate(new, axis=1)).sum())
+    numeric = (probe(1e-6) - probe(-1e-6)) / 2e-6
+    assert numeric == pytest.approx(float(vjp.sum(axis=0) @ flat_delta), rel=1e-6, abs=1e-9)

@@ -88,7 +88,7 @@ class Influence:
         ∂s_t/∂s_{t−1}, direct the part of J not through the recurrent product v_t, I (B, K,
         n_l) over the layer's own parameters (``immediate=False``: not formed, for a method
         that needs only cᵀ I_t, ``immediate_vjp``), du (B, K, G·H) = ∂s_t/∂u_t (for (T4))."""
-        p, block = self.model.layer_params(l), self.blocks[l]
+        p = self.model.layer_params(l)
         B, H, K = inputs.shape[0], self.H, self.K
         prev = self.state[l]
         if reset_t is not None and reset_t.any():                                         # (M4)
@@ -112,48 +112,43 @@ class Influence:
         J[:, :, :H] += dv @ p["W_h"]                                                      # through v_t (K5)
         if not immediate:
             return Local(prev, new, J, direct, None, du, inputs, cache, kept)
-        start, end = self.offsets[l]
-        I = np.zeros((B, K, end - start), u.dtype)
-        n0 = block["W_x"][0]
-        I[:, :, n0:n0 + du.shape[2] * inputs.shape[1]] = (du[:, :, :, None] * inputs[:, None, None, :]).reshape(B, K, -1)
-        n0 = block["W_h"][0]
-        I[:, :, n0:n0 + dv.shape[2] * H] = (dv[:, :, :, None] * prev[0][:, None, None, :]).reshape(B, K, -1)
-        n0 = block["b_h"][0]
-        I[:, :, n0:n0 + du.shape[2]] = du
-        if self.extras:                  # step_backward sums these over its batch: one row at a time
-            for r in range(B * K):
-                _, _, _, dextra = self.cell.step_backward(p, tuple(d[r:r + 1] for d in dstate),
-                                                          tuple(c[r:r + 1] for c in rep))
-                for name, g in dextra.items():
-                    n0 = block[name][0]
-                    I[r // K, r % K, n0:n0 + g.size] += g.reshape(-1)
+        I = self._immediate(l, du, dv, inputs, prev[0], dstate, rep)
         return Local(prev, new, J, direct, I, du, inputs, cache, kept)
 
     def immediate_vjp(self, l, local, c):
         """(B, n_l): c_bᵀ I_t[b] for every row b, with c (B, K): one step_backward of the rows
         of c instead of the K unit vectors that form I_t (T3), the same sum; zoneout's mix
         (N3) scales what reaches the cell by 1 − d."""
-        p, block = self.model.layer_params(l), self.blocks[l]
-        B, H = c.shape[0], self.H
+        H = self.H
         if local.kept is not None:
             c = c * (1 - local.kept.reshape(1, -1))
         dstate = tuple(np.ascontiguousarray(c[:, i * H:(i + 1) * H]) for i in range(self.S))
-        du, dv, _, _ = self.cell.step_backward(p, dstate, local.cache)
+        du, dv, _, _ = self.cell.step_backward(self.model.layer_params(l), dstate, local.cache)
+        return self._immediate(l, du[:, None], dv[:, None], local.inputs, local.prev[0], dstate, local.cache)[:, 0]
+
+    def _immediate(self, l, du, dv, inputs, h_prev, dstate, cache):
+        """(B, R, n_l): R cotangents per sequence times ∂s_t/∂θ_l (T3), from what step_backward
+        gave for them, du and dv (B, R, G·H): their outer products with the step's inputs and
+        h_{t−1} for W_x and W_h, du itself for b_h. ``dstate`` and ``cache``: the B·R rows
+        step_backward took (row b·R + r), for the extra parameters' gradients, which the
+        protocol sums over its batch: one row at a time."""
+        p, block = self.model.layer_params(l), self.blocks[l]
+        B, R = du.shape[:2]
         start, end = self.offsets[l]
-        out = np.zeros((B, end - start), c.dtype)
+        out = np.zeros((B, R, end - start), du.dtype)
         n0 = block["W_x"][0]
-        out[:, n0:n0 + du.shape[1] * local.inputs.shape[1]] = (du[:, :, None] * local.inputs[:, None, :]).reshape(B, -1)
+        out[:, :, n0:n0 + du.shape[2] * inputs.shape[1]] = (du[:, :, :, None] * inputs[:, None, None, :]).reshape(B, R, -1)
         n0 = block["W_h"][0]
-        out[:, n0:n0 + dv.shape[1] * H] = (dv[:, :, None] * local.prev[0][:, None, :]).reshape(B, -1)
+        out[:, :, n0:n0 + dv.shape[2] * self.H] = (dv[:, :, :, None] * h_prev[:, None, None, :]).reshape(B, R, -1)
         n0 = block["b_h"][0]
-        out[:, n0:n0 + du.shape[1]] = du
-        if self.extras:                  # step_backward sums these over its batch: one row at a time
-            for b in range(B):
-                _, _, _, dextra = self.cell.step_backward(p, tuple(d[b:b + 1] for d in dstate),
-                                                          tuple(x[b:b + 1] for x in local.cache))
+        out[:, :, n0:n0 + du.shape[2]] = du
+        if self.extras:
+            for r in range(B * R):
+                _, _, _, dextra = self.cell.step_backward(p, tuple(d[r:r + 1] for d in dstate),
+                                                          tuple(c[r:r + 1] for c in cache))
                 for name, g in dextra.items():
                     n0 = block[name][0]
-                    out[b, n0:n0 + g.size] += g.reshape(-1)
+                    out[r // R, r % R, n0:n0 + g.size] += g.reshape(-1)
         return out
 
     def _unit_rows(self, l, B, dtype, kept):
