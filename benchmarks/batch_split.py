@@ -1,6 +1,6 @@
 """A layer's training step as two half-batch passes on two threads of our own, BLAS single-threaded.
 
-The trainer's way on 2 cores (bptt/batch_split.py, `--threads 2`): OpenBLAS limited to one
+The trainer's way on 2 cores for a small layer (bptt/batch_split.py, `--threads 2`): OpenBLAS limited to one
 thread (threadpoolctl) for the whole measurement, and the batch cut in two halves that
 two threads run at once, each its own forward and backward, its loops on one thread
 (the compiled loops release the GIL; per stream everything is independent, so the
@@ -10,6 +10,12 @@ backends/loop_threads.py, the other GEMMs on OpenBLAS's two) and PyTorch.
 
     python benchmarks/batch_split.py                     # LSTM, the batched core shapes
     python benchmarks/batch_split.py --cells lstm,gru --shapes 100,32,64,128
+    python benchmarks/batch_split.py --trainer           # the trainer's update, both ways
+
+With --trainer, ``Trainer.update`` of `bptt train`'s text job at several model sizes,
+``--threads 2`` (halves) against ``--threads 1`` (the whole batch, the loops sharing each
+step's rows by themselves where they do, BLAS on its own threads), alternating rounds;
+the last column is what the trainer picks with --threads unset (train/trainer.py).
 """
 from __future__ import annotations
 
@@ -57,11 +63,55 @@ def halves_step(pair, pool):
     return step
 
 
+JOBS = [("lstm", 1, 32, 32), ("lstm", 1, 64, 32), ("lstm", 1, 128, 32), ("lstm", 1, 128, 8),
+        ("lstm", 2, 128, 32), ("lstm", 2, 256, 32), ("lstm", 1, 512, 32), ("gru", 1, 256, 32),
+        ("rnn", 1, 256, 32)]
+
+
+def trainer_rates(seconds=2.0):
+    """updates/s of Trainer.update with threads 2 and 1 for each of JOBS (cell, layers, H, B)."""
+    import tempfile
+
+    from bptt.train.config import Config
+    from bptt.train.trainer import Trainer
+    print("# Trainer.update on the built-in text, T 64, float32; updates/s the median over "
+          f"{ROUNDS} alternating rounds of about {seconds:.0f} s, the ratio the median within a round")
+    print("| cell | layers × H | B | halves upd/s | whole upd/s | whole/halves | unset picks |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for cell, layers, H, B in JOBS:
+        with tempfile.TemporaryDirectory() as out:
+            kw = dict(cell=cell, layers=layers, hidden=H, batch=B)
+            sides = {t: Trainer(Config(**kw, threads=t, out=f"{out}/{t}")) for t in (2, 1)}
+            picks = "halves" if Trainer(Config(**kw, out=f"{out}/unset")).model.threads == 2 else "whole"
+            counts = {}
+            for t, trainer in sides.items():
+                for _ in range(3):                                 # compile, warm caches
+                    trainer.update()
+                start = time.perf_counter()
+                trainer.update()
+                counts[t] = max(3, int(seconds / (time.perf_counter() - start)))
+            rates = {2: [], 1: []}
+            for _ in range(ROUNDS):
+                for t, trainer in sides.items():
+                    time.sleep(0.3)
+                    start = time.perf_counter()
+                    for _ in range(counts[t]):
+                        trainer.update()
+                    rates[t].append(counts[t] / (time.perf_counter() - start))
+        ratio = statistics.median(w / h for w, h in zip(rates[1], rates[2]))
+        print(f"| {cell} | {layers} × {H} | {B} | {statistics.median(rates[2]):.1f} | "
+              f"{statistics.median(rates[1]):.1f} | {ratio:.2f} | {picks} |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", default="lstm")
     parser.add_argument("--shapes", nargs="*", help="T,B,D,H tuples (B even)")
+    parser.add_argument("--trainer", action="store_true", help="the trainer's update, halves against whole")
     args = parser.parse_args()
+    if args.trainer:
+        print(stamp())
+        return trainer_rates()
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
     pool = ThreadPoolExecutor(2)
     print(stamp())

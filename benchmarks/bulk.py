@@ -8,8 +8,9 @@ BLAS thread t_times copies both transposes in blocks and multiplies C-ordered op
 a process of its own, can favour the transposed operand where the trainer does not
 (OpenBLAS's speed at these shapes depends on what the process ran before and on the
 thread beside it), so this script measures the choice where it matters: `bptt train`'s
-updates/s for the default job and the 2-layer LSTM of 256, each form in processes of its
-own (one process per round and form, alternating), the median over rounds.
+updates/s for the default job and the 2-layer LSTM of 256 run as two halves of the batch
+(``--threads 2``, BLAS on one thread: where t_times takes the blocked form), each form in
+processes of its own (one process per round and form, alternating), the median over rounds.
 
     python benchmarks/bulk.py
     python benchmarks/bulk.py --rounds 5 --updates 20
@@ -39,7 +40,7 @@ def child(form, job, updates):
     from bptt.train.trainer import Trainer
     if form == "transposed operand":
         compiled.t_times = head.t_times = lambda d, rows: d.T @ rows
-    trainer = Trainer(Config(**JOBS[job], out=tempfile.mkdtemp(prefix="bptt-bulk-")))
+    trainer = Trainer(Config(**JOBS[job], threads=2, out=tempfile.mkdtemp(prefix="bptt-bulk-")))
     for _ in range(3):
         trainer.update()
     t0 = time.perf_counter()

@@ -116,7 +116,7 @@ def test_checkpointed_training_takes_the_same_steps_as_full_bptt(tmp_path):
 
 
 def test_two_threads_train_the_same_model_as_one(tmp_path, monkeypatch):
-    """threads=2 (the default) runs each batch as two halves at once with BLAS on one
+    """threads=2 runs each batch as two halves at once with BLAS on one
     thread during the update; the model it trains is threads=1's up to float32 rounding."""
     from threadpoolctl import ThreadpoolController
 
@@ -127,7 +127,10 @@ def test_two_threads_train_the_same_model_as_one(tmp_path, monkeypatch):
     split = batch_split.gradients
 
     def watched(*args):
-        blas_threads.extend(lib["num_threads"] for lib in ThreadpoolController().select(user_api="blas").info())
+        # NumPy's BLAS: loading compiled code from Numba's cache also loads SciPy's, which no
+        # code of bptt's calls
+        blas_threads.extend(lib["num_threads"] for lib in ThreadpoolController().select(user_api="blas").info()
+                            if "numpy" in lib["filepath"])
         return split(*args)
 
     monkeypatch.setattr(batch_split, "gradients", watched)
@@ -166,19 +169,28 @@ def test_a_run_saved_before_the_threads_option_resumes_with_one(tmp_path, monkey
     assert resumed.config.threads == 1 and resumed.model.threads == 1
 
 
-@pytest.mark.parametrize("cores,expected", [(1, 1), (2, 2), (4, 2), (16, 2)])
-def test_threads_unset_means_two_where_there_are_two_cores(tmp_path, monkeypatch, cores, expected):
-    from bptt.backends import settings
+@pytest.mark.parametrize("cores,hidden,expected", [(1, 8, 1), (2, 8, 2), (4, 8, 2), (16, 8, 2), (1, 256, 1),
+                                                    (2, 256, 1), (4, 256, 1)])
+def test_threads_unset_means_halves_where_the_loops_would_run_on_one_thread(tmp_path, monkeypatch, cores, hidden,
+                                                                            expected):
+    """With 2 cores, a layer whose compiled loops share their rows between two threads by
+    themselves (loop_threads.parts_for: T·2·B·G·H·H ≥ MIN_LOOP_FLOPS) runs the whole batch;
+    a smaller one runs as two halves at once. One core: always the whole batch."""
+    from bptt.backends import loop_threads, settings
     monkeypatch.delenv("BPTT_LOOP_THREADS", raising=False)
     monkeypatch.setattr(settings, "available_cores", lambda: cores)
+    monkeypatch.setattr(settings, "blas_workers_sleep", lambda: True)
     settings.reset()
-    c = small(tmp_path, f"auto{cores}", task="adding", cell="gru", hidden=8, seq_len=5, batch=4, steps=1)
+    c = small(tmp_path, f"auto{cores}", task="adding", cell="gru", hidden=hidden, seq_len=50, batch=16, steps=1)
     assert c.threads is None
+    flops = 50 * 2.0 * 16 * 3 * hidden * hidden
+    assert (flops >= loop_threads.MIN_LOOP_FLOPS) == (hidden == 256)
     assert Trainer(c).model.threads == expected
     monkeypatch.undo()
     settings.reset()
-    assert Trainer(small(tmp_path, f"set{cores}", task="adding", cell="gru", hidden=8, seq_len=5, batch=4, steps=1,
-                         threads=2)).model.threads == 2
+    for threads in (1, 2):
+        assert Trainer(small(tmp_path, f"set{cores}{threads}", task="adding", cell="gru", hidden=hidden, seq_len=50,
+                             batch=16, steps=1, threads=threads)).model.threads == threads
 
 
 def test_mpi_ranks_run_their_loops_on_one_thread(tmp_path, monkeypatch):

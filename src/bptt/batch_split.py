@@ -5,9 +5,9 @@ weight gradients add up to the whole batch's, and their ∂L/∂x, ∂L/∂state
 states are the whole batch's rows. The compiled time loops release the GIL
 (cells/compiled.py), so two threads run two halves at once, each with its own step
 kernels and GEMMs. Used with BLAS held to one thread for the whole run (the trainer does
-it): then each core runs one half, kernels included, where with BLAS on two threads the
-step kernels run on one core between GEMMs (`benchmarks/batch_split.py` measures a layer
-this way).
+it where a layer is too small for its loops to share their rows between two threads):
+then each core runs one half, kernels included. `benchmarks/batch_split.py` measures a
+layer this way, and the trainer's update both ways.
 
 A mean reduction divides by the whole batch's count of loss positions (``loss_count``),
 so that each half's loss is its share of the whole batch's mean.

@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from .activations import HEADS, softmax
+from .activations import HEADS
 
 
 class Loss(NamedTuple):
@@ -35,10 +35,12 @@ def _mse(o, targets, w, head):
 
 def _cross_entropy(o, targets, w, head):
     shifted = o - o.max(axis=1, keepdims=True)
-    log_z = np.log(np.exp(shifted).sum(axis=1))
     rows = np.arange(o.shape[0])
-    loss = float(w @ (log_z - shifted[rows, targets]))            # (C3)
-    do = softmax(o)
+    picked = shifted[rows, targets]
+    do = np.exp(shifted, out=shifted)                              # one exp serves (C3) and (C4)
+    z = do.sum(axis=1)
+    loss = float(w @ (np.log(z) - picked))                         # (C3)
+    do /= z[:, None]                                               # softmax(o), as (H3)
     do[rows, targets] -= 1                                         # (C4) softmax(o) − onehot
     do *= w[:, None]
     return loss, do

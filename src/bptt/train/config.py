@@ -66,7 +66,8 @@ class Config:
     eval_every: int = 500
     checkpoint_every: int = 1000
     threads: int | None = None         # 2: two halves of each batch at once, BLAS on one thread;
-                                       # None: 2 where the process has 2 cores, else 1
+                                       # 1: one pass; None: 2 where the process has 2 cores and
+                                       # the loops would not share their rows (train/trainer.py)
     patience: int | None = None        # stop after this many evaluations without a better validation loss
     out: str | None = None
 

@@ -64,13 +64,21 @@ class Trainer:
                            **chrono, **self.task.model_kwargs)
         if isinstance(self.task, TextTask):
             self.model.vocabulary = list(self.task.chars)
-        # Two halves of each batch on two threads (bptt/batch_split.py), with BLAS held to one
-        # thread during an update: where the compiled loops run, and on one rank (MPI ranks
-        # already share the cores). By default where the process may use 2 cores or more
-        # (settings.loop_threads); --threads 1 or BPTT_LOOP_THREADS=1 keeps one.
-        wanted = c.threads if c.threads is not None else settings.loop_threads()
-        # (a cell without kernels steps in Python, under the GIL: two threads would take turns)
+        # On 2 cores an update uses the second core one of two ways. Where the compiled loops
+        # share each step's rows between two threads by themselves (backends/loop_threads.py),
+        # the batch runs whole and BLAS runs the bulk products on its own threads. Where they
+        # would not (a small layer), two halves of the batch run at once (bptt/batch_split.py),
+        # BLAS held to one thread. benchmarks/batch_split.py --trainer measures both.
+        # --threads 2 asks for halves, --threads 1 for the whole batch; one rank of MPI
+        # (ranks already share the cores) and a cell without kernels (its steps would take
+        # turns at the GIL) run whole.
         loops = settings.loops_enabled() and isinstance(self.model.layer, CompiledLayer)
+        if c.threads is None:
+            H, T = c.hidden, c.k2 or c.k1 or c.seq_len
+            self_split = loop_threads.parts_for(c.batch, self.model.layer.GATES * H, H, T) == 2
+            wanted = 2 if settings.loop_threads() == 2 and not self_split else 1
+        else:
+            wanted = c.threads
         self.model.threads = 2 if wanted == 2 and loops and self.world.size == 1 and c.batch >= 2 else 1
         self._blas = ThreadpoolController().select(user_api="blas")
         self.optimizer = make_optimizer(c.optimizer, self.model.params, c.lr)
