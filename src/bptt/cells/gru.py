@@ -21,12 +21,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..ops.activations import sigmoid as sigmoid_array
 from .protocol import Cell
 from .scalar import sigmoid, tanh
-
-
-def _sigmoid(a):
-    return 0.5 * np.tanh(0.5 * a) + 0.5                                    # (A3)
 
 
 class GRU(Cell):
@@ -44,8 +41,8 @@ class GRU(Cell):
     def step(self, p, u, v, state):
         (h,) = state
         H = h.shape[1]
-        r = _sigmoid(u[:, :H] + v[:, :H])                                  # (G1)
-        z = _sigmoid(u[:, H:2 * H] + v[:, H:2 * H])                        # (G2)
+        r = sigmoid_array(u[:, :H] + v[:, :H])                                  # (G1)
+        z = sigmoid_array(u[:, H:2 * H] + v[:, H:2 * H])                        # (G2)
         q = v[:, 2 * H:] + p["b_hn"]                                       # (G3)
         n = np.tanh(u[:, 2 * H:] + r * q)                                  # (G4)
         return (n + z * (h - n),), (r, z, n, q, h)                         # (G5)

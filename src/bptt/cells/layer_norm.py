@@ -21,15 +21,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..ops.activations import sigmoid as sigmoid_array
 from .protocol import Cell
 from .scalar import sigmoid, tanh
 
 EPS = 1e-5
 _jit = njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
-
-
-def _sigmoid(a):
-    return 0.5 * np.tanh(0.5 * a) + 0.5                                    # (A3)
 
 
 def _normalised(a):
@@ -76,7 +73,7 @@ class LayerNormLSTM(_LayerNormCell):
         nx, ix = _normalised(u)
         nh, ih = _normalised(v)
         a = p["ln_gain_x"] * nx + p["ln_gain_h"] * nh + p["ln_bias"]                   # (LN2)
-        i, f, o = _sigmoid(a[:, :H]), _sigmoid(a[:, H:2 * H]), _sigmoid(a[:, 3 * H:])     # (L2)
+        i, f, o = sigmoid_array(a[:, :H]), sigmoid_array(a[:, H:2 * H]), sigmoid_array(a[:, 3 * H:])     # (L2)
         g = np.tanh(a[:, 2 * H:3 * H])
         c = f * c_prev + i * g                                                         # (L3)
         nc, ic = _normalised(c)
@@ -115,8 +112,8 @@ class LayerNormGRU(_LayerNormCell):
         nx, ix = _normalised(u)
         nh, ih = _normalised(v)
         ax, ah, beta = p["ln_gain_x"] * nx, p["ln_gain_h"] * nh, p["ln_bias"]
-        r = _sigmoid(ax[:, :H] + ah[:, :H] + beta[:H])                                  # (LN2)
-        z = _sigmoid(ax[:, H:2 * H] + ah[:, H:2 * H] + beta[H:2 * H])
+        r = sigmoid_array(ax[:, :H] + ah[:, :H] + beta[:H])                                  # (LN2)
+        z = sigmoid_array(ax[:, H:2 * H] + ah[:, H:2 * H] + beta[H:2 * H])
         q = ah[:, 2 * H:] + p["b_hn"]                                                   # (LN4)
         n = np.tanh(ax[:, 2 * H:] + beta[2 * H:] + r * q)
         return (n + z * (h_prev - n),), (r, z, n, q, h_prev, nx, ix, nh, ih)

@@ -18,12 +18,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..ops.activations import sigmoid as sigmoid_array
 from .protocol import Cell
 from .scalar import sigmoid, tanh
-
-
-def _sigmoid(a):
-    return 0.5 * np.tanh(0.5 * a) + 0.5                                    # (A3)
 
 
 class LSTM(Cell):
@@ -37,7 +34,7 @@ class LSTM(Cell):
         h_prev, c_prev = state
         H = h_prev.shape[1]
         z = u + v                                                          # (L1)
-        i, f, o = _sigmoid(z[:, :H]), _sigmoid(z[:, H:2 * H]), _sigmoid(z[:, 3 * H:])   # (L2)
+        i, f, o = sigmoid_array(z[:, :H]), sigmoid_array(z[:, H:2 * H]), sigmoid_array(z[:, 3 * H:])   # (L2)
         g = np.tanh(z[:, 2 * H:3 * H])
         c = f * c_prev + i * g                                             # (L3)
         tanh_c = np.tanh(c)

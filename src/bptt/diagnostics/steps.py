@@ -24,10 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops import ACTIVATIONS
-
-
-def _sigmoid(a):
-    return 0.5 * np.tanh(0.5 * a) + 0.5                            # (A3)
+from ..ops.activations import sigmoid
 
 
 def _pre_activations(params, tape, h_in):
@@ -105,7 +102,7 @@ class LinearLSTM(_Linear):
         u, v = _pre_activations(params, tape, self.h_in)
         T, B, H = h.shape
         z = (u + v).reshape(T, B, 4, H)                               # (L1)
-        i, f, g, o = _sigmoid(z[:, :, 0]), _sigmoid(z[:, :, 1]), np.tanh(z[:, :, 2]), _sigmoid(z[:, :, 3])   # (L2)
+        i, f, g, o = sigmoid(z[:, :, 0]), sigmoid(z[:, :, 1]), np.tanh(z[:, :, 2]), sigmoid(z[:, :, 3])   # (L2)
         tanh_c = np.tanh(c)
         c_in = _previous(c0, c)
         # The factors of (L6)-(L8) that do not depend on the gradient, for all steps at once:
@@ -149,8 +146,8 @@ class LinearGRU(_Linear):
         H = h.shape[2]
         self.h_in = _previous(tape.state0[0], h)
         u, v = _pre_activations(params, tape, self.h_in)
-        r = _sigmoid(u[:, :, :H] + v[:, :, :H])                          # (G1)
-        z = _sigmoid(u[:, :, H:2 * H] + v[:, :, H:2 * H])                # (G2)
+        r = sigmoid(u[:, :, :H] + v[:, :, :H])                          # (G1)
+        z = sigmoid(u[:, :, H:2 * H] + v[:, :, H:2 * H])                # (G2)
         q = v[:, :, 2 * H:] + params["b_hn"]                             # (G3)
         n = np.tanh(u[:, :, 2 * H:] + r * q)                             # (G4)
         # The factors of (G7)-(G9) that do not depend on the gradient, for all steps at once.

@@ -83,13 +83,15 @@ def softmax_vjp(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
     return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
 
 
-def _sigmoid_head(o):
-    return _sigmoid(o, np.empty_like(o))
+def sigmoid(a):
+    """σ(a) = ½·tanh(a/2) + ½ as a new array: the sigmoid head, and the gates of the cells'
+    NumPy steps.  (A3)"""
+    return _sigmoid(a, np.empty_like(a))
 
 
 HEADS = {
     # name: (g(o), vjp(y, dy) -> do)                                  (H2)-(H5)
     "identity": (lambda o: o, lambda y, dy: dy),
-    "sigmoid": (_sigmoid_head, lambda y, dy: dy * _sigmoid_d(y)),
+    "sigmoid": (sigmoid, lambda y, dy: dy * _sigmoid_d(y)),
     "softmax": (softmax, softmax_vjp),
 }
