@@ -41,11 +41,24 @@ def test_steps_match_torch_optim(name, kwargs):
             np.testing.assert_allclose(params[k], tparams[k].detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name,kwargs", [c for c in CASES if c[0].startswith("adam")])
-def test_adams_one_pass_kernel_gives_the_bits_of_its_numpy_form(name, kwargs, dtype):
+def test_adams_one_pass_kernel_gives_the_bits_of_its_numpy_form(name, kwargs, dtype, split, monkeypatch):
     """C-ordered NumPy parameters take the compiled one-pass update, others (here the same
-    values in Fortran order) the NumPy expressions: the same bits, float32 included."""
+    values in Fortran order) the NumPy expressions: the same bits, float32 included, and
+    with the pass in two halves on two threads (split: from 8 elements, so "a" splits)."""
+    from bptt.backends import loop_threads
+    from bptt.train import optim
+    monkeypatch.setattr(optim, "SPLIT_FROM", 8 if split else optim.SPLIT_FROM)
+    parts, run = [], loop_threads.run
+    monkeypatch.setattr(loop_threads, "run", lambda loop, args, n: (parts.append(n), run(loop, args, n)))
+    with loop_threads.use(2):
+        _same_bits_both_ways(name, kwargs, dtype)
+    assert (2 in parts) == split and 1 in parts
+
+
+def _same_bits_both_ways(name, kwargs, dtype):
     rng = np.random.default_rng(1)
     fast = {"a": rng.standard_normal((6, 5)).astype(dtype), "b": rng.standard_normal(4).astype(dtype)}
     plain = {"a": np.asfortranarray(fast["a"]), "b": fast["b"][::-1].copy()[::-1]}   # b: a negative stride

@@ -4,7 +4,7 @@
     one_hot_codes(x)       the column of each row's 1 where every row of x is one-hot, else None
     rows_summed(du, codes, D)
                            (D, G·H): du's rows summed per code, x2ᵀ du for one-hot rows x2 (K6)
-    transposed(a)          a.T, C-ordered, copied in cache-sized blocks
+    transposed(a)          a.T, C-ordered, copied in small blocks
 
 For one-hot inputs (characters, tokens) the layers take (K1) as a gather of W_xᵀ's rows
 and ∂L/∂W_x from ``rows_summed``: no GEMM over the vocabulary, the same numbers.
@@ -72,13 +72,15 @@ def rows_summed(du, codes, D):
 
 @_jit
 def transposed(a):
-    """a.T, C-ordered, copied in 32 x 32 blocks that stay in cache (NumPy's copy of a
-    transposed view goes row by row through the whole source)."""
+    """a.T, C-ordered, copied in 8 x 8 blocks, each row of the block written whole (NumPy's
+    copy of a transposed view goes row by row through the whole source). Blocks are small
+    because the rows of one side lie a whole row apart: at 1024 floats a row, 32 of them
+    would share one set of the L1 cache."""
     K, N = a.shape
     out = np.empty((N, K), a.dtype)
-    for i0 in range(0, K, 32):
-        for j0 in range(0, N, 32):
-            for i in range(i0, min(i0 + 32, K)):
-                for j in range(j0, min(j0 + 32, N)):
+    for i0 in range(0, K, 8):
+        for j0 in range(0, N, 8):
+            for j in range(j0, min(j0 + 8, N)):
+                for i in range(i0, min(i0 + 8, K)):
                     out[j, i] = a[i, j]
     return out

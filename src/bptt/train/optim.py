@@ -11,6 +11,9 @@ import numpy as np
 from numba import njit
 
 from .. import _checks
+from ..backends import loop_threads
+
+SPLIT_FROM = 2 ** 17                     # elements from which Adam's pass runs on two threads
 
 
 class Optimizer:
@@ -150,8 +153,11 @@ class Adam(Optimizer):
             # The operations below in the same order and dtypes, in one pass over memory.
             c = np.array([self.beta1, 1 - self.beta1, self.beta2, 1 - self.beta2, lr / bias1, self.weight_decay,
                           1 - lr * self.weight_decay], dtype=p.dtype)
-            _adam(p.reshape(-1), np.ascontiguousarray(g, dtype=p.dtype).reshape(-1), m.reshape(-1), v.reshape(-1), c,
-                  float(np.sqrt(bias2)), self.eps, bool(self.weight_decay), self.decoupled)
+            # Element by element: halves on two threads (the loops' worker) give the same bits.
+            parts = 2 if p.size >= SPLIT_FROM and loop_threads.wanted() == 2 else 1
+            loop_threads.run(_adam, (p.reshape(-1), np.ascontiguousarray(g, dtype=p.dtype).reshape(-1), m.reshape(-1),
+                                     v.reshape(-1), c, float(np.sqrt(bias2)), self.eps, bool(self.weight_decay),
+                                     self.decoupled), parts)
             return
         if self.weight_decay:
             if self.decoupled:
@@ -166,11 +172,14 @@ class Adam(Optimizer):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")           # no zero-division branch: vectorised
-def _adam(p, g, m, v, c, sqrt_bias2, eps, decay, decoupled):
-    """Adam's update of 1-D arrays of one dtype, element by element: c holds β1, 1 − β1, β2,
-    1 − β2, lr/(1 − β1^t), λ and 1 − lr·λ in that dtype; the denominator is in float64,
-    as NumPy computes it above (√(1 − β2^t) is a float64 scalar there)."""
-    for i in range(p.size):
+def _adam(p, g, m, v, c, sqrt_bias2, eps, decay, decoupled, part, parts):
+    """Adam's update of 1-D arrays of one dtype, element by element, on this part's half
+    (all for one part): c holds β1, 1 − β1, β2, 1 − β2, lr/(1 − β1^t), λ and 1 − lr·λ in
+    that dtype; the denominator is in float64, as NumPy computes it above (√(1 − β2^t) is a
+    float64 scalar there)."""
+    half = p.size // 2
+    lo, hi = (0, p.size) if parts == 1 else ((0, half) if part == 0 else (half, p.size))
+    for i in range(lo, hi):
         gi = g[i]
         if decay:
             if decoupled:
