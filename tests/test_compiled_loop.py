@@ -104,15 +104,20 @@ def test_the_compiled_loop_in_float32_is_within_float32_rounding_of_float64(name
         assert np.abs(a - b).max() < 3e-5 * max(1.0, np.abs(b).max())
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
-def test_one_hot_inputs_take_a_gather_and_equal_the_reference(name):
-    """Rows of x that are unit vectors (characters) give (K1) as rows of W_xᵀ and ∂L/∂W_x
-    as sums of du's rows: the reference's numbers, with masks, resets and carried state."""
+def test_one_hot_inputs_take_a_gather_and_equal_the_reference(name, threads, monkeypatch, pairs):
+    """Rows of x that are unit vectors (characters) give (K1) as rows of W_xᵀ, copied by
+    each loop thread for its rows, and ∂L/∂W_x as sums of du's rows: the reference's
+    numbers, with masks, resets and carried state."""
+    monkeypatch.setattr(loop_threads, "MIN_LOOP_FLOPS", 0)
     lay, params, x, state0, dh, dstateT, mask, resets = _case(name, "tanh", np.float64, B=8)
     T, B, D = x.shape
     x = np.eye(D)[np.random.default_rng(3).integers(0, D, (T, B))]
     ref, _ = _run(CellLayer(lay.cell), params, x, state0, dh, dstateT, mask, resets)
-    out, tape = _run(lay, params, x, state0, dh, dstateT, mask, resets)
+    with loop_threads.use(threads):
+        out, tape = _run(lay, params, x, state0, dh, dstateT, mask, resets)
+    assert len(pairs) == (2 if threads == 2 else 0)
     assert tape.codes is not None and np.array_equal(tape.codes, x.reshape(T * B, D).argmax(axis=1))
     for a, b in zip(out, ref):
         assert np.abs(a - b).max() < 1e-12 * max(1.0, np.abs(b).max())

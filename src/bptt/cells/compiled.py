@@ -88,7 +88,7 @@ class CompiledLayer(CellLayer):
         S, dt = len(self.STATE), x.dtype
         parts = loop_threads.parts_for(B, GH, H, T)
         codes = one_hot_codes(x)
-        u, W_x_packed = _inputs(params, x, codes)                                    # (K1)
+        u, W_x_packed, table = _inputs(params, x, codes)                             # (K1)
         slab = np.empty((T, B, S, H), dt)
         h = slab.reshape(T, B, H) if S == 1 else np.empty((T, B, H), dt)
         aux = np.empty((T, B, self.cell.tape_width(H)), dt)
@@ -96,7 +96,9 @@ class CompiledLayer(CellLayer):
         valid, reset_at, resets_c = _flags(mask, resets, T, B)
         keep, zone = _noise_arrays(noise, dt)
         fresh = slab if noise.zone is None else np.empty_like(slab)
-        args = (u, np.ascontiguousarray(x), W_x_packed, np.ascontiguousarray(params["b_h"]), _flat(extras, dt),
+        code_rows = np.zeros((0, 0), np.int64) if codes is None else codes.reshape(T, B)
+        args = (u, np.ascontiguousarray(x), W_x_packed, table, code_rows, np.ascontiguousarray(params["b_h"]),
+                _flat(extras, dt),
                 start, slab, fresh, h, aux, valid, reset_at, resets_c, keep, zone, np.empty((B, GH), dt),
                 np.empty((B, S, H), dt), np.empty((B if keep.size else 0, H), dt),
                 _gemm(W_h, B, forward=True), self.cell.option)
@@ -202,9 +204,10 @@ def _gemm(W_h, B, forward):
 
 
 def _inputs(params, x, codes):
-    """(u, W_x packed): u (T, B, G·H) = x W_xᵀ (no bias: the kernels add b_h) for all steps
-    in one GEMM (K1), or as rows of W_xᵀ gathered where x is one-hot (the same numbers);
-    or, where the micro-kernel runs, the weights are small (W_x and W_h
+    """(u, W_x packed, W_xᵀ): u (T, B, G·H) = x W_xᵀ (no bias: the kernels add b_h) for all
+    steps in one GEMM (K1); or, where x is one-hot, u left empty for the loop to fill with
+    rows of W_xᵀ (D, G·H) step by step (the same numbers, written where the kernel reads
+    them next); or, where the micro-kernel runs, the weights are small (W_x and W_h
     at most IN_LOOP_PROJECTION_BYTES) and each of two threads would have MIN_ROWS rows, u
     left empty for the loop to fill step by step from W_xᵀ packed here: each x_t W_xᵀ is
     then still in cache when the kernel reads it, which pays while both weights stay in
@@ -212,12 +215,14 @@ def _inputs(params, x, codes):
     T, B, D = x.shape
     W_x, W_h = params["W_x"], params["W_h"]
     if codes is not None:
-        return transposed(np.ascontiguousarray(W_x))[codes].reshape(T, B, W_x.shape[0]), np.empty((0, 0, 0), x.dtype)
+        return np.empty((T, B, W_x.shape[0]), x.dtype), np.empty((0, 0, 0), x.dtype), \
+            transposed(np.ascontiguousarray(W_x))
     if (settings.step_gemm() == "packed" and B >= 2 * packed_gemm.MIN_ROWS
             and W_x.nbytes + W_h.nbytes <= IN_LOOP_PROJECTION_BYTES):
-        return np.empty((T, B, W_x.shape[0]), x.dtype), packed_gemm.pack(np.ascontiguousarray(W_x).T)
+        return np.empty((T, B, W_x.shape[0]), x.dtype), packed_gemm.pack(np.ascontiguousarray(W_x).T), \
+            np.empty((0, 0), x.dtype)
     u = (x.reshape(T * B, D) @ np.ascontiguousarray(W_x.T)).reshape(T, B, W_x.shape[0])
-    return u, np.empty((0, 0, 0), dtype=x.dtype)
+    return u, np.empty((0, 0, 0), dtype=x.dtype), np.empty((0, 0), x.dtype)
 
 
 @_jit
@@ -274,9 +279,10 @@ def _zone_at(zone, t, b):
 
 
 @_jit
-def forward(u, x, W_x_packed, bias, extra, start, slab, fresh, h, aux, valid, reset_at, resets, keep, zone,
-            rec, scratch, dropped, gemm, option, part, parts):
-    """u (T, B, G·H): x_t W_xᵀ in (or made here from W_x_packed), the kernel's tape rows out;
+def forward(u, x, W_x_packed, table, codes, bias, extra, start, slab, fresh, h, aux, valid, reset_at, resets,
+            keep, zone, rec, scratch, dropped, gemm, option, part, parts):
+    """u (T, B, G·H): x_t W_xᵀ in (or made here from W_x_packed, or for one-hot x from the
+    rows of table = W_xᵀ that codes (T, B) name), the kernel's tape rows out;
     slab (T, B, S, H) and h (T, B, H) out; with zoneout (zone not empty) the kernel's own
     states out in fresh, else fresh is slab. keep (B, H): recurrent dropout's m, or empty."""
     T, B, S, H = slab.shape
@@ -284,6 +290,9 @@ def forward(u, x, W_x_packed, bias, extra, start, slab, fresh, h, aux, valid, re
     for t in range(T):
         if W_x_packed.size:                                                  # (K1)
             times_packed(x[t][r0:r1], W_x_packed, u[t][r0:r1], 0, u.shape[2], gemm[2][part])
+        elif table.size:
+            for b in range(r0, r1):
+                u[t, b] = table[codes[t, b]]                                 # (K1) x_t one-hot
         prev = start if t == 0 else slab[t - 1]
         if reset_at[t]:
             prev = _state_read(prev, resets[t], scratch, r0, r1)              # (M4)
