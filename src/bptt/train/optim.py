@@ -155,7 +155,7 @@ class Adam(Optimizer):
                           1 - lr * self.weight_decay], dtype=p.dtype)
             # Element by element: halves on two threads (the loops' worker) give the same bits.
             parts = 2 if p.size >= SPLIT_FROM and loop_threads.wanted() == 2 else 1
-            loop_threads.run(_adam, (p.reshape(-1), np.ascontiguousarray(g, dtype=p.dtype).reshape(-1), m.reshape(-1),
+            loop_threads.run(_adam_part, (p.reshape(-1), np.ascontiguousarray(g, dtype=p.dtype).reshape(-1), m.reshape(-1),
                                      v.reshape(-1), c, float(np.sqrt(bias2)), self.eps, bool(self.weight_decay),
                                      self.decoupled), parts)
             return
@@ -171,15 +171,21 @@ class Adam(Optimizer):
         p -= (lr / bias1) * m / (np.sqrt(v) / np.sqrt(bias2) + self.eps)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")           # no zero-division branch: vectorised
-def _adam(p, g, m, v, c, sqrt_bias2, eps, decay, decoupled, part, parts):
-    """Adam's update of 1-D arrays of one dtype, element by element, on this part's half
-    (all for one part): c holds β1, 1 − β1, β2, 1 − β2, lr/(1 − β1^t), λ and 1 − lr·λ in
-    that dtype; the denominator is in float64, as NumPy computes it above (√(1 − β2^t) is a
-    float64 scalar there)."""
+@njit(cache=True, nogil=True)
+def _adam_part(p, g, m, v, c, sqrt_bias2, eps, decay, decoupled, part, parts):
+    """_adam on this part's half of the arrays (all of them for one part). The halves are
+    slices: a loop over [lo, hi) of the whole arrays is not vectorised."""
     half = p.size // 2
     lo, hi = (0, p.size) if parts == 1 else ((0, half) if part == 0 else (half, p.size))
-    for i in range(lo, hi):
+    _adam(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], c, sqrt_bias2, eps, decay, decoupled)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")           # no zero-division branch: vectorised
+def _adam(p, g, m, v, c, sqrt_bias2, eps, decay, decoupled):
+    """Adam's update of 1-D arrays of one dtype, element by element: c holds β1, 1 − β1, β2,
+    1 − β2, lr/(1 − β1^t), λ and 1 − lr·λ in that dtype; the denominator is in float64,
+    as NumPy computes it above (√(1 − β2^t) is a float64 scalar there)."""
+    for i in range(p.size):
         gi = g[i]
         if decay:
             if decoupled:
