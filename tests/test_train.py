@@ -213,14 +213,14 @@ def test_mpi_ranks_run_their_loops_on_one_thread(tmp_path, monkeypatch):
         assert seen and set(seen) == {1}
 
 
-@pytest.mark.parametrize("hidden", [32, 128])
-def test_two_processes_write_bit_identical_checkpoints(tmp_path, hidden):
+@pytest.mark.parametrize("hidden,layers", [(32, 2), (128, 1)])
+def test_two_processes_write_bit_identical_checkpoints(tmp_path, hidden, layers):
     """The same command in two processes: the same bits in every checkpoint (no choice that
     changes the order of the arithmetic is timed anew in a process). On 2 cores hidden 32
     runs as two halves of the batch, hidden 128 whole with each loop's rows on two threads."""
     import subprocess
     import sys
-    command = ["train", "--hidden", str(hidden), "--layers", "2", "--batch", "16", "--seq-len", "24", "--steps", "12",
+    command = ["train", "--hidden", str(hidden), "--layers", str(layers), "--batch", "16", "--seq-len", "24", "--steps", "12",
                "--checkpoint-every", "6", "--eval-every", "6", "--quiet"]
     for name in ("a", "b"):
         done = subprocess.run([sys.executable, "-m", "bptt", *command, "--out", str(tmp_path / name)],
