@@ -98,9 +98,8 @@ class CompiledLayer(CellLayer):
         fresh = slab if noise.zone is None else np.empty_like(slab)
         code_rows = np.zeros((0, 0), np.int64) if codes is None else codes.reshape(T, B)
         args = (u, np.ascontiguousarray(x), W_x_packed, table, code_rows, np.ascontiguousarray(params["b_h"]),
-                _flat(extras, dt),
-                start, slab, fresh, h, aux, valid, reset_at, resets_c, keep, zone, np.empty((B, GH), dt),
-                np.empty((B, S, H), dt), np.empty((B if keep.size else 0, H), dt),
+                _flat(extras, dt), start, slab, fresh, h, aux, valid, reset_at, resets_c, keep, zone,
+                np.empty((B, GH), dt), np.empty((B, S, H), dt), np.empty((B if keep.size else 0, H), dt),
                 _gemm(W_h, B, forward=True), self.cell.option)
         loop_threads.run(self._loops().forward, args, parts)
         stateT = tuple(slab[-1, :, s].copy() for s in range(S)) if T else tuple(state0)

@@ -41,8 +41,8 @@ class GRU(Cell):
     def step(self, p, u, v, state):
         (h,) = state
         H = h.shape[1]
-        r = sigmoid_array(u[:, :H] + v[:, :H])                                  # (G1)
-        z = sigmoid_array(u[:, H:2 * H] + v[:, H:2 * H])                        # (G2)
+        r = sigmoid_array(u[:, :H] + v[:, :H])                             # (G1)
+        z = sigmoid_array(u[:, H:2 * H] + v[:, H:2 * H])                   # (G2)
         q = v[:, 2 * H:] + p["b_hn"]                                       # (G3)
         n = np.tanh(u[:, 2 * H:] + r * q)                                  # (G4)
         return (n + z * (h - n),), (r, z, n, q, h)                         # (G5)

@@ -73,7 +73,7 @@ class LayerNormLSTM(_LayerNormCell):
         nx, ix = _normalised(u)
         nh, ih = _normalised(v)
         a = p["ln_gain_x"] * nx + p["ln_gain_h"] * nh + p["ln_bias"]                   # (LN2)
-        i, f, o = sigmoid_array(a[:, :H]), sigmoid_array(a[:, H:2 * H]), sigmoid_array(a[:, 3 * H:])     # (L2)
+        i, f, o = sigmoid_array(a[:, :H]), sigmoid_array(a[:, H:2 * H]), sigmoid_array(a[:, 3 * H:])  # (L2)
         g = np.tanh(a[:, 2 * H:3 * H])
         c = f * c_prev + i * g                                                         # (L3)
         nc, ic = _normalised(c)
@@ -112,7 +112,7 @@ class LayerNormGRU(_LayerNormCell):
         nx, ix = _normalised(u)
         nh, ih = _normalised(v)
         ax, ah, beta = p["ln_gain_x"] * nx, p["ln_gain_h"] * nh, p["ln_bias"]
-        r = sigmoid_array(ax[:, :H] + ah[:, :H] + beta[:H])                                  # (LN2)
+        r = sigmoid_array(ax[:, :H] + ah[:, :H] + beta[:H])                             # (LN2)
         z = sigmoid_array(ax[:, H:2 * H] + ah[:, H:2 * H] + beta[H:2 * H])
         q = ah[:, 2 * H:] + p["b_hn"]                                                   # (LN4)
         n = np.tanh(ax[:, 2 * H:] + beta[2 * H:] + r * q)

@@ -34,7 +34,7 @@ class LSTM(Cell):
         h_prev, c_prev = state
         H = h_prev.shape[1]
         z = u + v                                                          # (L1)
-        i, f, o = sigmoid_array(z[:, :H]), sigmoid_array(z[:, H:2 * H]), sigmoid_array(z[:, 3 * H:])   # (L2)
+        i, f, o = sigmoid_array(z[:, :H]), sigmoid_array(z[:, H:2 * H]), sigmoid_array(z[:, 3 * H:])  # (L2)
         g = np.tanh(z[:, 2 * H:3 * H])
         c = f * c_prev + i * g                                             # (L3)
         tanh_c = np.tanh(c)

@@ -155,9 +155,9 @@ class Adam(Optimizer):
                           1 - lr * self.weight_decay], dtype=p.dtype)
             # Element by element: halves on two threads (the loops' worker) give the same bits.
             parts = 2 if p.size >= SPLIT_FROM and loop_threads.wanted() == 2 else 1
-            loop_threads.run(_adam_part, (p.reshape(-1), np.ascontiguousarray(g, dtype=p.dtype).reshape(-1), m.reshape(-1),
-                                     v.reshape(-1), c, float(np.sqrt(bias2)), self.eps, bool(self.weight_decay),
-                                     self.decoupled), parts)
+            args = (p.reshape(-1), np.ascontiguousarray(g, dtype=p.dtype).reshape(-1), m.reshape(-1), v.reshape(-1),
+                    c, float(np.sqrt(bias2)), self.eps, bool(self.weight_decay), self.decoupled)
+            loop_threads.run(_adam_part, args, parts)
             return
         if self.weight_decay:
             if self.decoupled:

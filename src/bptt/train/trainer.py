@@ -69,9 +69,9 @@ class Trainer:
         # the batch runs whole and BLAS runs the bulk products on its own threads. Where they
         # would not (a small layer), two halves of the batch run at once (bptt/batch_split.py),
         # BLAS held to one thread. benchmarks/batch_split.py --trainer measures both.
-        # --threads 2 asks for halves, --threads 1 for the whole batch; one rank of MPI
-        # (ranks already share the cores) and a cell without kernels (its steps would take
-        # turns at the GIL) run whole.
+        # --threads 2 asks for halves, --threads 1 for the whole batch. MPI ranks (they
+        # already share the cores) and a cell without kernels (its steps would take turns
+        # at the GIL) run whole.
         loops = settings.loops_enabled() and isinstance(self.model.layer, CompiledLayer)
         if c.threads is None:
             H, T = c.hidden, c.k2 or c.k1 or c.seq_len
