@@ -24,6 +24,8 @@ and to 0.01, checked every 250 updates, and the time per update.
 """
 from __future__ import annotations
 
+import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
+
 import argparse
 import tempfile
 import time

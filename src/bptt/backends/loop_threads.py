@@ -52,11 +52,18 @@ def use(threads: int):
         _WANTED.reset(token)
 
 
+def large_enough(B: int, GH: int, H: int, T: int = 1) -> bool:
+    """Whether a loop of T steps with batch B and W_h (GH, H) is worth two threads: by its
+    shape alone (the trainer decides by it too, so that its choice never depends on the
+    environment)."""
+    return B >= MIN_ROWS_SPLIT and T * 2.0 * B * GH * H >= MIN_LOOP_FLOPS
+
+
 def parts_for(B: int, GH: int, H: int, T: int = 1) -> int:
     """Into how many parts (1 or 2) to cut each step of a loop of T steps with batch B and
     W_h (GH, H)."""
     two = wanted() == 2 and settings.blas_workers_sleep()
-    return 2 if two and B >= MIN_ROWS_SPLIT and T * 2.0 * B * GH * H >= MIN_LOOP_FLOPS else 1
+    return 2 if two and large_enough(B, GH, H, T) else 1
 
 
 _POOL: ThreadPoolExecutor | None = None

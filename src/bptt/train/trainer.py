@@ -64,19 +64,21 @@ class Trainer:
                            **chrono, **self.task.model_kwargs)
         if isinstance(self.task, TextTask):
             self.model.vocabulary = list(self.task.chars)
-        # On 2 cores an update uses the second core one of two ways. Where the compiled loops
-        # share each step's rows between two threads by themselves (backends/loop_threads.py),
-        # the batch runs whole and BLAS runs the bulk products on its own threads. Where they
-        # would not (a small layer), two halves of the batch run at once (bptt/batch_split.py),
-        # BLAS held to one thread. benchmarks/batch_split.py --trainer measures both.
+        # On 2 cores an update uses the second core one of two ways. Where a layer is large
+        # enough for the compiled loops to share each step's rows between two threads
+        # (backends/loop_threads.py), the batch runs whole and BLAS runs the bulk products on
+        # its own threads. For a smaller layer, two halves of the batch run at once
+        # (bptt/batch_split.py), BLAS held to one thread. benchmarks/batch_split.py --trainer
+        # measures both. The two round differently, so the choice follows the shape and the
+        # cores only, never whether OpenBLAS's idle workers sleep soon (import order).
         # --threads 2 asks for halves, --threads 1 for the whole batch. MPI ranks (they
         # already share the cores) and a cell without kernels (its steps would take turns
         # at the GIL) run whole.
         loops = settings.loops_enabled() and isinstance(self.model.layer, CompiledLayer)
         if c.threads is None:
             H, T = c.hidden, c.k2 or c.k1 or c.seq_len
-            self_split = loop_threads.parts_for(c.batch, self.model.layer.GATES * H, H, T) == 2
-            wanted = 2 if settings.loop_threads() == 2 and not self_split else 1
+            large = loop_threads.large_enough(c.batch, self.model.layer.GATES * H, H, T)
+            wanted = 2 if settings.loop_threads() == 2 and not large else 1
         else:
             wanted = c.threads
         self.model.threads = 2 if wanted == 2 and loops and self.world.size == 1 and c.batch >= 2 else 1
