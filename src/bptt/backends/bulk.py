@@ -6,8 +6,9 @@
                            (D, G·H): du's rows summed per code, x2ᵀ du for one-hot rows x2 (K6)
     transposed(a)          a.T, C-ordered, copied in small blocks
 
-For one-hot inputs (characters, tokens) the layers take (K1) as a gather of W_xᵀ's rows
-and ∂L/∂W_x from ``rows_summed``: no GEMM over the vocabulary, the same numbers.
+For one-hot inputs (characters, tokens) the layers take (K1) as rows of W_xᵀ (the compiled
+loop copies each step's) and ∂L/∂W_x from ``rows_summed``: no GEMM over the vocabulary,
+the same numbers.
 """
 from __future__ import annotations
 

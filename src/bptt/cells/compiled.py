@@ -5,7 +5,9 @@ gets ``CompiledLayer``: the layer contract of cells/loop.py with the whole loop 
 compiled. The loop (``LOOPS`` below) is the same text for every cell, calling the cell's
 kernels once per row of the batch, and does what loop.py does in the same order:
 
-    forward, per step:   (M4) resets, (K2) the recurrent GEMM, the kernel for (K3), (M1)
+    forward, per step:   (K1) where it is not one GEMM before the loop (one-hot x: rows of
+                         W_xᵀ copied; small weights: x_t W_xᵀ by the micro-kernel, _inputs),
+                         (M4) resets, (K2) the recurrent GEMM, the kernel for (K3), (M1)
     backward, per step:  ds_t = carried + W_hᵀ-part + dh from above (R3, K5), (M2)/(M3) for
                          padded rows, the kernel for (K4), (M5), then the GEMM of (K5)
     after the loop:      (K6) as one product each (backends/bulk.py's t_times; for one-hot
