@@ -223,8 +223,10 @@ def test_two_processes_write_bit_identical_checkpoints(tmp_path, hidden, layers)
     runs as two halves of the batch, hidden 128 whole with each loop's rows on two threads."""
     import subprocess
     import sys
-    command = ["train", "--hidden", str(hidden), "--layers", str(layers), "--batch", "16", "--seq-len", "24", "--steps", "12",
-               "--checkpoint-every", "6", "--eval-every", "6", "--quiet"]
+    corpus = tmp_path / "c.txt"                   # a slice of the built-in text: short evaluations
+    corpus.write_text(builtin_corpus(20_000), encoding="utf-8")
+    command = ["train", "--text", str(corpus), "--hidden", str(hidden), "--layers", str(layers), "--batch", "16",
+               "--seq-len", "24", "--steps", "12", "--checkpoint-every", "6", "--eval-every", "6", "--quiet"]
     for name in ("a", "b"):
         done = subprocess.run([sys.executable, "-m", "bptt", *command, "--out", str(tmp_path / name)],
                               capture_output=True, text=True, timeout=600)
