@@ -82,6 +82,8 @@ def main():
     print("# per-step recurrent GEMM, float32, one thread; GFLOP/s, and the share of the one-thread")
     print("# 1024³ GEMM's rate measured right after each shape")
     print(stamp())
+    print(f"# packed: {8 * packed_gemm.vector_bytes()}-bit vectors, {packed_gemm.MR} x "
+          f"{packed_gemm.panel_width(np.float32)} float32 blocks")
     print("| B, H, G | direction | product | packed | MKL | OpenBLAS | 1024³ | packed share | MKL / packed |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     with threadpool_limits(1, user_api="blas"):

@@ -3,18 +3,22 @@
 Every step multiplies a small batch by the same W_h; OpenBLAS re-packs its operand at
 every call. Here W_h is laid out once per pass in panels of NR columns, and each step
 runs only the micro-kernel: an MR x NR block of the output in 2·MR vector registers (12
-of AVX2's 16) while k runs over K, one vector FMA per register per k.
+of AVX2's 16, of AVX-512's 32) while k runs over K, one vector FMA per register per k.
 
     pack(Bm)                      (K, N) -> (ceil(N / NR), K, NR), zero-padded panels
     times_packed(a, Bp, out, lo, hi, tile)
                                   out[:, lo:hi] = a · Bm[:, lo:hi]   a (M, K), out (M, N)
 
 The micro-kernel is LLVM IR (llvmlite) inlined into the Numba code that calls it;
-``llvm.fmuladd`` fuses where the CPU has FMA. float32: MR x NR = 6 x 16, float64: 6 x 8.
-Each output element sums in k order whatever the rows: the same bits however the
-batch's rows are shared out.
+``llvm.fmuladd`` fuses where the CPU has FMA. Its vectors are those of the CPU Numba
+compiles for (``vector_bytes``): 256-bit (AVX2: MR x NR = 6 x 16 in float32, 6 x 8 in
+float64) or 512-bit (AVX-512: 6 x 32, 6 x 16). Each output element sums in k order, in
+blocks of KC, whatever the rows and the vector width: the same bits however the batch's
+rows are shared out, and on AVX2 and AVX-512 alike.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from llvmlite import ir
@@ -25,12 +29,21 @@ MR = 6                      # rows of the output a micro-kernel call computes
 MIN_ROWS = 4                # rows a product needs for full speed: with fewer, a tile keeps
                             # under 8 sums in flight, too few to hide the FMA's latency
 VECTORS = 2                 # vectors of the output a row of the micro-kernel holds
-_WIDTH = {np.dtype(np.float32): 8, np.dtype(np.float64): 4}   # lanes of a 256-bit vector
+
+
+@functools.cache
+def vector_bytes() -> int:
+    """64 where Numba compiles for AVX-512, else 32: read from Numba's target (CPU name and
+    features, the key of its on-disk cache), so that compiled kernels and ``pack`` agree in
+    every process. The AVX2 imitation (NUMBA_CPU_NAME=haswell) gets 32."""
+    from numba.core.registry import cpu_target
+    _, cpu, features = cpu_target.target_context.codegen().magic_tuple()
+    return 64 if "+avx512f" in features.split(",") and cpu != "haswell" else 32
 
 
 def panel_width(dtype) -> int:
-    """NR: the columns of a panel, two 256-bit vectors of this dtype."""
-    return VECTORS * _WIDTH[np.dtype(dtype)]
+    """NR: the columns of a panel, two vectors of this dtype."""
+    return VECTORS * vector_bytes() // np.dtype(dtype).itemsize
 
 
 def pack(Bm):
@@ -57,7 +70,8 @@ def _const(n):
 def _micro_kernel(module, scalar, width, rows):
     """void f(A*, lda, Bp*, K, C*, ldc, accumulate): C[:rows, :NR] (+)= A[:rows, :K] · panel,
     strides in elements. Defined once per module (the Numba function that inlines it)."""
-    name = f"bptt_packed_{'f32' if width == 8 else 'f64'}_{rows}x{VECTORS * width}"
+    kind = "f32" if isinstance(scalar, ir.FloatType) else "f64"
+    name = f"bptt_packed_{kind}_{rows}x{VECTORS * width}"
     if name in module.globals:
         return module.globals[name]
     vec = ir.VectorType(scalar, width)
@@ -67,13 +81,13 @@ def _micro_kernel(module, scalar, width, rows):
     fn.linkage = "internal"
     fn.attributes.add("alwaysinline")
     A, lda, Bp, K, C, ldc, accumulate = fn.args
-    fma_name = f"llvm.fmuladd.v{width}{'f32' if width == 8 else 'f64'}"
+    fma_name = f"llvm.fmuladd.v{width}{kind}"
     fma = module.globals.get(fma_name) or ir.Function(module, ir.FunctionType(vec, [vec, vec, vec]), fma_name)
     entry, loop, done = (fn.append_basic_block(n) for n in ("entry", "loop", "done"))
     add_to_c, store_c = fn.append_basic_block("add"), fn.append_basic_block("store")
     b = ir.IRBuilder(entry)
     zero = ir.Constant(vec, [0.0] * width)
-    align = 4 if width == 8 else 8                       # the scalar's: rows need not be aligned
+    align = 4 if kind == "f32" else 8                    # the scalar's: rows need not be aligned
     b.cbranch(b.icmp_signed(">", K, _const(0)), loop, done)
 
     b.position_at_end(loop)
@@ -127,7 +141,7 @@ def _tile(typingctx, A, a_off, lda, Bp, b_off, K, C, c_off, ldc, rows, accumulat
     def codegen(context, builder, signature, args):
         A_, a_off_, lda_, Bp_, b_off_, K_, C_, c_off_, ldc_, rows_, accumulate_ = args
         scalar = context.get_value_type(signature.args[0].dtype)
-        width = 8 if signature.args[0].dtype == types.float32 else 4
+        width = vector_bytes() // (4 if signature.args[0].dtype == types.float32 else 8)
 
         def at(position, offset):
             array = context.make_array(signature.args[position])(context, builder, args[position])
@@ -144,7 +158,8 @@ def _tile(typingctx, A, a_off, lda, Bp, b_off, K, C, c_off, ldc, rows, accumulat
 _jit = njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
 
 
-KC = 256                  # the k-block: 16 KiB of a float32 panel (NR = 16), of a float64 one (NR = 8)
+KC = 256                  # the k-block: 16 KiB of a 256-bit panel, 32 KiB of a 512-bit one (the
+                          # same KC on both: the same sums, so the same bits)
 
 
 @_jit

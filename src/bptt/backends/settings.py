@@ -4,7 +4,7 @@
                              cell's NumPy step, not the compiled loop (cells/compiled.py)
     BPTT_STEP_GEMM=packed|mkl
                              the compiled loop's recurrent GEMM over W_h packed once a pass:
-                             bptt's AVX2 micro-kernel (backends/packed_gemm.py) or oneMKL's
+                             bptt's micro-kernel (backends/packed_gemm.py) or oneMKL's
                              packed GEMM (backends/mkl.py, extra ``mkl``). Default: mkl where
                              it is installed and the CPU runs AVX-512, else packed (the
                              faster of the two on each, benchmarks/step_gemm.py)
