@@ -52,11 +52,12 @@ def pack(Bm):
     K, N = Bm.shape
     nr = panel_width(Bm.dtype)
     panels = -(-N // nr)
-    out = np.zeros((panels, K, nr), dtype=Bm.dtype)
+    out = np.empty((panels, K, nr), dtype=Bm.dtype)       # written once: no zeros but the pad's
     whole = N // nr
     out[:whole] = Bm[:, :whole * nr].reshape(K, whole, nr).transpose(1, 0, 2)
     if whole < panels:
         out[whole, :, :N - whole * nr] = Bm[:, whole * nr:]
+        out[whole, :, N - whole * nr:] = 0
     return out
 
 
