@@ -74,38 +74,44 @@ def test_rows_of_any_stride_and_two_column_blocks_make_the_whole_product():
     assert (wide_out[:, :10] == 7).all() and (wide_out[:, 55:] == 7).all()
 
 
+
 _WIDE = """
 import sys
 import numpy as np
 from bptt.backends import packed_gemm
 packed_gemm.vector_bytes = lambda: 64          # before anything compiles: the AVX-512 kernel
-a, Bm = np.load(sys.argv[1]), np.load(sys.argv[2])
-tile = np.empty((packed_gemm.MR, packed_gemm.panel_width(a.dtype)), a.dtype)
-out = np.zeros((a.shape[0], Bm.shape[1]), a.dtype)
-packed_gemm.times_packed(a, packed_gemm.pack(Bm), out, 0, Bm.shape[1], tile)
-np.save(sys.argv[3], out)
-print(packed_gemm.panel_width(a.dtype))
+for name in ("32", "64"):
+    a, Bm = np.load(f"{sys.argv[1]}/a{name}.npy"), np.load(f"{sys.argv[1]}/b{name}.npy")
+    tile = np.empty((packed_gemm.MR, packed_gemm.panel_width(a.dtype)), a.dtype)
+    out = np.zeros((a.shape[0], Bm.shape[1]), a.dtype)
+    packed_gemm.times_packed(a, packed_gemm.pack(Bm), out, 0, Bm.shape[1], tile)
+    np.save(f"{sys.argv[1]}/out{name}.npy", out)
+    print(packed_gemm.panel_width(a.dtype))
 """
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_512_bit_kernel_gives_the_same_bits_as_the_256_bit_one(tmp_path, dtype):
-    """The AVX-512 micro-kernel (vectors of 64 bytes), compiled here in a process of its own
-    with empty caches (LLVM splits each vector in two on an AVX2 CPU), sums every element
-    in the same order as the AVX2 one: the same bits, panels of twice the width."""
+def test_512_bit_kernel_gives_the_same_bits_as_the_256_bit_one(tmp_path):
+    """The AVX-512 micro-kernel (vectors of 64 bytes), compiled in a process of its own with
+    empty caches (on an AVX2 CPU LLVM splits each vector in two), sums every element in the
+    same order as the AVX2 one: the same bits, from panels of twice the width."""
     import os
     import subprocess
     import sys
     rng = np.random.default_rng(5)
-    a = rng.standard_normal((13, 600)).astype(dtype)          # K in three blocks of KC
-    Bm = rng.standard_normal((600, 75)).astype(dtype)         # a last panel in part
-    np.save(tmp_path / "a.npy", a)
-    np.save(tmp_path / "b.npy", Bm)
+    inputs = {}
+    for dtype in (np.float32, np.float64):
+        name = str(8 * np.dtype(dtype).itemsize)
+        a = rng.standard_normal((13, 600)).astype(dtype)      # K in three blocks of KC
+        Bm = rng.standard_normal((600, 75)).astype(dtype)     # a last panel in part
+        np.save(tmp_path / f"a{name}.npy", a)
+        np.save(tmp_path / f"b{name}.npy", Bm)
+        inputs[name] = a, Bm
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), BPTT_CACHE_DIR=str(tmp_path / "bptt"))
-    done = subprocess.run([sys.executable, "-c", _WIDE, str(tmp_path / "a.npy"), str(tmp_path / "b.npy"),
-                           str(tmp_path / "out.npy")], env=env, capture_output=True, text=True, check=True)
-    assert int(done.stdout) == 2 * 64 // np.dtype(dtype).itemsize            # NR: two 512-bit vectors
-    out = np.zeros((13, 75), dtype)
-    packed_gemm.times_packed(a, pack(Bm), out, 0, 75, np.empty((MR, panel_width(dtype)), dtype))
-    assert np.array_equal(np.load(tmp_path / "out.npy"), out)
-    assert np.abs(out - a.astype(np.float64) @ Bm).max() < (1e-4 if dtype == np.float32 else 1e-11)
+    done = subprocess.run([sys.executable, "-c", _WIDE, str(tmp_path)], env=env, capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == ["32", "16"]                 # NR: two 512-bit vectors of float32, float64
+    for name, (a, Bm) in inputs.items():
+        out = np.zeros((13, 75), a.dtype)
+        packed_gemm.times_packed(a, pack(Bm), out, 0, 75, np.empty((MR, panel_width(a.dtype)), a.dtype))
+        assert np.array_equal(np.load(tmp_path / f"out{name}.npy"), out)
+        assert np.abs(out - a.astype(np.float64) @ Bm).max() < (1e-4 if name == "32" else 1e-11)
