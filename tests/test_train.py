@@ -242,3 +242,20 @@ def test_the_first_update_says_that_it_compiles(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "adding/lstm: first update (compiles the kernels once, cached after)" in err
     assert "adding/lstm: 100%" in err                  # the plain description once it has run
+
+
+def test_the_thread_rule_counts_the_steps_a_task_really_runs(tmp_path, monkeypatch):
+    """The copy task's sequence is seq_len + 20 steps (symbols, blanks, delimiter, recall):
+    at seq_len 60 a GRU of 64 (batch 16) is below MIN_LOOP_FLOPS over 60 steps and above
+    it over 80, so it runs whole, while the adding task's 60 steps run as halves."""
+    from bptt.backends import loop_threads, settings
+    monkeypatch.delenv("BPTT_LOOP_THREADS", raising=False)
+    monkeypatch.setattr(settings, "available_cores", lambda: 2)
+    settings.reset()
+    per_step = 2.0 * 16 * 3 * 64 * 64
+    assert 60 * per_step < loop_threads.MIN_LOOP_FLOPS <= 80 * per_step
+    threads = {task: Trainer(small(tmp_path, task, task=task, cell="gru", hidden=64, seq_len=60, batch=16,
+                                   steps=1)).model.threads for task in ("copy", "adding")}
+    monkeypatch.undo()
+    settings.reset()
+    assert threads == {"copy": 1, "adding": 2}

@@ -30,7 +30,7 @@ class AddingTask:
     name = "adding"
 
     def __init__(self, seq_len):
-        self.T = seq_len
+        self.T = self.steps = seq_len
         self.model_kwargs = dict(input_size=2, output_size=1, head="identity", loss="mse", outputs="last")
         self.baseline = 1 / 6
         self.baseline_name = "always 1"
@@ -54,6 +54,7 @@ class CopyTask:
 
     def __init__(self, seq_len):
         self.T = seq_len
+        self.steps = seq_len + 2 * self.LENGTH          # a sequence: symbols, blanks and delimiter, recall
         self.model_kwargs = dict(input_size=10, output_size=9, head="softmax", loss="cross_entropy",
                                  outputs="all")
         self.baseline = self.LENGTH * math.log(self.SYMBOLS) / (seq_len + 20)
@@ -78,6 +79,7 @@ class SineTask:
 
     def __init__(self, seq_len, noise=0.1):
         self.T, self.noise = seq_len, noise
+        self.steps = seq_len
         self.model_kwargs = dict(input_size=1, output_size=1, head="identity", loss="mse", outputs="all")
         x, y = self.batch(np.random.default_rng(12345), 256)
         self.baseline = float(((x - y) ** 2).mean())
@@ -119,7 +121,7 @@ class DigitsTask:
         a, b, _ = self.SPLIT
         self.splits = {"train": (images[:a], labels[:a]), "valid": (images[a:a + b], labels[a:a + b]),
                        "test": (images[a + b:], labels[a + b:])}
-        self.T = seq_len
+        self.T = self.steps = seq_len
         self.model_kwargs = dict(input_size=64 // seq_len, output_size=10, head="softmax", loss="cross_entropy",
                                  outputs="last")
         prior = np.bincount(labels[:a], minlength=10) / a
@@ -190,7 +192,7 @@ class TextTask:
         codes = np.fromiter((self.index[c] for c in text), dtype=np.int64, count=len(text))
         split = int(len(codes) * (1 - val_fraction))
         self.train, self.valid = codes[:split], codes[split:]
-        self.T = seq_len
+        self.T = self.steps = seq_len
         V = len(self.chars)
         self.model_kwargs = dict(input_size=V, output_size=V, head="softmax", loss="cross_entropy",
                                  outputs="all")

@@ -76,7 +76,7 @@ class Trainer:
         # at the GIL) run whole.
         loops = settings.loops_enabled() and isinstance(self.model.layer, CompiledLayer)
         if c.threads is None:
-            H, T = c.hidden, c.k2 or c.k1 or c.seq_len
+            H, T = c.hidden, c.k2 or c.k1 or self.task.steps        # the steps of one pass
             large = loop_threads.large_enough(c.batch, self.model.layer.GATES * H, H, T)
             wanted = 2 if settings.loop_threads() == 2 and not large else 1
         else:
