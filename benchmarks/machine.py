@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 # What the AVX2 imitation sets (DESIGN.md); any of them present means the figures are not native.
-IMITATION = ("OPENBLAS_CORETYPE", "NUMBA_CPU_NAME", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-             "MKL_ENABLE_INSTRUCTIONS")
+IMITATION = ("OPENBLAS_CORETYPE", "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "ATEN_CPU_CAPABILITY",
+             "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def cpu_model() -> str:
@@ -46,10 +46,20 @@ def vector_isa() -> str:
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE/other"
     if "amx_tile" in flags:
         isa += "+AMX"
-    imitated = {k: os.environ[k] for k in IMITATION if k in os.environ}
-    if imitated:
-        isa += " (imitating: " + ", ".join(f"{k}={v}" for k, v in imitated.items()) + ")"
-    return isa
+    return isa + imitation(flags, os.environ)
+
+
+def imitation(flags, env) -> str:
+    """" (imitating: …)" naming the imitation's variables set in env, else "". Numba keeps
+    the host's features under NUMBA_CPU_NAME alone, and for "haswell" with avx512f it
+    compiles 512-bit code: on an AVX-512 CPU without NUMBA_CPU_FEATURES the note says so."""
+    imitated = {k: env[k] for k in IMITATION if k in env}
+    if not imitated:
+        return ""
+    note = ", ".join(f"{k}={v}" for k, v in imitated.items())
+    if "avx512f" in flags and "NUMBA_CPU_NAME" in env and "NUMBA_CPU_FEATURES" not in env:
+        note += "; Numba still compiles for AVX-512 without NUMBA_CPU_FEATURES=-avx512f"
+    return f" (imitating: {note})"
 
 
 def cores() -> int:

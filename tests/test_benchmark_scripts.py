@@ -17,3 +17,21 @@ def test_lstm_profile_runs_and_its_parts_fit_in_the_whole(cell):
     assert {"forward", "backward", "forward loop", "input projection", "backward loop", "∂W products"} <= set(ms), out
     # each block's parts lie inside its whole, so their medians do too
     assert ms["forward loop"] <= ms["forward"] and ms["backward loop"] <= ms["backward"]
+
+
+def test_the_stamp_names_an_imitation_and_a_numba_target_that_keeps_avx512():
+    """The AVX2 imitation is named in every stamp; on an AVX-512 CPU, NUMBA_CPU_NAME=haswell
+    without NUMBA_CPU_FEATURES leaves Numba compiling 512-bit code, and the stamp says so."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from machine import imitation
+    finally:
+        sys.path.pop(0)
+    avx512, avx2 = {"avx2", "avx512f"}, {"avx2"}
+    assert imitation(avx512, {}) == ""
+    half = imitation(avx512, {"NUMBA_CPU_NAME": "haswell", "OPENBLAS_CORETYPE": "Haswell"})
+    assert half.startswith(" (imitating: OPENBLAS_CORETYPE=Haswell, NUMBA_CPU_NAME=haswell; Numba still") \
+        and "NUMBA_CPU_FEATURES=-avx512f" in half
+    whole = imitation(avx512, {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "-avx512f"})
+    assert whole == " (imitating: NUMBA_CPU_NAME=haswell, NUMBA_CPU_FEATURES=-avx512f)"
+    assert "Numba still" not in imitation(avx2, {"NUMBA_CPU_NAME": "haswell"})

@@ -51,7 +51,8 @@ def step_gemm() -> str:
 
 def vector_isa() -> str:
     """"AVX-512", "AVX2" or "other": the widest vector instructions in force here. An AVX2
-    imitation (NUMBA_CPU_NAME=haswell or MKL_ENABLE_INSTRUCTIONS=AVX2) counts as AVX2."""
+    imitation (NUMBA_CPU_NAME=haswell, with NUMBA_CPU_FEATURES=-avx512f for Numba's own
+    code, or MKL_ENABLE_INSTRUCTIONS=AVX2) counts as AVX2."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
