@@ -2,6 +2,10 @@
 NumPy's in float64 for every row count of the micro-kernel, partly covered panels and the
 column blocks the two threads of a loop take."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -74,7 +78,6 @@ def test_rows_of_any_stride_and_two_column_blocks_make_the_whole_product():
     assert (wide_out[:, :10] == 7).all() and (wide_out[:, 55:] == 7).all()
 
 
-
 _WIDE = """
 import sys
 import numpy as np
@@ -94,9 +97,6 @@ def test_512_bit_kernel_gives_the_same_bits_as_the_256_bit_one(tmp_path):
     """The AVX-512 micro-kernel (vectors of 64 bytes), compiled in a process of its own with
     empty caches (on an AVX2 CPU LLVM splits each vector in two), sums every element in the
     same order as the AVX2 one: the same bits, from panels of twice the width."""
-    import os
-    import subprocess
-    import sys
     rng = np.random.default_rng(5)
     inputs = {}
     for dtype in (np.float32, np.float64):

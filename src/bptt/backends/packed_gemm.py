@@ -33,12 +33,12 @@ VECTORS = 2                 # vectors of the output a row of the micro-kernel ho
 
 @functools.cache
 def vector_bytes() -> int:
-    """64 where Numba compiles for AVX-512, else 32: read from Numba's target (CPU name and
-    features, the key of its on-disk cache), so that compiled kernels and ``pack`` agree in
-    every process. The AVX2 imitation (NUMBA_CPU_NAME=haswell) gets 32."""
+    """64 where Numba compiles for AVX-512, else 32: read from the features of Numba's target
+    (part of the key of its on-disk cache), so that compiled kernels and ``pack`` agree in
+    every process. The AVX2 imitation (NUMBA_CPU_FEATURES=-avx512f) gets 32."""
     from numba.core.registry import cpu_target
-    _, cpu, features = cpu_target.target_context.codegen().magic_tuple()
-    return 64 if "+avx512f" in features.split(",") and cpu != "haswell" else 32
+    features = cpu_target.target_context.codegen().magic_tuple()[2]
+    return 64 if "+avx512f" in features.split(",") else 32
 
 
 def panel_width(dtype) -> int:

@@ -57,7 +57,7 @@ class CopyTask:
         self.steps = seq_len + 2 * self.LENGTH          # a sequence: symbols, blanks and delimiter, recall
         self.model_kwargs = dict(input_size=10, output_size=9, head="softmax", loss="cross_entropy",
                                  outputs="all")
-        self.baseline = self.LENGTH * math.log(self.SYMBOLS) / (seq_len + 20)
+        self.baseline = self.LENGTH * math.log(self.SYMBOLS) / self.steps
         self.baseline_name = "blank, then uniform"
 
     def batch(self, rng, B, dtype=np.float32):
