@@ -12,7 +12,7 @@ import pytest
 from numba import njit
 
 from bptt.backends import bulk, loop_threads, mkl, settings
-from bptt.cells import CellLayer, Cell, compiled, layer, scalar
+from bptt.cells import CellLayer, Cell, compiled, layer, layer_of, scalar
 from bptt.cells.compiled import CompiledLayer, CompiledTape
 from helpers import KINDS, make_model, make_state, make_targets, ragged_mask
 
@@ -249,6 +249,52 @@ def test_a_users_cell_with_kernels_defined_in_a_function_runs_compiled():
     assert compiled._address(cell.kernels[0]) is None                # compiled here, not from the cache
     for a, b in zip(out, ref):
         assert np.abs(a - b).max() < 1e-12 * max(1.0, np.abs(b).max())
+
+
+def test_a_kernel_numba_cannot_type_is_an_error_naming_the_cell_and_the_kernel(monkeypatch):
+    """A typo in a user's kernel surfaces at the first pass as a ValueError that names the
+    cell, the kernel and Numba's own finding; the cell's NumPy step still runs it."""
+    cell = _minimal_gated_unit()
+    good_forward, good_backward = cell.kernels
+
+    @njit
+    def forward_with_typo(z, rec, bias, extra, prev, new, aux, option):
+        new[0, 0] = z[0] + undefined_weight  # noqa: F821
+
+    @njit
+    def backward_of_three(ds, z, aux):
+        pass
+
+    rng = np.random.default_rng(5)
+    params = _params(cell, 3, 4, np.float64, rng)
+    x, state0 = rng.standard_normal((5, 2, 3)), (np.zeros((2, 4)),)
+    type(cell).kernels = (forward_with_typo, good_backward)
+    with pytest.raises(ValueError, match=r"cell: MGU's forward_kernel does not compile .*"
+                                         r"NameError: name 'undefined_weight' is not defined"):
+        CompiledLayer(cell).forward(params, x, state0)
+    type(cell).kernels = (good_forward, backward_of_three)
+    h, _, tape = CompiledLayer(cell).forward(params, x, state0)
+    with pytest.raises(ValueError, match=r"MGU's backward_kernel does not compile .*too many positional"):
+        CompiledLayer(cell).backward(params, np.ones_like(h), None, tape)
+    monkeypatch.setenv("BPTT_LOOPS", "0")
+    settings.reset()
+    try:
+        h_numpy, _, _ = CompiledLayer(cell).forward(params, x, state0)
+    finally:
+        monkeypatch.undo()
+        settings.reset()
+    assert np.abs(h_numpy - h).max() < 1e-12
+
+
+def test_kernels_that_are_not_numba_functions_are_refused_when_the_layer_is_built():
+    cell = _minimal_gated_unit()
+    type(cell).kernels = (cell.kernels[0].py_func, cell.kernels[1].py_func)
+    with pytest.raises(ValueError, match=r"cell: MGU.kernels expected \(forward_kernel, backward_kernel\), "
+                                         r"two Numba functions"):
+        layer_of(cell)
+    type(cell).kernels = (cell.kernels[0],)
+    with pytest.raises(ValueError, match=r"MGU.kernels expected"):
+        layer_of(cell)
 
 
 @pytest.mark.parametrize("cell,nonlinearity", [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "relu")])

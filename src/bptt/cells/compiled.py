@@ -30,12 +30,14 @@ import importlib
 import importlib.util
 import inspect
 import os
+import re
 import sys
 import types
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit
+from numba.core.errors import NumbaError
 
 from ..backends import loop_threads, mkl, packed_gemm, settings
 from ..backends.arrays import column_sums
@@ -103,7 +105,7 @@ class CompiledLayer(CellLayer):
                 _flat(extras, dt), start, slab, fresh, h, aux, valid, reset_at, resets_c, keep, zone,
                 np.empty((B, GH), dt), np.empty((B, S, H), dt), np.empty((B if keep.size else 0, H), dt),
                 _gemm(W_h, B, forward=True), self.cell.option)
-        loop_threads.run(self._loops().forward, args, parts)
+        self._run("forward", args, parts)
         stateT = tuple(slab[-1, :, s].copy() for s in range(S)) if T else tuple(state0)
         states = (h,) + tuple(slab[:, :, s] for s in range(1, S))
         z = u if self.cell.backward_reads_z else np.empty((T, B, 0), dt)     # the tape keeps only what is read
@@ -132,7 +134,7 @@ class CompiledLayer(CellLayer):
                 tape.start, slab, tape.fresh, valid, reset_at, resets_c, keep, zone, np.empty((B, S, H), dt),
                 np.empty((B if zone.size else 0, S, H), dt), du, dv, other, dextra,
                 _gemm(W_h, B, forward=False), self.cell.option)
-        loop_threads.run(self._loops().backward, args, loop_threads.parts_for(B, GH, H, T))
+        self._run("backward", args, loop_threads.parts_for(B, GH, H, T))
         du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
         x2 = np.ascontiguousarray(x).reshape(T * B, D)
         grads = {"W_x": transposed(rows_summed(du2, tape.codes, D)) if tape.codes is not None
@@ -159,8 +161,18 @@ class CompiledLayer(CellLayer):
     def extra_names(self, params):
         return list(self.cell.extra_shapes(params["W_h"].shape[1]))
 
-    def _loops(self):
-        return loops_for(*self.kernels)
+    def _run(self, direction, args, parts):
+        """The compiled loop of this direction; a kernel Numba cannot type with the loop's
+        arguments (compiled at the first call) is a ValueError naming the cell."""
+        try:
+            loop_threads.run(getattr(loops_for(*self.kernels), direction), args, parts)
+        except NumbaError as exc:
+            lines = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()
+                     if ln.strip() and not ln.startswith(("Failed in", "During:"))]
+            raise ValueError(f"cell: {type(self.cell).__name__}'s {direction}_kernel does not compile in "
+                             f"the time loop: {lines[0] if lines else type(exc).__name__}; expected a Numba "
+                             f"function of the arguments bptt.Cell's docstring lists (BPTT_LOOPS=0 runs "
+                             f"its NumPy step instead)") from exc
 
 
 def _flat(arrays, dtype):
