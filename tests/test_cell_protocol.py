@@ -176,6 +176,47 @@ def test_a_cell_that_breaks_the_protocol_is_named():
         bptt.Model("no_such_module_xyz:Cell", 2, 3, 1)
 
 
+class _BackwardReturns(Cell):
+    """A one-block cell whose step_backward returns what it is given, for the check below."""
+    name, gates, state = "back", 2, ("h", "c")
+
+    def __init__(self, wrong):
+        self.wrong = wrong
+
+    def extra_shapes(self, H):
+        return {"b_c": (H,)}
+
+    def step(self, p, u, v, state):
+        H = state[0].shape[1]
+        a = np.tanh(u + v)
+        return (a[:, :H], a[:, H:] + p["b_c"]), ()
+
+    def step_backward(self, p, dstate, cache):
+        dh, dc = dstate
+        right = {"du": np.hstack([dh, dc]), "dv": np.hstack([dh, dc]), "back": (dh, dc),
+                 "dextra": {"b_c": dc.sum(axis=0)}}
+        return tuple(self.wrong.get(k, right[k]) for k in ("du", "dv", "back", "dextra"))
+
+
+@pytest.mark.parametrize("wrong,message", [
+    ({}, None),
+    ({"du": np.zeros((4, 3))}, r"with du of shape \(4, 6\) \(B, G·H\), got \(4, 3\)"),
+    ({"dv": None}, r"with dv of shape \(4, 6\) \(B, G·H\), got None"),
+    ({"back": (np.zeros((4, 3)),)}, r"with dstate_prev a tuple of 2 arrays of shape \(4, 3\), got \[\(4, 3\)\]"),
+    ({"dextra": {}}, r"with dextra \{name: gradient\} of shapes \{'b_c': \(3,\)\}, got \{\}"),
+    ({"dextra": {"b_c": np.zeros(4)}}, r"with dextra .*, got \{'b_c': \(4,\)\}"),
+])
+def test_what_a_cells_step_backward_returns_is_checked_and_named(wrong, message):
+    model = bptt.Model(_BackwardReturns(wrong), input_size=2, hidden_size=3, output_size=1, dtype="float64")
+    x, y = np.ones((5, 4, 2)), np.ones((5, 4, 1))
+    if message is None:
+        assert np.isfinite(model.loss_and_grads(x, y)[0])
+        return
+    with pytest.raises(ValueError, match=r"cell: _BackwardReturns.step_backward must return "
+                                         r"\(du, dv, dstate_prev, dextra\) " + message):
+        model.loss_and_grads(x, y)
+
+
 def test_the_trainer_runs_a_user_cell_in_one_pass_and_resumes_it(tmp_path):
     """A cell of one's own steps in Python under the GIL: the trainer does not split its
     batch over two threads; and a run of it resumes with the cell found again."""

@@ -131,7 +131,10 @@ class CellLayer:
                 d = noise.zone_at(t, x.dtype)
                 kept = tuple(d[:, i] * s for i, s in enumerate(into_step))              # (N4)
                 into_step = tuple((1 - d[:, i]) * s for i, s in enumerate(into_step))
-            du_t, dv_t, back, dextra = cell.step_backward(params, into_step, tape.caches[t])   # (K4)
+            result = cell.step_backward(params, into_step, tape.caches[t])                # (K4)
+            if t == T - 1:                               # what the cell returns, checked once
+                _check_step_backward(cell, result, len(self.STATE), (B, H), (B, self.GATES * H), extra)
+            du_t, dv_t, back, dextra = result
             du[t], dv[t] = du_t, dv_t
             for k, g in dextra.items():
                 extra[k] += g
@@ -165,6 +168,26 @@ def _check_step(cell, new, n, shape, dtype):
             raise ValueError(f"cell: {name}.step must return state arrays of shape {shape} and dtype "
                              f"{np.dtype(dtype).name}, got {getattr(s, 'shape', None)} "
                              f"{getattr(s, 'dtype', type(s).__name__)}")
+
+
+def _check_step_backward(cell, result, n, shape, gates_shape, extra):
+    """A cell's step_backward must give (du, dv) of (B, G·H), one (B, H) array per state
+    name, and the gradient of each extra parameter in that parameter's shape."""
+    name = f"cell: {type(cell).__name__}.step_backward must return (du, dv, dstate_prev, dextra)"
+    if not (isinstance(result, tuple) and len(result) == 4):
+        raise ValueError(f"{name}, got {type(result).__name__} of length "
+                         f"{len(result) if hasattr(result, '__len__') else '?'}")
+    du, dv, back, dextra = result
+    for what, a in (("du", du), ("dv", dv)):
+        if getattr(a, "shape", None) != gates_shape:
+            raise ValueError(f"{name} with {what} of shape {gates_shape} (B, G·H), got {getattr(a, 'shape', a)}")
+    if not (isinstance(back, tuple) and len(back) == n and all(getattr(b, "shape", None) == shape for b in back)):
+        raise ValueError(f"{name} with dstate_prev a tuple of {n} arrays of shape {shape}, got "
+                         f"{[getattr(b, 'shape', b) for b in back] if isinstance(back, tuple) else type(back).__name__}")
+    wanted = {k: g.shape for k, g in extra.items()}
+    got = {k: getattr(g, "shape", g) for k, g in dextra.items()} if isinstance(dextra, dict) else type(dextra).__name__
+    if got != wanted:
+        raise ValueError(f"{name} with dextra {{name: gradient}} of shapes {wanted}, got {got}")
 
 
 def previous_states(first, seq, resets=None):
