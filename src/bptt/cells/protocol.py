@@ -37,6 +37,7 @@ returns du and dv (B, G·H), ``dstate_prev`` like ``state``, and ``dextra`` {nam
 gradient} of the extra parameters summed over the batch ({} when there are none). Use
 NumPy's array functions; float32 and float64 both occur. These two are the cell's
 reference: the Python loop runs them, for every array the compiled loop cannot take too.
+It checks what each returns at its first step (a ValueError names the cell and the part).
 
 Compiled kernels (optional; cells/compiled.py runs them in one compiled loop):
 
@@ -60,7 +61,8 @@ for the S carried arrays (row s of the block is s^s):
         extra parameters' gradient for this row into dextra (flattened as extra)
 
 Both kernels must give what step and step_backward give for the same row; the tests of
-a cell hold the two loops together (docs/custom_cell.md shows how).
+a cell hold the two loops together (docs/custom_cell.md shows how). A kernel Numba cannot
+compile with these arguments is a ValueError at the first pass, naming the cell and kernel.
 """
 from __future__ import annotations
 
