@@ -346,6 +346,34 @@ def test_mkls_packed_gemm_from_compiled_code_equals_numpy(dtype, tol, forward, m
     assert np.abs(out - a @ B).max() < tol * np.abs(a @ B).max()
 
 
+@pytest.mark.skipif(not HAS_MKL, reason="oneMKL is not installed (the extra mkl)")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mkls_packed_gemm_gives_the_same_bits_wherever_its_arrays_lie(dtype):
+    """The loop's rows and MKL's packed buffer lie at whatever address NumPy's allocator
+    gives (16-byte aligned, not 64): for the same bits in every process MKL's product must
+    not depend on it. Every offset of a, out and the buffer modulo 64 bytes, at a shape of
+    the core benchmark."""
+    @njit
+    def product(a, buffer, out):
+        mkl.compute(a, buffer, out)
+    rng = np.random.default_rng(1)
+    W_h = rng.standard_normal((1024, 256)).astype(dtype)
+    a0 = rng.standard_normal((16, 256)).astype(dtype)
+    size = mkl.packed_size(W_h, True, 16)
+    per_line = 64 // np.dtype(dtype).itemsize
+    first = None
+    for offset in range(per_line):
+        a = np.empty(a0.size + per_line, dtype)[offset:offset + a0.size].reshape(a0.shape)
+        a[:] = a0
+        out = np.empty(16 * 1024 + per_line, dtype)[offset:offset + 16 * 1024].reshape(16, 1024)
+        buffer = np.empty(size + per_line, dtype)[offset:offset + size]
+        mkl.pack_into(W_h, True, 16, buffer)
+        product(a, buffer, out)
+        if first is None:
+            first = out.copy()
+        assert np.array_equal(out, first), offset
+
+
 def test_the_step_gemm_default_follows_the_vector_isa(monkeypatch):
     monkeypatch.delenv("BPTT_STEP_GEMM", raising=False)
     for isa, installed, want in [("AVX-512", True, "mkl"), ("AVX-512", False, "packed"), ("AVX2", True, "packed")]:
