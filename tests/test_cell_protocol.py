@@ -172,6 +172,20 @@ def test_a_cell_that_breaks_the_protocol_is_named():
         model.forward(np.zeros((2, 1, 2)))
     with pytest.raises(ValueError, match="cell: expected 'rnn', 'lstm', 'gru', 'module:Class' or a bptt.Cell"):
         bptt.Model(object(), 2, 3, 1)
+
+    class TwiceH(NoState):
+        state = ("h", "h")
+
+    class OwnW_h(NoState):
+        def extra_shapes(self, H):
+            return {"gain": (H,), "W_h": (H, H)}
+
+    with pytest.raises(ValueError, match=r"cell: TwiceH.state expected a tuple of distinct names, the output "
+                                         r"first, got \('h', 'h'\)"):
+        bptt.Model(TwiceH(), 2, 3, 1)
+    with pytest.raises(ValueError, match=r"cell: OwnW_h.extra_shapes names parameters beyond W_x, W_h and b_h, "
+                                         r"got \['W_h', 'gain'\]"):
+        bptt.Model(OwnW_h(), 2, 3, 1)
     with pytest.raises(ValueError, match="cell: cannot import 'no_such_module_xyz'"):
         bptt.Model("no_such_module_xyz:Cell", 2, 3, 1)
 

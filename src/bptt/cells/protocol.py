@@ -91,7 +91,11 @@ class Cell(ABC):
 
     def param_shapes(self, input_size: int, hidden_size: int) -> dict:
         G, H = self.gates, hidden_size
-        return {"W_x": (G * H, input_size), "W_h": (G * H, H), "b_h": (G * H,)} | self.extra_shapes(H)
+        shapes, extra = {"W_x": (G * H, input_size), "W_h": (G * H, H), "b_h": (G * H,)}, self.extra_shapes(H)
+        if set(shapes) & set(extra):
+            raise ValueError(f"cell: {type(self).__name__}.extra_shapes names parameters beyond W_x, W_h and b_h, "
+                             f"got {sorted(extra)}")
+        return shapes | extra
 
     def initialize(self, params: dict, rng, hidden_size: int) -> None:
         """Change the default initialisation (every entry U(±1/√H)) in place; default: keep it."""
@@ -117,7 +121,8 @@ def check_cell(cell) -> Cell:
                          f"{type(cell).__name__} (it has no {', '.join(missing)})")
     if isinstance(cell.gates, bool) or not isinstance(cell.gates, int) or cell.gates < 1:
         raise ValueError(f"cell: {type(cell).__name__}.gates expected a positive integer, got {cell.gates!r}")
-    if not (isinstance(cell.state, tuple) and cell.state and all(isinstance(s, str) for s in cell.state)):
-        raise ValueError(f"cell: {type(cell).__name__}.state expected a tuple of names, the output first, "
-                         f"got {cell.state!r}")
+    if not (isinstance(cell.state, tuple) and cell.state and all(isinstance(s, str) for s in cell.state)
+            and len(set(cell.state)) == len(cell.state)):
+        raise ValueError(f"cell: {type(cell).__name__}.state expected a tuple of distinct names, the output "
+                         f"first, got {cell.state!r}")
     return cell
