@@ -183,7 +183,7 @@ def test_a_cell_that_breaks_the_protocol_is_named():
     with pytest.raises(ValueError, match=r"cell: TwiceH.state expected a tuple of distinct names, the output "
                                          r"first, got \('h', 'h'\)"):
         bptt.Model(TwiceH(), 2, 3, 1)
-    with pytest.raises(ValueError, match=r"cell: OwnW_h.extra_shapes names parameters beyond W_x, W_h and b_h, "
+    with pytest.raises(ValueError, match=r"cell: OwnW_h.extra_shapes expected names other than W_x, W_h and b_h, "
                                          r"got \['W_h', 'gain'\]"):
         bptt.Model(OwnW_h(), 2, 3, 1)
     with pytest.raises(ValueError, match="cell: cannot import 'no_such_module_xyz'"):

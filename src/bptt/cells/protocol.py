@@ -93,7 +93,7 @@ class Cell(ABC):
         G, H = self.gates, hidden_size
         shapes, extra = {"W_x": (G * H, input_size), "W_h": (G * H, H), "b_h": (G * H,)}, self.extra_shapes(H)
         if set(shapes) & set(extra):
-            raise ValueError(f"cell: {type(self).__name__}.extra_shapes names parameters beyond W_x, W_h and b_h, "
+            raise ValueError(f"cell: {type(self).__name__}.extra_shapes expected names other than W_x, W_h and b_h, "
                              f"got {sorted(extra)}")
         return shapes | extra
 
