@@ -191,7 +191,7 @@ def test_a_cell_that_breaks_the_protocol_is_named():
 
 
 class _BackwardReturns(Cell):
-    """A one-block cell whose step_backward returns what it is given, for the check below."""
+    """A two-block cell whose step_backward returns the right parts but those ``wrong`` names."""
     name, gates, state = "back", 2, ("h", "c")
 
     def __init__(self, wrong):

@@ -33,13 +33,7 @@ CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 def layer_of(cell) -> CellLayer:
     """The layer that runs a Cell: compiled when it has kernels, else the Python loop."""
     check_cell(cell)
-    kernels = getattr(cell, "kernels", None)
-    if kernels is None:
-        return CellLayer(cell)
-    if not (isinstance(kernels, (tuple, list)) and len(kernels) == 2 and all(hasattr(k, "py_func") for k in kernels)):
-        raise ValueError(f"cell: {type(cell).__name__}.kernels expected (forward_kernel, backward_kernel), two "
-                         f"Numba functions (@numba.njit), or None, got {kernels!r}")
-    return CompiledLayer(cell)
+    return CompiledLayer(cell) if getattr(cell, "kernels", None) is not None else CellLayer(cell)
 
 
 def resolve(cell, nonlinearity: str = "tanh"):

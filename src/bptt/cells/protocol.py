@@ -125,4 +125,9 @@ def check_cell(cell) -> Cell:
             and len(set(cell.state)) == len(cell.state)):
         raise ValueError(f"cell: {type(cell).__name__}.state expected a tuple of distinct names, the output "
                          f"first, got {cell.state!r}")
+    kernels = getattr(cell, "kernels", None)
+    if kernels is not None and not (isinstance(kernels, (tuple, list)) and len(kernels) == 2
+                                    and all(hasattr(k, "py_func") for k in kernels)):
+        raise ValueError(f"cell: {type(cell).__name__}.kernels expected (forward_kernel, backward_kernel), two "
+                         f"Numba functions (@numba.njit), or None, got {kernels!r}")
     return cell
