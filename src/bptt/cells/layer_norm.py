@@ -207,28 +207,29 @@ def lstm_backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, 
         da[3 * H + j] = dh[j] * hc[j] * o * (1 - o)                        # (L7)
         ds_prev[1, j] = dc * f                                             # (L9)
         ds_prev[0, j] = 0
-    _normalised_pair_back(da, gx, gh, nx, nh, ix, ih, du, dv, dgx, dgh, dbeta)
+    _normalised_pair_back(da, da, gx, gh, nx, nh, ix, ih, du, dv, dgx, dgh, dbeta)
 
 
 @_jit
-def _normalised_pair_back(da, gx, gh, nx, nh, ix, ih, du, dv, dgx, dgh, dbeta):
-    """(LN7) for one row, the same δa on both sides: du, dv and the gains' and β's
-    gradients. da may be dv itself: each dv[j] is written after da[j] is read."""
+def _normalised_pair_back(da_x, da_h, gx, gh, nx, nh, ix, ih, du, dv, dgx, dgh, dbeta):
+    """(LN7) for one row: du from δa on the input side (da_x), dv from δa on the
+    recurrent side (da_h), and the gains' and β's gradients. da_x, da_h may be du, dv or
+    one array: each du[j], dv[j] is written after da_x[j], da_h[j] are read."""
     ux, uxn, uh, uhn = 0.0, 0.0, 0.0, 0.0
-    for j in range(da.size):
-        ux += da[j] * gx[j]
-        uxn += da[j] * gx[j] * nx[j]
-        uh += da[j] * gh[j]
-        uhn += da[j] * gh[j] * nh[j]
-    G = da.size
+    for j in range(da_x.size):
+        ux += da_x[j] * gx[j]
+        uxn += da_x[j] * gx[j] * nx[j]
+        uh += da_h[j] * gh[j]
+        uhn += da_h[j] * gh[j] * nh[j]
+    G = da_x.size
     ux, uxn, uh, uhn = ux / G, uxn / G, uh / G, uhn / G
     for j in range(G):
-        d = da[j]
-        dgx[j] += d * nx[j]
-        dgh[j] += d * nh[j]
-        dbeta[j] += d
-        du[j] = ix * (d * gx[j] - ux - nx[j] * uxn)                        # (LN5)
-        dv[j] = ih * (d * gh[j] - uh - nh[j] * uhn)
+        dx, dr = da_x[j], da_h[j]
+        dgx[j] += dx * nx[j]
+        dgh[j] += dr * nh[j]
+        dbeta[j] += dx
+        du[j] = ix * (dx * gx[j] - ux - nx[j] * uxn)                       # (LN5)
+        dv[j] = ih * (dr * gh[j] - uh - nh[j] * uhn)
 
 
 @_jit
@@ -273,20 +274,7 @@ def gru_backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, o
         dv[2 * H + j] = da_n * r                                           # δq
         db_hn[j] += da_n * r
         ds_prev[0, j] = dh[j] * u                                          # (G6)
-    ux, uxn, uh, uhn = 0.0, 0.0, 0.0, 0.0
-    for j in range(G):
-        ux += du[j] * gx[j]
-        uxn += du[j] * gx[j] * nx[j]
-        uh += dv[j] * gh[j]
-        uhn += dv[j] * gh[j] * nh[j]
-    ux, uxn, uh, uhn = ux / G, uxn / G, uh / G, uhn / G
-    for j in range(G):
-        dx, dr = du[j], dv[j]
-        dgx[j] += dx * nx[j]
-        dgh[j] += dr * nh[j]
-        dbeta[j] += dx
-        du[j] = ix * (dx * gx[j] - ux - nx[j] * uxn)                       # (LN5), (LN7)
-        dv[j] = ih * (dr * gh[j] - uh - nh[j] * uhn)
+    _normalised_pair_back(du, dv, gx, gh, nx, nh, ix, ih, du, dv, dgx, dgh, dbeta)   # (LN5), (LN7)
 
 
 LayerNormLSTM.kernels = (lstm_forward_kernel, lstm_backward_kernel)
