@@ -101,6 +101,10 @@ def test_bad_dstate_is_named(model):
     ({"outputs": "first"}, r"outputs: expected one of 'all', 'last', got 'first'"),
     ({"reduction": "max"}, r"reduction: expected one of 'mean', 'sum'"),
     ({"init": "xavier"}, r"init: expected one of 'default', 'orthogonal'"),
+    ({"dtype": None}, r"dtype: expected 'float32' or 'float64', got None"),
+    ({"cell": "lstm", "forget_bias": "1"}, r"forget_bias: expected a finite number, got '1'"),
+    ({"seed": "a"}, r"seed: expected a seed \(an integer >= 0, or None\) or a numpy Generator, got 'a'"),
+    ({"cell": bptt.Cell}, r"cell: expected a Cell instance, got the class Cell; build it: cell=Cell\(\)"),
 ])
 def test_bad_model_arguments(kwargs, pattern):
     args = {"cell": "rnn", "input_size": 3, "hidden_size": 4, "output_size": 2} | kwargs
@@ -121,3 +125,66 @@ def test_gradcheck_names_a_bad_step_or_floor(kwargs, name):
     m = bptt.Model("gru", 2, 3, 2, dtype="float64", seed=0)
     with pytest.raises(ValueError, match=f"^{name}: expected a positive finite number"):
         bptt.gradcheck(m, np.zeros((4, 2, 2)), np.zeros((4, 2, 2)), **kwargs)
+
+
+@pytest.mark.parametrize("loss_count", [0, -3, 7, 2.5, "a", True])
+def test_loss_count_is_a_count_no_smaller_than_the_calls_own(model, loss_count):
+    """X, Y have 4 · 2 = 8 loss positions: the whole objective counts at least those."""
+    with pytest.raises(ValueError, match=rf"loss_count: expected an integer .* at least this call's own 8, "
+                                         rf"got {loss_count!r}"):
+        model.gradients(X, Y, loss_count=loss_count)
+    with pytest.raises(ValueError, match="loss_count"):
+        model.loss_value(X, Y, loss_count=loss_count)
+    assert model.gradients(X, Y, loss_count=16).loss == pytest.approx(model.gradients(X, Y).loss / 2, rel=1e-14)
+
+
+def test_bce_targets_are_probabilities():
+    m = bptt.Model("rnn", 3, 4, 2, head="sigmoid", loss="bce", dtype="float64", seed=0)
+    with pytest.raises(ValueError, match=r"targets: expected probabilities in \[0, 1\] for loss='bce', "
+                                         r"got values from -0.5 to 5"):
+        m.loss_value(X, np.where(np.arange(2) == 0, -0.5, 5.0) * np.ones((4, 2, 2)))
+
+
+@pytest.mark.parametrize("name,value,pattern", [
+    ("layer0.b_h", np.zeros(1), r"params\['layer0.b_h'\]: expected shape \(16,\) and dtype float64, got shape \(1,\)"),
+    ("layer1.W_h", np.zeros((16, 4), np.float32), r"params\['layer1.W_h'\]: .*got shape \(16, 4\) and dtype float32"),
+    ("head.W_y", [[0.0] * 4] * 2, r"params\['head.W_y'\]: expected an array of shape \(2, 4\) \(float64\), got list"),
+    ("head.b_y", None, r"params\['head.b_y'\]: expected an array .*got NoneType"),
+])
+def test_edited_parameters_are_checked_at_the_next_call(model, name, value, pattern):
+    if value is None:
+        del model.params[name]
+    else:
+        model.params[name] = value
+    for call in (lambda: model.gradients(X, Y), lambda: model.forward(X), lambda: model.loss_value(X, Y)):
+        with pytest.raises(ValueError, match=pattern):
+            call()
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    ({"top_k": 2.5}, r"top_k: expected a positive integer, got 2.5"),
+    ({"temperature": "hot"}, r"temperature: expected a positive number, got 'hot'"),
+    ({"temperature": 0}, r"temperature: expected a positive number, got 0"),
+    ({"seed": "a"}, r"seed: expected a seed"),
+])
+def test_bad_generation_arguments(kwargs, pattern):
+    m = bptt.Model("lstm", 3, 4, 3, head="softmax", loss="cross_entropy", seed=0)
+    m.vocabulary = "abc"
+    with pytest.raises(ValueError, match=pattern):
+        bptt.generate(m, 5, **kwargs)
+
+
+def test_bad_estimator_generator_is_named():
+    from bptt.through_time.online import uoro
+    m = bptt.Model("rnn", 3, 4, 2, dtype="float64", seed=0)
+    with pytest.raises(ValueError, match=r"rng: expected a seed .* got 'a'"):
+        uoro(m, X, Y, rng="a")
+
+
+def test_load_names_its_own_argument(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ValueError, match=r"^path: .* has no checkpoint .*; expected a saved model \(model.json\) "
+                                         r"or a run folder$"):
+        bptt.load(tmp_path)
+    with pytest.raises(ValueError, match=r"^best: .* has no best model"):
+        bptt.load(tmp_path, best=True)

@@ -124,6 +124,60 @@ def test_checkpointed_equals_full_for_every_budget(cell, nonlinearity, T):
             np.testing.assert_array_equal(u, v)
 
 
+@pytest.mark.parametrize("outputs", ["all", "last"])
+def test_segments_of_padding_alone_carry_the_state(outputs):
+    """Sequences of lengths 10 and 3 (outputs="last") or padding from step 3 on for both
+    (outputs="all"): checkpointed segments and truncated blocks after step 3 hold padding
+    only, which carries the state, as in full BPTT."""
+    rng = np.random.default_rng(8)
+    model = make_model("gru", layers=2, H=3, outputs=outputs, seed=3)
+    T, B = 10, 2
+    x, targets = rng.standard_normal((T, B, 3)), make_targets(model, T, B, rng)
+    mask = ragged_mask(T, [T, 3] if outputs == "last" else [3, 3])
+    L, G, S = tt.full(model, x, targets, mask=mask)
+    for budget in (None, 2, 5):
+        loss, grads, state = tt.checkpointed(model, x, targets, mask=mask, budget=budget)
+        assert loss == pytest.approx(L, rel=1e-12), budget
+        assert_grads_equal(grads, G, 1e-12)
+        np.testing.assert_array_equal(state, S)
+    if outputs == "all":
+        blocks = list(tt.truncated(model, x, targets, 4, mask=mask))
+        assert [b[0] for b in blocks[1:]] == [0.0, 0.0]           # no valid step, no loss
+        assert all(not np.any(g) for b in blocks[1:] for g in b[1].values())
+        np.testing.assert_array_equal(blocks[-1][2], S)
+        assert str(tt.truncation_bias(model, x, targets, [4], mask=mask)).split()[-2:] == ["0.000e+00", "1.00000"]
+
+
+def test_a_call_from_the_zero_state_still_needs_a_valid_step():
+    """Without a state0 to carry, padding alone computes nothing: still refused."""
+    model = make_model("lstm", H=3, outputs="last", seed=0)
+    x = np.zeros((4, 2, 3))
+    mask = ragged_mask(4, [4, 0])
+    with pytest.raises(ValueError, match="mask: sequence 1 has no valid step.*or a state0 it carries"):
+        model.forward(x, mask=mask)
+    rng = np.random.default_rng(0)
+    s0 = make_state(model, 2, rng)
+    y, state = model.forward(x, s0, mask=mask)         # carried: sequence 1 keeps s0 and predicts from it
+    for got, given in zip(state, s0):
+        np.testing.assert_array_equal(got[:, 1], given[:, 1])
+    other = x.copy()
+    other[:, 1] = rng.standard_normal((4, 3))            # its padded inputs are never read
+    np.testing.assert_array_equal(model.forward(other, s0, mask=mask)[0], y)
+    with pytest.raises(ValueError, match="mask: expected at least one valid step, got none"):
+        tt.checkpointed(make_model("rnn", H=3), x, np.zeros((4, 2, 2)), mask=np.zeros((4, 2), bool))
+
+
+def test_truncated_and_checkpointed_take_no_targets_as_full_does():
+    rng = np.random.default_rng(2)
+    model = make_model("lstm", H=3, seed=1)
+    x = rng.standard_normal((6, 2, 3))
+    L, G, _ = tt.full(model, x, None)
+    assert L == 0.0 and not any(np.any(g) for g in G.values())
+    assert [b[0] for b in tt.truncated(model, x, None, 4)] == [0.0, 0.0]
+    loss, grads, _ = tt.checkpointed(model, x, None, budget=2)
+    assert loss == 0.0 and not any(np.any(g) for g in grads.values())
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_checkpointed_many_to_one_with_resets(cell):
     rng = np.random.default_rng(6)

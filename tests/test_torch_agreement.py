@@ -144,3 +144,7 @@ def test_interop_rejects_what_it_cannot_represent():
         from_torch(torch.nn.GRU(2, 3), torch.nn.Linear(4, 1))
     with pytest.raises(ValueError, match="nonlinearity"):
         to_torch(bptt.Model("rnn", 2, 3, 1, nonlinearity="sigmoid"))
+    with pytest.raises(ValueError, match=r"model: zoneout=0.5 has no PyTorch layer .*nn.LSTM does not"):
+        to_torch(bptt.Model("lstm", 2, 3, 1, zoneout=0.5))
+    rnn, _ = to_torch(bptt.Model("lstm", 2, 3, 1, num_layers=2, dropout=0.5, recurrent_dropout=0.3))  # evaluation: no noise
+    assert isinstance(rnn, torch.nn.LSTM)

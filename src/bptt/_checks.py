@@ -30,7 +30,7 @@ def argument(kind, expected: str, test=lambda value: True):
 def dtype_of(name: str, value) -> np.dtype:
     """Resolve a dtype given as a string or numpy dtype; only float32 and float64."""
     try:
-        dt = np.dtype(value)
+        dt = None if value is None else np.dtype(value)        # np.dtype(None) would be float64
     except TypeError:
         dt = None
     if dt is None or dt.name not in FLOAT_DTYPES:
@@ -42,6 +42,23 @@ def choice(name: str, value, options) -> str:
     if value not in options:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {value!r}")
     return value
+
+
+def generator(name: str, value) -> np.random.Generator:
+    """np.random.default_rng(value), or a ValueError naming the argument."""
+    try:
+        return np.random.default_rng(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a seed (an integer >= 0, or None) or a numpy Generator, "
+                         f"got {value!r}") from None
+
+
+def number(name: str, value, test=lambda v: True, expected: str = "a number") -> float:
+    """A real number (not a bool or a string) that passes ``test``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or not test(value):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return float(value)
 
 
 def positive_int(name: str, value) -> int:

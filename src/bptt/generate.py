@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _checks
+
 
 def one_hot(codes, size, dtype=np.float32):
     """(…, size): a 1 at each code's column (characters as a model reads them)."""
@@ -42,17 +44,16 @@ def generate(model, length: int = 300, prime: str | None = None, temperature: fl
                          f"bidirectional={model.bidirectional}, outputs={model.outputs!r}")
     if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
         raise ValueError(f"length: expected an integer >= 0, got {length!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature: expected a positive number, got {temperature}")
-    if top_k is not None and not 1 <= top_k:
-        raise ValueError(f"top_k: expected a positive integer, got {top_k}")
+    temperature = _checks.number("temperature", temperature, lambda t: t > 0, "a positive number")
+    if top_k is not None:
+        top_k = _checks.positive_int("top_k", top_k)
     index = {c: i for i, c in enumerate(chars)}
     if not prime:
         prime = "\n" if "\n" in index else chars[0]
     unknown = sorted(set(prime) - set(index))
     if unknown:
         raise ValueError(f"prime: characters not in the model's vocabulary: {''.join(unknown[:10])!r}")
-    rng = np.random.default_rng(seed)
+    rng = _checks.generator("seed", seed)
     codes = np.array([index[c] for c in prime], dtype=np.int64)
     y, state = model.forward(one_hot(codes[:, None], V, model.dtype))
     p = y[-1, 0].astype(np.float64)

@@ -110,8 +110,7 @@ class Model:
         _checks.choice("init", init, INITS)
         if init == "identity" and cell != "rnn":
             raise ValueError(f"init: 'identity' (IRNN) applies to cell='rnn' only, got cell={self.cell_name!r}")
-        if not np.isfinite(forget_bias):
-            raise ValueError(f"forget_bias: expected a finite number, got {forget_bias}")
+        forget_bias = _checks.number("forget_bias", forget_bias, expected="a finite number")
         if forget_bias and cell != "lstm":
             raise ValueError(f"forget_bias: applies to cell='lstm' only, got cell={self.cell_name!r}")
         self.init = init
@@ -141,8 +140,9 @@ class Model:
         self.tuple_state = len(self.layer.STATE) > 1     # the public state: a tuple of arrays, or one
         self.threads = 1              # how gradients() runs, not part of the model: see there
         self.vocabulary = None        # a text model's characters, in the order of its inputs and outputs
-        rng = np.random.default_rng(seed)
+        rng = _checks.generator("seed", seed)
         self.params = self._init_params(rng, init)
+        self._shapes = {k: v.shape for k, v in self.params.items()}
         if init == "chrono":
             self._chrono(rng)
         if forget_bias:
@@ -309,7 +309,12 @@ class Model:
 
     # ---- inputs -----------------------------------------------------------------------
 
-    def _check_inputs(self, x, mask, resets=None):
+    def _check_inputs(self, x, mask, resets=None, carried=False):
+        """x, mask and resets checked (mask None where every step is valid, resets None
+        where none is set). ``carried``: the call continues from a given state0 (a later
+        chunk of a sequence), so a sequence may have no valid step in it: its state passes
+        through unchanged (M1). From the zero state such a call is refused as a mistake:
+        it would compute nothing, or with outputs="last" predict from no input."""
         x = _checks.float_array("x", x, self.dtype, ("T", "B", self.input_size))
         T, B, _ = x.shape
         if resets is not None:
@@ -321,12 +326,13 @@ class Model:
                                  "reads whole sequences (one per row, padded with a mask) and takes none")
         if mask is not None:
             mask = _checks.bool_mask("mask", mask, (T, B))
-            if self.outputs == "last" and not mask.any(axis=0).all():
+            if not carried and self.outputs == "last" and not mask.any(axis=0).all():
                 b = int(np.flatnonzero(~mask.any(axis=0))[0])
                 raise ValueError(f"mask: sequence {b} has no valid step; with outputs='last' "
-                                 f"every sequence needs at least one")
-            if not mask.any():
-                raise ValueError("mask: expected at least one valid step, got none")
+                                 f"every sequence needs at least one (or a state0 it carries)")
+            if not carried and not mask.any():
+                raise ValueError("mask: expected at least one valid step, got none (a chunk of padding "
+                                 "alone needs the state0 it carries)")
             if mask.all():
                 mask = None      # the unmasked path is faster and gives the same numbers
         return x, mask, resets
@@ -338,12 +344,29 @@ class Model:
         where = "(T, B)" if self.outputs == "all" else "(B,)"
         if self.loss == "cross_entropy":
             return _checks.class_targets(f"targets (class indices {where})", targets, lead, self.output_size)
-        return _checks.float_array("targets", targets, self.dtype, lead + (self.output_size,))
+        targets = _checks.float_array("targets", targets, self.dtype, lead + (self.output_size,))
+        if self.loss == "bce" and not ((targets >= 0) & (targets <= 1)).all():
+            raise ValueError(f"targets: expected probabilities in [0, 1] for loss='bce', got values from "
+                             f"{targets.min():g} to {targets.max():g}")
+        return targets
 
     # ---- forward and backward -----------------------------------------------------------
 
     def _forward(self, x, state0, mask, resets=None, masks=None) -> stack.Forward:
+        self._check_params()
         return stack.forward(self, x, state0, mask, resets, masks)
+
+    def _check_params(self):
+        """``params`` may be edited or replaced (an optimizer, a user): each entry must
+        still be an array of its parameter's shape in the model's dtype."""
+        for name, shape in self._shapes.items():
+            value = self.params.get(name)
+            if not (isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__")):
+                raise ValueError(f"params[{name!r}]: expected an array of shape {shape} ({self.dtype.name}), "
+                                 f"got {type(value).__name__}")
+            if value.shape != shape or value.dtype != self.dtype:
+                raise ValueError(f"params[{name!r}]: expected shape {shape} and dtype {self.dtype.name}, got "
+                                 f"shape {value.shape} and dtype {value.dtype}")
 
     def _head_rows(self, fw: stack.Forward):
         """What the head reads: every step's top output (T·B, D·H), or with outputs="last"
@@ -356,7 +379,7 @@ class Model:
 
     def forward(self, x, state0=None, mask=None, resets=None, masks=None):
         """Predictions y = g(o): (T, B, O) or (B, O) with outputs="last"; and the final state."""
-        x, mask, resets = self._check_inputs(x, mask, resets)
+        x, mask, resets = self._check_inputs(x, mask, resets, carried=state0 is not None)
         T, B, _ = x.shape
         fw = self._forward(x, self._split_state(state0, B), mask, resets, self._masks(masks, T, B))
         y = HEADS[self.head][0](head_layer.forward(self.head_params(), self._head_rows(fw)))
@@ -366,7 +389,7 @@ class Model:
 
     def advance(self, x, state0=None, mask=None, resets=None, masks=None):
         """The state after running x from state0: no head, no loss (checkpointing uses it)."""
-        x, mask, resets = self._check_inputs(x, mask, resets)
+        x, mask, resets = self._check_inputs(x, mask, resets, carried=state0 is not None)
         T, B, _ = x.shape
         return self._join_state(self._forward(x, self._split_state(state0, B), mask, resets,
                                               self._masks(masks, T, B)).states)
@@ -384,6 +407,22 @@ class Model:
             return B
         counted = self._counted(mask, loss_mask)
         return T * B if counted is None else int(counted.sum())
+
+    def _check_loss_options(self, loss_mask, loss_count, mask, T, B):
+        """loss_mask as a (T, B) bool array (outputs="all" only) and loss_count as an int
+        no smaller than this call's own count of loss positions (the count of the whole
+        objective this call is a chunk of)."""
+        if loss_mask is not None:
+            if self.outputs != "all":
+                raise ValueError("loss_mask: applies to outputs='all' only")
+            loss_mask = _checks.bool_mask("loss_mask", loss_mask, (T, B))
+        if loss_count is not None:
+            own = self.loss_positions(mask, T, B, loss_mask)
+            if isinstance(loss_count, bool) or not isinstance(loss_count, (int, np.integer)) or loss_count < own:
+                raise ValueError(f"loss_count: expected an integer count of loss positions of the whole "
+                                 f"objective, at least this call's own {own}, got {loss_count!r}")
+            loss_count = int(loss_count)
+        return loss_mask, loss_count
 
     def _row_weights(self, mask, T, B, loss_mask=None, loss_count=None):
         """w_n per head row: 0 on padded positions and outside loss_mask, 1/count for the
@@ -418,13 +457,10 @@ class Model:
         threads = self.threads if threads is None else threads
         if threads not in (1, 2):
             raise ValueError(f"threads: expected 1 or 2, got {threads!r}")
-        x, mask, resets = self._check_inputs(x, mask, resets)
+        x, mask, resets = self._check_inputs(x, mask, resets, carried=state0 is not None)
         T, B, _ = x.shape
         targets = self._check_targets(targets, T, B)
-        if loss_mask is not None:
-            if self.outputs != "all":
-                raise ValueError("loss_mask: applies to outputs='all' only")
-            loss_mask = _checks.bool_mask("loss_mask", loss_mask, (T, B))
+        loss_mask, loss_count = self._check_loss_options(loss_mask, loss_count, mask, T, B)
         s0 = self._split_state(state0, B)
         dsT = None if dstate is None else self._split_state(dstate, B, "dstate")
         masks = self._masks(masks, T, B)
@@ -459,9 +495,10 @@ class Model:
     def loss_value(self, x, targets, state0=None, mask=None, resets=None, loss_mask=None,
                    loss_count=None, masks=None) -> float:
         """The loss alone, through the same forward pass and loss as ``gradients``."""
-        x, mask, resets = self._check_inputs(x, mask, resets)
+        x, mask, resets = self._check_inputs(x, mask, resets, carried=state0 is not None)
         T, B, _ = x.shape
         targets = self._check_targets(targets, T, B)
+        loss_mask, loss_count = self._check_loss_options(loss_mask, loss_count, mask, T, B)
         fw = self._forward(x, self._split_state(state0, B), mask, resets, self._masks(masks, T, B))
         return self._loss(self._head_rows(fw), targets, mask, T, B, loss_mask, loss_count)[0]
 

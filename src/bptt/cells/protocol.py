@@ -114,6 +114,9 @@ class Cell(ABC):
 
 def check_cell(cell) -> Cell:
     """``cell`` if it follows the protocol, else a ValueError naming what is missing."""
+    if isinstance(cell, type):
+        raise ValueError(f"cell: expected a Cell instance, got the class {cell.__name__}; build it: "
+                         f"cell={cell.__name__}()")
     missing = [a for a in ("name", "gates", "state", "param_shapes", "step", "step_backward", "initialize")
                if not hasattr(cell, a)]
     if missing:

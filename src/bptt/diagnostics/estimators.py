@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _checks
 from ..through_time.online import ESTIMATORS
 from ..through_time.rtrl import ExactInfluence
 
@@ -34,7 +35,7 @@ def estimator_error(model, x, methods=("snap1", "uoro"), mask=None, rng=None) ->
     m = model if model.dtype == np.float64 else model.astype("float64")
     x = x.astype(np.float64)
     T, B, _ = x.shape
-    rng = np.random.default_rng(rng)
+    rng = _checks.generator("rng", rng)
     exact = ExactInfluence(m, B)
     others = {name: ESTIMATORS[name](m, B, rng) for name in methods}
     errors = {name: np.full(T, np.nan) for name in methods}

@@ -182,7 +182,7 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
     m = model if model.dtype == np.float64 else model.astype("float64")
     if targets is None:
         raise ValueError("targets: the flow report needs targets (a loss to take the gradient of), got None")
-    x, mask, _ = model._check_inputs(x, mask)              # checked against the caller's dtype
+    x, mask, _ = model._check_inputs(x, mask, carried=state0 is not None)   # against the caller's dtype
     T, B, _ = x.shape
     targets = model._check_targets(targets, T, B)
     s0 = [tuple(a.astype(np.float64) for a in s) for s in model._split_state(state0, B)]

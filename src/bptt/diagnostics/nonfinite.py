@@ -38,7 +38,7 @@ class NonFinite(NamedTuple):
 
 def first_nonfinite(model, x, targets, state0=None, mask=None) -> NonFinite:
     """Locate the first non-finite state or state gradient of ``model`` on (x, targets)."""
-    x, mask, _ = model._check_inputs(x, mask)
+    x, mask, _ = model._check_inputs(x, mask, carried=state0 is not None)
     T, B, _ = x.shape
     targets = model._check_targets(targets, T, B)
     L, H = model.num_layers, model.hidden_size

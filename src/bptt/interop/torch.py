@@ -84,6 +84,10 @@ def to_torch(model: Model):
         raise ValueError(f"model: PyTorch has layers for the cells 'rnn', 'lstm' and 'gru', got {model.cell_name!r}")
     if model.layer_norm:
         raise ValueError("model: PyTorch has no layer-normalised LSTM or GRU layer (layer_norm=True)")
+    if model.zoneout:
+        raise ValueError(f"model: zoneout={model.zoneout!r} has no PyTorch layer (in evaluation each unit "
+                         f"keeps the share p of its old state, which nn.{model.cell.upper()} does not); "
+                         f"export a model without it")
     torch = _torch()
     dtype = getattr(torch, model.dtype.name)
     kw = dict(input_size=model.input_size, hidden_size=model.hidden_size, num_layers=model.num_layers,

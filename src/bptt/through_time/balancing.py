@@ -93,7 +93,7 @@ def influence_balancing(method: str, steps: int, lr: float, window: int | None =
         x, y = np.zeros((steps, 1, 1)), np.ones((steps, 1, 1))
         updates = truncated(model, x, y, k1=1, k2=window, state0=state0)
     else:
-        influence = ESTIMATORS[method](model, 1, np.random.default_rng(rng))
+        influence = ESTIMATORS[method](model, 1, _checks.generator("rng", rng))
         influence.restore(influence.carried() | {"state.0.0": state0[0]})
         x, y = np.zeros((1, 1, 1)), np.ones((1, 1, 1))
         updates = (forward_window(influence, model, x, y) for _ in range(steps))

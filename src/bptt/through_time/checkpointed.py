@@ -36,7 +36,7 @@ def checkpointed(model, x, targets, state0=None, mask=None, budget=None, resets=
     """(loss, grads, final state), equal to ``full``'s, holding at most ``budget`` steps of
     tape. ``masks`` (model.draw_masks over all T steps) are cut to each segment's steps."""
     refuse_bidirectional(model, "checkpointed BPTT")
-    x, mask, resets = model._check_inputs(x, mask, resets)
+    x, mask, resets = model._check_inputs(x, mask, resets, carried=state0 is not None)
     T, B, _ = x.shape
     targets = model._check_targets(targets, T, B)
     model._split_state(state0, B)
@@ -83,7 +83,9 @@ class _Run:
     def segment(self, a, b, state, dstate):
         """Backward of [a, b) with its tape; returns the gradient at its initial state."""
         x, mask, resets, masks = self._part(a, b)
-        if self.model.outputs == "all":
+        if self.targets is None:                                  # no loss: dstate drives it
+            targets = None
+        elif self.model.outputs == "all":
             targets = self.targets[a:b]
         else:
             targets = self.targets if b == self.T else None      # the head reads the last state

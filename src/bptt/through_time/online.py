@@ -46,6 +46,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from .. import _checks
 from .rtrl import ExactInfluence, Influence, bmm, forward_mode
 
 
@@ -127,7 +128,7 @@ class UORO(Influence):
     def __init__(self, model, B: int, state0=None, rng=None):
         _one_layer(model, "UORO")
         super().__init__(model, B, state0)
-        self.rng = np.random.default_rng(rng)
+        self.rng = _checks.generator("rng", rng)
         self.u = np.zeros((B, self.K), model.dtype)
         self.theta = np.zeros((B, self.n), model.dtype)
         self.grad = np.zeros(self.n, model.dtype)
@@ -163,13 +164,15 @@ class UORO(Influence):
 
 def snap(model, x, targets, n: int = 1, state0=None, mask=None, resets=None):
     """(loss, gradient estimate, final state) by SnAp-n (O1), one recurrent layer."""
-    return forward_mode(lambda B: SnAp(model, B, state0, n), model, x, targets, mask, resets)
+    return forward_mode(lambda B: SnAp(model, B, state0, n), model, x, targets, mask, resets,
+                        carried=state0 is not None)
 
 
 def uoro(model, x, targets, state0=None, mask=None, resets=None, rng=None):
     """(loss, gradient estimate, final state) by UORO (O2), one recurrent layer; ``rng``
     (a seed or a Generator) draws the signs ν_t."""
-    return forward_mode(lambda B: UORO(model, B, state0, rng), model, x, targets, mask, resets)
+    return forward_mode(lambda B: UORO(model, B, state0, rng), model, x, targets, mask, resets,
+                        carried=state0 is not None)
 
 
 class Eligibility(_Dense):
@@ -195,7 +198,7 @@ class KFRTRL(Influence):
         if model.cell != "rnn":
             raise ValueError(f"model: KF-RTRL is defined for the Elman layer (cell='rnn'), got cell={model.cell_name!r}")
         super().__init__(model, B, state0)
-        self.rng = np.random.default_rng(rng)
+        self.rng = _checks.generator("rng", rng)
         D, H = model.input_size, self.H
         self.u = np.zeros((B, D + H + 1), model.dtype)
         self.A = np.zeros((B, H, H), model.dtype)
@@ -243,7 +246,8 @@ class KFRTRL(Influence):
 def eprop(model, x, targets, state0=None, mask=None, resets=None):
     """(loss, gradient estimate, final state) by e-prop (O3): eligibility traces through the
     cell's own dynamics, not through W_h; one recurrent layer of any cell."""
-    return forward_mode(lambda B: Eligibility(model, B, state0), model, x, targets, mask, resets)
+    return forward_mode(lambda B: Eligibility(model, B, state0), model, x, targets, mask, resets,
+                        carried=state0 is not None)
 
 
 def rflo(model, x, targets, state0=None, mask=None, resets=None):
@@ -252,13 +256,15 @@ def rflo(model, x, targets, state0=None, mask=None, resets=None):
     if model.cell != "rnn":
         raise ValueError(f"model: RFLO is defined for the (leaky) Elman layer (cell='rnn'), got "
                          f"cell={model.cell_name!r}; e-prop is its form for gated cells")
-    return forward_mode(lambda B: Eligibility(model, B, state0), model, x, targets, mask, resets)
+    return forward_mode(lambda B: Eligibility(model, B, state0), model, x, targets, mask, resets,
+                        carried=state0 is not None)
 
 
 def kf_rtrl(model, x, targets, state0=None, mask=None, resets=None, rng=None):
     """(loss, gradient estimate, final state) by KF-RTRL (O4), the Elman layer; ``rng``
     draws the signs c₁, c₂."""
-    return forward_mode(lambda B: KFRTRL(model, B, state0, rng), model, x, targets, mask, resets)
+    return forward_mode(lambda B: KFRTRL(model, B, state0, rng), model, x, targets, mask, resets,
+                        carried=state0 is not None)
 
 
 # The methods by the names of `bptt train --through-time`: a factory (model, B, rng) -> influence.

@@ -253,14 +253,16 @@ def rtrl(model, x, targets, state0=None, mask=None, resets=None):
     same numbers as ``model.loss_and_grads`` (BPTT), computed without a backward pass
     through time. Any cell, stacked layers, masks and resets; evaluation mode (no
     dropout; zoneout at its expectation)."""
-    return forward_mode(lambda B: ExactInfluence(model, B, state0), model, x, targets, mask, resets)
+    return forward_mode(lambda B: ExactInfluence(model, B, state0), model, x, targets, mask, resets,
+                        carried=state0 is not None)
 
 
-def forward_mode(make, model, x, targets, mask=None, resets=None, loss_mask=None):
+def forward_mode(make, model, x, targets, mask=None, resets=None, loss_mask=None, carried=False):
     """(loss, gradient, final state) with the influence ``make(B)`` advanced over the
     sequence: each step's loss gradient is collected as it comes (T2), the head's exactly.
-    ``loss_mask`` (T, B) bool: only these positions add loss, as in ``Model.gradients``."""
-    x, mask, resets = model._check_inputs(x, mask, resets)
+    ``loss_mask`` (T, B) bool: only these positions add loss, as in ``Model.gradients``.
+    ``carried``: ``make`` starts from a given state (Model._check_inputs)."""
+    x, mask, resets = model._check_inputs(x, mask, resets, carried=carried)
     T, B, _ = x.shape
     targets = model._check_targets(targets, T, B)
     influence = make(B)

@@ -70,11 +70,11 @@ def _updates(model, x, targets, k1, k2, state0, mask, resets, loss_count=None, r
         raise ValueError(f"model: truncated BPTT needs outputs='all' (a loss at every step), "
                          f"got outputs={model.outputs!r}")
     refuse_bidirectional(model, "truncated BPTT")
-    x, mask, resets = model._check_inputs(x, mask, resets)
+    x, mask, resets = model._check_inputs(x, mask, resets, carried=state0 is not None)
     T, B, _ = x.shape
     model._check_targets(targets, T, B)
     model._split_state(state0, B)
-    return stream_updates(model, T, lambda lo, hi: x[lo:hi], lambda lo, hi: targets[lo:hi], k1, k2 - k1,
+    return stream_updates(model, T, lambda lo, hi: x[lo:hi], lambda lo, hi: _slice(targets, lo, hi), k1, k2 - k1,
                           state0, mask=mask, resets=resets, loss_count=loss_count,
                           draw_masks=None if rng is None else lambda T, B: model.draw_masks(T, B, rng))
 
@@ -97,6 +97,8 @@ def stream_updates(model, T, inputs, targets, k1, context, state0, start=0, wind
         w = window_start                          # = max(0, a − context)
         x = inputs(w, e)
         B = x.shape[1]
+        if window_state is None:                  # zeros, given: a window of padding alone carries them
+            window_state = model.init_state(B)
         loss_mask = None
         if w < a:
             loss_mask = np.zeros((e - w, B), dtype=bool)

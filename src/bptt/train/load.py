@@ -19,4 +19,12 @@ def load(path, best: bool = False):
         if best:
             raise ValueError(f"best: {folder} is a saved model, not a run folder with checkpoints")
         return saved.read(folder)
-    return Trainer.load(folder, best=best).model
+    try:
+        return Trainer.load(folder, best=best).model
+    except ValueError as exc:                   # the run folder's errors name the CLI's arguments
+        message = str(exc)
+        for cli_name, name in (("RUN: ", "path: "), ("--best: ", "best: ")):
+            if message.startswith(cli_name):
+                raise ValueError(name + message[len(cli_name):] + ("; expected a saved model (model.json) or "
+                                 "a run folder" if "has no checkpoint" in message else "")) from None
+        raise
