@@ -94,3 +94,69 @@ def test_config_file_keys_mirror_the_options(tmp_path, capsys):
 def test_python_dash_m_bptt_works():
     out = subprocess.run([sys.executable, "-m", "bptt", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "train" in out.stdout and "resume" in out.stdout
+
+
+def test_a_text_run_stands_on_its_own_and_refuses_a_changed_text(tmp_path, capsys, monkeypatch):
+    """The checkpoint keeps the vocabulary and the text's SHA-256: sample, export and
+    bptt.load need no text file; eval and resume read it again and refuse another text
+    (one with the same number of characters would have given wrong figures, no error)."""
+    import bptt
+    corpus = tmp_path / "t.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    code, _, _ = run(capsys, ["train", "--text", "t.txt", "--hidden", "16", "--seq-len", "16", "--batch", "4",
+                              "--steps", "10", "--quiet", "--out", "t"])
+    assert code == 0
+    sampled = run(capsys, ["sample", "t", "--length", "40", "--seed", "1"])[1]
+    figures = run(capsys, ["eval", "t"])[1]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)                     # the run keeps the text's absolute path
+    assert run(capsys, ["eval", str(tmp_path / "t")])[1] == figures
+    corpus.rename(tmp_path / "moved.txt")
+    assert run(capsys, ["sample", str(tmp_path / "t"), "--length", "40", "--seed", "1"])[1] == sampled
+    assert bptt.load(tmp_path / "t").vocabulary == sorted(set("the quick brown fox jumps over the lazy dog. "))
+    code, _, err = run(capsys, ["eval", str(tmp_path / "t")])
+    assert code == 2 and f"RUN: {tmp_path / 't'} trained on the text {corpus}, which cannot be read now " \
+                          f"(no such file: {corpus})" in err
+    corpus.write_text("THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG, " * 200, encoding="utf-8")
+    for argv in (["eval", str(tmp_path / "t")], ["resume", str(tmp_path / "t"), "--steps", "20"]):
+        code, _, err = run(capsys, argv)
+        assert code == 2 and f"--text: {corpus} is not the text this run trained on: its SHA-256 differs" in err
+
+
+def test_options_a_new_run_would_ignore_are_refused(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    for argv, message in [
+            (["--task", "adding", "--k1", "4"], "--k1: applies to --task text"),
+            (["--task", "copy", "--k2", "400"], "--k2: applies to --task text"),
+            (["--checkpointing", "8"], "--checkpointing: applies to the synthetic tasks"),
+            (["--task", "adding", "--warmup", "50", "--steps", "40"], "--warmup: expected fewer updates than "
+                                                                      "--steps 40"),
+            (["--cell", ":"], "cell: expected 'package.module:ClassName' (a module and a class in it), got ':'"),
+            (["--cell", "gru", "--forget-bias", "1"], "forget-bias: applies to --cell lstm only, got --cell gru"),
+            (["--on-nonfinite", "maybe"], "on-nonfinite: expected one of 'stop', 'skip', got 'maybe'")]:
+        code, _, err = run(capsys, ["train", *argv, "--out", out])
+        assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_is_not_sent_to_resume(tmp_path, capsys):
+    """The documented explosion (docs/diagnostics.md): non-finite at step 38 of 50."""
+    argv = ["train", "--task", "adding", "--cell", "rnn", "--nonlinearity", "identity", "--init", "identity",
+            "--seq-len", "400", "--clip-norm", "1e30", "--lr", "0.1", "--steps", "50", "--quiet",
+            "--out", str(tmp_path / "nf")]
+    assert run(capsys, argv)[0] == 2
+    code, _, err = run(capsys, argv)
+    assert code == 2 and "holds a run that stopped before its first checkpoint (nothing to resume); --fresh " \
+                         "deletes it and starts over" in err and "bptt resume" not in err
+
+
+def test_an_export_error_names_the_file_asked_for(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    code, _, _ = run(capsys, ["train", *SMALL, "--out", str(tmp_path / "r")])
+    assert code == 0
+    (tmp_path / "d.onnx").mkdir()
+    for target in (tmp_path / "no" / "x.onnx", tmp_path / "d.onnx"):
+        code, _, err = run(capsys, ["export", str(tmp_path / "r"), "--onnx", str(target)])
+        assert code == 1 and err.startswith(f"bptt: error: {target}: ") and ".tmp" not in err, err

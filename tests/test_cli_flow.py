@@ -113,7 +113,18 @@ def test_flow_refuses_an_out_that_holds_a_run_before_writing(tmp_path, capsys):
     code, _, err = run(capsys, ["flow", "--seq-len", "8", "--hidden", "4", "--cell", "rnn,lstm", "--quiet",
                                 "--out", str(out_dir)])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err and "lstm" in err
+    assert "choose another --out" in err and "--fresh" not in err and "resume" not in err    # flow has neither
     assert sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")) == ["lstm", "lstm/metrics.jsonl"]
+
+
+def test_flow_refuses_to_write_its_report_into_a_training_run(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text('{"task": "adding", "cell": "rnn", "hidden": 8, "steps": 20}')
+    before = sorted(p.name for p in run_dir.iterdir())
+    code, _, err = run(capsys, ["flow", "--seq-len", "8", "--hidden", "4", "--quiet", "--out", str(run_dir)])
+    assert code == 2 and f"--out: {run_dir} is a training run's folder" in err
+    assert sorted(p.name for p in run_dir.iterdir()) == before
 
 
 def test_flow_run_that_cannot_be_read_is_one_line_naming_run(tmp_path, capsys):

@@ -145,5 +145,5 @@ def test_a_text_run_with_projections_trains_resumes_and_samples(tmp_path):
     for k, v in whole.model.params.items():
         np.testing.assert_array_equal(resumed.model.params[k], v)
     assert resumed.model.params["layer0.W_hr"].shape == (12, 24)
-    text = sample(resumed.model, resumed.task, length=20, rng=np.random.default_rng(0))
+    text = sample(resumed.model, resumed.task.first, length=20, rng=np.random.default_rng(0))
     assert len(text) == 20

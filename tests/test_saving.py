@@ -75,7 +75,7 @@ def test_train_save_load_generate_from_python(tmp_path):
     assert all(np.array_equal(from_run.params[k], trainer.model.params[k]) for k in trainer.model.params)
     text = bptt.generate(bptt.load(tmp_path / "saved"), 60, prime="to ", temperature=0.8, seed=1)
     assert len(text) == 60 and set(text) <= set(trainer.task.chars)
-    assert text == sample(trainer.model, trainer.task, 60, 0.8, prime="to ", rng=np.random.default_rng(1))
+    assert text == sample(trainer.model, trainer.task.first, 60, 0.8, prime="to ", rng=np.random.default_rng(1))
     meta = json.loads((tmp_path / "saved" / "model.json").read_text(encoding="utf-8"))
     assert meta["config"]["cell"] == "lstm" and meta["vocabulary"] == trainer.task.chars
 

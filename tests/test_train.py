@@ -1,5 +1,7 @@
 """Training: learning that beats stated baselines on small budgets, and resume that repeats
 a run that never stopped, bit for bit."""
+import json
+
 import numpy as np
 import pytest
 
@@ -40,7 +42,7 @@ def test_text_on_a_small_builtin_slice_beats_the_bigram_baseline(tmp_path):
     trainer = Trainer(c)
     final = trainer.train(progress=False)
     assert final["val_loss"] < trainer.task.baselines["bigram"] < trainer.task.baselines["unigram"]
-    text = sample(trainer.model, trainer.task, 50, 0.8, top_k=10, rng=np.random.default_rng(0))
+    text = sample(trainer.model, trainer.task.first, 50, 0.8, top_k=10, rng=np.random.default_rng(0))
     assert len(text) == 50 and set(text) <= set(trainer.task.chars)
 
 
@@ -63,6 +65,16 @@ def test_resume_after_a_stop_repeats_the_uninterrupted_run_bit_for_bit(tmp_path,
     for k, v in whole.model.params.items():
         np.testing.assert_array_equal(resumed.model.params[k], v)
     assert whole.metrics.read()[-1]["val_loss"] == resumed.metrics.read()[-1]["val_loss"]
+
+
+def test_a_byte_order_mark_is_not_a_character_of_the_text(tmp_path):
+    from bptt.train.tasks import read_text_file
+    path = tmp_path / "bom.txt"
+    path.write_bytes(("\ufeff" + "abc abc\n" * 20).encode("utf-8"))
+    assert read_text_file(path)[:4] == "abc " and "\ufeff" not in read_text_file(path)
+    path.write_text("a" * 200)
+    with pytest.raises(ValueError, match=r"--text: .* holds 1 distinct character \('a'\); expected at least 2"):
+        read_text_file(path)
 
 
 def test_text_task_splits_and_baselines():
@@ -93,6 +105,9 @@ def test_non_finite_gradient_is_never_applied(tmp_path, monkeypatch, policy):
     else:
         trainer.train(progress=False)
         assert trainer.skipped == 5 and trainer.metrics.read()[-1]["skipped"] == 5
+        for line in (trainer.run / "metrics.jsonl").read_text().splitlines():   # strict JSON: null, not NaN
+            row = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl"))
+            assert row["grad_norm"] is None and np.isfinite(row["loss"])
     for k, v in trainer.model.params.items():
         np.testing.assert_array_equal(v, before[k])
 

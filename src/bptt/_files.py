@@ -20,6 +20,6 @@ def atomic_write(path: Path, write):
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        if isinstance(exc, OSError) and exc.filename is None:      # a write's error names no file
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp), tmp):   # name the file asked for
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
         raise

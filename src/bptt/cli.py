@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -56,7 +57,7 @@ def _train_options(p):
     _option(p, "steps", int, "updates in all")
     _option(p, "optimizer", str, "sgd, adagrad, rmsprop, adam or adamw")
     _option(p, "lr", float, "learning rate")
-    _option(p, "schedule", str, "constant, step or cosine")
+    _option(p, "schedule", str, "constant, step (halves the rate every 1000 updates) or cosine")
     _option(p, "warmup", int, "updates of linear warm-up")
     _option(p, "clip_norm", float, "clip the global gradient norm to this")
     _option(p, "clip_value", float, "clip every gradient entry to ± this")
@@ -147,7 +148,26 @@ def _config_from(args) -> Config:
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = coerce(f.name, v)
-    return Config(**values).check()
+    if isinstance(values.get("text"), str) and values["text"].strip():
+        values["text"] = os.path.abspath(values["text"])        # the run reads it again from anywhere
+    return _refuse_ignored(Config(**values).check())
+
+
+def _refuse_ignored(c: Config) -> Config:
+    """Options a new run would take and not use are refused (a run's saved config is not
+    checked for them, so that every earlier run still loads)."""
+    if c.task != "text":
+        for name in ("k1", "k2"):
+            if getattr(c, name) is not None:
+                raise ValueError(f"--{name}: applies to --task text (streams cut into windows); --task {c.task} "
+                                 f"backpropagates through each whole sequence, got --{name} {getattr(c, name)}")
+    elif c.checkpointing:
+        raise ValueError("--checkpointing: applies to the synthetic tasks (whole sequences); --task text "
+                         "backpropagates through windows of --k2 steps, which bound the memory already")
+    if c.warmup >= c.steps:
+        raise ValueError(f"--warmup: expected fewer updates than --steps {c.steps} (the learning rate reaches "
+                         f"--lr at the end of the warm-up), got {c.warmup}")
+    return c
 
 
 def _figures(trainer, final) -> str:
@@ -181,7 +201,7 @@ def _finish(trainer, final):
               f"{trainer.best['val_loss']:.4f}); --best in sample, eval and resume takes it")
     if trainer.text:
         print("sample:")
-        print(sample(trainer.model, trainer.task, 300, 0.8, rng=np.random.default_rng(trainer.config.seed)))
+        print(sample(trainer.model, trainer.task.first, 300, 0.8, rng=np.random.default_rng(trainer.config.seed)))
     print(_figures(trainer, final))
 
 
@@ -218,7 +238,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .distributed import CollectiveError
     from .train.clip import NonFiniteGradient
-    from .train.trainer import Interrupted, Trainer, sample
+    from .train.trainer import Interrupted, Trainer, load_model, sample
     trainer = None
     try:
         if args.command == "train":
@@ -232,10 +252,11 @@ def main(argv=None) -> int:
                 _note(trainer.notes)
             _finish(trainer, trainer.train(progress=not args.quiet))
         elif args.command == "sample":
-            trainer = Trainer.load(args.run, best=args.best)
-            if not trainer.text:
-                raise ValueError(f"RUN: {args.run} is a run of the {trainer.task.name} task; sampling needs a text run")
-            print(sample(trainer.model, trainer.task, args.length, args.temperature, args.top_k, args.prime,
+            model, meta = load_model(args.run, best=args.best)
+            if meta["config"].get("task") != "text":
+                raise ValueError(f"RUN: {args.run} is a run of the {meta['config'].get('task')} task; sampling "
+                                 f"needs a text run")
+            print(sample(model, meta["text"]["first"], args.length, args.temperature, args.top_k, args.prime,
                          np.random.default_rng(args.seed)))
         elif args.command == "eval":
             trainer = Trainer.load(args.run, best=args.best)
@@ -247,7 +268,14 @@ def main(argv=None) -> int:
                 raise ValueError(f"--onnx: expected a file name ending in .onnx, got {args.onnx!r}")
             if not Path(args.run).is_dir():
                 raise ValueError(f"RUN: no such run folder: {args.run}")
-            model = load(args.run, best=args.best)
+            try:
+                model = load(args.run, best=args.best)
+            except ValueError as exc:             # bptt.load names its Python arguments
+                message = str(exc)
+                for name, option in (("path: ", "RUN: "), ("best: ", "--best: ")):
+                    if message.startswith(name):
+                        raise ValueError(option + message[len(name):]) from None
+                raise
             try:
                 to_onnx(model, args.onnx, lengths=args.lengths)
             except ImportError as exc:

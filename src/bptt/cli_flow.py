@@ -163,9 +163,16 @@ def check(args) -> tuple:
     else:
         out = Path(args.out)
         _writable_folder(out)
+    if out is not None and out.is_dir() and folder.run_step(out) is not None:
+        raise ValueError(f"--out: {os.fspath(out)} is a training run's folder; expected a new or empty folder "
+                         f"for the flow report, or one of earlier reports")
     if not args.run and out is not None:
         for cell in cells:
-            folder.check_new(out / cell, option="--out")        # flow trains into OUT/<cell>
+            try:
+                folder.check_new(out / cell, option="--out")    # flow trains into OUT/<cell>
+            except folder.FolderError as exc:
+                raise ValueError(f"{str(exc).split('; ')[0]}; flow trains each cell into a new or empty "
+                                 f"OUT/<cell>: choose another --out") from None
     if not args.run and args.task == "text":
         task = make_task("text", args.seq_len)
         _check_text_length(task, args.seq_len, args.batch, "--seq-len")

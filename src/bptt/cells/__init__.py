@@ -46,6 +46,8 @@ def resolve(cell, nonlinearity: str = "tanh"):
             raise ValueError(f"cell: expected one of 'rnn', 'lstm', 'gru' or 'package.module:ClassName', "
                              f"got {cell!r}")
         module_name, _, class_name = cell.partition(":")
+        if not (module_name.strip() and class_name.isidentifier()):
+            raise ValueError(f"cell: expected 'package.module:ClassName' (a module and a class in it), got {cell!r}")
         if os.getcwd() not in sys.path:           # as `python -m` would: a module beside the user
             sys.path.append(os.getcwd())
         try:

@@ -94,7 +94,7 @@ class Config:
         resolve(self.cell)                       # "rnn", "lstm", "gru" or "package.module:ClassName"
         _checks.choice("optimizer", self.optimizer, tuple(OPTIMIZERS))
         _checks.choice("schedule", self.schedule, SCHEDULES)
-        _checks.choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        _checks.choice("on-nonfinite", self.on_nonfinite, ("stop", "skip"))
         _checks.dtype_of("dtype", self.dtype)
         for name in ("hidden", "layers", "seq_len", "batch", "steps", "eval_every", "checkpoint_every"):
             _checks.positive_int(name.replace("_", "-"), getattr(self, name))
@@ -113,6 +113,8 @@ class Config:
             raise ValueError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
         if not math.isfinite(self.forget_bias):
             raise ValueError(f"forget-bias: expected a finite number, got {self.forget_bias}")
+        if self.forget_bias and self.cell != "lstm":
+            raise ValueError(f"forget-bias: applies to --cell lstm only, got --cell {self.cell}")
         for name in RATES:
             check_rate(name.replace("_", "-"), getattr(self, name))
         if self.bidirectional and self.task == "text":

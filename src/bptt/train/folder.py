@@ -181,6 +181,9 @@ def _refuse_unless_empty(path: Path, fresh: bool, option: str, locked: bool = Fa
         raise FolderError(f"{option}: {path} is not empty ({len(names)} {'entry' if len(names) == 1 else 'entries'}: "
                           f"{shown}) and is not a run; "
                           f"choose an empty or new folder")
+    if not fresh and not runs.checkpoints(path):
+        raise FolderError(f"{option}: {path} holds a run that stopped before its first checkpoint (nothing to "
+                          f"resume); --fresh deletes it and starts over")
     if not fresh:
         raise FolderError(f"{option}: {path} holds a run (at update {step}); `bptt resume {path}` continues it, "
                           f"--fresh deletes it and starts over")

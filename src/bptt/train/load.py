@@ -11,7 +11,7 @@ def load(path, best: bool = False):
     model.safetensors), or a run folder of ``bptt train``, at its latest checkpoint
     (``best=True``: at the checkpoint with the lowest validation loss, best.json). A text
     model comes with its ``vocabulary``, ready for ``bptt.generate``."""
-    from .trainer import Trainer
+    from .trainer import load_model
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"path: no such folder: {folder}; expected a saved model (model.json) or a run folder")
@@ -20,7 +20,7 @@ def load(path, best: bool = False):
             raise ValueError(f"best: {folder} is a saved model, not a run folder with checkpoints")
         return saved.read(folder)
     try:
-        return Trainer.load(folder, best=best).model
+        return load_model(folder, best=best)[0]
     except ValueError as exc:                   # the run folder's errors name the CLI's arguments
         message = str(exc)
         for cli_name, name in (("RUN: ", "path: "), ("--best: ", "best: ")):

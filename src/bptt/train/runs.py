@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -89,6 +90,20 @@ def best_path(run: Path) -> Path:
     return Path(run) / f"{BEST}.json"
 
 
+def restore_params(params: dict, arrays: dict) -> None:
+    """Copy a checkpoint's ``param.*`` arrays into ``params``, which must match them."""
+    expected = {f"param.{k}" for k in params}
+    got = {k for k in arrays if k.startswith("param.")}
+    if got != expected:
+        raise ValueError(f"RUN: checkpoint parameters {sorted(got - expected)[:3] or sorted(expected - got)[:3]} "
+                         f"do not match the model of its config")
+    for k, v in params.items():
+        src = arrays[f"param.{k}"]
+        if src.shape != v.shape or src.dtype != v.dtype:
+            raise ValueError(f"RUN: checkpoint {k} is {src.shape} {src.dtype}, the model expects {v.shape} {v.dtype}")
+        v[...] = src
+
+
 def load_checkpoint(run, best: bool = False) -> tuple:
     """(meta, arrays, path) of the newest complete checkpoint, or of best.json."""
     run = Path(run)
@@ -138,9 +153,12 @@ class Metrics:
         self.path = Path(run) / "metrics.jsonl"
 
     def write(self, record: dict):
+        """One record; a number that is not finite (a skipped update's gradient norm) is
+        written as null, which every JSON reader takes (NaN is not JSON)."""
+        record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
         try:
             with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(record, allow_nan=False) + "\n")
         except OSError as exc:
             if exc.filename is None:
                 raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from None
@@ -171,8 +189,8 @@ def plot_losses(run: Path, records: list, baseline=None, baseline_name="", ylabe
         from matplotlib.figure import Figure
     except ImportError:                                  # pragma: no cover
         return None
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    valid = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
+    valid = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
     fig = Figure(figsize=(7, 4), dpi=110)
     ax = fig.add_subplot()
     if train:

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sysconfig
@@ -172,13 +173,16 @@ def read_text_file(path) -> str:
     if not p.is_file():
         raise ValueError(f"--text: no such file: {os.fspath(path)}")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")        # a byte-order mark is not a character of the text
     except OSError as exc:
         raise ValueError(f"--text: {os.fspath(path)} cannot be read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"--text: {os.fspath(path)} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     if len(text) < 100:
         raise ValueError(f"--text: {os.fspath(path)} has {len(text)} characters; expected at least 100")
+    if len(set(text)) < 2:
+        raise ValueError(f"--text: {os.fspath(path)} holds 1 distinct character ({text[0]!r}); expected at least 2 "
+                         f"(the model predicts one of them)")
     return text
 
 
@@ -187,6 +191,8 @@ class TextTask:
     name = "text"
 
     def __init__(self, text, seq_len, val_fraction=0.1):
+        self.sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()    # checkpoints keep it (trainer.py)
+        self.first = text[:1]
         self.chars = sorted(set(text))
         self.index = {c: i for i, c in enumerate(self.chars)}
         codes = np.fromiter((self.index[c] for c in text), dtype=np.int64, count=len(text))

@@ -55,15 +55,8 @@ class Trainer:
         self.world = world if world is not None else mpi_world()     # one rank unless under mpiexec
         self.world.share(c.batch, "batch")
         self.task = make_task(c.task, c.seq_len, c.text)
-        chrono = {"chrono_t_max": c.chrono_t_max or c.seq_len} if c.init == "chrono" else {}
-        self.model = Model(c.cell, hidden_size=c.hidden, num_layers=c.layers, nonlinearity=c.nonlinearity,
-                           dtype=c.dtype, seed=c.seed, init=c.init, forget_bias=c.forget_bias,
-                           dropout=c.dropout, input_dropout=c.input_dropout,
-                           recurrent_dropout=c.recurrent_dropout, zoneout=c.zoneout, layer_norm=c.layer_norm,
-                           bidirectional=c.bidirectional, proj_size=c.proj_size,
-                           **chrono, **self.task.model_kwargs)
-        if isinstance(self.task, TextTask):
-            self.model.vocabulary = list(self.task.chars)
+        self.model = model_for(c, self.task.model_kwargs,
+                               list(self.task.chars) if isinstance(self.task, TextTask) else None)
         # On 2 cores an update uses the second core one of two ways. Where a layer is large
         # enough for the compiled loops to share each step's rows between two threads
         # (backends/loop_threads.py), the batch runs whole and BLAS runs the bulk products on
@@ -146,9 +139,10 @@ class Trainer:
         if per_stream < need:
             source = f"--text: {c.text}" if c.text else "text: the built-in corpus"
             window = f"--seq-len {c.seq_len}" if c.k1 is None and c.k2 is None else f"a window of {need - 1} steps (k2)"
+            lower = "--k2" if c.k2 is not None else "--k1" if c.k1 is not None else "--seq-len"
             raise ValueError(f"{source} gives {len(self.task.train)} training characters, {per_stream} per stream "
                              f"with --batch {c.batch}; {window} needs at least {need} per stream "
-                             f"(lower --batch or --seq-len, or give a longer text)")
+                             f"(lower --batch or {lower}, or give a longer text)")
 
     # ---- checkpoints ------------------------------------------------------------------------
 
@@ -167,6 +161,8 @@ class Trainer:
         meta = {"config": self.config.to_dict(), "rng": self.rng.bit_generator.state, "skipped": self.skipped,
                 "best": self.best, "stale": self.stale}
         if self.text:
+            meta["text"] = {"vocabulary": "".join(self.task.chars), "first": self.task.first,
+                            "sha256": self.task.sha256}
             meta["position"] = self.position
             if window_state is not None:
                 arrays |= {f"window_state.{i}": s for i, s in enumerate(window_state)}
@@ -198,7 +194,8 @@ class Trainer:
             meta, arrays, path = runs.load_checkpoint(run, best)
             # A run saved before the threads option ran one pass a batch: resume it the same way.
             config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)})
-            trainer = cls(config, run_dir=run, world=world, _claim="existing")
+            with _text_of(run, config):
+                trainer = cls(config, run_dir=run, world=world, _claim="existing")
             trainer._lock = lock
             if best:
                 trainer._set_aside_after(meta["step"])
@@ -226,7 +223,8 @@ class Trainer:
         sample: no lock, and nothing in the folder is written."""
         meta, arrays, _ = runs.load_checkpoint(run, best)
         config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)})
-        trainer = cls(config, run_dir=run, world=world, _claim="read")
+        with _text_of(run, config):
+            trainer = cls(config, run_dir=run, world=world, _claim="read")
         trainer._restore(meta, arrays, read_only=True)
         return trainer
 
@@ -263,17 +261,14 @@ class Trainer:
             self.notes.append(f"metrics.jsonl as it was: {runs.SET_ASIDE}/{target.name}")
 
     def _restore(self, meta, arrays, read_only=False):
-        params = self.model.params
-        expected = {f"param.{k}" for k in params}
-        got = {k for k in arrays if k.startswith("param.")}
-        if got != expected:
-            raise ValueError(f"RUN: checkpoint parameters {sorted(got - expected)[:3] or sorted(expected - got)[:3]} "
-                             f"do not match the model of its config")
-        for k, v in params.items():
-            src = arrays[f"param.{k}"]
-            if src.shape != v.shape or src.dtype != v.dtype:
-                raise ValueError(f"RUN: checkpoint {k} is {src.shape} {src.dtype}, the model expects {v.shape} {v.dtype}")
-            v[...] = src
+        stored = meta.get("text")
+        if self.text and stored is not None and stored.get("sha256") != self.task.sha256:
+            c = self.config
+            source = f"--text: {c.text}" if c.text else "text: the built-in corpus (Python's standard library)"
+            raise ValueError(f"{source} is not the text this run trained on: its SHA-256 differs from the "
+                             f"checkpoint's ({len(self.task.chars)} distinct characters now, "
+                             f"{len(stored['vocabulary'])} then); eval and resume need the same text")
+        runs.restore_params(self.model.params, arrays)
         self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
         self.step = int(meta["step"])
         self.skipped = int(meta.get("skipped", 0))
@@ -504,10 +499,12 @@ class Trainer:
                 record = None
                 if self.step % log_every == 0 or self.step == c.steps:
                     dt = max(time.perf_counter() - t0, 1e-9)
-                    record = {"step": self.step, "loss": float(np.mean(losses)), "grad_norm": norm, "lr": lr,
-                              "steps_per_s": len(losses) / dt, "tokens_per_s": tokens / dt}
+                    finite = [v for v in losses if math.isfinite(v)]     # skipped updates (--on-nonfinite) apart
+                    record = {"step": self.step, "loss": float(np.mean(finite)) if finite else None,
+                              "grad_norm": norm, "lr": lr, "steps_per_s": len(losses) / dt, "tokens_per_s": tokens / dt}
                     losses, t0, tokens = [], time.perf_counter(), 0
-                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                    if finite:
+                        bar.set_postfix(loss=f"{record['loss']:.4f}")
                 evaluated = self.step % c.eval_every == 0 or self.step == end
                 if evaluated:
                     final = self.evaluate()
@@ -557,10 +554,57 @@ class Trainer:
         return runs.plot_losses(self.run, self.metrics.read(), baseline, name, ylabel)
 
 
-def sample(model: Model, task: TextTask, length=300, temperature=1.0, top_k=None, prime=None, rng=None) -> str:
-    """Text from a character model of ``task`` (bptt/generate.py): feed ``prime`` (default:
-    a newline, or the training text's first character if it has no newline), then draw
-    ``length`` characters."""
+def sample(model: Model, first: str, length=300, temperature=1.0, top_k=None, prime=None, rng=None) -> str:
+    """Text from a character model (bptt/generate.py, ``model.vocabulary``): feed ``prime``
+    (default: a newline, or ``first``, the training text's first character, if it has no
+    newline), then draw ``length`` characters."""
     if not prime:
-        prime = "\n" if "\n" in task.index else task.decode(task.train[:1])
-    return generate(model, length, prime, temperature, top_k, seed=rng, vocabulary=task.chars)
+        prime = "\n" if "\n" in model.vocabulary else first
+    return generate(model, length, prime, temperature, top_k, seed=rng)
+
+
+def model_for(c: Config, model_kwargs: dict, vocabulary=None) -> Model:
+    """The model of config ``c`` for a task's sizes (``model_kwargs``), freshly initialised
+    from c.seed; a character model carries its ``vocabulary``."""
+    chrono = {"chrono_t_max": c.chrono_t_max or c.seq_len} if c.init == "chrono" else {}
+    model = Model(c.cell, hidden_size=c.hidden, num_layers=c.layers, nonlinearity=c.nonlinearity,
+                  dtype=c.dtype, seed=c.seed, init=c.init, forget_bias=c.forget_bias,
+                  dropout=c.dropout, input_dropout=c.input_dropout,
+                  recurrent_dropout=c.recurrent_dropout, zoneout=c.zoneout, layer_norm=c.layer_norm,
+                  bidirectional=c.bidirectional, proj_size=c.proj_size, **chrono, **model_kwargs)
+    if vocabulary is not None:
+        model.vocabulary = list(vocabulary)
+    return model
+
+
+def load_model(run, best: bool = False) -> tuple:
+    """(model, meta) of ``run`` at its latest checkpoint (or best.json): the trained model
+    alone, for sampling and export. A text run's checkpoint keeps its vocabulary, so the
+    text file is not read; a checkpoint written without it goes through Trainer.load."""
+    meta, arrays, _ = runs.load_checkpoint(run, best)
+    config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)}).check()
+    if config.task == "text":
+        stored = meta.get("text")
+        if stored is None:
+            trainer = Trainer.load(run, best)
+            return trainer.model, meta | {"text": {"first": trainer.task.first}}
+        V = len(stored["vocabulary"])
+        kwargs = dict(input_size=V, output_size=V, head="softmax", loss="cross_entropy", outputs="all")
+        model = model_for(config, kwargs, stored["vocabulary"])
+    else:
+        model = model_for(config, make_task(config.task, config.seq_len).model_kwargs)
+    runs.restore_params(model.params, arrays)
+    return model, meta
+
+
+@contextlib.contextmanager
+def _text_of(run, config):
+    """A run's text file that cannot be read now is named as the run's, not as an option."""
+    try:
+        yield
+    except ValueError as exc:
+        if not str(exc).startswith("--text: "):
+            raise
+        raise ValueError(f"RUN: {run} trained on the text {config.text}, which cannot be read now "
+                         f"({str(exc)[len('--text: '):]}); eval and resume read it again (sample and export "
+                         f"do not)") from None
