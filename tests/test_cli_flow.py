@@ -145,6 +145,7 @@ def test_flow_reports_a_share_in_zero_one_and_the_signed_projection(tmp_path, ca
                                 "--cell", "rnn,gru", "--out", str(out_dir)])
     assert code == 0 and "τ≥10: Σ_{τ≥10}‖G_τ‖ / Σ_τ‖G_τ‖, a share in [0, 1]" in out and "is signed" in out
     summary = json.loads((out_dir / "flow.json").read_text())
+    assert sorted(p.name for p in out_dir.iterdir()) == ["flow.json", "flow.png"]   # nothing trained: no run folders
     for s in summary.values():
         assert 0 < s["long_lag_share"] < 1 and s["long_lag_signed_projection"] != s["long_lag_share"]
         row = next(line for line in out.splitlines() if line.startswith(f"{s['cell']}, init"))

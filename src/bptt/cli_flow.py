@@ -254,7 +254,9 @@ def run(args) -> int:
             config = Config(task=args.task, cell=cell, hidden=args.hidden, seq_len=args.seq_len,
                             nonlinearity=args.nonlinearity, steps=max(args.train, 1), seed=args.seed,
                             out=str(out / cell), **({} if args.lr is None else {"lr": args.lr}))
-            trainer = Trainer(config.check())
+            # Measured at initialisation only, the model is not trained: its folder is not made.
+            trainer = Trainer(config.check()) if args.train else \
+                Trainer(config.check(), run_dir=out / cell, _claim="read")
             x, y = _batch(trainer, args.batch, args.seed, "--seq-len")
             name = f"rnn-{args.nonlinearity}" if cell == "rnn" else cell
             reports[f"{name}, init"] = flow(trainer.model, x, y)
