@@ -160,3 +160,20 @@ def test_an_export_error_names_the_file_asked_for(tmp_path, capsys):
     for target in (tmp_path / "no" / "x.onnx", tmp_path / "d.onnx"):
         code, _, err = run(capsys, ["export", str(tmp_path / "r"), "--onnx", str(target)])
         assert code == 1 and err.startswith(f"bptt: error: {target}: ") and ".tmp" not in err, err
+
+
+def test_eval_names_a_checkpoint_cut_short_and_reads_the_one_before(tmp_path, capsys):
+    import shutil
+    run_dir, at_10 = tmp_path / "r", tmp_path / "at-10"
+    assert run(capsys, ["train", *SMALL, "--out", str(run_dir)])[0] == 0
+    shutil.copytree(run_dir, at_10)
+    for later in at_10.glob("ckpt-00000020.*"):
+        later.unlink()
+    code, expected, err = run(capsys, ["eval", str(at_10)])
+    assert code == 0 and err == ""
+    (run_dir / "ckpt-00000020.safetensors").unlink()
+    code, out, err = run(capsys, ["eval", str(run_dir)])
+    assert code == 0 and out == expected
+    assert err == "bptt: ckpt-00000020.json has no ckpt-00000020.safetensors (a checkpoint cut short); " \
+                  "reading the newest complete one\n"
+    assert (run_dir / "ckpt-00000020.json").exists()                   # eval changes nothing

@@ -226,6 +226,17 @@ def _note(lines):
         print(f"bptt: {line}", file=sys.stderr)
 
 
+def _note_cut_short(run, best):
+    """sample, eval and export read the newest complete checkpoint and change nothing: a
+    half written after it (a save cut short) is named, as resume names it."""
+    from .train import runs
+    if best or not Path(run).is_dir():
+        return
+    for half in runs.incomplete(run):
+        other = ".json" if half.suffix == ".safetensors" else ".safetensors"
+        _note([f"{half.name} has no {half.stem}{other} (a checkpoint cut short); reading the newest complete one"])
+
+
 def _last_checkpoint(run) -> str:
     from .train import runs
     found = runs.checkpoints(run) if run is not None and Path(run).is_dir() else []
@@ -253,6 +264,7 @@ def main(argv=None) -> int:
             _finish(trainer, trainer.train(progress=not args.quiet))
         elif args.command == "sample":
             model, meta = load_model(args.run, best=args.best)
+            _note_cut_short(args.run, args.best)
             if meta["config"].get("task") != "text":
                 raise ValueError(f"RUN: {args.run} is a run of the {meta['config'].get('task')} task; sampling "
                                  f"needs a text run")
@@ -260,6 +272,7 @@ def main(argv=None) -> int:
                          np.random.default_rng(args.seed)))
         elif args.command == "eval":
             trainer = Trainer.load(args.run, best=args.best)
+            _note_cut_short(args.run, args.best)
             print(_figures(trainer, trainer.evaluate()))
         elif args.command == "export":
             from .interop.onnx import to_onnx
@@ -276,6 +289,7 @@ def main(argv=None) -> int:
                     if message.startswith(name):
                         raise ValueError(option + message[len(name):]) from None
                 raise
+            _note_cut_short(args.run, args.best)
             try:
                 to_onnx(model, args.onnx, lengths=args.lengths)
             except ImportError as exc:
