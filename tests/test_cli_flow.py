@@ -68,6 +68,10 @@ def test_flow_before_and_after_training_then_on_the_saved_runs(tmp_path, capsys)
     (["flow", "--train", "-1"], "--train"),
     (["flow", "--task", "nope"], "task"),
     (["explain", "--cell", "elman"], "cell"),
+    (["flow", "--run", "r", "--hidden", "4"], "--hidden: describes the models flow builds; --run measures the "
+                                              "run's own model on its own task"),
+    (["flow", "--run", "r", "--task", "copy"], "--task: describes the models flow builds"),
+    (["flow", "--run", "r", "--lr", "0.1", "--explode"], "--lr: describes the models flow builds"),
 ])
 def test_flow_and_explain_errors_are_one_line(argv, message, tmp_path, capsys):
     code, out, err = run(capsys, argv + (["--out", str(tmp_path / "x")] if argv[0] == "flow" else []))

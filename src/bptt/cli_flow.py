@@ -11,6 +11,7 @@ a ValueError naming the option, what was expected and what came (one line, exit 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -139,6 +140,13 @@ def check(args) -> tuple:
         raise ValueError(f"--gain: expected a positive number, got {args.gain!r}")
     if isinstance(args.seed, bool) or not isinstance(args.seed, int) or args.seed < 0:
         raise ValueError(f"--seed: expected an integer >= 0, got {args.seed!r}")
+    if args.run:
+        defaults = vars(add_parser(argparse.ArgumentParser().add_subparsers()).parse_args([]))
+        for name in ("hidden", "train", "lr") + (() if args.explode else ("task", "seq_len", "cell", "nonlinearity")):
+            if getattr(args, name) != defaults[name]:
+                raise ValueError(f"--{name.replace('_', '-')}: describes the models flow builds; --run measures "
+                                 f"the run's own model on its own task"
+                                 + ("" if name in ("hidden", "train", "lr") else " (--explode uses it)"))
     for run_dir in args.run:
         where = Path(run_dir)
         if not str(run_dir).strip() or not where.is_dir():
