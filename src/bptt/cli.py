@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import signal
 import sys
 from pathlib import Path
@@ -148,8 +147,6 @@ def _config_from(args) -> Config:
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = coerce(f.name, v)
-    if isinstance(values.get("text"), str) and values["text"].strip():
-        values["text"] = os.path.abspath(values["text"])        # the run reads it again from anywhere
     return _refuse_ignored(Config(**values).check())
 
 

@@ -13,9 +13,11 @@ improving. The run folder is the trainer's alone while it writes (folder.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -55,6 +57,8 @@ class Trainer:
         self.world = world if world is not None else mpi_world()     # one rank unless under mpiexec
         self.world.share(c.batch, "batch")
         self.task = make_task(c.task, c.seq_len, c.text)
+        if _claim == "new" and c.text:             # read as given; kept absolute, for eval and resume anywhere
+            self.config = c = dataclasses.replace(c, text=os.path.abspath(c.text))
         self.model = model_for(c, self.task.model_kwargs,
                                list(self.task.chars) if isinstance(self.task, TextTask) else None)
         # On 2 cores an update uses the second core one of two ways. Where a layer is large
