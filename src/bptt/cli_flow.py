@@ -172,8 +172,8 @@ def check(args) -> tuple:
         out = Path(args.out)
         _writable_folder(out)
     if out is not None and out.is_dir() and folder.run_step(out) is not None:
-        raise ValueError(f"--out: {os.fspath(out)} is a training run's folder; expected a new or empty folder "
-                         f"for the flow report, or one of earlier reports")
+        raise ValueError(f"--out: {os.fspath(out)} is a training run's folder; expected a new folder, an empty "
+                         f"one or an earlier flow report's")
     if not args.run and out is not None:
         for cell in cells:
             try:

@@ -166,22 +166,32 @@ def builtin_corpus(max_chars=3_000_000) -> str:
     return "".join(parts)[:max_chars]
 
 
+def text_model_kwargs(vocab_size: int) -> dict:
+    """The sizes and head of a character model over ``vocab_size`` characters."""
+    return dict(input_size=vocab_size, output_size=vocab_size, head="softmax", loss="cross_entropy",
+                outputs="all")
+
+
+class TextFileError(ValueError):
+    """A --text file that cannot be read as a text to train on (named by its path)."""
+
+
 def read_text_file(path) -> str:
     p = Path(path)
     if p.is_dir():
-        raise ValueError(f"--text: {os.fspath(path)} is a folder; expected a UTF-8 text file")
+        raise TextFileError(f"--text: {os.fspath(path)} is a folder; expected a UTF-8 text file")
     if not p.is_file():
-        raise ValueError(f"--text: no such file: {os.fspath(path)}")
+        raise TextFileError(f"--text: no such file: {os.fspath(path)}")
     try:
         text = p.read_text(encoding="utf-8-sig")        # a byte-order mark is not a character of the text
     except OSError as exc:
-        raise ValueError(f"--text: {os.fspath(path)} cannot be read: {exc.strerror}") from None
+        raise TextFileError(f"--text: {os.fspath(path)} cannot be read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise ValueError(f"--text: {os.fspath(path)} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        raise TextFileError(f"--text: {os.fspath(path)} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     if len(text) < 100:
-        raise ValueError(f"--text: {os.fspath(path)} has {len(text)} characters; expected at least 100")
+        raise TextFileError(f"--text: {os.fspath(path)} has {len(text)} characters; expected at least 100")
     if len(set(text)) < 2:
-        raise ValueError(f"--text: {os.fspath(path)} holds 1 distinct character ({text[0]!r}); expected at least 2 "
+        raise TextFileError(f"--text: {os.fspath(path)} holds 1 distinct character ({text[0]!r}); expected at least 2 "
                          f"(the model predicts one of them)")
     return text
 
@@ -199,9 +209,7 @@ class TextTask:
         split = int(len(codes) * (1 - val_fraction))
         self.train, self.valid = codes[:split], codes[split:]
         self.T = self.steps = seq_len
-        V = len(self.chars)
-        self.model_kwargs = dict(input_size=V, output_size=V, head="softmax", loss="cross_entropy",
-                                 outputs="all")
+        self.model_kwargs = text_model_kwargs(len(self.chars))
         self.baselines = self._baselines()
 
     @property

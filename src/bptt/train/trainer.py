@@ -41,7 +41,7 @@ from .config import CHANGEABLE_ON_RESUME, Config, from_dict
 from .optim import make_optimizer
 from .schedules import learning_rate
 from .signals import Interrupted, StopRequests
-from .tasks import TextTask, make_task
+from .tasks import TextFileError, TextTask, make_task, text_model_kwargs
 
 LOG_EVERY = 50                  # updates a metrics row averages (fewer in a short run)
 
@@ -592,9 +592,7 @@ def load_model(run, best: bool = False) -> tuple:
         if stored is None:
             trainer = Trainer.load(run, best)
             return trainer.model, meta | {"text": {"first": trainer.task.first}}
-        V = len(stored["vocabulary"])
-        kwargs = dict(input_size=V, output_size=V, head="softmax", loss="cross_entropy", outputs="all")
-        model = model_for(config, kwargs, stored["vocabulary"])
+        model = model_for(config, text_model_kwargs(len(stored["vocabulary"])), stored["vocabulary"])
     else:
         model = model_for(config, make_task(config.task, config.seq_len).model_kwargs)
     runs.restore_params(model.params, arrays)
@@ -606,9 +604,7 @@ def _text_of(run, config):
     """A run's text file that cannot be read now is named as the run's, not as an option."""
     try:
         yield
-    except ValueError as exc:
-        if not str(exc).startswith("--text: "):
-            raise
+    except TextFileError as exc:
         raise ValueError(f"RUN: {run} trained on the text {config.text}, which cannot be read now "
                          f"({str(exc)[len('--text: '):]}); eval and resume read it again (sample and export "
                          f"do not)") from None
