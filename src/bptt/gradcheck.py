@@ -10,9 +10,10 @@ nearly zero (whose finite difference is pure rounding noise) from reporting nois
 error; entries above the floor are measured by their own size.
 
 An entry whose error at ε exceeds ``RETRY_ABOVE`` is measured again at ε/10, and while
-it still does at ε/100, ε/1000 and ε/10⁴; it keeps its smallest error. A wrong derivative disagrees at every step; a loss curved
-on the scale of ε (layer norm of a nearly constant vector, as the recurrent part is at
-the zero initial state) agrees once the step is small enough.
+it still does at ε/100, ε/1000 and ε/10⁴; it keeps its smallest error. A wrong
+derivative disagrees at every step; a loss curved on the scale of ε (layer norm of a
+nearly constant vector, as the recurrent part is at the zero initial state) agrees once
+the step is small enough.
 """
 from __future__ import annotations
 
