@@ -200,6 +200,34 @@ def test_masks_of_another_shape_are_refused():
         bptt.Model("gru", 3, 4, 2, zoneout=0.2).forward(np.zeros((7, 2, 3), np.float32), masks=zoned)
 
 
+@pytest.mark.parametrize("other,pattern", [
+    (dict(cell="gru"), r"masks.zone\[0\]: expected shape \(5, 2, 2, 4\) and dtype bool .*got \(5, 2, 1, 4\) bool"),
+    (dict(hidden_size=8), r"masks.zone\[0\]: expected shape \(5, 2, 2, 4\) .*got \(5, 2, 2, 8\) bool"),
+    (dict(num_layers=2), r"masks: expected the Masks of this model \(model.draw_masks\), got Masks"),
+    (dict(zoneout=0.0, recurrent_dropout=0.3), r"masks.recurrent\[0\]: expected none \(recurrent rate 0.0"),
+])
+def test_masks_of_another_model_are_refused_before_a_kernel_reads_them(other, pattern):
+    """A zone mask for (S, H) = (1, 4) or (2, 8) read as the LSTM's (2, 4) went past the
+    array's end in the compiled loop (no error); now every mask's shape, dtype and
+    presence is checked against what this model's draw_masks gives."""
+    model = bptt.Model("lstm", 3, 4, 2, dtype="float64", seed=0, zoneout=0.3)
+    options = dict(cell="lstm", input_size=3, hidden_size=4, output_size=2, dtype="float64", zoneout=0.3) | other
+    masks = bptt.Model(**options).draw_masks(5, 2, np.random.default_rng(1))
+    with pytest.raises(ValueError, match=pattern):
+        model.gradients(np.zeros((5, 2, 3)), np.zeros((5, 2, 2)), masks=masks)
+
+
+def test_masks_in_another_dtype_and_a_seed_for_a_generator_are_refused():
+    model = bptt.Model("lstm", 3, 4, 2, num_layers=2, dtype="float64", seed=0, dropout=0.2, input_dropout=0.1)
+    masks = model.draw_masks(5, 2, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"masks.between\[0\]: expected shape \(5, 2, 4\) and dtype float32 "
+                                         r".*got \(5, 2, 4\) float64"):
+        model.astype("float32").gradients(np.zeros((5, 2, 3), np.float32), np.zeros((5, 2, 2), np.float32),
+                                          masks=masks)
+    with pytest.raises(ValueError, match=r"rng: expected a numpy Generator .*got 0"):
+        model.draw_masks(5, 2, 0)
+
+
 def test_training_with_dropout_resumes_bit_for_bit(tmp_path):
     from bptt.train.config import Config
     from bptt.train.trainer import Trainer

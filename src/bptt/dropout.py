@@ -124,7 +124,32 @@ def check(masks, T: int, B: int, model) -> Masks | None:
     mT, mB = masks.shape
     if (mT is not None and mT != T) or (mB is not None and mB != B):
         raise ValueError(f"masks: drawn for T={mT}, B={mB}; the inputs have T={T}, B={B}")
+    for kind, arrays, rate, shape, dtype in _expected(masks, model, T, B):
+        if len(arrays) != len(shape):
+            raise ValueError(f"masks: expected the Masks of this model (model.draw_masks), got {len(arrays)} "
+                             f"{kind} masks for its {len(shape)}")
+        for i, (a, want) in enumerate(zip(arrays, shape)):
+            if (a is None) != (rate == 0):
+                raise ValueError(f"masks.{kind}[{i}]: expected {'none' if rate == 0 else 'a mask'} ({kind} rate "
+                                 f"{rate} in this model), got {'none' if a is None else 'a mask'}; draw them "
+                                 f"with this model's draw_masks")
+            if a is not None and (not isinstance(a, np.ndarray) or a.shape != want or a.dtype != dtype):
+                got = f"{a.shape} {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+                raise ValueError(f"masks.{kind}[{i}]: expected shape {want} and dtype {np.dtype(dtype).name} "
+                                 f"(this model's draw_masks), got {got}")
     return masks
+
+
+def _expected(masks_of, model, T, B):
+    """(kind, the arrays of that kind in ``masks_of``, the model's rate, the shapes and dtype
+    draw() gives them)."""
+    L, D, H, S = model.num_layers, model.directions, model.hidden_size, len(model.layer.STATE)
+    width = D * model.output_width
+    return [("between", masks_of.between, model.dropout, [(T, B, width)] * (L - 1), model.dtype),
+            ("inputs", masks_of.inputs, model.input_dropout,
+             [(B, model.input_size if l == 0 else width) for l in range(L)], model.dtype),
+            ("recurrent", masks_of.recurrent, model.recurrent_dropout, [(B, H)] * (L * D), model.dtype),
+            ("zone", masks_of.zone, model.zoneout, [(T, B, S, H)] * (L * D), np.bool_)]
 
 
 def input_scale(masks: Masks | None, l: int):

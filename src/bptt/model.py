@@ -254,6 +254,8 @@ class Model:
         """The dropout and zoneout masks of one training pass over T steps of B sequences,
         from the generator ``rng`` (bptt/dropout.py); None when every rate is 0. Hand them
         to ``gradients``, ``forward``, ``advance`` or ``loss_value`` (masks=…)."""
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng: expected a numpy Generator (np.random.default_rng(seed)), got {rng!r}")
         return noise.draw(self, rng, _checks.positive_int("T", T), _checks.positive_int("B", B))
 
     def direction_prefix(self, l: int, d: int = 0) -> str:
