@@ -58,7 +58,8 @@ def main():
     if args.child:
         return child(args.child[0], args.child[1], int(args.child[2]))
     print(stamp())
-    print("| job | t_times as shipped, updates/s | transposed operand, updates/s | shipped / transposed |")
+    print("| job | t_times as shipped, updates/s | transposed operand, updates/s | shipped / transposed "
+          "(median of the rounds' ratios) |")
     print("|---|---:|---:|---:|")
     for job in JOBS:
         updates = args.updates or (12 if job == "large" else 40)

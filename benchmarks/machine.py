@@ -73,10 +73,12 @@ def blas() -> str:
     import numpy  # noqa: F401  (loads the BLAS that threadpoolctl reports)
     del numpy
     from threadpoolctl import threadpool_info
-    for lib in threadpool_info():
-        if lib.get("user_api") == "blas":
-            kernel = lib.get("architecture") or lib.get("threading_layer") or "?"
-            return f"{lib.get('internal_api')} {lib.get('version')} ({kernel}, {lib.get('num_threads')} threads)"
+    found = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    # NumPy's own (numpy.libs): SciPy's OpenBLAS or MKL's may be loaded beside it, and listed first
+    found.sort(key=lambda lib: "numpy" not in (lib.get("filepath") or ""))
+    for lib in found:
+        kernel = lib.get("architecture") or lib.get("threading_layer") or "?"
+        return f"{lib.get('internal_api')} {lib.get('version')} ({kernel}, {lib.get('num_threads')} threads)"
     return "BLAS unknown"
 
 

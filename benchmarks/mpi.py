@@ -64,7 +64,8 @@ def main():
     args = parser.parse_args()
     mpiexec = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
     print(stamp())
-    print(f"# float32 · {args.steps} updates after 5 of warm-up · BLAS threads per rank: 2 // ranks")
+    print(f"# float32 · {args.steps - 5} updates timed after 5 of warm-up · BLAS threads per rank: "
+          f"{os.cpu_count() or 2} // ranks")
     print("| model and task | ranks | updates/s | all-reduce ms/update | speed-up |")
     print("|---|---:|---:|---:|---:|")
     for name, flags in CASES.items():

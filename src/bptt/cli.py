@@ -72,8 +72,9 @@ def _train_options(p):
     _option(p, "checkpoint_every", int, "updates between checkpoints")
     _option(p, "patience", int, "stop after this many evaluations without a lower validation loss (unset: never)")
     _option(p, "threads", int, "2: two halves of each batch run at once on two threads, BLAS on one; "
-                               "1: one pass, BLAS on its own threads; unset: 2 where the compiled loops would run "
-                               "on one thread (a small layer, 2 cores), else 1")
+                               "1: one pass, BLAS on its own threads; unset: 2 where the compiled loops may use two "
+                               "threads (BPTT_LOOP_THREADS, by default 2 cores or more) but the layer is too "
+                               "small to share its rows, else 1. The two sum the batch in another order")
     p.add_argument("--out", dest="out", default=None, metavar="RUN_DIR",
                    help="run folder, new or empty (default: runs/DATE-TIME, a new name for every run)")
     p.add_argument("--fresh", action="store_true",

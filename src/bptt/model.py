@@ -452,8 +452,9 @@ class Model:
         steps everywhere); ``loss_count``: divide a mean by this many positions
         instead of this call's own count (a chunk of a longer objective).
         ``threads=2`` (default: ``model.threads``, 1) runs two halves of the batch on two
-        threads at once, with the same result (batch_split.py); it pays with BLAS held to
-        one thread, as the trainer does it.
+        threads at once, with the same result up to the order of the batch's sums (float
+        rounding; batch_split.py); it pays with BLAS held to one thread, as the trainer
+        does it.
         ``masks``: dropout and zoneout masks (``draw_masks``); without them, no noise.
         """
         threads = self.threads if threads is None else threads
