@@ -133,8 +133,9 @@ def check(masks, T: int, B: int, model) -> Masks | None:
                 raise ValueError(f"masks.{kind}[{i}]: expected {'none' if rate == 0 else 'a mask'} ({kind} rate "
                                  f"{rate} in this model), got {'none' if a is None else 'a mask'}; draw them "
                                  f"with this model's draw_masks")
-            if a is not None and (not isinstance(a, np.ndarray) or a.shape != want or a.dtype != dtype):
-                got = f"{a.shape} {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+            array = isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__")     # NumPy or CuPy
+            if a is not None and (not array or a.shape != want or a.dtype != dtype):
+                got = f"{a.shape} {a.dtype}" if array else type(a).__name__
                 raise ValueError(f"masks.{kind}[{i}]: expected shape {want} and dtype {np.dtype(dtype).name} "
                                  f"(this model's draw_masks), got {got}")
     return masks
