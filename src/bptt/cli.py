@@ -274,19 +274,12 @@ def main(argv=None) -> int:
             print(_figures(trainer, trainer.evaluate()))
         elif args.command == "export":
             from .interop.onnx import to_onnx
-            from .train.load import load
+            from .train.load import read
             if not args.onnx.endswith(".onnx") or len(args.onnx) <= len(".onnx"):
                 raise ValueError(f"--onnx: expected a file name ending in .onnx, got {args.onnx!r}")
             if not Path(args.run).is_dir():
                 raise ValueError(f"RUN: no such run folder: {args.run}")
-            try:
-                model = load(args.run, best=args.best)
-            except ValueError as exc:             # bptt.load names its Python arguments
-                message = str(exc)
-                for name, option in (("path: ", "RUN: "), ("best: ", "--best: ")):
-                    if message.startswith(name):
-                        raise ValueError(option + message[len(name):]) from None
-                raise
+            model = read(Path(args.run), best=args.best)
             _note_cut_short(args.run, args.best)
             try:
                 to_onnx(model, args.onnx, lengths=args.lengths)

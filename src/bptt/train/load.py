@@ -11,20 +11,25 @@ def load(path, best: bool = False):
     model.safetensors), or a run folder of ``bptt train``, at its latest checkpoint
     (``best=True``: at the checkpoint with the lowest validation loss, best.json). A text
     model comes with its ``vocabulary``, ready for ``bptt.generate``."""
-    from .trainer import load_model
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"path: no such folder: {folder}; expected a saved model (model.json) or a run folder")
-    if saved.is_saved(folder):
-        if best:
-            raise ValueError(f"best: {folder} is a saved model, not a run folder with checkpoints")
-        return saved.read(folder)
     try:
-        return load_model(folder, best=best)[0]
-    except ValueError as exc:                   # the run folder's errors name the CLI's arguments
+        return read(folder, best)
+    except ValueError as exc:                   # read's errors name the CLI's arguments
         message = str(exc)
         for cli_name, name in (("RUN: ", "path: "), ("--best: ", "best: ")):
             if message.startswith(cli_name):
                 raise ValueError(name + message[len(cli_name):] + ("; expected a saved model (model.json) or "
                                  "a run folder" if "has no checkpoint" in message else "")) from None
         raise
+
+
+def read(folder: Path, best: bool = False):
+    """``load`` for `bptt export`: its errors name the command's RUN and --best."""
+    from .trainer import load_model
+    if saved.is_saved(folder):
+        if best:
+            raise ValueError(f"--best: {folder} is a saved model, not a run folder with checkpoints")
+        return saved.read(folder)
+    return load_model(folder, best=best)[0]
