@@ -117,7 +117,7 @@ def test_default_run_folders_never_collide(tmp_path):
 def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
     run = tmp_path / "busy"
     proc = subprocess.Popen(BPTT + ["train", *EXACT, "--steps", "100000", "--eval-every", "100000",
-                                    "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    "--checkpoint-every", "100000", "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while not (run / "config.json").exists() and time.monotonic() < deadline:
