@@ -1,8 +1,8 @@
 """The stamp every benchmark table carries: where its figures were measured.
 
-    CPU model · vector instruction set (AVX-512 / AVX2, and an AVX2 imitation when the
-    environment asks for one) · cores this process may use · the BLAS, its kernel and
-    threads · Python, NumPy, Numba, PyTorch and bptt versions
+    CPU model (family, model) · vector instruction set (AVX-512 / AVX2, and an AVX2
+    imitation when the environment asks for one) · cores this process may use · the BLAS,
+    its kernel and threads · Python, NumPy, Numba, PyTorch and bptt versions
 
 A figure holds on the machine it was measured on; a table without this line is not one.
 """
@@ -31,6 +31,21 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_family_model() -> str:
+    """"family F, model M" from /proc/cpuinfo: tells CPUs of one model name apart (a VM's
+    "AMD EPYC" is Zen 1 at family 23 and Zen 4 at family 25), or ""."""
+    found = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip()
+                if key in ("cpu family", "model") and key not in found:
+                    found[key] = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"family {found['cpu family']}, model {found['model']}" if len(found) == 2 else ""
 
 
 def vector_isa() -> str:
@@ -95,8 +110,9 @@ def versions() -> str:
 
 
 def stamp() -> str:
-    """One line: date, CPU, vector ISA, cores, BLAS, versions."""
-    return (f"# {time.strftime('%Y-%m-%d')} · {cpu_model()} · {vector_isa()} · {cores()} cores · {blas()} · "
+    """One line: date, CPU (and its family and model), vector ISA, cores, BLAS, versions."""
+    generation = f" ({cpu_family_model()})" if cpu_family_model() else ""
+    return (f"# {time.strftime('%Y-%m-%d')} · {cpu_model()}{generation} · {vector_isa()} · {cores()} cores · {blas()} · "
             f"{versions()}")
 
 

@@ -374,10 +374,17 @@ def test_mkls_packed_gemm_gives_the_same_bits_wherever_its_arrays_lie(dtype):
         assert np.array_equal(out, first), offset
 
 
-def test_the_step_gemm_default_follows_the_vector_isa(monkeypatch):
+def test_the_step_gemm_default_follows_the_cpu(monkeypatch):
+    """MKL where installed on Intel with AVX-512; bptt's micro-kernel elsewhere, AMD's
+    AVX-512 included (benchmarks/results/amd-epyc-avx-512-2-cores/step_gemm.md)."""
     monkeypatch.delenv("BPTT_STEP_GEMM", raising=False)
-    for isa, installed, want in [("AVX-512", True, "mkl"), ("AVX-512", False, "packed"), ("AVX2", True, "packed")]:
+    for vendor, isa, installed, want in [("GenuineIntel", "AVX-512", True, "mkl"),
+                                         ("GenuineIntel", "AVX-512", False, "packed"),
+                                         ("GenuineIntel", "AVX2", True, "packed"),
+                                         ("AuthenticAMD", "AVX-512", True, "packed"),
+                                         ("AuthenticAMD", "AVX2", True, "packed")]:
         monkeypatch.setattr(settings, "vector_isa", lambda: isa)
+        monkeypatch.setattr(settings, "cpu_vendor", lambda: vendor)
         monkeypatch.setattr(mkl, "library_path", lambda: "libmkl_rt.so" if installed else None)
         settings.reset()
         assert settings.step_gemm() == want

@@ -6,8 +6,10 @@
                              the compiled loop's recurrent GEMM over W_h packed once a pass:
                              bptt's micro-kernel (backends/packed_gemm.py) or oneMKL's
                              packed GEMM (backends/mkl.py, extra ``mkl``). Default: mkl where
-                             it is installed and the CPU runs AVX-512, else packed (the
-                             faster of the two on each, benchmarks/step_gemm.py)
+                             it is installed and the CPU is an Intel one running AVX-512,
+                             else packed (benchmarks/step_gemm.py: on AMD, AVX2 and AVX-512
+                             alike, the micro-kernel is the faster; MKL chooses its own
+                             kernels by the CPU's vendor)
     BPTT_LOOP_THREADS=1|2    threads a compiled loop may use (default: 2 where the process
                              may run on 2 cores or more, else 1)
     BPTT_WORKSPACE_MB=N      MiB of freed memory glibc's malloc keeps for reuse (default 512;
@@ -45,19 +47,30 @@ def loops_enabled() -> bool:
 @functools.cache
 def step_gemm() -> str:
     from . import mkl
-    default = "mkl" if vector_isa() == "AVX-512" and mkl.library_path() else "packed"
+    intel_avx512 = vector_isa() == "AVX-512" and cpu_vendor() == "GenuineIntel"
+    default = "mkl" if intel_avx512 and mkl.library_path() else "packed"
     return _choice("BPTT_STEP_GEMM", ("packed", "mkl"), default)
+
+
+def _cpuinfo(field: str) -> str:
+    """The first value of ``field`` in /proc/cpuinfo, or "" (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == field), "")
+    except OSError:
+        return ""
+
+
+def cpu_vendor() -> str:
+    """"GenuineIntel", "AuthenticAMD", … (/proc/cpuinfo's vendor_id), or ""."""
+    return _cpuinfo("vendor_id")
 
 
 def vector_isa() -> str:
     """"AVX-512", "AVX2" or "other": the widest vector instructions in force here. An AVX2
     imitation (NUMBA_CPU_NAME=haswell, with NUMBA_CPU_FEATURES=-avx512f for Numba's own
     code, or MKL_ENABLE_INSTRUCTIONS=AVX2) counts as AVX2."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
+    flags = _cpuinfo("flags").split()
     imitated = os.environ.get("NUMBA_CPU_NAME", "").lower() == "haswell" or \
         os.environ.get("MKL_ENABLE_INSTRUCTIONS", "").upper() == "AVX2"
     if "avx512f" in flags and not imitated:
