@@ -154,3 +154,16 @@ def test_flow_reports_a_share_in_zero_one_and_the_signed_projection(tmp_path, ca
         assert 0 < s["long_lag_share"] < 1 and s["long_lag_signed_projection"] != s["long_lag_share"]
         row = next(line for line in out.splitlines() if line.startswith(f"{s['cell']}, init"))
         assert float(row.split()[-2]) == pytest.approx(s["long_lag_share"], abs=5e-4)    # the column is the share
+
+
+def test_one_step_has_no_rate_and_flow_json_is_strict(tmp_path, capsys):
+    """T = 1 leaves no pair of steps to fit a rate to: the column says so, and flow.json
+    (strict JSON, no NaN) holds null."""
+    out_dir = tmp_path / "f"
+    code, out, _ = run(capsys, ["flow", "--task", "sine", "--seq-len", "1", "--hidden", "4", "--batch", "2",
+                                "--out", str(out_dir)])
+    assert code == 0
+    summary = json.loads((out_dir / "flow.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert [s["jacobian_rate"] for s in summary.values()] == [None, None]
+    rows = [line.split() for line in out.splitlines() if ", init" in line]
+    assert len(rows) == 2 and all(row[5] == "—" for row in rows)

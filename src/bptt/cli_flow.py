@@ -224,8 +224,15 @@ def _estimators(args, models, out, title):
     print(f"figure: {figure}")
 
 
+def _strict(summary):
+    """The summary as strict JSON takes it: a figure that is not finite (an exploded loss,
+    a gradient that vanished at the last step) is null; the table prints it as it is."""
+    return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in summary.items()}
+
+
 def _row(label, s):
-    return (f"{label:<24} {s['loss']:>9.4f} {s['sigma_max']:>7.3f} {s['eta']:>6.3f} {s['jacobian_rate']:>7.3f} "
+    rate = "—" if s["jacobian_rate"] is None else f"{s['jacobian_rate']:.3f}"       # None: one step, no lag
+    return (f"{label:<24} {s['loss']:>9.4f} {s['sigma_max']:>7.3f} {s['eta']:>6.3f} {rate:>7} "
             f"{s['grad_first_over_last']:>10.2e} {s['long_lag_share']:>7.3f} {s['seconds']:>6.1f}")
 
 
@@ -277,7 +284,8 @@ def run(args) -> int:
                     models[f"{name}, {args.train} updates"] = (trainer.model.astype("float64"), x.astype(np.float64))
     title = f"{args.task}, T = {args.seq_len}" if not args.run else "saved runs"
     figure = plot_flow(reports, out / "flow.png", title=title)
-    (out / "flow.json").write_text(json.dumps({k: r.summary() for k, r in reports.items()}, indent=1))
+    (out / "flow.json").write_text(json.dumps({k: _strict(r.summary()) for k, r in reports.items()}, indent=1,
+                                              allow_nan=False))
     print(HEADER)
     for label, r in reports.items():
         print(_row(label, r.summary()))

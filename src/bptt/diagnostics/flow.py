@@ -115,7 +115,7 @@ class FlowReport:
         t, k, norms = self.measured_pairs()
         lags = t - k
         rate = float(np.exp(np.sum(np.log(np.maximum(norms, 1e-300)) * lags) / np.sum(lags ** 2))) \
-            if lags.size else float("nan")
+            if lags.size else None                       # one step: no pair to fit a rate to
         with np.errstate(over="ignore"):
             above = float(np.mean(norms > self.eta ** lags.astype(float) * (1 + 1e-9))) if lags.size else 0.0
         total = self.lag_profile.sum()
@@ -125,7 +125,7 @@ class FlowReport:
             "loss": self.loss,
             "sigma_max": self.sigma_max,
             "eta": self.eta,
-            "jacobian_rate": rate,         # per-step factor fitted to log‖∂s_t/∂s_k‖ ≈ τ log(rate)
+            "jacobian_rate": rate,         # per-step factor fitted to log‖∂s_t/∂s_k‖ ≈ τ log(rate), or None
             "above_bound": above,          # share of measured pairs with ‖∂s_t/∂s_k‖ > η^τ
             "grad_first_over_last": float(g[0] / g[-1]) if g[-1] > 0 else float("inf"),
             "long_lag_share": float(self.lag_norm[max(long_lag, 0):].sum() / magnitude) if magnitude else 0.0,
