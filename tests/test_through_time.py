@@ -203,6 +203,39 @@ def test_checkpoint_plan_follows_gruslys_recursion():
     assert tt.checkpoint_plan(1000, 100).forward_steps() < plan.forward_steps()
 
 
+def optimal_forward_steps(n, M):
+    """Gruslys et al.'s C(n, M), written out step by step (docs/through_time.md)."""
+    t = np.arange(n + 1.0)
+    C = np.zeros((M + 1, n + 1))
+    C[1] = t * (t + 1) / 2
+    for m in range(2, M + 1):
+        C[m, :m + 1] = t[:m + 1]
+        for s in range(m + 1, n + 1):
+            y = np.arange(1, s)
+            C[m, s] = (y + C[m - 1, s - y] + C[m, y]).min()
+    return int(C[M, n])
+
+
+@pytest.mark.parametrize("T,budget", [(999, 4), (1001, 4), (2500, 7)])
+def test_the_plan_counts_the_steps_the_run_computes_and_they_are_optimal(T, budget):
+    """forward_steps() is what checkpointed runs (a run past 1,000 steps ran 31,651 steps
+    at (1001, 4) where the plan said 21,150, against the optimum's 8,970)."""
+    model = bptt.Model("rnn", 1, 2, 1, dtype="float64", seed=0)
+    steps = []
+    gradients, advance = model.gradients, model.advance
+    model.gradients = lambda x, *a, **k: (steps.append(x.shape[0]), gradients(x, *a, **k))[1]
+    model.advance = lambda x, *a, **k: (steps.append(x.shape[0]), advance(x, *a, **k))[1]
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((T, 1, 1)), rng.standard_normal((T, 1, 1))
+    loss, grads, _ = tt.checkpointed(model, x, y, budget=budget)
+    plan = tt.checkpoint_plan(T, budget)
+    assert sum(steps) == plan.forward_steps() == optimal_forward_steps(T, budget)
+    model.gradients, model.advance = gradients, advance
+    L, G, _ = tt.full(model, x, y)
+    assert loss == pytest.approx(L, rel=1e-12)
+    assert_grads_equal(grads, G, 1e-10)
+
+
 # ---- RTRL --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu", "sigmoid", "identity"])
@@ -296,5 +329,32 @@ def test_schedule_errors_are_named():
         tt.truncated(make_model("rnn", outputs="last"), x, np.zeros((2, 3)), 2)
     with pytest.raises(ValueError, match=r"RTRL carries one direction's unprojected state .*bidirectional=True"):
         tt.rtrl(bptt.Model("lstm", 3, 4, 3, bidirectional=True, dtype="float64"), x, y)
-    with pytest.raises(ValueError, match=r"ks: expected positive truncation lengths"):
-        tt.truncation_bias(model, x, y, [0, 2])
+    for ks in ([0, 2], [2.5, 4], 4, ["a"], [np.nan], []):      # 2.5 was truncated to 2, silently
+        with pytest.raises(ValueError, match=r"ks: expected a list of positive integer truncation lengths, got "):
+            tt.truncation_bias(model, x, y, ks)
+    with pytest.raises(ValueError, match=r"resets: expected a boolean array \(True = the state is zeroed "
+                                         r"before the step\), got dtype float64"):
+        tt.rtrl(model, x, y, resets=np.zeros(x.shape[:2]))
+
+
+def test_the_step_api_names_what_it_was_given():
+    """ExactInfluence, SnAp, UORO, e-prop and KF-RTRL advanced a step at a time by hand:
+    a step or a collect that does not fit the influence is named, not a NumPy error."""
+    from bptt.through_time.online import KFRTRL, UORO, Eligibility, SnAp
+    model = bptt.Model("rnn", 2, 3, 2, dtype="float64", seed=0)
+    makers = [tt.ExactInfluence, lambda m, B: SnAp(m, B, n=2), UORO, Eligibility, KFRTRL]
+    for make in makers:
+        cases = [(lambda e: e.step(np.ones((2, 3))), r"x_t: expected shape \(2, 2\), got shape \(2, 3\)"),
+                 (lambda e: e.step(np.ones((4, 2))), r"x_t: expected shape \(2, 2\), got shape \(4, 2\)"),
+                 (lambda e: e.step(np.ones((2, 2), np.float32)), r"x_t: expected dtype float64"),
+                 (lambda e: e.step(np.ones((2, 2)), mask_t=np.ones(2)),
+                  r"mask_t: expected a boolean array \(True = a valid step\), got dtype float64"),
+                 (lambda e: e.step(np.ones((2, 2)), reset_t=np.ones(3, bool)), r"reset_t: expected shape \(2,\)"),
+                 (lambda e: (e.step(np.ones((2, 2))), e.collect(np.ones((2, 4)))),
+                  r"dh: expected shape \(2, 3\), got shape \(2, 4\)")]
+        for call, message in cases:
+            with pytest.raises(ValueError, match=message):
+                call(make(model, 2))
+    for B in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=r"B: expected a positive integer, got "):
+            tt.ExactInfluence(model, B)

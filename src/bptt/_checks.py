@@ -122,9 +122,15 @@ def class_targets(name: str, value, dims: tuple, num_classes: int) -> np.ndarray
     return arr.astype(np.intp, copy=False)
 
 
+MEANING = {"mask": "True = a valid step", "resets": "True = the state is zeroed before the step",
+           "loss_mask": "True = the step's output counts in the loss", "mask_t": "True = a valid step",
+           "reset_t": "True = the state is zeroed before the step"}
+
+
 def bool_mask(name: str, value, dims: tuple) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype != np.bool_:
-        raise ValueError(f"{name}: expected a boolean array (True = valid step), got dtype {arr.dtype.name}")
+        meaning = f" ({MEANING[name]})" if name in MEANING else ""
+        raise ValueError(f"{name}: expected a boolean array{meaning}, got dtype {arr.dtype.name}")
     _check_shape(name, arr, dims)
     return arr

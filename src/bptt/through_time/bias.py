@@ -33,9 +33,10 @@ class TruncationBias(NamedTuple):
 
 def truncation_bias(model, x, targets, ks, state0=None, mask=None, resets=None) -> TruncationBias:
     """Relative error and cosine similarity of TBPTT(k, k)'s gradient against full BPTT's."""
-    ks = np.asarray(sorted({int(k) for k in ks}))
-    if ks.size == 0 or ks[0] < 1:
-        raise ValueError(f"ks: expected positive truncation lengths, got {ks.tolist()}")
+    listed = list(ks) if isinstance(ks, (list, tuple, range, np.ndarray)) else None
+    if not listed or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in listed):
+        raise ValueError(f"ks: expected a list of positive integer truncation lengths, got {ks!r}")
+    ks = np.asarray(sorted({int(k) for k in listed}))
     full = model.gradients(x, targets, state0, mask, input_grad=False, resets=resets).params
     T, B = np.shape(x)[:2]
     count = T * B if mask is None else int(np.sum(mask))

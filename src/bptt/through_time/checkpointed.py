@@ -15,8 +15,12 @@ stored state (a state is smaller than a step of tape, so this overcounts a littl
       C(t, 1) = t(t + 1)/2                                 (recompute from the start per step)
       C(t, m) = min_{1<=y<t} [ y + C(t − y, m − 1) + C(y, m) ]   otherwise
   (run y steps without tape, store a checkpoint there, do the right part with one slot
-  fewer, then the left part with the slot back). For long sequences the programme runs
-  over units of ⌈T/1000⌉ steps.
+  fewer, then the left part with the slot back). The programme's work grows as
+  units²·slots; where steps² · slots would pass _MAX_WORK, it runs over units of several
+  steps (CheckpointPlan.unit), and its splits, the coarser problem's, can cost more
+  forward steps than the optimum.
+  ``CheckpointPlan.operations()`` lists what the run does, so ``forward_steps()`` counts
+  the steps it runs.
 """
 from __future__ import annotations
 
@@ -28,8 +32,8 @@ import numpy as np
 from .. import _checks
 from .schedules import refuse_bidirectional
 
-_MAX_UNITS = 1000       # the programme's table is units × slots; its time grows as units²·slots
-_MAX_SLOTS = 200        # more slots than this are not needed to get close to full speed
+_MAX_WORK = 2 * 10 ** 8  # units² · slots of the programme's largest table (1,000 steps and 200 slots)
+_MAX_SLOTS = 200         # more slots than this are not needed to get close to full speed
 
 
 def checkpointed(model, x, targets, state0=None, mask=None, budget=None, resets=None, masks=None):
@@ -109,25 +113,15 @@ class _Run:
         return self.final_state
 
     def planned(self, state, plan):
-        """Backpropagate all T steps following the plan; pending left parts wait on a stack."""
-        stack, current, dstate = [], (0, self.T, state, plan.slots), None
-        while True:
-            a, b, s, slots = current
-            if b - a <= slots:                                     # one taped segment
-                dstate = self.segment(a, b, s, dstate)
-            elif slots == 1:                                       # no room for a checkpoint:
-                last = self.advance(a, b - 1, s, 1)                # recompute from a for each step
-                dstate = self.segment(b - 1, b, last, dstate)
-                stack.append((a, b - 1, s, 1))
+        """Backpropagate all T steps following the plan's operations. A state is kept from
+        the advance that makes it until the segment that starts there, its last reader."""
+        states, dstate = {0: state}, None
+        for kind, a, b, chunk in plan.operations():
+            if kind == "advance":
+                states[b] = self.advance(a, b, states[a], chunk)
             else:
-                y = plan.split(b - a, slots)
-                checkpoint = self.advance(a, a + y, s, slots)
-                stack.append((a, a + y, s, slots))                 # the left part, its slot returned
-                current = (a + y, b, checkpoint, slots - 1)        # the right part first
-                continue
-            if not stack:
-                return self.final_state
-            current = stack.pop()
+                dstate = self.segment(a, b, states.pop(a), dstate)
+        return self.final_state
 
 
 class CheckpointPlan:
@@ -135,9 +129,7 @@ class CheckpointPlan:
 
     def __init__(self, T, budget):
         self.T, self.budget = T, budget
-        # Units of steps keep the table small; two slots per unit at least, so that a
-        # budget of 2 or more can always place a checkpoint.
-        self.unit = max(1, min(math.ceil(T / _MAX_UNITS), budget // 2))
+        self.unit = _unit(T, budget)
         self.slots = budget
         self._units_slots = min(max(1, budget // self.unit), _MAX_SLOTS)
         n = math.ceil(T / self.unit)
@@ -152,9 +144,43 @@ class CheckpointPlan:
         y = int(self._best[m, min(units, self._best.shape[1] - 1)]) * self.unit
         return min(max(1, y), steps - 1)
 
+    def operations(self):
+        """The run, in order: ("advance", a, b, chunk) runs steps [a, b) without tape from the
+        state at a (chunk steps at a time) and keeps the state at b; ("segment", a, b, None)
+        runs [a, b) with its tape from the state at a and backpropagates it. Pending left
+        parts wait on a stack, the right part first."""
+        stack, current = [], (0, self.T, self.slots)
+        while True:
+            a, b, slots = current
+            if b - a <= slots:                                     # one taped segment
+                yield "segment", a, b, None
+            elif slots == 1:                                       # no room for a checkpoint:
+                yield "advance", a, b - 1, 1                       # recompute from a for each step
+                yield "segment", b - 1, b, None
+                stack.append((a, b - 1, 1))
+            else:
+                y = self.split(b - a, slots)
+                yield "advance", a, a + y, slots
+                stack.append((a, a + y, slots))                    # the left part, its slot returned
+                current = (a + y, b, slots - 1)                    # the right part first
+                continue
+            if not stack:
+                return
+            current = stack.pop()
+
     def forward_steps(self):
-        """The programme's C(T, m) in steps: forward computations including the taped ones."""
-        return int(self.cost[self._units_slots, -1]) * self.unit
+        """The forward steps the run computes, the taped ones included: C(T, m) where the
+        programme runs over single steps."""
+        return sum(b - a for _, a, b, _ in self.operations())
+
+
+def _unit(T, budget):
+    """Steps a unit of the programme: 1 where T² · slots fits _MAX_WORK, else the fewest
+    that fit; at most budget // 2, so that a budget of 2 or more can place a checkpoint."""
+    unit = max(1, math.ceil(T / math.sqrt(_MAX_WORK / min(budget, _MAX_SLOTS))))
+    while math.ceil(T / unit) ** 2 * min(max(1, budget // unit), _MAX_SLOTS) > _MAX_WORK:
+        unit += 1
+    return max(1, min(unit, budget // 2))
 
 
 def checkpoint_plan(T, budget) -> CheckpointPlan:

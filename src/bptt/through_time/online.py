@@ -70,6 +70,7 @@ class _Dense(Influence, ABC):
         """M_t from M_{t−1} and the step's Jacobians (rtrl.Local)."""
 
     def step(self, x_t, mask_t=None, reset_t=None):
+        x_t, mask_t, reset_t = self._step_inputs(x_t, mask_t, reset_t)
         local = self.local(0, x_t, reset_t)
         M_prev = self.M if reset_t is None or not reset_t.any() else np.where(reset_t[:, None, None], 0, self.M)
         M = self._next(local, M_prev)
@@ -79,6 +80,7 @@ class _Dense(Influence, ABC):
         return self.advance(0, local.prev, local.new, mask_t)
 
     def collect(self, dh):
+        dh = self._dh(dh)
         self.grad += np.einsum("bk,bkn->n", dh, self.M[:, :self.H])                      # (T2)
 
     def grads(self) -> dict:
@@ -98,16 +100,24 @@ class SnAp(_Dense):
         super().__init__(model, B, state0)
         self.pattern = self._pattern(n)
 
+    PROBE_SCALES = np.logspace(-1, 2, 16)
+
     def _pattern(self, n):
-        """P_n (K, n_θ) bool, from one step at a random state and input (where exact zeros
-        are the structure's, not the numbers')."""
-        rng = np.random.default_rng(0)
+        """P_n (K, n_θ) bool, from the non-zeros of J and I at steps from random states and
+        inputs, two rows at each scale of PROBE_SCALES, united. A zero is the structure's
+        only where it is zero at every probe: one probe can zero an entry by its numbers (a
+        ReLU unit inactive there, a tanh saturated to 1 − tanh² = 0), and the large scales
+        outweigh a bias that holds a ReLU unit inactive at the small ones."""
+        rng, dtype = np.random.default_rng(0), self.model.dtype
         kept = self.state
-        self.state = [tuple(rng.standard_normal((2, self.H)).astype(self.model.dtype) for _ in range(self.S))]
-        local = self.local(0, rng.standard_normal((2, self.model.input_size)).astype(self.model.dtype))
-        J, I = local.J, local.I
+        reach, touched = np.zeros((self.K, self.K), bool), np.zeros((self.K, self.n), bool)
+        for scale in self.PROBE_SCALES:
+            self.state = [tuple((scale * rng.standard_normal((2, self.H))).astype(dtype) for _ in range(self.S))]
+            local = self.local(0, (scale * rng.standard_normal((2, self.model.input_size))).astype(dtype))
+            reach |= (local.J != 0).any(axis=0)
+            touched |= (local.I != 0).any(axis=0)
         self.state = kept
-        reach, touched = (J != 0).any(axis=0).astype(np.int64), (I != 0).any(axis=0)
+        reach = reach.astype(np.int64)
         units = touched.reshape(self.S, self.H, -1).any(axis=0)                         # (H, n_θ)
         pattern = np.tile(units, (self.S, 1))                                           # every state value of those units
         for _ in range(n - 1):
@@ -134,6 +144,7 @@ class UORO(Influence):
         self.grad = np.zeros(self.n, model.dtype)
 
     def step(self, x_t, mask_t=None, reset_t=None):
+        x_t, mask_t, reset_t = self._step_inputs(x_t, mask_t, reset_t)
         local = self.local(0, x_t, reset_t, immediate=False)
         prev, new, J = local.prev, local.new, local.J
         u, theta = self.u, self.theta
@@ -153,6 +164,7 @@ class UORO(Influence):
         return self.advance(0, prev, new, mask_t)
 
     def collect(self, dh):
+        dh = self._dh(dh)
         self.grad += np.einsum("b,bn->n", (dh * self.u[:, :self.H]).sum(axis=1), self.theta)   # (T2)
 
     def grads(self) -> dict:
@@ -205,6 +217,7 @@ class KFRTRL(Influence):
         self.gW = np.zeros((H, D + H + 1), model.dtype)          # ∂L/∂[W_x, W_h, b_h], rows by unit
 
     def step(self, x_t, mask_t=None, reset_t=None):
+        x_t, mask_t, reset_t = self._step_inputs(x_t, mask_t, reset_t)
         local = self.local(0, x_t, reset_t, immediate=False)
         prev, new, J, du = local.prev, local.new, local.J, local.du
         u, A = self.u, self.A
@@ -225,6 +238,7 @@ class KFRTRL(Influence):
         return self.advance(0, prev, new, mask_t)
 
     def collect(self, dh):
+        dh = self._dh(dh)
         g = np.einsum("bk,bki->bi", dh, self.A)                                          # (T2) through A's rows
         self.gW += g.T @ self.u
 

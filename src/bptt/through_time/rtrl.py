@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _checks
 from ..cells import head as head_layer
 from ..dropout import layer_noise
 from ..ops import LOSSES
@@ -64,7 +65,7 @@ class Influence:
         if model.bidirectional or model.proj_size:
             raise ValueError(f"model: RTRL carries one direction's unprojected state forward; got "
                              f"bidirectional={model.bidirectional}, proj_size={model.proj_size}")
-        self.model, self.B = model, B
+        self.model, self.B = model, _checks.positive_int("B", B)
         self.cell = model.layer.cell
         self.S, self.H = len(model.layer.STATE), model.hidden_size
         self.K = self.S * self.H
@@ -81,6 +82,20 @@ class Influence:
         self.zone = [layer_noise(model, None, l) for l in range(model.num_layers)]
         self.extras = tuple(self.cell.extra_shapes(self.H))
         self._units = {}
+
+    def _step_inputs(self, x_t, mask_t, reset_t):
+        """A step's x_t (B, D) and mask_t, reset_t (B,) bool or None, checked against the B
+        this influence was made for and the model: ``step`` is public, called a step at a
+        time (docs/through_time.md)."""
+        B = self.B
+        x_t = _checks.float_array("x_t", x_t, self.model.dtype, (B, self.model.input_size))
+        mask_t = None if mask_t is None else _checks.bool_mask("mask_t", mask_t, (B,))
+        reset_t = None if reset_t is None else _checks.bool_mask("reset_t", reset_t, (B,))
+        return x_t, mask_t, reset_t
+
+    def _dh(self, dh):
+        """``collect``'s dh (B, H): ∂L_t/∂h_t of the top layer."""
+        return _checks.float_array("dh", dh, self.model.dtype, (self.B, self.H))
 
     def local(self, l, inputs, reset_t=None, immediate=True):
         """Layer l's step from ``inputs`` (B, D_l), a ``Local``: prev the state it read (after a
@@ -211,6 +226,7 @@ class ExactInfluence(Influence):
         self.grad = np.zeros(self.n, model.dtype)
 
     def step(self, x_t, mask_t=None, reset_t=None):
+        x_t, mask_t, reset_t = self._step_inputs(x_t, mask_t, reset_t)
         inputs, M_in = x_t, None
         for l in range(self.model.num_layers):
             local = self.local(l, inputs, reset_t)
@@ -231,6 +247,7 @@ class ExactInfluence(Influence):
 
     def collect(self, dh):
         """Add (∂L_t/∂h_t)ᵀ M_t[h] for the top layer's h_t (T2); dh (B, H)."""
+        dh = self._dh(dh)
         self.grad += np.einsum("bk,bkn->n", dh, self.M[-1][:, :self.H])
 
     def grads(self) -> dict:
