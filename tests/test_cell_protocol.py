@@ -11,6 +11,7 @@ import pytest
 import bptt
 from bptt import through_time as tt
 from bptt.cells import Cell
+from bptt.cells.protocol import tape_width
 
 
 def sigmoid(a):
@@ -188,6 +189,23 @@ def test_a_cell_that_breaks_the_protocol_is_named():
         bptt.Model(OwnW_h(), 2, 3, 1)
     with pytest.raises(ValueError, match="cell: cannot import 'no_such_module_xyz'"):
         bptt.Model("no_such_module_xyz:Cell", 2, 3, 1)
+    with pytest.raises(ValueError, match=r"cell: numpy:pi is a float, expected a Cell class"):
+        bptt.Model("numpy:pi", 2, 3, 1)
+    with pytest.raises(ValueError, match=r"cell: bptt.cells.protocol:Cell cannot be built with no arguments: "
+                                         r"Can't instantiate abstract class"):
+        bptt.Model("bptt.cells.protocol:Cell", 2, 3, 1)
+
+    class Width(NoState):
+        def __init__(self, width):
+            self.width = width
+
+        def tape_width(self, H):
+            return self.width
+    for width in (-1, 2.5, "4"):                       # np.empty's TypeError or "negative dimensions" before
+        with pytest.raises(ValueError, match=rf"cell: Width.tape_width\(4\) expected a whole number of values, "
+                                             rf"0 or more, got {width!r}"):
+            tape_width(Width(width), 4)
+    assert tape_width(Width(np.int64(3)), 4) == 3
 
 
 class _BackwardReturns(Cell):

@@ -167,3 +167,25 @@ def test_one_step_has_no_rate_and_flow_json_is_strict(tmp_path, capsys):
     assert [s["jacobian_rate"] for s in summary.values()] == [None, None]
     rows = [line.split() for line in out.splitlines() if ", init" in line]
     assert len(rows) == 2 and all(row[5] == "—" for row in rows)
+
+
+def test_flow_takes_a_users_cell_as_train_does(tmp_path, capsys):
+    """--cell package.module:ClassName as `bptt train --cell` takes it (flow refused all but
+    rnn, lstm and gru): the loss it prints is that user cell's model's on flow's batch."""
+    from bptt.cli_flow import _batch
+    from bptt.train.config import Config
+    from bptt.train.trainer import Trainer
+    out_dir = tmp_path / "f"
+    code, out, _ = run(capsys, ["flow", "--task", "copy", "--seq-len", "12", "--hidden", "6", "--batch", "2",
+                                "--cell", "bptt.cells.gru:GRU,gru", "--train", "3", "--quiet", "--out", str(out_dir)])
+    assert code == 0
+    rows = {m[1]: m[2].split() for m in re.finditer(r"^((?:gru|bptt\S*), (?:init|\d+ updates))\s+(.*)$", out, re.M)}
+    assert set(rows) == {f"{c}, {when}" for c in ("bptt.cells.gru:GRU", "gru") for when in ("init", "3 updates")}
+    config = Config(task="copy", cell="bptt.cells.gru:GRU", hidden=6, seq_len=12, steps=1, seed=0).check()
+    model = Trainer(config, run_dir=tmp_path / "unused", _claim="read").model
+    x, y = _batch(Trainer(config, run_dir=tmp_path / "unused", _claim="read"), 2, 0, "--batch")
+    assert float(rows["bptt.cells.gru:GRU, init"][0]) == pytest.approx(model.loss_value(x, y), abs=5e-5)
+    assert rows["bptt.cells.gru:GRU, init"][0] != rows["gru, init"][0]         # its own initialisation
+    assert sorted(p.name for p in out_dir.iterdir()) == ["bptt.cells.gru.GRU", "flow.json", "flow.png", "gru"]
+    code, _, err = run(capsys, ["flow", "--cell", "no_such_module_xyz:Cell", "--out", str(tmp_path / "g")])
+    assert code == 2 and "--cell: cannot import 'no_such_module_xyz'" in err

@@ -2,6 +2,7 @@
 steps (cells/loop.py, the reference): float64 to 1e-12 with masks, resets and carried
 state, with either per-step GEMM (the micro-kernel, oneMKL's packed GEMM), on one thread or
 two."""
+import inspect
 import os
 import subprocess
 import sys
@@ -184,6 +185,26 @@ def test_the_loops_are_generated_into_the_cache_and_reused(tmp_path):
     assert cached                                          # Numba's index of the compiled loops
     second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert second.stdout.strip() == path
+
+
+def test_the_cached_loop_follows_an_edit_of_a_module_the_kernels_call(tmp_path, monkeypatch):
+    """The loop's cache key holds the source of every module the kernels reach: the
+    kernel's own, a helper module it calls, and bptt's scalar functions. An edit of the
+    helper alone gave the old loop (h = 5 where the helper now gave 10)."""
+    (tmp_path / "act_helper.py").write_text("from numba import njit\n\n\n@njit\ndef act(a):\n    return a\n")
+    (tmp_path / "act_cell.py").write_text(
+        "from numba import njit\nimport act_helper\nfrom bptt.cells.scalar import tanh\n\n\n@njit\n"
+        "def fwd(z, rec, bias, extra, prev, new, aux, option):\n    for j in range(prev.shape[1]):\n"
+        "        new[0, j] = tanh(act_helper.act(z[j] + rec[j] + bias[j]))\n\n\n@njit\n"
+        "def bwd(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, option):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import act_cell
+    import numba
+    sources = compiled._sources_of(act_cell.fwd, act_cell.bwd)
+    for module in ("act_cell.py", "act_helper.py"):
+        assert (tmp_path / module).read_text() in sources
+    assert inspect.getsource(scalar) in sources
+    assert inspect.getsource(numba) not in sources and len(sources) == 3      # libraries: by their versions
 
 
 def _minimal_gated_unit():

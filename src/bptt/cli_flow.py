@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _checks
-from .cells import CELLS
+from .cells import CELLS, resolve
 from .diagnostics import flow
 from .diagnostics.estimators import estimator_error
 from .diagnostics.plots import plot_clipping, plot_estimator_error, plot_flow
@@ -59,7 +59,8 @@ def add_parser(sub):
                    help="sequence length, >= 1 (>= 2 for adding; text: at most the validation split's "
                         "characters per stream) (default: 200)")
     p.add_argument("--cell", default="rnn,lstm", help="cells to compare, comma-separated, each once: "
-                                                      "rnn, lstm, gru (default: rnn,lstm)")
+                                                      "rnn, lstm, gru or package.module:ClassName "
+                                                      "(default: rnn,lstm)")
     p.add_argument("--hidden", type=integer, default=64, help="hidden units, >= 1 (default: 64)")
     p.add_argument("--nonlinearity", default="tanh",
                    help=f"f of the Elman RNN: {', '.join(ACTIVATIONS)} (default: tanh)")
@@ -125,9 +126,14 @@ def check(args) -> tuple:
     if not any(cells):
         raise ValueError(f"--cell: expected one or more of {', '.join(CELLS)}, comma-separated, got {args.cell!r}")
     for c in cells:
-        if c not in CELLS:
-            raise ValueError(f"--cell: expected names from {', '.join(CELLS)}, got {c!r}"
+        if c not in CELLS and ":" not in c:
+            raise ValueError(f"--cell: expected names from {', '.join(CELLS)} or package.module:ClassName, got {c!r}"
                              + (f" in {args.cell!r}" if len(cells) > 1 else ""))
+        if c not in CELLS:
+            try:
+                resolve(c)                                  # a user's cell, built as `bptt train --cell` builds it
+            except ValueError as exc:
+                raise ValueError(f"--{exc}") from None
     if len(set(cells)) < len(cells):
         raise ValueError(f"--cell: expected each cell once (each trains into OUT/<cell>), got {args.cell!r}")
     if args.nonlinearity not in ACTIVATIONS:
@@ -177,7 +183,7 @@ def check(args) -> tuple:
     if not args.run and out is not None:
         for cell in cells:
             try:
-                folder.check_new(out / cell, option="--out")    # flow trains into OUT/<cell>
+                folder.check_new(out / _folder(cell), option="--out")    # flow trains into OUT/<cell>
             except folder.FolderError as exc:
                 raise ValueError(f"{str(exc).split('; ')[0]}; flow trains each cell into a new or empty "
                                  f"OUT/<cell>: choose another --out") from None
@@ -224,6 +230,11 @@ def _estimators(args, models, out, title):
     print(f"figure: {figure}")
 
 
+def _folder(cell):
+    """OUT/<cell>: the cell's name, "package.module.ClassName" for a user's cell."""
+    return cell.replace(":", ".")
+
+
 def _strict(summary):
     """The summary as strict JSON takes it: a figure that is not finite (an exploded loss,
     a gradient that vanished at the last step) is null; the table prints it as it is."""
@@ -268,10 +279,10 @@ def run(args) -> int:
         for cell in cells:
             config = Config(task=args.task, cell=cell, hidden=args.hidden, seq_len=args.seq_len,
                             nonlinearity=args.nonlinearity, steps=max(args.train, 1), seed=args.seed,
-                            out=str(out / cell), **({} if args.lr is None else {"lr": args.lr}))
+                            out=str(out / _folder(cell)), **({} if args.lr is None else {"lr": args.lr}))
             # Measured at initialisation only, the model is not trained: its folder is not made.
             trainer = Trainer(config.check()) if args.train else \
-                Trainer(config.check(), run_dir=out / cell, _claim="read")
+                Trainer(config.check(), run_dir=out / _folder(cell), _claim="read")
             x, y = _batch(trainer, args.batch, args.seed, "--seq-len")
             name = f"rnn-{args.nonlinearity}" if cell == "rnn" else cell
             reports[f"{name}, init"] = flow(trainer.model, x, y)

@@ -209,7 +209,7 @@ class Model:
         bound = 1.0 / np.sqrt(self.directions * self.output_width)   # nn.Linear's default: U(±1/√fan_in)
         params["head.W_y"] = uniform(shapes["W_y"])
         params["head.b_y"] = uniform(shapes["b_y"])
-        return {k: np.ascontiguousarray(v, dtype=dt) for k, v in params.items()}
+        return {k: np.array(v, dtype=dt, order="C") for k, v in params.items()}      # () stays ()
 
     def _init_layer(self, shapes, uniform, rng, init) -> dict:
         """One layer's (one direction's) parameters, PyTorch's way for the built-in cells."""

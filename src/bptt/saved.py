@@ -12,6 +12,7 @@ model is refused rather than written into.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from pathlib import Path
 
@@ -25,15 +26,37 @@ FORMAT = 1
 FILES = ("model.safetensors", "model.json")
 
 
-def cell_spec(cell) -> str:
-    """The ``cell`` argument that builds the cell again: its name, or "module:ClassName"."""
+def cell_spec(cell):
+    """What builds the cell again: its name, "module:ClassName" for a class built with no
+    arguments, or {"class": "module:ClassName", "arguments": cell.config()} for a cell
+    whose ``config()`` gives its constructor's keyword arguments (JSON values). A cell
+    whose class takes arguments and has no ``config()`` is refused: loading it with the
+    defaults would build another cell."""
     if isinstance(cell, str):
         return cell
     kind = type(cell)
     if kind.__module__ == "__main__" or "<locals>" in kind.__qualname__:
         raise ValueError(f"cell: {kind.__qualname__} is defined in a script or a function, where loading cannot "
                          f"import it; define it in a module (package.module:ClassName) to save the model")
-    return f"{kind.__module__}:{kind.__qualname__}"
+    name = f"{kind.__module__}:{kind.__qualname__}"
+    if callable(getattr(cell, "config", None)):
+        arguments = cell.config()
+        try:
+            ok = isinstance(arguments, dict) and all(isinstance(k, str) for k in arguments) and \
+                json.loads(json.dumps(arguments, allow_nan=False)) == arguments
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"cell: {kind.__qualname__}.config() expected a dict of keyword arguments with JSON "
+                             f"values (numbers, strings, lists), got {arguments!r}")
+        return {"class": name, "arguments": arguments}
+    takes = [p.name for p in inspect.signature(kind.__init__).parameters.values()
+             if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if takes:
+        raise ValueError(f"cell: {kind.__qualname__} takes arguments ({', '.join(takes)}) that the saved model "
+                         f"would not record; give the class config() -> {{argument: value}}, from which bptt.load "
+                         f"builds it again as {kind.__qualname__}(**config())")
+    return name
 
 
 def save(model, path) -> Path:
@@ -47,7 +70,7 @@ def save(model, path) -> Path:
             raise ValueError(f"path: {folder} holds other files ({', '.join(others[:3])}); expected a new folder "
                              f"or one with a saved model only")
     config = model.config | {"cell": cell_spec(model.cell)}
-    data = save_tensors({k: np.ascontiguousarray(v) for k, v in model.params.items()})
+    data = save_tensors({k: np.asarray(v, order="C") for k, v in model.params.items()})
     meta = {"kind": KIND, "format": FORMAT, "config": config, "vocabulary": model.vocabulary,
             "sha256": hashlib.sha256(data).hexdigest()}
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,6 +86,7 @@ def is_saved(path) -> bool:
 
 def read(path):
     """The Model saved in the folder ``path``, checked against its recorded digest."""
+    from .cells import build
     from .model import Model
     folder = Path(path)
     meta_path, tensors = folder / FILES[1], folder / FILES[0]
@@ -78,7 +102,14 @@ def read(path):
     if digest != meta.get("sha256"):
         raise ValueError(f"path: {tensors} does not match the SHA-256 in {FILES[1]} ({str(meta.get('sha256'))[:12]}…, "
                          f"the file gives {digest[:12]}…): it is truncated, corrupted or was changed")
-    model = Model(**meta["config"])
+    config = dict(meta["config"])
+    if isinstance(config.get("cell"), dict):                   # a cell built with the arguments of its config()
+        spec = config["cell"]
+        if not (isinstance(spec.get("class"), str) and isinstance(spec.get("arguments"), dict)):
+            raise ValueError(f"path: {meta_path}: cell expected {{'class': 'module:ClassName', 'arguments': "
+                             f"{{...}}}}, got {spec!r}")
+        config["cell"] = build(spec["class"], spec["arguments"])
+    model = Model(**config)
     arrays = load_tensors(data)
     return with_params(model, arrays, str(tensors), meta.get("vocabulary"))
 

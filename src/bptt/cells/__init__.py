@@ -45,23 +45,32 @@ def resolve(cell, nonlinearity: str = "tanh"):
         if ":" not in cell:
             raise ValueError(f"cell: expected one of 'rnn', 'lstm', 'gru' or 'package.module:ClassName', "
                              f"got {cell!r}")
-        module_name, _, class_name = cell.partition(":")
-        if not (module_name.strip() and class_name.isidentifier()):
-            raise ValueError(f"cell: expected 'package.module:ClassName' (a module and a class in it), got {cell!r}")
-        if os.getcwd() not in sys.path:           # as `python -m` would: a module beside the user
-            sys.path.append(os.getcwd())
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ValueError(f"cell: cannot import {module_name!r} for {cell!r}: {exc}") from None
-        if not hasattr(module, class_name):
-            raise ValueError(f"cell: module {module_name!r} has no {class_name!r}")
-        try:
-            instance = getattr(module, class_name)()
-        except TypeError as exc:
-            raise ValueError(f"cell: {cell} must be built with no arguments: {exc}") from None
-        return cell, layer_of(instance)
+        return cell, layer_of(build(cell))
     return check_cell(cell).name, layer_of(cell)
+
+
+def build(spec: str, arguments: dict | None = None):
+    """The Cell that "package.module:ClassName" names, built with ``arguments`` (keyword
+    arguments, as a saved model records them from the cell's ``config()``) or none."""
+    module_name, _, class_name = spec.partition(":")
+    if not (module_name.strip() and class_name.isidentifier()):
+        raise ValueError(f"cell: expected 'package.module:ClassName' (a module and a class in it), got {spec!r}")
+    if os.getcwd() not in sys.path:               # as `python -m` would: a module beside the user
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cell: cannot import {module_name!r} for {spec!r}: {exc}") from None
+    if not hasattr(module, class_name):
+        raise ValueError(f"cell: module {module_name!r} has no {class_name!r}")
+    kind = getattr(module, class_name)
+    if not isinstance(kind, type):
+        raise ValueError(f"cell: {spec} is a {type(kind).__name__}, expected a Cell class")
+    try:
+        return kind(**(arguments or {}))
+    except TypeError as exc:
+        how = f"with the arguments {arguments}" if arguments else "with no arguments"
+        raise ValueError(f"cell: {spec} cannot be built {how}: {exc}") from None
 
 
 def layer(name: str, nonlinearity: str = "tanh") -> CellLayer:
@@ -69,5 +78,5 @@ def layer(name: str, nonlinearity: str = "tanh") -> CellLayer:
     return resolve(name, nonlinearity)[1]
 
 
-__all__ = ["CELLS", "Cell", "CellLayer", "CompiledLayer", "RNN", "LSTM", "GRU", "layer", "layer_of", "resolve",
-           "head"]
+__all__ = ["CELLS", "Cell", "CellLayer", "CompiledLayer", "RNN", "LSTM", "GRU", "build", "layer", "layer_of",
+           "resolve", "head"]

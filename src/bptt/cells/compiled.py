@@ -44,6 +44,7 @@ from ..backends.arrays import column_sums
 from ..backends.bulk import one_hot_codes, rows_summed, t_times, transposed
 from ..backends.packed_gemm import times_packed
 from .loop import CellLayer, Noise, previous_states
+from .protocol import tape_width
 
 IN_LOOP_PROJECTION_BYTES = 2 ** 21
 
@@ -95,7 +96,7 @@ class CompiledLayer(CellLayer):
         u, W_x_packed, table = _inputs(params, x, codes)                             # (K1)
         slab = np.empty((T, B, S, H), dt)
         h = slab.reshape(T, B, H) if S == 1 else np.empty((T, B, H), dt)
-        aux = np.empty((T, B, self.cell.tape_width(H)), dt)
+        aux = np.empty((T, B, tape_width(self.cell, H)), dt)
         start = np.stack(state0, axis=1, dtype=dt)                                  # (B, S, H)
         valid, reset_at, resets_c = _flags(mask, resets, T, B)
         keep, zone = _noise_arrays(noise, dt)
@@ -441,12 +442,36 @@ def _address(kernel):
         return None
 
 
-def _source_of(kernel):
-    """What the loop compiles from besides its own text: the kernel's module file."""
-    try:
-        return inspect.getsource(sys.modules[kernel.py_func.__module__])
-    except (OSError, TypeError, KeyError):
-        return ""
+_LIBRARIES = ("numpy", "numba", "llvmlite", "math", "cmath", "builtins")      # pinned by their versions
+
+
+def _sources_of(*kernels):
+    """What the loop compiles from besides its own text: the source of each module that
+    the kernels reach through the names their code uses, following the functions they
+    call (a helper module's edit must make a new loop, not reuse the cached one)."""
+    seen, texts, todo = set(), [], [k.py_func for k in kernels]
+    while todo:
+        fn = todo.pop()
+        modules = [sys.modules.get(fn.__module__)]
+        for name in fn.__code__.co_names:
+            value = fn.__globals__.get(name)
+            if isinstance(value, types.ModuleType):
+                modules.append(value)
+            elif isinstance(getattr(value, "py_func", value), types.FunctionType):
+                inner = getattr(value, "py_func", value)
+                if inner not in seen:
+                    seen.add(inner)
+                    todo.append(inner)
+        for module in modules:
+            name = getattr(module, "__name__", "")
+            if module is None or name in seen or name.split(".")[0] in _LIBRARIES:
+                continue
+            seen.add(name)
+            try:
+                texts.append(inspect.getsource(module))
+            except (OSError, TypeError):
+                texts.append(name)
+    return texts
 
 
 def _generated(forward_kernel, backward_kernel, loops, use_mkl):
@@ -456,7 +481,7 @@ def _generated(forward_kernel, backward_kernel, loops, use_mkl):
     header = _HEADER.format(names=f"{fwd[0]}.{fwd[1]} and {bwd[0]}.{bwd[1]}", fwd=fwd, bwd=bwd,
                             mkl_import="from bptt.backends.mkl import compute as mkl_compute\n" if use_mkl else "")
     text = header + loops
-    stamp = hashlib.sha256("\0".join([text, _source_of(forward_kernel), _source_of(backward_kernel)] +
+    stamp = hashlib.sha256("\0".join([text] + _sources_of(forward_kernel, backward_kernel) +
                                      [inspect.getsource(m) for m in (sys.modules[__name__], packed_gemm, mkl)])
                            .encode()).hexdigest()[:20]
     folder = os.path.join(settings.cache_dir(), "loops")

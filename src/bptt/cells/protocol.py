@@ -27,6 +27,8 @@ A cell subclasses ``Cell`` and gives:
     state        names of the carried arrays, the output first: ("h",) or ("h", "c")
     extra_shapes(H) -> {name: shape}   parameters beyond W_x, W_h, b_h (default none)
     initialize(params, rng, H)         adjust the default U(±1/√H) initialisation (optional)
+    config() -> {argument: value}      a cell built with arguments: its constructor's keyword
+                                       arguments, JSON values, which a saved model records
     step(p, u, v, state) -> (new_state, cache)
     step_backward(p, dstate, cache) -> (du, dv, dstate_prev, dextra)
 
@@ -67,6 +69,8 @@ compile with these arguments is a ValueError at the first pass, naming the cell 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+
+import numpy as np
 
 
 class Cell(ABC):
@@ -110,6 +114,15 @@ class Cell(ABC):
 
     def __repr__(self):
         return f"{type(self).__name__}()"
+
+
+def tape_width(cell, hidden_size: int) -> int:
+    """``cell.tape_width(hidden_size)``, checked: a whole number of values, 0 or more."""
+    width = cell.tape_width(hidden_size)
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 0:
+        raise ValueError(f"cell: {type(cell).__name__}.tape_width({hidden_size}) expected a whole number of "
+                         f"values, 0 or more, got {width!r}")
+    return int(width)
 
 
 def check_cell(cell) -> Cell:

@@ -37,6 +37,10 @@ class RNN(Cell):
         self.option = KINDS[nonlinearity]
         self.name = "rnn"
 
+    def config(self) -> dict:
+        """The arguments that build this cell again (saved models record them)."""
+        return {"nonlinearity": self.nonlinearity}
+
     def step(self, p, u, v, state):
         a = u + v                                                          # (R1)
         h = ACTIVATIONS[self.nonlinearity].forward(a, a)                   # (R2)

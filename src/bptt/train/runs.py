@@ -47,7 +47,7 @@ def save_checkpoint(run: Path, step: int, arrays: dict, meta: dict, keep: int = 
     process wrote; a file of that name it did not write is set aside, not overwritten."""
     run = Path(run)
     stem = name or f"ckpt-{step:08d}"
-    data = save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    data = save({k: np.asarray(v, order="C") for k, v in arrays.items()})
     body = json.dumps({"format": FORMAT, "step": step, "sha256": hashlib.sha256(data).hexdigest()} | meta,
                       indent=1)
     for suffix in (".safetensors", ".json"):
