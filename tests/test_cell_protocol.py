@@ -237,6 +237,8 @@ class _BackwardReturns(Cell):
     ({"back": (np.zeros((4, 3)),)}, r"with dstate_prev a tuple of 2 arrays of shape \(4, 3\), got \[\(4, 3\)\]"),
     ({"dextra": {}}, r"with dextra \{name: gradient\} of shapes \{'b_c': \(3,\)\}, got \{\}"),
     ({"dextra": {"b_c": np.zeros(4)}}, r"with dextra .*, got \{'b_c': \(4,\)\}"),
+    ({"du": np.zeros((4, 6), np.float32)}, r"in the model's dtype float64, got float32"),   # accepted, rounded
+    ({"dextra": {"b_c": np.zeros(3, np.float32)}}, r"in the model's dtype float64, got float32"),
 ])
 def test_what_a_cells_step_backward_returns_is_checked_and_named(wrong, message):
     model = bptt.Model(_BackwardReturns(wrong), input_size=2, hidden_size=3, output_size=1, dtype="float64")

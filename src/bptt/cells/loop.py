@@ -133,7 +133,7 @@ class CellLayer:
                 into_step = tuple((1 - d[:, i]) * s for i, s in enumerate(into_step))
             result = cell.step_backward(params, into_step, tape.caches[t])                # (K4)
             if t == T - 1:                               # what the cell returns, checked once
-                _check_step_backward(cell, result, len(self.STATE), (B, H), (B, self.GATES * H), extra)
+                _check_step_backward(cell, result, len(self.STATE), (B, H), (B, self.GATES * H), extra, x.dtype)
             du_t, dv_t, back, dextra = result
             du[t], dv[t] = du_t, dv_t
             for k, g in dextra.items():
@@ -170,9 +170,10 @@ def _check_step(cell, new, n, shape, dtype):
                              f"{getattr(s, 'dtype', type(s).__name__)}")
 
 
-def _check_step_backward(cell, result, n, shape, gates_shape, extra):
+def _check_step_backward(cell, result, n, shape, gates_shape, extra, dtype):
     """A cell's step_backward must give (du, dv) of (B, G·H), one (B, H) array per state
-    name, and the gradient of each extra parameter in that parameter's shape."""
+    name, and the gradient of each extra parameter in that parameter's shape, all in the
+    model's dtype (float32 in a float64 model would round the gradient silently)."""
     name = f"cell: {type(cell).__name__}.step_backward must return (du, dv, dstate_prev, dextra)"
     if not (isinstance(result, tuple) and len(result) == 4):
         raise ValueError(f"{name}, got {type(result).__name__} of length "
@@ -188,6 +189,9 @@ def _check_step_backward(cell, result, n, shape, gates_shape, extra):
     got = {k: getattr(g, "shape", g) for k, g in dextra.items()} if isinstance(dextra, dict) else type(dextra).__name__
     if got != wanted:
         raise ValueError(f"{name} with dextra {{name: gradient}} of shapes {wanted}, got {got}")
+    dtypes = sorted({str(a.dtype) for a in (du, dv, *back, *dextra.values()) if a.dtype != dtype})
+    if dtypes:
+        raise ValueError(f"{name} in the model's dtype {np.dtype(dtype).name}, got {', '.join(dtypes)}")
 
 
 def previous_states(first, seq, resets=None):
