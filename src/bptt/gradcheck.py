@@ -9,11 +9,12 @@ the floor s = ``floor`` × the tensor's largest |gradient| keeps entries that ar
 nearly zero (whose finite difference is pure rounding noise) from reporting noise as
 error; entries above the floor are measured by their own size.
 
-An entry whose error at ε exceeds ``RETRY_ABOVE`` is measured again at ε/10, and while
-it still does at ε/100, ε/1000 and ε/10⁴; it keeps its smallest error. A wrong
-derivative disagrees at every step; a loss curved on the scale of ε (layer norm of a
+An entry whose error at ε exceeds ``RETRY_ABOVE`` is measured again at 10ε, and while
+it still does at 100ε, ε/10, ε/100, ε/1000 and ε/10⁴; it keeps its smallest error. A wrong
+derivative disagrees at every step. A loss curved on the scale of ε (layer norm of a
 nearly constant vector, as the recurrent part is at the zero initial state) agrees once
-the step is small enough.
+the step is small enough; an entry far smaller than the loss's rounding over ε (a deep
+layer's tiny gradient under a projection) agrees once the step is larger.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
         numeric = _central_differences(loss, value, eps, range(value.size))
         scale = max(np.abs(analytic).max(), np.abs(numeric).max())
         errors = _relative_errors(analytic.reshape(-1), numeric, floor * scale)
-        for step in (eps / 10, eps / 100, eps / 1000, eps / 10000):
+        for step in (eps * 10, eps * 100, eps / 10, eps / 100, eps / 1000, eps / 10000):
             again = np.flatnonzero(errors > RETRY_ABOVE)
             if again.size:
                 finer = _relative_errors(analytic.reshape(-1)[again],

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..cells import GRU, LSTM, RNN
+from ..dropout import layer_noise
 from ..ops import ACTIVATIONS
 from ..ops.activations import sigmoid
 
@@ -225,10 +227,40 @@ class _CacheRows:
         return _CacheRows(self.caches, b)
 
 
-LINEAR = {"rnn": LinearRNN, "lstm": LinearLSTM, "gru": LinearGRU}
+class Zoned:
+    """A layer with zoneout at its expectation (evaluation), s_t = d ⊙ s_{t−1} + (1 − d) ⊙ s̃_t
+    (N3): the cell's own step sees (1 − d) ⊙ ds and d ⊙ ds reaches s_{t−1} besides (N4);
+    a padded step still passes ds whole, (1 − d) ⊙ ds through the cell's (M3) and the rest here."""
+
+    def __init__(self, inner, d):
+        self.inner, self.d = inner, d                          # d (S, H)
+        self.state = inner.state
+
+    @property
+    def h_in(self):
+        return self.inner.h_in
+
+    def select(self, b):
+        return Zoned(self.inner.select(b), self.d)
+
+    def vjp(self, k, ds, need_dx=True):
+        into = tuple((1 - self.d[i]) * s for i, s in enumerate(ds))                        # (N4)
+        delta, prev, _, dx = self.inner.vjp(k, into, need_dx)
+        prev = tuple(p + self.d[i] * s for i, (p, s) in enumerate(zip(prev, ds)))            # (N4)
+        return delta, prev, ds, dx
+
+
+LINEAR = {RNN: LinearRNN, LSTM: LinearLSTM, GRU: LinearGRU}
 
 
 def linearise(model, params, tape):
-    """The Linear* object of one layer of ``model``."""
-    kind = LINEAR.get(model.cell) if isinstance(model.cell, str) else None
-    return (kind or LinearCell)(params, tape, model.layer.cell)
+    """The Linear* object of one layer of ``model``: the built-in cells' own equations for
+    RNN, LSTM and GRU themselves, the cell's step_backward for any other (layer norm's
+    cells, users' cells) and, with zoneout, for every cell (its step's state before the
+    mix is not on the tape), wrapped in ``Zoned``."""
+    cell = model.layer.cell
+    kind = None if model.zoneout else LINEAR.get(type(cell))
+    linear = (kind or LinearCell)(params, tape, cell)
+    if not model.zoneout:
+        return linear
+    return Zoned(linear, layer_noise(model, None, 0).zone_at(0, np.float64)[0])       # d = p everywhere
