@@ -87,6 +87,20 @@ def test_train_refuses_an_earlier_run_and_names_resume(earlier_run):
     assert snapshot(earlier_run) == before
 
 
+def test_a_refused_resume_changes_nothing_in_the_folder(earlier_run, tmp_path):
+    """--steps that trains nothing: refused before config.json is rewritten with it, and,
+    with --best, before the later checkpoints move to set-aside/ and metrics.jsonl is cut
+    (the next resume then started from the best model, skipping the later updates)."""
+    run = copy_of(earlier_run, tmp_path / "run")
+    before = snapshot(run)
+    for extra in ([], ["--best"]):
+        one_line_error(bptt("resume", run, "--steps", 5, *extra), 2, "--steps: the run is at update ",
+                       "expected more than")
+        assert snapshot(run) == before
+    done = bptt("resume", run, "--steps", 22)
+    assert done.returncode == 0 and "from ckpt-00000020.json (update 20)" in done.stderr, done.stderr
+
+
 def test_fresh_starts_over_deleting_only_the_earlier_runs_files(earlier_run, tmp_path):
     run = copy_of(earlier_run, tmp_path / "again")
     (run / "notes.txt").write_text("not a run's file")

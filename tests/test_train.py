@@ -180,7 +180,7 @@ def test_a_run_saved_before_the_threads_option_resumes_with_one(tmp_path, monkey
         return meta, arrays, path
 
     monkeypatch.setattr(runs, "load_checkpoint", without_threads)
-    resumed = Trainer.resume(tmp_path / "old")
+    resumed = Trainer.resume(tmp_path / "old", steps=4)
     assert resumed.config.threads == 1 and resumed.model.threads == 1
 
 

@@ -256,7 +256,6 @@ def main(argv=None) -> int:
         elif args.command == "resume":
             overrides = {k: getattr(args, k) for k in ("steps", "patience") if getattr(args, k) is not None}
             trainer = Trainer.resume(args.run, best=args.best, **overrides)
-            trainer.check_can_continue(overrides)
             if trainer.world.root:
                 _note(trainer.notes)
             _finish(trainer, trainer.train(progress=not args.quiet))

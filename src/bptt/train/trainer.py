@@ -179,7 +179,8 @@ class Trainer:
     def resume(cls, run, best: bool = False, world=None, **overrides) -> "Trainer":
         """The trainer of ``run`` at its latest checkpoint (``best``: at best.json), holding
         the run's lock. ``overrides``: keys of CHANGEABLE_ON_RESUME (steps=…, patience=…).
-        ``trainer.notes`` says where it starts and what it set aside."""
+        ``trainer.notes`` says where it starts and what it set aside. A run with nothing
+        left to train (check_can_continue) is refused before anything in the folder moves."""
         bad = sorted(set(overrides) - set(CHANGEABLE_ON_RESUME))
         if bad:
             raise ValueError(f"resume: {bad[0]} cannot change on resume; expected only {', '.join(CHANGEABLE_ON_RESUME)}")
@@ -201,14 +202,17 @@ class Trainer:
             with _text_of(run, config):
                 trainer = cls(config, run_dir=run, world=world, _claim="existing")
             trainer._lock = lock
-            if best:
-                trainer._set_aside_after(meta["step"])
             trainer._restore(meta, arrays)
             # the checkpoint holds together; now what config.json and the options change
             saved = folder.saved_config(run, meta["config"])
             edits = {k: saved[k] for k in CHANGEABLE_ON_RESUME if k in saved and saved[k] != meta["config"].get(k)}
             config = from_dict(config.to_dict() | edits | overrides)
             trainer.config = config
+            trainer.check_can_continue(overrides)        # a refusal changes nothing in the folder
+            if best:
+                trainer._set_aside_after(meta["step"])
+            if world.root:
+                trainer.metrics.truncate_after(trainer.step)
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -229,7 +233,7 @@ class Trainer:
         config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)})
         with _text_of(run, config):
             trainer = cls(config, run_dir=run, world=world, _claim="read")
-        trainer._restore(meta, arrays, read_only=True)
+        trainer._restore(meta, arrays)
         return trainer
 
     def check_can_continue(self, overrides=()):
@@ -264,7 +268,7 @@ class Trainer:
             runs.atomic_write(target, lambda p: p.write_text(kept))
             self.notes.append(f"metrics.jsonl as it was: {runs.SET_ASIDE}/{target.name}")
 
-    def _restore(self, meta, arrays, read_only=False):
+    def _restore(self, meta, arrays):
         stored = meta.get("text")
         if self.text and stored is not None and stored.get("sha256") != self.task.sha256:
             c = self.config
@@ -287,8 +291,6 @@ class Trainer:
             if carried:
                 self.influence = online.ESTIMATORS[self.config.through_time](self.model, self.streams.shape[1], self.rng)
                 self.influence.restore(carried)
-        if self.world.root and not read_only:
-            self.metrics.truncate_after(self.step)
 
     # ---- one update ---------------------------------------------------------------------------
 
