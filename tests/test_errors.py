@@ -127,6 +127,17 @@ def test_gradcheck_names_a_bad_step_or_floor(kwargs, name):
         bptt.gradcheck(m, np.zeros((4, 2, 2)), np.zeros((4, 2, 2)), **kwargs)
 
 
+def test_gradcheck_names_what_came_for_the_state_and_the_targets():
+    """An array state0 of an LSTM was said to be a tuple (gradcheck split it first), and
+    targets=None was reported as a shape ()."""
+    m = bptt.Model("lstm", 3, 4, 2, dtype="float64", seed=1)
+    x = np.zeros((6, 2, 3))
+    with pytest.raises(ValueError, match=r"state0: expected a tuple \(h0, c0\) .* got ndarray"):
+        bptt.gradcheck(m, x, np.zeros((6, 2, 2)), state0=np.zeros((1, 2, 4)))
+    with pytest.raises(ValueError, match=r"targets: expected the targets of x .*, got None"):
+        bptt.gradcheck(m, x, None)
+
+
 @pytest.mark.parametrize("loss_count", [0, -3, 7, 2.5, "a", True])
 def test_loss_count_is_a_count_no_smaller_than_the_calls_own(model, loss_count):
     """X, Y have 4 · 2 = 8 loss positions: the whole objective counts at least those."""
@@ -166,6 +177,7 @@ def test_edited_parameters_are_checked_at_the_next_call(model, name, value, patt
     ({"temperature": "hot"}, r"temperature: expected a positive number, got 'hot'"),
     ({"temperature": 0}, r"temperature: expected a positive number, got 0"),
     ({"seed": "a"}, r"seed: expected a seed"),
+    ({"prime": 5}, r"prime: expected a string of the model's characters, got int 5"),   # a TypeError before
 ])
 def test_bad_generation_arguments(kwargs, pattern):
     m = bptt.Model("lstm", 3, 4, 3, head="softmax", loss="cross_entropy", seed=0)

@@ -45,6 +45,30 @@ def test_the_forward_step_where_the_state_overflows_is_found():
     assert found.describe() == f"the forward pass left the finite range at step {t} (layer 0)"
 
 
+def test_the_earliest_step_is_named_whichever_layer_it_is_in():
+    """Layer 1 overflows at step 42 and layer 0 at 43 (each reads the one below, so the
+    sum of both grows faster): the report named step 43 of layer 0, the lowest layer with
+    a hit, not the first step. A hand-written float32 pass gives both steps."""
+    m = bptt.Model("rnn", 2, 3, 1, nonlinearity="identity", dtype="float32", seed=0, num_layers=2)
+    for l in range(2):
+        m.params[f"layer{l}.W_h"][:] = 8 * np.eye(3, dtype=np.float32)
+    x, y = np.ones((60, 2, 2), np.float32), np.zeros((60, 2, 1), np.float32)
+    first = []
+    inputs = x[:, 0]
+    for l in range(2):
+        p = m.layer_params(l)
+        h, seq = np.zeros(3, np.float32), []
+        with np.errstate(over="ignore", invalid="ignore"):
+            for t in range(60):
+                h = inputs[t] @ p["W_x"].T + p["b_h"] + h @ p["W_h"].T
+                seq.append(h)
+        first.append(next(t for t, v in enumerate(seq) if not np.isfinite(v).all()))
+        inputs = np.array(seq)
+    found = first_nonfinite(m, x, y)
+    assert found.forward == first and first[1] < first[0]
+    assert found.describe() == f"the forward pass left the finite range at step {first[1]} (layer 1)"
+
+
 def test_a_finite_gradient_is_said_to_be_finite():
     m, x, y = linear_rnn(0.5, 30)
     assert first_nonfinite(m, x, y).describe() == "every state and every ∂L/∂h_k is finite"

@@ -48,6 +48,8 @@ def generate(model, length: int = 300, prime: str | None = None, temperature: fl
     if top_k is not None:
         top_k = _checks.positive_int("top_k", top_k)
     index = {c: i for i, c in enumerate(chars)}
+    if prime is not None and not isinstance(prime, str):
+        raise ValueError(f"prime: expected a string of the model's characters, got {type(prime).__name__} {prime!r}")
     if not prime:
         prime = "\n" if "\n" in index else chars[0]
     unknown = sorted(set(prime) - set(index))

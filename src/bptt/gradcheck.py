@@ -51,11 +51,15 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
                 or not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
     m = model.astype("float64")
+    if targets is None:
+        raise ValueError("targets: expected the targets of x (gradcheck differentiates the loss), got None")
     x = np.array(x, dtype=np.float64)
     if model.loss != "cross_entropy":
         targets = np.array(targets, dtype=np.float64)
     if state0 is None:
         state0 = m.init_state(x.shape[1] if x.ndim == 3 else 1)
+    elif model.tuple_state and not isinstance(state0, tuple):
+        m._split_state(state0, x.shape[1] if x.ndim == 3 else 1)      # the model's own message for it
     state0 = tuple(np.array(s, dtype=np.float64) for s in state0) if model.tuple_state \
         else np.array(state0, dtype=np.float64)
     g = m.gradients(x, targets, state0, mask, **options)

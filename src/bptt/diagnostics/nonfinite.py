@@ -22,17 +22,19 @@ class NonFinite(NamedTuple):
     backward: list       # per layer: the first step k (from T-1 down) with a non-finite ∂L/∂h_k, or None
 
     def describe(self) -> str:
-        for l, t in enumerate(self.forward):
-            if t is not None:
-                return f"the forward pass left the finite range at step {t} (layer {l})"
-        if not self.loss_finite:
-            hint = ", and the loss is not finite"
-        else:
-            hint = ""
-        for l in range(len(self.backward) - 1, -1, -1):
-            if self.backward[l] is not None:
-                return (f"the backward recursion left the finite range at step {self.backward[l]} "
-                        f"(layer {l}, counting down from the last step){hint}")
+        """The first departure in time: the forward pass's earliest step (at a tie, the lower
+        layer, which feeds the other), else the backward recursion's latest step, where it
+        starts (at a tie, the higher layer, where the gradient enters)."""
+        hits = [(t, l) for l, t in enumerate(self.forward) if t is not None]
+        if hits:
+            t, l = min(hits)
+            return f"the forward pass left the finite range at step {t} (layer {l})"
+        hint = ", and the loss is not finite" if not self.loss_finite else ""
+        hits = [(t, l) for l, t in enumerate(self.backward) if t is not None]
+        if hits:
+            t, l = max(hits)
+            return (f"the backward recursion left the finite range at step {t} "
+                    f"(layer {l}, counting down from the last step){hint}")
         return "every state and every ∂L/∂h_k is finite" + hint
 
 
