@@ -95,6 +95,13 @@ def test_a_batch_that_does_not_split_is_refused(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr      # rank 0 alone reports it
 
 
+def test_a_bad_option_is_reported_once(tmp_path):
+    """An option refused before MPI starts: every rank read the same argv; rank 0 alone
+    reports it (each rank printed it)."""
+    done = run(2, SYNTHETIC[:-3] + ["--lr", "0", "--out", str(tmp_path / "b")])
+    assert done.returncode == 2 and done.stderr.strip() == "bptt: error: lr: expected a positive number, got 0.0"
+
+
 def test_a_dead_rank_ends_the_job_and_the_last_checkpoint_stays_whole(tmp_path):
     out = tmp_path / "dead"
     args = SYNTHETIC[:10] + ["100000"] + SYNTHETIC[11:-5] + ["--checkpoint-every", "50", "--eval-every", "100000",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -211,6 +212,15 @@ def _mpi_rank():
     return mpi.COMM_WORLD.Get_rank()
 
 
+def _launcher_rank():
+    """The rank mpiexec gave this process (its environment), read where MPI is not started
+    yet, or None outside mpiexec."""
+    for name in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return None
+
+
 def _abort_other_ranks(code):
     """An error on one rank ends the whole MPI job at once: the others must not wait in a
     collective for a rank that has left."""
@@ -302,6 +312,8 @@ def main(argv=None) -> int:
             if not rank:                          # every rank raised it: rank 0 says it, all exit
                 print(f"bptt: error: {exc}", file=sys.stderr)
             return 2
+        if rank is None and _launcher_rank():
+            return 2                              # before MPI starts, every rank reads the same argv: rank 0 says it
         print(f"bptt: error{'' if rank is None else f' (MPI rank {rank})'}: {exc}{where}", file=sys.stderr)
         _abort_other_ranks(2)
         return 2
