@@ -194,6 +194,11 @@ def test_a_signal_saves_the_update_in_flight_and_resume_is_bit_for_bit(tmp_path,
     assert ours.keys() == ref.keys()
     for k in ref:
         assert np.array_equal(ours[k], ref[k]), k
+    # and the metrics rows, the row the signal cut in two included (it averaged only the
+    # updates after the resume); the rates are this process's own
+    rows = [[{k: v for k, v in json.loads(line).items() if not k.endswith("_per_s")}
+             for line in (folder_ / "metrics.jsonl").read_text().splitlines()] for folder_ in (run, tmp_path / "ref")]
+    assert rows[0] == rows[1]
 
 
 def test_a_second_sigint_stops_at_once_and_the_last_checkpoint_stays_whole(tmp_path):

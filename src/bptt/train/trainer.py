@@ -103,6 +103,7 @@ class Trainer:
         self._check_text_length()
         self.best = None                 # {"step", "val_loss"} of best.json
         self.stale = 0                   # evaluations since the best one
+        self.row_losses = []             # the losses of the metrics row in progress (checkpointed)
         self.stopped_early = False
         self.notes = []                  # what resume wants the user told (cli prints them)
         self._written = set()            # checkpoint files this process wrote
@@ -163,7 +164,8 @@ class Trainer:
         arrays = {f"param.{k}": v for k, v in self.model.params.items()}
         arrays |= {f"optim.{k}": np.asarray(v) for k, v in self.optimizer.state_dict().items()}
         meta = {"config": self.config.to_dict(), "rng": self.rng.bit_generator.state, "skipped": self.skipped,
-                "best": self.best, "stale": self.stale}
+                "best": self.best, "stale": self.stale,
+                "row_losses": [float(v) if math.isfinite(v) else None for v in self.row_losses]}
         if self.text:
             meta["text"] = {"vocabulary": "".join(self.task.chars), "first": self.task.first,
                             "sha256": self.task.sha256}
@@ -282,6 +284,7 @@ class Trainer:
         self.skipped = int(meta.get("skipped", 0))
         self.rng.bit_generator.state = meta["rng"]
         self.best, self.stale = meta.get("best"), int(meta.get("stale", 0))
+        self.row_losses = [math.nan if v is None else float(v) for v in meta.get("row_losses", [])]
         if self.text:
             self.position = dict(meta["position"])
             cols = self.world.share(self.config.batch, "batch")      # any number of ranks that divides B
@@ -491,7 +494,9 @@ class Trainer:
                    desc=f"{c.task}/{c.cell}")
         if self.step == 0:           # Numba compiles the loops once per machine (cached on disk)
             bar.set_description_str(f"{c.task}/{c.cell}: first update (compiles the kernels once, cached after)")
-        losses, t0, tokens = [], time.perf_counter(), 0
+        # A row averages the losses of its updates, those before a resume included (they
+        # come back from the checkpoint); its rates count this process's updates only.
+        timed, t0, tokens = 0, time.perf_counter(), 0
         final = {}
         try:
             while self.step < end:
@@ -499,16 +504,16 @@ class Trainer:
                 loss, norm, lr, n = self.update()
                 if first:
                     bar.set_description_str(f"{c.task}/{c.cell}")
-                losses.append(loss)
-                tokens += n
+                self.row_losses.append(loss)
+                timed, tokens = timed + 1, tokens + n
                 bar.update(1)
                 record = None
                 if self.step % log_every == 0 or self.step == c.steps:
                     dt = max(time.perf_counter() - t0, 1e-9)
-                    finite = [v for v in losses if math.isfinite(v)]     # skipped updates (--on-nonfinite) apart
+                    finite = [v for v in self.row_losses if math.isfinite(v)]   # skipped updates (--on-nonfinite) apart
                     record = {"step": self.step, "loss": float(np.mean(finite)) if finite else None,
-                              "grad_norm": norm, "lr": lr, "steps_per_s": len(losses) / dt, "tokens_per_s": tokens / dt}
-                    losses, t0, tokens = [], time.perf_counter(), 0
+                              "grad_norm": norm, "lr": lr, "steps_per_s": timed / dt, "tokens_per_s": tokens / dt}
+                    self.row_losses, timed, t0, tokens = [], 0, time.perf_counter(), 0
                     if finite:
                         bar.set_postfix(loss=f"{record['loss']:.4f}")
                 evaluated = self.step % c.eval_every == 0 or self.step == end
