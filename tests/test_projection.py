@@ -97,6 +97,35 @@ def test_gradients_with_masks_resets_and_dropout_match_finite_differences(output
     assert report.worst() < 1e-6, str(report)
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_a_chunk_of_padding_holds_the_projected_state_as_the_plain_lstm_does(layers):
+    """A sequence with no valid step in a call given state0 (a later chunk of a sequence
+    that ended) keeps h_0 and passes the gradient at h_T to h_0; one that starts late
+    holds h_0 until it does. h_T came back 0 and ∂L/∂h_0 as 0: the projected layer feeds
+    h_0 in at the first valid step, which such a sequence does not have."""
+    T, B, P, H = 5, 3, 2, 4
+    rng = np.random.default_rng(3)
+    model = bptt.Model("lstm", 3, H, 2, proj_size=P, num_layers=layers, dtype="float64", seed=3)
+    x, y = rng.standard_normal((T, B, 3)), rng.standard_normal((T, B, 2))
+    mask = np.ones((T, B), bool)
+    mask[:, 1] = False                                  # padding only
+    mask[:2, 2] = False                                 # starts at step 2
+    h0, c0 = rng.standard_normal((layers, B, P)), rng.standard_normal((layers, B, H))
+    dh, dc = rng.standard_normal((layers, B, P)), rng.standard_normal((layers, B, H))
+    g = model.gradients(x, y, (h0, c0), mask, dstate=(dh, dc))
+    np.testing.assert_array_equal(g.state[0][:, 1], h0[:, 1])
+    np.testing.assert_array_equal(g.state[1][:, 1], c0[:, 1])
+    np.testing.assert_allclose(g.state0[0][:, 1], dh[:, 1], rtol=1e-13)
+    np.testing.assert_allclose(g.state0[1][:, 1], dc[:, 1], rtol=1e-13)
+    h, _ = model.forward(x, (h0, c0), mask)
+    np.testing.assert_array_equal(h[:2, 2], np.broadcast_to(h0[-1, 2], (2, P)))     # held until step 2
+    last = bptt.Model("lstm", 3, H, 2, proj_size=P, num_layers=layers, dtype="float64", seed=3, outputs="last")
+    pred, _ = last.forward(x, (h0, c0), mask)
+    np.testing.assert_allclose(pred[1], h0[-1, 1] @ last.params["head.W_y"].T + last.params["head.b_y"])
+    report = bptt.gradcheck(last, x, y[-1], (h0, c0), mask)
+    assert report.worst() < 1e-6, str(report)
+
+
 def test_compiled_and_python_loops_agree_and_chunks_equal_the_whole():
     model = model_p()
     rng = np.random.default_rng(5)

@@ -30,6 +30,7 @@ class ProjectedTape(NamedTuple):
     mT: np.ndarray           # (B, H)
     first: np.ndarray        # (B,) each sequence's first valid step
     fed: np.ndarray          # (B,) bool: h_0 entered there (no reset before it)
+    held: np.ndarray         # (T, B) bool: h_t is h_0 held (padding before the first valid step, no reset yet)
     D: int                   # input width
 
 
@@ -69,7 +70,16 @@ class ProjectedLayer:
                                                (np.zeros((B, H), x.dtype), c0), mask, resets, noise)
         W_hrT = params["W_hr"].T
         h = (m.reshape(T * B, H) @ W_hrT).reshape(T, B, self.P)                          # (PR2)
-        return h, (mT @ W_hrT, cT), ProjectedTape(tape, inner_params, m, mT, first, fed, D)
+        # Before a sequence's first valid step (all of it, in a chunk of padding only) the
+        # state is h_0 held (M1), zero from a reset on (M4); m_t is 0 there, so h_t is set.
+        held = np.ones((T, B), dtype=bool) if mask is None else ~np.logical_or.accumulate(mask, axis=0)
+        if mask is None:
+            held[:] = False
+        if resets is not None:
+            held &= ~np.logical_or.accumulate(resets, axis=0)
+        h = np.where(held[:, :, None], h0[None], h)
+        hT = np.where(held[-1][:, None], h0, mT @ W_hrT)
+        return h, (hT, cT), ProjectedTape(tape, inner_params, m, mT, first, fed, held, D)
 
     def backward(self, params, dh, dstateT, tape, need_dx=True):
         W_h, W_hr = params["W_h"], params["W_hr"]
@@ -93,4 +103,8 @@ class ProjectedLayer:
         dh0 = np.zeros((B, self.P), m.dtype)
         rows = np.flatnonzero(tape.fed)
         dh0[rows] = dx_all[tape.first[rows], rows, D:]
+        if dh is not None:                                                                 # h_0 held (M3)
+            dh0 += (dh * tape.held[:, :, None]).sum(axis=0)
+        if dhT is not None:
+            dh0 += dhT * tape.held[-1][:, None]
         return (dx_all[:, :, :D] if need_dx else None), (dh0, dc0), grads
