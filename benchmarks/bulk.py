@@ -40,17 +40,18 @@ def child(form, job, updates):
     from bptt.train.trainer import Trainer
     if form == "transposed operand":
         compiled.t_times = head.t_times = lambda d, rows: d.T @ rows
-    trainer = Trainer(Config(**JOBS[job], threads=2, out=tempfile.mkdtemp(prefix="bptt-bulk-")))
-    for _ in range(3):
-        trainer.update()
-    t0 = time.perf_counter()
-    for _ in range(updates):
-        trainer.update()
-    print(updates / (time.perf_counter() - t0))
+    with tempfile.TemporaryDirectory(prefix="bptt-bulk-") as out:
+        trainer = Trainer(Config(**JOBS[job], threads=2, out=out))
+        for _ in range(3):
+            trainer.update()
+        t0 = time.perf_counter()
+        for _ in range(updates):
+            trainer.update()
+        print(updates / (time.perf_counter() - t0))
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--updates", type=int, default=None, help="updates a process (default: 40, large 12)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)

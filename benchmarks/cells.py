@@ -28,7 +28,6 @@ from __future__ import annotations
 import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
 
 import argparse
-import os
 import statistics
 import time
 from typing import NamedTuple
@@ -38,7 +37,7 @@ import torch
 
 from bptt.backends import settings
 from bptt.cells import layer as cell_layer
-from machine import recorded, stamp
+from machine import cores, recorded, stamp
 
 SHAPES = [(25, 1, 65, 100), (100, 32, 64, 128), (100, 64, 128, 256), (200, 32, 128, 512), (1000, 16, 32, 128)]
 TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
@@ -159,11 +158,12 @@ def gemm_rate(n=1024, min_block_s=0.5):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter blocks (noisier)")
     parser.add_argument("--cells", default="rnn,lstm,gru")
     parser.add_argument("--shapes", nargs="*", help="T,B,D,H tuples")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--threads", type=int, default=cores(),
+                        help="threads of each side (default: the cores this process may use)")
     parser.add_argument("--input-grad", action="store_true", help="also compute ∂L/∂x on both sides")
     args = parser.parse_args()
     kept = settings.keep_freed_memory()        # bptt's first pass would set it; here both sides have it

@@ -57,7 +57,7 @@ def passes(cell, T, B, D, H):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter blocks (noisier)")
     parser.add_argument("--cells", default="lstm,gru,rnn")
     parser.add_argument("--rounds", type=int, default=3)

@@ -20,7 +20,7 @@ from machine import recorded, stamp
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--T", type=int, default=1000)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])

@@ -26,11 +26,14 @@ SHAPES = [(100, 64, 128, 256), (256, 64, 512, 512), (1000, 16, 128, 1024), (100,
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", default="rnn,lstm,gru")
     parser.add_argument("--shapes", nargs="*", help="T,B,D,H tuples")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args()
+    import importlib.util
+    if importlib.util.find_spec("cupy") is None:
+        raise SystemExit("benchmarks/gpu.py: needs CuPy and PyTorch with a CUDA device")
     import cupy as cp
     import torch
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
 
 import argparse
+import atexit
+import shutil
 import tempfile
 import time
 
@@ -58,12 +60,13 @@ def until(config, target, max_updates, check_every=100, also=None):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["adding", "chrono", "copy", "digits", "text", "regularised", "online"],
                         default=None)
     parser.add_argument("--max-updates", type=int, default=10_000)
     args = parser.parse_args()
     out = tempfile.mkdtemp(prefix="bptt-learning-")
+    atexit.register(shutil.rmtree, out, True)            # the runs' folders are scratch
     print(stamp())
     if args.only != "online":
         print("| task | T | model | recipe | updates | validation loss | baseline | seconds |")

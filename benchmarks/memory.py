@@ -54,7 +54,7 @@ def full_estimate_bytes(T):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--T", type=int, nargs="*", default=[1000, 10000, 100000])
     parser.add_argument("--budget", nargs="*", default=["sqrt", "64"],
                         help="checkpointing budgets in steps of tape, or 'sqrt' for every √T steps")

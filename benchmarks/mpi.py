@@ -58,10 +58,14 @@ def config_of(flags, steps, out):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
+    if 1 not in args.ranks or min(args.ranks) < 1 or args.steps < 10:
+        parser.error(f"--ranks: expected counts of ranks >= 1 including 1 (the speed-up is over one rank) and "
+                     f"--steps >= 10 (5 of warm-up), got --ranks {args.ranks} --steps {args.steps}")
+    args.ranks = sorted(set(args.ranks))
     mpiexec = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
     print(stamp())
     print(f"# float32 · {args.steps - 5} updates timed after 5 of warm-up · BLAS threads per rank: "

@@ -228,7 +228,7 @@ def balancing_table(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", default="rnn,lstm,gru")
     parser.add_argument("--hidden", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=20)

@@ -117,5 +117,7 @@ def render() -> str:
 
 
 if __name__ == "__main__":
+    import argparse
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()     # --help; no options
     PAGE.write_text(render(), encoding="utf-8")
     print(f"wrote {PAGE}")

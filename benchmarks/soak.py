@@ -26,13 +26,16 @@ def rss_mib() -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=20000)
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "images" / "soak_rss.png"))
     parser.add_argument("--redraw", action="store_true",
                         help="draw loss.png after every chunk too (matplotlib's caches then grow)")
     args = parser.parse_args()
+    if args.every < 1 or args.updates < 4 * args.every:
+        parser.error(f"--updates: expected at least 4 × --every ({4 * args.every}) for a slope over the second "
+                     f"half of two points or more, got {args.updates}")
     import numpy as np
 
     from bptt.train.config import Config

@@ -86,7 +86,7 @@ def timed(update, n) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", default="default,large", help="comma-separated: default, large")
     parser.add_argument("--updates", type=int, default=100, help="updates a block (default: 100)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")

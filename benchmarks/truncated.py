@@ -38,7 +38,7 @@ def median_seconds(fn, rounds=3):
 
 
 def main():
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()     # --help; no options
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()     # --help; no options
     model = bptt.Model("lstm", D, H, O, seed=0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, D), dtype=np.float32)
