@@ -10,6 +10,7 @@ the final state, which is fed back with the next character.
 """
 import argparse
 import json
+import os
 
 import numpy as np
 import onnxruntime as ort
@@ -23,10 +24,20 @@ def main():
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if not os.path.isfile(args.model):
+        parser.error(f"model: no such file: {args.model}")
+    if not args.temperature > 0 or args.length < 0:
+        parser.error(f"--temperature: expected a positive number, --length one >= 0; got {args.temperature}, "
+                     f"{args.length}")
 
     runtime = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     chars = json.loads(runtime.get_modelmeta().custom_metadata_map["bptt.vocabulary"])
     index = {c: i for i, c in enumerate(chars)}
+    if not args.prime:
+        args.prime = "\n" if "\n" in index else chars[0]          # as bptt sample does
+    unknown = sorted(set(args.prime) - set(index))
+    if unknown:
+        parser.error(f"--prime: characters not in the model's vocabulary: {''.join(unknown[:10])!r}")
     state_inputs = [i for i in runtime.get_inputs() if i.name in ("h0", "c0")]
     state = {i.name: np.zeros((i.shape[0], 1, i.shape[2]), np.float32) for i in state_inputs}
     rng = np.random.default_rng(args.seed)

@@ -113,6 +113,12 @@ def test_bptt_export_and_the_onnxruntime_sampler(tmp_path):
     out = subprocess.run([sys.executable, str(example), str(tmp_path / "m.onnx"), "--length", "40", "--prime", "the "],
                          check=True, capture_output=True, text=True).stdout
     assert out.startswith("the ") and len(out.rstrip("\n")) >= 30 and set(out) <= set("the cat sat on the mat.\n")
+    for args, message in ((["--prime", "é"], "--prime: characters not in the model's vocabulary: 'é'"),
+                          (["--temperature", "0"], "--temperature: expected a positive number"),
+                          (["--prime", ""], None)):                      # empty: a newline, as bptt sample
+        done = subprocess.run([sys.executable, str(example), str(tmp_path / "m.onnx"), "--length", "5", *args],
+                              capture_output=True, text=True)
+        assert (done.returncode, message is None or message in done.stderr) == (2 if message else 0, True), done.stderr
     bad = subprocess.run(bptt_cli + ["export", str(tmp_path / "nowhere"), "--onnx", str(tmp_path / "n.onnx")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "nowhere" in bad.stderr and not (tmp_path / "n.onnx").exists()
