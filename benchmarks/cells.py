@@ -160,15 +160,20 @@ def gemm_rate(n=1024, min_block_s=0.5):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter blocks (noisier)")
-    parser.add_argument("--cells", default="rnn,lstm,gru")
+    parser.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated: rnn, lstm, gru")
     parser.add_argument("--shapes", nargs="*", help="T,B,D,H tuples")
     parser.add_argument("--threads", type=int, default=cores(),
                         help="threads of each side (default: the cores this process may use)")
     parser.add_argument("--input-grad", action="store_true", help="also compute ∂L/∂x on both sides")
     args = parser.parse_args()
+    shapes = [tuple(int(v) for v in s.split(",") if v.strip().isdigit()) for s in args.shapes or []]
+    if not set(args.cells.split(",")) <= {"rnn", "lstm", "gru"} or any(len(s) != 4 or 0 in s for s in shapes) \
+            or args.threads < 1:
+        parser.error(f"expected --cells from rnn, lstm, gru, --shapes of four positive T,B,D,H and --threads >= 1; "
+                     f"got --cells {args.cells} --shapes {' '.join(args.shapes or [])} --threads {args.threads}")
     kept = settings.keep_freed_memory()        # bptt's first pass would set it; here both sides have it
     torch.set_num_threads(args.threads)
-    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
+    shapes = shapes or SHAPES
     min_block_s, blocks = (0.2, 3) if args.quick else (0.4, 5)
 
     what = "forward + backward with ∂L/∂x" if args.input_grad else "forward + backward (training step, no ∂L/∂x)"

@@ -91,12 +91,16 @@ def main():
     parser.add_argument("--updates", type=int, default=100, help="updates a block (default: 100)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
     args = parser.parse_args()
+    jobs = args.jobs.split(",")
+    if not set(jobs) <= set(JOBS) or args.updates < 1 or args.rounds < 1:
+        parser.error(f"expected --jobs from {', '.join(JOBS)}, --updates and --rounds >= 1; got --jobs {args.jobs} "
+                     f"--updates {args.updates} --rounds {args.rounds}")
     torch.set_num_threads(cores())
     print(stamp())
     print(f"# torch threads {torch.get_num_threads()} · float32 · {args.updates} updates a block · "
           f"{args.rounds} rounds")
     print(f"{'job':<34} {'bptt upd/s':>11} {'torch upd/s':>12} {'bptt/torch':>11}")
-    for job in args.jobs.split(","):
+    for job in jobs:
         with tempfile.TemporaryDirectory() as run_dir:
             trainer, ours = bptt_side(job, run_dir)
             theirs = torch_side(trainer)
