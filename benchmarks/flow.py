@@ -21,10 +21,13 @@ from machine import recorded, stamp
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--T", type=int, default=1000)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--T", type=int, default=1000, help="sequence length (default: 1000)")
+    parser.add_argument("--hidden", type=int, default=128, help="hidden units (default: 128)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes (default: 1 4)")
     args = parser.parse_args()
+    if args.T < 2 or args.hidden < 1 or min(args.batch) < 1:
+        parser.error(f"expected --T >= 2 (a lag to measure), --hidden and --batch >= 1; got --T {args.T} "
+                     f"--hidden {args.hidden} --batch {' '.join(map(str, args.batch))}")
     T, H = args.T, args.hidden
     print(stamp())
     print(f"# flow report, T={T}, H={H}, D=2, O=1")

@@ -55,10 +55,13 @@ def full_estimate_bytes(T):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--T", type=int, nargs="*", default=[1000, 10000, 100000])
+    parser.add_argument("--T", type=int, nargs="*", default=[1000, 10000, 100000], help="sequence lengths")
     parser.add_argument("--budget", nargs="*", default=["sqrt", "64"],
                         help="checkpointing budgets in steps of tape, or 'sqrt' for every √T steps")
     args = parser.parse_args()
+    if any(T < 1 for T in args.T) or not all(b == "sqrt" or (b.isdigit() and int(b) >= 1) for b in args.budget):
+        parser.error(f"expected --T >= 1 and --budget of 'sqrt' or integers >= 1; got --T {args.T} "
+                     f"--budget {' '.join(args.budget)}")
     model = bptt.Model("lstm", D, H, O, seed=0)
     mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     print(stamp())
