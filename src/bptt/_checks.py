@@ -122,15 +122,14 @@ def class_targets(name: str, value, dims: tuple, num_classes: int) -> np.ndarray
     return arr.astype(np.intp, copy=False)
 
 
-MEANING = {"mask": "True = a valid step", "resets": "True = the state is zeroed before the step",
-           "loss_mask": "True = the step's output counts in the loss", "mask_t": "True = a valid step",
-           "reset_t": "True = the state is zeroed before the step"}
+VALID_STEP = "True = a valid step"
+RESET = "True = the state is zeroed before the step"
 
 
-def bool_mask(name: str, value, dims: tuple) -> np.ndarray:
+def bool_mask(name: str, value, dims: tuple, meaning: str) -> np.ndarray:
+    """``value`` as a boolean array of shape ``dims``; ``meaning`` says what True means."""
     arr = np.asarray(value)
     if arr.dtype != np.bool_:
-        meaning = f" ({MEANING[name]})" if name in MEANING else ""
-        raise ValueError(f"{name}: expected a boolean array{meaning}, got dtype {arr.dtype.name}")
+        raise ValueError(f"{name}: expected a boolean array ({meaning}), got dtype {arr.dtype.name}")
     _check_shape(name, arr, dims)
     return arr

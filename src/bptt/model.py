@@ -320,14 +320,14 @@ class Model:
         x = _checks.float_array("x", x, self.dtype, ("T", "B", self.input_size))
         T, B, _ = x.shape
         if resets is not None:
-            resets = _checks.bool_mask("resets", resets, (T, B))
+            resets = _checks.bool_mask("resets", resets, (T, B), _checks.RESET)
             if not resets.any():
                 resets = None
             elif self.bidirectional:
                 raise ValueError("resets: mark where a stream's next sequence begins; a bidirectional model "
                                  "reads whole sequences (one per row, padded with a mask) and takes none")
         if mask is not None:
-            mask = _checks.bool_mask("mask", mask, (T, B))
+            mask = _checks.bool_mask("mask", mask, (T, B), _checks.VALID_STEP)
             if not carried and self.outputs == "last" and not mask.any(axis=0).all():
                 b = int(np.flatnonzero(~mask.any(axis=0))[0])
                 raise ValueError(f"mask: sequence {b} has no valid step; with outputs='last' "
@@ -417,7 +417,8 @@ class Model:
         if loss_mask is not None:
             if self.outputs != "all":
                 raise ValueError("loss_mask: applies to outputs='all' only")
-            loss_mask = _checks.bool_mask("loss_mask", loss_mask, (T, B))
+            loss_mask = _checks.bool_mask("loss_mask", loss_mask, (T, B),
+                                          "True = the step's output counts in the loss")
         if loss_count is not None:
             own = self.loss_positions(mask, T, B, loss_mask)
             if isinstance(loss_count, bool) or not isinstance(loss_count, (int, np.integer)) or loss_count < own:

@@ -72,13 +72,14 @@ class ProjectedLayer:
         h = (m.reshape(T * B, H) @ W_hrT).reshape(T, B, self.P)                          # (PR2)
         # Before a sequence's first valid step (all of it, in a chunk of padding only) the
         # state is h_0 held (M1), zero from a reset on (M4); m_t is 0 there, so h_t is set.
-        held = np.ones((T, B), dtype=bool) if mask is None else ~np.logical_or.accumulate(mask, axis=0)
-        if mask is None:
-            held[:] = False
+        held = np.zeros((T, B), dtype=bool) if mask is None else ~np.logical_or.accumulate(mask, axis=0)
         if resets is not None:
             held &= ~np.logical_or.accumulate(resets, axis=0)
-        h = np.where(held[:, :, None], h0[None], h)
-        hT = np.where(held[-1][:, None], h0, mT @ W_hrT)
+        hT = mT @ W_hrT
+        if held.any():
+            t, b = np.nonzero(held)
+            h[t, b] = h0[b]
+            hT[held[-1]] = h0[held[-1]]
         return h, (hT, cT), ProjectedTape(tape, inner_params, m, mT, first, fed, held, D)
 
     def backward(self, params, dh, dstateT, tape, need_dx=True):

@@ -89,8 +89,8 @@ class Influence:
         time (docs/through_time.md)."""
         B = self.B
         x_t = _checks.float_array("x_t", x_t, self.model.dtype, (B, self.model.input_size))
-        mask_t = None if mask_t is None else _checks.bool_mask("mask_t", mask_t, (B,))
-        reset_t = None if reset_t is None else _checks.bool_mask("reset_t", reset_t, (B,))
+        mask_t = None if mask_t is None else _checks.bool_mask("mask_t", mask_t, (B,), _checks.VALID_STEP)
+        reset_t = None if reset_t is None else _checks.bool_mask("reset_t", reset_t, (B,), _checks.RESET)
         return x_t, mask_t, reset_t
 
     def _dh(self, dh):
