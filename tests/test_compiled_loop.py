@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import numba
 from numba import njit
 
 from bptt.backends import bulk, loop_threads, mkl, settings
@@ -104,6 +105,27 @@ def test_the_compiled_loop_in_float32_is_within_float32_rounding_of_float64(name
     for a, b in zip(out, ref):
         assert a.dtype == np.float32
         assert np.abs(a - b).max() < 3e-5 * max(1.0, np.abs(b).max())
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
+def test_the_built_in_kernels_compute_float32_in_float32(name):
+    """A float32 model's kernels never widen to float64 (an int literal such as ``1 - x``
+    would: Numba types int64 and float32 as float64, at half the vector width). The
+    kernels are compiled afresh (cached code cannot be inspected) and their LLVM IR read."""
+    cell, H = layer(name).cell, 4
+    G, S, A = cell.gates, len(cell.state), cell.tape_width(H)
+    E = sum(int(np.prod(s)) for s in cell.extra_shapes(H).values())
+    row = lambda n: np.zeros(n, np.float32)                                  # noqa: E731
+    block = lambda: np.zeros((S, H), np.float32)                              # noqa: E731
+    arguments = {"forward": (row(G * H), row(G * H), row(G * H), row(E), block(), block(), row(A), 0),
+                 "backward": (block(), row(G * H), row(A), row(E), block(), block(), row(G * H), row(G * H),
+                              block(), row(E), 0)}
+    for kernel, direction in zip(cell.kernels, ("forward", "backward")):
+        fresh = njit(fastmath=True, error_model="numpy")(kernel.py_func)
+        signature = tuple(numba.typeof(a) for a in arguments[direction])
+        fresh.compile(signature)
+        ir = fresh.inspect_llvm(signature)
+        assert "fpext" not in ir and "double" not in ir, f"{name}'s {direction} kernel widens float32"
 
 
 @pytest.mark.parametrize("threads", [1, 2])

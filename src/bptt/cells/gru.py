@@ -87,10 +87,11 @@ def backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, optio
     dur, duz, dun = du[:H], du[H:2 * H], du[2 * H:]
     dvr, dvz, dvq = dv[:H], dv[H:2 * H], dv[2 * H:]
     dh, h_prev, q, back = ds[0], prev[0], aux, ds_prev[0]
+    one = du.dtype.type(1)                 # 1 - x in the tape's dtype (an int 1 would widen float32)
     for j in range(H):
-        da_n = dh[j] * (1 - u[j]) * (1 - n[j] * n[j])                      # (G7)
-        da_z = dh[j] * (h_prev[j] - n[j]) * u[j] * (1 - u[j])              # (G8)
-        da_r = da_n * q[j] * r[j] * (1 - r[j])                             # (G9)
+        da_n = dh[j] * (one - u[j]) * (one - n[j] * n[j])                      # (G7)
+        da_z = dh[j] * (h_prev[j] - n[j]) * u[j] * (one - u[j])              # (G8)
+        da_r = da_n * q[j] * r[j] * (one - r[j])                             # (G9)
         dq = da_n * r[j]
         dur[j], duz[j], dun[j] = da_r, da_z, da_n
         dvr[j], dvz[j], dvq[j] = da_r, da_z, dq

@@ -79,13 +79,14 @@ def backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, optio
     di, df, dg, do = du[:H], du[H:2 * H], du[2 * H:3 * H], du[3 * H:]
     dh, dc_next, c_t, c_prev = ds[0], ds[1], new[1], prev[1]
     dh_back, dc_back = ds_prev[0], ds_prev[1]
+    one = du.dtype.type(1)                 # 1 - x in the tape's dtype (an int 1 would widen float32)
     for j in range(H):
         tanh_c = tanh(c_t[j])
-        dc = dc_next[j] + dh[j] * o[j] * (1 - tanh_c * tanh_c)             # (L6)
-        dg[j] = dc * i[j] * (1 - g[j] * g[j])                              # (L8)
-        di[j] = dc * g[j] * i[j] * (1 - i[j])
-        df[j] = dc * c_prev[j] * f[j] * (1 - f[j])
-        do[j] = dh[j] * tanh_c * o[j] * (1 - o[j])                         # (L7)
+        dc = dc_next[j] + dh[j] * o[j] * (one - tanh_c * tanh_c)             # (L6)
+        dg[j] = dc * i[j] * (one - g[j] * g[j])                              # (L8)
+        di[j] = dc * g[j] * i[j] * (one - i[j])
+        df[j] = dc * c_prev[j] * f[j] * (one - f[j])
+        do[j] = dh[j] * tanh_c * o[j] * (one - o[j])                         # (L7)
         dc_back[j] = dc * f[j]                                             # (L9)
         dh_back[j] = 0
 

@@ -62,7 +62,9 @@ for the S carried arrays (row s of the block is s^s):
         reaches s_{t-1} other than through v_t, zeros where nothing does), and ADD the
         extra parameters' gradient for this row into dextra (flattened as extra)
 
-Both kernels must give what step and step_backward give for the same row; the tests of
+Write constants in the row's dtype (``one = du.dtype.type(1)``): Numba types an integer 1
+with a float32 value as float64, which halves the vector width. Both kernels must give
+what step and step_backward give for the same row; the tests of
 a cell hold the two loops together (docs/custom_cell.md shows how). A kernel Numba cannot
 compile with these arguments is a ValueError at the first pass, naming the cell and kernel.
 """

@@ -78,15 +78,16 @@ def backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, optio
     """One row of (R4): du = dv = δa_t = dh_t ⊙ f'(a_t), f' from h_t (A2); nothing reaches
     h_{t-1} but through W_h (R3)."""
     dh, h, back = ds[0], new[0], ds_prev[0]
+    one = du.dtype.type(1)                 # 1 - x in the tape's dtype (an int 1 would widen float32)
     if option == 0:
         for j in range(h.size):
-            du[j] = dh[j] * (1 - h[j] * h[j])
+            du[j] = dh[j] * (one - h[j] * h[j])
     elif option == 1:
         for j in range(h.size):
             du[j] = dh[j] if h[j] > 0 else 0
     elif option == 2:
         for j in range(h.size):
-            du[j] = dh[j] * h[j] * (1 - h[j])
+            du[j] = dh[j] * h[j] * (one - h[j])
     else:
         for j in range(h.size):
             du[j] = dh[j]
