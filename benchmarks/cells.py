@@ -14,14 +14,15 @@ library's idle worker threads spin and steal the other's second core.
 Prints one table: times in ms (the least of three rounds' medians of blocks; each round
 times the two sides one after the other) for our layer (the compiled loop,
 cells/compiled.py) and PyTorch; their ratio (< 1 means faster), the median over the rounds
-of the ratio within a round, since this machine's speed drifts; the achieved GFLOP/s of our
-pass (GEMM flops: 2·T·B·G·H·(3H + 3D), less 2·T·B·G·H·D
-without ∂L/∂x) as a share of the float32 GEMM rate NumPy reaches (1024³, measured before
-and after in the same run, the larger taken; and, at the largest shape, measured again in
-each round right after our pass, the share taken within the round since the machine's
-speed drifts); and the memory each side stores for the
-backward pass (our tape without the input x and the initial state; PyTorch's saved
-tensors, found with autograd's saved-tensor hooks, without parameters, x and h0).
+of the ratio within a round, since this machine's speed drifts; the achieved GFLOP/s of
+each side's pass (GEMM flops: 2·T·B·G·H·(3H + 3D), less 2·T·B·G·H·D without ∂L/∂x, the
+same count for both); and the memory each side stores for the backward pass (our tape
+without the input x and the initial state; PyTorch's saved tensors, found with autograd's
+saved-tensor hooks, without parameters, x and h0). Under the table, for the largest
+shape: each side's rate as a share of the float32 GEMM rate NumPy reaches (1024³,
+measured before and after in the same run, the larger taken; ours also against the rate
+measured in each round right after our pass, since the machine's speed drifts), and the
+share ours would need to take 0.85× PyTorch's time.
 """
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ def bench_shape(cell, T, B, D, H, min_block_s, blocks, input_grad, measure_rate=
     # The machine's speed drifts between rounds; a ratio is taken within each round.
     ratio = statistics.median(a / b for a, b in zip(times["ours"], times["torch"]))
     share = statistics.median(flops / t / 1e9 / r for t, r in zip(times["ours"], rates)) if rates else None
-    return best, ratio, flops / best["ours"] / 1e9, err, tape_mib, torch_mib, share
+    return best, ratio, flops / best["ours"] / 1e9, flops / best["torch"] / 1e9, err, tape_mib, torch_mib, share
 
 
 def torch_saved_mib(ref, xt, s0t):
@@ -183,25 +184,28 @@ def main():
     print(f"# malloc: {f'glibc keeps {kept >> 20} MiB of freed memory (both sides)' if kept else 'defaults'}")
     before = gemm_rate()
     print(f"# NumPy float32 GEMM (1024³): {before:.0f} GFLOP/s")
-    print("| cell | T, B, D, H | bptt ms | torch ms | bptt/torch | GFLOP/s "
+    print("| cell | T, B, D, H | bptt ms | torch ms | bptt/torch | GFLOP/s bptt | torch "
           "| tape MiB bptt | torch | max |Δh| |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     largest = max(shapes, key=lambda s: s[0] * s[1] * s[3] * (s[2] + s[3]))
     for cell in args.cells.split(","):
         for T, B, D, H in shapes:
-            t, ratio, gflops, err, ours_mib, torch_mib, share = bench_shape(
+            t, ratio, gflops, torch_gflops, err, ours_mib, torch_mib, share = bench_shape(
                 cell, T, B, D, H, min_block_s, blocks, args.input_grad, measure_rate=(T, B, D, H) == largest)
-            rows.append((cell, (T, B, D, H), gflops, share))
+            rows.append((cell, (T, B, D, H), gflops, torch_gflops, share))
             print(f"| {cell} | {T}, {B}, {D}, {H} | {1e3 * t['ours']:.2f} | {1e3 * t['torch']:.2f} | "
-                  f"{ratio:.2f} | {gflops:.1f} | {ours_mib:.2f} | {torch_mib:.2f} | {err:.1e} |", flush=True)
+                  f"{ratio:.2f} | {gflops:.1f} | {torch_gflops:.1f} | {ours_mib:.2f} | {torch_mib:.2f} | {err:.1e} |",
+                  flush=True)
     after = gemm_rate()
     rate = max(before, after)
     print(f"# GEMM after the runs: {after:.0f} GFLOP/s")
-    for cell, shape, gflops, share in rows:
+    for cell, shape, gflops, torch_gflops, share in rows:
         if shape == largest:
             print(f"# {cell} at {shape}: {gflops:.1f} GFLOP/s = {100 * gflops / rate:.0f}% of the GEMM rate ({rate:.0f}); "
-                  f"within each round, against that round's GEMM rate: {100 * share:.0f}% (median of {ROUNDS})")
+                  f"within each round, against that round's GEMM rate: {100 * share:.0f}% (median of {ROUNDS}); "
+                  f"torch {100 * torch_gflops / rate:.0f}%, so bptt at 0.85× torch's time would need "
+                  f"{100 * torch_gflops / 0.85 / rate:.0f}%")
 
 if __name__ == "__main__":
     with recorded(__file__):
