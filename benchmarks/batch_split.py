@@ -105,7 +105,7 @@ def trainer_rates(seconds=2.0):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cells", default="lstm")
+    parser.add_argument("--cells", default="lstm", help="comma-separated: rnn, lstm, gru (default: lstm)")
     parser.add_argument("--shapes", nargs="*", help="T,B,D,H tuples (B even)")
     parser.add_argument("--trainer", action="store_true", help="the trainer's update, halves against whole")
     args = parser.parse_args()

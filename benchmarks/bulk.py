@@ -52,7 +52,7 @@ def child(form, job, updates):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="processes a form, alternating (default: 3)")
     parser.add_argument("--updates", type=int, default=None, help="updates a process (default: 40, large 12)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()

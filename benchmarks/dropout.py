@@ -59,8 +59,8 @@ def passes(cell, T, B, D, H):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter blocks (noisier)")
-    parser.add_argument("--cells", default="lstm,gru,rnn")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cells", default="lstm,gru,rnn", help="comma-separated: rnn, lstm, gru")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of blocks; the least median is kept (default: 3)")
     args = parser.parse_args()
     min_block_s, blocks = (0.2, 3) if args.quick else (0.4, 5)
     print(f"# a training pass of 2 layers, float32, rate p = {P}: ms, and the ratio to the plain pass")

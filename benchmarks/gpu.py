@@ -27,7 +27,7 @@ SHAPES = [(100, 64, 128, 256), (256, 64, 512, 512), (1000, 16, 128, 1024), (100,
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cells", default="rnn,lstm,gru")
+    parser.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated: rnn, lstm, gru")
     parser.add_argument("--shapes", nargs="*", help="T,B,D,H tuples")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args()

@@ -62,8 +62,9 @@ def until(config, target, max_updates, check_every=100, also=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["adding", "chrono", "copy", "digits", "text", "regularised", "online"],
-                        default=None)
-    parser.add_argument("--max-updates", type=int, default=10_000)
+                        default=None, help="one family of runs (default: all, hours on 2 cores)")
+    parser.add_argument("--max-updates", type=int, default=10_000,
+                        help="updates a run may take to reach its target (default: 10000)")
     args = parser.parse_args()
     out = tempfile.mkdtemp(prefix="bptt-learning-")
     atexit.register(shutil.rmtree, out, True)            # the runs' folders are scratch

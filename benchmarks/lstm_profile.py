@@ -54,7 +54,7 @@ def instrument(spent):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="100,32,64,128", help="T,B,D,H")
-    parser.add_argument("--cell", default="lstm", choices=("rnn", "lstm", "gru"))
+    parser.add_argument("--cell", default="lstm", choices=("rnn", "lstm", "gru"), help="the cell (default: lstm)")
     args = parser.parse_args()
     T, B, D, H = map(int, args.shape.split(","))
     lay = layer(args.cell)

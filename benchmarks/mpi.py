@@ -59,8 +59,8 @@ def config_of(flags, steps, out):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="counts of MPI ranks, 1 among them")
+    parser.add_argument("--steps", type=int, default=200, help="updates a run, 5 of them warm-up (default: 200)")
     args = parser.parse_args()
     if 1 not in args.ranks or min(args.ranks) < 1 or args.steps < 10:
         parser.error(f"--ranks: expected counts of ranks >= 1 including 1 (the speed-up is over one rank) and "

@@ -229,10 +229,11 @@ def balancing_table(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cells", default="rnn,lstm,gru")
-    parser.add_argument("--hidden", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=20)
-    parser.add_argument("--sequences", type=int, default=50)
+    parser.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated: rnn, lstm, gru")
+    parser.add_argument("--hidden", type=int, default=16, help="hidden units H (default: 16)")
+    parser.add_argument("--seq-len", type=int, default=20, help="steps T of the adding problem (default: 20)")
+    parser.add_argument("--sequences", type=int, default=50,
+                        help="sequences the cosine and error are taken over (default: 50)")
     parser.add_argument("--batch", type=int, default=16, help="sequences in the timed batch")
     parser.add_argument("--train", type=int, default=500, help="BPTT updates before the second comparison")
     parser.add_argument("--copy", action="store_true", help="the copy curriculum instead of the comparison")

@@ -27,9 +27,10 @@ def rss_mib() -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--updates", type=int, default=20000)
-    parser.add_argument("--every", type=int, default=250)
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "images" / "soak_rss.png"))
+    parser.add_argument("--updates", type=int, default=20000, help="updates of the run (default: 20000)")
+    parser.add_argument("--every", type=int, default=250, help="updates between two readings of the RSS (default: 250)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "images" / "soak_rss.png"),
+                        help="the figure's path (default: docs/images/soak_rss.png)")
     parser.add_argument("--redraw", action="store_true",
                         help="draw loss.png after every chunk too (matplotlib's caches then grow)")
     args = parser.parse_args()
