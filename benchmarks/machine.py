@@ -120,9 +120,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine_key() -> str:
-    """A folder name for this machine: CPU model, vector ISA (and imitation), cores."""
+    """A folder name for this machine: CPU model, its family and model numbers where
+    /proc/cpuinfo has them (f25-m17: two generations can share a model name), vector ISA
+    (and imitation), cores."""
     isa = vector_isa().split(" (")[0] + ("-imitated-avx2" if "imitating" in vector_isa() else "")
-    name = f"{cpu_model()} {isa} {cores()}-cores"
+    numbers = re.findall(r"\d+", cpu_family_model())
+    generation = f" f{numbers[0]} m{numbers[1]}" if len(numbers) == 2 else ""
+    name = f"{cpu_model()}{generation} {isa} {cores()}-cores"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 

@@ -101,7 +101,8 @@ def tables(stem: str) -> list:
 def render() -> str:
     parts = [INTRO]
     machines = sorted(p.name for p in RESULTS.iterdir() if p.is_dir()) if RESULTS.is_dir() else []
-    parts.append("Machines measured: " + ", ".join(f"`{m}`" for m in machines) + ".\n" if machines else
+    parts.append("Machines measured (CPU model, family and model numbers where the stamp has them, vector "
+                 "instructions, cores): " + ", ".join(f"`{m}`" for m in machines) + ".\n" if machines else
                  "No machine has recorded results yet.\n")
     for stem in ORDER:
         title, text = method(HERE / f"{stem}.py")

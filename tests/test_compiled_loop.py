@@ -419,7 +419,7 @@ def test_mkls_packed_gemm_gives_the_same_bits_wherever_its_arrays_lie(dtype):
 
 def test_the_step_gemm_default_follows_the_cpu(monkeypatch):
     """MKL where installed on Intel with AVX-512; bptt's micro-kernel elsewhere, AMD's
-    AVX-512 included (benchmarks/results/amd-epyc-avx-512-2-cores/step_gemm.md)."""
+    AVX-512 included (benchmarks/results/amd-epyc-f25-m17-avx-512-2-cores/step_gemm.md)."""
     monkeypatch.delenv("BPTT_STEP_GEMM", raising=False)
     for vendor, isa, installed, want in [("GenuineIntel", "AVX-512", True, "mkl"),
                                          ("GenuineIntel", "AVX-512", False, "packed"),
