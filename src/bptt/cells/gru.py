@@ -89,9 +89,9 @@ def backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, optio
     dh, h_prev, q, back = ds[0], prev[0], aux, ds_prev[0]
     one = du.dtype.type(1)                 # 1 - x in the tape's dtype (an int 1 would widen float32)
     for j in range(H):
-        da_n = dh[j] * (one - u[j]) * (one - n[j] * n[j])                      # (G7)
-        da_z = dh[j] * (h_prev[j] - n[j]) * u[j] * (one - u[j])              # (G8)
-        da_r = da_n * q[j] * r[j] * (one - r[j])                             # (G9)
+        da_n = dh[j] * (one - u[j]) * (one - n[j] * n[j])                  # (G7)
+        da_z = dh[j] * (h_prev[j] - n[j]) * u[j] * (one - u[j])            # (G8)
+        da_r = da_n * q[j] * r[j] * (one - r[j])                           # (G9)
         dq = da_n * r[j]
         dur[j], duz[j], dun[j] = da_r, da_z, da_n
         dvr[j], dvz[j], dvq[j] = da_r, da_z, dq

@@ -82,11 +82,11 @@ def backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, optio
     one = du.dtype.type(1)                 # 1 - x in the tape's dtype (an int 1 would widen float32)
     for j in range(H):
         tanh_c = tanh(c_t[j])
-        dc = dc_next[j] + dh[j] * o[j] * (one - tanh_c * tanh_c)             # (L6)
-        dg[j] = dc * i[j] * (one - g[j] * g[j])                              # (L8)
+        dc = dc_next[j] + dh[j] * o[j] * (one - tanh_c * tanh_c)           # (L6)
+        dg[j] = dc * i[j] * (one - g[j] * g[j])                            # (L8)
         di[j] = dc * g[j] * i[j] * (one - i[j])
         df[j] = dc * c_prev[j] * f[j] * (one - f[j])
-        do[j] = dh[j] * tanh_c * o[j] * (one - o[j])                         # (L7)
+        do[j] = dh[j] * tanh_c * o[j] * (one - o[j])                       # (L7)
         dc_back[j] = dc * f[j]                                             # (L9)
         dh_back[j] = 0
 
