@@ -72,7 +72,7 @@ def test_bad_files_give_one_line_errors(tmp_path, capsys):
     empty_run = tmp_path / "empty"
     empty_run.mkdir()
     cases = [(["train", "--text", str(binary)], "is not UTF-8 text"),
-             (["train", "--config", str(bad_toml)], "config: hidden expected int, got 'big'"),
+             (["train", "--config", str(bad_toml)], "config: hidden expected an integer, got 'big'"),
              (["train", "--config", str(unknown)], "config: unknown key 'colour'"),
              (["train", "--config", str(broken)], "is not valid TOML"),
              (["sample", str(empty_run)], "has no checkpoint")]

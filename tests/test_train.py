@@ -274,3 +274,48 @@ def test_the_thread_rule_counts_the_steps_a_task_really_runs(tmp_path, monkeypat
     monkeypatch.undo()
     settings.reset()
     assert threads == {"copy": 1, "adding": 2}
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("lr", True, "lr: expected a number, got True"), ("warmup", True, "warmup: expected an integer, got True"),
+    ("threads", 2.0, "threads: expected an integer or None, got 2.0"), ("lr", "0.1", "lr: expected a number, got '0.1'"),
+    ("lr", None, "lr: expected a number, got None"), ("clip_norm", "5", "clip-norm: expected a number or None, got '5'"),
+    ("forget_bias", "1", "forget-bias: expected a number, got '1'"), ("out", 5, "out: expected a string or None, got 5")])
+def test_a_config_value_of_the_wrong_type_is_named_before_anything_is_written(tmp_path, field, value, message):
+    """What the command's parser and the TOML loader refuse, Config refuses from Python too:
+    a run saved with lr=True would be refused by its own resume."""
+    with pytest.raises(ValueError, match=f"^{message}$".replace("(", r"\(").replace(")", r"\)")):
+        Trainer(small(tmp_path, "bad", task="adding", **{field: value}))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_numpy_numbers_in_a_config_are_their_python_values(tmp_path):
+    c = small(tmp_path, "np", task="adding", hidden=np.int64(8), seq_len=np.int32(10), steps=np.int64(3),
+              lr=np.float32(0.01), clip_norm=np.float64(1.0))
+    trainer = Trainer(c)
+    trainer.train(progress=False)
+    saved = json.loads((tmp_path / "np" / "config.json").read_text())
+    assert (saved["hidden"], saved["seq_len"], saved["steps"], saved["clip_norm"]) == (8, 10, 3, 1.0)
+    assert saved["lr"] == pytest.approx(0.01) and type(trainer.config.hidden) is int
+
+
+def test_the_way_a_run_shares_its_cores_is_recorded_and_a_resume_elsewhere_keeps_it(tmp_path, monkeypatch):
+    """threads unset: the trainer chooses by the cores (two halves of a small layer's batch
+    on 2). The run records the choice, so a resume under taskset -c 0 sums in the same order."""
+    from bptt.backends import settings
+    monkeypatch.delenv("BPTT_LOOP_THREADS", raising=False)
+    try:
+        monkeypatch.setattr(settings, "available_cores", lambda: 2)
+        settings.reset()
+        trainer = Trainer(small(tmp_path, "run", task="adding", cell="gru", hidden=8, seq_len=10, batch=8, steps=3,
+                                checkpoint_every=3))
+        trainer.train(progress=False)
+        assert trainer.config.threads == 2 and trainer.model.threads == 2
+        assert json.loads((tmp_path / "run" / "config.json").read_text())["threads"] == 2
+        monkeypatch.setattr(settings, "available_cores", lambda: 1)
+        settings.reset()
+        resumed = Trainer.resume(tmp_path / "run", steps=6)
+        assert resumed.config.threads == 2 and resumed.model.threads == 2
+    finally:
+        monkeypatch.undo()
+        settings.reset()

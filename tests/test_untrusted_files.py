@@ -61,7 +61,7 @@ def test_the_intact_previous_checkpoint_resumes_once_the_broken_one_is_moved(run
 
 
 @pytest.mark.parametrize("edit,pattern", [
-    (lambda m: m["config"].update(hidden="8"), r"config: hidden expected int, got '8'"),
+    (lambda m: m["config"].update(hidden="8"), r"config: hidden expected an integer, got '8'"),
     (lambda m: m["config"].update(hidden=16), r"checkpoint layer0.W_x is \(24, 2\) float64, the model expects "
                                               r"\(48, 2\) float64"),
     (lambda m: m["config"].update(dtype="float32"), r"float64, the model expects .* float32"),

@@ -10,6 +10,8 @@ import math
 import sys
 from dataclasses import dataclass, fields
 
+import numpy as np
+
 from .. import _checks
 from ..cells import resolve
 from ..dropout import RATES, check_rate
@@ -67,7 +69,8 @@ class Config:
     checkpoint_every: int = 1000
     threads: int | None = None         # 2: two halves of each batch at once, BLAS on one thread;
                                        # 1: one pass; None: 2 where the process has 2 cores and
-                                       # the loops would not share their rows (train/trainer.py)
+                                       # the loops would not share their rows (train/trainer.py),
+                                       # recorded in the run so that a resume keeps it
     patience: int | None = None        # stop after this many evaluations without a better validation loss
     out: str | None = None
 
@@ -90,6 +93,11 @@ class Config:
             raise ValueError(f"through-time: {method} is defined for the Elman layer (--cell rnn), got --cell {self.cell}")
 
     def check(self) -> "Config":
+        for f in fields(self):                   # every value of its field's type, before any other check
+            value = getattr(self, f.name)
+            if isinstance(value, np.generic):    # a NumPy number: its Python value (JSON and the checks take those)
+                value = value.item()
+            setattr(self, f.name, coerce(f.name, value, label=f.name.replace("_", "-") + ":"))
         _checks.choice("task", self.task, TASKS)
         resolve(self.cell)                       # "rnn", "lstm", "gru" or "package.module:ClassName"
         _checks.choice("optimizer", self.optimizer, tuple(OPTIMIZERS))
@@ -163,8 +171,12 @@ def _types():
     return {f.name: f.type for f in fields(Config)}
 
 
-def coerce(key: str, value):
-    """The value for option ``key``, checked against its type (from TOML or JSON)."""
+_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def coerce(key: str, value, label: str = "config:"):
+    """The value for option ``key``, checked against its type (from TOML, JSON or Python);
+    an error starts with ``label``."""
     types = _types()
     if key not in types:
         raise ValueError(f"config: unknown key {key!r}; known keys: {', '.join(types)}")
@@ -181,7 +193,9 @@ def coerce(key: str, value):
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise ValueError(f"config: {key} expected {kind.split(' |')[0]}, got {value!r}")
+        expected = _KINDS[kind.split(" |")[0]] + (" or None" if "None" in kind else "")
+        raise ValueError(f"{label} {key} expected {expected}, got {value!r}" if label == "config:" else
+                         f"{label} expected {expected}, got {value!r}")
     return value
 
 
