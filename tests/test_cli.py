@@ -48,6 +48,8 @@ def test_text_run_samples(tmp_path, capsys):
     (["train", "--task", "adding", "--text", "a.txt"], "text: applies to task='text' only"),
     (["train", "--text", "/no/such/file.txt"], "--text: no such file: /no/such/file.txt"),
     (["train", "--k1", "8", "--k2", "4"], "k2: expected k2 >= k1 = 8, got 4"),
+    (["train", "--k1", "10", "--seq-len", "500"], "--seq-len: --task text runs --k1 steps an update (--seq-len is "
+                                                  "only its default); got --seq-len 500 and --k1 10"),
     (["resume", "/no/such/run"], "RUN: no such run folder: /no/such/run"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])

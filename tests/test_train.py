@@ -319,3 +319,12 @@ def test_the_way_a_run_shares_its_cores_is_recorded_and_a_resume_elsewhere_keeps
     finally:
         monkeypatch.undo()
         settings.reset()
+
+
+@pytest.mark.parametrize("options,message", [(dict(task="adding", k1=3), "--k1: applies to --task text"),
+                                             (dict(task="text", checkpointing=4), "--checkpointing: applies to"),
+                                             (dict(task="adding", warmup=5, steps=5), "--warmup: expected fewer")])
+def test_a_new_run_from_python_refuses_what_it_would_not_use_as_the_command_does(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(small(tmp_path, "r", **options))
+    assert not (tmp_path / "r").exists()

@@ -149,23 +149,10 @@ def _config_from(args) -> Config:
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = coerce(f.name, v)
-    return _refuse_ignored(Config(**values).check())
-
-
-def _refuse_ignored(c: Config) -> Config:
-    """Options a new run would take and not use are refused (a run's saved config is not
-    checked for them, so that every earlier run still loads)."""
-    if c.task != "text":
-        for name in ("k1", "k2"):
-            if getattr(c, name) is not None:
-                raise ValueError(f"--{name}: applies to --task text (streams cut into windows); --task {c.task} "
-                                 f"backpropagates through each whole sequence, got --{name} {getattr(c, name)}")
-    elif c.checkpointing:
-        raise ValueError("--checkpointing: applies to the synthetic tasks (whole sequences); --task text "
-                         "backpropagates through windows of --k2 steps, which bound the memory already")
-    if c.warmup >= c.steps:
-        raise ValueError(f"--warmup: expected fewer updates than --steps {c.steps} (the learning rate reaches "
-                         f"--lr at the end of the warm-up), got {c.warmup}")
+    c = Config(**values).check().refuse_unused()
+    if c.task == "text" and c.k1 is not None and values.get("seq_len", c.k1) != c.k1:
+        raise ValueError(f"--seq-len: --task text runs --k1 steps an update (--seq-len is only its default); "
+                         f"got --seq-len {values['seq_len']} and --k1 {c.k1}")
     return c
 
 

@@ -163,6 +163,22 @@ class Config:
             raise ValueError(f"text: applies to task='text' only, got task={self.task!r}")
         return self
 
+    def refuse_unused(self) -> "Config":
+        """Options a new run would take and not use are refused (a run's saved config is not
+        checked for them, so that every earlier run still loads)."""
+        if self.task != "text":
+            for name in ("k1", "k2"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"--{name}: applies to --task text (streams cut into windows); --task {self.task} "
+                                     f"backpropagates through each whole sequence, got --{name} {getattr(self, name)}")
+        elif self.checkpointing:
+            raise ValueError("--checkpointing: applies to the synthetic tasks (whole sequences); --task text "
+                             "backpropagates through windows of --k2 steps, which bound the memory already")
+        if self.warmup >= self.steps:
+            raise ValueError(f"--warmup: expected fewer updates than --steps {self.steps} (the learning rate reaches "
+                             f"--lr at the end of the warm-up), got {self.warmup}")
+        return self
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

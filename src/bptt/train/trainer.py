@@ -52,7 +52,7 @@ class Trainer:
     (train/folder.py). ``Trainer.resume`` continues a run, ``Trainer.load`` only reads one."""
 
     def __init__(self, config: Config, run_dir=None, world=None, fresh: bool = False, _claim="new"):
-        self.config = config.check()
+        self.config = config.check() if _claim != "new" else config.check().refuse_unused()
         c = config
         self.world = world if world is not None else mpi_world()     # one rank unless under mpiexec
         self.world.share(c.batch, "batch")
