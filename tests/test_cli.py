@@ -181,3 +181,13 @@ def test_eval_names_a_checkpoint_cut_short_and_reads_the_one_before(tmp_path, ca
     assert err == "bptt: ckpt-00000020.json has no ckpt-00000020.safetensors (a checkpoint cut short); " \
                   "reading the newest complete one\n"
     assert (run_dir / "ckpt-00000020.json").exists()                   # eval changes nothing
+
+
+def test_a_run_that_skipped_updates_says_how_many(tmp_path, capsys):
+    code, out, _ = run(capsys, ["train", "--task", "adding", "--cell", "rnn", "--nonlinearity", "identity", "--init",
+                                "identity", "--seq-len", "400", "--clip-norm", "1e30", "--lr", "0.1", "--hidden", "16",
+                                "--steps", "30", "--on-nonfinite", "skip", "--quiet", "--out", str(tmp_path / "s")])
+    import json
+    skipped = json.loads((tmp_path / "s" / "ckpt-00000030.json").read_text())["skipped"]
+    assert code == 0 and skipped > 0
+    assert f"skipped {skipped} of 30 updates: their gradient was not finite (--on-nonfinite skip)" in out

@@ -182,6 +182,9 @@ def _finish(trainer, final):
     if trainer.stopped_early:
         print(f"stopped early at update {trainer.step}: no lower validation loss in {trainer.stale} evaluations "
               f"(--patience {trainer.config.patience})")
+    if trainer.skipped:
+        print(f"skipped {trainer.skipped} of {trainer.step} updates: their gradient was not finite "
+              f"(--on-nonfinite skip); metrics.jsonl counts them")
     if trainer.best is not None:
         print(f"best model: {trainer.run / 'best.json'} (update {trainer.best['step']}, validation "
               f"{trainer.best['val_loss']:.4f}); --best in sample, eval and resume takes it")
