@@ -77,7 +77,12 @@ def test_bad_files_give_one_line_errors(tmp_path, capsys):
              (["train", "--config", str(bad_toml)], "config: hidden expected an integer, got 'big'"),
              (["train", "--config", str(unknown)], "config: unknown key 'colour'"),
              (["train", "--config", str(broken)], "is not valid TOML"),
-             (["sample", str(empty_run)], "has no checkpoint")]
+             (["sample", str(empty_run)], "has no checkpoint"),
+             (["train", "--text", ""], "--text: expected the name of a UTF-8 text file, got ''"),
+             (["train", "--text", "/dev/null"], "--text: /dev/null is not a regular file"),
+             (["train", "--config", str(binary)], "is not UTF-8 text (byte 0: invalid start byte); expected a TOML"),
+             (["train", "--task", "adding", "--hidden", "10000000", "--out", str(tmp_path / "big")],
+              "not enough memory for these sizes (Unable to allocate")]
     for argv, message in cases:
         code, _, err = run(capsys, argv)
         assert code == 2 and message in err and err.count("\n") == 1, (argv, err)

@@ -200,3 +200,19 @@ def test_load_names_its_own_argument(tmp_path):
         bptt.load(tmp_path)
     with pytest.raises(ValueError, match=r"^best: .* has no best model"):
         bptt.load(tmp_path, best=True)
+
+
+@pytest.mark.parametrize("call,pattern", [
+    (lambda m, tmp: bptt.Trainer({"task": "adding"}), r"^config: expected a bptt.Config, got dict; build one"),
+    (lambda m, tmp: bptt.Trainer(None), r"^config: expected a bptt.Config, got NoneType$"),
+    (lambda m, tmp: bptt.gradcheck(None, X, Y), r"^model: expected a bptt.Model, got NoneType$"),
+    (lambda m, tmp: bptt.generate("model", length=3), r"^model: expected a bptt.Model, got str$"),
+    (lambda m, tmp: bptt.generate(m, length=3, vocabulary=""), r"^vocabulary: expected the characters .* an empty one"),
+    (lambda m, tmp: m.save(None), r"^path: expected the path of a folder .*, got None$"),
+    (lambda m, tmp: bptt.load(None), r"^path: expected the folder of a saved model .*, got None$"),
+    (lambda m, tmp: bptt.load(tmp / "file.txt"), r"^path: .*file.txt is a file; expected a saved model's folder"),
+])
+def test_the_api_names_an_argument_of_the_wrong_kind(model, tmp_path, call, pattern):
+    (tmp_path / "file.txt").write_text("not a model")
+    with pytest.raises(ValueError, match=pattern):
+        call(model, tmp_path)

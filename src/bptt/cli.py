@@ -307,6 +307,11 @@ def main(argv=None) -> int:
         print(f"bptt: error{'' if rank is None else f' (MPI rank {rank})'}: {exc}{where}", file=sys.stderr)
         _abort_other_ranks(2)
         return 2
+    except MemoryError as exc:              # sizes the machine cannot hold: what NumPy could not allocate
+        print(f"bptt: error: not enough memory for these sizes ({exc}); expected a smaller --hidden, --batch or "
+              f"--seq-len", file=sys.stderr)
+        _abort_other_ranks(2)
+        return 2
     except OSError as exc:                  # the file system failed: name the path, keep what is saved
         if isinstance(exc, BrokenPipeError):    # output piped into `head` and closed: not an error
             sys.stderr = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
+from .model import Model
 
 
 def one_hot(codes, size, dtype=np.float32):
@@ -30,6 +31,10 @@ def generate(model, length: int = 300, prime: str | None = None, temperature: fl
         seed: a seed or a numpy Generator for the draws (None: fresh entropy).
         vocabulary: the characters, in the model's order (default ``model.vocabulary``).
     """
+    if not isinstance(model, Model):
+        raise ValueError(f"model: expected a bptt.Model, got {type(model).__name__}")
+    if vocabulary is not None and len(vocabulary) == 0:
+        raise ValueError("vocabulary: expected the characters in the order of the model's inputs, got an empty one")
     chars = list(vocabulary if vocabulary is not None else (model.vocabulary or []))
     if not chars:
         raise ValueError("vocabulary: the model has none (model.vocabulary is None); pass vocabulary=, the "

@@ -50,6 +50,8 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
         if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
                 or not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+    if not isinstance(model, Model):
+        raise ValueError(f"model: expected a bptt.Model, got {type(model).__name__}")
     m = model.astype("float64")
     if targets is None:
         raise ValueError("targets: expected the targets of x (gradcheck differentiates the loss), got None")

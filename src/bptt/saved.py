@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,8 @@ def cell_spec(cell):
 
 def save(model, path) -> Path:
     """Write ``model`` into the folder ``path`` (created if missing); returns the folder."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise ValueError(f"path: expected the path of a folder to hold {' and '.join(FILES)}, got {path!r}")
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"path: {folder} is a file; expected a folder to hold {' and '.join(FILES)}")

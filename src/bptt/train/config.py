@@ -231,4 +231,7 @@ def load_toml(path) -> dict:
         raise ValueError(f"--config: {path} cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"--config: {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--config: {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); expected a "
+                         f"TOML file") from None
     return {k: coerce(k, v) for k, v in raw.items()}

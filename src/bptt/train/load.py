@@ -1,6 +1,7 @@
 """``bptt.load``: a trained model from a saved-model folder or from a run folder."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .. import saved
@@ -11,7 +12,11 @@ def load(path, best: bool = False):
     model.safetensors), or a run folder of ``bptt train``, at its latest checkpoint
     (``best=True``: at the checkpoint with the lowest validation loss, best.json). A text
     model comes with its ``vocabulary``, ready for ``bptt.generate``."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise ValueError(f"path: expected the folder of a saved model (model.json) or a run, got {path!r}")
     folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"path: {folder} is a file; expected a saved model's folder (model.json) or a run folder")
     if not folder.is_dir():
         raise ValueError(f"path: no such folder: {folder}; expected a saved model (model.json) or a run folder")
     try:

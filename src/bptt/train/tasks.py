@@ -177,9 +177,14 @@ class TextFileError(ValueError):
 
 
 def read_text_file(path) -> str:
+    if not str(path).strip():
+        raise TextFileError(f"--text: expected the name of a UTF-8 text file, got {os.fspath(path)!r}")
     p = Path(path)
     if p.is_dir():
         raise TextFileError(f"--text: {os.fspath(path)} is a folder; expected a UTF-8 text file")
+    if p.exists() and not p.is_file():
+        raise TextFileError(f"--text: {os.fspath(path)} is not a regular file (a device or a pipe); expected a "
+                            f"UTF-8 text file")
     if not p.is_file():
         raise TextFileError(f"--text: no such file: {os.fspath(path)}")
     try:

@@ -52,6 +52,9 @@ class Trainer:
     (train/folder.py). ``Trainer.resume`` continues a run, ``Trainer.load`` only reads one."""
 
     def __init__(self, config: Config, run_dir=None, world=None, fresh: bool = False, _claim="new"):
+        if not isinstance(config, Config):
+            raise ValueError(f"config: expected a bptt.Config, got {type(config).__name__}"
+                             + ("; build one: bptt.Config(**options)" if isinstance(config, dict) else ""))
         self.config = config.check() if _claim != "new" else config.check().refuse_unused()
         c = config
         self.world = world if world is not None else mpi_world()     # one rank unless under mpiexec
