@@ -52,6 +52,10 @@ def test_text_run_samples(tmp_path, capsys):
                                                   "only its default); got --seq-len 500 and --k1 10"),
     (["resume", "/no/such/run"], "RUN: no such run folder: /no/such/run"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["train", "--fresh"], "--fresh: deletes the run in --out to start over; without --out the run gets a new folder"),
+    (["flow", "--lr", "0.1"], "--lr: the learning rate of --train, which is 0 (no training)"),
+    (["flow", "--gain", "5"], "--gain: the initial gain of --explode, which is not given"),
+    (["flow", "--estimators", "rtrl,rtrl"], "--estimators: expected names from"),
 ])
 def test_bad_options_give_one_line_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:

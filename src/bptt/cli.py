@@ -251,7 +251,11 @@ def main(argv=None) -> int:
     trainer = None
     try:
         if args.command == "train":
-            trainer = Trainer(_config_from(args), fresh=args.fresh)
+            config = _config_from(args)
+            if args.fresh and config.out is None:
+                raise ValueError("--fresh: deletes the run in --out to start over; without --out the run gets a "
+                                 "new folder, got --fresh alone")
+            trainer = Trainer(config, fresh=args.fresh)
             _finish(trainer, trainer.train(progress=not args.quiet))
         elif args.command == "resume":
             overrides = {k: getattr(args, k) for k in ("steps", "patience") if getattr(args, k) is not None}

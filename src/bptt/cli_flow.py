@@ -144,6 +144,8 @@ def check(args) -> tuple:
         raise ValueError(f"--lr: expected a positive number, got {args.lr!r}")
     if not (math.isfinite(args.gain) and args.gain > 0):
         raise ValueError(f"--gain: expected a positive number, got {args.gain!r}")
+    if len(set(args.run)) != len(args.run):
+        raise ValueError(f"--run: expected each run once, got {args.run}")
     if isinstance(args.seed, bool) or not isinstance(args.seed, int) or args.seed < 0:
         raise ValueError(f"--seed: expected an integer >= 0, got {args.seed!r}")
     if args.run:
@@ -153,6 +155,10 @@ def check(args) -> tuple:
                 raise ValueError(f"--{name.replace('_', '-')}: describes the models flow builds; --run measures "
                                  f"the run's own model on its own task"
                                  + ("" if name in ("hidden", "train", "lr") else " (--explode uses it)"))
+    if args.lr is not None and not args.train:
+        raise ValueError(f"--lr: the learning rate of --train, which is 0 (no training); got --lr {args.lr} alone")
+    if args.gain != 3.0 and not args.explode:
+        raise ValueError(f"--gain: the initial gain of --explode, which is not given; got --gain {args.gain} alone")
     for run_dir in args.run:
         where = Path(run_dir)
         if not str(run_dir).strip() or not where.is_dir():
@@ -163,9 +169,9 @@ def check(args) -> tuple:
                              f".safetensors), got {run_dir!r} (none in it)")
     if args.estimators is not None:
         methods = [m.strip() for m in str(args.estimators).split(",")]
-        if not all(m in ESTIMATORS for m in methods):
+        if not all(m in ESTIMATORS for m in methods) or len(set(methods)) != len(methods):
             raise ValueError(f"--estimators: expected names from {', '.join(ESTIMATORS)}, comma-separated, "
-                             f"got {args.estimators!r}")
+                             f"each once, got {args.estimators!r}")
         if {"kf-rtrl", "rflo"} & set(methods) and (args.run or any(c != "rnn" for c in cells)):
             raise ValueError(f"--estimators: kf-rtrl and rflo are defined for the Elman layer; --cell must be rnn, "
                              f"got --estimators {args.estimators!r} with --cell {args.cell}")
