@@ -70,6 +70,9 @@ def test_the_intact_previous_checkpoint_resumes_once_the_broken_one_is_moved(run
     (lambda m: m.update(step="4"), r"step must be an integer >= 0, got '4'"),
     (lambda m: m.update(step=-1), r"step must be an integer >= 0, got -1"),
     (lambda m: m.update(format=99), r"has format 99, expected 2"),
+    (lambda m: m.pop("sha256"), r"checkpoint ckpt-00000004.json records no SHA-256 of ckpt-00000004.safetensors"),
+    (lambda m: m["rng"].update(bit_generator="MT19937"), r"the checkpoint at update 4 holds no valid random-generator"),
+    (lambda m: m.pop("rng"), r"the checkpoint at update 4 holds no valid random-generator state \(rng: 'rng'\)"),
 ])
 def test_a_json_with_wrong_types_or_another_model_is_refused(run_dir, edit, pattern):
     meta_path = newest(run_dir)

@@ -287,7 +287,11 @@ class Trainer:
         self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
         self.step = int(meta["step"])
         self.skipped = int(meta.get("skipped", 0))
-        self.rng.bit_generator.state = meta["rng"]
+        try:
+            self.rng.bit_generator.state = meta["rng"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"RUN: the checkpoint at update {self.step} holds no valid random-generator state "
+                             f"(rng: {exc}); it was changed") from None
         self.best, self.stale = meta.get("best"), int(meta.get("stale", 0))
         self.row_losses = [math.nan if v is None else float(v) for v in meta.get("row_losses", [])]
         if self.text:
