@@ -107,12 +107,14 @@ def test_the_compiled_loop_in_float32_is_within_float32_rounding_of_float64(name
         assert np.abs(a - b).max() < 3e-5 * max(1.0, np.abs(b).max())
 
 
-@pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "ln-lstm", "ln-gru"])
 def test_the_built_in_kernels_compute_float32_in_float32(name):
     """A float32 model's kernels never widen to float64 (an int literal such as ``1 - x``
     would: Numba types int64 and float32 as float64, at half the vector width). The
     kernels are compiled afresh (cached code cannot be inspected) and their LLVM IR read."""
-    cell, H = layer(name).cell, 4
+    from bptt.cells.layer_norm import LayerNormGRU, LayerNormLSTM
+    cell = {"ln-lstm": LayerNormLSTM(), "ln-gru": LayerNormGRU()}.get(name) or layer(name).cell
+    H = 4
     G, S, A = cell.gates, len(cell.state), cell.tape_width(H)
     E = sum(int(np.prod(s)) for s in cell.extra_shapes(H).values())
     row = lambda n: np.zeros(n, np.float32)                                  # noqa: E731

@@ -138,17 +138,18 @@ class LayerNormGRU(_LayerNormCell):
 
 @_jit
 def _normalise_row(a, out):
-    """(LN1): out = LN(a) for one row; returns 1/σ."""
-    G = a.size
-    mean = 0.0
-    for j in range(G):
+    """(LN1): out = LN(a) for one row; returns 1/σ. Every constant in a's dtype: an int or
+    a Python float would widen float32 to float64 (half the vector width)."""
+    G, zero = a.dtype.type(a.size), a.dtype.type(0)
+    mean = zero
+    for j in range(a.size):
         mean += a[j]
     mean /= G
-    var = 0.0
-    for j in range(G):
+    var = zero
+    for j in range(a.size):
         var += (a[j] - mean) * (a[j] - mean)
-    inv = 1 / np.sqrt(var / G + EPS)
-    for j in range(G):
+    inv = a.dtype.type(1) / np.sqrt(var / G + a.dtype.type(EPS))
+    for j in range(a.size):
         out[j] = (a[j] - mean) * inv
     return inv
 
@@ -188,23 +189,24 @@ def lstm_backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, 
     nx, nh, nc, hc = aux[:G], aux[G:2 * G], aux[2 * G:2 * G + H], aux[2 * G + H:2 * G + 2 * H]
     ix, ih, ic = aux[2 * G + 2 * H], aux[2 * G + 2 * H + 1], aux[2 * G + 2 * H + 2]
     dh, dc_next, c_prev = ds[0], ds[1], prev[1]
-    s1, s2 = 0.0, 0.0
+    one = du.dtype.type(1)
+    s1, s2 = one - one, one - one
     for j in range(H):
-        d_hat = dh[j] * z[3 * H + j] * (1 - hc[j] * hc[j])                 # (LN6)
+        d_hat = dh[j] * z[3 * H + j] * (one - hc[j] * hc[j])               # (LN6)
         dgc[j] += d_hat * nc[j]
         dbc[j] += d_hat
         s1 += d_hat * gc[j]
         s2 += d_hat * gc[j] * nc[j]
-    s1, s2 = s1 / H, s2 / H
+    s1, s2 = s1 / du.dtype.type(H), s2 / du.dtype.type(H)
     da = dv
     for j in range(H):
         i, f, g, o = z[j], z[H + j], z[2 * H + j], z[3 * H + j]
-        dn_c = dh[j] * o * (1 - hc[j] * hc[j]) * gc[j]
+        dn_c = dh[j] * o * (one - hc[j] * hc[j]) * gc[j]
         dc = dc_next[j] + ic * (dn_c - s1 - nc[j] * s2)                    # (LN6), (LN5)
-        da[j] = dc * g * i * (1 - i)                                       # (L8)
-        da[H + j] = dc * c_prev[j] * f * (1 - f)
-        da[2 * H + j] = dc * i * (1 - g * g)
-        da[3 * H + j] = dh[j] * hc[j] * o * (1 - o)                        # (L7)
+        da[j] = dc * g * i * (one - i)                                     # (L8)
+        da[H + j] = dc * c_prev[j] * f * (one - f)
+        da[2 * H + j] = dc * i * (one - g * g)
+        da[3 * H + j] = dh[j] * hc[j] * o * (one - o)                      # (L7)
         ds_prev[1, j] = dc * f                                             # (L9)
         ds_prev[0, j] = 0
     _normalised_pair_back(da, da, gx, gh, nx, nh, ix, ih, du, dv, dgx, dgh, dbeta)
@@ -215,15 +217,16 @@ def _normalised_pair_back(da_x, da_h, gx, gh, nx, nh, ix, ih, du, dv, dgx, dgh, 
     """(LN7) for one row: du from δa on the input side (da_x), dv from δa on the
     recurrent side (da_h), and the gains' and β's gradients. da_x, da_h may be du, dv or
     one array: each du[j], dv[j] is written after da_x[j], da_h[j] are read."""
-    ux, uxn, uh, uhn = 0.0, 0.0, 0.0, 0.0
+    zero = du.dtype.type(0)
+    ux, uxn, uh, uhn = zero, zero, zero, zero
     for j in range(da_x.size):
         ux += da_x[j] * gx[j]
         uxn += da_x[j] * gx[j] * nx[j]
         uh += da_h[j] * gh[j]
         uhn += da_h[j] * gh[j] * nh[j]
-    G = da_x.size
+    G = du.dtype.type(da_x.size)
     ux, uxn, uh, uhn = ux / G, uxn / G, uh / G, uhn / G
-    for j in range(G):
+    for j in range(da_x.size):
         dx, dr = da_x[j], da_h[j]
         dgx[j] += dx * nx[j]
         dgh[j] += dr * nh[j]
@@ -264,12 +267,13 @@ def gru_backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, o
     nx, nh, q = aux[:G], aux[G:2 * G], aux[2 * G:2 * G + H]
     ix, ih = aux[2 * G + H], aux[2 * G + H + 1]
     dh, h_prev = ds[0], prev[0]
+    one = du.dtype.type(1)
     for j in range(H):
         r, u, n = z[j], z[H + j], z[2 * H + j]
-        da_n = dh[j] * (1 - u) * (1 - n * n)                               # (G7)
-        da_r = da_n * q[j] * r * (1 - r)                                   # (G9)
+        da_n = dh[j] * (one - u) * (one - n * n)                           # (G7)
+        da_r = da_n * q[j] * r * (one - r)                                 # (G9)
         du[j] = dv[j] = da_r
-        du[H + j] = dv[H + j] = dh[j] * (h_prev[j] - n) * u * (1 - u)      # (G8)
+        du[H + j] = dv[H + j] = dh[j] * (h_prev[j] - n) * u * (one - u)    # (G8)
         du[2 * H + j] = da_n
         dv[2 * H + j] = da_n * r                                           # δq
         db_hn[j] += da_n * r
