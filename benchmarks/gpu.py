@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 os.environ.setdefault("CUPY_TF32", "0")
 
 import numpy as np  # noqa: E402
 
-from machine import recorded  # noqa: E402
+from machine import recorded, stamp  # noqa: E402
 
 SHAPES = [(100, 64, 128, 256), (256, 64, 512, 512), (1000, 16, 128, 1024), (100, 256, 1024, 1024)]
 
@@ -47,8 +46,9 @@ def main():
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
     repeats = 5 if args.quick else 20
     props = cp.cuda.runtime.getDeviceProperties(0)
-    print(f"# {time.strftime('%Y-%m-%d')} · {props['name'].decode()} · CUDA {cp.cuda.runtime.runtimeGetVersion()} · "
-          f"cupy {cp.__version__} · torch {torch.__version__} · cuDNN {torch.backends.cudnn.version()} · fp32, TF32 off")
+    print(stamp())                                    # the host: CPU, BLAS, versions
+    print(f"# GPU {props['name'].decode()} · CUDA {cp.cuda.runtime.runtimeGetVersion()} · cupy {cp.__version__} · "
+          f"cuDNN {torch.backends.cudnn.version()} · fp32, TF32 off")
     print("| cell | T, B, D, H | rel. err ours | rel. err cuDNN | eager ms | graph ms | cuDNN ms "
           "| graph/cuDNN | eager/cuDNN |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
