@@ -1,6 +1,7 @@
 """Training: learning that beats stated baselines on small budgets, and resume that repeats
 a run that never stopped, bit for bit."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,12 +292,14 @@ def test_a_config_value_of_the_wrong_type_is_named_before_anything_is_written(tm
 
 def test_numpy_numbers_in_a_config_are_their_python_values(tmp_path):
     c = small(tmp_path, "np", task="adding", hidden=np.int64(8), seq_len=np.int32(10), steps=np.int64(3),
-              lr=np.float32(0.01), clip_norm=np.float64(1.0))
+              lr=np.float32(0.01), clip_norm=np.float64(1.0), dtype=np.float64)
+    c.out = Path(c.out)
     trainer = Trainer(c)
     trainer.train(progress=False)
     saved = json.loads((tmp_path / "np" / "config.json").read_text())
     assert (saved["hidden"], saved["seq_len"], saved["steps"], saved["clip_norm"]) == (8, 10, 3, 1.0)
     assert saved["lr"] == pytest.approx(0.01) and type(trainer.config.hidden) is int
+    assert saved["dtype"] == "float64" and saved["out"] == str(tmp_path / "np")
 
 
 def test_the_way_a_run_shares_its_cores_is_recorded_and_a_resume_elsewhere_keeps_it(tmp_path, monkeypatch):

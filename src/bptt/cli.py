@@ -149,11 +149,7 @@ def _config_from(args) -> Config:
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = coerce(f.name, v)
-    c = Config(**values).check().refuse_unused()
-    if c.task == "text" and c.k1 is not None and values.get("seq_len", c.k1) != c.k1:
-        raise ValueError(f"--seq-len: --task text runs --k1 steps an update (--seq-len is only its default); "
-                         f"got --seq-len {values['seq_len']} and --k1 {c.k1}")
-    return c
+    return Config(**values).check().refuse_unused()
 
 
 def _figures(trainer, final) -> str:
@@ -312,8 +308,13 @@ def main(argv=None) -> int:
         _abort_other_ranks(2)
         return 2
     except MemoryError as exc:              # sizes the machine cannot hold: what NumPy could not allocate
-        print(f"bptt: error: not enough memory for these sizes ({exc}); expected a smaller --hidden, --batch or "
-              f"--seq-len", file=sys.stderr)
+        rank = _mpi_rank()
+        if rank is None and _launcher_rank():
+            return 2                              # every rank reads the same argv: rank 0 says it
+        hint = "; expected a smaller --hidden, --batch or --seq-len" if args.command in ("train", "flow") else ""
+        tail = f"; {_last_checkpoint(trainer.run)}" if getattr(trainer, "run", None) is not None else ""
+        print(f"bptt: error{'' if rank is None else f' (MPI rank {rank})'}: not enough memory for these sizes "
+              f"({exc}){hint}{tail}", file=sys.stderr)
         _abort_other_ranks(2)
         return 2
     except OSError as exc:                  # the file system failed: name the path, keep what is saved

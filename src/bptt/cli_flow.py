@@ -74,7 +74,7 @@ def add_parser(sub):
                         "instead (repeatable)")
     p.add_argument("--explode", action="store_true",
                    help="also train from an exploding initialisation with and without clipping")
-    p.add_argument("--gain", type=number, default=3.0,
+    p.add_argument("--gain", type=number, default=None,
                    help="--explode: η = γ·σ_max(W_h) at init, a positive number (default: 3)")
     p.add_argument("--seed", type=integer, default=0,
                    help="random seed of the models, the measured batch and training, >= 0 (default: 0)")
@@ -142,9 +142,9 @@ def check(args) -> tuple:
         raise ValueError(f"--train: expected a number of updates >= 0, got {args.train!r}")
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         raise ValueError(f"--lr: expected a positive number, got {args.lr!r}")
-    if not (math.isfinite(args.gain) and args.gain > 0):
+    if args.gain is not None and not (math.isfinite(args.gain) and args.gain > 0):
         raise ValueError(f"--gain: expected a positive number, got {args.gain!r}")
-    if len(set(args.run)) != len(args.run):
+    if len({os.path.realpath(r) for r in args.run}) != len(args.run):
         raise ValueError(f"--run: expected each run once, got {args.run}")
     if isinstance(args.seed, bool) or not isinstance(args.seed, int) or args.seed < 0:
         raise ValueError(f"--seed: expected an integer >= 0, got {args.seed!r}")
@@ -157,7 +157,7 @@ def check(args) -> tuple:
                                  + ("" if name in ("hidden", "train", "lr") else " (--explode uses it)"))
     if args.lr is not None and not args.train:
         raise ValueError(f"--lr: the learning rate of --train, which is 0 (no training); got --lr {args.lr} alone")
-    if args.gain != 3.0 and not args.explode:
+    if args.gain is not None and not args.explode:
         raise ValueError(f"--gain: the initial gain of --explode, which is not given; got --gain {args.gain} alone")
     for run_dir in args.run:
         where = Path(run_dir)
@@ -311,7 +311,7 @@ def run(args) -> int:
         _estimators(args, models, out, title)
     if args.explode:
         study = clipping_study(cell=cells[0], task=explode_task,
-                               seq_len=min(args.seq_len, 50), gain=args.gain, seed=args.seed,
+                               seq_len=min(args.seq_len, 50), gain=3.0 if args.gain is None else args.gain, seed=args.seed,
                                nonlinearity=args.nonlinearity)
         print(f"\nexploding start ({study.label}, η = {study.gain:g}, plain SGD, same batches):")
         print(f"{'':<16} {'median ‖g‖':>11} {'max ‖g‖':>10} {'>10×clip':>9} {'final loss':>11}  diverged at")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 from dataclasses import dataclass, fields
 
@@ -97,6 +98,10 @@ class Config:
             value = getattr(self, f.name)
             if isinstance(value, np.generic):    # a NumPy number: its Python value (JSON and the checks take those)
                 value = value.item()
+            elif isinstance(value, os.PathLike):  # a path (text, out): its string
+                value = os.fspath(value)
+            elif f.name == "dtype" and isinstance(value, (type, np.dtype)):
+                value = np.dtype(value).name     # np.float32 or np.dtype("float32"): "float32"
             setattr(self, f.name, coerce(f.name, value, label=f.name.replace("_", "-") + ":"))
         _checks.choice("task", self.task, TASKS)
         resolve(self.cell)                       # "rnn", "lstm", "gru" or "package.module:ClassName"

@@ -79,11 +79,11 @@ class Trainer:
             H, T = c.hidden, c.k2 or c.k1 or self.task.steps        # the steps of one pass
             large = loop_threads.large_enough(c.batch, self.model.layer.GATES * H, H, T)
             wanted = 2 if settings.loop_threads() == 2 and not large else 1
-            # Recorded: a resume on other cores (taskset, BPTT_LOOP_THREADS) keeps this run's way.
-            self.config = c = dataclasses.replace(c, threads=wanted)
         else:
             wanted = c.threads
         self.model.threads = 2 if wanted == 2 and loops and self.world.size == 1 and c.batch >= 2 else 1
+        if c.threads is None:   # recorded: a resume on other cores (taskset, BPTT_LOOP_THREADS) keeps this way
+            self.config = c = dataclasses.replace(c, threads=self.model.threads)
         self._blas = ThreadpoolController().select(user_api="blas")
         self.optimizer = make_optimizer(c.optimizer, self.model.params, c.lr)
         self.rng = np.random.default_rng(c.seed)
