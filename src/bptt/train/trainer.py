@@ -204,7 +204,7 @@ class Trainer:
             raise (CollectiveError(error) if world.size > 1 else folder.FolderError(error))
         try:
             meta, arrays, path = runs.load_checkpoint(run, best)
-            # A run saved before the threads option ran one pass a batch: resume it the same way.
+            # A config without the threads key ran one pass a batch: resume it the same way.
             config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)})
             with _text_of(run, config):
                 trainer = cls(config, run_dir=run, world=world, _claim="existing")
