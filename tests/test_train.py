@@ -167,7 +167,7 @@ def test_threads_is_one_or_two():
         Config(threads=3).check()
 
 
-def test_a_run_saved_before_the_threads_option_resumes_with_one(tmp_path, monkeypatch):
+def test_a_run_whose_config_has_no_threads_key_resumes_with_one(tmp_path, monkeypatch):
     from bptt.train import runs
     corpus = tmp_path / "c.txt"
     corpus.write_text(builtin_corpus(20_000), encoding="utf-8")
