@@ -116,7 +116,8 @@ def stamp() -> str:
             f"{versions()}")
 
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# BPTT_BENCHMARK_RESULTS: another folder for the recorded tables (the tests' scratch runs)
+RESULTS = Path(os.environ.get("BPTT_BENCHMARK_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def machine_key() -> str:
@@ -163,7 +164,9 @@ def recorded(script: str):
     path.parent.mkdir(parents=True, exist_ok=True)
     command = f"python benchmarks/{name}.py" + (f" {args}" if args else "")
     path.write_text(f"command: `{command}`\n\n```text\n{captured.getvalue().rstrip()}\n```\n", encoding="utf-8")
-    print(f"# recorded in {path.relative_to(RESULTS.parent.parent)}", file=real)
+    shown = path.relative_to(Path(__file__).resolve().parents[1]) if path.is_relative_to(
+        Path(__file__).resolve().parents[1]) else path
+    print(f"# recorded in {shown}", file=real)
 
 
 if __name__ == "__main__":
