@@ -22,7 +22,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from bptt.backends import packed_gemm, settings
+from bptt.backends import settings
 from bptt.cells import compiled, layer
 from machine import recorded, stamp
 
@@ -90,8 +90,7 @@ def main():
     # the forward loop where the loop makes it (small weights, compiled._inputs) or before
     # it, and the two weight gradients after the backward loop.
     G = lay.GATES
-    in_loop = (settings.step_gemm() == "packed" and B >= 2 * packed_gemm.MIN_ROWS
-               and params["W_x"].nbytes + params["W_h"].nbytes <= compiled.IN_LOOP_PROJECTION_BYTES)
+    in_loop = compiled._inputs(params, x, None)[1].size > 0             # the layer's own choice: W_x packed
     flops = {"forward loop": 2.0 * T * B * G * H * (H + (D if in_loop else 0)),
              "input projection": 0.0 if in_loop else 2.0 * T * B * G * H * D,
              "backward loop": 2.0 * T * B * G * H * H, "∂W products": 2.0 * T * B * G * H * (H + D)}

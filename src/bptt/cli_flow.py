@@ -75,7 +75,7 @@ def add_parser(sub):
     p.add_argument("--explode", action="store_true",
                    help="also train from an exploding initialisation with and without clipping")
     p.add_argument("--gain", type=number, default=None,
-                   help="--explode: η = γ·σ_max(W_h) at init, a positive number (default: 3)")
+                   help="--explode: η = γ·σ_max(W_h) at init, a positive number (default: clipping_study's, 3)")
     p.add_argument("--seed", type=integer, default=0,
                    help="random seed of the models, the measured batch and training, >= 0 (default: 0)")
     p.add_argument("--out", default=None, metavar="DIR",
@@ -311,8 +311,8 @@ def run(args) -> int:
         _estimators(args, models, out, title)
     if args.explode:
         study = clipping_study(cell=cells[0], task=explode_task,
-                               seq_len=min(args.seq_len, 50), gain=3.0 if args.gain is None else args.gain, seed=args.seed,
-                               nonlinearity=args.nonlinearity)
+                               seq_len=min(args.seq_len, 50), seed=args.seed,
+                               nonlinearity=args.nonlinearity, **({} if args.gain is None else {"gain": args.gain}))
         print(f"\nexploding start ({study.label}, η = {study.gain:g}, plain SGD, same batches):")
         print(f"{'':<16} {'median ‖g‖':>11} {'max ‖g‖':>10} {'>10×clip':>9} {'final loss':>11}  diverged at")
         for s in study.summary():

@@ -33,11 +33,9 @@ def generate(model, length: int = 300, prime: str | None = None, temperature: fl
     """
     if not isinstance(model, Model):
         raise ValueError(f"model: expected a bptt.Model, got {type(model).__name__}")
-    if vocabulary is not None and len(vocabulary) == 0:
-        raise ValueError("vocabulary: expected the characters in the order of the model's inputs, got an empty one")
-    if vocabulary is not None and len(set(vocabulary)) != len(vocabulary):
-        raise ValueError(f"vocabulary: expected each character once (one input and output per character), got "
-                         f"{vocabulary!r}")
+    if vocabulary is not None and (len(vocabulary) == 0 or len(set(vocabulary)) != len(vocabulary)):
+        raise ValueError(f"vocabulary: expected each of the model's characters once, in the order of its inputs, "
+                         f"got {vocabulary!r}")
     chars = list(vocabulary if vocabulary is not None else (model.vocabulary or []))
     if not chars:
         raise ValueError("vocabulary: the model has none (model.vocabulary is None); pass vocabulary=, the "

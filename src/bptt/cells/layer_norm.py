@@ -189,8 +189,8 @@ def lstm_backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, 
     nx, nh, nc, hc = aux[:G], aux[G:2 * G], aux[2 * G:2 * G + H], aux[2 * G + H:2 * G + 2 * H]
     ix, ih, ic = aux[2 * G + 2 * H], aux[2 * G + 2 * H + 1], aux[2 * G + 2 * H + 2]
     dh, dc_next, c_prev = ds[0], ds[1], prev[1]
-    one = du.dtype.type(1)
-    s1, s2 = one - one, one - one
+    one, zero = du.dtype.type(1), du.dtype.type(0)
+    s1, s2 = zero, zero
     for j in range(H):
         d_hat = dh[j] * z[3 * H + j] * (one - hc[j] * hc[j])               # (LN6)
         dgc[j] += d_hat * nc[j]

@@ -133,10 +133,10 @@ def load_checkpoint(run, best: bool = False) -> tuple:
         raise ValueError(f"RUN: checkpoint {meta_path.name} has format {got!r}, expected {FORMAT}")
     if not isinstance(meta.get("step"), int) or isinstance(meta.get("step"), bool) or meta["step"] < 0:
         raise ValueError(f"RUN: checkpoint {meta_path.name}: step must be an integer >= 0, got {meta.get('step')!r}")
-    if meta["format"] >= 2 and not isinstance(meta.get("sha256"), str):
-        raise ValueError(f"RUN: checkpoint {meta_path.name} records no SHA-256 of {tensors.name}, which its format "
-                         f"{meta['format']} does: it was changed{previous}")
     if meta["format"] >= 2:
+        if not isinstance(meta.get("sha256"), str):
+            raise ValueError(f"RUN: checkpoint {meta_path.name} records no SHA-256 of {tensors.name}, which its "
+                             f"format {meta['format']} does: it was changed{previous}")
         digest = hashlib.sha256(data).hexdigest()
         if digest != meta.get("sha256"):
             raise ValueError(f"RUN: {tensors.name} does not match the SHA-256 its checkpoint records "
