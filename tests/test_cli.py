@@ -133,6 +133,83 @@ def test_a_text_run_stands_on_its_own_and_refuses_a_changed_text(tmp_path, capsy
         assert code == 2 and f"--text: {corpus} is not the text this run trained on: its SHA-256 differs" in err
 
 
+def test_eval_and_resume_take_a_moved_text_with_the_same_sha256(tmp_path, capsys):
+    """--text gives eval and resume the run's text where it moved: the same figures, a
+    resume that goes on, config.json with the new path; a different text, or --text for a
+    run on the built-in corpus, is refused."""
+    import json
+    corpus = tmp_path / "t.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
+    run_dir = str(tmp_path / "t")
+    code, _, _ = run(capsys, ["train", "--text", str(corpus), "--hidden", "16", "--seq-len", "16", "--batch", "4",
+                              "--steps", "10", "--quiet", "--out", run_dir])
+    assert code == 0
+    figures = run(capsys, ["eval", run_dir])[1]
+    moved = corpus.rename(tmp_path / "moved.txt")
+    code, _, err = run(capsys, ["eval", run_dir])
+    assert code == 2 and "--text PATH gives them its new place" in err
+    assert run(capsys, ["eval", run_dir, "--text", str(moved)]) == (0, figures, "")
+    code, _, err = run(capsys, ["eval", run_dir, "--text", str(tmp_path / "nowhere.txt")])
+    assert code == 2 and err.strip() == f"bptt: error: --text: no such file: {tmp_path / 'nowhere.txt'}"
+    code, _, err = run(capsys, ["resume", run_dir, "--steps", "20", "--quiet", "--text", str(moved)])
+    assert code == 0 and f"text: {moved} (the checkpoint has {corpus}); the same SHA-256" in err
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["text"] == str(moved)
+    assert json.loads((tmp_path / "t" / "ckpt-00000020.json").read_text())["config"]["text"] == str(moved)
+    assert run(capsys, ["eval", run_dir])[0] == 0                  # the newest checkpoint names the new path
+    other = tmp_path / "other.txt"
+    other.write_text("THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG, " * 200, encoding="utf-8")
+    for argv in (["eval", run_dir, "--text", str(other)], ["resume", run_dir, "--steps", "30", "--text", str(other)]):
+        code, _, err = run(capsys, argv)
+        assert code == 2 and f"--text: {other} is not the text this run trained on: its SHA-256 differs" in err
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["text"] == str(moved)   # a refusal changes nothing
+    code, _, _ = run(capsys, ["train", *SMALL, "--out", str(tmp_path / "a")])
+    code, _, err = run(capsys, ["eval", str(tmp_path / "a"), "--text", str(moved)])
+    assert code == 2 and "--text: this run trained on the adding task, not on a text file" in err
+
+
+def test_a_run_that_failed_before_its_first_update_leaves_its_folder_to_the_next(tmp_path, capsys, monkeypatch):
+    """Sizes beyond memory fail in the first update, after config.json is written: the same
+    --out then takes the next run without --fresh (there is nothing to keep), while a run
+    with a metrics row is still refused."""
+    from bptt.train import trainer
+    out = str(tmp_path / "r")
+    real = trainer.Trainer.update
+    def too_large(self):
+        raise MemoryError("Unable to allocate 2.84 PiB")
+    monkeypatch.setattr(trainer.Trainer, "update", too_large)
+    code, _, err = run(capsys, ["train", *SMALL, "--out", out])
+    assert code == 2 and "not enough memory" in err and "no checkpoint was written" in err
+    assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.name != ".lock") == ["config.json", "metrics.jsonl"]
+    monkeypatch.setattr(trainer.Trainer, "update", real)
+    code, out_text, err = run(capsys, ["train", *SMALL, "--out", out])
+    assert code == 0 and err == "" and (tmp_path / "r" / "ckpt-00000020.json").exists()
+    (tmp_path / "r" / "ckpt-00000010.json").unlink(missing_ok=True)
+    for checkpoint in (tmp_path / "r").glob("ckpt-*"):
+        checkpoint.unlink()
+    for name in ("best.json", "best.safetensors", "loss.png"):
+        (tmp_path / "r" / name).unlink()
+    code, _, err = run(capsys, ["train", *SMALL, "--out", out])       # metrics rows: refused as before
+    assert code == 2 and "holds a run that stopped before its first checkpoint" in err
+
+
+def test_a_signal_during_the_last_evaluation_says_the_run_is_complete(tmp_path, capsys, monkeypatch):
+    """SIGINT while the last update's evaluation runs: the update is saved, exit status 130,
+    and the line says the run is complete rather than sending the user to resume it."""
+    import os
+    import signal
+    from bptt.train import trainer
+    evaluate = trainer.Trainer.evaluate
+    def interrupted_at_the_end(self):
+        if self.step == self.config.steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(self)
+    monkeypatch.setattr(trainer.Trainer, "evaluate", interrupted_at_the_end)
+    code, out, err = run(capsys, ["train", *SMALL, "--out", str(tmp_path / "r")])
+    assert code == 130 and out == ""
+    assert err.strip() == (f"bptt: SIGINT: stopped after update 20, saved as {tmp_path / 'r' / 'ckpt-00000020.json'}; "
+                           f"the run is complete (its last update); its final sample and figures were not printed")
+
+
 def test_options_a_new_run_would_ignore_are_refused(tmp_path, capsys):
     out = str(tmp_path / "r")
     for argv, message in [

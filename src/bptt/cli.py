@@ -89,6 +89,8 @@ POSITIVE_INT = _checks.argument(int, "a positive integer", lambda v: v >= 1)
 SEED = _checks.argument(int, "an integer >= 0", lambda v: v >= 0)
 POSITIVE_FLOAT = _checks.argument(float, "a positive number", lambda v: v > 0 and math.isfinite(v))
 RUN_HELP = "a run folder that `bptt train` wrote"
+MOVED_TEXT_HELP = ("the run's text file where it is now, if it moved (it must be the same text: its SHA-256 is "
+                   "checked against the checkpoint's)")
 BEST_HELP = "use the best model (best.json: the lowest validation loss) instead of the latest checkpoint"
 
 
@@ -115,6 +117,7 @@ def build_parser():
     resume.add_argument("--best", action="store_true",
                         help="continue from the best model; later checkpoints and metrics move to RUN/set-aside/")
     resume.add_argument("--quiet", action="store_true", help="no progress bar")
+    resume.add_argument("--text", default=None, metavar="FILE", help=MOVED_TEXT_HELP)
     sample = sub.add_parser("sample", help="generate text from a text run")
     sample.add_argument("run", metavar="RUN", help=RUN_HELP + " on --task text")
     sample.add_argument("--length", type=POSITIVE_INT, default=400, help="characters to draw (default: 400)")
@@ -128,6 +131,7 @@ def build_parser():
     evaluate = sub.add_parser("eval", help="validation figures of a run's latest checkpoint")
     evaluate.add_argument("run", metavar="RUN", help=RUN_HELP)
     evaluate.add_argument("--best", action="store_true", help=BEST_HELP)
+    evaluate.add_argument("--text", default=None, metavar="FILE", help=MOVED_TEXT_HELP)
     export = sub.add_parser("export", help="write a run's model to another format (ONNX)")
     export.add_argument("run", metavar="RUN", help=RUN_HELP + ", or a folder of model.save")
     export.add_argument("--onnx", metavar="FILE", required=True,
@@ -255,7 +259,7 @@ def main(argv=None) -> int:
             _finish(trainer, trainer.train(progress=not args.quiet))
         elif args.command == "resume":
             overrides = {k: getattr(args, k) for k in ("steps", "patience") if getattr(args, k) is not None}
-            trainer = Trainer.resume(args.run, best=args.best, **overrides)
+            trainer = Trainer.resume(args.run, best=args.best, text=args.text, **overrides)
             if trainer.world.root:
                 _note(trainer.notes)
             _finish(trainer, trainer.train(progress=not args.quiet))
@@ -268,7 +272,7 @@ def main(argv=None) -> int:
             print(sample(model, meta["text"]["first"], args.length, args.temperature, args.top_k, args.prime,
                          np.random.default_rng(args.seed)))
         elif args.command == "eval":
-            trainer = Trainer.load(args.run, best=args.best)
+            trainer = Trainer.load(args.run, best=args.best, text=args.text)
             _note_cut_short(args.run, args.best)
             print(_figures(trainer, trainer.evaluate()))
         elif args.command == "export":
@@ -329,8 +333,10 @@ def main(argv=None) -> int:
         return 1
     except Interrupted as stop:
         if stop.checkpoint is not None:
-            print(f"bptt: {stop.name}: stopped after update {stop.step}, saved as {stop.checkpoint}; "
-                  f"`bptt resume {trainer.run}` continues from it", file=sys.stderr)
+            after = ("the run is complete (its last update); its final sample and figures were not printed"
+                     if stop.step >= trainer.config.steps else f"`bptt resume {trainer.run}` continues from it")
+            print(f"bptt: {stop.name}: stopped after update {stop.step}, saved as {stop.checkpoint}; {after}",
+                  file=sys.stderr)
         elif trainer is not None and trainer.world.root:
             print(f"bptt: second {stop.name}: stopped at once; {_last_checkpoint(trainer.run)}", file=sys.stderr)
         return stop.code

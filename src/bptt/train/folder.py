@@ -1,7 +1,8 @@
 """A run folder belongs to one run, and to one process at a time.
 
     check_new(path, fresh)      what claim_new would refuse, nothing created
-    claim_new(path, fresh)      a new run: the folder is created, or exists and is empty
+    claim_new(path, fresh)      a new run: the folder is created, or exists and is empty or
+                                holds only a run that failed before its first update
                                 (``fresh``: an earlier run in it is deleted first); locked
     claim_existing(path)        a run to continue: locked; halves of checkpoints cut short
                                 are moved into set-aside/ (never overwritten later)
@@ -181,6 +182,8 @@ def _refuse_unless_empty(path: Path, fresh: bool, option: str, locked: bool = Fa
         raise FolderError(f"{option}: {path} is not empty ({len(names)} {'entry' if len(names) == 1 else 'entries'}: "
                           f"{shown}) and is not a run; "
                           f"choose an empty or new folder")
+    if not fresh and set(names) <= {"config.json", "metrics.jsonl"} and not runs.Metrics(path).read():
+        return                  # a run that failed in its first update (memory, a non-finite gradient): nothing to keep
     if not fresh and not runs.checkpoints(path):
         raise FolderError(f"{option}: {path} holds a run that stopped before its first checkpoint (nothing to "
                           f"resume); --fresh deletes it and starts over")
@@ -236,7 +239,10 @@ def saved_config(run, checkpoint_config: dict) -> dict:
     if not isinstance(saved, dict):
         raise ValueError(f"RUN: {path} is not a JSON object of options")
     ckpt = checkpoint_config
-    changed = sorted(k for k in saved if k in ckpt and k not in CHANGEABLE_ON_RESUME + ("out",) and saved[k] != ckpt[k])
+    # out and text may differ: the folder and the text file may have moved (resume --text;
+    # the text's SHA-256 in the checkpoint says whether it is the same)
+    changed = sorted(k for k in saved if k in ckpt and k not in CHANGEABLE_ON_RESUME + ("out", "text")
+                     and saved[k] != ckpt[k])
     if changed:
         k = changed[0]
         raise ValueError(f"RUN: {path} says {k} = {saved[k]!r}, the checkpoint {k} = {ckpt[k]!r}; resume continues "

@@ -183,11 +183,13 @@ class Trainer:
                                     written=self._written)
 
     @classmethod
-    def resume(cls, run, best: bool = False, world=None, **overrides) -> "Trainer":
+    def resume(cls, run, best: bool = False, world=None, text=None, **overrides) -> "Trainer":
         """The trainer of ``run`` at its latest checkpoint (``best``: at best.json), holding
         the run's lock. ``overrides``: keys of CHANGEABLE_ON_RESUME (steps=…, patience=…).
-        ``trainer.notes`` says where it starts and what it set aside. A run with nothing
-        left to train (check_can_continue) is refused before anything in the folder moves."""
+        ``text``: where the run's text file is now, if it moved (its SHA-256 must be the
+        checkpoint's; config.json then records the new path). ``trainer.notes`` says where
+        it starts and what it set aside. A run with nothing left to train
+        (check_can_continue) is refused before anything in the folder moves."""
         bad = sorted(set(overrides) - set(CHANGEABLE_ON_RESUME))
         if bad:
             raise ValueError(f"resume: {bad[0]} cannot change on resume; expected only {', '.join(CHANGEABLE_ON_RESUME)}")
@@ -205,8 +207,8 @@ class Trainer:
         try:
             meta, arrays, path = runs.load_checkpoint(run, best)
             # A config without the threads key ran one pass a batch: resume it the same way.
-            config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)})
-            with _text_of(run, config):
+            config = _moved_text(from_dict({"threads": 1} | meta["config"] | {"out": str(run)}), text)
+            with _text_of(run, config, text):
                 trainer = cls(config, run_dir=run, world=world, _claim="existing")
             trainer._lock = lock
             trainer._restore(meta, arrays)
@@ -215,6 +217,7 @@ class Trainer:
             edits = {k: saved[k] for k in CHANGEABLE_ON_RESUME if k in saved and saved[k] != meta["config"].get(k)}
             config = from_dict(config.to_dict() | edits | overrides)
             trainer.config = config
+            moved = text is not None and config.text != meta["config"].get("text")
             trainer.check_can_continue(overrides)        # a refusal changes nothing in the folder
             if best:
                 trainer._set_aside_after(meta["step"])
@@ -228,17 +231,21 @@ class Trainer:
                                  for k, v in edits.items() if k not in overrides]
         trainer.notes.append(f"resuming {run} from {path.name} (update {trainer.step}"
                              f"{', the best model' if best else ''})")
-        if world.root and (edits or overrides):          # config.json says what the run now does
+        if moved:
+            trainer.notes.append(f"text: {config.text} (the checkpoint has {meta['config'].get('text')}); the same "
+                                 f"SHA-256")
+        if world.root and (edits or overrides or moved):     # config.json says what the run now does
             runs.atomic_write(run / "config.json", lambda p: p.write_text(json.dumps(config.to_dict(), indent=1)))
         return trainer
 
     @classmethod
-    def load(cls, run, best: bool = False, world=None) -> "Trainer":
+    def load(cls, run, best: bool = False, world=None, text=None) -> "Trainer":
         """The trainer of ``run`` at its latest checkpoint (or best.json), to evaluate or
-        sample: no lock, and nothing in the folder is written."""
+        sample: no lock, and nothing in the folder is written. ``text``: where the run's
+        text file is now, if it moved (its SHA-256 must be the checkpoint's)."""
         meta, arrays, _ = runs.load_checkpoint(run, best)
-        config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)})
-        with _text_of(run, config):
+        config = _moved_text(from_dict({"threads": 1} | meta["config"] | {"out": str(run)}), text)
+        with _text_of(run, config, text):
             trainer = cls(config, run_dir=run, world=world, _claim="read")
         trainer._restore(meta, arrays)
         return trainer
@@ -615,12 +622,29 @@ def load_model(run, best: bool = False) -> tuple:
     return model, meta
 
 
+def _moved_text(config: Config, text) -> Config:
+    """The run's config with its text file at ``text`` (kept absolute), where it moved; the
+    checkpoint's SHA-256 then says whether it is the same text (Trainer._restore)."""
+    if text is None:
+        return config
+    if not isinstance(text, (str, os.PathLike)) or not str(text):
+        raise ValueError(f"--text: expected the path of the run's text file, got {text!r}")
+    if config.task != "text" or config.text is None:
+        what = f"the {config.task} task" if config.task != "text" else "the built-in corpus"
+        raise ValueError(f"--text: this run trained on {what}, not on a text file; --text points eval and "
+                         f"resume at a run's text file where it moved")
+    return dataclasses.replace(config, text=os.path.abspath(text))
+
+
 @contextlib.contextmanager
-def _text_of(run, config):
-    """A run's text file that cannot be read now is named as the run's, not as an option."""
+def _text_of(run, config, given=None):
+    """A run's text file that cannot be read now is named as the run's, not as an option
+    (unless ``given``: then --text named it)."""
     try:
         yield
     except TextFileError as exc:
+        if given is not None:
+            raise
         raise ValueError(f"RUN: {run} trained on the text {config.text}, which cannot be read now "
                          f"({str(exc)[len('--text: '):]}); eval and resume read it again (sample and export "
-                         f"do not)") from None
+                         f"do not): --text PATH gives them its new place") from None
