@@ -156,9 +156,15 @@ def test_eval_and_resume_take_a_moved_text_with_the_same_sha256(tmp_path, capsys
     assert json.loads((tmp_path / "t" / "config.json").read_text())["text"] == str(moved)
     assert json.loads((tmp_path / "t" / "ckpt-00000020.json").read_text())["config"]["text"] == str(moved)
     assert run(capsys, ["eval", run_dir])[0] == 0                  # the newest checkpoint names the new path
+    again = moved.rename(tmp_path / "again.txt")                   # config.json edited to the new place
+    saved = json.loads((tmp_path / "t" / "config.json").read_text())
+    (tmp_path / "t" / "config.json").write_text(json.dumps(saved | {"text": str(again)}))
+    code, _, err = run(capsys, ["resume", run_dir, "--steps", "25", "--quiet"])
+    assert code == 0 and f"text: {again} (the checkpoint has {moved}); the same SHA-256" in err
+    moved = again
     other = tmp_path / "other.txt"
     other.write_text("THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG, " * 200, encoding="utf-8")
-    for argv in (["eval", run_dir, "--text", str(other)], ["resume", run_dir, "--steps", "30", "--text", str(other)]):
+    for argv in (["eval", run_dir, "--text", str(other)], ["resume", run_dir, "--steps", "40", "--text", str(other)]):
         code, _, err = run(capsys, argv)
         assert code == 2 and f"--text: {other} is not the text this run trained on: its SHA-256 differs" in err
     assert json.loads((tmp_path / "t" / "config.json").read_text())["text"] == str(moved)   # a refusal changes nothing

@@ -228,7 +228,9 @@ def claim_existing(path, option: str = "RUN") -> tuple:
 
 def saved_config(run, checkpoint_config: dict) -> dict:
     """RUN/config.json as the user may have edited it. A changed key that resume can honour
-    (CHANGEABLE_ON_RESUME) is returned; any other change is an error, never ignored."""
+    (CHANGEABLE_ON_RESUME) is returned, and ``text`` where it names another place for the
+    run's text file (resume checks that its SHA-256 is the checkpoint's); any other change
+    is an error, never ignored."""
     path = Path(run) / "config.json"
     try:
         saved = json.loads(path.read_text())
@@ -239,8 +241,6 @@ def saved_config(run, checkpoint_config: dict) -> dict:
     if not isinstance(saved, dict):
         raise ValueError(f"RUN: {path} is not a JSON object of options")
     ckpt = checkpoint_config
-    # out and text may differ: the folder and the text file may have moved (resume --text;
-    # the text's SHA-256 in the checkpoint says whether it is the same)
     changed = sorted(k for k in saved if k in ckpt and k not in CHANGEABLE_ON_RESUME + ("out", "text")
                      and saved[k] != ckpt[k])
     if changed:
@@ -248,4 +248,5 @@ def saved_config(run, checkpoint_config: dict) -> dict:
         raise ValueError(f"RUN: {path} says {k} = {saved[k]!r}, the checkpoint {k} = {ckpt[k]!r}; resume continues "
                          f"the checkpoint's model and data (it can change only {', '.join(CHANGEABLE_ON_RESUME)}): "
                          f"undo the edit, or start a new run with `bptt train`")
-    return {k: saved[k] for k in CHANGEABLE_ON_RESUME if k in saved}
+    moved = {"text": saved["text"]} if saved.get("text") not in (None, ckpt.get("text")) else {}
+    return {k: saved[k] for k in CHANGEABLE_ON_RESUME if k in saved} | moved

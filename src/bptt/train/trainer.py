@@ -206,18 +206,19 @@ class Trainer:
             raise (CollectiveError(error) if world.size > 1 else folder.FolderError(error))
         try:
             meta, arrays, path = runs.load_checkpoint(run, best)
+            saved = folder.saved_config(run, meta["config"])     # what config.json and the options change
+            # the text where --text, else config.json (a resume --text wrote it there), says it moved
+            place, option = (text, "--text") if text is not None else (saved.get("text"), "RUN: config.json's text")
             # A config without the threads key ran one pass a batch: resume it the same way.
-            config = _moved_text(from_dict({"threads": 1} | meta["config"] | {"out": str(run)}), text)
+            config = _moved_text(from_dict({"threads": 1} | meta["config"] | {"out": str(run)}), place, option)
             with _text_of(run, config, text):
                 trainer = cls(config, run_dir=run, world=world, _claim="existing")
             trainer._lock = lock
             trainer._restore(meta, arrays)
-            # the checkpoint holds together; now what config.json and the options change
-            saved = folder.saved_config(run, meta["config"])
             edits = {k: saved[k] for k in CHANGEABLE_ON_RESUME if k in saved and saved[k] != meta["config"].get(k)}
             config = from_dict(config.to_dict() | edits | overrides)
             trainer.config = config
-            moved = text is not None and config.text != meta["config"].get("text")
+            moved = place is not None and config.text != meta["config"].get("text")
             trainer.check_can_continue(overrides)        # a refusal changes nothing in the folder
             if best:
                 trainer._set_aside_after(meta["step"])
@@ -622,16 +623,16 @@ def load_model(run, best: bool = False) -> tuple:
     return model, meta
 
 
-def _moved_text(config: Config, text) -> Config:
+def _moved_text(config: Config, text, option="--text") -> Config:
     """The run's config with its text file at ``text`` (kept absolute), where it moved; the
     checkpoint's SHA-256 then says whether it is the same text (Trainer._restore)."""
     if text is None:
         return config
     if not isinstance(text, (str, os.PathLike)) or not str(text):
-        raise ValueError(f"--text: expected the path of the run's text file, got {text!r}")
+        raise ValueError(f"{option}: expected the path of the run's text file, got {text!r}")
     if config.task != "text" or config.text is None:
         what = f"the {config.task} task" if config.task != "text" else "the built-in corpus"
-        raise ValueError(f"--text: this run trained on {what}, not on a text file; --text points eval and "
+        raise ValueError(f"{option}: this run trained on {what}, not on a text file; --text points eval and "
                          f"resume at a run's text file where it moved")
     return dataclasses.replace(config, text=os.path.abspath(text))
 
