@@ -208,6 +208,77 @@ def test_a_cell_that_breaks_the_protocol_is_named():
     assert tape_width(Width(np.int64(3)), 4) == 3
 
 
+class _Leak(Cell):
+    """h_t = tanh(u + v + w ⊙ h_{t-1}), with a per-unit weight w of its own."""
+    name = "leak"
+
+    def extra_shapes(self, H):
+        return {"w": (H,)}
+
+    def step(self, p, u, v, state):
+        h = np.tanh(u + v + p["w"] * state[0])
+        return (h,), (h, state[0])
+
+    def step_backward(self, p, dstate, cache):
+        h, h_prev = cache
+        d = dstate[0] * (1 - h * h)
+        return d, d, (d * p["w"],), {"w": (d * h_prev).sum(axis=0)}
+
+
+class _LeakCachingW(_Leak):
+    """The same cell with w (no batch axis) kept in its cache: RTRL and the flow report
+    take rows of the cache, so it is refused at the first step, everywhere."""
+
+    def step(self, p, u, v, state):
+        (h,), (_, h_prev) = super().step(p, u, v, state)
+        return (h,), (h, h_prev, p["w"])
+
+    def step_backward(self, p, dstate, cache):
+        h, h_prev, w = cache
+        d = dstate[0] * (1 - h * h)
+        return d, d, (d * w,), {"w": (d * h_prev).sum(axis=0)}
+
+
+class _LeakWritingItsState(_Leak):
+    def step(self, p, u, v, state):
+        state[0][...] *= 0.5                          # the protocol says: never
+        return super().step(p, u, v, state)
+
+
+def test_a_cache_without_the_batch_axis_and_a_step_writing_its_state_are_refused_by_name():
+    from bptt.diagnostics import flow
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 3, 2)), rng.standard_normal((8, 3, 1))
+    good = bptt.Model(_Leak(), 2, 4, 1, dtype="float64", seed=0)
+    assert bptt.gradcheck(good, x, y).worst() < 1e-6
+    np.testing.assert_allclose(tt.rtrl(good, x, y)[1]["layer0.w"], good.gradients(x, y).params["layer0.w"],
+                               rtol=1e-10, atol=1e-13)
+    cached = bptt.Model(_LeakCachingW(), 2, 4, 1, dtype="float64", seed=0)
+    message = r"cell: _LeakCachingW.step's cache\[2\] has shape \(4,\); expected the batch \(3\) as its first axis"
+    for run in (lambda: cached.forward(x), lambda: tt.rtrl(cached, x, y), lambda: flow(cached, x, y)):
+        with pytest.raises(ValueError, match=message):
+            run()
+    writer = bptt.Model(_LeakWritingItsState(), 2, 4, 1, dtype="float64", seed=0)
+    state0 = np.ones((1, 3, 4))
+    with pytest.raises(ValueError, match="read-only"):
+        writer.forward(x, state0)
+    assert np.array_equal(state0, np.ones((1, 3, 4)))            # the caller's state is untouched
+
+
+def test_a_cell_module_that_fails_to_import_is_one_line_and_a_scripts_class_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken_cell_syntax.py").write_text("import bptt\nclass X(bptt.Cell)\n    pass\n")
+    (tmp_path / "broken_cell_raises.py").write_text("raise RuntimeError('config file missing')\n")
+    with pytest.raises(ValueError, match=r"cell: importing 'broken_cell_syntax' for 'broken_cell_syntax:X' failed: "
+                                         r"SyntaxError: expected ':' \(broken_cell_syntax.py, line 2\)"):
+        bptt.Model("broken_cell_syntax:X", 2, 3, 1)
+    with pytest.raises(ValueError, match=r"cell: importing 'broken_cell_raises' for 'broken_cell_raises:X' failed: "
+                                         r"RuntimeError: config file missing"):
+        bptt.Model("broken_cell_raises:X", 2, 3, 1)
+    with pytest.raises(ValueError, match=r"cell: __main__:Mine names a class of the script being run"):
+        bptt.Config(task="adding", cell="__main__:Mine").check()
+
+
 class _BackwardReturns(Cell):
     """A two-block cell whose step_backward returns the right parts but those ``wrong`` names."""
     name, gates, state = "back", 2, ("h", "c")

@@ -130,7 +130,8 @@ def test_a_text_run_stands_on_its_own_and_refuses_a_changed_text(tmp_path, capsy
     corpus.write_text("THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG, " * 200, encoding="utf-8")
     for argv in (["eval", str(tmp_path / "t")], ["resume", str(tmp_path / "t"), "--steps", "20"]):
         code, _, err = run(capsys, argv)
-        assert code == 2 and f"--text: {corpus} is not the text this run trained on: its SHA-256 differs" in err
+        assert code == 2 and f"RUN: the run's text file: {corpus} is not the text this run trained on: its SHA-256 " \
+                             f"differs" in err
 
 
 def test_eval_and_resume_take_a_moved_text_with_the_same_sha256(tmp_path, capsys):
@@ -159,6 +160,7 @@ def test_eval_and_resume_take_a_moved_text_with_the_same_sha256(tmp_path, capsys
     again = moved.rename(tmp_path / "again.txt")                   # config.json edited to the new place
     saved = json.loads((tmp_path / "t" / "config.json").read_text())
     (tmp_path / "t" / "config.json").write_text(json.dumps(saved | {"text": str(again)}))
+    assert run(capsys, ["eval", run_dir])[0] == 0                  # eval reads it there too
     code, _, err = run(capsys, ["resume", run_dir, "--steps", "25", "--quiet"])
     assert code == 0 and f"text: {again} (the checkpoint has {moved}); the same SHA-256" in err
     moved = again
@@ -214,6 +216,52 @@ def test_a_signal_during_the_last_evaluation_says_the_run_is_complete(tmp_path, 
     assert code == 130 and out == ""
     assert err.strip() == (f"bptt: SIGINT: stopped after update 20, saved as {tmp_path / 'r' / 'ckpt-00000020.json'}; "
                            f"the run is complete (its last update); its final sample and figures were not printed")
+
+
+@pytest.mark.parametrize("where", ["plot", "figures"])
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_last_update_says_the_run_is_complete(tmp_path, capsys, monkeypatch, where, signum):
+    """A signal while the loss plot is drawn (the training loop's handlers) or while the
+    final figures are printed (after them): exit 128 + the signal, one line, and the run
+    complete rather than waiting for a resume."""
+    import os
+    import signal
+    from bptt import cli
+    from bptt.train import trainer
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), getattr(signal, signum))
+        return ""
+    target = (trainer.Trainer, "plot") if where == "plot" else (cli, "_figures")
+    monkeypatch.setattr(*target, signalled)
+    code, _, err = run(capsys, ["train", *SMALL, "--out", str(tmp_path / "r")])
+    assert code == 128 + getattr(signal, signum) and err.count("\n") == 1, err
+    assert "the run is complete" in err and "ckpt-00000020.json" in err and "bptt resume" not in err, err
+
+
+def test_fresh_deletes_the_run_and_keeps_files_that_are_not_its_own(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run(capsys, ["train", *SMALL, "--out", str(out)])[0] == 0
+    (out / "ckpt-notes.json").write_text("{}")
+    (out / "mine.txt").write_text("kept")
+    assert run(capsys, ["train", *SMALL, "--steps", "10", "--out", str(out), "--fresh"])[0] == 0
+    assert (out / "ckpt-notes.json").read_text() == "{}" and (out / "mine.txt").read_text() == "kept"
+    assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-00000010.json", "ckpt-00000010.safetensors",
+                                                           "ckpt-notes.json"]
+
+
+def test_a_bad_value_in_config_json_names_the_file_and_none_keeps_the_runs_own(tmp_path, capsys):
+    import json
+    from bptt.train.trainer import Trainer
+    out = tmp_path / "r"
+    assert run(capsys, ["train", *SMALL, "--out", str(out)])[0] == 0
+    saved = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(saved | {"steps": "abc"}))
+    code, _, err = run(capsys, ["resume", str(out)])
+    assert code == 2 and err.startswith(f"bptt: error: RUN: {out / 'config.json'}: ") and "steps" in err, err
+    (out / "config.json").write_text(json.dumps(saved | {"steps": 30}))
+    trainer = Trainer.resume(out, steps=None, patience=None)
+    assert trainer.config.steps == 30 and trainer.config.patience is None
+    trainer._lock.release()
 
 
 def test_options_a_new_run_would_ignore_are_refused(tmp_path, capsys):

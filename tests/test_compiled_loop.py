@@ -231,6 +231,25 @@ def test_the_cached_loop_follows_an_edit_of_a_module_the_kernels_call(tmp_path, 
     assert inspect.getsource(numba) not in sources and len(sources) == 3      # libraries: by their versions
 
 
+def test_the_cached_loop_follows_a_dotted_helper_and_an_imported_constant(tmp_path, monkeypatch):
+    """``pkg.mod.f(...)`` in a kernel reaches pkg/mod.py, and ``from pkg.consts import SCALE``
+    a constant Numba freezes into the loop: an edit of either makes another loop (the
+    same loop came back before: h = 5 where the edit gave 10)."""
+    (tmp_path / "scaled_pkg").mkdir()
+    (tmp_path / "scaled_pkg" / "__init__.py").write_text("")
+    (tmp_path / "scaled_pkg" / "consts.py").write_text("SCALE = 1.5\n")
+    (tmp_path / "scaled_pkg" / "helper.py").write_text("from numba import njit\n\n\n@njit\ndef act(a):\n    return a\n")
+    (tmp_path / "scaled_cell.py").write_text(
+        "from numba import njit\nimport scaled_pkg.helper\nfrom scaled_pkg.consts import SCALE\n\n\n@njit\n"
+        "def fwd(z, rec, bias, extra, prev, new, aux, option):\n    for j in range(prev.shape[1]):\n"
+        "        new[0, j] = scaled_pkg.helper.act(SCALE * z[j])\n\n\n@njit\n"
+        "def bwd(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, option):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import scaled_cell
+    sources = compiled._sources_of(scaled_cell.fwd, scaled_cell.bwd)
+    assert (tmp_path / "scaled_pkg" / "helper.py").read_text() in sources and "1.5" in sources
+
+
 def _minimal_gated_unit():
     """A cell defined inside a function: its kernels cannot be imported by name, so its
     loops are compiled in this process."""

@@ -16,6 +16,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,8 @@ def _train_options(p):
     p.add_argument("--out", dest="out", default=None, metavar="RUN_DIR",
                    help="run folder, new or empty (default: runs/DATE-TIME, a new name for every run)")
     p.add_argument("--fresh", action="store_true",
-                   help="start over in a --out that holds an earlier run: its checkpoints, metrics, config and "
-                        "plot are deleted first (other files stay)")
+                   help="start over in a --out that holds an earlier run: its checkpoints, best model, metrics, "
+                        "config, plot and set-aside/ folder are deleted first (other files stay)")
     p.add_argument("--config", default=None, metavar="FILE.toml", help="options from a TOML file; flags win")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -235,16 +236,42 @@ def _note_cut_short(run, best):
         _note([f"{half.name} has no {half.stem}{other} (a checkpoint cut short); reading the newest complete one"])
 
 
-def _last_checkpoint(run) -> str:
+def _finished(trainer) -> bool:
+    """Whether the run has nothing left to train: its last update, or stopped by --patience."""
+    return trainer is not None and (trainer.step >= trainer.config.steps or trainer.stopped_early)
+
+
+def _last_checkpoint(run, finished=False) -> str:
     from .train import runs
     found = runs.checkpoints(run) if run is not None and Path(run).is_dir() else []
     if not found:
         return "no checkpoint was written, nothing to resume"
+    if finished:
+        return f"the run is complete: its last checkpoint is {found[-1]}; its final sample and figures were not printed"
     return f"the last complete checkpoint is {found[-1]} (`bptt resume {run}` continues from it)"
+
+
+class _Terminated(Exception):
+    """SIGTERM outside a training loop (which saves first, train/signals.py): said in one
+    line with exit status 143, as SIGINT is."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _run(args) -> int:
     from .distributed import CollectiveError
     from .train.clip import NonFiniteGradient
     from .train.trainer import Interrupted, Trainer, load_model, sample
@@ -334,17 +361,19 @@ def main(argv=None) -> int:
     except Interrupted as stop:
         if stop.checkpoint is not None:
             after = ("the run is complete (its last update); its final sample and figures were not printed"
-                     if stop.step >= trainer.config.steps else f"`bptt resume {trainer.run}` continues from it")
+                     if _finished(trainer) else f"`bptt resume {trainer.run}` continues from it")
             print(f"bptt: {stop.name}: stopped after update {stop.step}, saved as {stop.checkpoint}; {after}",
                   file=sys.stderr)
         elif trainer is not None and trainer.world.root:
-            print(f"bptt: second {stop.name}: stopped at once; {_last_checkpoint(trainer.run)}", file=sys.stderr)
+            print(f"bptt: second {stop.name}: stopped at once; {_last_checkpoint(trainer.run, _finished(trainer))}",
+                  file=sys.stderr)
         return stop.code
-    except KeyboardInterrupt:               # before or after the training loop
+    except (KeyboardInterrupt, _Terminated) as exc:      # before or after the training loop
         run = getattr(trainer, "run", None)
-        print(f"bptt: interrupted; {_last_checkpoint(run)}" if args.command in ("train", "resume")
-              else "bptt: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+        name = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"bptt: {name}; {_last_checkpoint(run, _finished(trainer))}" if args.command in ("train", "resume")
+              else f"bptt: {name}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
     return 0
 
 

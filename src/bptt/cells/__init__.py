@@ -61,6 +61,8 @@ def build(spec: str, arguments: dict | None = None):
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"cell: cannot import {module_name!r} for {spec!r}: {exc}") from None
+    except Exception as exc:       # the module itself fails (a SyntaxError, a NameError, its own raise): one line
+        raise ValueError(f"cell: importing {module_name!r} for {spec!r} failed: {type(exc).__name__}: {exc}") from None
     if not hasattr(module, class_name):
         raise ValueError(f"cell: module {module_name!r} has no {class_name!r}")
     kind = getattr(module, class_name)

@@ -447,15 +447,22 @@ _LIBRARIES = ("numpy", "numba", "llvmlite", "math", "cmath", "builtins")      # 
 
 def _sources_of(*kernels):
     """What the loop compiles from besides its own text: the source of each module that
-    the kernels reach through the names their code uses, following the functions they
-    call (a helper module's edit must make a new loop, not reuse the cached one)."""
+    the kernels reach through the names their code uses (``pkg.mod.f`` too), following the
+    functions they call, and the values of the constants they read (Numba freezes them):
+    a helper module's edit must make a new loop, not reuse the cached one."""
     seen, texts, todo = set(), [], [k.py_func for k in kernels]
     while todo:
         fn = todo.pop()
-        modules = [sys.modules.get(fn.__module__)]
-        for name in fn.__code__.co_names:
-            value = fn.__globals__.get(name)
-            if isinstance(value, types.ModuleType):
+        modules, names = [sys.modules.get(fn.__module__)], fn.__code__.co_names
+        values = [fn.__globals__.get(name) for name in names]
+        for value in values:            # grows as it goes: what pkg.mod.f reaches, each value once
+            if isinstance(value, types.ModuleType) and value.__name__.split(".")[0] not in _LIBRARIES:
+                found = (getattr(value, name, None) for name in names)
+                values += [v for v in found if v is not None and not any(v is w for w in values)]
+        for value in values:
+            if isinstance(value, (int, float, complex, str, np.ndarray, np.generic)):   # not reprs with addresses
+                texts.append(repr(value.tolist() if isinstance(value, np.ndarray) else value))
+            elif isinstance(value, types.ModuleType):
                 modules.append(value)
             elif isinstance(getattr(value, "py_func", value), types.FunctionType):
                 inner = getattr(value, "py_func", value)

@@ -96,9 +96,9 @@ class CellLayer:
             if reset_at[t]:
                 prev = tuple(xp.where(resets[t][:, None], 0, s).astype(s.dtype, copy=False) for s in prev)  # (M4)
             v = (prev[0] * noise.recurrent if dropped else prev[0]) @ W_hT               # (K2), (N1)
-            new, cache = cell.step(params, u[t], v, prev)                                 # (K3)
+            new, cache = cell.step(params, *_read_only(xp, u[t], v, *prev))               # (K3)
             if t == 0:                                   # what the cell returns, checked once
-                _check_step(cell, new, len(self.STATE), (B, H), x.dtype)
+                check_step(cell, new, cache, len(self.STATE), (B, H), x.dtype)
             if zoned:
                 d = noise.zone_at(t, x.dtype)
                 new = tuple(d[:, i] * p + (1 - d[:, i]) * n for i, (n, p) in enumerate(zip(new, prev)))   # (N3)
@@ -157,8 +157,19 @@ class CellLayer:
         return dx, ds, grads
 
 
-def _check_step(cell, new, n, shape, dtype):
-    """A cell's step must give one (B, H) array per state name, in the model's dtype."""
+def _read_only(xp, u, v, *state):
+    """(u, v, state) as step takes them: NumPy views that cannot be written, so that a step
+    writing into the tape (or into the caller's state0) fails at once instead of giving
+    wrong gradients."""
+    views = [a.view() for a in (u, v, *state)]
+    for view in views if xp is np else ():
+        view.flags.writeable = False
+    return views[0], views[1], tuple(views[2:])
+
+
+def check_step(cell, new, cache, n, shape, dtype):
+    """A cell's step must give one (B, H) array per state name, in the model's dtype, and a
+    cache of arrays with the batch first."""
     name = type(cell).__name__
     if not isinstance(new, tuple) or len(new) != n:
         raise ValueError(f"cell: {name}.step must return (state, cache) with state a tuple of {n} "
@@ -168,6 +179,11 @@ def _check_step(cell, new, n, shape, dtype):
             raise ValueError(f"cell: {name}.step must return state arrays of shape {shape} and dtype "
                              f"{np.dtype(dtype).name}, got {getattr(s, 'shape', None)} "
                              f"{getattr(s, 'dtype', type(s).__name__)}")
+    for i, a in enumerate(cache):
+        if getattr(a, "shape", ())[:1] != shape[:1]:
+            raise ValueError(f"cell: {name}.step's cache[{i}] has shape {getattr(a, 'shape', type(a).__name__)}; "
+                             f"expected the batch ({shape[0]}) as its first axis (RTRL and the flow report take "
+                             f"rows of it): take a parameter from p in step_backward instead")
 
 
 def _check_step_backward(cell, result, n, shape, gates_shape, extra, dtype):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..cells import GRU, LSTM, RNN
+from ..cells.loop import check_step
 from ..dropout import layer_noise
 from ..ops import ACTIVATIONS
 from ..ops.activations import sigmoid
@@ -191,7 +192,10 @@ class LinearCell(_Linear):
         u, v = _pre_activations(params, tape, self.h_in)
         T = u.shape[0]
         # The reference step again from the states the tape holds: its caches, per step.
-        caches = [cell.step(params, u[k], v[k], tuple(s[k] for s in self.states_in))[1] for k in range(T)]
+        steps = [cell.step(params, u[k], v[k], tuple(s[k] for s in self.states_in)) for k in range(T)]
+        for new, cache in steps[:1]:                # rows of the caches are taken below
+            check_step(cell, new, cache, len(self.state), self.h_in.shape[1:], self.h_in.dtype)
+        caches = [cache for _, cache in steps]
         self._cache_rows = _CacheRows(caches)
         self.m = None if tape.mask is None else tape.mask[:, :, None].astype(self.h_in.dtype)
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import _checks
 from ..cells import head as head_layer
+from ..cells.loop import check_step
 from ..dropout import layer_noise
 from ..ops import LOSSES
 
@@ -111,6 +112,7 @@ class Influence:
         u = inputs @ p["W_x"].T + p["b_h"]                                                # (K1)
         v = prev[0] @ p["W_h"].T                                                          # (K2)
         new, cache = self.cell.step(p, u, v, prev)                                        # (K3)
+        check_step(self.cell, new, cache, len(prev), (B, H), u.dtype)     # rows of the cache are repeated below
         kept = None if self.zone[l] is None else self.zone[l].zone_at(0, u.dtype)[0]      # (S, H): d
         if kept is not None:
             new = tuple(kept[i] * s + (1 - kept[i]) * n for i, (n, s) in enumerate(zip(new, prev)))   # (N3)

@@ -104,6 +104,9 @@ class Config:
                 value = np.dtype(value).name     # np.float32 or np.dtype("float32"): "float32"
             setattr(self, f.name, coerce(f.name, value, label=f.name.replace("_", "-") + ":"))
         _checks.choice("task", self.task, TASKS)
+        if self.cell.startswith("__main__:"):
+            raise ValueError(f"cell: {self.cell} names a class of the script being run, which no later process "
+                             f"(resume, eval, bptt.load) can import; define the cell in a module and name that")
         resolve(self.cell)                       # "rnn", "lstm", "gru" or "package.module:ClassName"
         _checks.choice("optimizer", self.optimizer, tuple(OPTIMIZERS))
         _checks.choice("schedule", self.schedule, SCHEDULES)

@@ -31,7 +31,7 @@ except ImportError:                            # pragma: no cover - not POSIX: n
 
 LOCK = ".lock"
 OWN_FILES = ("config.json", "metrics.jsonl", "loss.png", "best.json", "best.safetensors")
-OWN_PATTERNS = ("ckpt-*.json", "ckpt-*.safetensors", "ckpt-*.tmp") + tuple(f"{name}.tmp" for name in OWN_FILES)
+CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".json.tmp", ".safetensors.tmp")   # of RUN/ckpt-<update>
 
 
 class FolderError(ValueError):
@@ -68,7 +68,7 @@ def run_step(path: Path):
     found = runs.checkpoints(path)
     if found:
         return runs.step_of(found[-1])
-    if _config_of(path) is not None or list(path.glob("ckpt-*")):
+    if _config_of(path) is not None or any(runs.numbered(path, suffix) for suffix in CHECKPOINT_SUFFIXES[:2]):
         return 0
     return None
 
@@ -197,8 +197,9 @@ def _delete_run(path: Path):
     set-aside/); files that are not a run's stay."""
     for name in OWN_FILES:
         (path / name).unlink(missing_ok=True)
-    for pattern in OWN_PATTERNS:
-        for p in path.glob(pattern):
+        (path / f"{name}.tmp").unlink(missing_ok=True)
+    for suffix in CHECKPOINT_SUFFIXES:
+        for p in runs.numbered(path, suffix):
             p.unlink(missing_ok=True)
     shutil.rmtree(path / runs.SET_ASIDE, ignore_errors=True)
 

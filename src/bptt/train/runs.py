@@ -69,9 +69,14 @@ def _write_bytes(path: Path, data: bytes):
     atomic_write(path, lambda p: p.write_bytes(data))
 
 
+def numbered(run: Path, suffix: str) -> list:
+    """RUN/ckpt-<update><suffix>: the checkpoint files of a run (not a user's ckpt-notes.json)."""
+    return [p for p in Path(run).glob(f"ckpt-[0-9]*{suffix}") if p.name[5:-len(suffix)].isdigit()]
+
+
 def checkpoints(run: Path) -> list:
     """The complete checkpoints of a run, oldest first (as their JSON paths)."""
-    return sorted(p for p in Path(run).glob("ckpt-*.json") if p.with_suffix(".safetensors").exists())
+    return sorted(p for p in numbered(run, ".json") if p.with_suffix(".safetensors").exists())
 
 
 def step_of(path: Path) -> int:
@@ -81,8 +86,8 @@ def step_of(path: Path) -> int:
 def incomplete(run: Path) -> list:
     """Halves of checkpoints cut short (a tensor file without its JSON, or the reverse)."""
     run = Path(run)
-    halves = [p for p in run.glob("ckpt-*.safetensors") if not p.with_suffix(".json").exists()]
-    halves += [p for p in run.glob("ckpt-*.json") if not p.with_suffix(".safetensors").exists()]
+    halves = [p for p in numbered(run, ".safetensors") if not p.with_suffix(".json").exists()]
+    halves += [p for p in numbered(run, ".json") if not p.with_suffix(".safetensors").exists()]
     return sorted(halves)
 
 

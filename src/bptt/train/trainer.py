@@ -190,6 +190,7 @@ class Trainer:
         checkpoint's; config.json then records the new path). ``trainer.notes`` says where
         it starts and what it set aside. A run with nothing left to train
         (check_can_continue) is refused before anything in the folder moves."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}      # None: the run's own
         bad = sorted(set(overrides) - set(CHANGEABLE_ON_RESUME))
         if bad:
             raise ValueError(f"resume: {bad[0]} cannot change on resume; expected only {', '.join(CHANGEABLE_ON_RESUME)}")
@@ -206,16 +207,21 @@ class Trainer:
             raise (CollectiveError(error) if world.size > 1 else folder.FolderError(error))
         try:
             meta, arrays, path = runs.load_checkpoint(run, best)
-            saved = folder.saved_config(run, meta["config"])     # what config.json and the options change
-            # the text where --text, else config.json (a resume --text wrote it there), says it moved
-            place, option = (text, "--text") if text is not None else (saved.get("text"), "RUN: config.json's text")
             # A config without the threads key ran one pass a batch: resume it the same way.
-            config = _moved_text(from_dict({"threads": 1} | meta["config"] | {"out": str(run)}), place, option)
+            config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)})
+            place, option = _text_place(text, _text_in_config_json(run, meta["config"]))
+            config = _moved_text(config, place, option)
             with _text_of(run, config, text):
                 trainer = cls(config, run_dir=run, world=world, _claim="existing")
             trainer._lock = lock
-            trainer._restore(meta, arrays)
+            trainer._restore(meta, arrays, option)
+            # the checkpoint holds together; now what config.json and the options change
+            saved = folder.saved_config(run, meta["config"])
             edits = {k: saved[k] for k in CHANGEABLE_ON_RESUME if k in saved and saved[k] != meta["config"].get(k)}
+            try:
+                from_dict(config.to_dict() | edits)
+            except ValueError as exc:
+                raise ValueError(f"RUN: {run / 'config.json'}: {exc}") from None
             config = from_dict(config.to_dict() | edits | overrides)
             trainer.config = config
             moved = place is not None and config.text != meta["config"].get("text")
@@ -245,10 +251,11 @@ class Trainer:
         sample: no lock, and nothing in the folder is written. ``text``: where the run's
         text file is now, if it moved (its SHA-256 must be the checkpoint's)."""
         meta, arrays, _ = runs.load_checkpoint(run, best)
-        config = _moved_text(from_dict({"threads": 1} | meta["config"] | {"out": str(run)}), text)
+        place, option = _text_place(text, _text_in_config_json(run, meta["config"]))
+        config = _moved_text(from_dict({"threads": 1} | meta["config"] | {"out": str(run)}), place, option)
         with _text_of(run, config, text):
             trainer = cls(config, run_dir=run, world=world, _claim="read")
-        trainer._restore(meta, arrays)
+        trainer._restore(meta, arrays, option)
         return trainer
 
     def check_can_continue(self, overrides=()):
@@ -283,11 +290,13 @@ class Trainer:
             runs.atomic_write(target, lambda p: p.write_text(kept))
             self.notes.append(f"metrics.jsonl as it was: {runs.SET_ASIDE}/{target.name}")
 
-    def _restore(self, meta, arrays):
+    def _restore(self, meta, arrays, option="RUN: the run's text file"):
+        """The checkpoint's state into this trainer; ``option`` names where the text's path
+        came from (--text, config.json or the checkpoint) if it is another text."""
         stored = meta.get("text")
         if self.text and stored is not None and stored.get("sha256") != self.task.sha256:
             c = self.config
-            source = f"--text: {c.text}" if c.text else "text: the built-in corpus (Python's standard library)"
+            source = f"{option}: {c.text}" if c.text else "text: the built-in corpus (Python's standard library)"
             raise ValueError(f"{source} is not the text this run trained on: its SHA-256 differs from the "
                              f"checkpoint's ({len(self.task.chars)} distinct characters now, "
                              f"{len(stored['vocabulary'])} then); eval and resume need the same text")
@@ -556,6 +565,9 @@ class Trainer:
             final = self.evaluate()
         if root:
             self.plot()
+        if self.world.any(stop.signum is not None):    # a signal after the last update: its checkpoint is written
+            found = runs.checkpoints(self.run) if root else []
+            raise Interrupted(stop.signum or signal.SIGTERM, self.step, found[-1] if found else None)
         return final
 
     def _judge(self, figures):
@@ -621,6 +633,25 @@ def load_model(run, best: bool = False) -> tuple:
         model = model_for(config, make_task(config.task, config.seq_len).model_kwargs)
     runs.restore_params(model.params, arrays)
     return model, meta
+
+
+def _text_in_config_json(run, checkpoint_config):
+    """The text's place in RUN/config.json where it differs from the checkpoint's (a resume
+    --text wrote it, or the user), else None; config.json's other edits are judged later."""
+    try:
+        return folder.saved_config(run, checkpoint_config).get("text")
+    except ValueError:
+        return None
+
+
+def _text_place(given, in_config_json):
+    """(path or None, the name of its source) of a run's text: --text, else config.json
+    where a resume recorded a new place, else None (the checkpoint's own path)."""
+    if given is not None:
+        return given, "--text"
+    if in_config_json is not None:
+        return in_config_json, "RUN: config.json's text"
+    return None, "RUN: the run's text file"
 
 
 def _moved_text(config: Config, text, option="--text") -> Config:
