@@ -186,7 +186,7 @@ def test_a_run_that_failed_before_its_first_update_leaves_its_folder_to_the_next
         raise MemoryError("Unable to allocate 2.84 PiB")
     monkeypatch.setattr(trainer.Trainer, "update", too_large)
     code, _, err = run(capsys, ["train", *SMALL, "--out", out])
-    assert code == 2 and "not enough memory" in err and "no checkpoint was written" in err
+    assert code == 2 and "not enough memory" in err and f"no checkpoint was written, nothing to resume (in {out})" in err
     assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.name != ".lock") == ["config.json", "metrics.jsonl"]
     monkeypatch.setattr(trainer.Trainer, "update", real)
     code, out_text, err = run(capsys, ["train", *SMALL, "--out", out])
@@ -262,6 +262,21 @@ def test_a_bad_value_in_config_json_names_the_file_and_none_keeps_the_runs_own(t
     trainer = Trainer.resume(out, steps=None, patience=None)
     assert trainer.config.steps == 30 and trainer.config.patience is None
     trainer._lock.release()
+
+
+def test_a_run_that_is_not_a_folder_path_is_named(tmp_path, capsys):
+    from bptt.train.trainer import Trainer
+    (tmp_path / "f").write_text("not a run")
+    for call, message in [(lambda: Trainer.load(None), "RUN: expected the path of a run folder, got NoneType None"),
+                          (lambda: Trainer.resume(123), "RUN: expected the path of a run folder, got int 123"),
+                          (lambda: Trainer.load(tmp_path / "f"), f"RUN: {tmp_path / 'f'} is a file; expected a run folder")]:
+        with pytest.raises(ValueError) as raised:
+            call()
+        assert str(raised.value) == message
+    for command in ("eval", "export"):
+        code, _, err = run(capsys, [command, str(tmp_path / "f")] + (["--onnx", "m.onnx"] if command == "export" else []))
+        assert code == 2 and err.strip() == f"bptt: error: RUN: {tmp_path / 'f'} is a file; expected a run folder", \
+            (command, err)
 
 
 def test_options_a_new_run_would_ignore_are_refused(tmp_path, capsys):

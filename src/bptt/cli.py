@@ -245,7 +245,7 @@ def _last_checkpoint(run, finished=False) -> str:
     from .train import runs
     found = runs.checkpoints(run) if run is not None and Path(run).is_dir() else []
     if not found:
-        return "no checkpoint was written, nothing to resume"
+        return "no checkpoint was written, nothing to resume" + (f" (in {run})" if run is not None else "")
     if finished:
         return f"the run is complete: its last checkpoint is {found[-1]}; its final sample and figures were not printed"
     return f"the last complete checkpoint is {found[-1]} (`bptt resume {run}` continues from it)"
@@ -307,6 +307,8 @@ def _run(args) -> int:
             from .train.load import read
             if not args.onnx.endswith(".onnx") or len(args.onnx) <= len(".onnx"):
                 raise ValueError(f"--onnx: expected a file name ending in .onnx, got {args.onnx!r}")
+            if Path(args.run).exists() and not Path(args.run).is_dir():
+                raise ValueError(f"RUN: {args.run} is a file; expected a run folder")
             if not Path(args.run).is_dir():
                 raise ValueError(f"RUN: no such run folder: {args.run}")
             model = read(Path(args.run), best=args.best)

@@ -111,7 +111,11 @@ def restore_params(params: dict, arrays: dict) -> None:
 
 def load_checkpoint(run, best: bool = False) -> tuple:
     """(meta, arrays, path) of the newest complete checkpoint, or of best.json."""
+    if not isinstance(run, (str, os.PathLike)):
+        raise ValueError(f"RUN: expected the path of a run folder, got {type(run).__name__} {run!r}")
     run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"RUN: {run} is a file; expected a run folder")
     if not run.is_dir():
         raise ValueError(f"RUN: no such run folder: {run}")
     if best:
