@@ -254,7 +254,8 @@ def test_a_cache_without_the_batch_axis_and_a_step_writing_its_state_are_refused
     np.testing.assert_allclose(tt.rtrl(good, x, y)[1]["layer0.w"], good.gradients(x, y).params["layer0.w"],
                                rtol=1e-10, atol=1e-13)
     cached = bptt.Model(_LeakCachingW(), 2, 4, 1, dtype="float64", seed=0)
-    message = r"cell: _LeakCachingW.step's cache\[2\] has shape \(4,\); expected the batch \(3\) as its first axis"
+    message = r"cell: _LeakCachingW.step's cache must be a tuple of arrays with the batch \(3\) first .*, got " \
+              r"cache\[2\] of shape \(4,\)"
     for run in (lambda: cached.forward(x), lambda: tt.rtrl(cached, x, y), lambda: flow(cached, x, y)):
         with pytest.raises(ValueError, match=message):
             run()
@@ -275,8 +276,15 @@ def test_a_cell_module_that_fails_to_import_is_one_line_and_a_scripts_class_is_r
     with pytest.raises(ValueError, match=r"cell: importing 'broken_cell_raises' for 'broken_cell_raises:X' failed: "
                                          r"RuntimeError: config file missing"):
         bptt.Model("broken_cell_raises:X", 2, 3, 1)
-    with pytest.raises(ValueError, match=r"cell: __main__:Mine names a class of the script being run"):
-        bptt.Config(task="adding", cell="__main__:Mine").check()
+    class Mine(_Leak):
+        pass
+    sys.modules["__main__"].Mine = Mine
+    try:
+        assert bptt.Config(task="adding", cell="__main__:Mine").check().cell == "__main__:Mine"   # a saved run loads
+        with pytest.raises(ValueError, match=r"cell: __main__:Mine is a class of the script being run"):
+            bptt.Config(task="adding", cell="__main__:Mine").check().refuse_unused()           # a new one is refused
+    finally:
+        del sys.modules["__main__"].Mine
 
 
 class _BackwardReturns(Cell):

@@ -191,12 +191,11 @@ def test_a_run_that_failed_before_its_first_update_leaves_its_folder_to_the_next
     monkeypatch.setattr(trainer.Trainer, "update", real)
     code, out_text, err = run(capsys, ["train", *SMALL, "--out", out])
     assert code == 0 and err == "" and (tmp_path / "r" / "ckpt-00000020.json").exists()
-    (tmp_path / "r" / "ckpt-00000010.json").unlink(missing_ok=True)
     for checkpoint in (tmp_path / "r").glob("ckpt-*"):
         checkpoint.unlink()
     for name in ("best.json", "best.safetensors", "loss.png"):
         (tmp_path / "r" / name).unlink()
-    code, _, err = run(capsys, ["train", *SMALL, "--out", out])       # metrics rows: refused as before
+    code, _, err = run(capsys, ["train", *SMALL, "--out", out])       # metrics rows: refused
     assert code == 2 and "holds a run that stopped before its first checkpoint" in err
 
 
@@ -236,6 +235,40 @@ def test_a_signal_after_the_last_update_says_the_run_is_complete(tmp_path, capsy
     code, _, err = run(capsys, ["train", *SMALL, "--out", str(tmp_path / "r")])
     assert code == 128 + getattr(signal, signum) and err.count("\n") == 1, err
     assert "the run is complete" in err and "ckpt-00000020.json" in err and "bptt resume" not in err, err
+
+
+def test_signals_at_the_last_evaluation_name_what_is_left(tmp_path, capsys, monkeypatch):
+    """Two signals at the last update's evaluation stop before its checkpoint: the run is
+    not complete, resume continues it. One signal at the evaluation where --patience ends
+    the run: complete, as resume would refuse it. SIGTERM while a cell module imports:
+    exit 143, not an import error."""
+    import os
+    import signal
+    from bptt.train import trainer
+    evaluate = trainer.Trainer.evaluate
+    def twice_at_20(self):
+        if self.step == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(self)
+    monkeypatch.setattr(trainer.Trainer, "evaluate", twice_at_20)
+    code, _, err = run(capsys, ["train", *SMALL, "--out", str(tmp_path / "a")])
+    assert code == 130 and "second SIGINT: stopped at once; the last complete checkpoint is" in err and \
+        "ckpt-00000010.json (`bptt resume" in err, err
+    monkeypatch.setattr(trainer.Trainer, "_judge", lambda self, figures: setattr(self, "stale", self.stale + 1))
+    def once_at_20(self):
+        if self.step == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(self)
+    monkeypatch.setattr(trainer.Trainer, "evaluate", once_at_20)
+    code, _, err = run(capsys, ["train", *SMALL, "--steps", "40", "--eval-every", "20", "--patience", "1",
+                                "--out", str(tmp_path / "p")])
+    assert code == 130 and "stopped after update 20" in err and "the run is complete" in err, err
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "slow_cell.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
+    code, _, err = run(capsys, ["train", *SMALL, "--cell", "slow_cell:X", "--out", str(tmp_path / "t")])
+    assert code == 143 and err.startswith("bptt: terminated"), err
 
 
 def test_fresh_deletes_the_run_and_keeps_files_that_are_not_its_own(tmp_path, capsys):

@@ -233,8 +233,8 @@ def test_the_cached_loop_follows_an_edit_of_a_module_the_kernels_call(tmp_path, 
 
 def test_the_cached_loop_follows_a_dotted_helper_and_an_imported_constant(tmp_path, monkeypatch):
     """``pkg.mod.f(...)`` in a kernel reaches pkg/mod.py, and ``from pkg.consts import SCALE``
-    a constant Numba freezes into the loop: an edit of either makes another loop (the
-    same loop came back before: h = 5 where the edit gave 10)."""
+    a constant Numba freezes into the loop: both are in what the loop's cache key is made
+    of, so that an edit of either names another loop."""
     (tmp_path / "scaled_pkg").mkdir()
     (tmp_path / "scaled_pkg" / "__init__.py").write_text("")
     (tmp_path / "scaled_pkg" / "consts.py").write_text("SCALE = 1.5\n")

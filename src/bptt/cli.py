@@ -237,8 +237,11 @@ def _note_cut_short(run, best):
 
 
 def _finished(trainer) -> bool:
-    """Whether the run has nothing left to train: its last update, or stopped by --patience."""
-    return trainer is not None and (trainer.step >= trainer.config.steps or trainer.stopped_early)
+    """Whether the run has nothing left to train: its newest complete checkpoint is at its
+    last update, or --patience stopped it there."""
+    from .train import runs
+    found = runs.checkpoints(trainer.run) if getattr(trainer, "run", None) is not None else []
+    return bool(found) and (runs.step_of(found[-1]) >= trainer.config.steps or trainer.stopped_early)
 
 
 def _last_checkpoint(run, finished=False) -> str:
@@ -251,7 +254,7 @@ def _last_checkpoint(run, finished=False) -> str:
     return f"the last complete checkpoint is {found[-1]} (`bptt resume {run}` continues from it)"
 
 
-class _Terminated(Exception):
+class _Terminated(BaseException):
     """SIGTERM outside a training loop (which saves first, train/signals.py): said in one
     line with exit status 143, as SIGINT is."""
 
@@ -375,7 +378,9 @@ def _run(args) -> int:
         name = "terminated" if isinstance(exc, _Terminated) else "interrupted"
         print(f"bptt: {name}; {_last_checkpoint(run, _finished(trainer))}" if args.command in ("train", "resume")
               else f"bptt: {name}", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
+        code = 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
+        _abort_other_ranks(code)
+        return code
     return 0
 
 

@@ -461,7 +461,8 @@ def _sources_of(*kernels):
                 values += [v for v in found if v is not None and not any(v is w for w in values)]
         for value in values:
             if isinstance(value, (int, float, complex, str, np.ndarray, np.generic)):   # not reprs with addresses
-                texts.append(repr(value.tolist() if isinstance(value, np.ndarray) else value))
+                texts.append(repr(value) if not isinstance(value, np.ndarray) else
+                             f"{value.dtype.str}{value.shape}{hashlib.sha256(value.tobytes()).hexdigest()}")
             elif isinstance(value, types.ModuleType):
                 modules.append(value)
             elif isinstance(getattr(value, "py_func", value), types.FunctionType):

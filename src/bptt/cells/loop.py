@@ -90,13 +90,13 @@ class CellLayer:
         reset_at = [False] * T if resets is None else resets.any(axis=1).tolist()
         dropped = noise is not None and noise.recurrent is not None
         zoned = noise is not None and noise.zone is not None
-        prev = tuple(state0)
+        u_in, prev, tape_in = _read_only(xp, u)[0], tuple(_read_only(xp, *state0)), _read_only(xp, *states)
         W_hT = params["W_h"].T
         for t in range(T):
             if reset_at[t]:
                 prev = tuple(xp.where(resets[t][:, None], 0, s).astype(s.dtype, copy=False) for s in prev)  # (M4)
             v = (prev[0] * noise.recurrent if dropped else prev[0]) @ W_hT               # (K2), (N1)
-            new, cache = cell.step(params, *_read_only(xp, u[t], v, *prev))               # (K3)
+            new, cache = cell.step(params, u_in[t], v, prev)                              # (K3)
             if t == 0:                                   # what the cell returns, checked once
                 check_step(cell, new, cache, len(self.STATE), (B, H), x.dtype)
             if zoned:
@@ -107,7 +107,7 @@ class CellLayer:
                 if mask is not None:
                     xp.copyto(states[i][t], prev[i], where=~mask[t, :, None])         # (M1)
             caches.append(cache)
-            prev = tuple(s[t] for s in states)
+            prev = tuple(s[t] for s in tape_in)
         return states[0], prev, Tape(x, tuple(state0), states, caches, mask, resets, noise)
 
     def backward(self, params, dh, dstateT, tape, need_dx=True):
@@ -157,14 +157,14 @@ class CellLayer:
         return dx, ds, grads
 
 
-def _read_only(xp, u, v, *state):
-    """(u, v, state) as step takes them: NumPy views that cannot be written, so that a step
-    writing into the tape (or into the caller's state0) fails at once instead of giving
-    wrong gradients."""
-    views = [a.view() for a in (u, v, *state)]
+def _read_only(xp, *arrays):
+    """Views of the arrays that cannot be written (NumPy's), made once a pass: a step that
+    writes into u, the tape or the caller's state0 fails at once instead of giving wrong
+    gradients."""
+    views = [a.view() for a in arrays]
     for view in views if xp is np else ():
         view.flags.writeable = False
-    return views[0], views[1], tuple(views[2:])
+    return views
 
 
 def check_step(cell, new, cache, n, shape, dtype):
@@ -179,11 +179,11 @@ def check_step(cell, new, cache, n, shape, dtype):
             raise ValueError(f"cell: {name}.step must return state arrays of shape {shape} and dtype "
                              f"{np.dtype(dtype).name}, got {getattr(s, 'shape', None)} "
                              f"{getattr(s, 'dtype', type(s).__name__)}")
-    for i, a in enumerate(cache):
-        if getattr(a, "shape", ())[:1] != shape[:1]:
-            raise ValueError(f"cell: {name}.step's cache[{i}] has shape {getattr(a, 'shape', type(a).__name__)}; "
-                             f"expected the batch ({shape[0]}) as its first axis (RTRL and the flow report take "
-                             f"rows of it): take a parameter from p in step_backward instead")
+    for i, a in enumerate(cache if isinstance(cache, tuple) else [cache]):
+        if getattr(a, "shape", ())[:1] != shape[:1] or not isinstance(cache, tuple):
+            got = f"cache[{i}] of shape {getattr(a, 'shape', None)}" if isinstance(cache, tuple) else type(cache).__name__
+            raise ValueError(f"cell: {name}.step's cache must be a tuple of arrays with the batch ({shape[0]}) first "
+                             f"(RTRL and the flow report take rows of it; a parameter comes from p), got {got}")
 
 
 def _check_step_backward(cell, result, n, shape, gates_shape, extra, dtype):

@@ -204,8 +204,7 @@ class LinearCell(_Linear):
         m = self._mask(k)
         into = ds if m is None else tuple(d * m for d in ds)                                      # (M2)
         flat = tuple(d.reshape(C * B, H) for d in into)
-        cache = tuple(np.tile(a, (C,) + (1,) * (a.ndim - 1)) if getattr(a, "ndim", 0) and a.shape[0] == B
-                      else a for a in self._cache_rows[k])
+        cache = tuple(np.tile(a, (C,) + (1,) * (a.ndim - 1)) for a in self._cache_rows[k])   # batch first (check_step)
         du, dv, back, _ = self.cell.step_backward(self.params, flat, cache)                     # (K4)
         du, dv = du.reshape(C, B, -1), dv.reshape(C, B, -1)
         prev = [b.reshape(C, B, H) for b in back]
@@ -225,7 +224,7 @@ class _CacheRows:
     def __getitem__(self, k):
         if self.b is None:
             return self.caches[k]
-        return tuple(a[self.b:self.b + 1] if getattr(a, "ndim", 0) else a for a in self.caches[k])
+        return tuple(a[self.b:self.b + 1] for a in self.caches[k])
 
     def select(self, b):
         return _CacheRows(self.caches, b)

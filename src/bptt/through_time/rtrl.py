@@ -71,6 +71,7 @@ class Influence:
         self.S, self.H = len(model.layer.STATE), model.hidden_size
         self.K = self.S * self.H
         self.state = [tuple(a.copy() for a in s) for s in model._split_state(state0, B)]
+        self.checked = set()                           # layers whose step's return was checked once
         self.blocks, self.offsets, n = [], [], 0       # per layer: {name: (offset in the layer, shape)}
         for l in range(model.num_layers):
             block, start = {}, n
@@ -112,7 +113,9 @@ class Influence:
         u = inputs @ p["W_x"].T + p["b_h"]                                                # (K1)
         v = prev[0] @ p["W_h"].T                                                          # (K2)
         new, cache = self.cell.step(p, u, v, prev)                                        # (K3)
-        check_step(self.cell, new, cache, len(prev), (B, H), u.dtype)     # rows of the cache are repeated below
+        if l not in self.checked:                     # rows of the cache are repeated below
+            check_step(self.cell, new, cache, len(prev), (B, H), u.dtype)
+            self.checked.add(l)
         kept = None if self.zone[l] is None else self.zone[l].zone_at(0, u.dtype)[0]      # (S, H): d
         if kept is not None:
             new = tuple(kept[i] * s + (1 - kept[i]) * n for i, (n, s) in enumerate(zip(new, prev)))   # (N3)

@@ -104,9 +104,6 @@ class Config:
                 value = np.dtype(value).name     # np.float32 or np.dtype("float32"): "float32"
             setattr(self, f.name, coerce(f.name, value, label=f.name.replace("_", "-") + ":"))
         _checks.choice("task", self.task, TASKS)
-        if self.cell.startswith("__main__:"):
-            raise ValueError(f"cell: {self.cell} names a class of the script being run, which no later process "
-                             f"(resume, eval, bptt.load) can import; define the cell in a module and name that")
         resolve(self.cell)                       # "rnn", "lstm", "gru" or "package.module:ClassName"
         _checks.choice("optimizer", self.optimizer, tuple(OPTIMIZERS))
         _checks.choice("schedule", self.schedule, SCHEDULES)
@@ -172,8 +169,13 @@ class Config:
         return self
 
     def refuse_unused(self) -> "Config":
-        """Options a new run would take and not use are refused (a run's saved config is not
-        checked for them, so that every earlier run still loads)."""
+        """Options a new run would take and not use are refused, and a cell that only this
+        script defines (a run's saved config is not checked for them, so that every
+        earlier run still loads)."""
+        if self.cell.startswith("__main__:"):
+            raise ValueError(f"cell: {self.cell} is a class of the script being run: `bptt resume`, `bptt eval` and "
+                             f"bptt.load in another script cannot import it; define the cell in a module and name "
+                             f"that (module:Class)")
         if self.task != "text":
             for name in ("k1", "k2"):
                 if getattr(self, name) is not None:

@@ -2,7 +2,8 @@
 
     check_new(path, fresh)      what claim_new would refuse, nothing created
     claim_new(path, fresh)      a new run: the folder is created, or exists and is empty or
-                                holds only a run that failed before its first update
+                                holds only a run that failed in its first update (its
+                                config.json and an empty metrics.jsonl)
                                 (``fresh``: an earlier run in it is deleted first); locked
     claim_existing(path)        a run to continue: locked; halves of checkpoints cut short
                                 are moved into set-aside/ (never overwritten later)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def _write_bytes(path: Path, data: bytes):
 
 def numbered(run: Path, suffix: str) -> list:
     """RUN/ckpt-<update><suffix>: the checkpoint files of a run (not a user's ckpt-notes.json)."""
-    return [p for p in Path(run).glob(f"ckpt-[0-9]*{suffix}") if p.name[5:-len(suffix)].isdigit()]
+    return [p for p in Path(run).glob(f"ckpt-[0-9]*{suffix}") if re.fullmatch("[0-9]+", p.name[5:-len(suffix)])]
 
 
 def checkpoints(run: Path) -> list:

@@ -1,7 +1,8 @@
 """SIGINT and SIGTERM during a training loop: finish the update, save it, then stop.
 
 The first signal only sets ``StopRequests.signum``; the loop looks at it after each update
-(and its checkpoint), saves, and raises ``Interrupted`` carrying the checkpoint's path. A
+(and its checkpoint), saves, and raises ``Interrupted`` carrying the checkpoint's path; a
+signal after the last update (its evaluation, the plot) raises it with that update's. A
 second signal raises ``Interrupted`` at once from the handler: what was being written is a
 temporary file (removed) or a checkpoint half without its JSON (set aside by the next
 resume), so every checkpoint written before stays whole.

@@ -494,8 +494,9 @@ class Trainer:
         validation); returns the last validation figures.
 
         SIGINT or SIGTERM finish the update in flight, write a checkpoint and raise
-        ``Interrupted``; a second signal raises it at once (the checkpoints already written
-        stay whole). The run folder's lock is held until this returns."""
+        ``Interrupted``; one after the last update (its evaluation, the plot) raises it
+        with that update's checkpoint; a second signal raises it at once (the checkpoints
+        already written stay whole). The run folder's lock is held until this returns."""
         if self._claim == "read":
             raise ValueError("RUN: Trainer.load gives a read-only trainer; Trainer.resume continues a run")
         c = self.config
@@ -556,10 +557,10 @@ class Trainer:
                 patience_out = c.patience is not None and self.stale >= c.patience
                 if self.step % c.checkpoint_every == 0 or self.step == end or signalled or patience_out:
                     checkpoint = self.save()
+                self.stopped_early = patience_out
                 if signalled:
                     raise Interrupted(stop.signum or signal.SIGTERM, self.step, checkpoint)
                 if patience_out:
-                    self.stopped_early = True
                     break
         finally:
             bar.close()
