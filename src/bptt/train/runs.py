@@ -110,11 +110,16 @@ def restore_params(params: dict, arrays: dict) -> None:
         v[...] = src
 
 
-def load_checkpoint(run, best: bool = False) -> tuple:
-    """(meta, arrays, path) of the newest complete checkpoint, or of best.json."""
+def run_path(run) -> Path:
+    """RUN as a Path, or a ValueError naming what came instead of a path."""
     if not isinstance(run, (str, os.PathLike)):
         raise ValueError(f"RUN: expected the path of a run folder, got {type(run).__name__} {run!r}")
-    run = Path(run)
+    return Path(run)
+
+
+def load_checkpoint(run, best: bool = False) -> tuple:
+    """(meta, arrays, path) of the newest complete checkpoint, or of best.json."""
+    run = run_path(run)
     if run.exists() and not run.is_dir():
         raise ValueError(f"RUN: {run} is a file; expected a run folder")
     if not run.is_dir():

@@ -194,10 +194,8 @@ class Trainer:
         bad = sorted(set(overrides) - set(CHANGEABLE_ON_RESUME))
         if bad:
             raise ValueError(f"resume: {bad[0]} cannot change on resume; expected only {', '.join(CHANGEABLE_ON_RESUME)}")
-        if not isinstance(run, (str, os.PathLike)):
-            raise ValueError(f"RUN: expected the path of a run folder, got {type(run).__name__} {run!r}")
+        run = runs.run_path(run)
         world = world if world is not None else mpi_world()
-        run = Path(run)
         lock, notes, error = None, [], None
         if world.root:
             try:
