@@ -308,13 +308,10 @@ def _run(args) -> int:
         elif args.command == "export":
             from .interop.onnx import to_onnx
             from .train.load import read
+            from .train.runs import run_folder
             if not args.onnx.endswith(".onnx") or len(args.onnx) <= len(".onnx"):
                 raise ValueError(f"--onnx: expected a file name ending in .onnx, got {args.onnx!r}")
-            if Path(args.run).exists() and not Path(args.run).is_dir():
-                raise ValueError(f"RUN: {args.run} is a file; expected a run folder")
-            if not Path(args.run).is_dir():
-                raise ValueError(f"RUN: no such run folder: {args.run}")
-            model = read(Path(args.run), best=args.best)
+            model = read(run_folder(args.run), best=args.best)
             _note_cut_short(args.run, args.best)
             try:
                 to_onnx(model, args.onnx, lengths=args.lengths)

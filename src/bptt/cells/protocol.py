@@ -34,10 +34,10 @@ A cell subclasses ``Cell`` and gives:
 
 ``p`` maps parameter names (W_x, W_h, b_h, the extras) to arrays. step must not write
 into u, v or state (views of the tape; the Python loop hands u and state over read-only,
-as NumPy views); ``cache`` is a
-tuple of arrays step_backward needs, each with the batch as its first axis (B, …), since
-RTRL and the flow report take a row of the batch from it: a parameter it needs comes from
-``p`` again, not from the cache. step_backward gets ``dstate`` as a tuple of (B, H) arrays, is linear in it, and
+as NumPy views); ``cache`` is a tuple of arrays step_backward needs, each with the batch
+as its first axis (B, …), since RTRL and the flow report take a row of the batch from
+it: a parameter it needs comes from ``p`` again, not from the cache. step_backward gets
+``dstate`` as a tuple of (B, H) arrays, is linear in it, and
 returns du and dv (B, G·H), ``dstate_prev`` like ``state``, and ``dextra`` {name:
 gradient} of the extra parameters summed over the batch ({} when there are none). Use
 NumPy's array functions; float32 and float64 both occur. These two are the cell's

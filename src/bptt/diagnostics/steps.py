@@ -193,8 +193,8 @@ class LinearCell(_Linear):
         T = u.shape[0]
         # The reference step again from the states the tape holds: its caches, per step.
         steps = [cell.step(params, u[k], v[k], tuple(s[k] for s in self.states_in)) for k in range(T)]
-        for new, cache in steps[:1]:                # rows of the caches are taken below
-            check_step(cell, new, cache, len(self.state), self.h_in.shape[1:], self.h_in.dtype)
+        if steps:                                   # rows of the caches are taken below
+            check_step(cell, *steps[0], len(self.state), self.h_in.shape[1:], self.h_in.dtype)
         caches = [cache for _, cache in steps]
         self._cache_rows = _CacheRows(caches)
         self.m = None if tape.mask is None else tape.mask[:, :, None].astype(self.h_in.dtype)

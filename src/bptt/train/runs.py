@@ -117,13 +117,19 @@ def run_path(run) -> Path:
     return Path(run)
 
 
-def load_checkpoint(run, best: bool = False) -> tuple:
-    """(meta, arrays, path) of the newest complete checkpoint, or of best.json."""
+def run_folder(run) -> Path:
+    """RUN as a Path to a folder that exists, or a ValueError saying what it is instead."""
     run = run_path(run)
     if run.exists() and not run.is_dir():
         raise ValueError(f"RUN: {run} is a file; expected a run folder")
     if not run.is_dir():
         raise ValueError(f"RUN: no such run folder: {run}")
+    return run
+
+
+def load_checkpoint(run, best: bool = False) -> tuple:
+    """(meta, arrays, path) of the newest complete checkpoint, or of best.json."""
+    run = run_folder(run)
     if best:
         meta_path = best_path(run)
         if not (meta_path.exists() and meta_path.with_suffix(".safetensors").exists()):

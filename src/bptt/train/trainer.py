@@ -207,10 +207,7 @@ class Trainer:
             raise (CollectiveError(error) if world.size > 1 else folder.FolderError(error))
         try:
             meta, arrays, path = runs.load_checkpoint(run, best)
-            # A config without the threads key ran one pass a batch: resume it the same way.
-            config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)})
-            place, option = _text_place(text, _text_in_config_json(run, meta["config"]))
-            config = _moved_text(config, place, option)
+            config, option = _run_config(run, meta, text)
             with _text_of(run, config, text):
                 trainer = cls(config, run_dir=run, world=world, _claim="existing")
             trainer._lock = lock
@@ -219,12 +216,12 @@ class Trainer:
             saved = folder.saved_config(run, meta["config"])
             edits = {k: saved[k] for k in CHANGEABLE_ON_RESUME if k in saved and saved[k] != meta["config"].get(k)}
             try:
-                from_dict(config.to_dict() | edits)
+                config = from_dict(config.to_dict() | edits)
             except ValueError as exc:
                 raise ValueError(f"RUN: {run / 'config.json'}: {exc}") from None
-            config = from_dict(config.to_dict() | edits | overrides)
+            config = from_dict(config.to_dict() | overrides)
             trainer.config = config
-            moved = place is not None and config.text != meta["config"].get("text")
+            moved = config.text != meta["config"].get("text")
             trainer.check_can_continue(overrides)        # a refusal changes nothing in the folder
             if best:
                 trainer._set_aside_after(meta["step"])
@@ -251,8 +248,7 @@ class Trainer:
         sample: no lock, and nothing in the folder is written. ``text``: where the run's
         text file is now, if it moved (its SHA-256 must be the checkpoint's)."""
         meta, arrays, _ = runs.load_checkpoint(run, best)
-        place, option = _text_place(text, _text_in_config_json(run, meta["config"]))
-        config = _moved_text(from_dict({"threads": 1} | meta["config"] | {"out": str(run)}), place, option)
+        config, option = _run_config(run, meta, text)
         with _text_of(run, config, text):
             trainer = cls(config, run_dir=run, world=world, _claim="read")
         trainer._restore(meta, arrays, option)
@@ -636,37 +632,30 @@ def load_model(run, best: bool = False) -> tuple:
     return model, meta
 
 
-def _text_in_config_json(run, checkpoint_config):
-    """The text's place in RUN/config.json where it differs from the checkpoint's (a resume
-    --text wrote it, or the user), else None; config.json's other edits are judged later."""
-    try:
-        return folder.saved_config(run, checkpoint_config).get("text")
-    except ValueError:
-        return None
-
-
-def _text_place(given, in_config_json):
-    """(path or None, the name of its source) of a run's text: --text, else config.json
-    where a resume recorded a new place, else None (the checkpoint's own path)."""
-    if given is not None:
-        return given, "--text"
-    if in_config_json is not None:
-        return in_config_json, "RUN: config.json's text"
-    return None, "RUN: the run's text file"
-
-
-def _moved_text(config: Config, text, option="--text") -> Config:
-    """The run's config with its text file at ``text`` (kept absolute), where it moved; the
-    checkpoint's SHA-256 then says whether it is the same text (Trainer._restore)."""
+def _run_config(run, meta, text=None) -> tuple:
+    """(config, where its text's path came from) of a run's checkpoint for eval and resume.
+    A config without the threads key ran one pass a batch, and goes on that way. The text
+    file is at ``text`` (--text) where given, else where config.json names another place
+    than the checkpoint (a resume --text wrote it, or the user), else at the checkpoint's
+    path; Trainer._restore then checks its SHA-256 against the checkpoint's."""
+    config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)})
+    if text is not None:
+        option = "--text"
+    else:
+        try:                           # config.json's other edits are judged by resume, later
+            text = folder.saved_config(run, meta["config"]).get("text")
+        except ValueError:
+            text = None
+        option = "RUN: config.json's text" if text is not None else "RUN: the run's text file"
     if text is None:
-        return config
+        return config, option
     if not isinstance(text, (str, os.PathLike)) or not str(text):
         raise ValueError(f"{option}: expected the path of the run's text file, got {text!r}")
     if config.task != "text" or config.text is None:
         what = f"the {config.task} task" if config.task != "text" else "the built-in corpus"
         raise ValueError(f"{option}: this run trained on {what}, not on a text file; --text points eval and "
                          f"resume at a run's text file where it moved")
-    return dataclasses.replace(config, text=os.path.abspath(text))
+    return dataclasses.replace(config, text=os.path.abspath(text)), option
 
 
 @contextlib.contextmanager
