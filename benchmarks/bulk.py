@@ -3,14 +3,15 @@ blocked transposes against BLAS's product with a transposed operand.
 
 After the time loop each layer forms ∂W = Σ_t δ_tᵀ x_t as one product of d (N, G·H), the
 gate gradients of all N = T·B rows, with rows (N, K) (backends/bulk.py's t_times). On one
-BLAS thread t_times copies both transposes in blocks and multiplies C-ordered operands,
-(rowsᵀ · d)ᵀ; on more it lets BLAS read dᵀ in place. A product timed alone, warmed up, in
-a process of its own, can favour the transposed operand where the trainer does not
-(OpenBLAS's speed at these shapes depends on what the process ran before and on the
-thread beside it), so this script measures the choice where it matters: `bptt train`'s
-updates/s for the default job and the 2-layer LSTM of 256 run as two halves of the batch
-(``--threads 2``, BLAS on one thread: where t_times takes the blocked form), each form in
-processes of its own (one process per round and form, alternating), the median over rounds.
+BLAS thread with a kernel short of AVX-512 t_times copies both transposes in blocks and
+multiplies C-ordered operands, (rowsᵀ · d)ᵀ; otherwise it lets BLAS read dᵀ in place. A
+product timed alone, warmed up, in a process of its own, can favour one form where the
+trainer favours the other (OpenBLAS's speed at these shapes depends on what the process
+ran before and on the thread beside it), so this script measures the choice where it
+matters: `bptt train`'s updates/s for the default job and the 2-layer LSTM of 256 run as
+two halves of the batch (``--threads 2``, BLAS on one thread), each form in processes of
+its own (one process per round and form, alternating), the median over rounds. The last
+column names the form t_times takes here.
 
     python benchmarks/bulk.py
     python benchmarks/bulk.py --rounds 5 --updates 20
@@ -27,7 +28,7 @@ from pathlib import Path
 from machine import recorded, stamp
 
 JOBS = {"default": dict(hidden=128, layers=1), "large": dict(hidden=256, layers=2)}
-FORMS = ("shipped", "transposed operand")
+FORMS = ("blocked", "transposed operand")
 
 
 def child(form, job, updates):
@@ -35,10 +36,15 @@ def child(form, job, updates):
     import tempfile
 
     import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin)
+    import numpy as np
+
+    from bptt.backends.bulk import transposed
     from bptt.cells import compiled, head
     from bptt.train.config import Config
     from bptt.train.trainer import Trainer
-    if form == "transposed operand":
+    if form == "blocked":
+        compiled.t_times = head.t_times = lambda d, rows: transposed(transposed(np.ascontiguousarray(rows)) @ d)
+    else:
         compiled.t_times = head.t_times = lambda d, rows: d.T @ rows
     with tempfile.TemporaryDirectory(prefix="bptt-bulk-") as out:
         trainer = Trainer(Config(**JOBS[job], threads=2, out=out))
@@ -59,9 +65,11 @@ def main():
     if args.child:
         return child(args.child[0], args.child[1], int(args.child[2]))
     print(stamp())
-    print("| job | t_times as shipped, updates/s | transposed operand, updates/s | shipped / transposed "
-          "(median of the rounds' ratios) |")
-    print("|---|---:|---:|---:|")
+    from bptt.backends import settings
+    takes = "transposed operand" if settings.blas_has_avx512_kernel() else "blocked"
+    print("| job | blocked, updates/s | transposed operand, updates/s | blocked / transposed "
+          "(median of the rounds' ratios) | t_times takes on one BLAS thread |")
+    print("|---|---:|---:|---:|---|")
     for job in JOBS:
         updates = args.updates or (12 if job == "large" else 40)
         rates = {form: [] for form in FORMS}
@@ -73,7 +81,7 @@ def main():
         ratios = [a / b for a, b in zip(*rates.values())]
         shipped, plain = (statistics.median(v) for v in rates.values())
         print(f"| {job}: LSTM {JOBS[job]['layers']}×{JOBS[job]['hidden']} | {shipped:.2f} | {plain:.2f} | "
-              f"{statistics.median(ratios):.2f} |", flush=True)
+              f"{statistics.median(ratios):.2f} | {takes} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """backends/bulk.py: the weight-gradient product on either path, blocked transposes and
 one-hot sums, against NumPy's plain expressions."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
@@ -14,16 +18,31 @@ def test_transposed_is_the_transpose(shape):
     assert out.flags.c_contiguous and np.array_equal(out, a.T)
 
 
+@pytest.mark.parametrize("avx512_kernel", [False, True])
 @pytest.mark.parametrize("blas_threads", [1, 2])
-def test_t_times_on_one_blas_thread_or_more_gives_the_product(blas_threads):
-    """One BLAS thread takes the C-ordered operands and blocked transposes, more the
-    transposed-operand product: both dᵀ · rows, C-ordered."""
+def test_t_times_takes_the_blocked_form_on_one_thread_short_of_avx512(blas_threads, avx512_kernel, monkeypatch):
+    """One BLAS thread with a kernel short of AVX-512 takes the C-ordered operands and
+    blocked transposes; otherwise the transposed-operand product: both dᵀ · rows, C-ordered."""
+    blocked = []
+    monkeypatch.setattr(settings, "blas_has_avx512_kernel", lambda: avx512_kernel)
+    monkeypatch.setattr(bulk, "transposed", lambda a, copy=bulk.transposed: blocked.append(a.shape) or copy(a))
     rng = np.random.default_rng(1)
     d, rows = rng.standard_normal((70, 40)), rng.standard_normal((70, 9))
     with threadpool_limits(blas_threads, user_api="blas"):
         assert blas_threads > 1 or settings.numpy_blas_threads() == 1
         out = bulk.t_times(d, rows)
     assert out.flags.c_contiguous and np.abs(out - d.T @ rows).max() < 1e-12
+    assert blocked == ([(70, 9), (9, 40)] if blas_threads == 1 and not avx512_kernel else [])
+
+
+def test_the_blas_kernel_is_read_from_openblas():
+    """OPENBLAS_CORETYPE picks OpenBLAS's kernel at load: Haswell is short of AVX-512."""
+    if not settings._numpy_has_openblas():
+        pytest.skip("NumPy's BLAS is not OpenBLAS")
+    code = "from bptt.backends import settings; print(settings._numpy_blas().architecture, settings.blas_has_avx512_kernel())"
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["Haswell", "False"]
 
 
 def test_rows_summed_is_the_one_hot_product():

@@ -22,15 +22,14 @@ _jit = njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
 
 
 def t_times(d, rows):
-    """dᵀ · rows, C-ordered, for d (N, G·H) and rows (N, K): where NumPy's BLAS runs on two
-    threads or more, OpenBLAS's product with a transposed operand (no copies); where it
-    runs on one (one core, the trainer's batch halves, MPI ranks), one of C-ordered
-    operands, (rowsᵀ · d)ᵀ, with the transposes copied in blocks. Which of the two is
-    faster depends on OpenBLAS's kernel: benchmarks/bulk.py records both in the trainer on
-    each machine (the blocked form ahead with the Haswell kernel, behind with SkylakeX).
-    The two round differently: the choice follows the BLAS threads in force, never a
-    timing."""
-    if isinstance(d, np.ndarray) and settings.numpy_blas_threads() == 1:
+    """dᵀ · rows, C-ordered, for d (N, G·H) and rows (N, K). Where NumPy's BLAS runs on one
+    thread (one core, the trainer's batch halves, MPI ranks) with a kernel short of AVX-512
+    (OpenBLAS's Haswell, Zen, …), one of C-ordered operands, (rowsᵀ · d)ᵀ, with the
+    transposes copied in blocks; elsewhere OpenBLAS's product with a transposed operand (no
+    copies). benchmarks/bulk.py records both forms in the trainer on each machine: the
+    blocked one ahead with the Haswell kernel, behind with SkylakeX. The two round
+    differently: the choice follows the BLAS threads and kernel in force, never a timing."""
+    if isinstance(d, np.ndarray) and settings.numpy_blas_threads() == 1 and not settings.blas_has_avx512_kernel():
         return transposed(transposed(np.ascontiguousarray(rows)) @ d)
     return d.T @ rows
 

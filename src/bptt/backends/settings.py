@@ -155,9 +155,14 @@ def numpy_blas_threads() -> int:
     return blas.get_num_threads() if blas is not None else 1
 
 
+def blas_has_avx512_kernel() -> bool:
+    """Whether NumPy's BLAS is OpenBLAS running one of its AVX-512 kernels (threadpoolctl's
+    ``architecture``: SkylakeX, Cooperlake, SapphireRapids; OPENBLAS_CORETYPE can set it)."""
+    return getattr(_numpy_blas(), "architecture", "") in ("SkylakeX", "Cooperlake", "SapphireRapids")
+
+
 def _numpy_has_openblas() -> bool:
-    blas = _numpy_blas()
-    return blas is not None and blas.internal_api == "openblas"
+    return getattr(_numpy_blas(), "internal_api", "") == "openblas"
 
 
 @functools.cache
@@ -169,7 +174,6 @@ def cache_dir() -> str:
 
 
 def reset() -> None:
-    for read in (loops_enabled, step_gemm, loop_threads, workspace_bytes, keep_freed_memory, cache_dir,
-                 blas_workers_sleep):
+    for read in (loops_enabled, step_gemm, loop_threads, workspace_bytes, keep_freed_memory, cache_dir, blas_workers_sleep):
         if hasattr(read, "cache_clear"):          # (a test may have put a plain function here)
             read.cache_clear()
