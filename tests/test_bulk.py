@@ -31,8 +31,10 @@ def test_t_times_takes_the_blocked_form_on_one_thread_short_of_avx512(blas_threa
     with threadpool_limits(blas_threads, user_api="blas"):
         assert blas_threads > 1 or settings.numpy_blas_threads() == 1
         out = bulk.t_times(d, rows)
+        one_row = bulk.t_times(d[:1], rows[:1])
     assert out.flags.c_contiguous and np.abs(out - d.T @ rows).max() < 1e-12
     assert blocked == ([(70, 9), (9, 40)] if blas_threads == 1 and not avx512_kernel else [])
+    assert one_row.flags.c_contiguous and np.array_equal(one_row, d[:1].T @ rows[:1])   # an outer product
 
 
 def test_the_blas_kernel_is_read_from_openblas():

@@ -66,7 +66,7 @@ def _case(name, nonlinearity, dtype, T=9, B=7, D=5, H=12, seed=0):
     dh = rng.standard_normal((T, B, H)).astype(dtype)
     mask = ragged_mask(T, [(9, 5, 8, 2, 9, 1, 7, 4)[b % 8] for b in range(B)])
     resets = np.zeros((T, B), bool)
-    resets[[2, 6, 4], [0, 3, 6 % B]] = True
+    resets[[2 % T, 6 % T, 4 % T], [0, 3 % B, 6 % B]] = True
     return lay, params, x, state0, dh, dstateT, mask, resets
 
 
@@ -91,6 +91,26 @@ def test_the_compiled_loop_equals_the_reference_in_float64(name, nonlinearity, s
     for a, b in zip(out, ref):
         assert a.shape == b.shape and a.dtype == b.dtype
         assert np.abs(a - b).max() < 1e-12 * max(1.0, np.abs(b).max())
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("T,B,mode", [(1, 1, 1), (8, 1, 1), (4, 2, 1), (9, 1, 2), (5, 2, 2), (20, 1, 2)])
+def test_one_or_two_rows_add_rows_of_w_over_short_passes_and_pack_it_over_long_ones(name, T, B, mode,
+                                                                                     monkeypatch):
+    """B ≤ 2 over at most FEW_ROW_STEPS rows in all: rows of W added (mode 1); longer
+    passes: W packed for the micro-kernel (mode 2). Both equal the reference, with a mask,
+    resets and carried state, and the weight gradient's one-row h_0 part."""
+    monkeypatch.setenv("BPTT_STEP_GEMM", "packed")
+    settings.reset()
+    modes, gemm = [], compiled._gemm
+    monkeypatch.setattr(compiled, "_gemm", lambda *a, **k: modes.append(gemm(*a, **k)[0]) or gemm(*a, **k))
+    lay, params, x, state0, dh, dstateT, mask, resets = _case(name, "tanh", np.float64, T=T, B=B)
+    ref, _ = _run(CellLayer(lay.cell), params, x, state0, dh, dstateT, mask, resets)
+    out, tape = _run(lay, params, x, state0, dh, dstateT, mask, resets)
+    settings.reset()
+    assert isinstance(tape, CompiledTape) and modes == [mode, mode]
+    for a, b in zip(out, ref):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-12 * max(1.0, np.abs(b).max())
 
 
 @pytest.mark.parametrize("name,nonlinearity", KINDS)

@@ -28,10 +28,12 @@ def t_times(d, rows):
     transposes copied in blocks; elsewhere OpenBLAS's product with a transposed operand (no
     copies). benchmarks/bulk.py records both forms in the trainer on each machine: the
     blocked one ahead with the Haswell kernel, behind with SkylakeX. The two round
-    differently: the choice follows the BLAS threads and kernel in force, never a timing."""
-    if isinstance(d, np.ndarray) and settings.numpy_blas_threads() == 1 and not settings.blas_has_avx512_kernel():
+    differently: the choice follows the BLAS threads and kernel in force, never a timing.
+    One row (∂W_h's h_0 part at batch 1) is an outer product, the same bits: NumPy's
+    matmul over an inner dimension of 1 takes a slow path."""
+    if isinstance(d, np.ndarray) and len(d) > 1 and settings.numpy_blas_threads() == 1 and not settings.blas_has_avx512_kernel():
         return transposed(transposed(np.ascontiguousarray(rows)) @ d)
-    return d.T @ rows
+    return d.T * rows if len(d) == 1 else d.T @ rows
 
 
 def one_hot_codes(x):

@@ -47,6 +47,7 @@ from .loop import CellLayer, Noise, previous_states
 from .protocol import tape_width
 
 IN_LOOP_PROJECTION_BYTES = 2 ** 21
+FEW_ROW_STEPS = 8            # up to B·T = 8 (B ≤ 2) rows are cheaper added one by one than packing W_h
 
 _jit = njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
 
@@ -105,7 +106,7 @@ class CompiledLayer(CellLayer):
         args = (u, np.ascontiguousarray(x), W_x_packed, table, code_rows, np.ascontiguousarray(params["b_h"]),
                 _flat(extras, dt), start, slab, fresh, h, aux, valid, reset_at, resets_c, keep, zone,
                 np.empty((B, GH), dt), np.empty((B, S, H), dt), np.empty((B if keep.size else 0, H), dt),
-                _gemm(W_h, B, forward=True), self.cell.option)
+                _gemm(W_h, B, T, forward=True), self.cell.option)
         self._run("forward", args, parts)
         stateT = tuple(slab[-1, :, s].copy() for s in range(S)) if T else tuple(state0)
         states = (h,) + tuple(slab[:, :, s] for s in range(1, S))
@@ -134,7 +135,7 @@ class CompiledLayer(CellLayer):
         args = (above, dh is not None, carry, np.zeros((B, H), dt), tape.z, tape.aux, _flat(extras, dt),
                 tape.start, slab, tape.fresh, valid, reset_at, resets_c, keep, zone, np.empty((B, S, H), dt),
                 np.empty((B if zone.size else 0, S, H), dt), du, dv, other, dextra,
-                _gemm(W_h, B, forward=False), self.cell.option)
+                _gemm(W_h, B, T, forward=False), self.cell.option)
         self._run("backward", args, loop_threads.parts_for(B, GH, H, T))
         du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
         x2 = np.ascontiguousarray(x).reshape(T * B, D)
@@ -193,19 +194,20 @@ def _flags(mask, resets, T, B):
     valid = np.ones((T, B), dtype=bool) if mask is None else np.ascontiguousarray(mask, dtype=bool)
     if resets is None:
         return valid, np.zeros(T, dtype=bool), np.zeros((1, 1), dtype=bool)
-    resets = np.ascontiguousarray(resets, dtype=bool)
-    return valid, resets.any(axis=1), resets
+    return valid, np.any(resets, axis=1), np.ascontiguousarray(resets, dtype=bool)
 
 
-def _gemm(W_h, B, forward):
-    """(mode, packed, tiles, mkl_packed, W) for the loop's GEMM: mode 1 for one or two rows,
-    a row of W (W_hᵀ forward, W_h backward, C-ordered) added per input element (packing
-    would cost more than the products); 2 the micro-kernel over W packed here (W_hᵀ forward, W_h backward;
-    tiles: each thread's scratch for a panel); 3 MKL's packed GEMM, packed for B rows
-    (row 0: one thread) and for each half (rows 1, 2)."""
+def _gemm(W_h, B, T, forward):
+    """(mode, packed, tiles, mkl_packed, W) for the loop's GEMM over T steps of B rows:
+    mode 1 for one or two rows over a pass of at most FEW_ROW_STEPS rows in all (a single
+    step to sample from, say), a row of W (W_hᵀ forward, W_h backward, C-ordered) added per
+    input element (packing would cost more than the products); 2 the micro-kernel over W
+    packed here (W_hᵀ forward, W_h backward; tiles: each thread's scratch for a panel); 3
+    MKL's packed GEMM, packed for B rows (row 0: one thread) and for each half (rows 1, 2).
+    The rule is by shape alone, as the bits depend on it."""
     dt = W_h.dtype
     tiles = np.empty((2, packed_gemm.MR, packed_gemm.panel_width(dt)), dt)
-    if B <= 2:
+    if B <= 2 and B * T <= FEW_ROW_STEPS:
         return 1, np.empty((1, 1, 1), dt), tiles, np.empty((1, 1), dt), np.ascontiguousarray(W_h.T if forward else W_h)
     if settings.step_gemm() == "mkl":
         rows = (B, B // 2, B - B // 2)
