@@ -34,8 +34,8 @@ from threadpoolctl import threadpool_limits
 from bptt.backends import loop_threads
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cells import block_time, make_pair  # noqa: E402  (a sibling script, not a package)
-from machine import recorded, stamp  # noqa: E402
+from cells import make_pair  # noqa: E402  (a sibling script, not a package)
+from machine import block_time, recorded, stamp  # noqa: E402
 
 SHAPES = [(100, 32, 64, 128), (100, 64, 128, 256), (200, 32, 128, 512), (1000, 16, 32, 128)]
 ROUNDS = 3

@@ -30,7 +30,6 @@ import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, ba
 
 import argparse
 import statistics
-import time
 from typing import NamedTuple
 
 import numpy as np
@@ -38,28 +37,11 @@ import torch
 
 from bptt.backends import settings
 from bptt.cells import layer as cell_layer
-from machine import cores, recorded, stamp
+from machine import block_time, cores, recorded, stamp
 
 SHAPES = [(25, 1, 65, 100), (100, 32, 64, 128), (100, 64, 128, 256), (200, 32, 128, 512), (1000, 16, 32, 128)]
 TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 ROUNDS = 3
-
-
-def block_time(fn, min_block_s, blocks):
-    """Median seconds per call over ``blocks`` blocks, each of enough calls to last min_block_s."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-6)
-    reps = max(1, int(min_block_s / once))
-    times = []
-    time.sleep(0.3)                       # let the other library's threads go idle
-    for _ in range(blocks):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        times.append((time.perf_counter() - t0) / reps)
-    return statistics.median(times)
 
 
 class Pair(NamedTuple):

@@ -20,8 +20,7 @@ import argparse
 import numpy as np
 import torch
 
-from cells import block_time
-from machine import recorded, stamp
+from machine import block_time, recorded, stamp
 
 SHAPES = [(100, 32, 64, 128), (100, 64, 128, 256)]
 P = 0.25

@@ -17,6 +17,24 @@ import sys
 import time
 from pathlib import Path
 
+def block_time(fn, min_block_s, blocks):
+    """Median seconds per call over ``blocks`` blocks, each of enough calls to last min_block_s."""
+    import statistics
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-6)
+    reps = max(1, int(min_block_s / once))
+    times = []
+    time.sleep(0.3)                       # let the other library's threads go idle
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        times.append((time.perf_counter() - t0) / reps)
+    return statistics.median(times)
+
+
 # What the AVX2 imitation sets (DESIGN.md); any of them present means the figures are not native.
 IMITATION = ("OPENBLAS_CORETYPE", "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "ATEN_CPU_CAPABILITY",
              "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")

@@ -2,7 +2,7 @@
 the code of both, in alternating processes on one machine.
 
 git exports REV's ``src/`` to a temporary folder. Each round runs one process on REV's
-code and one on this checkout's (PYTHONPATH; each with a loop cache of its own), the
+code and one on this checkout's (PYTHONPATH; REV's loops in a cache of their own), the
 order alternating from round to round; a process first checks that its code is the one
 asked for, then times every case as blocks of repeats: forward + backward of one layer
 (RNN, LSTM, GRU; float32, cells.py's five shapes (T, B, D, H), the same weights and
@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -34,22 +33,6 @@ ROOT = HERE.parent
 SHAPES = [(25, 1, 65, 100), (100, 32, 64, 128), (100, 64, 128, 256), (200, 32, 128, 512), (1000, 16, 32, 128)]
 JOBS = {"default": dict(hidden=128, layers=1), "large": dict(hidden=256, layers=2)}
 CELLS = ("rnn", "lstm", "gru")
-
-
-def block_time(fn, min_block_s=0.25, blocks=3):
-    """Median seconds per call over ``blocks`` blocks of enough calls to last min_block_s."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    reps = max(1, int(min_block_s / max(time.perf_counter() - t0, 1e-6)))
-    times = []
-    time.sleep(0.2)
-    for _ in range(blocks):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        times.append((time.perf_counter() - t0) / reps)
-    return statistics.median(times)
 
 
 def layer_case(cell, T, B, D, H):
@@ -80,20 +63,21 @@ def child(cases, expected_src):
         raise SystemExit(f"child: bptt imported from {bptt.__file__}, expected it under {expected_src}")
     from bptt.train.config import Config
     from bptt.train.trainer import Trainer
+    from machine import block_time
     times = {}
     for case in cases:
         kind, _, rest = case.partition(":")
         if kind == "train":
             with tempfile.TemporaryDirectory(prefix="bptt-versus-") as out:
                 trainer = Trainer(Config(**JOBS[rest], out=out))
-                times[case] = block_time(trainer.update, min_block_s=0.6)
+                times[case] = block_time(trainer.update, 0.6, 3)
         else:
-            times[case] = block_time(layer_case(kind, *map(int, rest.split(","))))
+            times[case] = block_time(layer_case(kind, *map(int, rest.split(","))), 0.25, 3)
     print(json.dumps(times))
 
 
 def run_side(src, cache, cases):
-    env = os.environ | {"PYTHONPATH": str(src), "BPTT_CACHE_DIR": str(cache)}
+    env = os.environ | {"PYTHONPATH": str(src)} | ({"BPTT_CACHE_DIR": str(cache)} if cache else {})
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(src), *cases],
                           env=env, capture_output=True, text=True)
     if done.returncode:
@@ -163,7 +147,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bptt-versus-") as scratch:
         scratch = Path(scratch)
         sides = {"rev": (export(args.rev, scratch / "rev"), scratch / "cache-rev"),
-                 "now": (ROOT / "src", scratch / "cache-now")}
+                 "now": (ROOT / "src", None)}                 # this checkout's loops: the usual cache
         for src, cache in sides.values():                     # compiles each side's loops, not timed
             run_side(src, cache, cases)
         times = {side: [] for side in sides}

@@ -38,3 +38,21 @@ def test_the_stamp_names_an_imitation_and_a_numba_target_that_keeps_avx512():
     whole = imitation(avx512, {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "-avx512f"})
     assert whole == " (imitating: NUMBA_CPU_NAME=haswell, NUMBA_CPU_FEATURES=-avx512f)"
     assert "Numba still" not in imitation(avx2, {"NUMBA_CPU_NAME": "haswell"})
+
+
+def test_versus_times_an_earlier_revision_beside_this_checkout(tmp_path):
+    """Both sides run their own code (each child checks where bptt came from) and the table
+    gives each side's time and their ratio; a revision git does not know is one line."""
+    env = os.environ | {"BPTT_BENCHMARK_RESULTS": str(tmp_path)}
+    out = subprocess.run([sys.executable, "versus.py", "--rev", "HEAD", "--rounds", "1", "--cases", "rnn",
+                          "--shapes", "4,2,3,5"], cwd=ROOT / "benchmarks", capture_output=True, text=True,
+                         check=True, env=env).stdout
+    row = re.search(r"^\| rnn \(4,2,3,5\) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
+    assert row and float(row[1]) > 0 and float(row[2]) > 0 and 0.2 < float(row[3]) < 5, out
+    assert len(list(tmp_path.rglob("versus--rev-HEAD-*.md"))) == 1
+    bad = subprocess.run([sys.executable, "versus.py", "--rev", "no-such-revision"], cwd=ROOT / "benchmarks",
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode != 0 and "--rev: git cannot export src/ at 'no-such-revision'" in bad.stderr
+    shape = subprocess.run([sys.executable, "versus.py", "--rev", "HEAD", "--shapes", "4,2,3"],
+                           cwd=ROOT / "benchmarks", capture_output=True, text=True, env=env)
+    assert shape.returncode == 2 and "expected T,B,D,H, four positive integers, got '4,2,3'" in shape.stderr
