@@ -79,8 +79,8 @@ def main():
                                      capture_output=True, text=True, check=True).stdout
                 rates[form].append(float(out.strip().splitlines()[-1]))
         ratios = [a / b for a, b in zip(*rates.values())]
-        shipped, plain = (statistics.median(v) for v in rates.values())
-        print(f"| {job}: LSTM {JOBS[job]['layers']}×{JOBS[job]['hidden']} | {shipped:.2f} | {plain:.2f} | "
+        blocked, plain = (statistics.median(v) for v in rates.values())
+        print(f"| {job}: LSTM {JOBS[job]['layers']}×{JOBS[job]['hidden']} | {blocked:.2f} | {plain:.2f} | "
               f"{statistics.median(ratios):.2f} | {takes} |", flush=True)
 
 

@@ -5,6 +5,7 @@
     its kernel and threads · Python, NumPy, Numba, PyTorch and bptt versions
 
 A figure holds on the machine it was measured on; a table without this line is not one.
+``block_time`` is the timing the scripts share: blocks of repeats after a short pause.
 """
 from __future__ import annotations
 
@@ -13,27 +14,10 @@ import io
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
-
-def block_time(fn, min_block_s, blocks):
-    """Median seconds per call over ``blocks`` blocks, each of enough calls to last min_block_s."""
-    import statistics
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-6)
-    reps = max(1, int(min_block_s / once))
-    times = []
-    time.sleep(0.3)                       # let the other library's threads go idle
-    for _ in range(blocks):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        times.append((time.perf_counter() - t0) / reps)
-    return statistics.median(times)
-
 
 # What the AVX2 imitation sets (DESIGN.md); any of them present means the figures are not native.
 IMITATION = ("OPENBLAS_CORETYPE", "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "ATEN_CPU_CAPABILITY",
@@ -185,6 +169,23 @@ def recorded(script: str):
     shown = path.relative_to(Path(__file__).resolve().parents[1]) if path.is_relative_to(
         Path(__file__).resolve().parents[1]) else path
     print(f"# recorded in {shown}", file=real)
+
+
+def block_time(fn, min_block_s, blocks):
+    """Median seconds per call over ``blocks`` blocks, each of enough calls to last min_block_s."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-6)
+    reps = max(1, int(min_block_s / once))
+    times = []
+    time.sleep(0.3)                       # let the other library's threads go idle
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        times.append((time.perf_counter() - t0) / reps)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

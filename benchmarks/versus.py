@@ -11,7 +11,7 @@ of a 2-layer LSTM of 256 (what train.py times). A first process per side, not ti
 compiles its loops. The ratio of the times, this checkout's ÷ REV's, is taken within each
 round and its median reported: below 1, this checkout is faster.
 
-    python benchmarks/versus.py --rev 33f7ea7            # the engine that wrote each cell's loops by hand
+    python benchmarks/versus.py --rev 33f7ea7            # a revision with time loops written per cell
     python benchmarks/versus.py --rev HEAD~1 --rounds 5
     python benchmarks/versus.py --rev 33f7ea7 --cases lstm train
     python benchmarks/versus.py --rev 33f7ea7 --cases lstm --shapes 25,1,65,100
@@ -61,13 +61,16 @@ def child(cases, expected_src):
     import bptt
     if Path(bptt.__file__).resolve().parents[1] != Path(expected_src).resolve():
         raise SystemExit(f"child: bptt imported from {bptt.__file__}, expected it under {expected_src}")
-    from bptt.train.config import Config
-    from bptt.train.trainer import Trainer
     from machine import block_time
     times = {}
     for case in cases:
         kind, _, rest = case.partition(":")
         if kind == "train":
+            try:
+                from bptt.train.config import Config
+                from bptt.train.trainer import Trainer
+            except ImportError as exc:
+                raise SystemExit(f"--cases train: the code under {expected_src} has no trainer to time ({exc})")
             with tempfile.TemporaryDirectory(prefix="bptt-versus-") as out:
                 trainer = Trainer(Config(**JOBS[rest], out=out))
                 times[case] = block_time(trainer.update, 0.6, 3)
@@ -81,7 +84,8 @@ def run_side(src, cache, cases):
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(src), *cases],
                           env=env, capture_output=True, text=True)
     if done.returncode:
-        raise SystemExit(f"the process on {src} failed:\n{done.stderr[-3000:]}")
+        last = done.stderr.strip().splitlines()[-1:] or ["(no message)"]
+        raise SystemExit(f"the process on {src} failed: {last[0]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -143,7 +147,7 @@ def main():
     changed = ", with uncommitted changes to src/" if git("status", "--porcelain", "src") else ""
     print(stamp())
     print(f"# this checkout ({git('rev-parse', '--short', 'HEAD')}{changed}) against {revision} · float32 · "
-          f"{args.rounds} rounds")
+          f"rounds: {args.rounds}")
     with tempfile.TemporaryDirectory(prefix="bptt-versus-") as scratch:
         scratch = Path(scratch)
         sides = {"rev": (export(args.rev, scratch / "rev"), scratch / "cache-rev"),
@@ -154,13 +158,14 @@ def main():
         for r in range(args.rounds):
             for side in (("rev", "now") if r % 2 == 0 else ("now", "rev")):
                 times[side].append(run_side(*sides[side], cases))
-    print(f"| case (T, B, D, H) | {revision}, ms | this checkout, ms | this ÷ {revision} (median of the rounds') |")
+    print(f"| case: layer (T, B, D, H), or training job | {revision}, ms | this checkout, ms | "
+          f"this ÷ {revision} (median of the rounds') |")
     print("|---|---:|---:|---:|")
     for case in cases:
-        before = [t[case] * 1e3 for t in times["rev"]]
-        now = [t[case] * 1e3 for t in times["now"]]
-        ratio = statistics.median(n / b for n, b in zip(now, before))
-        print(f"| {label(case)} | {statistics.median(before):.2f} | {statistics.median(now):.2f} | {ratio:.2f} |",
+        at_rev = [t[case] * 1e3 for t in times["rev"]]
+        here = [t[case] * 1e3 for t in times["now"]]
+        ratio = statistics.median(n / b for n, b in zip(here, at_rev))
+        print(f"| {label(case)} | {statistics.median(at_rev):.2f} | {statistics.median(here):.2f} | {ratio:.2f} |",
               flush=True)
 
 

@@ -1,8 +1,10 @@
 """backends/bulk.py: the weight-gradient product on either path, blocked transposes and
 one-hot sums, against NumPy's plain expressions."""
 import os
+import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,14 +39,19 @@ def test_t_times_takes_the_blocked_form_on_one_thread_short_of_avx512(blas_threa
     assert one_row.flags.c_contiguous and np.array_equal(one_row, d[:1].T @ rows[:1])   # an outer product
 
 
-def test_the_blas_kernel_is_read_from_openblas():
-    """OPENBLAS_CORETYPE picks OpenBLAS's kernel at load: Haswell is short of AVX-512."""
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="OpenBLAS's x86 kernels")
+@pytest.mark.parametrize("coretype,avx512", [("Haswell", False), ("SkylakeX", True)])
+def test_the_blas_kernel_is_read_from_openblas(coretype, avx512):
+    """OPENBLAS_CORETYPE picks OpenBLAS's kernel at load: Haswell is short of AVX-512,
+    SkylakeX is an AVX-512 kernel (asked for only where the CPU has AVX-512)."""
     if not settings._numpy_has_openblas():
         pytest.skip("NumPy's BLAS is not OpenBLAS")
+    if avx512 and "avx512f" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("the CPU has no AVX-512")
     code = "from bptt.backends import settings; print(settings._numpy_blas().architecture, settings.blas_has_avx512_kernel())"
-    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell"}
+    env = {**os.environ, "OPENBLAS_CORETYPE": coretype}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["Haswell", "False"]
+    assert out.split() == [coretype, str(avx512)]
 
 
 def test_rows_summed_is_the_one_hot_product():

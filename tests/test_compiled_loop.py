@@ -93,24 +93,33 @@ def test_the_compiled_loop_equals_the_reference_in_float64(name, nonlinearity, s
         assert np.abs(a - b).max() < 1e-12 * max(1.0, np.abs(b).max())
 
 
+@pytest.mark.parametrize("step_gemm", ["packed", "mkl"])
 @pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("T,B,mode", [(1, 1, 1), (8, 1, 1), (4, 2, 1), (9, 1, 2), (5, 2, 2), (20, 1, 2)])
-def test_one_or_two_rows_add_rows_of_w_over_short_passes_and_pack_it_over_long_ones(name, T, B, mode,
+@pytest.mark.parametrize("T,B,H,short", [(1, 1, 12, True), (8, 1, 12, True), (4, 2, 12, True), (1, 1, 192, True),
+                                         (9, 1, 12, False), (5, 2, 12, False), (20, 1, 12, False),
+                                         (12, 2, 12, False)])
+def test_one_or_two_rows_add_rows_of_w_over_short_passes_and_pack_it_over_long_ones(name, T, B, H, short, step_gemm,
                                                                                      monkeypatch):
-    """B ≤ 2 over at most FEW_ROW_STEPS rows in all: rows of W added (mode 1); longer
-    passes: W packed for the micro-kernel (mode 2). Both equal the reference, with a mask,
-    resets and carried state, and the weight gradient's one-row h_0 part."""
-    monkeypatch.setenv("BPTT_STEP_GEMM", "packed")
+    """B ≤ 2 over at most FEW_ROW_STEPS rows in all: rows of W added (mode 1; a large W_hᵀ
+    copied in blocks); longer passes: W packed for the GEMM in force (mode 2, or 3 for
+    MKL). Every way equals the reference, with a mask, resets and carried state, and
+    without them (then ∂W_h's h_0 part is a product of its own, one row at B = 1)."""
+    if step_gemm == "mkl" and not HAS_MKL:
+        pytest.skip("oneMKL is not installed (the extra mkl)")
+    monkeypatch.setenv("BPTT_STEP_GEMM", step_gemm)
     settings.reset()
     modes, gemm = [], compiled._gemm
     monkeypatch.setattr(compiled, "_gemm", lambda *a, **k: modes.append(gemm(*a, **k)[0]) or gemm(*a, **k))
-    lay, params, x, state0, dh, dstateT, mask, resets = _case(name, "tanh", np.float64, T=T, B=B)
-    ref, _ = _run(CellLayer(lay.cell), params, x, state0, dh, dstateT, mask, resets)
-    out, tape = _run(lay, params, x, state0, dh, dstateT, mask, resets)
+    lay, params, x, state0, dh, dstateT, mask, resets = _case(name, "tanh", np.float64, T=T, B=B, H=H)
+    mask[-1, -1] = T == 1                                   # a padded last step (for T > 1)
+    for m, r in ((mask, resets), (None, None)):
+        ref, _ = _run(CellLayer(lay.cell), params, x, state0, dh, dstateT, m, r)
+        out, tape = _run(lay, params, x, state0, dh, dstateT, m, r)
+        assert isinstance(tape, CompiledTape)
+        for a, b in zip(out, ref):
+            assert a.shape == b.shape and np.abs(a - b).max() < 1e-12 * max(1.0, np.abs(b).max())
     settings.reset()
-    assert isinstance(tape, CompiledTape) and modes == [mode, mode]
-    for a, b in zip(out, ref):
-        assert a.shape == b.shape and np.abs(a - b).max() < 1e-12 * max(1.0, np.abs(b).max())
+    assert modes == [1 if short else 2 if step_gemm == "packed" else 3] * 4
 
 
 @pytest.mark.parametrize("name,nonlinearity", KINDS)

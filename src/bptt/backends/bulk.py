@@ -27,13 +27,14 @@ def t_times(d, rows):
     (OpenBLAS's Haswell, Zen, …), one of C-ordered operands, (rowsᵀ · d)ᵀ, with the
     transposes copied in blocks; elsewhere OpenBLAS's product with a transposed operand (no
     copies). benchmarks/bulk.py records both forms in the trainer on each machine: the
-    blocked one ahead with the Haswell kernel, behind with SkylakeX. The two round
+    blocked one ahead on the AVX2 CPU (Haswell kernel), behind on the AVX-512 one
+    (SkylakeX), within 3% there under the AVX2 imitation. The two round
     differently: the choice follows the BLAS threads and kernel in force, never a timing.
     One row (∂W_h's h_0 part at batch 1) is an outer product, the same bits: NumPy's
     matmul over an inner dimension of 1 takes a slow path."""
     if isinstance(d, np.ndarray) and len(d) > 1 and settings.numpy_blas_threads() == 1 and not settings.blas_has_avx512_kernel():
         return transposed(transposed(np.ascontiguousarray(rows)) @ d)
-    return d.T * rows if len(d) == 1 else d.T @ rows
+    return d.T * rows if len(d) == 1 == len(rows) else d.T @ rows
 
 
 def one_hot_codes(x):

@@ -25,6 +25,7 @@ the template compiled in this process, uncached.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -47,7 +48,7 @@ from .loop import CellLayer, Noise, previous_states
 from .protocol import tape_width
 
 IN_LOOP_PROJECTION_BYTES = 2 ** 21
-FEW_ROW_STEPS = 8            # up to B·T = 8 (B ≤ 2) rows are cheaper added one by one than packing W_h
+FEW_ROW_STEPS = 8            # B ≤ 2: up to B·T = 8 rows, adding rows of W costs less than packing it (H = 100)
 
 _jit = njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
 
@@ -200,15 +201,17 @@ def _flags(mask, resets, T, B):
 def _gemm(W_h, B, T, forward):
     """(mode, packed, tiles, mkl_packed, W) for the loop's GEMM over T steps of B rows:
     mode 1 for one or two rows over a pass of at most FEW_ROW_STEPS rows in all (a single
-    step to sample from, say), a row of W (W_hᵀ forward, W_h backward, C-ordered) added per
-    input element (packing would cost more than the products); 2 the micro-kernel over W
-    packed here (W_hᵀ forward, W_h backward; tiles: each thread's scratch for a panel); 3
-    MKL's packed GEMM, packed for B rows (row 0: one thread) and for each half (rows 1, 2).
-    The rule is by shape alone, as the bits depend on it."""
+    step to sample from, say), a row of W (W_hᵀ forward, C-ordered; W_h backward, as it
+    is) added per input element: over so few rows, packing costs more than it saves;
+    2 the micro-kernel over W packed here (W_hᵀ forward, W_h backward; tiles: each
+    thread's scratch for a panel); 3 MKL's packed GEMM, packed for B rows (row 0: one
+    thread) and for each half (rows 1, 2). The rule is by shape alone, as the bits depend
+    on it."""
     dt = W_h.dtype
     tiles = np.empty((2, packed_gemm.MR, packed_gemm.panel_width(dt)), dt)
-    if B <= 2 and B * T <= FEW_ROW_STEPS:
-        return 1, np.empty((1, 1, 1), dt), tiles, np.empty((1, 1), dt), np.ascontiguousarray(W_h.T if forward else W_h)
+    if B <= 2 and B * T <= FEW_ROW_STEPS:      # W_hᵀ copied in blocks where a plain copy strides past the cache
+        W = W_h if not forward else transposed(W_h) if W_h.size >= 2 ** 17 else np.ascontiguousarray(W_h.T)
+        return 1, np.empty((1, 1, 1), dt), tiles, np.empty((1, 1), dt), W
     if settings.step_gemm() == "mkl":
         rows = (B, B // 2, B - B // 2)
         mkl_packed = np.empty((3, max(mkl.packed_size(W_h, forward, max(m, 1)) for m in rows)), dt)
@@ -426,10 +429,7 @@ def loops_for(forward_kernel, backward_kernel):
 
 
 def _find(module, qualname):
-    found = importlib.import_module(module)
-    for part in qualname.split("."):
-        found = getattr(found, part)
-    return found
+    return functools.reduce(getattr, qualname.split("."), importlib.import_module(module))
 
 
 def _address(kernel):
