@@ -2,6 +2,7 @@
 notebook are one text: prose becomes markdown cells, a ```python block that starts with
 `# name.py` becomes a cell that writes that file, every other ```python block a code cell,
 and the ```text blocks (the outputs the page shows) are left for the notebook's own run.
+The files go into a folder of the notebook's own, removed by its last cell.
 
     python tools/notebooks.py          # rewrite the notebook
     python tools/notebooks.py --check  # exit 1 if the notebook differs from the page
@@ -21,8 +22,13 @@ NOTEBOOK = ROOT / "docs" / "tutorials" / "custom_cell.ipynb"
 FENCE = re.compile(r"```(\w+)\n(.*?)```\n?", re.S)
 SETUP = ("# The files this notebook writes go into a folder of their own, which Python imports from.\n"
          "import os, sys, tempfile\n"
-         "os.chdir(tempfile.mkdtemp(prefix='bptt-custom-cell-'))\n"
-         "sys.path.insert(0, os.getcwd())")
+         "folder = tempfile.mkdtemp(prefix='bptt-custom-cell-')\n"
+         "os.chdir(folder)\n"
+         "sys.path.insert(0, folder)")
+CLEANUP = ("# The folder of this notebook's files goes with it.\n"
+           "import shutil\n"
+           "os.chdir(tempfile.gettempdir())\n"
+           "shutil.rmtree(folder)")
 
 
 def _cell(kind, text):
@@ -51,6 +57,7 @@ def build(page: str) -> dict:
     rest = page[at:].strip("\n")
     if rest:
         cells.append(_cell("markdown", rest))
+    cells.append(_cell("code", CLEANUP))
     return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
                                                         "name": "python3"}},
             "nbformat": 4, "nbformat_minor": 4}
