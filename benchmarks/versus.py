@@ -97,8 +97,8 @@ def export(rev, into):
                           capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"--rev: git cannot export src/ at {rev!r}: {done.stderr.strip()}")
-    with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")
+    with tarfile.open(archive) as tar:               # "data": the safe filter, where this Python has it
+        tar.extractall(into, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     return into / "src"
 
 
