@@ -6,14 +6,17 @@ import inspect
 import os
 import subprocess
 import sys
+import time
 import types
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import numba
 from numba import njit
 
+from bptt._files import cached_source
 from bptt.backends import bulk, loop_threads, mkl, settings
 from bptt.cells import CellLayer, Cell, compiled, layer, layer_of, scalar
 from bptt.cells.compiled import CompiledLayer, CompiledTape
@@ -231,18 +234,49 @@ def test_a_bad_setting_is_an_error_naming_it(variable, value):
     assert f"{variable}: expected one of" in run.stderr and repr(value) in run.stderr
 
 
-def test_the_loops_are_generated_into_the_cache_and_reused(tmp_path):
+def test_the_loops_are_generated_into_the_cache_and_reused_and_the_cache_stays_bounded(tmp_path):
+    """A new loop module prunes the cache to the KEPT_LOOPS used last, compiled files with
+    them; a cached one is read again, not rewritten (Numba keys its cache by its mtime)."""
+    folder = tmp_path / "loops"
+    (folder / "__pycache__").mkdir(parents=True)
+    stale = [f"loops_{i:020d}" for i in range(compiled.KEPT_LOOPS + 8)]
+    for i, stem in enumerate(stale):                        # used 1 h apart, the last 1 h ago
+        for f in (folder / f"{stem}.py", folder / f"{stem}.used", folder / "__pycache__" / f"{stem}.f-9.py311.nbi"):
+            f.write_text("")
+            os.utime(f, (time.time() - 3600 * (len(stale) - i),) * 2)
     code = ("import numpy as np, bptt, bptt.cells.compiled as c; m = bptt.Model('gru', 2, 8, 2);"
             "m.forward(np.zeros((3, 4, 2), np.float32)); print(c.loops_for(*bptt.cells.GRU.kernels).__file__)")
     env = {**os.environ, "BPTT_CACHE_DIR": str(tmp_path)}
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     path = first.stdout.strip()
-    assert path.startswith(str(tmp_path / "loops")) and os.path.exists(path)
+    assert path.startswith(str(folder)) and os.path.exists(path)
     assert "bptt.cells.gru" in open(path).read()
-    cached = list((tmp_path / "loops" / "__pycache__").glob("*.nbi"))
+    kept = sorted(p.stem for p in folder.glob("*.py"))
+    assert len(kept) == compiled.KEPT_LOOPS and Path(path).stem in kept
+    assert kept[:-1] == stale[-(compiled.KEPT_LOOPS - 1):]                 # the ones used last
+    assert not list(folder.glob(f"__pycache__/{stale[0]}.*")) and not (folder / f"{stale[0]}.used").exists()
+    assert list(folder.glob(f"__pycache__/{stale[-1]}.*"))
+    cached = list((folder / "__pycache__").glob(f"{Path(path).stem}.*.nbi"))
     assert cached                                          # Numba's index of the compiled loops
+    written = os.stat(path).st_mtime_ns
     second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert second.stdout.strip() == path
+    assert second.stdout.strip() == path and os.stat(path).st_mtime_ns == written
+    assert len(list(folder.glob("*.py"))) == compiled.KEPT_LOOPS
+
+
+def test_the_cache_keeps_the_sources_used_last(tmp_path):
+    """cached_source with keep = 2: a use of an old entry keeps it; a source without a
+    marker counts from its own mtime."""
+    old = time.time() - 1000
+    a = cached_source(tmp_path, "a", "A = 1\n", keep=2)
+    b = cached_source(tmp_path, "b", "B = 1\n", keep=2)
+    for f in (a, a.with_suffix(".used"), b, b.with_suffix(".used")):
+        os.utime(f, (old,) * 2)
+    (tmp_path / "unmarked.py").write_text("")
+    os.utime(tmp_path / "unmarked.py", (old - 10,) * 2)
+    assert cached_source(tmp_path, "a", "ignored", keep=2) == a and a.read_text() == "A = 1\n"
+    cached_source(tmp_path, "c", "C = 1\n", keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.py", "a.used", "c.py", "c.used"]
 
 
 def test_the_cached_loop_follows_an_edit_of_a_module_the_kernels_call(tmp_path, monkeypatch):

@@ -40,6 +40,7 @@ import numpy as np
 from numba import njit
 from numba.core.errors import NumbaError
 
+from .._files import cached_source
 from ..backends import loop_threads, mkl, packed_gemm, settings
 from ..backends.arrays import column_sums
 from ..backends.bulk import one_hot_codes, rows_summed, t_times, transposed
@@ -48,6 +49,7 @@ from .loop import CellLayer, Noise, previous_states
 from .protocol import tape_width
 
 IN_LOOP_PROJECTION_BYTES = 2 ** 21
+KEPT_LOOPS = 32              # generated loop modules kept in the cache, the ones used last
 FEW_ROW_STEPS = 8            # B ≤ 2: up to B·T = 8 rows, adding rows of W costs less than packing it (H = 100)
 
 _jit = njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
@@ -494,15 +496,8 @@ def _generated(forward_kernel, backward_kernel, loops, use_mkl):
     stamp = hashlib.sha256("\0".join([text] + _sources_of(forward_kernel, backward_kernel) +
                                      [inspect.getsource(m) for m in (sys.modules[__name__], packed_gemm, mkl)])
                            .encode()).hexdigest()[:20]
-    folder = os.path.join(settings.cache_dir(), "loops")
-    path = os.path.join(folder, f"loops_{stamp}.py")
     try:
-        if not os.path.exists(path):
-            os.makedirs(folder, exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
+        path = cached_source(os.path.join(settings.cache_dir(), "loops"), f"loops_{stamp}", text, KEPT_LOOPS)
     except OSError:
         return None
     name = f"bptt_loops_{stamp}"
