@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 PAGE = HERE.parent / "docs" / "performance.md"
-ORDER = ("train", "cells", "versus", "lstm_profile", "step_gemm", "bulk", "batch_split", "dropout", "memory", "truncated", "online", "learning",
+ORDER = ("train", "cells", "versus", "lstm_profile", "step_gemm", "gemm_libraries", "bulk", "batch_split", "dropout", "memory", "truncated", "online", "learning",
          "flow", "mpi", "soak", "gpu")
 IMAGES = {"soak": "images/soak_rss.png", "online": "images/influence_balancing.png"}
 ABS = re.compile(r"\|(Δ[^|]*)\|")         # |Δh| in a header cell: an absolute value, not two cell borders

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from bptt.backends import mkl
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -56,3 +58,19 @@ def test_versus_times_an_earlier_revision_beside_this_checkout(tmp_path):
     shape = subprocess.run([sys.executable, "versus.py", "--rev", "HEAD", "--shapes", "4,2,3"],
                            cwd=ROOT / "benchmarks", capture_output=True, text=True, env=env)
     assert shape.returncode == 2 and "expected T,B,D,H, four positive integers, got '4,2,3'" in shape.stderr
+
+
+def test_gemm_libraries_times_each_library_at_the_same_product(tmp_path):
+    """Every library's product agrees with float64 to float32 rounding (the table compares
+    the same products) and each rate is a positive figure."""
+    env = os.environ | {"BPTT_BENCHMARK_RESULTS": str(tmp_path)}
+    out = subprocess.run([sys.executable, "gemm_libraries.py", "--shape", "4,2,3,5", "--square", "16",
+                          "--block-s", "0.01"], cwd=ROOT / "benchmarks", capture_output=True, text=True,
+                         check=True, env=env).stdout
+    rows = re.findall(r"^\| (16³|x W_xᵀ \(8, 3\) x \(3, 20\)|dvᵀ h \(20, 8\) x \(8, 5\)) \|(.*)\|$", out, re.M)
+    assert len(rows) == 3, out
+    for _, cells in rows:
+        figures = [float(c) for c in cells.split("|") if c.strip()]      # oneMKL's cell is empty without it
+        assert len(figures) == (7 if mkl.library_path() else 6), out
+        assert all(f > 0 for f in figures[:-1]) and figures[-1] < 1e-6, out
+    assert len(list(tmp_path.rglob("gemm_libraries--shape-4,2,3,5-*.md"))) == 1
