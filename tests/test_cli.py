@@ -134,7 +134,7 @@ def test_a_text_run_stands_on_its_own_and_refuses_a_changed_text(tmp_path, capsy
                              f"differs" in err
 
 
-def test_eval_and_resume_take_a_moved_text_with_the_same_sha256(tmp_path, capsys):
+def test_eval_and_resume_take_a_moved_text_with_the_same_sha256(tmp_path, capsys, monkeypatch):
     """--text gives eval and resume the run's text where it moved: the same figures, a
     resume that goes on, config.json with the new path; a different text, or --text for a
     run on the built-in corpus, is refused."""
@@ -160,7 +160,14 @@ def test_eval_and_resume_take_a_moved_text_with_the_same_sha256(tmp_path, capsys
     again = moved.rename(tmp_path / "again.txt")                   # config.json edited to the new place
     saved = json.loads((tmp_path / "t" / "config.json").read_text())
     (tmp_path / "t" / "config.json").write_text(json.dumps(saved | {"text": str(again)}))
-    assert run(capsys, ["eval", run_dir])[0] == 0                  # eval reads it there too
+    code, figures, _ = run(capsys, ["eval", run_dir])              # eval reads it there too
+    assert code == 0
+    beside = again.rename(tmp_path / "t" / "beside.txt")            # a relative path: from the run's folder
+    (tmp_path / "t" / "config.json").write_text(json.dumps(saved | {"text": "beside.txt"}))
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, ["eval", run_dir]) == (0, figures, "")
+    again = beside.rename(tmp_path / "again.txt")
+    (tmp_path / "t" / "config.json").write_text(json.dumps(saved | {"text": str(again)}))
     code, _, err = run(capsys, ["resume", run_dir, "--steps", "25", "--quiet"])
     assert code == 0 and f"text: {again} (the checkpoint has {moved}); the same SHA-256" in err
     moved = again

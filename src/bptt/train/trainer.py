@@ -636,8 +636,9 @@ def _run_config(run, meta, text=None) -> tuple:
     """(config, where its text's path came from) of a run's checkpoint for eval and resume.
     A config without the threads key ran one pass a batch, and goes on that way. The text
     file is at ``text`` (--text) where given, else where config.json names another place
-    than the checkpoint (a resume --text wrote it, or the user), else at the checkpoint's
-    path; Trainer._restore then checks its SHA-256 against the checkpoint's."""
+    than the checkpoint (a resume --text wrote it, or the user; a relative path there is
+    read from the run's folder, as --text's is from the working directory), else at the
+    checkpoint's path; Trainer._restore then checks its SHA-256 against the checkpoint's."""
     config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)})
     if text is not None:
         option = "--text"
@@ -655,7 +656,8 @@ def _run_config(run, meta, text=None) -> tuple:
         what = f"the {config.task} task" if config.task != "text" else "the built-in corpus"
         raise ValueError(f"{option}: this run trained on {what}, not on a text file; --text points eval and "
                          f"resume at a run's text file where it moved")
-    return dataclasses.replace(config, text=os.path.abspath(text)), option
+    base = "" if option == "--text" else str(run)        # a relative path in config.json: from the run's folder
+    return dataclasses.replace(config, text=os.path.abspath(os.path.join(base, text))), option
 
 
 @contextlib.contextmanager
