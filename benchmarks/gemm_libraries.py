@@ -17,9 +17,9 @@ and the 1024³ GEMM, float32, one thread each, in this process:
     python benchmarks/gemm_libraries.py --shape 64,32,256,256
 
 Each figure is the median of 7 blocks of calls lasting at least 0.3 s each, GFLOP/s;
-then the best library's rate over OpenBLAS's, and the largest error of any of the five
-against the product in float64, relative to its largest element (each computes the same
-product).
+then the best library's rate (OpenBLAS, oneMKL or PyTorch: the micro-kernel is bptt's
+own) over OpenBLAS's, and the largest error of any column against the product in
+float64, relative to its largest element (each computes the same product).
 """
 from __future__ import annotations
 
@@ -97,8 +97,11 @@ def main():
     args = parser.parse_args()
     try:
         T, B, D, H = (int(v) for v in args.shape.split(","))
-    except ValueError:
-        parser.error(f"--shape: expected four integers T,B,D,H, got {args.shape!r}")
+        assert min(T, B, D, H) > 0
+    except (ValueError, AssertionError):
+        parser.error(f"--shape: expected T,B,D,H, four positive integers, got {args.shape!r}")
+    if args.square <= 0 or args.block_s <= 0:
+        parser.error(f"--square and --block-s: expected positive numbers, got {args.square!r} and {args.block_s!r}")
     lib = mkl.load() if mkl.library_path() is not None else None
     names = ("OpenBLAS", "oneMKL", "PyTorch", "micro-kernel", "micro-kernel, packing counted")
     print(f"# bulk products of an LSTM layer, (T, B, D, H) = ({T}, {B}, {D}, {H}), float32, one thread; GFLOP/s")

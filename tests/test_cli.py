@@ -182,6 +182,36 @@ def test_eval_and_resume_take_a_moved_text_with_the_same_sha256(tmp_path, capsys
     assert code == 2 and "--text: this run trained on the adding task, not on a text file" in err
 
 
+def test_a_relative_text_in_config_json_is_read_from_the_run_folder_and_kept_relative(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """config.json's text "corpus.txt" names the file beside it, from any working directory;
+    a resume keeps it relative, so the folder moves whole; a missing one is named as
+    config.json's."""
+    import json
+    corpus = tmp_path / "t.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
+    run_dir = tmp_path / "r"
+    assert run(capsys, ["train", "--text", str(corpus), "--hidden", "16", "--seq-len", "16", "--batch", "4",
+                        "--steps", "10", "--quiet", "--out", str(run_dir)])[0] == 0
+    figures = run(capsys, ["eval", str(run_dir)])[1]
+    corpus.rename(run_dir / "corpus.txt")
+    saved = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps(saved | {"text": "corpus.txt"}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert run(capsys, ["eval", str(run_dir)]) == (0, figures, "")
+    code, _, err = run(capsys, ["resume", str(run_dir), "--steps", "20", "--quiet"])
+    assert code == 0 and "text:" in err and str(run_dir / "corpus.txt") in err
+    assert json.loads((run_dir / "config.json").read_text())["text"] == "corpus.txt"
+    moved = run_dir.rename(tmp_path / "moved")
+    code, figures, _ = run(capsys, ["eval", str(moved)])
+    assert code == 0 and figures.startswith("validation: ")
+    (moved / "corpus.txt").unlink()
+    code, _, err = run(capsys, ["eval", str(moved)])
+    assert code == 2 and f"RUN: {moved / 'config.json'} names the run's text as {moved / 'corpus.txt'}, which " \
+                         f"cannot be read now" in err
+
+
 def test_a_run_that_failed_before_its_first_update_leaves_its_folder_to_the_next(tmp_path, capsys, monkeypatch):
     """Sizes beyond memory fail in the first update, after config.json is written: the same
     --out then takes the next run without --fresh (there is nothing to keep), while a run

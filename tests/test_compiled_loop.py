@@ -240,10 +240,12 @@ def test_the_loops_are_generated_into_the_cache_and_reused_and_the_cache_stays_b
     folder = tmp_path / "loops"
     (folder / "__pycache__").mkdir(parents=True)
     stale = [f"loops_{i:020d}" for i in range(compiled.KEPT_LOOPS + 8)]
-    for i, stem in enumerate(stale):                        # used 1 h apart, the last 1 h ago
-        for f in (folder / f"{stem}.py", folder / f"{stem}.used", folder / "__pycache__" / f"{stem}.f-9.py311.nbi"):
+    for i, stem in enumerate(stale):     # used 1 h apart, the last 1 h ago; written in the other order
+        for f in (folder / f"{stem}.used", folder / "__pycache__" / f"{stem}.f-9.py311.nbi"):
             f.write_text("")
             os.utime(f, (time.time() - 3600 * (len(stale) - i),) * 2)
+        (folder / f"{stem}.py").write_text("")
+        os.utime(folder / f"{stem}.py", (time.time() - 3600 * (i + 1),) * 2)
     code = ("import numpy as np, bptt, bptt.cells.compiled as c; m = bptt.Model('gru', 2, 8, 2);"
             "m.forward(np.zeros((3, 4, 2), np.float32)); print(c.loops_for(*bptt.cells.GRU.kernels).__file__)")
     env = {**os.environ, "BPTT_CACHE_DIR": str(tmp_path)}
@@ -264,19 +266,26 @@ def test_the_loops_are_generated_into_the_cache_and_reused_and_the_cache_stays_b
     assert len(list(folder.glob("*.py"))) == compiled.KEPT_LOOPS
 
 
-def test_the_cache_keeps_the_sources_used_last(tmp_path):
-    """cached_source with keep = 2: a use of an old entry keeps it; a source without a
-    marker counts from its own mtime."""
-    old = time.time() - 1000
-    a = cached_source(tmp_path, "a", "A = 1\n", keep=2)
-    b = cached_source(tmp_path, "b", "B = 1\n", keep=2)
-    for f in (a, a.with_suffix(".used"), b, b.with_suffix(".used")):
-        os.utime(f, (old,) * 2)
-    (tmp_path / "unmarked.py").write_text("")
-    os.utime(tmp_path / "unmarked.py", (old - 10,) * 2)
-    assert cached_source(tmp_path, "a", "ignored", keep=2) == a and a.read_text() == "A = 1\n"
-    cached_source(tmp_path, "c", "C = 1\n", keep=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.py", "a.used", "c.py", "c.used"]
+def test_the_cache_keeps_the_sources_used_last(tmp_path, monkeypatch):
+    """cached_source with keep = 3 ranks by the markers (a, written first, was used last),
+    a source without a marker by its own mtime; files of no source, and writes cut short,
+    go an hour after their last change; a cache folder it cannot write to is read as it is."""
+    now = time.time()
+    a = cached_source(tmp_path, "a", "A = 1\n", keep=3)
+    b = cached_source(tmp_path, "b", "B = 1\n", keep=3)
+    for f, age in ((a, 300), (a.with_suffix(".used"), 300), (b, 200), (b.with_suffix(".used"), 200)):
+        os.utime(f, (now - age,) * 2)
+    for name, age in (("unmarked.py", 100), ("gone.used", 7200), ("fresh.used", 0), ("b.py.7.tmp", 7200)):
+        (tmp_path / name).write_text("")
+        os.utime(tmp_path / name, (now - age,) * 2)
+    assert cached_source(tmp_path, "a", "ignored", keep=3) == a and a.read_text() == "A = 1\n"
+    cached_source(tmp_path, "c", "C = 1\n", keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.py", "a.used", "c.py", "c.used", "fresh.used",
+                                                          "unmarked.py"]
+    def read_only(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(Path, "touch", read_only)
+    assert cached_source(tmp_path, "c", "ignored", keep=3).read_text() == "C = 1\n"
 
 
 def test_the_cached_loop_follows_an_edit_of_a_module_the_kernels_call(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -41,7 +42,10 @@ def cached_source(folder, stem: str, text: str, keep: int) -> Path:
         tmp = folder / f"{stem}.py.{os.getpid()}.tmp"
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
-    (folder / f"{stem}.used").touch()
+    try:
+        (folder / f"{stem}.used").touch()
+    except OSError:                    # a cache others wrote, read-only here: read it all the same
+        pass
     if made:
         _keep_recent(folder, keep)
     return path
@@ -58,12 +62,27 @@ def _last_use(source: Path) -> float:
     return 0.0
 
 
+ORPHAN_AGE_S = 3600
+
+
 def _keep_recent(folder: Path, keep: int):
     """Delete all but the ``keep`` sources of folder used last, with their markers and
-    compiled files; a file another process deletes first is no error."""
+    compiled files; then, an hour after their last change, files that no source kept owns
+    (a marker or compiled code a process wrote for a source deleted meanwhile) and writes
+    cut short (*.tmp). A file another process deletes first is no error."""
+    doomed = []
     for source in sorted(folder.glob("*.py"), key=_last_use, reverse=True)[keep:]:
-        for f in (source, source.with_suffix(".used"), *folder.glob(f"__pycache__/{source.stem}.*")):
+        doomed += [source, source.with_suffix(".used"), *folder.glob(f"__pycache__/{source.stem}.*")]
+    owners = {p.stem for p in folder.glob("*.py")} - {p.stem for p in doomed}
+    for f in [*folder.glob("*"), *folder.glob("__pycache__/*")]:
+        if f.is_file() and (f.name.split(".")[0] not in owners or f.suffix == ".tmp") and f not in doomed:
             try:
-                f.unlink()
+                if time.time() - f.stat().st_mtime > ORPHAN_AGE_S:
+                    doomed.append(f)
             except OSError:
                 pass
+    for f in doomed:
+        try:
+            f.unlink()
+        except OSError:
+            pass

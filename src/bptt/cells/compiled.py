@@ -502,9 +502,12 @@ def _generated(forward_kernel, backward_kernel, loops, use_mkl):
         return None
     name = f"bptt_loops_{stamp}"
     spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except OSError:                    # pruned by another process meanwhile: compiled here instead
+        del sys.modules[name]
+        return None
     return module
 
 

@@ -208,7 +208,7 @@ class Trainer:
         try:
             meta, arrays, path = runs.load_checkpoint(run, best)
             config, option = _run_config(run, meta, text)
-            with _text_of(run, config, text):
+            with _text_of(run, config, text, option):
                 trainer = cls(config, run_dir=run, world=world, _claim="existing")
             trainer._lock = lock
             trainer._restore(meta, arrays, option)
@@ -239,7 +239,9 @@ class Trainer:
             trainer.notes.append(f"text: {config.text} (the checkpoint has {meta['config'].get('text')}); the same "
                                  f"SHA-256")
         if world.root and (edits or overrides or moved):     # config.json says what the run now does
-            runs.atomic_write(run / "config.json", lambda p: p.write_text(json.dumps(config.to_dict(), indent=1)))
+            as_given = {"text": saved["text"]} if option != "--text" and "text" in saved else {}   # relative stays so
+            written = json.dumps(config.to_dict() | as_given, indent=1)
+            runs.atomic_write(run / "config.json", lambda p: p.write_text(written))
         return trainer
 
     @classmethod
@@ -249,7 +251,7 @@ class Trainer:
         text file is now, if it moved (its SHA-256 must be the checkpoint's)."""
         meta, arrays, _ = runs.load_checkpoint(run, best)
         config, option = _run_config(run, meta, text)
-        with _text_of(run, config, text):
+        with _text_of(run, config, text, option):
             trainer = cls(config, run_dir=run, world=world, _claim="read")
         trainer._restore(meta, arrays, option)
         return trainer
@@ -661,14 +663,16 @@ def _run_config(run, meta, text=None) -> tuple:
 
 
 @contextlib.contextmanager
-def _text_of(run, config, given=None):
-    """A run's text file that cannot be read now is named as the run's, not as an option
-    (unless ``given``: then --text named it)."""
+def _text_of(run, config, given=None, option=""):
+    """A run's text file that cannot be read now is named as the run's, or as config.json's
+    where that named it, not as an option (unless ``given``: then --text named it)."""
     try:
         yield
     except TextFileError as exc:
         if given is not None:
             raise
-        raise ValueError(f"RUN: {run} trained on the text {config.text}, which cannot be read now "
+        whose = (f"{Path(run) / 'config.json'} names the run's text as" if option.startswith("RUN: config.json")
+                 else f"{run} trained on the text")
+        raise ValueError(f"RUN: {whose} {config.text}, which cannot be read now "
                          f"({str(exc)[len('--text: '):]}); eval and resume read it again (sample and export "
                          f"do not): --text PATH gives them its new place") from None
