@@ -95,11 +95,10 @@ def main():
     parser.add_argument("--square", type=int, default=1024, help="n of the n³ GEMM")
     parser.add_argument("--block-s", type=float, default=0.3, help="seconds of calls a timed block lasts at least")
     args = parser.parse_args()
-    try:
-        T, B, D, H = (int(v) for v in args.shape.split(","))
-        assert min(T, B, D, H) > 0
-    except (ValueError, AssertionError):
+    values = args.shape.split(",")
+    if len(values) != 4 or not all(v.strip().isdigit() and int(v) > 0 for v in values):
         parser.error(f"--shape: expected T,B,D,H, four positive integers, got {args.shape!r}")
+    T, B, D, H = (int(v) for v in values)
     if args.square <= 0 or args.block_s <= 0:
         parser.error(f"--square and --block-s: expected positive numbers, got {args.square!r} and {args.block_s!r}")
     lib = mkl.load() if mkl.library_path() is not None else None
