@@ -239,7 +239,8 @@ class Trainer:
             trainer.notes.append(f"text: {config.text} (the checkpoint has {meta['config'].get('text')}); the same "
                                  f"SHA-256")
         if world.root and (edits or overrides or moved):     # config.json says what the run now does
-            as_given = {"text": saved["text"]} if option != "--text" and "text" in saved else {}   # relative stays so
+            # config.json's text as the user wrote it there: a relative one stays relative
+            as_given = {"text": saved["text"]} if option != "--text" and "text" in saved else {}
             written = json.dumps(config.to_dict() | as_given, indent=1)
             runs.atomic_write(run / "config.json", lambda p: p.write_text(written))
         return trainer
