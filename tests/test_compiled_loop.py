@@ -236,7 +236,8 @@ def test_a_bad_setting_is_an_error_naming_it(variable, value):
 
 def test_the_loops_are_generated_into_the_cache_and_reused_and_the_cache_stays_bounded(tmp_path):
     """A new loop module prunes the cache to the KEPT_LOOPS used last, compiled files with
-    them; a cached one is read again, not rewritten (Numba keys its cache by its mtime)."""
+    them; a cached one is read again, not rewritten (Numba keys its cache by its mtime), and
+    gives the bits the process that compiled it got."""
     folder = tmp_path / "loops"
     (folder / "__pycache__").mkdir(parents=True)
     stale = [f"loops_{i:020d}" for i in range(compiled.KEPT_LOOPS + 8)]
@@ -246,13 +247,15 @@ def test_the_loops_are_generated_into_the_cache_and_reused_and_the_cache_stays_b
             os.utime(f, (time.time() - 3600 * (len(stale) - i),) * 2)
         (folder / f"{stem}.py").write_text("")
         os.utime(folder / f"{stem}.py", (time.time() - 3600 * (i + 1),) * 2)
-    code = ("import numpy as np, bptt, bptt.cells.compiled as c; m = bptt.Model('gru', 2, 8, 2);"
-            "m.forward(np.zeros((3, 4, 2), np.float32)); print(c.loops_for(*bptt.cells.GRU.kernels).__file__)")
+    code = ("import hashlib, numpy as np, bptt, bptt.cells.compiled as c; m = bptt.Model('lstm', 3, 32, 3, seed=0);"
+            "x = np.random.default_rng(0).standard_normal((20, 8, 3)).astype(np.float32);"
+            "grads = m.loss_and_grads(x, x)[1]; print(c.loops_for(*bptt.cells.LSTM.kernels).__file__);"
+            "print(hashlib.sha256(b''.join(g.tobytes() for g in grads.values())).hexdigest())")
     env = {**os.environ, "BPTT_CACHE_DIR": str(tmp_path)}
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    path = first.stdout.strip()
+    path, bits = first.stdout.split()
     assert path.startswith(str(folder)) and os.path.exists(path)
-    assert "bptt.cells.gru" in open(path).read()
+    assert "bptt.cells.lstm" in open(path).read()
     kept = sorted(p.stem for p in folder.glob("*.py"))
     assert len(kept) == compiled.KEPT_LOOPS and Path(path).stem in kept
     assert kept[:-1] == stale[-(compiled.KEPT_LOOPS - 1):]                 # the ones used last
@@ -262,7 +265,9 @@ def test_the_loops_are_generated_into_the_cache_and_reused_and_the_cache_stays_b
     assert cached                                          # Numba's index of the compiled loops
     written = os.stat(path).st_mtime_ns
     second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert second.stdout.strip() == path and os.stat(path).st_mtime_ns == written
+    assert second.stdout.split() == [path, bits] and os.stat(path).st_mtime_ns == written
+    # the same bits whether this process compiled the loops or loaded them: the kernels are
+    # inlined, not called where a copy compiled in the process may answer instead
     assert len(list(folder.glob("*.py"))) == compiled.KEPT_LOOPS
 
 
