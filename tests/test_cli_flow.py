@@ -72,10 +72,13 @@ def test_flow_before_and_after_training_then_on_the_saved_runs(tmp_path, capsys)
                                               "run's own model on its own task"),
     (["flow", "--run", "r", "--task", "copy"], "--task: describes the models flow builds"),
     (["flow", "--run", "r", "--lr", "0.1", "--explode"], "--lr: describes the models flow builds"),
+    (["flow", "--task", "digits"], "--seq-len: --task digits reads an 8x8 image row by row (--seq-len 8) or "
+                                   "pixel by pixel (--seq-len 64), got 200"),
 ])
 def test_flow_and_explain_errors_are_one_line(argv, message, tmp_path, capsys):
     code, out, err = run(capsys, argv + (["--out", str(tmp_path / "x")] if argv[0] == "flow" else []))
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "x").exists()                                     # nothing written
 
 
 def _flow_parser():

@@ -27,22 +27,24 @@ from .train.config import Config, coerce, load_toml
 DEFAULTS = Config()
 
 
-def _option(parser, name, kind, help_text):
+def _option(parser, name, kind, help_text, unset=None):
+    """--name, its help ending with the default, or with what leaving it unset does."""
     flag = "--" + name.replace("_", "-")
     default = getattr(DEFAULTS, name)
+    said = f"default: {default}" if default is not None else f"unset: {unset}" if unset else None
     parser.add_argument(flag, dest=name, type=kind, default=None,
-                        help=f"{help_text} (default: {default})")
+                        help=f"{help_text} ({said})" if said else help_text)
 
 
 def _train_options(p):
     _option(p, "task", str, "text, adding, copy, sine or digits (--seq-len 8: rows, 64: pixels)")
-    _option(p, "text", str, "a UTF-8 text file for --task text; the built-in corpus when omitted")
+    _option(p, "text", str, "a UTF-8 text file for --task text", unset="the built-in corpus")
     _option(p, "cell", str, "rnn, lstm, gru, or module:Class for a bptt.Cell of your own (docs/custom_cell.md)")
     _option(p, "hidden", int, "hidden units per layer")
     _option(p, "layers", int, "stacked recurrent layers")
     _option(p, "nonlinearity", str, "f of the Elman RNN: tanh, relu, sigmoid, identity")
     _option(p, "init", str, "default, orthogonal, identity (IRNN) or chrono (LSTM, GRU)")
-    _option(p, "chrono_t_max", float, "--init chrono: the longest dependency expected, in steps (unset: --seq-len)")
+    _option(p, "chrono_t_max", float, "--init chrono: the longest dependency expected, in steps", unset="--seq-len")
     _option(p, "forget_bias", float, "added to the LSTM forget-gate bias")
     _option(p, "dropout", float, "dropout between stacked layers, a fresh mask every step (PyTorch's)")
     _option(p, "input_dropout", float, "variational dropout of every layer's input, one mask per window")
@@ -61,10 +63,11 @@ def _train_options(p):
     _option(p, "schedule", str, "constant, step (halves the rate every 1000 updates) or cosine")
     _option(p, "warmup", int, "updates of linear warm-up")
     _option(p, "clip_norm", float, "clip the global gradient norm to this")
-    _option(p, "clip_value", float, "clip every gradient entry to ± this")
-    _option(p, "k1", int, "text: truncated BPTT, steps between updates")
-    _option(p, "k2", int, "text: truncated BPTT, steps backpropagated (>= k1)")
-    _option(p, "checkpointing", int, "synthetic tasks: checkpointed BPTT with this many steps of tape")
+    _option(p, "clip_value", float, "clip every gradient entry to ± this", unset="entries are not clipped")
+    _option(p, "k1", int, "text: truncated BPTT, steps between updates", unset="--seq-len")
+    _option(p, "k2", int, "text: truncated BPTT, steps backpropagated (>= k1)", unset="--k1")
+    _option(p, "checkpointing", int, "synthetic tasks: checkpointed BPTT with this many steps of tape",
+            unset="the whole tape")
     _option(p, "through_time", str, "bptt (default), or forward mode without a backward pass: rtrl, snap1, "
                                     "snap2, uoro, kf-rtrl, eprop, rflo (text: an update every --k1 steps)")
     _option(p, "on_nonfinite", str, "stop, or skip (and count) an update whose gradient is not finite")
@@ -72,11 +75,11 @@ def _train_options(p):
     _option(p, "dtype", str, "float32 or float64")
     _option(p, "eval_every", int, "updates between validations")
     _option(p, "checkpoint_every", int, "updates between checkpoints")
-    _option(p, "patience", int, "stop after this many evaluations without a lower validation loss (unset: never)")
+    _option(p, "patience", int, "stop after this many evaluations without a lower validation loss", unset="never")
     _option(p, "threads", int, "2: two halves of each batch run at once on two threads, BLAS on one; "
-                               "1: one pass, BLAS on its own threads; unset: 2 where the compiled loops may use two "
-                               "threads (BPTT_LOOP_THREADS, by default 2 cores or more) but the layer is too "
-                               "small to share its rows, else 1. The two sum the batch in another order")
+                               "1: one pass, BLAS on its own threads. The two sum the batch in another order",
+            unset="2 where the compiled loops may use two threads (BPTT_LOOP_THREADS, by default 2 cores or "
+                  "more) but the layer is too small to share its rows, else 1")
     p.add_argument("--out", dest="out", default=None, metavar="RUN_DIR",
                    help="run folder, new or empty (default: runs/DATE-TIME, a new name for every run)")
     p.add_argument("--fresh", action="store_true",

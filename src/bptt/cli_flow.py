@@ -54,7 +54,7 @@ BAD_VALUES = {
 def add_parser(sub):
     integer, number = _checks.argument(int, "an integer"), _checks.argument(float, "a number")
     p = sub.add_parser("flow", help="see the gradient flow through time: per-step norms, credit, Jacobians, bound")
-    p.add_argument("--task", default="adding", help="adding, copy, sine or text (default: adding)")
+    p.add_argument("--task", default="adding", help="adding, copy, sine, digits (--seq-len 8: rows, 64: pixels) or text (default: adding)")
     p.add_argument("--seq-len", type=integer, default=200,
                    help="sequence length, >= 1 (>= 2 for adding; text: at most the validation split's "
                         "characters per stream) (default: 200)")
@@ -122,6 +122,9 @@ def check(args) -> tuple:
     if args.seq_len < 2 and (args.task == "adding" or (args.explode and explode_task == "adding")):
         raise ValueError(f"--seq-len: expected at least 2 for the adding task (one marked value in each "
                          f"half of the sequence), got {args.seq_len}")
+    if args.seq_len not in (8, 64) and (args.task == "digits" or (args.explode and explode_task == "digits")):
+        raise ValueError(f"--seq-len: --task digits reads an 8x8 image row by row (--seq-len 8) or pixel by "
+                         f"pixel (--seq-len 64), got {args.seq_len}")
     cells = [c.strip() for c in str(args.cell).split(",")]
     if not any(cells):
         raise ValueError(f"--cell: expected one or more of {', '.join(CELLS)}, comma-separated, got {args.cell!r}")
