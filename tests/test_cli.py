@@ -384,9 +384,16 @@ def test_an_export_error_names_the_file_asked_for(tmp_path, capsys):
     code, _, _ = run(capsys, ["train", *SMALL, "--out", str(tmp_path / "r")])
     assert code == 0
     (tmp_path / "d.onnx").mkdir()
-    for target in (tmp_path / "no" / "x.onnx", tmp_path / "d.onnx"):
+    code, _, err = run(capsys, ["export", str(tmp_path / "r"), "--onnx", str(tmp_path / "d.onnx")])
+    assert code == 1 and err.startswith(f"bptt: error: {tmp_path / 'd.onnx'}: ") and ".tmp" not in err, err
+    (tmp_path / "f").write_text("")
+    for target, why in ((tmp_path / "no" / "x.onnx", "does not exist"), (tmp_path / "f" / "x.onnx", "is a file")):
         code, _, err = run(capsys, ["export", str(tmp_path / "r"), "--onnx", str(target)])
-        assert code == 1 and err.startswith(f"bptt: error: {target}: ") and ".tmp" not in err, err
+        assert code == 2 and err == f"bptt: error: --onnx: expected a file in an existing folder, got " \
+                                    f"{str(target)!r} ({target.parent} {why})\n", err
+    code, _, err = run(capsys, ["train", *SMALL, "--out", str(tmp_path / "f" / "sub")])
+    assert code == 2 and f"--out: expected a folder for the run, got {tmp_path / 'f' / 'sub'} ({tmp_path / 'f'} " \
+                         f"is a file)" in err
 
 
 def test_eval_names_a_checkpoint_cut_short_and_reads_the_one_before(tmp_path, capsys):

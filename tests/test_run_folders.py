@@ -252,7 +252,8 @@ def test_a_file_where_a_folder_should_be_is_one_line(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     one_line_error(bptt("train", *SMALL, "--steps", 2, "--out", afile), 2, f"--out: {afile} is a file")
-    one_line_error(bptt("train", *SMALL, "--steps", 2, "--out", afile / "run"), 1, f"{afile / 'run'}: Not a directory")
+    one_line_error(bptt("train", *SMALL, "--steps", 2, "--out", afile / "run"), 2,
+                   f"--out: expected a folder for the run, got {afile / 'run'} ({afile} is a file)")
     assert afile.read_text() == "x"
 
 

@@ -314,6 +314,10 @@ def _run(args) -> int:
             from .train.runs import run_folder
             if not args.onnx.endswith(".onnx") or len(args.onnx) <= len(".onnx"):
                 raise ValueError(f"--onnx: expected a file name ending in .onnx, got {args.onnx!r}")
+            folder = Path(args.onnx).absolute().parent
+            if not folder.is_dir():
+                raise ValueError(f"--onnx: expected a file in an existing folder, got {args.onnx!r} "
+                                 f"({folder} {'is a file' if folder.exists() else 'does not exist'})")
             model = read(run_folder(args.run), best=args.best)
             _note_cut_short(args.run, args.best)
             try:

@@ -81,6 +81,11 @@ def _contents(path: Path) -> list:
 def _check_folder(path: Path, option: str):
     if path.exists() and not path.is_dir():
         raise FolderError(f"{option}: {path} is a file; expected a folder for the run")
+    above = path.absolute().parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise FolderError(f"{option}: expected a folder for the run, got {path} ({above} is a file)")
 
 
 class Lock:
