@@ -191,6 +191,8 @@ def test_a_cell_that_breaks_the_protocol_is_named():
         bptt.Model("no_such_module_xyz:Cell", 2, 3, 1)
     with pytest.raises(ValueError, match=r"cell: numpy:pi is a float, expected a Cell class"):
         bptt.Model("numpy:pi", 2, 3, 1)
+    with pytest.raises(ValueError, match=r"cell: bptt:Model is the class Model, not a bptt.Cell, expected a Cell class"):
+        bptt.Model("bptt:Model", 2, 3, 1)
     with pytest.raises(ValueError, match=r"cell: bptt.cells.protocol:Cell cannot be built with no arguments: "
                                          r"Can't instantiate abstract class"):
         bptt.Model("bptt.cells.protocol:Cell", 2, 3, 1)

@@ -66,8 +66,9 @@ def build(spec: str, arguments: dict | None = None):
     if not hasattr(module, class_name):
         raise ValueError(f"cell: module {module_name!r} has no {class_name!r}")
     kind = getattr(module, class_name)
-    if not isinstance(kind, type):
-        raise ValueError(f"cell: {spec} is a {type(kind).__name__}, expected a Cell class")
+    if not (isinstance(kind, type) and issubclass(kind, Cell)):
+        what = f"the class {kind.__name__}, not a bptt.Cell" if isinstance(kind, type) else f"a {type(kind).__name__}"
+        raise ValueError(f"cell: {spec} is {what}, expected a Cell class")
     try:
         return kind(**(arguments or {}))
     except TypeError as exc:

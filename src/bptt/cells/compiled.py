@@ -509,8 +509,7 @@ def _generated(forward_kernel, backward_kernel, loops, use_mkl):
         path = cached_source(os.path.join(settings.cache_dir(), "loops"), f"loops_{stamp}", text, KEPT_LOOPS)
     except OSError:
         return None
-    name = f"bptt_loops_{stamp}"
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(name := f"bptt_loops_{stamp}", path)
     module = sys.modules[name] = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
