@@ -39,6 +39,12 @@ def test_text_run_samples(tmp_path, capsys):
     code, best, _ = run(capsys, ["sample", str(tmp_path / "t"), "--length", "40", "--seed", "1", "--prime", "the",
                                  "--best"])
     assert code == 0 and best == out                   # 10 updates, one evaluation: the best is the last
+    import bptt                                         # a folder of model.save samples as its run does
+    bptt.load(tmp_path / "t").save(tmp_path / "m")
+    code, saved, _ = run(capsys, ["sample", str(tmp_path / "m"), "--length", "40", "--seed", "1", "--prime", "the"])
+    assert code == 0 and saved == out
+    code, _, err = run(capsys, ["sample", str(tmp_path / "m"), "--best"])
+    assert code == 2 and "--best: " in err and "is a saved model, not a run folder with checkpoints" in err
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -385,7 +391,8 @@ def test_an_export_error_names_the_file_asked_for(tmp_path, capsys):
     assert code == 0
     (tmp_path / "d.onnx").mkdir()
     code, _, err = run(capsys, ["export", str(tmp_path / "r"), "--onnx", str(tmp_path / "d.onnx")])
-    assert code == 1 and err.startswith(f"bptt: error: {tmp_path / 'd.onnx'}: ") and ".tmp" not in err, err
+    assert code == 2 and err == f"bptt: error: --onnx: expected a file name, got {str(tmp_path / 'd.onnx')!r} " \
+                                f"(a folder)\n", err
     (tmp_path / "f").write_text("")
     for target, why in ((tmp_path / "no" / "x.onnx", "does not exist"), (tmp_path / "f" / "x.onnx", "is a file")):
         code, _, err = run(capsys, ["export", str(tmp_path / "r"), "--onnx", str(target)])

@@ -123,7 +123,7 @@ def build_parser():
     resume.add_argument("--quiet", action="store_true", help="no progress bar")
     resume.add_argument("--text", default=None, metavar="FILE", help=MOVED_TEXT_HELP)
     sample = sub.add_parser("sample", help="generate text from a text run")
-    sample.add_argument("run", metavar="RUN", help=RUN_HELP + " on --task text")
+    sample.add_argument("run", metavar="RUN", help=RUN_HELP + " on --task text, or a folder of model.save")
     sample.add_argument("--length", type=POSITIVE_INT, default=400, help="characters to draw (default: 400)")
     sample.add_argument("--temperature", type=POSITIVE_FLOAT, default=0.8,
                         help="divides the log-probabilities: below 1 sharper, above 1 more random (default: 0.8)")
@@ -297,12 +297,19 @@ def _run(args) -> int:
                 _note(trainer.notes)
             _finish(trainer, trainer.train(progress=not args.quiet))
         elif args.command == "sample":
-            model, meta = load_model(args.run, best=args.best)
-            _note_cut_short(args.run, args.best)
-            if meta["config"].get("task") != "text":
-                raise ValueError(f"RUN: {args.run} is a run of the {meta['config'].get('task')} task; sampling "
-                                 f"needs a text run")
-            print(sample(model, meta["text"]["first"], args.length, args.temperature, args.top_k, args.prime,
+            from .saved import is_saved
+            from .train.load import read
+            if is_saved(Path(args.run)):                 # a folder of model.save: the model and its vocabulary
+                model = read(Path(args.run), best=args.best)
+                first = (model.vocabulary or [""])[0]
+            else:
+                model, meta = load_model(args.run, best=args.best)
+                _note_cut_short(args.run, args.best)
+                if meta["config"].get("task") != "text":
+                    raise ValueError(f"RUN: {args.run} is a run of the {meta['config'].get('task')} task; sampling "
+                                     f"needs a text run")
+                first = meta["text"]["first"]
+            print(sample(model, first, args.length, args.temperature, args.top_k, args.prime,
                          np.random.default_rng(args.seed)))
         elif args.command == "eval":
             trainer = Trainer.load(args.run, best=args.best, text=args.text)
@@ -314,6 +321,8 @@ def _run(args) -> int:
             from .train.runs import run_folder
             if not args.onnx.endswith(".onnx") or len(args.onnx) <= len(".onnx"):
                 raise ValueError(f"--onnx: expected a file name ending in .onnx, got {args.onnx!r}")
+            if Path(args.onnx).is_dir():
+                raise ValueError(f"--onnx: expected a file name, got {args.onnx!r} (a folder)")
             folder = Path(args.onnx).absolute().parent
             if not folder.is_dir():
                 raise ValueError(f"--onnx: expected a file in an existing folder, got {args.onnx!r} "
