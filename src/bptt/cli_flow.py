@@ -54,7 +54,8 @@ BAD_VALUES = {
 def add_parser(sub):
     integer, number = _checks.argument(int, "an integer"), _checks.argument(float, "a number")
     p = sub.add_parser("flow", help="see the gradient flow through time: per-step norms, credit, Jacobians, bound")
-    p.add_argument("--task", default="adding", help="adding, copy, sine, digits (--seq-len 8: rows, 64: pixels) or text (default: adding)")
+    p.add_argument("--task", default="adding",
+                   help="adding, copy, sine, digits (--seq-len 8: rows, 64: pixels) or text (default: adding)")
     p.add_argument("--seq-len", type=integer, default=200,
                    help="sequence length, >= 1 (>= 2 for adding; text: at most the validation split's "
                         "characters per stream) (default: 200)")
@@ -98,9 +99,7 @@ def _writable_folder(out: Path):
         if not os.access(out, os.W_OK | os.X_OK):
             raise ValueError(f"--out: expected a folder we can write in, got {os.fspath(out)} (not writable)")
         return
-    above = out.absolute().parent
-    while not above.exists():
-        above = above.parent
+    above = folder.nearest_existing(out)
     if not above.is_dir():
         raise ValueError(f"--out: expected a folder, got {os.fspath(out)} ({os.fspath(above)} is a file)")
     if not os.access(above, os.W_OK | os.X_OK):

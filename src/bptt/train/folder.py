@@ -78,12 +78,18 @@ def _contents(path: Path) -> list:
     return sorted(p.name for p in path.iterdir() if p.name != LOCK)
 
 
+def nearest_existing(path: Path) -> Path:
+    """The nearest folder or file above ``path`` that exists: where creating it would start."""
+    above = Path(path).absolute().parent
+    while not above.exists():
+        above = above.parent
+    return above
+
+
 def _check_folder(path: Path, option: str):
     if path.exists() and not path.is_dir():
         raise FolderError(f"{option}: {path} is a file; expected a folder for the run")
-    above = path.absolute().parent
-    while not above.exists():
-        above = above.parent
+    above = nearest_existing(path)
     if not above.is_dir():
         raise FolderError(f"{option}: expected a folder for the run, got {path} ({above} is a file)")
 

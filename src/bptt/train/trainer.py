@@ -240,7 +240,7 @@ class Trainer:
                                  f"SHA-256")
         if world.root and (edits or overrides or moved):     # config.json says what the run now does
             # config.json's text as the user wrote it there: a relative one stays relative
-            as_given = {"text": saved["text"]} if option != "--text" and "text" in saved else {}
+            as_given = {"text": saved["text"]} if option == CONFIG_TEXT else {}
             written = json.dumps(config.to_dict() | as_given, indent=1)
             runs.atomic_write(run / "config.json", lambda p: p.write_text(written))
         return trainer
@@ -635,6 +635,9 @@ def load_model(run, best: bool = False) -> tuple:
     return model, meta
 
 
+CONFIG_TEXT = "RUN: config.json's text"          # _run_config's answer where config.json named the text
+
+
 def _run_config(run, meta, text=None) -> tuple:
     """(config, where its text's path came from) of a run's checkpoint for eval and resume.
     A config without the threads key ran one pass a batch, and goes on that way. The text
@@ -650,7 +653,7 @@ def _run_config(run, meta, text=None) -> tuple:
             text = folder.saved_config(run, meta["config"]).get("text")
         except ValueError:
             text = None
-        option = "RUN: config.json's text" if text is not None else "RUN: the run's text file"
+        option = CONFIG_TEXT if text is not None else "RUN: the run's text file"
     if text is None:
         return config, option
     if not isinstance(text, (str, os.PathLike)) or not str(text):
@@ -672,7 +675,7 @@ def _text_of(run, config, given=None, option=""):
     except TextFileError as exc:
         if given is not None:
             raise
-        whose = (f"{Path(run) / 'config.json'} names the run's text as" if option.startswith("RUN: config.json")
+        whose = (f"{Path(run) / 'config.json'} names the run's text as" if option == CONFIG_TEXT
                  else f"{run} trained on the text")
         raise ValueError(f"RUN: {whose} {config.text}, which cannot be read now "
                          f"({str(exc)[len('--text: '):]}); eval, resume and flow --run read it again (sample and "
