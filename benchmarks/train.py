@@ -14,7 +14,12 @@ the other's); the ratio is taken within each round, and its median reported.
     python benchmarks/train.py --jobs default
 
 Prints one row per job: updates/s of each side (median over rounds) and bptt/PyTorch
-(> 1: bptt trains faster), under the machine stamp (benchmarks/machine.py).
+(> 1: bptt trains faster), under the machine stamp (benchmarks/machine.py). A second line
+per job puts both sides against the machine: the dense products one update needs
+(``update_gflop``) times the updates/s, as a share of NumPy's float32 GEMM rate (1024³)
+timed in each round right after the two sides; and the share bptt would need for 1.2×
+PyTorch's updates/s. A share near 100% is a job bound by the GEMM rate, where no
+arrangement of the same products runs much faster.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import time
 import numpy as np
 import torch
 
+from cells import gemm_rate
 from machine import cores, recorded, stamp
 
 JOBS = {"default": dict(hidden=128, layers=1), "large": dict(hidden=256, layers=2)}
@@ -76,6 +82,16 @@ def torch_side(trainer):
     return update
 
 
+def update_gflop(c, vocab, gates=4) -> float:
+    """GFLOP of the dense products in one update of an LSTM (gates = 4) language model with
+    one-hot inputs, N = T·B rows: per layer the recurrent product forward and backward and
+    ∂W_h; above the first layer also x W_xᵀ, ∂W_x and the ∂L/∂x passed down (the first
+    layer's one-hot input is a row gather, no product); the head's forward, ∂W_y and ∂L/∂h."""
+    N, H = c.seq_len * c.batch, c.hidden
+    layer = 2.0 * N * H * gates * H
+    return (3 * layer * c.layers + 3 * layer * (c.layers - 1) + 3 * 2.0 * N * H * vocab) / 1e9
+
+
 def timed(update, n) -> float:
     """Updates per second over a block of n, after a pause that lets idle threads sleep."""
     time.sleep(0.5)
@@ -107,15 +123,21 @@ def main():
             for _ in range(3):                                    # compile, warm caches
                 ours()
                 theirs()
-            rates = []
+            rates, gemm = [], []
             for _ in range(args.rounds):
                 rates.append((timed(ours, args.updates), timed(theirs, args.updates)))
+                gemm.append(gemm_rate(min_block_s=0.25))
         c = trainer.config
         label = f"{job}: LSTM {c.layers}×{c.hidden}, B {c.batch}, T {c.seq_len}"
         ratio = statistics.median(a / b for a, b in rates)
         print(f"{label:<34} {statistics.median(a for a, _ in rates):>11.1f} "
               f"{statistics.median(b for _, b in rates):>12.1f} {ratio:>11.2f}")
         print("  rounds (bptt, torch): " + ", ".join(f"({a:.1f}, {b:.1f})" for a, b in rates))
+        flop = update_gflop(c, trainer.task.vocab_size)
+        ours_share, theirs_share = (statistics.median(flop * r[i] / g for r, g in zip(rates, gemm)) for i in (0, 1))
+        print(f"  {flop:.2f} GFLOP of products an update; against the GEMM rate of each round "
+              f"({statistics.median(gemm):.0f} GFLOP/s, median): bptt {100 * ours_share:.0f}%, torch "
+              f"{100 * theirs_share:.0f}%; 1.2× torch's updates/s needs {120 * theirs_share:.0f}%")
 
 
 if __name__ == "__main__":

@@ -247,6 +247,23 @@ class _LeakWritingItsState(_Leak):
         return super().step(p, u, v, state)
 
 
+class _LeakWritingItsGradient(_Leak):
+    def step_backward(self, p, dstate, cache):
+        dstate[0][...] *= 1.0                         # the protocol says: read only
+        return super().step_backward(p, dstate, cache)
+
+
+def test_a_step_backward_writing_into_dstate_is_named_in_forward_mode():
+    """Forward mode hands every step the same read-only unit rows: a cell that writes into
+    them is named, not left to NumPy's bare "output array is read-only"."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 3, 2)), rng.standard_normal((4, 3, 1))
+    writer = bptt.Model(_LeakWritingItsGradient(), 2, 4, 1, dtype="float64", seed=0)
+    with pytest.raises(ValueError, match=r"cell: _LeakWritingItsGradient.step_backward writes into dstate, "
+                                         r"which it may only read"):
+        tt.rtrl(writer, x, y)
+
+
 def test_a_cache_without_the_batch_axis_and_a_step_writing_its_state_are_refused_by_name():
     from bptt.diagnostics import flow
     rng = np.random.default_rng(0)

@@ -177,6 +177,25 @@ def test_a_user_cell_takes_every_kind_of_noise():
     assert report.worst() < TOL, str(report)
 
 
+def test_gradcheck_takes_the_masks_of_a_float32_model():
+    """gradcheck runs on a float64 copy of the model: the masks drawn by the float32 model
+    are cast with it (their values are exact in both), zoneout's draws stay bool."""
+    model = bptt.Model("gru", 2, 3, 2, num_layers=2, seed=0, dropout=0.2, input_dropout=0.2,
+                       recurrent_dropout=0.2, zoneout=0.2)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 3, 2)).astype("float32"), rng.standard_normal((4, 3, 2)).astype("float32")
+    masks = model.draw_masks(4, 3, np.random.default_rng(1))
+    report = bptt.gradcheck(model, x, y, masks=masks)
+    assert report.worst() < TOL, str(report)
+    cast = masks.astype("float64")
+    assert cast.between[0].dtype == np.float64 and cast.zone[0].dtype == np.bool_
+    assert np.array_equal(cast.recurrent[1], masks.recurrent[1]) and cast.zone[1] is masks.zone[1]
+    with pytest.raises(ValueError, match=r"masks.between\[0\]: expected shape \(4, 3, 3\) and dtype float64 "
+                                         r"\(this model's draw_masks\), got \(4, 3, 3\) float32; "
+                                         r"masks.astype\('float64'\) casts them"):
+        model.astype("float64").gradients(x.astype("float64"), y.astype("float64"), masks=masks)
+
+
 @pytest.mark.parametrize("options,message", [
     (dict(dropout=1.0, num_layers=2), "dropout: expected a probability in [0, 1), got 1.0"),
     (dict(zoneout=-0.1), "zoneout: expected a probability in [0, 1), got -0.1"),

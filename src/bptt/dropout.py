@@ -60,6 +60,13 @@ class Masks(NamedTuple):
             return [None if a is None else a[lo:hi] for a in arrays]
         return Masks(cut(self.between), self.inputs, self.recurrent, cut(self.zone))
 
+    def astype(self, dtype) -> "Masks":
+        """The same masks for a model of ``dtype`` (Model.astype): the multipliers cast,
+        zoneout's bool draws kept."""
+        def cast(arrays):
+            return [None if a is None else a.astype(dtype) for a in arrays]
+        return Masks(cast(self.between), cast(self.inputs), cast(self.recurrent), self.zone)
+
     def rows(self, rows) -> "Masks":
         """The masks of these sequences (a slice of the batch)."""
         def cut(arrays, axis):
@@ -136,8 +143,9 @@ def check(masks, T: int, B: int, model) -> Masks | None:
             array = isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__")     # NumPy or CuPy
             if a is not None and (not array or a.shape != want or a.dtype != dtype):
                 got = f"{a.shape} {a.dtype}" if array else type(a).__name__
+                hint = f"; masks.astype('{np.dtype(dtype).name}') casts them" if array and a.shape == want else ""
                 raise ValueError(f"masks.{kind}[{i}]: expected shape {want} and dtype {np.dtype(dtype).name} "
-                                 f"(this model's draw_masks), got {got}")
+                                 f"(this model's draw_masks), got {got}{hint}")
     return masks
 
 

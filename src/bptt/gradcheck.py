@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .dropout import Masks
 from .model import Model
 
 
@@ -43,8 +44,8 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
     Keys: every name of ``model.params``, then ``"x"`` and ``"h0"`` (and ``"c0"`` for
     an LSTM). Everything runs in float64 on a copy; ``model`` is not changed.
     ``options`` (resets, loss_mask, loss_count, masks) go to ``Model.gradients`` and
-    ``Model.loss_value`` as they are: with ``masks``, the check holds the dropout and
-    zoneout masks fixed.
+    ``Model.loss_value``, ``masks`` cast to float64 with the model: the check holds the
+    dropout and zoneout masks fixed.
     """
     for name, value in (("eps", eps), ("floor", floor)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
@@ -64,6 +65,8 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
         m._split_state(state0, x.shape[1] if x.ndim == 3 else 1)      # the model's own message for it
     state0 = tuple(np.array(s, dtype=np.float64) for s in state0) if model.tuple_state \
         else np.array(state0, dtype=np.float64)
+    if isinstance(options.get("masks"), Masks):
+        options["masks"] = options["masks"].astype(np.float64)
     g = m.gradients(x, targets, state0, mask, **options)
 
     def loss():

@@ -37,7 +37,9 @@ into u, v or state (views of the tape; the Python loop hands u and state over re
 as NumPy views); ``cache`` is a tuple of arrays step_backward needs, each with the batch
 as its first axis (B, …), since RTRL and the flow report take a row of the batch from
 it: a parameter it needs comes from ``p`` again, not from the cache. step_backward gets
-``dstate`` as a tuple of (B, H) arrays, is linear in it, and
+``dstate`` as a tuple of (B, H) arrays, is linear in it, reads it and the cache without
+writing into them (the caller's gradient and the tape; forward mode hands the same unit
+rows to every step, read-only), and
 returns du and dv (B, G·H), ``dstate_prev`` like ``state``, and ``dextra`` {name:
 gradient} of the extra parameters summed over the batch ({} when there are none). Use
 NumPy's array functions; float32 and float64 both occur. These two are the cell's

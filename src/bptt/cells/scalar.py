@@ -3,8 +3,10 @@
 Call them from a cell's ``forward_kernel`` / ``backward_kernel`` (cells/protocol.py) on
 float32 or float64 scalars. NumPy's float32 tanh is not vectorised on many CPUs (~3 ns an
 element); here float32 takes x·P(x²)/Q(x²) on [−9, 9], within 4e-7 absolute of tanh (a few
-float32 ulp), which LLVM vectorises; float64, the verification dtype, takes libm's tanh, so
-that the compiled loops equal the NumPy reference to 1e-12. sigmoid is ½·tanh(z/2) + ½ (A3).
+float32 ulp), which LLVM vectorises, clipped to [−1, 1] (past |x| ≈ 8.3 the rational
+exceeds 1 by an ulp or two, and 1 − tanh² must not turn negative); float64, the
+verification dtype, takes libm's tanh, so that the compiled loops equal the NumPy
+reference to 1e-12. sigmoid is ½·tanh(z/2) + ½ (A3).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def _tanh_for(x):
             q = q * x2 + np.float32(1.18534705686654e-04)
             q = q * x2 + np.float32(2.26843463243900e-03)
             q = q * x2 + np.float32(4.89352518554385e-03)
-            return x * p / q
+            return min(max(x * p / q, np.float32(-1.0)), np.float32(1.0))         # |tanh| ≤ 1: σ in [0, 1]
         return rational
     return lambda x: math.tanh(x)                                          # float64: libm
 

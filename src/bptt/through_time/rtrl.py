@@ -123,7 +123,14 @@ class Influence:
         # repeated K times (row b·K + k) (T3).
         dstate = self._unit_rows(l, B, u.dtype, kept)
         rep = tuple(np.repeat(c, K, axis=0) for c in cache)
-        du, dv, back, _ = self.cell.step_backward(p, dstate, rep)
+        try:
+            du, dv, back, _ = self.cell.step_backward(p, dstate, rep)
+        except ValueError as exc:
+            if "read-only" not in str(exc):
+                raise
+            raise ValueError(f"cell: {type(self.cell).__name__}.step_backward writes into dstate, which it may "
+                             f"only read (forward mode hands every step the same unit rows); write into "
+                             f"arrays of its own") from exc
         du, dv = du.reshape(B, K, -1), dv.reshape(B, K, -1)
         direct = np.concatenate([b.reshape(B, K, H) for b in back], axis=2)               # not through v_t
         if kept is not None:
