@@ -31,7 +31,11 @@ def main():
                      f"{args.length}")
 
     runtime = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
-    chars = json.loads(runtime.get_modelmeta().custom_metadata_map["bptt.vocabulary"])
+    vocabulary = runtime.get_modelmeta().custom_metadata_map.get("bptt.vocabulary")
+    if vocabulary is None:
+        parser.error(f"model: {args.model} has no vocabulary (exported from a run of another task than text); "
+                     f"expected a character model")
+    chars = json.loads(vocabulary)
     index = {c: i for i, c in enumerate(chars)}
     if not args.prime:
         args.prime = "\n" if "\n" in index else chars[0]          # as bptt sample does

@@ -349,7 +349,7 @@ def test_what_a_cells_step_backward_returns_is_checked_and_named(wrong, message)
         model.loss_and_grads(x, y)
 
 
-def test_the_trainer_runs_a_user_cell_in_one_pass_and_resumes_it(tmp_path):
+def test_the_trainer_runs_a_user_cell_in_one_pass_and_resumes_it(tmp_path, capsys):
     """A cell of one's own steps in Python under the GIL: the trainer does not split its
     batch over two threads; and a run of it resumes with the cell found again."""
     import json
@@ -370,6 +370,12 @@ def test_the_trainer_runs_a_user_cell_in_one_pass_and_resumes_it(tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("tests_cells", None)
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 2        # from where the cell's module is not found: how to find it
+    assert capsys.readouterr().err.strip() == (
+        f"bptt: error: cell: cannot import 'tests_cells' for 'tests_cells:GRUCell': No module named 'tests_cells'; "
+        f"RUN {run} was trained with a cell of that module: run bptt from the folder that holds it, or add that "
+        f"folder to PYTHONPATH")
 
 
 def test_the_protocol_gru_agrees_with_torch_nn_gru():

@@ -35,7 +35,7 @@ def test_text_run_samples(tmp_path, capsys):
                                 "--batch", "4", "--steps", "10", "--quiet", "--out", str(tmp_path / "t")])
     assert code == 0 and "sample:" in out and "bigram" in out.strip().splitlines()[-1]
     code, out, _ = run(capsys, ["sample", str(tmp_path / "t"), "--length", "40", "--seed", "1", "--prime", "the"])
-    assert code == 0 and len(out.rstrip("\n")) == 40
+    assert code == 0 and out.startswith("the") and len(out.rstrip("\n")) == 3 + 40     # the prime, then 40 drawn
     code, best, _ = run(capsys, ["sample", str(tmp_path / "t"), "--length", "40", "--seed", "1", "--prime", "the",
                                  "--best"])
     assert code == 0 and best == out                   # 10 updates, one evaluation: the best is the last
@@ -45,6 +45,10 @@ def test_text_run_samples(tmp_path, capsys):
     assert code == 0 and saved == out
     code, _, err = run(capsys, ["sample", str(tmp_path / "m"), "--best"])
     assert code == 2 and "--best: " in err and "is a saved model, not a run folder with checkpoints" in err
+    bptt.Model("lstm", 2, 4, 1).save(tmp_path / "plain")    # no vocabulary: one line, not a traceback
+    code, _, err = run(capsys, ["sample", str(tmp_path / "plain")])
+    assert code == 2 and err.strip() == (f"bptt: error: RUN: {tmp_path / 'plain'} holds a model without a "
+                                         f"vocabulary (not a character model); sampling needs a text model")
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -103,6 +107,18 @@ def test_config_file_keys_mirror_the_options(tmp_path, capsys):
     import json
     saved = json.loads((tmp_path / "c" / "config.json").read_text())
     assert saved["hidden"] == 8 and saved["steps"] == 12 and saved["lr"] == 0.01   # flags win over the file
+
+
+def test_a_relative_text_in_a_config_file_is_read_from_the_files_folder(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "cfgd"
+    folder.mkdir()
+    (folder / "small.txt").write_text("the quick brown fox jumps over the lazy dog. " * 100, encoding="utf-8")
+    (folder / "c.toml").write_text('text = "small.txt"\nhidden = 8\nseq_len = 16\nbatch = 4\n')
+    monkeypatch.chdir(tmp_path)                       # not the file's folder
+    code, _, err = run(capsys, ["train", "--config", "cfgd/c.toml", "--steps", "2", "--quiet", "--out", "r"])
+    assert code == 0, err
+    import json
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["text"] == str(folder / "small.txt")
 
 
 def test_python_dash_m_bptt_works():

@@ -198,7 +198,11 @@ def test_load_names_its_own_argument(tmp_path):
     with pytest.raises(ValueError, match=r"^path: .* has no checkpoint .*; expected a saved model \(model.json\) "
                                          r"or a run folder$"):
         bptt.load(tmp_path)
-    with pytest.raises(ValueError, match=r"^best: .* has no best model"):
+    with pytest.raises(ValueError, match=r"^best: .* has no best model .*; it is written at the first evaluation$"):
+        bptt.load(tmp_path, best=True)
+    (tmp_path / "best.json").write_text("{}")          # its .safetensors never written
+    with pytest.raises(ValueError, match=r"^best: .* has no best model .*; its best.json is alone, a best model "
+                                         r"cut short$"):
         bptt.load(tmp_path, best=True)
 
 

@@ -119,6 +119,9 @@ def test_bptt_export_and_the_onnxruntime_sampler(tmp_path):
         done = subprocess.run([sys.executable, str(example), str(tmp_path / "m.onnx"), "--length", "5", *args],
                               capture_output=True, text=True)
         assert (done.returncode, message is None or message in done.stderr) == (2 if message else 0, True), done.stderr
+    to_onnx(bptt.Model("lstm", 3, 4, 2), tmp_path / "plain.onnx")      # no vocabulary: one line
+    done = subprocess.run([sys.executable, str(example), str(tmp_path / "plain.onnx")], capture_output=True, text=True)
+    assert done.returncode == 2 and "has no vocabulary" in done.stderr and "Traceback" not in done.stderr
     bad = subprocess.run(bptt_cli + ["export", str(tmp_path / "nowhere"), "--onnx", str(tmp_path / "n.onnx")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "nowhere" in bad.stderr and not (tmp_path / "n.onnx").exists()

@@ -67,6 +67,21 @@ def copy_of(run: Path, to: Path) -> Path:
 
 # ---- a folder belongs to one run --------------------------------------------------------------
 
+def test_a_folder_that_cannot_be_written_is_named_before_anything_starts(tmp_path, monkeypatch):
+    """As another user meets it (root may write anywhere): --out in a folder without write
+    permission, and RUN that cannot be written, are FolderErrors naming the option."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(folder.os, "access", lambda p, mode: Path(p) != locked)
+    with pytest.raises(folder.FolderError, match=rf"^--out: expected a folder the run can create, got "
+                                                 rf"{locked / 'new' / 'run'} \({locked} is not writable\)$"):
+        folder.check_new(locked / "new" / "run")
+    with pytest.raises(folder.FolderError, match=rf"^RUN: expected a folder the run can write in, got {locked} "
+                                                 rf"\(not writable\)$"):
+        folder.claim_existing(locked)
+    assert list(locked.iterdir()) == []
+
+
 def test_train_refuses_a_folder_that_is_not_empty_and_changes_nothing(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -76,7 +91,12 @@ def test_train_refuses_a_folder_that_is_not_empty_and_changes_nothing(tmp_path):
     one_line_error(bptt("train", *SMALL, "--steps", 2, "--out", mine), 2, f"--out: {mine} is not empty",
                    "is not a run")
     one_line_error(bptt("train", *SMALL, "--steps", 2, "--out", mine, "--fresh"), 2,
-                   f"--fresh: {mine} is not a run, and its config.json would be overwritten")
+                   f"--fresh: {mine} is not empty (2 entries: config.json, notes.txt) and is not a run to start "
+                   f"over; choose an empty or new folder")
+    (mine / "config.json").unlink()                    # --fresh starts over a run; it does not fill a folder
+    before = snapshot(mine)
+    one_line_error(bptt("train", *SMALL, "--steps", 2, "--out", mine, "--fresh"), 2,
+                   f"--fresh: {mine} is not empty (1 entry: notes.txt) and is not a run to start over")
     assert snapshot(mine) == before and not (mine / folder.LOCK).exists()
 
 
@@ -201,6 +221,22 @@ def test_a_signal_saves_the_update_in_flight_and_resume_is_bit_for_bit(tmp_path,
     assert rows[0] == rows[1]
 
 
+def test_sigint_during_flows_training_is_one_line(tmp_path):
+    """flow --train runs its trainers inside the flow command: a signal saves the update in
+    flight, as train's does, and says the report was not written (there is no trainer of
+    the command's own to name)."""
+    out = tmp_path / "flow"
+    proc = subprocess.Popen(BPTT + ["flow", "--seq-len", "20", "--hidden", "8", "--train", "100000", "--quiet",
+                                    "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_training(out / "lstm", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    saved = runs.checkpoints(out / "lstm")
+    assert proc.returncode == 130, err
+    assert err.strip() == (f"bptt: SIGINT: stopped after update {runs.step_of(saved[-1])}, saved as {saved[-1]}; "
+                           f"the flow report was not written")
+
+
 def test_a_second_sigint_stops_at_once_and_the_last_checkpoint_stays_whole(tmp_path):
     run = tmp_path / "twice"
     # updates of about a second each, a checkpoint after every one
@@ -278,8 +314,8 @@ def test_a_read_only_or_full_file_system_is_one_line(earlier_run, tmp_path, moun
     if not _mount(ro, "ro,size=1m"):
         pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN (the RLIMIT_FSIZE test covers writes)")
     mounts.append(ro)
-    one_line_error(bptt("train", *SMALL, "--steps", 2, "--out", ro / "run"), 1,
-                   f"{ro / 'run'}: Read-only file system")
+    one_line_error(bptt("train", *SMALL, "--steps", 2, "--out", ro / "run"), 2,
+                   f"--out: expected a folder the run can create, got {ro / 'run'} ({ro} is not writable)")
     used = sum(len(b) for b in snapshot(earlier_run).values())
     assert _mount(full, f"size={used + 24 * 1024}")    # the run fits; a new checkpoint does not
     mounts.append(full)
@@ -300,6 +336,10 @@ def test_resume_says_where_it_starts_and_sets_aside_a_checkpoint_cut_short(earli
     run = copy_of(earlier_run, tmp_path / "cut")
     orphan = (run / "ckpt-00000020.safetensors").read_bytes()
     (run / "ckpt-00000020.json").unlink()              # killed between its two files
+    before = snapshot(run)
+    refused = bptt("resume", run, "--steps", 5)        # a refusal moves nothing, the half included
+    assert refused.returncode == 2 and "--steps: the run is at update 10" in refused.stderr, refused.stderr
+    assert snapshot(run) == before
     done = bptt("resume", run, "--steps", 25)
     assert done.returncode == 0, done.stderr
     notes = [line for line in done.stderr.splitlines() if line.startswith("bptt: ")]
@@ -378,6 +418,14 @@ def test_the_best_model_is_kept_apart_and_patience_stops_the_run(tmp_path):
     assert max(r["step"] for r in runs.Metrics(run).read()) == last + 5
     assert any(r["step"] == last for r in map(json.loads, next((run / "set-aside").glob("metrics-*.jsonl"))
                                               .read_text().splitlines()))
+    for _ in range(2):                 # the same continuation abandoned twice: set-aside/ keeps both
+        aside = snapshot(run / "set-aside")
+        again = bptt("resume", run, "--best", "--patience", 100, "--steps", last + 5)
+        assert again.returncode == 0, again.stderr
+        now = snapshot(run / "set-aside")
+        assert all(now.get(name) == data for name, data in aside.items()), "set-aside/ was overwritten"
+        assert len(now) > len(aside)
+    assert (run / "set-aside" / f"metrics-to-{last + 5}.jsonl.1").exists()
 
 
 def test_a_second_process_compiles_nothing(tmp_path):

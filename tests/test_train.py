@@ -277,6 +277,22 @@ def test_the_thread_rule_counts_the_steps_a_task_really_runs(tmp_path, monkeypat
     assert threads == {"copy": 1, "adding": 2}
 
 
+def test_clipping_at_0_is_no_clipping(tmp_path):
+    """--clip-norm 0 and --clip-value 0 (a TOML file has no None) train as unset ones do;
+    a small bound does clip; a negative one is refused."""
+    def trained(name, **clip):
+        trainer = Trainer(small(tmp_path, name, task="adding", hidden=8, seq_len=10, batch=8, steps=3, lr=0.1, **clip))
+        for _ in range(3):
+            trainer.update()
+        return trainer.model.params
+    off, zero, tight = trained("off", clip_norm=None), trained("zero", clip_norm=0, clip_value=0), \
+        trained("tight", clip_norm=1e-3)
+    assert all(np.array_equal(off[k], zero[k]) for k in off)
+    assert not all(np.array_equal(off[k], tight[k]) for k in off)
+    with pytest.raises(ValueError, match=r"^clip-norm: expected a positive number, or 0 for none, got -1.0$"):
+        Trainer(small(tmp_path, "bad", task="adding", clip_norm=-1.0))
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("lr", True, "lr: expected a number, got True"), ("warmup", True, "warmup: expected an integer, got True"),
     ("threads", 2.0, "threads: expected an integer or None, got 2.0"), ("lr", "0.1", "lr: expected a number, got '0.1'"),

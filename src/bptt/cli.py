@@ -62,8 +62,8 @@ def _train_options(p):
     _option(p, "lr", float, "learning rate")
     _option(p, "schedule", str, "constant, step (halves the rate every 1000 updates) or cosine")
     _option(p, "warmup", int, "updates of linear warm-up")
-    _option(p, "clip_norm", float, "clip the global gradient norm to this")
-    _option(p, "clip_value", float, "clip every gradient entry to ± this", unset="entries are not clipped")
+    _option(p, "clip_norm", float, "clip the global gradient norm to this; 0: none")
+    _option(p, "clip_value", float, "clip every gradient entry to ± this; 0: none", unset="entries are not clipped")
     _option(p, "k1", int, "text: truncated BPTT, steps between updates", unset="--seq-len")
     _option(p, "k2", int, "text: truncated BPTT, steps backpropagated (>= k1)", unset="--k1")
     _option(p, "checkpointing", int, "synthetic tasks: checkpointed BPTT with this many steps of tape",
@@ -301,7 +301,10 @@ def _run(args) -> int:
             from .train.load import read
             if is_saved(Path(args.run)):                 # a folder of model.save: the model and its vocabulary
                 model = read(Path(args.run), best=args.best)
-                first = (model.vocabulary or [""])[0]
+                if model.vocabulary is None:
+                    raise ValueError(f"RUN: {args.run} holds a model without a vocabulary (not a character "
+                                     f"model); sampling needs a text model")
+                first = model.vocabulary[0]
             else:
                 model, meta = load_model(args.run, best=args.best)
                 _note_cut_short(args.run, args.best)
@@ -309,8 +312,8 @@ def _run(args) -> int:
                     raise ValueError(f"RUN: {args.run} is a run of the {meta['config'].get('task')} task; sampling "
                                      f"needs a text run")
                 first = meta["text"]["first"]
-            print(sample(model, first, args.length, args.temperature, args.top_k, args.prime,
-                         np.random.default_rng(args.seed)))
+            print((args.prime or "") + sample(model, first, args.length, args.temperature, args.top_k, args.prime,
+                                              np.random.default_rng(args.seed)))      # the prime, then what follows
         elif args.command == "eval":
             trainer = Trainer.load(args.run, best=args.best, text=args.text)
             _note_cut_short(args.run, args.best)
@@ -347,6 +350,10 @@ def _run(args) -> int:
                 and not (trainer.model.bidirectional or trainer.model.proj_size):   # (one direction, unprojected)
             from .diagnostics.nonfinite import first_nonfinite
             where = "; " + first_nonfinite(trainer.model, *trainer.last_batch).describe()
+        saved_run = getattr(args, "run", None)
+        if str(exc).startswith("cell: cannot import") and saved_run is not None:
+            where = (f"; {'--run' if args.command == 'flow' else 'RUN'} {saved_run} was trained with a cell of "
+                     f"that module: run bptt from the folder that holds it, or add that folder to PYTHONPATH")
         if isinstance(exc, CollectiveError):
             if not rank:                          # every rank raised it: rank 0 says it, all exit
                 print(f"bptt: error: {exc}", file=sys.stderr)
@@ -378,8 +385,11 @@ def _run(args) -> int:
         return 1
     except Interrupted as stop:
         if stop.checkpoint is not None:
-            after = ("the run is complete (its last update); its final sample and figures were not printed"
-                     if _finished(trainer) else f"`bptt resume {trainer.run}` continues from it")
+            if trainer is None:             # flow --train: its trainers are cli_flow's
+                after = "the flow report was not written"
+            else:
+                after = ("the run is complete (its last update); its final sample and figures were not printed"
+                         if _finished(trainer) else f"`bptt resume {trainer.run}` continues from it")
             print(f"bptt: {stop.name}: stopped after update {stop.step}, saved as {stop.checkpoint}; {after}",
                   file=sys.stderr)
         elif trainer is not None and trainer.world.root:

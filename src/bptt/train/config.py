@@ -118,10 +118,10 @@ class Config:
             raise ValueError(f"k2: expected k2 >= k1 = {self.k1 or self.seq_len}, got {self.k2}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a positive number, got {self.lr}")
-        for name in ("clip_norm", "clip_value"):
+        for name in ("clip_norm", "clip_value"):          # 0: no clipping (as None)
             value = getattr(self, name)
-            if value is not None and not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name.replace('_', '-')}: expected a positive number, got {value}")
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name.replace('_', '-')}: expected a positive number, or 0 for none, got {value}")
         if not (isinstance(self.warmup, int) and self.warmup >= 0):
             raise ValueError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
         if not math.isfinite(self.forget_bias):
@@ -244,4 +244,6 @@ def load_toml(path) -> dict:
     except UnicodeDecodeError as exc:
         raise ValueError(f"--config: {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); expected a "
                          f"TOML file") from None
+    if isinstance(raw.get("text"), str) and raw["text"]:     # a relative text is read from the file's folder
+        raw["text"] = os.path.join(os.path.dirname(os.path.abspath(path)), raw["text"])
     return {k: coerce(k, v) for k, v in raw.items()}

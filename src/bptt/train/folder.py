@@ -5,8 +5,9 @@
                                 holds only a run that failed in its first update (its
                                 config.json and an empty metrics.jsonl)
                                 (``fresh``: an earlier run in it is deleted first); locked
-    claim_existing(path)        a run to continue: locked; halves of checkpoints cut short
-                                are moved into set-aside/ (never overwritten later)
+    claim_existing(path)        a run to continue: locked, nothing moved
+    set_aside_halves(path)      once the run may go on: halves of checkpoints cut short are
+                                moved into set-aside/ (never overwritten later)
     default_name()              runs/DATE-TIME, made atomically, never shared by two runs
     saved_config(path, config)  what an edited config.json changes for resume (or an error)
 
@@ -87,11 +88,18 @@ def nearest_existing(path: Path) -> Path:
 
 
 def _check_folder(path: Path, option: str):
+    """A folder the run can write in, or create: else a FolderError naming the option."""
     if path.exists() and not path.is_dir():
         raise FolderError(f"{option}: {path} is a file; expected a folder for the run")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise FolderError(f"{option}: expected a folder the run can write in, got {path} (not writable)")
+        return
     above = nearest_existing(path)
     if not above.is_dir():
         raise FolderError(f"{option}: expected a folder for the run, got {path} ({above} is a file)")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise FolderError(f"{option}: expected a folder the run can create, got {path} ({above} is not writable)")
 
 
 class Lock:
@@ -184,16 +192,10 @@ def _refuse_unless_empty(path: Path, fresh: bool, option: str, locked: bool = Fa
                           f"wait for it to finish or stop it")
     step = run_step(path)
     if step is None:
-        if fresh and not (set(names) & set(OWN_FILES)):
-            return
-        clash = sorted(set(names) & set(OWN_FILES))
-        if fresh:
-            raise FolderError(f"--fresh: {path} is not a run, and its {clash[0]} would be overwritten; "
-                              f"choose another folder")
         shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
-        raise FolderError(f"{option}: {path} is not empty ({len(names)} {'entry' if len(names) == 1 else 'entries'}: "
-                          f"{shown}) and is not a run; "
-                          f"choose an empty or new folder")
+        raise FolderError(f"{'--fresh' if fresh else option}: {path} is not empty ({len(names)} "
+                          f"{'entry' if len(names) == 1 else 'entries'}: {shown}) and is not a run"
+                          f"{' to start over' if fresh else ''}; choose an empty or new folder")
     if not fresh and set(names) <= {"config.json", "metrics.jsonl"} and not runs.Metrics(path).read():
         return                  # a run that failed in its first update (memory, a non-finite gradient): nothing to keep
     if not fresh and not runs.checkpoints(path):
@@ -216,27 +218,28 @@ def _delete_run(path: Path):
     shutil.rmtree(path / runs.SET_ASIDE, ignore_errors=True)
 
 
-def claim_existing(path, option: str = "RUN") -> tuple:
-    """(Lock, notes) for continuing the run in ``path``; halves of checkpoints cut short are
-    set aside so that the run never overwrites them, and each gets a note."""
+def claim_existing(path, option: str = "RUN") -> Lock:
+    """The Lock for continuing the run in ``path``; nothing in the folder moves (the run's
+    checks come next, and a refusal leaves the folder as it was)."""
     path = Path(path)
     _check_folder(path, option)
     if not path.is_dir():
         raise FolderError(f"{option}: no such run folder: {path}")
     if run_step(path) is None:
         raise FolderError(f"{option}: {path} is not a run (no config.json or checkpoint of bptt's)")
-    lock = Lock(path, option)
+    return Lock(path, option)
+
+
+def set_aside_halves(path) -> list:
+    """Halves of checkpoints cut short, moved into set-aside/ so that the continuing run
+    never overwrites them: a note for each."""
     notes = []
-    try:
-        for half in runs.incomplete(path):
-            other = ".json" if half.suffix == ".safetensors" else ".safetensors"
-            moved = runs.set_aside(path, half)
-            notes.append(f"{half.name} has no {half.stem}{other} (a checkpoint cut short); "
-                         f"moved to {moved.relative_to(path)}")
-    except BaseException:
-        lock.release()
-        raise
-    return lock, notes
+    for half in runs.incomplete(path):
+        other = ".json" if half.suffix == ".safetensors" else ".safetensors"
+        moved = runs.set_aside(path, half)
+        notes.append(f"{half.name} has no {half.stem}{other} (a checkpoint cut short); "
+                     f"moved to {moved.relative_to(path)}")
+    return notes
 
 
 def saved_config(run, checkpoint_config: dict) -> dict:

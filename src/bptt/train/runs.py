@@ -31,13 +31,20 @@ BEST = "best"       # best.json + best.safetensors
 SET_ASIDE = "set-aside"
 
 
-def set_aside(run: Path, path: Path) -> Path:
-    """Move ``path`` into RUN/set-aside/ under its own name (numbered if taken)."""
+def aside_name(run: Path, name: str) -> Path:
+    """RUN/set-aside/NAME, or NAME.1, NAME.2, … where taken: set-aside/ is never overwritten
+    (the folder is made here)."""
     folder = Path(run) / SET_ASIDE
     folder.mkdir(exist_ok=True)
-    target, n = folder / path.name, 1
+    target, n = folder / name, 1
     while target.exists():
-        target, n = folder / f"{path.name}.{n}", n + 1
+        target, n = folder / f"{name}.{n}", n + 1
+    return target
+
+
+def set_aside(run: Path, path: Path) -> Path:
+    """Move ``path`` into RUN/set-aside/ under its own name (numbered if taken)."""
+    target = aside_name(run, path.name)
     os.replace(path, target)
     return target
 
@@ -133,8 +140,10 @@ def load_checkpoint(run, best: bool = False) -> tuple:
     if best:
         meta_path = best_path(run)
         if not (meta_path.exists() and meta_path.with_suffix(".safetensors").exists()):
-            raise ValueError(f"--best: {run} has no best model (best.json with best.safetensors); it is written at "
-                             f"the first evaluation")
+            half = next((p.name for p in (meta_path, meta_path.with_suffix(".safetensors")) if p.exists()), None)
+            raise ValueError(f"--best: {run} has no best model (best.json with best.safetensors); " +
+                             (f"its {half} is alone, a best model cut short" if half else
+                              "it is written at the first evaluation"))
         found = [meta_path]
     else:
         found = checkpoints(run)

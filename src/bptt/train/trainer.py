@@ -199,7 +199,7 @@ class Trainer:
         lock, notes, error = None, [], None
         if world.root:
             try:
-                lock, notes = folder.claim_existing(run)
+                lock = folder.claim_existing(run)
             except folder.FolderError as exc:
                 error = str(exc)
         error = world.broadcast(error)
@@ -223,6 +223,8 @@ class Trainer:
             trainer.config = config
             moved = config.text != meta["config"].get("text")
             trainer.check_can_continue(overrides)        # a refusal changes nothing in the folder
+            if world.root:
+                notes = folder.set_aside_halves(run)
             if best:
                 trainer._set_aside_after(meta["step"])
             if world.root:
@@ -284,8 +286,7 @@ class Trainer:
         records = self.metrics.read()
         if any(r["step"] > step for r in records):
             kept = "".join(json.dumps(r) + "\n" for r in records)
-            target = self.run / runs.SET_ASIDE / f"metrics-to-{records[-1]['step']}.jsonl"
-            target.parent.mkdir(exist_ok=True)
+            target = runs.aside_name(self.run, f"metrics-to-{records[-1]['step']}.jsonl")
             runs.atomic_write(target, lambda p: p.write_text(kept))
             self.notes.append(f"metrics.jsonl as it was: {runs.SET_ASIDE}/{target.name}")
 
@@ -439,9 +440,9 @@ class Trainer:
                 raise
             self.skipped += 1
             return loss, float("nan"), 0.0, tokens
-        if c.clip_value is not None:
+        if c.clip_value:                                    # None or 0: none
             clip_grad_value(grads, c.clip_value)
-        norm = clip_grad_norm(grads, c.clip_norm if c.clip_norm is not None else math.inf)
+        norm = clip_grad_norm(grads, c.clip_norm or math.inf)
         lr = learning_rate(self.step, c.lr, c.schedule, c.steps, c.warmup)
         self.optimizer.step(grads, lr)
         return loss, norm, lr, tokens
