@@ -33,8 +33,8 @@ def main():
     runtime = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     vocabulary = runtime.get_modelmeta().custom_metadata_map.get("bptt.vocabulary")
     if vocabulary is None:
-        parser.error(f"model: {args.model} has no vocabulary (exported from a run of another task than text); "
-                     f"expected a character model")
+        parser.error(f"model: {args.model} has no vocabulary (not a character model); expected the export of a "
+                     f"model trained on text")
     chars = json.loads(vocabulary)
     index = {c: i for i, c in enumerate(chars)}
     if not args.prime:

@@ -37,8 +37,8 @@ def pairs(monkeypatch):
 
 def test_fast_tanh_is_within_a_few_float32_ulp_and_never_leaves_its_range():
     """Within 4e-7 of tanh, and |tanh| ≤ 1, σ in [0, 1] everywhere (vectorised, as in a
-    kernel): unclipped, the rational reached 1.0000002 near |x| = 9, σ −1.2e-7 near
-    z = −17, and 1 − tanh² turned negative on saturated units."""
+    kernel): unclipped, the rational exceeds 1 past |x| ≈ 8.3 (1.0000002), σ goes below 0
+    near z = −17, and 1 − tanh² turns negative on saturated units."""
     @njit(fastmath=True)
     def apply(x, out, sig):
         for k in range(x.size):

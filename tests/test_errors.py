@@ -200,9 +200,12 @@ def test_load_names_its_own_argument(tmp_path):
         bptt.load(tmp_path)
     with pytest.raises(ValueError, match=r"^best: .* has no best model .*; it is written at the first evaluation$"):
         bptt.load(tmp_path, best=True)
-    (tmp_path / "best.json").write_text("{}")          # its .safetensors never written
-    with pytest.raises(ValueError, match=r"^best: .* has no best model .*; its best.json is alone, a best model "
-                                         r"cut short$"):
+    (tmp_path / "best.safetensors").write_bytes(b"")    # written first: its .json never came
+    with pytest.raises(ValueError, match=r"^best: .* has no best model .*; its best.safetensors is alone, a best "
+                                         r"model cut short$"):
+        bptt.load(tmp_path, best=True)
+    (tmp_path / "best.safetensors").rename(tmp_path / "best.json")
+    with pytest.raises(ValueError, match=r"^best: .* has no best model .*; its best.safetensors is missing$"):
         bptt.load(tmp_path, best=True)
 
 

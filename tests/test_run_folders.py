@@ -79,6 +79,8 @@ def test_a_folder_that_cannot_be_written_is_named_before_anything_starts(tmp_pat
     with pytest.raises(folder.FolderError, match=rf"^RUN: expected a folder the run can write in, got {locked} "
                                                  rf"\(not writable\)$"):
         folder.claim_existing(locked)
+    with pytest.raises(folder.FolderError, match=rf"^RUN: no such run folder: {locked / 'typo'}$"):
+        folder.claim_existing(locked / "typo")              # resume creates nothing: the parent is not its business
     assert list(locked.iterdir()) == []
 
 
@@ -226,8 +228,9 @@ def test_sigint_during_flows_training_is_one_line(tmp_path):
     flight, as train's does, and says the report was not written (there is no trainer of
     the command's own to name)."""
     out = tmp_path / "flow"
-    proc = subprocess.Popen(BPTT + ["flow", "--seq-len", "20", "--hidden", "8", "--train", "100000", "--quiet",
-                                    "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(BPTT + ["flow", "--cell", "lstm", "--seq-len", "20", "--hidden", "8", "--train", "100000",
+                                    "--quiet", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     wait_for_training(out / "lstm", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

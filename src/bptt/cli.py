@@ -129,7 +129,7 @@ def build_parser():
                         help="divides the log-probabilities: below 1 sharper, above 1 more random (default: 0.8)")
     sample.add_argument("--top-k", type=POSITIVE_INT, default=None,
                         help="draw only among the k likeliest characters (default: all)")
-    sample.add_argument("--prime", default=None, help="text to start from (default: a newline)")
+    sample.add_argument("--prime", default=None, help="text to start from, printed before the sample (default: a newline, not printed)")
     sample.add_argument("--seed", type=SEED, default=None, help="random seed of the draws (default: a fresh one)")
     sample.add_argument("--best", action="store_true", help=BEST_HELP)
     evaluate = sub.add_parser("eval", help="validation figures of a run's latest checkpoint")
@@ -350,10 +350,10 @@ def _run(args) -> int:
                 and not (trainer.model.bidirectional or trainer.model.proj_size):   # (one direction, unprojected)
             from .diagnostics.nonfinite import first_nonfinite
             where = "; " + first_nonfinite(trainer.model, *trainer.last_batch).describe()
-        saved_run = getattr(args, "run", None)
-        if str(exc).startswith("cell: cannot import") and saved_run is not None:
-            where = (f"; {'--run' if args.command == 'flow' else 'RUN'} {saved_run} was trained with a cell of "
-                     f"that module: run bptt from the folder that holds it, or add that folder to PYTHONPATH")
+        if str(exc).startswith("cell: cannot import") and "No module named" in str(exc) \
+                and args.command in ("resume", "sample", "eval", "export"):
+            where = (f"; RUN {args.run} was trained with a cell of that module: run bptt from the folder that "
+                     f"holds it, or add that folder to PYTHONPATH")
         if isinstance(exc, CollectiveError):
             if not rank:                          # every rank raised it: rank 0 says it, all exit
                 print(f"bptt: error: {exc}", file=sys.stderr)
@@ -392,7 +392,9 @@ def _run(args) -> int:
                          if _finished(trainer) else f"`bptt resume {trainer.run}` continues from it")
             print(f"bptt: {stop.name}: stopped after update {stop.step}, saved as {stop.checkpoint}; {after}",
                   file=sys.stderr)
-        elif trainer is not None and trainer.world.root:
+        elif trainer is None:
+            print(f"bptt: second {stop.name}: stopped at once; the flow report was not written", file=sys.stderr)
+        elif trainer.world.root:
             print(f"bptt: second {stop.name}: stopped at once; {_last_checkpoint(trainer.run, _finished(trainer))}",
                   file=sys.stderr)
         return stop.code

@@ -219,12 +219,14 @@ def _delete_run(path: Path):
 
 
 def claim_existing(path, option: str = "RUN") -> Lock:
-    """The Lock for continuing the run in ``path``; nothing in the folder moves (the run's
-    checks come next, and a refusal leaves the folder as it was)."""
+    """The Lock for continuing the run in ``path`` (RUN/.lock made if missing); nothing else
+    in the folder changes (the run's checks come next, and a refusal leaves it as it was)."""
     path = Path(path)
-    _check_folder(path, option)
+    if path.exists() and not path.is_dir():
+        raise FolderError(f"{option}: {path} is a file; expected a folder for the run")
     if not path.is_dir():
         raise FolderError(f"{option}: no such run folder: {path}")
+    _check_folder(path, option)
     if run_step(path) is None:
         raise FolderError(f"{option}: {path} is not a run (no config.json or checkpoint of bptt's)")
     return Lock(path, option)

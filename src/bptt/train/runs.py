@@ -140,9 +140,10 @@ def load_checkpoint(run, best: bool = False) -> tuple:
     if best:
         meta_path = best_path(run)
         if not (meta_path.exists() and meta_path.with_suffix(".safetensors").exists()):
-            half = next((p.name for p in (meta_path, meta_path.with_suffix(".safetensors")) if p.exists()), None)
+            tensors = meta_path.with_suffix(".safetensors")
             raise ValueError(f"--best: {run} has no best model (best.json with best.safetensors); " +
-                             (f"its {half} is alone, a best model cut short" if half else
+                             ("its best.safetensors is missing" if meta_path.exists() else
+                              "its best.safetensors is alone, a best model cut short" if tensors.exists() else
                               "it is written at the first evaluation"))
         found = [meta_path]
     else:
