@@ -129,7 +129,8 @@ def build_parser():
                         help="divides the log-probabilities: below 1 sharper, above 1 more random (default: 0.8)")
     sample.add_argument("--top-k", type=POSITIVE_INT, default=None,
                         help="draw only among the k likeliest characters (default: all)")
-    sample.add_argument("--prime", default=None, help="text to start from, printed before the sample (default: a newline, not printed)")
+    sample.add_argument("--prime", default=None,
+                        help="text to start from, printed before the sample (default: a newline, not printed)")
     sample.add_argument("--seed", type=SEED, default=None, help="random seed of the draws (default: a fresh one)")
     sample.add_argument("--best", action="store_true", help=BEST_HELP)
     evaluate = sub.add_parser("eval", help="validation figures of a run's latest checkpoint")
