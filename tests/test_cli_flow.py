@@ -134,6 +134,24 @@ def test_flow_refuses_to_write_its_report_into_a_training_run(tmp_path, capsys):
     assert sorted(p.name for p in run_dir.iterdir()) == before
 
 
+def test_flow_stopped_before_it_writes_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while flow measures: the --out folder it made (or its runs/flow-… folder) is
+    removed while still empty; a folder that was there before stays."""
+    from bptt import cli_flow
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli_flow, "flow", stopped)
+    monkeypatch.chdir(tmp_path)
+    for out in (["--out", str(tmp_path / "new")], []):
+        code, _, err = run(capsys, ["flow", "--seq-len", "20", "--hidden", "8", *out])
+        assert code == 130 and err.strip() == "bptt: interrupted", err
+    assert not (tmp_path / "new").exists() and list((tmp_path / "runs").iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    assert run(capsys, ["flow", "--seq-len", "20", "--hidden", "8", "--out", str(tmp_path / "mine")])[0] == 130
+    assert (tmp_path / "mine").is_dir()
+
+
 def test_flow_run_that_cannot_be_read_is_one_line_naming_run(tmp_path, capsys):
     run_dir = tmp_path / "broken"
     run_dir.mkdir()

@@ -265,8 +265,7 @@ HEADER = (f"{'':<24} {'loss':>9} {'σmax':>7} {'η':>6} {'rate':>7} {'‖g₁‖
 
 def run(args) -> int:
     cells, out = check(args)
-    explode_task = args.task if args.task != "text" else "adding"
-    reports, measured = {}, []
+    measured = []
     if args.run:                              # every run is read before anything is written
         for run_dir in args.run:
             try:
@@ -276,8 +275,21 @@ def run(args) -> int:
                 raise ValueError(f"--run: {message[5:] if message.startswith('RUN: ') else message}") from None
             x, y = _batch(trainer, args.batch, args.seed, "--batch")
             measured.append((f"{trainer.model.cell} @ {trainer.step} ({Path(run_dir).name})", trainer, x, y))
+    made = out is None or not out.exists()
     out = folder.default_name(prefix="flow-") if out is None else out
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _report(args, cells, out, measured)
+    except BaseException:                     # stopped or failed: a folder made here and left empty goes
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _report(args, cells, out, measured) -> int:
+    """The flow report of the saved runs (``measured``) or of the cells, into ``out``."""
+    explode_task = args.task if args.task != "text" else "adding"
+    reports = {}
     models = {}                               # label -> (model at that stage, batch) for --estimators
     for label, trainer, x, y in measured:
         reports[label] = flow(trainer.model, x, y)
