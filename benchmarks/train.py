@@ -20,8 +20,8 @@ per job puts both sides against the machine: the dense products one update needs
 timed in each round right after the two sides; and the share bptt would need for 1.2×
 PyTorch's updates/s. Both sides are counted by the products bptt runs: PyTorch also
 multiplies its one-hot input (x W_ihᵀ and ∂W_ih, about 0.9 GFLOP more on the large job),
-so its figure is the rate at which it delivers the same update. A share near 100% is a job bound by the GEMM rate, where no
-arrangement of the same products runs much faster.
+so its figure is the rate at which it delivers the same update. A share near 100% is a
+job bound by the GEMM rate, where no arrangement of the same products runs much faster.
 """
 from __future__ import annotations
 

@@ -351,10 +351,6 @@ def _run(args) -> int:
                 and not (trainer.model.bidirectional or trainer.model.proj_size):   # (one direction, unprojected)
             from .diagnostics.nonfinite import first_nonfinite
             where = "; " + first_nonfinite(trainer.model, *trainer.last_batch).describe()
-        if str(exc).startswith("cell: cannot import") and "No module named" in str(exc) \
-                and args.command in ("resume", "sample", "eval", "export"):
-            where = (f"; RUN {args.run} was trained with a cell of that module: run bptt from the folder that "
-                     f"holds it, or add that folder to PYTHONPATH")
         if isinstance(exc, CollectiveError):
             if not rank:                          # every rank raised it: rank 0 says it, all exit
                 print(f"bptt: error: {exc}", file=sys.stderr)

@@ -59,8 +59,9 @@ def build(spec: str, arguments: dict | None = None):
         sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cell: cannot import {module_name!r} for {spec!r}: {exc}") from None
+    except ImportError as exc:           # a run or saved model opened elsewhere than where it was trained
+        raise ValueError(f"cell: cannot import {module_name!r} for {spec!r}: {exc}; bptt imports it from the "
+                         f"working directory and PYTHONPATH") from None
     except Exception as exc:       # the module itself fails (a SyntaxError, a NameError, its own raise): one line
         raise ValueError(f"cell: importing {module_name!r} for {spec!r} failed: {type(exc).__name__}: {exc}") from None
     if not hasattr(module, class_name):

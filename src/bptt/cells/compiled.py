@@ -141,9 +141,8 @@ class CompiledLayer(CellLayer):
                 _gemm(W_h, B, T, forward=False), self.cell.option)
         self._run("backward", args, loop_threads.parts_for(B, GH, H, T))
         du2, dv2 = du.reshape(T * B, GH), dv.reshape(T * B, GH)
-        x2 = np.ascontiguousarray(x).reshape(T * B, D)
         grads = {"W_x": transposed(rows_summed(du2, tape.codes, D)) if tape.codes is not None
-                 else t_times(du2, x2)}                                               # (K6)
+                 else t_times(du2, np.ascontiguousarray(x).reshape(T * B, D))}      # (K6)
         if keep.size:
             grads["W_h"] = t_times(dv2, (previous_states(tape.state0[0], tape.states[0], tape.resets) * keep)
                                     .reshape(T * B, H))                                # (K6), (N2)

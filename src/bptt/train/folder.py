@@ -222,9 +222,7 @@ def claim_existing(path, option: str = "RUN") -> Lock:
     """The Lock for continuing the run in ``path`` (RUN/.lock made if missing); nothing else
     in the folder changes (the run's checks come next, and a refusal leaves it as it was)."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FolderError(f"{option}: {path} is a file; expected a folder for the run")
-    if not path.is_dir():
+    if not path.exists():                     # before _check_folder: resume creates nothing
         raise FolderError(f"{option}: no such run folder: {path}")
     _check_folder(path, option)
     if run_step(path) is None:
