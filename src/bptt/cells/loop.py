@@ -133,7 +133,7 @@ class CellLayer:
                 into_step = tuple((1 - d[:, i]) * s for i, s in enumerate(into_step))
             result = cell.step_backward(params, into_step, tape.caches[t])                # (K4)
             if t == T - 1:                               # what the cell returns, checked once
-                _check_step_backward(cell, result, len(self.STATE), (B, H), (B, self.GATES * H), extra, x.dtype)
+                check_step_backward(cell, result, len(self.STATE), (B, H), (B, self.GATES * H), extra, x.dtype)
             du_t, dv_t, back, dextra = result
             du[t], dv[t] = du_t, dv_t
             for k, g in dextra.items():
@@ -186,7 +186,7 @@ def check_step(cell, new, cache, n, shape, dtype):
                              f"(RTRL and the flow report take rows of it; a parameter comes from p), got {got}")
 
 
-def _check_step_backward(cell, result, n, shape, gates_shape, extra, dtype):
+def check_step_backward(cell, result, n, shape, gates_shape, extra, dtype):
     """A cell's step_backward must give (du, dv) of (B, G·H), one (B, H) array per state
     name, and the gradient of each extra parameter in that parameter's shape, all in the
     model's dtype (float32 in a float64 model would round the gradient silently)."""

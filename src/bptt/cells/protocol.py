@@ -70,8 +70,11 @@ for the S carried arrays (row s of the block is s^s):
 Write constants in the row's dtype (``one = du.dtype.type(1)``): Numba types an integer 1
 with a float32 value as float64, which halves the vector width. Both kernels must give
 what step and step_backward give for the same row; the tests of
-a cell hold the two loops together (docs/custom_cell.md shows how). A kernel Numba cannot
-compile with these arguments is a ValueError at the first pass, naming the cell and kernel.
+a cell hold the two loops together (docs/custom_cell.md shows how), and a Model built with
+the cell runs both kernels once in Python on one row first (bptt/kernel_check.py): an index
+outside a row or a result other than the step's is a ValueError there. A kernel Numba
+cannot compile with these arguments is a ValueError at the first pass, naming the cell and
+kernel.
 """
 from __future__ import annotations
 

@@ -1,0 +1,133 @@
+"""A user cell's kernels are checked against its NumPy step when a Model is built
+(kernel_check.py): indexing outside the rows, a different formula and a value never
+written are ValueErrors before the compiled loop (which checks no index) runs them."""
+import numpy as np
+import pytest
+from numba import njit
+from numba.extending import overload
+
+import bptt
+from bptt import kernel_check
+from bptt.cells import GRU, LSTM, RNN, CompiledLayer, CellLayer
+from bptt.cells.layer_norm import LayerNormGRU, LayerNormLSTM
+from test_compiled_loop import _minimal_gated_unit
+
+
+def _with_kernels(forward=None, backward=None, **attributes):
+    """The minimal gated unit of test_compiled_loop with one kernel or attribute replaced."""
+    cell = _minimal_gated_unit()
+    kind = type(cell)
+    kind.kernels = (forward or kind.kernels[0], backward or kind.kernels[1])
+    for name, value in attributes.items():
+        setattr(kind, name, value)
+    return cell
+
+
+def test_the_minimal_gated_unit_passes_and_builds():
+    model = bptt.Model(_minimal_gated_unit(), 3, 16, 2, dtype="float64")
+    assert isinstance(model.layer, CompiledLayer)
+
+
+@pytest.mark.parametrize("cell", [RNN("tanh"), RNN("relu"), LSTM(), GRU(), LayerNormLSTM(), LayerNormGRU()],
+                         ids=lambda c: f"{type(c).__name__}-{c.option}")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_built_in_cell_passes_the_check(cell, dtype):
+    """No false alarms: the built-in kernels agree with their steps within the tolerance."""
+    kernel_check.check_kernels(cell, 24, dtype)
+
+
+def test_a_tape_narrower_than_the_kernel_writes_names_the_line():
+    cell = _with_kernels(tape_width=lambda self, H: H - 1)
+    with pytest.raises(ValueError, match=r"^cell: MGU's forward_kernel indexes outside the rows it is given at "
+                                         r".*test_compiled_loop.py:\d+ \(z\[j\], z\[H \+ j\], aux\[j\] = .*\): "
+                                         r"IndexError: index 7 is out of bounds .* aux of tape_width\(8\) = 7"):
+        bptt.Model(cell, 3, 8, 2)
+
+
+def test_too_few_gates_is_an_index_error_naming_the_gates():
+    cell = _with_kernels(gates=1)
+    with pytest.raises(ValueError, match=r"forward_kernel indexes outside .* rows of G·H = 8 \(gates = 1\)"):
+        bptt.Model(cell, 3, 8, 2)
+
+
+@njit
+def _backward_reading_one_state_too_many(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, option):
+    H = prev.shape[1]
+    for j in range(H):
+        du[j] = dv[j] = du[H + j] = dv[H + j] = ds[1, j]       # a second state the cell does not carry
+        ds_prev[0, j] = 0
+
+
+def test_a_backward_kernel_reading_a_state_the_cell_lacks_is_named():
+    cell = _with_kernels(backward=_backward_reading_one_state_too_many)
+    with pytest.raises(ValueError, match=r"^cell: MGU's backward_kernel indexes outside .* \(S, H\) = \(1, 8\) "
+                                         r"blocks \(state = \('h',\)\)"):
+        bptt.Model(cell, 3, 8, 2, dtype="float64")
+
+
+@njit
+def _forward_without_the_gate(z, rec, bias, extra, prev, new, aux, option):
+    H = prev.shape[1]
+    for j in range(H):
+        n = np.tanh(z[H + j] + bias[H + j] + rec[H + j])
+        z[j], z[H + j], aux[j] = 1.0, n, rec[H + j]
+        new[0, j] = n                                          # the gate f left out
+
+
+def test_a_forward_kernel_with_another_formula_is_named_with_the_value():
+    cell = _with_kernels(forward=_forward_without_the_gate)
+    with pytest.raises(ValueError, match=r"^cell: MGU's forward_kernel disagrees with MGU.step: new state 'h'\[0\] "
+                                         r"is \S+ against \S+ \(H = 8, float32, one row of random numbers\)"):
+        bptt.Model(cell, 3, 8, 2)
+
+
+@njit
+def _backward_leaving_ds_prev_unwritten(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, option):
+    H = prev.shape[1]
+    for j in range(H):
+        f, n, dh = z[j], z[H + j], ds[0, j]
+        dn = dh * f * (1 - n * n)
+        df = (dh * (n - prev[0, j]) + dn * aux[j]) * f * (1 - f)
+        du[j], du[H + j], dv[j], dv[H + j] = df, dn, df, dn * f
+        if j < H - 1:
+            ds_prev[0, j] = dh * (1 - f)
+
+
+def test_a_value_the_kernel_never_writes_is_named():
+    cell = _with_kernels(backward=_backward_leaving_ds_prev_unwritten)
+    with pytest.raises(ValueError, match=r"backward_kernel disagrees with MGU.step_backward: ds_prev of state "
+                                         r"'h'\[7\] is nan .*NaN: the kernel never writes it"):
+        bptt.Model(cell, 3, 8, 2, dtype="float64")
+
+
+def _compiled_only(x):
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_compiled_only)
+def _compiled_only_for(x):
+    return lambda x: x
+
+
+@njit
+def _forward_python_cannot_run(z, rec, bias, extra, prev, new, aux, option):
+    H = prev.shape[1]
+    for j in range(H):
+        f = 0.5 * np.tanh(0.5 * (z[j] + rec[j] + bias[j])) + 0.5
+        n = np.tanh(z[H + j] + bias[H + j] + f * rec[H + j])
+        z[j], z[H + j], aux[j] = f, n, _compiled_only(rec[H + j])
+        new[0, j] = prev[0, j] + f * (n - prev[0, j])
+
+
+def test_a_kernel_only_numba_can_run_is_left_to_the_loop():
+    """An overload with no Python body: the check steps aside and the compiled loop runs it,
+    equal to the Python loop."""
+    cell = _with_kernels(forward=_forward_python_cannot_run)
+    model = bptt.Model(cell, 3, 5, 2, dtype="float64", seed=1)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 4, 3))
+    params = {k.split(".", 1)[1]: v for k, v in model.params.items() if k.startswith("layer0.")}
+    state0 = (np.zeros((4, 5)),)
+    h, _, tape = model.layer.forward(params, x, state0)
+    assert type(tape).__name__ == "CompiledTape"
+    assert np.abs(h - CellLayer(cell).forward(params, x, state0)[0]).max() < 1e-12
