@@ -61,8 +61,8 @@ def check_kernels(cell, hidden_size: int, dtype) -> None:
     def unwritten(*shape):
         return np.full(shape, np.nan, dtype)
 
-    p = {"W_x": normal(G * H, 1), "W_h": normal(G * H, H) / np.sqrt(H), "b_h": normal(G * H)}
-    p |= {k: (normal(*shape) / np.sqrt(H)).astype(dtype) for k, shape in extra_shapes.items()}
+    p = {"W_x": normal(G * H, 1), "W_h": normal(G * H, H) / H ** 0.5, "b_h": normal(G * H)}
+    p |= {k: normal(*shape) / H ** 0.5 for k, shape in extra_shapes.items()}
     extra = np.concatenate([p[k].ravel() for k in extra_shapes] or [np.zeros(0, dtype)])
     z, rec, prev = normal(G * H), normal(G * H), normal(S, H)
     u, bias = z + p["b_h"], p["b_h"]
@@ -108,7 +108,7 @@ def _run(cell, direction, kernel, args, rows) -> None:
     try:
         kernel.py_func(*args)
     except IndexError as exc:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.name == kernel.py_func.__name__]
+        frames = traceback.extract_tb(exc.__traceback__)[1:]      # the kernel's frame, then any it calls
         if frames:
             path, line = frames[-1].filename, re.sub(r"\s+#[^'\"]*$", "", frames[-1].line)   # without its comment
             path = os.path.relpath(path) if os.path.abspath(path).startswith(os.getcwd() + os.sep) else path
