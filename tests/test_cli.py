@@ -419,6 +419,26 @@ def test_an_export_error_names_the_file_asked_for(tmp_path, capsys):
                          f"is a file)" in err
 
 
+def test_export_refuses_an_existing_file_unless_told_to_overwrite_it(tmp_path, capsys):
+    """An existing --onnx FILE is refused before the run is read (nothing written, the file
+    as it was); --overwrite replaces it."""
+    pytest.importorskip("onnx")
+    assert run(capsys, ["train", *SMALL, "--out", str(tmp_path / "r")])[0] == 0
+    mine = tmp_path / "m.onnx"
+    mine.write_bytes(b"my own file")
+    refused = (f"bptt: error: --onnx: expected a new file, got {str(mine)!r} (it exists); remove it, choose "
+               f"another name, or pass --overwrite to replace it\n")
+    for target in (tmp_path / "r", tmp_path / "no-such-run"):         # checked before RUN is read
+        code, out, err = run(capsys, ["export", str(target), "--onnx", str(mine)])
+        assert code == 2 and out == "" and err == refused, err
+    assert mine.read_bytes() == b"my own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "r"]
+    code, out, err = run(capsys, ["export", str(tmp_path / "r"), "--onnx", str(mine), "--overwrite"])
+    assert code == 0 and err == "" and out.startswith(f"wrote {mine}: ")
+    import onnx
+    onnx.checker.check_model(onnx.load(str(mine)))
+
+
 def test_eval_names_a_checkpoint_cut_short_and_reads_the_one_before(tmp_path, capsys):
     import shutil
     run_dir, at_10 = tmp_path / "r", tmp_path / "at-10"

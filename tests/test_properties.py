@@ -146,7 +146,7 @@ BAD = {
     "sample": {"RUN": [NO_RUN], "--length": ["-5", "0", "x"], "--temperature": ["0", "-1", "nan", "inf"],
                "--top-k": ["0", "-2"], "--prime": ["\u2603"], "--seed": ["-1", "x"], "--best": FLAG},
     "eval": {"RUN": [NO_RUN], "--best": FLAG, "--text": MOVED_TEXT},
-    "export": {"RUN": [NO_RUN], "--onnx": ["", "model.txt"], "--lengths": FLAG, "--best": FLAG},
+    "export": {"RUN": [NO_RUN], "--onnx": ["", "model.txt"], "--lengths": FLAG, "--best": FLAG, "--overwrite": FLAG},
     "explain": {"--cell": ["cnn", ""]},
 }
 

@@ -144,6 +144,8 @@ def build_parser():
     export.add_argument("--lengths", action="store_true",
                         help="add the input 'lengths' (B,) int32: each sequence's number of valid steps")
     export.add_argument("--best", action="store_true", help=BEST_HELP)
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace FILE where it exists (default: an existing FILE is refused, nothing written)")
     cli_flow.add_parser(sub)
     explain = sub.add_parser("explain", help="print every step of BPTT on a tiny network, with equation numbers")
     explain.add_argument("--cell", default="rnn", choices=("rnn", "lstm", "gru"), help="rnn, lstm or gru (default: rnn)")
@@ -331,6 +333,9 @@ def _run(args) -> int:
             if not folder.is_dir():
                 raise ValueError(f"--onnx: expected a file in an existing folder, got {args.onnx!r} "
                                  f"({folder} {'is a file' if folder.exists() else 'does not exist'})")
+            if os.path.lexists(args.onnx) and not args.overwrite:
+                raise ValueError(f"--onnx: expected a new file, got {args.onnx!r} (it exists); remove it, choose "
+                                 f"another name, or pass --overwrite to replace it")
             model = read(run_folder(args.run), best=args.best)
             _note_cut_short(args.run, args.best)
             try:
