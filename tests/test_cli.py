@@ -439,6 +439,24 @@ def test_export_refuses_an_existing_file_unless_told_to_overwrite_it(tmp_path, c
     onnx.checker.check_model(onnx.load(str(mine)))
 
 
+def test_a_text_file_from_a_config_file_is_named_as_its_key_there(tmp_path, capsys):
+    """A text file that cannot be read is named where it was given: the text key of the
+    --config file, or --text on the command line (which wins over the file)."""
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text('task = "text"\ntext = "gone.txt"\nhidden = 8\n')
+    out = tmp_path / "r"
+    code, _, err = run(capsys, ["train", "--config", str(cfg), "--steps", "2", "--quiet", "--out", str(out)])
+    assert code == 2 and err == f"bptt: error: text in {cfg}: no such file: {tmp_path / 'gone.txt'}\n", err
+    (tmp_path / "gone.txt").mkdir()
+    code, _, err = run(capsys, ["train", "--config", str(cfg), "--steps", "2", "--quiet", "--out", str(out)])
+    assert code == 2 and err == (f"bptt: error: text in {cfg}: {tmp_path / 'gone.txt'} is a folder; expected a "
+                                 f"UTF-8 text file\n"), err
+    code, _, err = run(capsys, ["train", "--config", str(cfg), "--text", str(tmp_path / "nor.txt"), "--steps", "2",
+                                "--quiet", "--out", str(out)])
+    assert code == 2 and err == f"bptt: error: --text: no such file: {tmp_path / 'nor.txt'}\n", err
+    assert not out.exists()
+
+
 def test_eval_names_a_checkpoint_cut_short_and_reads_the_one_before(tmp_path, capsys):
     import shutil
     run_dir, at_10 = tmp_path / "r", tmp_path / "at-10"

@@ -163,6 +163,11 @@ def _config_from(args) -> Config:
     return Config(**values).check().refuse_unused()
 
 
+def _text_option(args) -> str:
+    """Where a new run's text file was named: --text, or the text key of its --config file."""
+    return "--text" if args.text is not None or not args.config else f"text in {args.config}"
+
+
 def _figures(trainer, final) -> str:
     task = trainer.task
     if trainer.text:
@@ -283,6 +288,7 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     from .distributed import CollectiveError
     from .train.clip import NonFiniteGradient
+    from .train.tasks import TextFileError
     from .train.trainer import Interrupted, Trainer, load_model, sample
     trainer = None
     try:
@@ -291,7 +297,10 @@ def _run(args) -> int:
             if args.fresh and config.out is None:
                 raise ValueError("--fresh: deletes the run in --out to start over; without --out the run gets a "
                                  "new folder, got --fresh alone")
-            trainer = Trainer(config, fresh=args.fresh)
+            try:
+                trainer = Trainer(config, fresh=args.fresh)
+            except TextFileError as exc:
+                raise exc.named(_text_option(args)) from None
             _finish(trainer, trainer.train(progress=not args.quiet))
         elif args.command == "resume":
             overrides = {k: getattr(args, k) for k in ("steps", "patience") if getattr(args, k) is not None}

@@ -173,31 +173,40 @@ def text_model_kwargs(vocab_size: int) -> dict:
 
 
 class TextFileError(ValueError):
-    """A --text file that cannot be read as a text to train on (named by its path)."""
+    """A text file that cannot be read as a text to train on: ``reason`` names it by its
+    path, the message starts with where it was given (--text unless ``named`` says)."""
+
+    def __init__(self, reason: str, option: str = "--text"):
+        super().__init__(f"{option}: {reason}")
+        self.reason = reason
+
+    def named(self, option: str) -> "TextFileError":
+        """The same error, the file given as ``option`` (the text key of a --config file)."""
+        return TextFileError(self.reason, option)
 
 
 def read_text_file(path) -> str:
     if not str(path).strip():
-        raise TextFileError(f"--text: expected the name of a UTF-8 text file, got {os.fspath(path)!r}")
+        raise TextFileError(f"expected the name of a UTF-8 text file, got {os.fspath(path)!r}")
     p = Path(path)
     if p.is_dir():
-        raise TextFileError(f"--text: {os.fspath(path)} is a folder; expected a UTF-8 text file")
+        raise TextFileError(f"{os.fspath(path)} is a folder; expected a UTF-8 text file")
     if p.exists() and not p.is_file():
-        raise TextFileError(f"--text: {os.fspath(path)} is not a regular file (a device or a pipe); expected a "
+        raise TextFileError(f"{os.fspath(path)} is not a regular file (a device or a pipe); expected a "
                             f"UTF-8 text file")
     if not p.is_file():
-        raise TextFileError(f"--text: no such file: {os.fspath(path)}")
+        raise TextFileError(f"no such file: {os.fspath(path)}")
     try:
         text = p.read_text(encoding="utf-8-sig")        # a byte-order mark is not a character of the text
     except OSError as exc:
-        raise TextFileError(f"--text: {os.fspath(path)} cannot be read: {exc.strerror}") from None
+        raise TextFileError(f"{os.fspath(path)} cannot be read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise TextFileError(f"--text: {os.fspath(path)} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        raise TextFileError(f"{os.fspath(path)} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     if len(text) < 100:
-        raise TextFileError(f"--text: {os.fspath(path)} has {len(text)} characters; expected at least 100")
+        raise TextFileError(f"{os.fspath(path)} has {len(text)} characters; expected at least 100")
     if len(set(text)) < 2:
-        raise TextFileError(f"--text: {os.fspath(path)} holds 1 distinct character ({text[0]!r}); expected at least 2 "
-                         f"(the model predicts one of them)")
+        raise TextFileError(f"{os.fspath(path)} holds 1 distinct character ({text[0]!r}); expected at least 2 "
+                            f"(the model predicts one of them)")
     return text
 
 

@@ -679,6 +679,6 @@ def _text_of(run, config, given=None, option=""):
         whose = (f"{Path(run) / 'config.json'} names the run's text as" if option == CONFIG_TEXT
                  else f"{run} trained on the text")
         raise ValueError(f"RUN: {whose} {config.text}, which cannot be read now "
-                         f"({str(exc)[len('--text: '):]}); eval, resume and flow --run read it again (sample and "
+                         f"({exc.reason}); eval, resume and flow --run read it again (sample and "
                          f"export do not): --text PATH (eval, resume) or the \"text\" of "
                          f"{Path(run) / 'config.json'} gives them its new place") from None
