@@ -152,6 +152,28 @@ def test_flow_stopped_before_it_writes_leaves_no_folder(tmp_path, capsys, monkey
     assert (tmp_path / "mine").is_dir()
 
 
+def test_flow_and_train_check_their_out_folder_alike(tmp_path, capsys, monkeypatch):
+    """One check of --out for both commands (as another user meets it: root may write
+    anywhere), each naming who writes there; nothing is created."""
+    from pathlib import Path
+    from bptt.train import folder
+    afile, locked = tmp_path / "afile", tmp_path / "locked"
+    afile.write_text("x")
+    locked.mkdir()
+    monkeypatch.setattr(folder.os, "access", lambda p, mode: Path(p) != locked)
+    cases = [(afile, "expected a folder for {}, got " + f"{afile} (a file)"),
+             (afile / "sub", "expected a folder for {}, got " + f"{afile / 'sub'} ({afile} is a file)"),
+             (locked, "expected a folder {} can write in, got " + f"{locked} (not writable)"),
+             (locked / "new", "expected a folder {} can create, got " + f"{locked / 'new'} ({locked} is not writable)")]
+    for out, message in cases:
+        for argv, writer in ((["flow", "--seq-len", "8", "--hidden", "4", "--quiet"], "bptt flow"),
+                             (["train", "--task", "adding", "--seq-len", "8", "--hidden", "4", "--steps", "1",
+                               "--quiet"], "the run")):
+            code, _, err = run(capsys, argv + ["--out", str(out)])
+            assert code == 2 and err == f"bptt: error: --out: {message.format(writer)}\n", err
+    assert afile.read_text() == "x" and list(locked.iterdir()) == []
+
+
 def test_flow_run_that_cannot_be_read_is_one_line_naming_run(tmp_path, capsys):
     run_dir = tmp_path / "broken"
     run_dir.mkdir()

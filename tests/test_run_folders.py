@@ -290,7 +290,8 @@ def test_a_write_that_fails_names_the_path_and_loses_nothing(earlier_run, tmp_pa
 def test_a_file_where_a_folder_should_be_is_one_line(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
-    one_line_error(bptt("train", *SMALL, "--steps", 2, "--out", afile), 2, f"--out: {afile} is a file")
+    one_line_error(bptt("train", *SMALL, "--steps", 2, "--out", afile), 2,
+                   f"--out: expected a folder for the run, got {afile} (a file)")
     one_line_error(bptt("train", *SMALL, "--steps", 2, "--out", afile / "run"), 2,
                    f"--out: expected a folder for the run, got {afile / 'run'} ({afile} is a file)")
     assert afile.read_text() == "x"

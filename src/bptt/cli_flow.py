@@ -90,23 +90,6 @@ def add_parser(sub):
     return p
 
 
-def _writable_folder(out: Path):
-    """``out`` can be a folder we write in: it is one, or the nearest existing folder above it
-    can hold it. (Checked without creating anything.)"""
-    if out.exists():
-        if not out.is_dir():
-            raise ValueError(f"--out: expected a folder, got {os.fspath(out)} (a file)")
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise ValueError(f"--out: expected a folder we can write in, got {os.fspath(out)} (not writable)")
-        return
-    above = folder.nearest_existing(out)
-    if not above.is_dir():
-        raise ValueError(f"--out: expected a folder, got {os.fspath(out)} ({os.fspath(above)} is a file)")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise ValueError(f"--out: expected a folder we can create, got {os.fspath(out)} "
-                         f"({os.fspath(above)} is not writable)")
-
-
 def check(args) -> tuple:
     """Every option of `bptt flow`, checked before anything is written or trained: a
     ValueError that names the option, what was expected and what came. Returns the cells
@@ -180,11 +163,11 @@ def check(args) -> tuple:
     if args.out is not None and not str(args.out).strip():
         raise ValueError("--out: expected a folder name, got ''")
     if args.out is None:                      # run() makes a new runs/flow-DATE-TIME[-n]
-        _writable_folder(Path("runs"))
+        folder.check_folder(Path("runs"), "--out", writer="bptt flow")
         out = None
     else:
         out = Path(args.out)
-        _writable_folder(out)
+        folder.check_folder(out, "--out", writer="bptt flow")
     if out is not None and out.is_dir() and folder.run_step(out) is not None:
         raise ValueError(f"--out: {os.fspath(out)} is a training run's folder; expected a new folder, an empty "
                          f"one or an earlier flow report's")

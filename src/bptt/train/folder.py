@@ -1,5 +1,7 @@
 """A run folder belongs to one run, and to one process at a time.
 
+    check_folder(path, option)  a folder that can be written in, or created (train, resume,
+                                flow), nothing created
     check_new(path, fresh)      what claim_new would refuse, nothing created
     claim_new(path, fresh)      a new run: the folder is created, or exists and is empty or
                                 holds only a run that failed in its first update (its
@@ -87,19 +89,22 @@ def nearest_existing(path: Path) -> Path:
     return above
 
 
-def _check_folder(path: Path, option: str):
-    """A folder the run can write in, or create: else a FolderError naming the option."""
+def check_folder(path, option: str, writer: str = "the run"):
+    """``path`` is a folder ``writer`` can write in, or can create (the nearest existing
+    folder above it can be written), checked without creating anything: else a FolderError
+    naming the option, what came and what was expected."""
+    path = Path(path)
     if path.exists() and not path.is_dir():
-        raise FolderError(f"{option}: {path} is a file; expected a folder for the run")
+        raise FolderError(f"{option}: expected a folder for {writer}, got {path} (a file)")
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
-            raise FolderError(f"{option}: expected a folder the run can write in, got {path} (not writable)")
+            raise FolderError(f"{option}: expected a folder {writer} can write in, got {path} (not writable)")
         return
     above = nearest_existing(path)
     if not above.is_dir():
-        raise FolderError(f"{option}: expected a folder for the run, got {path} ({above} is a file)")
+        raise FolderError(f"{option}: expected a folder for {writer}, got {path} ({above} is a file)")
     if not os.access(above, os.W_OK | os.X_OK):
-        raise FolderError(f"{option}: expected a folder the run can create, got {path} ({above} is not writable)")
+        raise FolderError(f"{option}: expected a folder {writer} can create, got {path} ({above} is not writable)")
 
 
 class Lock:
@@ -140,7 +145,7 @@ class Lock:
 def check_new(path, fresh: bool = False, option: str = "--out") -> None:
     """What ``claim_new`` would refuse, checked without creating or changing anything."""
     path = Path(path)
-    _check_folder(path, option)
+    check_folder(path, option)
     if path.exists():
         _refuse_unless_empty(path, fresh, option)
 
@@ -222,9 +227,9 @@ def claim_existing(path, option: str = "RUN") -> Lock:
     """The Lock for continuing the run in ``path`` (RUN/.lock made if missing); nothing else
     in the folder changes (the run's checks come next, and a refusal leaves it as it was)."""
     path = Path(path)
-    if not path.exists():                     # before _check_folder: resume creates nothing
+    if not path.exists():                     # before check_folder: resume creates nothing
         raise FolderError(f"{option}: no such run folder: {path}")
-    _check_folder(path, option)
+    check_folder(path, option)
     if run_step(path) is None:
         raise FolderError(f"{option}: {path} is not a run (no config.json or checkpoint of bptt's)")
     return Lock(path, option)
