@@ -119,6 +119,7 @@ def test_a_refused_resume_changes_nothing_in_the_folder(earlier_run, tmp_path):
         one_line_error(bptt("resume", run, "--steps", 5, *extra), 2, "--steps: the run is at update ",
                        "expected more than")
         assert snapshot(run) == before
+        assert not (run / folder.LOCK).exists()         # the lock file it made goes with the refusal
     done = bptt("resume", run, "--steps", 22)
     assert done.returncode == 0 and "from ckpt-00000020.json (update 20)" in done.stderr, done.stderr
 
@@ -135,6 +136,62 @@ def test_fresh_starts_over_deleting_only_the_earlier_runs_files(earlier_run, tmp
     assert [p.name for p in runs.checkpoints(run)] == ["ckpt-00000004.json"]
     assert json.loads((run / "config.json").read_text())["hidden"] == 4
     assert max(r["step"] for r in runs.Metrics(run).read()) == 4
+
+
+def test_a_train_stopped_before_it_writes_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """Ctrl-C or SIGTERM after the run folder is claimed and before config.json is written:
+    the folder made for the run (--out, or runs/DATE-TIME) goes with its lock file; a folder
+    that was there before stays, as it was."""
+    from bptt import cli
+    from bptt.train.trainer import Trainer
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    def terminated(self, *args):
+        raise cli._Terminated()
+
+    def left():
+        return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    with monkeypatch.context() as m:              # in the constructor, once the folder is claimed
+        m.setattr(Trainer, "_data_fingerprint", interrupted)
+        for out, after in ((["--out", str(tmp_path / "new" / "run")], ["mine", "new"]),
+                           ([], ["mine", "new", "runs"]),                  # runs/DATE-TIME goes, runs/ stays
+                           (["--out", str(tmp_path / "mine")], ["mine", "new", "runs"])):
+            assert cli.main(["train", *SMALL, "--steps", "2", *out]) == 130
+            assert capsys.readouterr().err == "bptt: interrupted; no checkpoint was written, nothing to resume\n"
+            assert left() == after, left()
+    with monkeypatch.context() as m:              # in train(), before its first write
+        m.setattr(Trainer, "_loop", terminated)
+        assert cli.main(["train", *SMALL, "--steps", "2", "--out", str(tmp_path / "new" / "run")]) == 143
+        assert capsys.readouterr().err == "bptt: terminated; no checkpoint was written, nothing to resume\n"
+    assert left() == ["mine", "new", "runs"]
+
+
+def test_a_lock_takes_back_only_the_file_and_folder_it_made(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    folder.Lock(run, "RUN").discard()                       # its own lock file goes, the folder stays
+    assert run.is_dir() and list(run.iterdir()) == []
+    (run / folder.LOCK).write_text("4242\n")                 # a lock file that was there: it stays
+    folder.Lock(run, "RUN").discard()
+    assert (run / folder.LOCK).exists()
+    (run / folder.LOCK).unlink()
+    lock = folder.Lock(run, "--out", made=True)
+    (tmp_path / "other").write_text("not this lock's")
+    os.replace(tmp_path / "other", run / folder.LOCK)       # replaced since: not the file it made
+    lock.discard()
+    assert (run / folder.LOCK).read_text() == "not this lock's"
+    (run / folder.LOCK).unlink()
+    lock = folder.Lock(run, "--out", made=True)
+    (run / "config.json").write_text("{}")                  # the run wrote: its folder stays
+    lock.discard()
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+    (run / "config.json").unlink()
+    folder.Lock(run, "--out", made=True).discard()          # made here and left empty: it goes
+    assert not run.exists()
 
 
 def test_default_run_folders_never_collide(tmp_path):

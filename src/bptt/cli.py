@@ -258,8 +258,9 @@ def _finished(trainer) -> bool:
 def _last_checkpoint(run, finished=False) -> str:
     from .train import runs
     found = runs.checkpoints(run) if run is not None and Path(run).is_dir() else []
-    if not found:
-        return "no checkpoint was written, nothing to resume" + (f" (in {run})" if run is not None else "")
+    if not found:           # a run stopped before it wrote has no folder left to name
+        return "no checkpoint was written, nothing to resume" + (f" (in {run})" if run is not None and
+                                                                 Path(run).is_dir() else "")
     if finished:
         return f"the run is complete: its last checkpoint is {found[-1]}; its final sample and figures were not printed"
     return f"the last complete checkpoint is {found[-1]} (`bptt resume {run}` continues from it)"

@@ -264,8 +264,8 @@ def run(args) -> int:
     try:
         return _report(args, cells, out, measured)
     except BaseException:                     # stopped or failed: a folder made here and left empty goes
-        if made and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+        if made:
+            folder.remove_if_empty(out)
         raise
 
 

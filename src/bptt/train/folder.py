@@ -15,7 +15,9 @@
 
 The lock is ``fcntl.flock`` on RUN/.lock, held as long as the run writes: the operating
 system drops it with the process, so a run killed with SIGKILL leaves no stale lock, and a
-second writer is refused with one line. Refusals change nothing in the folder.
+second writer is refused with one line. Refusals change nothing in the folder, and a run
+stopped before it writes takes back what its claim made (``Lock.discard``): the lock file,
+and the folder where the claim created it.
 """
 from __future__ import annotations
 
@@ -81,6 +83,14 @@ def _contents(path: Path) -> list:
     return sorted(p.name for p in path.iterdir() if p.name != LOCK)
 
 
+def holds_only_lock(path) -> bool:
+    """Whether the folder holds nothing but its lock file: its run has written nothing."""
+    try:
+        return not _contents(Path(path))
+    except OSError:
+        return False
+
+
 def nearest_existing(path: Path) -> Path:
     """The nearest folder or file above ``path`` that exists: where creating it would start."""
     above = Path(path).absolute().parent
@@ -107,39 +117,89 @@ def check_folder(path, option: str, writer: str = "the run"):
         raise FolderError(f"{option}: expected a folder {writer} can create, got {path} ({above} is not writable)")
 
 
-class Lock:
-    """An exclusive lock on RUN/.lock for this process (released with it, whatever kills it)."""
+def remove_if_empty(path) -> None:
+    """A folder made here goes where a stop or a failure left it empty; one holding anything
+    stays (never raises: it runs on the way out of an error)."""
+    try:
+        Path(path).rmdir()              # removes an empty folder only
+    except OSError:
+        pass
 
-    def __init__(self, run: Path, option: str):
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` is still the file open as ``fd`` (not removed or replaced since)."""
+    try:
+        now, ours = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+class Lock:
+    """An exclusive lock on RUN/.lock for this process (released with it, whatever kills it).
+    ``made``: the claim made the folder, and ``discard`` takes it back while it is empty."""
+
+    def __init__(self, run: Path, option: str, made: bool = False):
         self.path = Path(run) / LOCK
+        self.made = made
+        self.created = False                   # the lock file is this Lock's own
         self.fd = None
         if fcntl is None:                      # pragma: no cover
             return
-        created = not self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise FolderError(f"{option}: {run} is in use by another bptt process (pid {holder}); "
-                              f"wait for it to finish or stop it") from None
-        except BaseException:
-            os.close(fd)
-            if created:
-                self.path.unlink(missing_ok=True)
-            raise
+        for attempt in range(10):
+            fd, created = _open_lock(self.path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise FolderError(f"{option}: {run} is in use by another bptt process (pid {holder}); "
+                                  f"wait for it to finish or stop it") from None
+            except BaseException:
+                os.close(fd)
+                if created:
+                    self.path.unlink(missing_ok=True)
+                raise
+            if _same_file(fd, self.path) or attempt == 9:
+                break
+            os.close(fd)                       # removed by its discarding holder since it was opened: again
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
+        self.fd, self.created = fd, created
 
     def release(self):
         if self.fd is not None:
             os.close(self.fd)                  # closing the last descriptor drops the flock
             self.fd = None
 
+    def discard(self):
+        """Released, and the folder left as the claim found it where the run wrote nothing:
+        the lock file goes if this Lock created it (and it is still that file), then the
+        folder if the claim made it and it is empty."""
+        if self.fd is not None and self.created and _same_file(self.fd, self.path):
+            try:
+                self.path.unlink()             # while still locked: a process that opened it locks it anew
+            except OSError:
+                pass
+        self.release()
+        if self.made:
+            remove_if_empty(self.path.parent)
+
     def __del__(self):
         self.release()
+
+
+def _open_lock(path: Path) -> tuple:
+    """(descriptor, whether this call created the file) of the lock file at ``path``."""
+    while True:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            pass
+        try:
+            return os.open(path, os.O_RDWR), False
+        except FileNotFoundError:              # removed in between: create it
+            continue
 
 
 def check_new(path, fresh: bool = False, option: str = "--out") -> None:
@@ -151,20 +211,33 @@ def check_new(path, fresh: bool = False, option: str = "--out") -> None:
 
 
 def claim_new(path, fresh: bool = False, option: str = "--out") -> tuple:
-    """(path, Lock) for a new run in ``path`` (None: a new default name)."""
-    if path is None:
-        path = default_name()
-        return path, Lock(path, option)
-    path = Path(path)
-    check_new(path, fresh, option)
-    path.mkdir(parents=True, exist_ok=True)
-    lock = Lock(path, option)
+    """(path, Lock) for a new run in ``path`` (None: a new default name). A folder made here
+    is the Lock's to take back (``Lock.discard``) if the run stops before it writes."""
+    default = path is None
+    if default:
+        path, made = default_name(), True
+    else:
+        path = Path(path)
+        check_new(path, fresh, option)
+        try:
+            path.mkdir(parents=True)
+            made = True
+        except FileExistsError:
+            made = False
+    try:
+        lock = Lock(path, option, made=made)
+    except BaseException:
+        if made:
+            remove_if_empty(path)
+        raise
+    if default:
+        return path, lock
     try:
         _refuse_unless_empty(path, fresh, option, locked=True)   # again, now that nobody else can write
         if fresh:
             _delete_run(path)
     except BaseException:
-        lock.release()
+        lock.discard()
         raise
     return path, lock
 

@@ -117,22 +117,28 @@ class Trainer:
         # rank 0 claims the run folder and names it (a time-stamped default could differ by a
         # second between ranks); a refusal there stops every rank with the same error
         claimed, error = None, None
-        if self.world.root:
-            try:
-                if _claim == "new":
-                    path, self._lock = folder.claim_new(run_dir or c.out, fresh)
-                    claimed = str(path)
-                else:
-                    claimed = str(run_dir)
-            except folder.FolderError as exc:
-                error = str(exc)
-        claimed, error = self.world.broadcast((claimed, error))
-        if error is not None:
-            raise (CollectiveError(error) if self.world.size > 1 else folder.FolderError(error))
-        self.run = Path(claimed)
-        self.metrics = runs.Metrics(self.run)
-        self.world.agree("configuration", c.to_dict())
-        self.world.agree("data", self._data_fingerprint())
+        try:
+            if self.world.root:
+                try:
+                    if _claim == "new":
+                        path, self._lock = folder.claim_new(run_dir or c.out, fresh)
+                        claimed = str(path)
+                    else:
+                        claimed = str(run_dir)
+                except folder.FolderError as exc:
+                    error = str(exc)
+            claimed, error = self.world.broadcast((claimed, error))
+            if error is not None:
+                raise (CollectiveError(error) if self.world.size > 1 else folder.FolderError(error))
+            self.run = Path(claimed)
+            self.metrics = runs.Metrics(self.run)
+            self.world.agree("configuration", c.to_dict())
+            self.world.agree("data", self._data_fingerprint())
+        except BaseException:                  # stopped or refused before the run wrote anything
+            if self._lock is not None:
+                self._lock.discard()
+                self._lock = None
+            raise
 
     def _data_fingerprint(self):
         if self.text:
@@ -231,7 +237,7 @@ class Trainer:
                 trainer.metrics.truncate_after(trainer.step)
         except BaseException:
             if lock is not None:
-                lock.release()
+                lock.discard()                 # a lock file made by this claim goes with it
             raise
         trainer.notes = notes + trainer.notes + [f"config.json: {k} {v!r} (the checkpoint has {meta['config'].get(k)!r})"
                                  for k, v in edits.items() if k not in overrides]
@@ -505,6 +511,10 @@ class Trainer:
         try:
             with StopRequests(lambda: self.step) as stop:
                 final = self._loop(end, progress, stop)
+        except BaseException:
+            if self._lock is not None and folder.holds_only_lock(self.run):     # stopped before it wrote
+                self._lock.discard()
+            raise
         finally:
             if self._lock is not None:
                 self._lock.release()
