@@ -8,7 +8,7 @@ from numba.extending import overload
 
 import bptt
 from bptt import kernel_check
-from bptt.cells import GRU, LSTM, RNN, CompiledLayer, CellLayer
+from bptt.cells import GRU, LSTM, RNN, Cell, CellLayer, CompiledLayer
 from bptt.cells.layer_norm import LayerNormGRU, LayerNormLSTM
 from test_compiled_loop import _minimal_gated_unit
 
@@ -128,3 +128,58 @@ def test_a_kernel_only_numba_can_run_is_left_to_the_loop():
     h, _, tape = model.layer.forward(params, x, state0)
     assert type(tape).__name__ == "CompiledTape"
     assert np.abs(h - CellLayer(cell).forward(params, x, state0)[0]).max() < 1e-12
+
+
+class _ScaledTanh(Cell):
+    """h_t = a ⊙ tanh(u_t + v_t), with an extra parameter a (H,)."""
+    name, gates, state, dv_is_du = "scaled", 1, ("h",), True
+
+    def extra_shapes(self, H):
+        return {"a": (H,)}
+
+    def step(self, p, u, v, state):
+        t = np.tanh(u + v)
+        return (p["a"] * t,), (t,)
+
+    def step_backward(self, p, dstate, cache):
+        (dh,), (t,) = dstate, cache
+        d = dh * p["a"] * (1 - t * t)
+        return d, d, (np.zeros_like(dh),), {"a": (dh * t).sum(axis=0)}
+
+
+@njit
+def _scaled_forward(z, rec, bias, extra, prev, new, aux, option):
+    for j in range(prev.shape[1]):
+        t = np.tanh(z[j] + rec[j] + bias[j])
+        z[j] = t
+        new[0, j] = extra[j] * t
+
+
+def _scaled_backward(dextra_adds):
+    @njit
+    def backward(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, option):
+        for j in range(prev.shape[1]):
+            t, dh = z[j], ds[0, j]
+            du[j] = dh * extra[j] * (1 - t * t)
+            ds_prev[0, j] = 0
+            if dextra_adds:
+                dextra[j] += dh * t
+            else:
+                dextra[j] = dh * t                              # sets the row's sum instead of adding to it
+    return backward
+
+
+def test_a_kernel_that_sets_dextra_instead_of_adding_to_it_is_named():
+    adds, sets = type("Adds", (_ScaledTanh,), {}), type("Sets", (_ScaledTanh,), {})
+    adds.kernels, sets.kernels = (_scaled_forward, _scaled_backward(True)), (_scaled_forward, _scaled_backward(False))
+    bptt.Model(adds(), 3, 6, 2, dtype="float64")
+    with pytest.raises(ValueError, match=r"^cell: Sets's backward_kernel disagrees with Sets.step_backward: "
+                                         r"dextra \(what it adds\)\[0\] is "):
+        bptt.Model(sets(), 3, 6, 2, dtype="float64")
+
+
+def test_an_error_of_the_cells_own_step_names_the_cell_and_the_sizes():
+    cell = _with_kernels(state=("h", "c"))                      # the MGU's step unpacks one state
+    with pytest.raises(ValueError, match=r"^cell: MGU.step fails on one row: ValueError: too many values to "
+                                         r"unpack .*\(S, H\) = \(2, 8\) blocks \(state = \('h', 'c'\)\)"):
+        bptt.Model(cell, 3, 8, 2)

@@ -14,8 +14,11 @@ with the rows exactly as the loop hands them over (cells/protocol.py):
         backward_reads_z  dextra (the extras' sizes summed,)
 
 and compares what they write with ``step`` and ``step_backward`` on the same row (a
-batch of one): the new state (K3); du, dv, ds_prev and dextra (K4). The outputs start
-as NaN, so a value the kernel never writes differs too. An index outside a row, or a
+batch of one): the new state (K3); du, dv, ds_prev and what the kernel adds to dextra
+(K4). The outputs start as NaN, so a value the kernel never writes differs too, and
+dextra at random values, so a kernel that sets it instead of adding to it differs. An
+error raised by the cell's own step or step_backward on that row is a ValueError naming
+the cell and the sizes it got. An index outside a row, or a
 difference beyond float rounding (1e-4 in float32, 1e-9 in float64, relative to the
 value's size where it exceeds 1), is a ValueError naming the cell, the kernel, and the
 line or the value. A kernel that Python cannot run (Numba-only code) is left to the
@@ -74,7 +77,7 @@ def check_kernels(cell, hidden_size: int, dtype) -> None:
     except _NotRunnable:
         _CHECKED.add(key)
         return
-    state, cache = cell.step(p, u[None], rec[None], tuple(prev[s][None] for s in range(S)))
+    state, cache = _reference(cell, "step", rows, p, u[None], rec[None], tuple(prev[s][None] for s in range(S)))
     check_step(cell, state, cache, S, (1, H), dtype)
     _compare(cell, "forward", "step", [(f"new state {name!r}", new[s], state[s][0])
                                        for s, name in enumerate(cell.state)], dtype, H)
@@ -82,7 +85,8 @@ def check_kernels(cell, hidden_size: int, dtype) -> None:
     ds = normal(S, H)
     du = unwritten(G * H)
     dv = du if cell.dv_is_du else unwritten(G * H)
-    ds_prev, dextra = unwritten(S, H), np.zeros(extra.size, dtype)
+    ds_prev, dextra_start = unwritten(S, H), normal(extra.size)      # not 0: the kernel must add to it
+    dextra = dextra_start.copy()
     z_tape = z if cell.backward_reads_z else np.zeros(0, dtype)
     if not cell.backward_reads_z:
         rows += ", and z empty (backward_reads_z = False)"
@@ -92,15 +96,26 @@ def check_kernels(cell, hidden_size: int, dtype) -> None:
     except _NotRunnable:
         _CHECKED.add(key)
         return
-    result = cell.step_backward(p, tuple(ds[s][None] for s in range(S)), cache)
+    result = _reference(cell, "step_backward", rows, p, tuple(ds[s][None] for s in range(S)), cache)
     check_step_backward(cell, result, S, (1, H), (1, G * H), {k: p[k] for k in extra_shapes}, dtype)
     du_ref, dv_ref, back_ref, dextra_ref = result
     flat_ref = np.concatenate([np.asarray(dextra_ref[k]).ravel() for k in extra_shapes] or [np.zeros(0, dtype)])
     _compare(cell, "backward", "step_backward",
              [("du", du, du_ref[0]), ("dv", dv, dv_ref[0])]
              + [(f"ds_prev of state {name!r}", ds_prev[s], back_ref[s][0]) for s, name in enumerate(cell.state)]
-             + [("dextra", dextra, flat_ref)], dtype, H)
+             + [("dextra (what it adds)", dextra - dextra_start, flat_ref)], dtype, H)
     _CHECKED.add(key)
+
+
+def _reference(cell, method, rows, *args):
+    """cell.step or cell.step_backward on the row: an error of the cell's own code is a
+    ValueError naming the cell and the sizes it was given."""
+    try:
+        return getattr(cell, method)(*args)
+    except Exception as exc:
+        raise ValueError(f"cell: {type(cell).__name__}.{method} fails on one row: {type(exc).__name__}: {exc}; "
+                         f"{rows}; expected gates and state to match what step and step_backward "
+                         f"compute") from exc
 
 
 def _run(cell, direction, kernel, args, rows) -> None:
