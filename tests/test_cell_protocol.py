@@ -10,7 +10,7 @@ import pytest
 
 import bptt
 from bptt import through_time as tt
-from bptt.cells import Cell
+from bptt.cells import Cell, CellLayer
 from bptt.cells.protocol import tape_width
 
 
@@ -168,9 +168,11 @@ def test_a_cell_that_breaks_the_protocol_is_named():
     with pytest.raises(TypeError, match="step_backward"):
         NoBackward()
 
-    model = bptt.Model(NoState(), 2, 3, 1, dtype="float64")
     with pytest.raises(ValueError, match=r"cell: NoState.step must return \(state, cache\) with state a tuple"):
-        model.forward(np.zeros((2, 1, 2)))
+        bptt.Model(NoState(), 2, 3, 1, dtype="float64")           # on one row, when the model is built
+    params = {k: np.zeros(shape) for k, shape in NoState().param_shapes(2, 3).items()}
+    with pytest.raises(ValueError, match=r"cell: NoState.step must return \(state, cache\) with state a tuple"):
+        CellLayer(NoState()).forward(params, np.zeros((2, 1, 2)), (np.zeros((1, 3)),))   # and by the loop
     with pytest.raises(ValueError, match="cell: expected 'rnn', 'lstm', 'gru', 'module:Class' or a bptt.Cell"):
         bptt.Model(object(), 2, 3, 1)
 
@@ -253,18 +255,24 @@ class _LeakWritingItsGradient(_Leak):
         return super().step_backward(p, dstate, cache)
 
 
-def test_a_step_backward_writing_into_dstate_is_named_in_forward_mode():
+def test_a_step_backward_writing_into_dstate_is_named_in_forward_mode(monkeypatch):
     """Forward mode hands every step the same read-only unit rows: a cell that writes into
-    them is named, not left to NumPy's bare "output array is read-only"."""
+    them is named, not left to NumPy's bare "output array is read-only" (the model refuses
+    it when it is built, cell_check.py; forward mode on its own too)."""
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4, 3, 2)), rng.standard_normal((4, 3, 1))
+    with pytest.raises(ValueError, match=r"^cell: _LeakWritingItsGradient.step_backward writes into dstate or the "
+                                         r"cache, which it may only read"):
+        bptt.Model(_LeakWritingItsGradient(), 2, 4, 1, dtype="float64", seed=0)
+    monkeypatch.setattr(bptt.model, "check_on_one_row", lambda *args, **options: None)
     writer = bptt.Model(_LeakWritingItsGradient(), 2, 4, 1, dtype="float64", seed=0)
     with pytest.raises(ValueError, match=r"cell: _LeakWritingItsGradient.step_backward writes into dstate, "
                                          r"which it may only read"):
         tt.rtrl(writer, x, y)
 
 
-def test_a_cache_without_the_batch_axis_and_a_step_writing_its_state_are_refused_by_name():
+def test_a_cache_without_the_batch_axis_and_a_step_writing_its_state_are_refused_by_name(monkeypatch):
+    """When the model is built (cell_check.py, on one row), and by each loop on its own."""
     from bptt.diagnostics import flow
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((8, 3, 2)), rng.standard_normal((8, 3, 1))
@@ -272,6 +280,14 @@ def test_a_cache_without_the_batch_axis_and_a_step_writing_its_state_are_refused
     assert bptt.gradcheck(good, x, y).worst() < 1e-6
     np.testing.assert_allclose(tt.rtrl(good, x, y)[1]["layer0.w"], good.gradients(x, y).params["layer0.w"],
                                rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match=r"cell: _LeakCachingW.step's cache must be a tuple of arrays with the "
+                                         r"batch \(1\) first"):
+        bptt.Model(_LeakCachingW(), 2, 4, 1, dtype="float64", seed=0)
+    with pytest.raises(ValueError, match=r"^cell: _LeakWritingItsState.step writes into u, v or state, which it "
+                                         r"may only read \(ValueError: .*read-only\); expected it to return new "
+                                         r"arrays"):
+        bptt.Model(_LeakWritingItsState(), 2, 4, 1, dtype="float64", seed=0)
+    monkeypatch.setattr(bptt.model, "check_on_one_row", lambda *args, **options: None)
     cached = bptt.Model(_LeakCachingW(), 2, 4, 1, dtype="float64", seed=0)
     message = r"cell: _LeakCachingW.step's cache must be a tuple of arrays with the batch \(3\) first .*, got " \
               r"cache\[2\] of shape \(4,\)"

@@ -91,12 +91,12 @@ class _BrokenLSTM(lstm.LSTM):
 
 
 def test_gradcheck_detects_a_wrong_compiled_kernel(monkeypatch):
-    """The Model refuses such a kernel when it is built (kernel_check.py); with that check
+    """The Model refuses such a kernel when it is built (cell_check.py); with that check
     skipped, gradcheck finds it on its own."""
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match=r"_BrokenLSTM's backward_kernel disagrees with _BrokenLSTM.step_backward"):
         bptt.Model(_BrokenLSTM(), 3, 4, 2, dtype="float64", seed=0)
-    monkeypatch.setattr(bptt.model, "check_kernels", lambda *args: None)
+    monkeypatch.setattr(bptt.model, "check_on_one_row", lambda *args, **options: None)
     model = bptt.Model(_BrokenLSTM(), 3, 4, 2, dtype="float64", seed=0)
     x = rng.standard_normal((4, 3, 3))
     report = bptt.gradcheck(model, x, rng.standard_normal((4, 3, 2)))

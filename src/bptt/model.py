@@ -25,7 +25,7 @@ from .backends import settings
 from .cells import head as head_layer, layer_of, resolve
 from .cells.layer_norm import LayerNormGRU, LayerNormLSTM
 from .cells.projection import ProjectedLayer
-from .kernel_check import check_kernels
+from .cell_check import check_on_one_row
 from .ops import ACTIVATIONS, HEADS, LOSSES
 
 INITS = ("default", "orthogonal", "identity", "chrono")
@@ -140,9 +140,8 @@ class Model:
         self.output_width = self.state_widths[0]      # what a layer outputs: H, or P when projected
         self.builtin = isinstance(cell, str) and cell in ("rnn", "lstm", "gru") and not layer_norm
         user_cell = getattr(self.layer, "cell", None)
-        if getattr(user_cell, "kernels", None) is not None and not type(user_cell).__module__.startswith("bptt.") \
-                and settings.loops_enabled():        # before the compiled loop ever runs them (kernel_check.py)
-            check_kernels(user_cell, H, self.dtype)
+        if user_cell is not None and not type(user_cell).__module__.startswith("bptt."):     # cell_check.py
+            check_on_one_row(user_cell, H, self.dtype, kernels=settings.loops_enabled())
         self.tuple_state = len(self.layer.STATE) > 1     # the public state: a tuple of arrays, or one
         self.threads = 1              # how gradients() runs, not part of the model: see there
         self.vocabulary = None        # a text model's characters, in the order of its inputs and outputs

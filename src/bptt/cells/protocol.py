@@ -44,7 +44,8 @@ returns du and dv (B, G·H), ``dstate_prev`` like ``state``, and ``dextra`` {nam
 gradient} of the extra parameters summed over the batch ({} when there are none). Use
 NumPy's array functions; float32 and float64 both occur. These two are the cell's
 reference: the Python loop runs them, for every array the compiled loop cannot take too.
-It checks what each returns at its first step (a ValueError names the cell and the part).
+It checks what each returns at its first step (a ValueError names the cell and the part);
+a Model built with the cell runs both once on one row first (bptt/cell_check.py).
 
 Compiled kernels (optional; cells/compiled.py runs them in one compiled loop):
 
@@ -71,7 +72,7 @@ Write constants in the row's dtype (``one = du.dtype.type(1)``): Numba types an 
 with a float32 value as float64, which halves the vector width. Both kernels must give
 what step and step_backward give for the same row; the tests of
 a cell hold the two loops together (docs/custom_cell.md shows how), and a Model built with
-the cell runs both kernels once in Python on one row first (bptt/kernel_check.py): an index
+the cell runs both kernels once in Python on one row first (bptt/cell_check.py): an index
 outside a row or a result other than the step's is a ValueError there. A kernel Numba
 cannot compile with these arguments is a ValueError at the first pass, naming the cell and
 kernel.

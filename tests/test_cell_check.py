@@ -1,5 +1,5 @@
 """A user cell's kernels are checked against its NumPy step when a Model is built
-(kernel_check.py): indexing outside the rows, a different formula and a value never
+(cell_check.py): indexing outside the rows, a different formula and a value never
 written are ValueErrors before the compiled loop (which checks no index) runs them."""
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from numba import njit
 from numba.extending import overload
 
 import bptt
-from bptt import kernel_check
+from bptt import cell_check
 from bptt.cells import GRU, LSTM, RNN, Cell, CellLayer, CompiledLayer
 from bptt.cells.layer_norm import LayerNormGRU, LayerNormLSTM
 from test_compiled_loop import _minimal_gated_unit
@@ -33,7 +33,7 @@ def test_the_minimal_gated_unit_passes_and_builds():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_built_in_cell_passes_the_check(cell, dtype):
     """No false alarms: the built-in kernels agree with their steps within the tolerance."""
-    kernel_check.check_kernels(cell, 24, dtype)
+    cell_check.check_on_one_row(cell, 24, dtype)
 
 
 def test_a_tape_narrower_than_the_kernel_writes_names_the_line():
@@ -182,4 +182,12 @@ def test_an_error_of_the_cells_own_step_names_the_cell_and_the_sizes():
     cell = _with_kernels(state=("h", "c"))                      # the MGU's step unpacks one state
     with pytest.raises(ValueError, match=r"^cell: MGU.step fails on one row: ValueError: too many values to "
                                          r"unpack .*\(S, H\) = \(2, 8\) blocks \(state = \('h', 'c'\)\)"):
+        bptt.Model(cell, 3, 8, 2)
+
+
+def test_a_numpy_cell_whose_gates_disagree_with_its_step_is_named_when_the_model_is_built():
+    cell = _with_kernels(kernels=None, gates=3)
+    with pytest.raises(ValueError, match=r"^cell: MGU.step fails on one row: ValueError: operands could not be "
+                                         r"broadcast .*; with H = 8 it gets rows of G·H = 24 \(gates = 3\), "
+                                         r"\(S, H\) = \(1, 8\) blocks \(state = \('h',\)\); expected gates"):
         bptt.Model(cell, 3, 8, 2)

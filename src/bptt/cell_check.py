@@ -1,0 +1,173 @@
+"""Floor 3: a user's cell run on one row before a Model uses it.
+
+When a Model is built with a cell of the user's, ``check_on_one_row`` runs the cell's
+``step`` and ``step_backward`` once on one row of random numbers (a batch of one): an
+error they raise there, or arrays of the wrong shape or dtype (cells/loop.py's checks),
+is a ValueError naming the cell and the sizes it got, at construction rather than deep
+in the first pass.
+
+Compiled code does not check indices: kernels whose indexing disagrees with the cell's
+``gates``, ``state`` or ``tape_width`` would write over other memory in the compiled time
+loop (cells/compiled.py). So, where the cell has kernels and the compiled loop is on,
+each kernel's Python function (``kernel.py_func``, where NumPy checks every index) runs
+on the same row first, with the rows exactly as the loop hands them over
+(cells/protocol.py):
+
+    forward_kernel(z, rec, bias, extra, prev, new, aux, option)
+        z, rec, bias (G·H,)  extra (the extras' sizes summed,)  prev, new (S, H)  aux (A,)
+    backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, option)
+        ds, ds_prev (S, H)  du, dv (G·H,), one array when dv_is_du  z (0,) when not
+        backward_reads_z  dextra (the extras' sizes summed,)
+
+and what they write is compared with what the steps give: the new state (K3); du, dv,
+ds_prev and what the kernel adds to dextra (K4). The outputs start as NaN, so a value
+the kernel never writes differs too, and dextra at random values, so a kernel that sets
+it instead of adding to it differs. An index outside a row, or a difference beyond float
+rounding (1e-4 in float32, 1e-9 in float64, relative to the value's size where it
+exceeds 1), is a ValueError naming the cell, the kernel, and the line or the value. A
+kernel that Python cannot run (Numba-only code) is left to the loop's own first pass.
+The verdict is kept per cell class, kernels, sizes and dtype for the process.
+"""
+from __future__ import annotations
+
+import os
+import re
+import traceback
+
+import numpy as np
+
+from .cells.loop import check_step, check_step_backward
+from .cells.protocol import tape_width
+
+TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-9}
+
+_CHECKED: set = set()
+
+
+def check_on_one_row(cell, hidden_size: int, dtype, kernels: bool = True) -> None:
+    """Raise ValueError if ``cell``'s step or step_backward fails on one row at
+    ``hidden_size`` units in ``dtype``, or (``kernels``, where the cell has them) its
+    kernels index outside their rows or disagree with those steps; see the module docstring."""
+    dtype = np.dtype(dtype)
+    kernels = kernels and getattr(cell, "kernels", None) is not None
+    forward_kernel, backward_kernel = cell.kernels if kernels else (None, None)
+    H, G, S = hidden_size, cell.gates, len(cell.state)
+    shapes = cell.param_shapes(1, H)                  # checks the extras' names first
+    A, extra_shapes = tape_width(cell, H), cell.extra_shapes(H)
+    key = (type(cell), forward_kernel, backward_kernel, cell.option, cell.dv_is_du, cell.backward_reads_z,
+           G, S, A, H, dtype.str, tuple(extra_shapes.items()))
+    if key in _CHECKED:
+        return
+    rng = np.random.default_rng(0)
+
+    def normal(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    def unwritten(*shape):
+        return np.full(shape, np.nan, dtype)
+
+    p = {k: normal(*shape) / (1 if k in ("W_x", "b_h") else H ** 0.5) for k, shape in shapes.items()}
+    extra = np.concatenate([p[k].ravel() for k in extra_shapes] or [np.zeros(0, dtype)])
+    z, rec, prev = normal(G * H), normal(G * H), normal(S, H)
+    u, bias = z + p["b_h"], p["b_h"]
+    new, aux = unwritten(S, H), unwritten(A)
+    rows = (f"with H = {H} it gets rows of G·H = {G * H} (gates = {G}), (S, H) = ({S}, {H}) blocks "
+            f"(state = {cell.state})" + (f" and aux of tape_width({H}) = {A}" if kernels else ""))
+    if kernels:
+        kernels = _run(cell, "forward", forward_kernel, (z, rec, bias, extra, prev, new, aux, cell.option), rows)
+    state, cache = _reference(cell, "step", rows, p, *_read_only(u[None], rec[None]),
+                              _read_only(*(prev[s][None] for s in range(S))))
+    check_step(cell, state, cache, S, (1, H), dtype)
+    if kernels:
+        _compare(cell, "forward", "step", [(f"new state {name!r}", new[s], state[s][0])
+                                           for s, name in enumerate(cell.state)], dtype, H)
+
+    ds = normal(S, H)
+    du = unwritten(G * H)
+    dv = du if cell.dv_is_du else unwritten(G * H)
+    ds_prev, dextra_start = unwritten(S, H), normal(extra.size)      # not 0: the kernel must add to it
+    dextra = dextra_start.copy()
+    z_tape = z if cell.backward_reads_z else np.zeros(0, dtype)
+    if kernels:
+        if not cell.backward_reads_z:
+            rows += ", and z empty (backward_reads_z = False)"
+        kernels = _run(cell, "backward", backward_kernel, (ds, z_tape, aux, extra, prev, new, du, dv, ds_prev,
+                                                           dextra, cell.option), rows)
+    result = _reference(cell, "step_backward", rows, p, _read_only(*(ds[s][None] for s in range(S))),
+                        _read_only(*cache) if isinstance(cache, tuple) else cache)
+    check_step_backward(cell, result, S, (1, H), (1, G * H), {k: p[k] for k in extra_shapes}, dtype)
+    if kernels:
+        du_ref, dv_ref, back_ref, dextra_ref = result
+        flat_ref = np.concatenate([np.asarray(dextra_ref[k]).ravel() for k in extra_shapes] or [np.zeros(0, dtype)])
+        _compare(cell, "backward", "step_backward",
+                 [("du", du, du_ref[0]), ("dv", dv, dv_ref[0])]
+                 + [(f"ds_prev of state {name!r}", ds_prev[s], back_ref[s][0]) for s, name in enumerate(cell.state)]
+                 + [("dextra (what it adds)", dextra - dextra_start, flat_ref)], dtype, H)
+    _CHECKED.add(key)
+
+
+def _read_only(*arrays) -> tuple:
+    """Views of the arrays that refuse writes, as the loops hand the steps their inputs."""
+    views = tuple(np.asarray(a).view() for a in arrays)
+    for v in views:
+        v.flags.writeable = False
+    return views
+
+
+def _reference(cell, method, rows, *args):
+    """cell.step or cell.step_backward on the row: an error of the cell's own code is a
+    ValueError naming the cell and the sizes it was given."""
+    try:
+        return getattr(cell, method)(*args)
+    except ValueError as exc:
+        if "read-only" not in str(exc):
+            raise _failed(cell, method, rows, exc) from exc
+        inputs = "u, v or state" if method == "step" else "dstate or the cache"
+        raise ValueError(f"cell: {type(cell).__name__}.{method} writes into {inputs}, which it may only read "
+                         f"(ValueError: {exc}); expected it to return new arrays") from exc
+    except Exception as exc:
+        raise _failed(cell, method, rows, exc) from exc
+
+
+def _failed(cell, method, rows, exc):
+    return ValueError(f"cell: {type(cell).__name__}.{method} fails on one row: {type(exc).__name__}: {exc}; "
+                      f"{rows}; expected gates and state to match what step and step_backward compute")
+
+
+def _run(cell, direction, kernel, args, rows) -> bool:
+    """kernel.py_func(*args) in Python: an index outside a row is a ValueError naming the line;
+    False where Python cannot run it (Numba-only code: the loop's first pass says what fails)."""
+    try:
+        kernel.py_func(*args)
+        return True
+    except IndexError as exc:
+        frames = traceback.extract_tb(exc.__traceback__)[1:]      # the kernel's frame, then any it calls
+        if frames:
+            path, line = frames[-1].filename, re.sub(r"\s+#[^'\"]*$", "", frames[-1].line)   # without its comment
+            path = os.path.relpath(path) if os.path.abspath(path).startswith(os.getcwd() + os.sep) else path
+        where = f" at {path}:{frames[-1].lineno} ({line})" if frames else ""
+        raise ValueError(f"cell: {type(cell).__name__}'s {direction}_kernel indexes outside the rows it is "
+                         f"given{where}: IndexError: {exc}; {rows}; expected gates, state and tape_width to "
+                         f"match what the kernel indexes") from None
+    except Exception:
+        return False
+
+
+def _compare(cell, direction, reference, pairs, dtype, H) -> None:
+    """Each (what, kernel's value, reference value): a ValueError at the first that differs."""
+    for what, got, want in pairs:
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        if got.shape != want.shape:
+            raise ValueError(f"cell: {type(cell).__name__}'s {direction}_kernel writes {what} of {got.size} values, "
+                             f"{type(cell).__name__}.{reference} gives {want.size}")
+        scale = np.maximum(1.0, np.abs(want))
+        off = ~(np.abs(got - want) <= TOLERANCE[np.dtype(dtype)] * scale)       # NaN counts as off
+        if off.any():
+            i = int(np.flatnonzero(off.ravel())[0])
+            index = np.unravel_index(i, got.shape)
+            raise ValueError(
+                f"cell: {type(cell).__name__}'s {direction}_kernel disagrees with {type(cell).__name__}.{reference}: "
+                f"{what}[{', '.join(map(str, index))}] is {got.ravel()[i]:.6g} against {want.ravel()[i]:.6g} "
+                f"(H = {H}, {np.dtype(dtype).name}, one row of random numbers"
+                f"{'; NaN: the kernel never writes it' if np.isnan(got.ravel()[i]) else ''}); expected the kernels "
+                f"to compute what step and step_backward compute (bptt.Cell's docstring)")
