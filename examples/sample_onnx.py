@@ -26,7 +26,7 @@ def main():
     args = parser.parse_args()
     if not os.path.isfile(args.model):
         parser.error(f"model: no such file: {args.model}")
-    if not args.temperature > 0 or args.length < 0:
+    if not 0 < args.temperature < np.inf or args.length < 0:
         parser.error(f"--temperature: expected a positive number, --length one >= 0; got {args.temperature}, "
                      f"{args.length}")
 
@@ -57,8 +57,9 @@ def main():
     p = step([index[c] for c in args.prime])
     out = []
     for _ in range(args.length):
-        logits = np.log(np.maximum(p, 1e-30)) / args.temperature
-        q = np.exp(logits - logits.max())
+        logits = np.log(np.maximum(p, 1e-30))
+        with np.errstate(over="ignore", under="ignore"):    # less the largest, then / T: a tiny T is greedy
+            q = np.exp((logits - logits.max()) / args.temperature)
         code = int(rng.choice(len(chars), p=q / q.sum()))
         out.append(chars[code])
         p = step([code])

@@ -186,6 +186,79 @@ def test_bad_generation_arguments(kwargs, pattern):
         bptt.generate(m, 5, **kwargs)
 
 
+def test_a_tiny_temperature_draws_the_likeliest_character_without_a_warning():
+    """Log-probabilities less their largest, then / T: T = 1e-320 is greedy, with no overflow
+    and no NaN (it overflowed to -inf/-inf = NaN before)."""
+    import warnings
+    from bptt.generate import one_hot
+    m = bptt.Model("lstm", 3, 4, 3, head="softmax", loss="cross_entropy", seed=0)
+    codes, (y, state) = [], m.forward(one_hot(np.array([[2]]), 3, m.dtype))      # the prime: "\n"
+    for _ in range(8):
+        codes.append(int(np.argmax(y[-1, 0])))
+        y, state = m.forward(one_hot(np.array([[codes[-1]]]), 3, m.dtype), state)
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        for seed in (0, 1):
+            assert bptt.generate(m, length=8, temperature=1e-320, vocabulary="ab\n", seed=seed) == \
+                "".join("ab\n"[c] for c in codes)
+        assert set(bptt.generate(m, length=8, temperature=1e300, vocabulary="ab\n", seed=0)) <= set("ab\n")
+
+
+@pytest.mark.parametrize("vocabulary,pattern", [
+    (5, r"^vocabulary: expected a string or a sequence of single characters \(one per output\), got int 5$"),
+    ([1, 2, 3], r"^vocabulary: expected a string or a sequence of single characters \(one per output\), "
+                r"got list \[1, 2, 3\]$"),
+    (["ab", "c", "d"], r"^vocabulary: expected a string or a sequence of single characters .*got list"),
+    ({"a", "b", "c"}, r"^vocabulary: expected a string or a sequence of single characters .*got set"),
+    ("abcd", r"^vocabulary: expected 3 characters \(one per output of the model\), got 4: 'abcd'$"),
+    (list("ab"), r"^vocabulary: expected 3 characters \(one per output of the model\), got 2: \['a', 'b'\]$"),
+])
+def test_a_vocabulary_of_the_wrong_kind_or_size_is_named(vocabulary, pattern):
+    m = bptt.Model("lstm", 3, 4, 3, head="softmax", loss="cross_entropy", seed=0)
+    with pytest.raises(ValueError, match=pattern):
+        bptt.generate(m, length=5, vocabulary=vocabulary, seed=0)
+    m.vocabulary = vocabulary
+    with pytest.raises(ValueError, match=pattern.replace("^vocabulary", "^model\\.vocabulary")):
+        bptt.generate(m, length=5, seed=0)
+    m.vocabulary = ("a", "b", "c")              # a tuple of characters is a vocabulary too
+    assert set(bptt.generate(m, length=5, seed=0)) <= set("abc")
+
+
+def _entry_points_taking_a_model():
+    """Every public function of through_time/, diagnostics/ and interop/ whose first argument
+    is the model, called with the other arguments it needs."""
+    from bptt import diagnostics, through_time as tt
+    from bptt.diagnostics.estimators import estimator_error
+    from bptt.diagnostics.nonfinite import first_nonfinite
+    from bptt.interop.onnx import check_exportable, to_onnx
+    from bptt.interop.torch import to_torch
+    from bptt.through_time import online
+    return {
+        "full": lambda m: tt.full(m, X, Y), "truncated": lambda m: tt.truncated(m, X, Y, 2),
+        "checkpointed": lambda m: tt.checkpointed(m, X, Y), "rtrl": lambda m: tt.rtrl(m, X, Y),
+        "ExactInfluence": lambda m: tt.ExactInfluence(m, 2),
+        "truncation_bias": lambda m: tt.truncation_bias(m, X, Y, [2]),
+        "snap": lambda m: online.snap(m, X, Y), "uoro": lambda m: online.uoro(m, X, Y),
+        "eprop": lambda m: online.eprop(m, X, Y), "rflo": lambda m: online.rflo(m, X, Y),
+        "kf_rtrl": lambda m: online.kf_rtrl(m, X, Y), "SnAp": lambda m: online.SnAp(m, 2),
+        "UORO": lambda m: online.UORO(m, 2), "Eligibility": lambda m: online.Eligibility(m, 2),
+        "KFRTRL": lambda m: online.KFRTRL(m, 2), "estimate": lambda m: online.estimate("uoro", m, X, Y),
+        "flow": lambda m: diagnostics.flow(m, X, Y), "estimator_error": lambda m: estimator_error(m, X),
+        "first_nonfinite": lambda m: first_nonfinite(m, X, Y),
+        "to_torch": lambda m: to_torch(m), "to_onnx": lambda m: to_onnx(m, "m.onnx"),
+        "check_exportable": lambda m: check_exportable(m),
+    }
+
+
+@pytest.mark.parametrize("name", list(_entry_points_taking_a_model()))
+@pytest.mark.parametrize("given,kind", [(None, "NoneType"), ("runs/x", "str"), ({"cell": "rnn"}, "dict")])
+def test_every_entry_point_that_takes_a_model_names_what_came(tmp_path, monkeypatch, name, given, kind):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=rf"^model: expected a bptt.Model, got {kind}$"):
+        _entry_points_taking_a_model()[name](given)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_estimator_generator_is_named():
     from bptt.through_time.online import uoro
     m = bptt.Model("rnn", 3, 4, 2, dtype="float64", seed=0)

@@ -99,6 +99,44 @@ def test_a_user_cell_is_refused(tmp_path):
         to_onnx(model, tmp_path / "m.onnx")
 
 
+@pytest.mark.parametrize("path,pattern", [
+    (None, r"^path: expected a file name ending in \.onnx, got None$"),
+    (".", r"^path: expected a file name ending in \.onnx, got '\.'$"),
+    ("m.txt", r"^path: expected a file name ending in \.onnx, got 'm\.txt'$"),
+    (".onnx", r"^path: expected a file name ending in \.onnx, got '\.onnx'$"),
+    ("folder.onnx", r"^path: expected a file name, got 'folder\.onnx' \(a folder\)$"),
+    ("no/such/dir/m.onnx", r"^path: expected a file in an existing folder, got 'no/such/dir/m\.onnx' "
+                           r"\(.*no/such/dir does not exist\)$"),
+    ("file.txt/m.onnx", r"^path: expected a file in an existing folder, got 'file\.txt/m\.onnx' "
+                        r"\(.*file\.txt is a file\)$"),
+])
+def test_a_path_that_cannot_be_written_is_named(tmp_path, monkeypatch, path, pattern):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder.onnx").mkdir()
+    (tmp_path / "file.txt").write_text("mine")
+    with pytest.raises(ValueError, match=pattern):
+        to_onnx(bptt.Model("gru", 3, 4, 2), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder.onnx"]
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    ({"lengths": "yes"}, r"^lengths: expected True or False, got 'yes'$"),
+    ({"lengths": 1}, r"^lengths: expected True or False, got 1$"),
+    ({"opset": 99}, r"^opset: expected an integer from 14 \(.*\) to \d+ \(the newest this onnx .* knows\), got 99$"),
+    ({"opset": 13}, r"^opset: expected an integer from 14 .*, got 13$"),
+    ({"opset": 17.0}, r"^opset: expected an integer from 14 .*, got 17\.0$"),
+    ({"opset": True}, r"^opset: expected an integer from 14 .*, got True$"),
+])
+def test_lengths_is_a_flag_and_opset_one_the_exporter_knows(tmp_path, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        to_onnx(bptt.Model("gru", 3, 4, 2), tmp_path / "m.onnx", **kwargs)
+    assert not (tmp_path / "m.onnx").exists()
+    newest = onnx.defs.onnx_opset_version()
+    proto = to_onnx(bptt.Model("gru", 3, 4, 2), str(tmp_path / "m.onnx"), lengths=np.bool_(True),
+                    opset=np.int64(newest))
+    assert proto.opset_import[0].version == newest and [i.name for i in proto.graph.input][-1] == "lengths"
+
+
 def test_bptt_export_and_the_onnxruntime_sampler(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat sat on the mat.\n" * 300, encoding="utf-8")
@@ -115,6 +153,8 @@ def test_bptt_export_and_the_onnxruntime_sampler(tmp_path):
     assert out.startswith("the ") and len(out.rstrip("\n")) >= 30 and set(out) <= set("the cat sat on the mat.\n")
     for args, message in ((["--prime", "é"], "--prime: characters not in the model's vocabulary: 'é'"),
                           (["--temperature", "0"], "--temperature: expected a positive number"),
+                          (["--temperature", "inf"], "--temperature: expected a positive number"),
+                          (["--temperature", "1e-320"], None),        # greedy: no overflow, no NaN
                           (["--prime", ""], None)):                      # empty: a newline, as bptt sample
         done = subprocess.run([sys.executable, str(example), str(tmp_path / "m.onnx"), "--length", "5", *args],
                               capture_output=True, text=True)

@@ -2,6 +2,7 @@
 saved folder or a run; a folder that holds other things is refused and left as it was; a
 changed tensor file is refused by its digest; and text generation from Python."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -50,6 +51,56 @@ def test_a_changed_tensor_file_is_refused_by_its_digest(tmp_path):
         bptt.load(tmp_path / "m")
     with pytest.raises(ValueError, match="path: no such folder"):
         bptt.load(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    (lambda m: m.pop("config"), r'expected a "config" holding the arguments of bptt.Model \(a JSON object\), '
+                                r'got no "config"$'),
+    (lambda m: m.update(config="abc"), r'expected a "config" holding the arguments of bptt.Model \(a JSON object\), '
+                                       r"got str 'abc'$"),
+    (lambda m: m.update(config=[["cell", "gru"]]), r'expected a "config" .*, got list \[\[\'cell\', \'gru\'\]\]$'),
+    (lambda m: m["config"].update(bogus=1), r"config: unknown key 'bogus'; expected arguments of bptt.Model "
+                                            r"\(cell, input_size, .*\)$"),
+    (lambda m: m["config"].pop("hidden_size"), r"config: expected the arguments bptt.Model needs \(cell, input_size, "
+                                               r"hidden_size, output_size\), got none for 'hidden_size'$"),
+    (lambda m: m["config"].update(hidden_size="3"), r"hidden_size: expected a positive integer, got '3'$"),
+    (lambda m: m["config"].update(cell="my_module:NoSuchCell"), r"cell: cannot import 'my_module'"),
+    (lambda m: m["config"].update(cell={"class": 5}), r"cell expected \{'class': 'module:ClassName', "),
+    (lambda m: m.update(vocabulary=5), r"vocabulary: expected a string or a sequence of single characters "
+                                       r"\(one per output\), got int 5$"),
+    (lambda m: m.update(vocabulary=["a", 1]), r"vocabulary: expected a string or a sequence of single characters"),
+])
+def test_a_hand_edited_model_json_is_refused_naming_the_file(tmp_path, edit, pattern):
+    bptt.Model("gru", 2, 3, 2, seed=0).save(tmp_path / "m")
+    meta_path = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    edit(meta)
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^path: " + re.escape(str(meta_path)) + ": " + pattern):
+        bptt.load(tmp_path / "m")
+
+
+def test_a_tensor_file_that_is_not_safetensors_is_refused_naming_it(tmp_path):
+    import hashlib
+    bptt.Model("gru", 2, 3, 2, seed=0).save(tmp_path / "m")
+    meta_path, tensors = tmp_path / "m" / "model.json", tmp_path / "m" / "model.safetensors"
+    tensors.write_bytes(b"not a safetensors file")        # and its digest recorded: both files replaced
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["sha256"] = hashlib.sha256(tensors.read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^path: .*model.safetensors is not a readable safetensors file: "):
+        bptt.load(tmp_path / "m")
+
+
+def test_a_model_whose_vocabulary_loading_would_refuse_is_not_saved(tmp_path):
+    from bptt.saved import save
+    model = bptt.Model("gru", 2, 3, 2, seed=0)
+    model.vocabulary = 5
+    with pytest.raises(ValueError, match=r"^model.vocabulary: expected a string or a sequence of single characters"):
+        model.save(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(ValueError, match=r"^model: expected a bptt.Model, got str$"):
+        save("m", tmp_path / "m")
 
 
 def test_a_cell_class_loading_cannot_import_is_refused_on_save(tmp_path):

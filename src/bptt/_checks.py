@@ -133,3 +133,30 @@ def bool_mask(name: str, value, dims: tuple, meaning: str) -> np.ndarray:
         raise ValueError(f"{name}: expected a boolean array ({meaning}), got dtype {arr.dtype.name}")
     _check_shape(name, arr, dims)
     return arr
+
+
+def model(value, name: str = "model"):
+    """``value`` when it is a ``bptt.Model``; else ``name: expected a bptt.Model, got <type>``."""
+    from .model import Model                  # model.py imports this module: import at the call
+    if not isinstance(value, Model):
+        raise ValueError(f"{name}: expected a bptt.Model, got {type(value).__name__}")
+    return value
+
+
+def characters(name: str, value, size: int | None = None) -> list:
+    """A vocabulary: a string, or a list or tuple of single characters, each once; with
+    ``size``, exactly that many (one per input and output of a character model)."""
+    if not (isinstance(value, str) or isinstance(value, (list, tuple))
+            and all(isinstance(c, str) and len(c) == 1 for c in value)):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ValueError(f"{name}: expected a string or a sequence of single characters (one per output), "
+                         f"got {type(value).__name__} {shown}")
+    chars = list(value)
+    if not chars or len(set(chars)) != len(chars):
+        raise ValueError(f"{name}: expected each of the model's characters once, in the order of its inputs, "
+                         f"got {value!r}")
+    if size is not None and len(chars) != size:
+        raise ValueError(f"{name}: expected {size} characters (one per output of the model), "
+                         f"got {len(chars)}: {value!r}")
+    return chars

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from .model import Model
 
 
 def one_hot(codes, size, dtype=np.float32):
@@ -16,6 +15,20 @@ def one_hot(codes, size, dtype=np.float32):
     x = np.zeros(codes.shape + (size,), dtype=dtype)
     np.put_along_axis(x, codes[..., None], 1, axis=-1)
     return x
+
+
+def tempered(p, temperature: float, top_k: int | None = None) -> np.ndarray:
+    """The distribution ``p`` at ``temperature`` (> 0, finite), ∝ p^(1/T), among its ``top_k``
+    likeliest entries: log-probabilities less their largest, then divided by T, so that the
+    likeliest entry has weight exp(0) = 1 for any T and a tiny T draws it alone (greedy)."""
+    logits = np.log(np.maximum(np.asarray(p, dtype=np.float64), 1e-30))
+    logits -= logits.max()
+    if top_k is not None and top_k < logits.size:
+        cut = np.partition(logits, -top_k)[-top_k]
+        logits[logits < cut] = -np.inf
+    with np.errstate(over="ignore", under="ignore"):      # -x/T beyond the range is -inf: weight 0
+        q = np.exp(logits / temperature)
+    return q / q.sum()
 
 
 def generate(model, length: int = 300, prime: str | None = None, temperature: float = 1.0,
@@ -31,17 +44,15 @@ def generate(model, length: int = 300, prime: str | None = None, temperature: fl
         seed: a seed or a numpy Generator for the draws (None: fresh entropy).
         vocabulary: the characters, in the model's order (default ``model.vocabulary``).
     """
-    if not isinstance(model, Model):
-        raise ValueError(f"model: expected a bptt.Model, got {type(model).__name__}")
-    if vocabulary is not None and (len(vocabulary) == 0 or len(set(vocabulary)) != len(vocabulary)):
-        raise ValueError(f"vocabulary: expected each of the model's characters once, in the order of its inputs, "
-                         f"got {vocabulary!r}")
-    chars = list(vocabulary if vocabulary is not None else (model.vocabulary or []))
-    if not chars:
+    _checks.model(model)
+    name, raw = ("vocabulary", vocabulary) if vocabulary is not None else ("model.vocabulary", model.vocabulary)
+    if raw is None:
         raise ValueError("vocabulary: the model has none (model.vocabulary is None); pass vocabulary=, the "
                          "characters in the order of the model's inputs")
+    characters = model.head == "softmax" and model.input_size == model.output_size
+    chars = _checks.characters(name, raw, model.output_size if characters else None)
     V = len(chars)
-    if model.input_size != V or model.output_size != V or model.head != "softmax":
+    if not characters:
         raise ValueError(f"model: generating text needs one-hot inputs and a softmax over the {V} characters of "
                          f"the vocabulary; got input_size={model.input_size}, output_size={model.output_size}, "
                          f"head={model.head!r}")
@@ -67,13 +78,7 @@ def generate(model, length: int = 300, prime: str | None = None, temperature: fl
     p = y[-1, 0].astype(np.float64)
     out = []
     for _ in range(length):
-        logits = np.log(np.maximum(p, 1e-30)) / temperature
-        if top_k is not None and top_k < logits.size:
-            cut = np.partition(logits, -top_k)[-top_k]
-            logits[logits < cut] = -np.inf
-        q = np.exp(logits - logits.max())
-        q /= q.sum()
-        code = int(rng.choice(q.size, p=q))
+        code = int(rng.choice(V, p=tempered(p, temperature, top_k)))
         out.append(code)
         y, state = model.forward(one_hot(np.array([[code]]), V, model.dtype), state)
         p = y[0, 0].astype(np.float64)

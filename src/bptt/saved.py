@@ -18,8 +18,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load as load_tensors, save as save_tensors
 
+from . import _checks
 from ._files import atomic_write
 
 KIND = "bptt-model"
@@ -62,6 +64,9 @@ def cell_spec(cell):
 
 def save(model, path) -> Path:
     """Write ``model`` into the folder ``path`` (created if missing); returns the folder."""
+    _checks.model(model)
+    if model.vocabulary is not None:        # as read() will take it back
+        _checks.characters("model.vocabulary", model.vocabulary)
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise ValueError(f"path: expected the path of a folder to hold {' and '.join(FILES)}, got {path!r}")
     folder = Path(path)
@@ -105,16 +110,44 @@ def read(path):
     if digest != meta.get("sha256"):
         raise ValueError(f"path: {tensors} does not match the SHA-256 in {FILES[1]} ({str(meta.get('sha256'))[:12]}…, "
                          f"the file gives {digest[:12]}…): it is truncated, corrupted or was changed")
-    config = dict(meta["config"])
-    if isinstance(config.get("cell"), dict):                   # a cell built with the arguments of its config()
-        spec = config["cell"]
-        if not (isinstance(spec.get("class"), str) and isinstance(spec.get("arguments"), dict)):
-            raise ValueError(f"path: {meta_path}: cell expected {{'class': 'module:ClassName', 'arguments': "
-                             f"{{...}}}}, got {spec!r}")
-        config["cell"] = build(spec["class"], spec["arguments"])
-    model = Model(**config)
-    arrays = load_tensors(data)
-    return with_params(model, arrays, str(tensors), meta.get("vocabulary"))
+    config = _config(meta, meta_path, Model)
+    vocabulary = meta.get("vocabulary")
+    if vocabulary is not None:
+        _checks.characters(f"path: {meta_path}: vocabulary", vocabulary)
+    try:
+        if isinstance(config.get("cell"), dict):               # a cell built with the arguments of its config()
+            spec = config["cell"]
+            if not (isinstance(spec.get("class"), str) and isinstance(spec.get("arguments"), dict)):
+                raise ValueError(f"cell expected {{'class': 'module:ClassName', 'arguments': {{...}}}}, got {spec!r}")
+            config["cell"] = build(spec["class"], spec["arguments"])
+        model = Model(**config)
+    except (ValueError, TypeError) as exc:          # a value Model refuses: named with the file it came from
+        raise ValueError(f"path: {meta_path}: {exc}") from None
+    try:
+        arrays = load_tensors(data)
+    except SafetensorError as exc:
+        raise ValueError(f"path: {tensors} is not a readable safetensors file: {exc}") from None
+    return with_params(model, arrays, str(tensors), vocabulary)
+
+
+def _config(meta: dict, meta_path: Path, Model) -> dict:
+    """model.json's "config": a dict of Model's arguments, the four it needs among them."""
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        shown = "no \"config\"" if "config" not in meta else f"{type(config).__name__} {config!r:.60}"
+        raise ValueError(f"path: {meta_path}: expected a \"config\" holding the arguments of bptt.Model "
+                         f"(a JSON object), got {shown}")
+    arguments = [p for name, p in inspect.signature(Model.__init__).parameters.items() if name != "self"]
+    unknown = sorted(set(config) - {p.name for p in arguments})
+    if unknown:
+        raise ValueError(f"path: {meta_path}: config: unknown key {unknown[0]!r}; expected arguments of bptt.Model "
+                         f"({', '.join(p.name for p in arguments)})")
+    missing = [p.name for p in arguments if p.default is p.empty and p.name not in config]
+    if missing:
+        needed = ", ".join(p.name for p in arguments if p.default is p.empty)
+        raise ValueError(f"path: {meta_path}: config: expected the arguments bptt.Model needs ({needed}), "
+                         f"got none for {', '.join(map(repr, missing))}")
+    return dict(config)
 
 
 def with_params(model, arrays: dict, source: str, vocabulary=None):

@@ -24,6 +24,7 @@ from ..through_time.rtrl import ExactInfluence
 def estimator_error(model, x, methods=("snap1", "uoro"), mask=None, rng=None) -> dict:
     """{method: (T,) relative error (O5) of its influence against RTRL's}; ``methods``
     from through_time/online.py's ESTIMATORS (one recurrent layer for all but rtrl)."""
+    _checks.model(model)
     methods = tuple(methods)
     unknown = [m for m in methods if m not in ESTIMATORS]
     if unknown or not methods:

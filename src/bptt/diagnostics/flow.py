@@ -176,6 +176,7 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
             in one credit pass whatever LAG_MEMORY says).
     """
     start = time.perf_counter()
+    _checks.model(model)
     if model.bidirectional or model.proj_size:
         raise ValueError("model: the flow report follows one direction's unprojected state back through time; "
                          f"got bidirectional={model.bidirectional}, proj_size={model.proj_size}")

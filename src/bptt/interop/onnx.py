@@ -27,10 +27,12 @@ computes them) and zoneout (its evaluation mixes old and new state unit by unit)
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
+from .. import _checks
 from .._files import atomic_write
 
 # Rows of bptt's stacked gate blocks, in the order ONNX's operator reads them.
@@ -54,6 +56,7 @@ def _onnx():
 
 def check_exportable(model):
     """Raise a ValueError naming the option that ONNX's operators cannot express."""
+    _checks.model(model)
     if not isinstance(model.cell, str) or model.cell not in OPERATOR:
         raise ValueError(f"model: ONNX's RNN, GRU and LSTM operators express cell='rnn', 'lstm' or 'gru'; "
                          f"got cell={model.cell_name!r}")
@@ -84,16 +87,38 @@ def _layer_weights(model, l):
     return np.stack(Ws), np.stack(Rs), np.stack(Bs)
 
 
+def _onnx_path(path) -> Path:
+    """``path`` as a Path: a file name ending in .onnx, in a folder that exists."""
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(text, str) or not text.endswith(".onnx") or Path(text).name == ".onnx":
+        raise ValueError(f"path: expected a file name ending in .onnx, got {path!r}")
+    if Path(text).is_dir():
+        raise ValueError(f"path: expected a file name, got {text!r} (a folder)")
+    folder = Path(text).absolute().parent
+    if not folder.is_dir():
+        raise ValueError(f"path: expected a file in an existing folder, got {text!r} "
+                         f"({folder} {'is a file' if folder.exists() else 'does not exist'})")
+    return Path(text)
+
+
 def to_onnx(model, path, lengths: bool = False, opset: int = 17):
     """Write ``model`` as an ONNX file at ``path`` (see the module's docstring for the
     graph) and return the ``onnx.ModelProto``. ``lengths=True`` adds the int32 input
-    ``lengths`` (B,), each sequence's number of valid steps. The file is checked with
+    ``lengths`` (B,), each sequence's number of valid steps. ``path`` ends in .onnx, in a
+    folder that exists (an existing file is replaced); ``opset`` runs from 14 to the newest
+    that the installed onnx knows. The file is checked with
     ``onnx.checker.check_model(full_check=True)`` before it is written."""
+    check_exportable(model)
+    path = _onnx_path(path)
+    if not isinstance(lengths, (bool, np.bool_)):
+        raise ValueError(f"lengths: expected True or False, got {lengths!r}")
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
-    check_exportable(model)
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
-        raise ValueError(f"opset: expected an integer >= 14 (Reshape's allowzero, the operators' layout), got {opset!r}")
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, (bool, np.bool_)) or not isinstance(opset, (int, np.integer)) or not 14 <= opset <= newest:
+        raise ValueError(f"opset: expected an integer from 14 (Reshape's allowzero, the operators' layout) to "
+                         f"{newest} (the newest this onnx {onnx.__version__} knows), got {opset!r}")
+    opset = int(opset)
     elem = getattr(TensorProto, DTYPES[model.dtype])
     L, D, H, cell = model.num_layers, model.directions, model.hidden_size, model.cell
     nodes, inits = [], []
@@ -161,5 +186,5 @@ def to_onnx(model, path, lengths: bool = False, opset: int = 17):
     if model.vocabulary is not None:           # for a sampler that has onnxruntime alone
         helper.set_model_props(proto, {"bptt.vocabulary": json.dumps(model.vocabulary, ensure_ascii=False)})
     onnx.checker.check_model(proto, full_check=True)
-    atomic_write(Path(path), lambda p: onnx.save(proto, str(p)))
+    atomic_write(path, lambda p: onnx.save(proto, str(p)))
     return proto
