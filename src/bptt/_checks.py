@@ -135,14 +135,6 @@ def bool_mask(name: str, value, dims: tuple, meaning: str) -> np.ndarray:
     return arr
 
 
-def model(value, name: str = "model"):
-    """``value`` when it is a ``bptt.Model``; else ``name: expected a bptt.Model, got <type>``."""
-    from .model import Model                  # model.py imports this module: import at the call
-    if not isinstance(value, Model):
-        raise ValueError(f"{name}: expected a bptt.Model, got {type(value).__name__}")
-    return value
-
-
 def characters(name: str, value, size: int | None = None) -> list:
     """A vocabulary: a string, or a list or tuple of single characters, each once; with
     ``size``, exactly that many (one per input and output of a character model)."""

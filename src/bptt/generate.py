@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
+from .model import check_model
 
 
 def one_hot(codes, size, dtype=np.float32):
@@ -44,7 +45,7 @@ def generate(model, length: int = 300, prime: str | None = None, temperature: fl
         seed: a seed or a numpy Generator for the draws (None: fresh entropy).
         vocabulary: the characters, in the model's order (default ``model.vocabulary``).
     """
-    _checks.model(model)
+    check_model(model)
     name, raw = ("vocabulary", vocabulary) if vocabulary is not None else ("model.vocabulary", model.vocabulary)
     if raw is None:
         raise ValueError("vocabulary: the model has none (model.vocabulary is None); pass vocabulary=, the "

@@ -39,6 +39,13 @@ class Gradients(NamedTuple):
     state: object     # the final state of the forward pass
 
 
+def check_model(value, name: str = "model") -> "Model":
+    """``value`` when it is a ``bptt.Model``; else ``name: expected a bptt.Model, got <type>``."""
+    if not isinstance(value, Model):
+        raise ValueError(f"{name}: expected a bptt.Model, got {type(value).__name__}")
+    return value
+
+
 class Model:
     """Recurrent network trained by hand-derived backpropagation through time.
 

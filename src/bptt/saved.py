@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_tensors, save as save_tensors
 
 from . import _checks
+from .model import check_model
 from ._files import atomic_write
 
 KIND = "bptt-model"
@@ -64,7 +65,7 @@ def cell_spec(cell):
 
 def save(model, path) -> Path:
     """Write ``model`` into the folder ``path`` (created if missing); returns the folder."""
-    _checks.model(model)
+    check_model(model)
     if model.vocabulary is not None:        # as read() will take it back
         _checks.characters("model.vocabulary", model.vocabulary)
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():

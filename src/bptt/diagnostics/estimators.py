@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
+from ..model import check_model
 from ..through_time.online import ESTIMATORS
 from ..through_time.rtrl import ExactInfluence
 
@@ -24,7 +25,7 @@ from ..through_time.rtrl import ExactInfluence
 def estimator_error(model, x, methods=("snap1", "uoro"), mask=None, rng=None) -> dict:
     """{method: (T,) relative error (O5) of its influence against RTRL's}; ``methods``
     from through_time/online.py's ESTIMATORS (one recurrent layer for all but rtrl)."""
-    _checks.model(model)
+    check_model(model)
     methods = tuple(methods)
     unknown = [m for m in methods if m not in ESTIMATORS]
     if unknown or not methods:

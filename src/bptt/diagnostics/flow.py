@@ -40,6 +40,7 @@ import time
 import numpy as np
 
 from .. import _checks
+from ..model import check_model
 from ..cells import head as head_layer
 from ..ops import ACTIVATIONS
 from .steps import linearise
@@ -176,7 +177,7 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
             in one credit pass whatever LAG_MEMORY says).
     """
     start = time.perf_counter()
-    _checks.model(model)
+    check_model(model)
     if model.bidirectional or model.proj_size:
         raise ValueError("model: the flow report follows one direction's unprojected state back through time; "
                          f"got bidirectional={model.bidirectional}, proj_size={model.proj_size}")

@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import _checks
 from ..cells import head as head_layer
+from ..model import check_model
 from .steps import linearise
 
 
@@ -41,7 +41,7 @@ class NonFinite(NamedTuple):
 
 def first_nonfinite(model, x, targets, state0=None, mask=None) -> NonFinite:
     """Locate the first non-finite state or state gradient of ``model`` on (x, targets)."""
-    _checks.model(model)
+    check_model(model)
     x, mask, _ = model._check_inputs(x, mask, carried=state0 is not None)
     T, B, _ = x.shape
     targets = model._check_targets(targets, T, B)

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import _checks
 from .._files import atomic_write
+from ..model import check_model
 
 # Rows of bptt's stacked gate blocks, in the order ONNX's operator reads them.
 GATE_ORDER = {"lstm": (0, 3, 1, 2),       # i, f, g, o  ->  i, o, f, c
@@ -56,7 +56,7 @@ def _onnx():
 
 def check_exportable(model):
     """Raise a ValueError naming the option that ONNX's operators cannot express."""
-    _checks.model(model)
+    check_model(model)
     if not isinstance(model.cell, str) or model.cell not in OPERATOR:
         raise ValueError(f"model: ONNX's RNN, GRU and LSTM operators express cell='rnn', 'lstm' or 'gru'; "
                          f"got cell={model.cell_name!r}")

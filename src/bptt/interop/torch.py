@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _checks
-from ..model import Model
+from ..model import Model, check_model
 
 _KINDS = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
 
@@ -81,7 +80,7 @@ def from_torch(rnn, linear, head="identity", loss="mse", outputs="all", reductio
 
 def to_torch(model: Model):
     """(nn.RNN/LSTM/GRU, nn.Linear) computing what ``model`` computes (time-major)."""
-    _checks.model(model)
+    check_model(model)
     if model.cell not in ("rnn", "lstm", "gru"):
         raise ValueError(f"model: PyTorch has layers for the cells 'rnn', 'lstm' and 'gru', got {model.cell_name!r}")
     if model.layer_norm:

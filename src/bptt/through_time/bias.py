@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import _checks
+from ..model import check_model
 from .schedules import _updates
 
 
@@ -34,7 +34,7 @@ class TruncationBias(NamedTuple):
 
 def truncation_bias(model, x, targets, ks, state0=None, mask=None, resets=None) -> TruncationBias:
     """Relative error and cosine similarity of TBPTT(k, k)'s gradient against full BPTT's."""
-    _checks.model(model)
+    check_model(model)
     listed = list(ks) if isinstance(ks, (list, tuple, range, np.ndarray)) else None
     if not listed or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in listed):
         raise ValueError(f"ks: expected a list of positive integer truncation lengths, got {ks!r}")

@@ -30,6 +30,7 @@ from functools import lru_cache
 import numpy as np
 
 from .. import _checks
+from ..model import check_model
 from .schedules import refuse_bidirectional
 
 _MAX_WORK = 2 * 10 ** 8  # units² · slots of the programme's largest table (1,000 steps and 200 slots)
@@ -39,7 +40,7 @@ _MAX_SLOTS = 200         # more slots than this are not needed to get close to f
 def checkpointed(model, x, targets, state0=None, mask=None, budget=None, resets=None, masks=None):
     """(loss, grads, final state), equal to ``full``'s, holding at most ``budget`` steps of
     tape. ``masks`` (model.draw_masks over all T steps) are cut to each segment's steps."""
-    _checks.model(model)
+    check_model(model)
     refuse_bidirectional(model, "checkpointed BPTT")
     x, mask, resets = model._check_inputs(x, mask, resets, carried=state0 is not None)
     T, B, _ = x.shape

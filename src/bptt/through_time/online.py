@@ -47,11 +47,12 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from .. import _checks
+from ..model import check_model
 from .rtrl import ExactInfluence, Influence, bmm, forward_mode
 
 
 def _one_layer(model, method):
-    _checks.model(model)
+    check_model(model)
     if model.num_layers != 1:
         raise ValueError(f"model: {method} is defined here for one recurrent layer, got num_layers={model.num_layers}")
 
@@ -268,7 +269,7 @@ def eprop(model, x, targets, state0=None, mask=None, resets=None):
 def rflo(model, x, targets, state0=None, mask=None, resets=None):
     """(loss, gradient estimate, final state) by RFLO (O3) for the Elman layer, leaky where
     the model has zoneout (α = 1 − p at evaluation)."""
-    _checks.model(model)
+    check_model(model)
     if model.cell != "rnn":
         raise ValueError(f"model: RFLO is defined for the (leaky) Elman layer (cell='rnn'), got "
                          f"cell={model.cell_name!r}; e-prop is its form for gated cells")
@@ -297,7 +298,7 @@ ESTIMATORS = {
 
 def estimate(name, model, x, targets, rng=None, loss_mask=None):
     """(loss, gradient, final state) of the method ``name`` of ESTIMATORS on a batch."""
-    _checks.model(model)
+    check_model(model)
     if name == "rflo" and model.cell != "rnn":
         raise ValueError(f"through-time: rflo is defined for the (leaky) Elman layer, got cell={model.cell_name!r}")
     return forward_mode(lambda B: ESTIMATORS[name](model, B, rng), model, x, targets, loss_mask=loss_mask)

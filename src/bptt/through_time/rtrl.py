@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _checks
+from ..model import check_model
 from ..cells import head as head_layer
 from ..cells.loop import check_step
 from ..dropout import layer_noise
@@ -63,7 +64,7 @@ class Influence:
     ``grads()``."""
 
     def __init__(self, model, B: int, state0=None):
-        _checks.model(model)
+        check_model(model)
         if model.bidirectional or model.proj_size:
             raise ValueError(f"model: RTRL carries one direction's unprojected state forward; got "
                              f"bidirectional={model.bidirectional}, proj_size={model.proj_size}")
@@ -292,7 +293,7 @@ def forward_mode(make, model, x, targets, mask=None, resets=None, loss_mask=None
     sequence: each step's loss gradient is collected as it comes (T2), the head's exactly.
     ``loss_mask`` (T, B) bool: only these positions add loss, as in ``Model.gradients``.
     ``carried``: ``make`` starts from a given state (Model._check_inputs)."""
-    _checks.model(model)
+    check_model(model)
     x, mask, resets = model._check_inputs(x, mask, resets, carried=carried)
     T, B, _ = x.shape
     targets = model._check_targets(targets, T, B)

@@ -18,11 +18,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
+from ..model import check_model
 
 
 def full(model, x, targets, state0=None, mask=None, resets=None):
     """The reference schedule: (loss, grads, final state) of one backward over all of x."""
-    _checks.model(model)
+    check_model(model)
     return model.loss_and_grads(x, targets, state0, mask, resets=resets)
 
 
@@ -62,7 +63,7 @@ def _updates(model, x, targets, k1, k2, state0, mask, resets, loss_count=None, r
 
     Checks everything at the call, then returns the generator.
     """
-    _checks.model(model)
+    check_model(model)
     k1 = _checks.positive_int("k1", k1)
     k2 = k1 if k2 is None else _checks.positive_int("k2", k2)
     if k2 < k1:
