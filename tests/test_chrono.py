@@ -42,7 +42,12 @@ def test_gru_update_gate_biases_span_log_1_to_log_t_max():
     (dict(cell="rnn", chrono_t_max=100), "init: 'chrono' sets gate biases of cell='lstm' or 'gru', got cell='rnn'"),
     (dict(cell="lstm"), "chrono_t_max: init='chrono' needs the longest dependency expected"),
     (dict(cell="lstm", chrono_t_max=1), "chrono_t_max: init='chrono' needs the longest dependency expected, in "
-                                        "steps (a number >= 2), got 1"),
+                                        "steps (a finite number >= 2), got 1"),
+    (dict(cell="lstm", chrono_t_max=float("inf")), "(a finite number >= 2), got inf"),     # numpy's OverflowError
+    (dict(cell="gru", chrono_t_max=float("nan")), "(a finite number >= 2), got nan"),
+    (dict(cell="lstm", chrono_t_max=10 ** 400), "(a finite number >= 2), got 1000"),
+    (dict(cell="lstm", chrono_t_max=True), "(a finite number >= 2), got True"),
+    (dict(cell="lstm", chrono_t_max="50"), "(a finite number >= 2), got '50'"),
 ])
 def test_chrono_refuses_what_it_cannot_initialise(options, message):
     cell = options.pop("cell")
@@ -51,3 +56,11 @@ def test_chrono_refuses_what_it_cannot_initialise(options, message):
     assert message in str(err.value)
     with pytest.raises(ValueError, match="chrono_t_max: applies to init='chrono' only"):
         bptt.Model("lstm", 3, 4, 2, chrono_t_max=10)
+
+
+@pytest.mark.parametrize("t_max", [np.int64(50), np.float32(50.0), np.float64(50.0), 50.0])
+def test_chrono_takes_numpys_numbers(t_max):
+    """NumPy's numbers were refused (Config takes them); the biases are the int's."""
+    b = bptt.Model("lstm", 3, 4, 2, init="chrono", chrono_t_max=t_max, seed=3).params["layer0.b_h"]
+    b50 = bptt.Model("lstm", 3, 4, 2, init="chrono", chrono_t_max=50, seed=3).params["layer0.b_h"]
+    np.testing.assert_array_equal(b, b50)

@@ -1,4 +1,6 @@
 """Bad input raises ValueError naming the argument, what came and what was expected."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -297,3 +299,125 @@ def test_the_api_names_an_argument_of_the_wrong_kind(model, tmp_path, call, patt
     (tmp_path / "file.txt").write_text("not a model")
     with pytest.raises(ValueError, match=pattern):
         call(model, tmp_path)
+
+
+@pytest.mark.parametrize("call", ["forward", "advance", "gradients", "loss_and_grads", "loss_value"])
+def test_a_key_added_to_params_is_named_by_every_call(model, call):
+    """It was a bare KeyError from gradients, and forward and loss_value ran without it."""
+    model.params["my_scale"] = np.ones(1)
+    args = (X,) if call in ("forward", "advance") else (X, Y)
+    with pytest.raises(ValueError, match=r"^params: unexpected key 'my_scale'; expected the keys layer0.W_x, "
+                                         r"layer0.W_h, layer0.b_h, layer1.W_x, .*, head.W_y, head.b_y$"):
+        getattr(model, call)(*args)
+
+
+MASKED = r"expected a plain array, got a numpy.ma.MaskedArray, whose mask would be ignored; hint: pass mask= " \
+         r"for padded steps, or .filled\(\) for the values$"
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("x", {"x": np.ma.masked_array(X, mask=X > 0)}),
+    ("targets", {"targets": np.ma.masked_array(Y)}),
+    (r"state0\[0\]", {"state0": (np.ma.masked_array(np.zeros((2, 2, 4))), np.zeros((2, 2, 4)))}),
+    ("mask", {"mask": np.ma.masked_array(np.ones((4, 2), bool))}),
+    ("resets", {"resets": np.ma.masked_array(np.zeros((4, 2), bool))}),
+    (r"dstate\[1\]", {"dstate": (np.zeros((2, 2, 4)), np.ma.masked_array(np.zeros((2, 2, 4))))}),
+])
+def test_a_masked_array_is_refused_by_name(model, name, kwargs):
+    """x was a NumbaTypeError (or a broadcast error), and a masked mask, resets or target lost its mask."""
+    kwargs = {"x": X, "targets": Y} | kwargs
+    with pytest.raises(ValueError, match=rf"^{name}: {MASKED}"):
+        model.gradients(**kwargs)
+
+
+def test_a_masked_array_of_class_targets_is_refused_by_name(ce_model):
+    with pytest.raises(ValueError, match=rf"^targets \(class indices \(T, B\)\): {MASKED}"):
+        ce_model.gradients(X, np.ma.masked_array(np.zeros((4, 2), int)))
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")         # np.matrix's
+def test_other_array_subclasses_are_read_as_plain_arrays(model, tmp_path):
+    """np.memmap (an ndarray subclass) reaches the compiled loop as the plain array of its numbers."""
+    on_disk = np.memmap(tmp_path / "x.bin", dtype=np.float64, mode="w+", shape=X.shape)
+    on_disk[:] = np.random.default_rng(0).standard_normal(X.shape)
+    np.testing.assert_array_equal(model.gradients(on_disk, Y).params["layer0.W_x"],
+                                  model.gradients(np.array(on_disk), Y).params["layer0.W_x"])
+    with pytest.raises(ValueError, match=r"^x: expected shape \(T, B, 3\), got shape \(4, 3\)"):
+        model.forward(np.asmatrix(np.zeros((4, 3))))
+
+
+def test_the_other_byte_order_is_the_same_numbers():
+    """A big-endian dtype made a model whose every call failed with "expected dtype float32
+    (the model's dtype), got float32"; a big-endian input was refused the same way."""
+    m = bptt.Model("lstm", 3, 4, 2, dtype=np.dtype(">f4"), seed=0)
+    assert m.dtype == np.float32 and m.dtype.isnative
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 2, 2))
+    m64 = bptt.Model("gru", 3, 4, 2, dtype="float64", seed=0)
+    swapped = m64.gradients(x.astype(">f8"), y.astype(">f8"), state0=np.ones((1, 2, 4), ">f8"))
+    native = m64.gradients(x, y, state0=np.ones((1, 2, 4)))
+    assert swapped.loss == native.loss and all(np.array_equal(swapped.params[k], v) for k, v in native.params.items())
+    assert m.loss_value(x.astype(">f4"), y.astype(">f4")) == m.loss_value(x.astype(np.float32), y.astype(np.float32))
+    with pytest.raises(ValueError, match=r"^x: expected dtype float32 \(the model's dtype\), got float64"):
+        m.forward(x.astype(">f8"))
+    from bptt import _checks
+    with pytest.raises(ValueError, match=r"^x: expected dtype >f4 \(the model's dtype\), got <f4"):
+        _checks.float_array("x", x.astype("<f4"), np.dtype(">f4"), ("T", "B", 3))
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    ({"threads": True}, r"^threads: expected 1 or 2, got True$"),
+    ({"threads": np.True_}, r"^threads: expected 1 or 2, got np.True_$"),
+    ({"threads": 2.0}, r"^threads: expected 1 or 2, got 2.0$"),
+    ({"input_grad": "no"}, r"^input_grad: expected True or False, got 'no'$"),
+    ({"input_grad": 0}, r"^input_grad: expected True or False, got 0$"),
+])
+def test_gradients_take_threads_and_input_grad_only_as_they_say(model, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        model.gradients(X, Y, **kwargs)
+    assert model.gradients(X, Y, threads=np.int64(1), input_grad=np.False_).x is None
+
+
+@pytest.mark.parametrize("seed", [True, False, np.True_])
+def test_a_bool_is_not_a_seed(seed):
+    with pytest.raises(ValueError, match=rf"^seed: expected a seed \(an integer >= 0, or None\) or a numpy "
+                                         rf"Generator, got {seed!r}$"):
+        bptt.Model("gru", 3, 4, 2, seed=seed)
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    ({"x": np.zeros((4, 2, 3), complex)}, r"^x: expected dtype float64 \(the model's dtype\), got complex128"),
+    ({"x": [[[1.0, 2.0, 3.0]], [[1.0, 2.0]]]}, r"^x: expected an array of numbers, got list$"),
+    ({"x": "abc"}, r"^x: expected an array of numbers, got str$"),
+    ({"x": np.ma.masked_array(X)}, rf"^x: {MASKED}"),
+    ({"targets": np.zeros((4, 2, 2), complex)}, r"^targets: expected dtype float64 .*, got complex128"),
+    ({"state0": "h"}, r"^state0: expected a tuple \(h0, c0\) .* got str$"),
+    ({"state0": ([[0.0]], np.zeros((2, 2, 4)))}, r"^state0\[0\]: expected shape \(2, 2, 4\), got shape \(1, 1\)"),
+    ({"mask": np.ones((4, 2))}, r"^mask: expected a boolean array .*got dtype float64$"),
+])
+def test_gradcheck_runs_the_models_checks_before_it_casts(model, kwargs, pattern):
+    """gradcheck cast with np.array(..., float64) first: a complex x lost its imaginary part
+    with only a ComplexWarning, a ragged list or a string gave NumPy's message unnamed."""
+    kwargs = {"x": X, "targets": Y} | kwargs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # a ComplexWarning is no answer
+        with pytest.raises(ValueError, match=pattern):
+            bptt.gradcheck(model, **kwargs)
+
+
+def test_gradcheck_takes_float32_inputs_and_leaves_the_callers_arrays_alone(model):
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 2, 2))
+    kept = x.copy()
+    assert bptt.gradcheck(model, x.astype(np.float32), y.astype(np.float32)).worst() < 1e-6
+    assert bptt.gradcheck(model, x, y).worst() < 1e-6
+    np.testing.assert_array_equal(x, kept)
+
+
+def test_a_masked_array_among_dropout_masks_is_refused_by_name():
+    m = bptt.Model("gru", 3, 4, 2, dtype="float64", seed=0, recurrent_dropout=0.5)
+    masks = m.draw_masks(4, 2, np.random.default_rng(0))
+    masks = masks._replace(recurrent=[np.ma.masked_array(masks.recurrent[0], mask=masks.recurrent[0] == 0)])
+    with pytest.raises(ValueError, match=r"^masks.recurrent\[0\]: expected shape \(2, 4\) and dtype float64 "
+                                         r"\(this model's draw_masks\), got MaskedArray$"):
+        m.gradients(X, Y, masks=masks)

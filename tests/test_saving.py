@@ -42,6 +42,31 @@ def test_saving_again_replaces_the_model_and_refuses_a_folder_with_other_files(t
     assert sorted(p.name for p in other.iterdir()) == ["thesis.tex"]
 
 
+@pytest.mark.parametrize("edit,pattern", [
+    (lambda p: p["layer0.W_h"].astype(np.float64), r"^params\['layer0.W_h'\]: expected shape \(9, 3\) and dtype "
+                                                   r"float32, got shape \(9, 3\) and dtype float64$"),
+    (lambda p: p["layer0.W_h"][:, :2], r"^params\['layer0.W_h'\]: expected shape \(9, 3\) .*got shape \(9, 2\)"),
+    (lambda p: p["layer0.W_h"].astype(">f4"), r"^params\['layer0.W_h'\]: .*got shape \(9, 3\) and dtype >f4$"),
+    ("extra", r"^params: unexpected key 'my_scale'; expected the keys layer0.W_x, layer0.W_h, layer0.b_h, "
+              r"layer0.b_hn, head.W_y, head.b_y$"),
+])
+def test_save_refuses_parameters_load_would_refuse_and_writes_nothing(tmp_path, edit, pattern):
+    """They were written, and bptt.load refused the folder."""
+    model = bptt.Model("gru", 2, 3, 1, seed=0)
+    model.save(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    if edit == "extra":
+        model.params["my_scale"] = np.ones(1, np.float32)
+    else:
+        model.params["layer0.W_h"] = edit(model.params)
+    for folder in (tmp_path / "m", tmp_path / "new"):
+        with pytest.raises(ValueError, match=pattern):
+            model.save(folder)
+    assert not (tmp_path / "new").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
+    assert bptt.load(tmp_path / "m").loss_value(np.zeros((2, 1, 2), np.float32), np.zeros((2, 1, 1), np.float32)) >= 0
+
+
 def test_a_changed_tensor_file_is_refused_by_its_digest(tmp_path):
     bptt.Model("lstm", 2, 3, 1).save(tmp_path / "m")
     data = bytearray((tmp_path / "m" / "model.safetensors").read_bytes())

@@ -5,6 +5,8 @@ expected, so a user never has to read a traceback from deep inside a kernel.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -28,14 +30,16 @@ def argument(kind, expected: str, test=lambda value: True):
 
 
 def dtype_of(name: str, value) -> np.dtype:
-    """Resolve a dtype given as a string or numpy dtype; only float32 and float64."""
+    """Resolve a dtype given as a string or numpy dtype; only float32 and float64, in the
+    machine's native byte order: '>f4' (big-endian float32) gives float32, the same numbers
+    in the order the kernels compute in."""
     try:
         dt = None if value is None else np.dtype(value)        # np.dtype(None) would be float64
     except TypeError:
         dt = None
     if dt is None or dt.name not in FLOAT_DTYPES:
         raise ValueError(f"{name}: expected 'float32' or 'float64', got {value!r}")
-    return dt
+    return dt.newbyteorder("=")
 
 
 def choice(name: str, value, options) -> str:
@@ -44,9 +48,20 @@ def choice(name: str, value, options) -> str:
     return value
 
 
+def flag(name: str, value) -> bool:
+    """True or False (Python's or NumPy's bool); a value that only tests true or false
+    ("False", "no", 0, None) is refused: a string "False" is true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
 def generator(name: str, value) -> np.random.Generator:
-    """np.random.default_rng(value), or a ValueError naming the argument."""
+    """np.random.default_rng(value), or a ValueError naming the argument (a bool too: NumPy
+    would take True as the seed 1)."""
     try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
         return np.random.default_rng(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name}: expected a seed (an integer >= 0, or None) or a numpy Generator, "
@@ -54,9 +69,13 @@ def generator(name: str, value) -> np.random.Generator:
 
 
 def number(name: str, value, test=lambda v: True, expected: str = "a number") -> float:
-    """A real number (not a bool or a string) that passes ``test``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(value) or not test(value):
+    """A finite real number (not a bool or a string; NumPy's numbers too) that passes ``test``."""
+    real = not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+    try:
+        finite = real and math.isfinite(value)
+    except OverflowError:                          # an int too large for a float
+        finite = False
+    if not finite or not test(value):
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
     return float(value)
 
@@ -71,19 +90,33 @@ def _shape_text(dims) -> str:
     return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
 
 
+def plain(name: str, value):
+    """``value`` with an ndarray subclass (np.matrix, np.memmap) seen as a plain ndarray of
+    the same numbers; a masked array is refused, as its mask would be dropped unseen."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise ValueError(f"{name}: expected a plain array, got a numpy.ma.MaskedArray, whose mask would be "
+                         f"ignored; hint: pass mask= for padded steps, or .filled() for the values")
+    return np.asarray(value) if isinstance(value, np.ndarray) and type(value) is not np.ndarray else value
+
+
 def float_array(name: str, value, dtype: np.dtype, dims: tuple, finite: bool = True) -> np.ndarray:
     """Return ``value`` as an array of ``dtype`` whose shape matches ``dims``.
 
     ``dims`` holds ints (must match) or strings (any size, used in messages), e.g.
     ``("T", "B", 3)``. Lists are converted to ``dtype``; an ndarray must already
-    have it (silent casts hide precision mistakes). Empty sizes are refused.
+    have it (silent casts hide precision mistakes), in either byte order (a big-endian
+    one is converted to the native order, the same numbers). Empty sizes are refused.
     """
+    value = plain(name, value)
     if isinstance(value, np.ndarray):
-        arr = value
-        if arr.dtype != dtype:
+        arr, want = value, np.dtype(dtype)
+        if arr.dtype != want and not arr.dtype.isnative and arr.dtype.newbyteorder("=") == want:
+            arr = arr.astype(want)
+        if arr.dtype != want:
+            text = (lambda d: d.str) if arr.dtype.name == want.name else (lambda d: d.name)   # '>f4' beside '<f4'
             raise ValueError(
-                f"{name}: expected dtype {np.dtype(dtype).name} (the model's dtype), "
-                f"got {arr.dtype.name}; convert with .astype('{np.dtype(dtype).name}')"
+                f"{name}: expected dtype {text(want)} (the model's dtype), "
+                f"got {text(arr.dtype)}; convert with .astype('{want.name}')"
             )
     else:
         try:
@@ -110,7 +143,7 @@ def _check_shape(name: str, arr: np.ndarray, dims: tuple) -> None:
 
 def class_targets(name: str, value, dims: tuple, num_classes: int) -> np.ndarray:
     """Integer class indices in [0, num_classes)."""
-    arr = np.asarray(value)
+    arr = np.asarray(plain(name, value))
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and np.isfinite(arr).all() and (arr == np.round(arr)).all():
             raise ValueError(f"{name}: expected integer class indices, got dtype {arr.dtype.name}; convert with .astype(int)")
@@ -128,7 +161,7 @@ RESET = "True = the state is zeroed before the step"
 
 def bool_mask(name: str, value, dims: tuple, meaning: str) -> np.ndarray:
     """``value`` as a boolean array of shape ``dims``; ``meaning`` says what True means."""
-    arr = np.asarray(value)
+    arr = np.asarray(plain(name, value))
     if arr.dtype != np.bool_:
         raise ValueError(f"{name}: expected a boolean array ({meaning}), got dtype {arr.dtype.name}")
     _check_shape(name, arr, dims)

@@ -140,7 +140,8 @@ def check(masks, T: int, B: int, model) -> Masks | None:
                 raise ValueError(f"masks.{kind}[{i}]: expected {'none' if rate == 0 else 'a mask'} ({kind} rate "
                                  f"{rate} in this model), got {'none' if a is None else 'a mask'}; draw them "
                                  f"with this model's draw_masks")
-            array = isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__")     # NumPy or CuPy
+            masked = isinstance(a, np.ma.MaskedArray)                    # its mask would go unseen
+            array = isinstance(a, np.ndarray) and not masked or hasattr(a, "__cuda_array_interface__")  # NumPy, CuPy
             if a is not None and (not array or a.shape != want or a.dtype != dtype):
                 got = f"{a.shape} {a.dtype}" if array else type(a).__name__
                 hint = f"; masks.astype('{np.dtype(dtype).name}') casts them" if array and a.shape == want else ""

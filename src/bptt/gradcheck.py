@@ -53,16 +53,29 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
             raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
     if not isinstance(model, Model):
         raise ValueError(f"model: expected a bptt.Model, got {type(model).__name__}")
+    model._check_params()                  # before the copy reads them
     m = model.astype("float64")
     if targets is None:
         raise ValueError("targets: expected the targets of x (gradcheck differentiates the loss), got None")
+    # The model's own checks of x, mask, targets and state0 (the float64 copy's: a float32
+    # array is taken as float64), before anything is cast: a complex, ragged or text input
+    # is named as Model.gradients names it, never cast to something else.
+    x = _float64(x)
+    if not model.tuple_state and isinstance(state0, (tuple, list)) and len(state0) == 1:
+        state0 = state0[0]                             # one array in a tuple, as Model takes it
+    state0 = [_float64(s) for s in state0] if model.tuple_state and isinstance(state0, (tuple, list)) \
+        else _float64(state0)
+    if model.loss != "cross_entropy":                  # class indices are checked as they came
+        targets = _float64(targets)
+    T, B, _ = m._check_inputs(x, mask, options.get("resets"), carried=state0 is not None)[0].shape
+    m._check_targets(targets, T, B)
+    if state0 is None:
+        state0 = m.init_state(B)
+    m._split_state(state0, B)
+    # Copies the differences perturb in place (the caller's arrays stay as they are).
     x = np.array(x, dtype=np.float64)
     if model.loss != "cross_entropy":
         targets = np.array(targets, dtype=np.float64)
-    if state0 is None:
-        state0 = m.init_state(x.shape[1] if x.ndim == 3 else 1)
-    elif model.tuple_state and not isinstance(state0, tuple):
-        m._split_state(state0, x.shape[1] if x.ndim == 3 else 1)      # the model's own message for it
     state0 = tuple(np.array(s, dtype=np.float64) for s in state0) if model.tuple_state \
         else np.array(state0, dtype=np.float64)
     if isinstance(options.get("masks"), Masks):
@@ -94,6 +107,14 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
 
 
 RETRY_ABOVE = 1e-7          # a tenth of the error the tests call a failure
+
+
+def _float64(value):
+    """A float array (float32 or float64) as float64; anything else as it came, for the
+    model's checks to take or name."""
+    if isinstance(value, np.ndarray) and not isinstance(value, np.ma.MaskedArray) and value.dtype.kind == "f":
+        return np.asarray(value, dtype=np.float64)
+    return value
 
 
 def _central_differences(loss, value, eps, entries):

@@ -61,13 +61,15 @@ class Model:
             "bce" (sigmoid head, targets in [0, 1]).
         outputs: "all" (an output at every step) or "last" (at each sequence's last step).
         reduction: "mean" (over valid positions, and over O for mse and bce) or "sum".
-        dtype: "float32" or "float64".
-        seed: seed of the initialisation.
+        dtype: "float32" or "float64" (a NumPy dtype too; one of the other byte order, '>f4',
+            gives the same precision in the machine's own order).
+        seed: seed of the initialisation: an integer >= 0, a numpy Generator, or None.
         init: "default" (PyTorch's), "orthogonal" (orthogonal recurrent blocks),
             "identity" (W_h = I, zero b_h: IRNN with nonlinearity="relu", Le et al. 2015)
             or "chrono" (Tallec & Ollivier 2018, LSTM and GRU: gate biases that make
             the state's memory span 1 to chrono_t_max steps, docs/derivation.md (I1)).
-        chrono_t_max: the longest dependency expected, in steps, for init="chrono".
+        chrono_t_max: the longest dependency expected, in steps, for init="chrono": a finite
+            number >= 2 (Python's or NumPy's).
         forget_bias: added to the LSTM's forget-gate bias after initialisation (1.0 is
             the common remedy for early forgetting); only for cell="lstm".
         dropout, input_dropout, recurrent_dropout, zoneout: rates in [0, 1) of the noise
@@ -88,10 +90,8 @@ class Model:
                  layer_norm=False, bidirectional=False, proj_size=0):
         self.cell = cell
         self.cell_name, self.layer = resolve(cell)
-        for name, flag in (("layer_norm", layer_norm), ("bidirectional", bidirectional)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise ValueError(f"{name}: expected True or False, got {flag!r}")
-        self.layer_norm, self.bidirectional = bool(layer_norm), bool(bidirectional)
+        self.layer_norm = _checks.flag("layer_norm", layer_norm)
+        self.bidirectional = _checks.flag("bidirectional", bidirectional)
         self.directions = 2 if bidirectional else 1
         if layer_norm:
             if cell not in ("lstm", "gru"):
@@ -127,10 +127,11 @@ class Model:
         if init == "chrono":
             if cell not in ("lstm", "gru"):
                 raise ValueError(f"init: 'chrono' sets gate biases of cell='lstm' or 'gru', got cell={self.cell_name!r}")
-            if isinstance(chrono_t_max, bool) or not isinstance(chrono_t_max, (int, float)) or not chrono_t_max >= 2:
+            try:                                            # Python's or NumPy's number, finite
+                self.chrono_t_max = _checks.number("chrono_t_max", chrono_t_max, lambda t: t >= 2)
+            except ValueError:
                 raise ValueError(f"chrono_t_max: init='chrono' needs the longest dependency expected, in steps "
-                                 f"(a number >= 2), got {chrono_t_max!r}")
-            self.chrono_t_max = chrono_t_max
+                                 f"(a finite number >= 2), got {chrono_t_max!r}") from None
         elif chrono_t_max is not None:
             raise ValueError(f"chrono_t_max: applies to init='chrono' only, got init={init!r}")
         for rate in noise.RATES:
@@ -199,8 +200,10 @@ class Model:
     def save(self, path):
         """Write the model into the folder ``path``: model.safetensors with the parameters,
         model.json with the config and ``vocabulary`` (bptt/saved.py); ``bptt.load(path)``
-        builds it again. Returns the folder."""
+        builds it again. Returns the folder. ``params`` is checked first, as a call checks
+        it: nothing is written that ``bptt.load`` would refuse."""
         from .saved import save
+        self._check_params()
         return save(self, path)
 
     def _init_params(self, rng, init):
@@ -371,8 +374,12 @@ class Model:
         return stack.forward(self, x, state0, mask, resets, masks)
 
     def _check_params(self):
-        """``params`` may be edited or replaced (an optimizer, a user): each entry must
-        still be an array of its parameter's shape in the model's dtype."""
+        """``params`` may be edited or replaced (an optimizer, a user): it must hold the
+        model's keys, no others, each still an array of its parameter's shape in the
+        model's dtype."""
+        extra = [k for k in self.params if k not in self._shapes]
+        if extra:
+            raise ValueError(f"params: unexpected key {extra[0]!r}; expected the keys {', '.join(self._shapes)}")
         for name, shape in self._shapes.items():
             value = self.params.get(name)
             if not (isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__")):
@@ -471,8 +478,10 @@ class Model:
         ``masks``: dropout and zoneout masks (``draw_masks``); without them, no noise.
         """
         threads = self.threads if threads is None else threads
-        if threads not in (1, 2):
+        if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) \
+                or threads not in (1, 2):
             raise ValueError(f"threads: expected 1 or 2, got {threads!r}")
+        input_grad = _checks.flag("input_grad", input_grad)
         x, mask, resets = self._check_inputs(x, mask, resets, carried=state0 is not None)
         T, B, _ = x.shape
         targets = self._check_targets(targets, T, B)

@@ -66,14 +66,33 @@ def forward(model, x, state0, mask, resets, masks) -> Forward:
         for d in range(D):
             k = l * D + d
             read = layer_in if d == 0 else reverse(layer_in, order)
-            h, sT, tape = model.layer.forward(model.direction_params(l, d), read, state0[k], mask, resets,
-                                              noise.layer_noise(model, masks, k))
+            try:
+                h, sT, tape = model.layer.forward(model.direction_params(l, d), read, state0[k], mask, resets,
+                                                  noise.layer_noise(model, masks, k))
+            except ValueError as exc:
+                named = _named_writer(model, exc)
+                if named is None:
+                    raise
+                raise named from exc
             outputs.append(h if d == 0 else reverse(h, order))
             states.append(sT)
             tapes.append(tape)
         layer_in = outputs[0] if D == 1 else np.concatenate(outputs, axis=2)
         scales.append(scale)
     return Forward(layer_in, states, tapes, scales, order)
+
+
+def _named_writer(model, exc):
+    """The error to raise for ``exc`` from a layer's forward pass: NumPy's bare "output array
+    is read-only" (or "assignment destination is read-only") comes from a cell's step that
+    writes into u or its state, which the Python loop (cells/loop.py) hands over read-only;
+    it names the cell. None for any other error."""
+    if str(exc) not in ("output array is read-only", "assignment destination is read-only"):
+        return None
+    cell = getattr(model.layer, "cell", model.layer)
+    return ValueError(f"cell: {type(cell).__name__}.step writes into its state or u, which it may only read "
+                      f"(the loop hands them over read-only: views of the tape and of the caller's state0); "
+                      f"return new arrays")
 
 
 def backward(model, fw: Forward, dh, dstateT, input_grad):
