@@ -347,3 +347,42 @@ def test_a_new_run_from_python_refuses_what_it_would_not_use_as_the_command_does
     with pytest.raises(ValueError, match=message):
         Trainer(small(tmp_path, "r", **options))
     assert not (tmp_path / "r").exists()
+
+
+def _files(run: Path) -> dict:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_fresh_best_progress_and_stop_at_take_only_what_they_say(tmp_path):
+    """fresh="False" is a true string: it deleted the run in the folder. best="False" resumed
+    from the best model and set the later checkpoints aside; stop_at="2" was a TypeError from
+    `<`, and stop_at=-1 ran no update without a word."""
+    import re
+
+    import bptt
+    c = small(tmp_path, "run", task="adding", cell="gru", hidden=4, seq_len=5, batch=2, steps=4, lr=1e-2,
+              eval_every=2, checkpoint_every=2)
+    Trainer(c).train(progress=False)
+    run = tmp_path / "run"
+    before = _files(run)
+    for fresh in ("False", "yes", 1, None):
+        with pytest.raises(ValueError, match=rf"^fresh: expected True or False, got {re.escape(repr(fresh))}$"):
+            Trainer(c, fresh=fresh)
+    for best in ("False", 0):
+        for call in (lambda: Trainer.resume(run, best=best, steps=8), lambda: Trainer.load(run, best=best),
+                     lambda: bptt.load(run, best=best)):
+            with pytest.raises(ValueError, match=rf"^best: expected True or False, got {re.escape(repr(best))}$"):
+                call()
+    assert _files(run) == before
+    trainer = Trainer(small(tmp_path, "other", task="adding", cell="gru", hidden=4, seq_len=5, batch=2, steps=4))
+    with pytest.raises(ValueError, match=r"^progress: expected True or False, got 'no'$"):
+        trainer.train(progress="no")
+    for stop_at in ("2", -1, 0, True, 2.0):
+        with pytest.raises(ValueError, match=rf"^stop_at: expected an integer update number above the trainer's own "
+                                             rf"\(0\), got {re.escape(repr(stop_at))}$"):
+            trainer.train(progress=False, stop_at=stop_at)
+    trainer.train(progress=np.False_, stop_at=np.int64(2))
+    assert trainer.step == 2
+    with pytest.raises(ValueError, match=r"^stop_at: .* above the trainer's own \(2\), got 2$"):
+        trainer.train(progress=False, stop_at=2)
+    assert Trainer(c, fresh=np.True_).step == 0 and not (run / "best.json").exists()      # fresh=True starts over

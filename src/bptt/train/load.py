@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import saved
+from .. import _checks, saved
 
 
 def load(path, best: bool = False):
@@ -12,6 +12,7 @@ def load(path, best: bool = False):
     model.safetensors), or a run folder of ``bptt train``, at its latest checkpoint
     (``best=True``: at the checkpoint with the lowest validation loss, best.json). A text
     model comes with its ``vocabulary``, ready for ``bptt.generate``."""
+    best = _checks.flag("best", best)
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise ValueError(f"path: expected the folder of a saved model (model.json) or a run, got {path!r}")
     folder = Path(path)

@@ -26,6 +26,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 from tqdm import tqdm
 
+from .. import _checks
 from ..backends import loop_threads, settings
 from ..distributed import CollectiveError
 from ..distributed import world as mpi_world
@@ -49,9 +50,11 @@ LOG_EVERY = 50                  # updates a metrics row averages (fewer in a sho
 class Trainer:
     """Trains ``config`` into a run folder it owns: ``run_dir`` (else config.out, else a new
     runs/DATE-TIME) must be new or empty; ``fresh=True`` deletes an earlier run there first
-    (train/folder.py). ``Trainer.resume`` continues a run, ``Trainer.load`` only reads one."""
+    (train/folder.py); ``fresh`` is True or False, nothing else, checked before the folder is
+    looked at. ``Trainer.resume`` continues a run, ``Trainer.load`` only reads one."""
 
     def __init__(self, config: Config, run_dir=None, world=None, fresh: bool = False, _claim="new"):
+        fresh = _checks.flag("fresh", fresh)           # "False" would delete the run: a string is true
         if not isinstance(config, Config):
             raise ValueError(f"config: expected a bptt.Config, got {type(config).__name__}"
                              + ("; build one: bptt.Config(**options)" if isinstance(config, dict) else ""))
@@ -196,6 +199,7 @@ class Trainer:
         checkpoint's; config.json then records the new path). ``trainer.notes`` says where
         it starts and what it set aside. A run with nothing left to train
         (check_can_continue) is refused before anything in the folder moves."""
+        best = _checks.flag("best", best)              # True sets aside the checkpoints after the best one
         overrides = {k: v for k, v in overrides.items() if v is not None}      # None: the run's own
         bad = sorted(set(overrides) - set(CHANGEABLE_ON_RESUME))
         if bad:
@@ -258,6 +262,7 @@ class Trainer:
         """The trainer of ``run`` at its latest checkpoint (or best.json), to evaluate or
         sample: no lock, and nothing in the folder is written. ``text``: where the run's
         text file is now, if it moved (its SHA-256 must be the checkpoint's)."""
+        best = _checks.flag("best", best)
         meta, arrays, _ = runs.load_checkpoint(run, best)
         config, option = _run_config(run, meta, text)
         with _text_of(run, config, text, option):
@@ -495,7 +500,10 @@ class Trainer:
     def train(self, progress=True, stop_at=None) -> dict:
         """Run updates until config.steps (or until ``stop_at``, as a stopped run would,
         with a checkpoint there, or until ``patience`` evaluations bring no better
-        validation); returns the last validation figures.
+        validation); returns the last validation figures. ``progress``: True or False (a
+        progress bar). ``stop_at``: an integer update number above the trainer's own
+        (``trainer.step``), which a resumed trainer starts from; one past config.steps
+        stops at config.steps.
 
         SIGINT or SIGTERM finish the update in flight, write a checkpoint and raise
         ``Interrupted``; one after the last update (its evaluation, the plot) raises it
@@ -503,8 +511,13 @@ class Trainer:
         already written stay whole). The run folder's lock is held until this returns."""
         if self._claim == "read":
             raise ValueError("RUN: Trainer.load gives a read-only trainer; Trainer.resume continues a run")
+        progress = _checks.flag("progress", progress)
+        if stop_at is not None and (isinstance(stop_at, (bool, np.bool_)) or not isinstance(stop_at, (int, np.integer))
+                                    or stop_at <= self.step):
+            raise ValueError(f"stop_at: expected an integer update number above the trainer's own ({self.step}), "
+                             f"got {stop_at!r}")
         c = self.config
-        end = c.steps if stop_at is None else min(stop_at, c.steps)
+        end = c.steps if stop_at is None else min(int(stop_at), c.steps)
         root = self.world.root
         if root and self._lock is None:
             self._lock = folder.Lock(self.run, "--out")
@@ -632,6 +645,7 @@ def load_model(run, best: bool = False) -> tuple:
     """(model, meta) of ``run`` at its latest checkpoint (or best.json): the trained model
     alone, for sampling and export. A text run's checkpoint keeps its vocabulary, so the
     text file is not read; a checkpoint written without it goes through Trainer.load."""
+    best = _checks.flag("best", best)
     meta, arrays, _ = runs.load_checkpoint(run, best)
     config = from_dict({"threads": 1} | meta["config"] | {"out": str(run)}).check()
     if config.task == "text":
