@@ -284,8 +284,7 @@ def test_a_cache_without_the_batch_axis_and_a_step_writing_its_state_are_refused
                                          r"batch \(1\) first"):
         bptt.Model(_LeakCachingW(), 2, 4, 1, dtype="float64", seed=0)
     with pytest.raises(ValueError, match=r"^cell: _LeakWritingItsState.step writes into u, v or state, which it "
-                                         r"may only read \(ValueError: .*read-only\); expected it to return new "
-                                         r"arrays"):
+                                         r"may only read \(.*read-only\); return new arrays$"):
         bptt.Model(_LeakWritingItsState(), 2, 4, 1, dtype="float64", seed=0)
     monkeypatch.setattr(bptt.model, "check_on_one_row", lambda *args, **options: None)
     cached = bptt.Model(_LeakCachingW(), 2, 4, 1, dtype="float64", seed=0)

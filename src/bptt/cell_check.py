@@ -124,7 +124,7 @@ def _reference(cell, method, rows, *args):
             raise _failed(cell, method, rows, exc) from exc
         inputs = "u, v or state" if method == "step" else "dstate or the cache"
         raise ValueError(f"cell: {type(cell).__name__}.{method} writes into {inputs}, which it may only read "
-                         f"(ValueError: {exc}); expected it to return new arrays") from exc
+                         f"({exc}); return new arrays") from exc
     except Exception as exc:
         raise _failed(cell, method, rows, exc) from exc
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dropout import Masks
-from .model import Model
+from .model import Model, check_model
 
 
 class GradcheckReport(dict):
@@ -51,8 +51,7 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
         if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
                 or not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
-    if not isinstance(model, Model):
-        raise ValueError(f"model: expected a bptt.Model, got {type(model).__name__}")
+    check_model(model)
     model._check_params()                  # before the copy reads them
     m = model.astype("float64")
     if targets is None:
