@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import bptt
+from bptt.train.trainer import sample
 from helpers import make_model
 
 
@@ -224,6 +225,9 @@ def test_a_vocabulary_of_the_wrong_kind_or_size_is_named(vocabulary, pattern):
         bptt.generate(m, length=5, seed=0)
     m.vocabulary = ("a", "b", "c")              # a tuple of characters is a vocabulary too
     assert set(bptt.generate(m, length=5, seed=0)) <= set("abc")
+    m.vocabulary = vocabulary                   # the trainer's sampler (bptt sample) too
+    with pytest.raises(ValueError, match=pattern.replace("^vocabulary", "^model\\.vocabulary")):
+        sample(m, "a", 5)
 
 
 def _entry_points_taking_a_model():

@@ -623,7 +623,7 @@ def sample(model: Model, first: str, length=300, temperature=1.0, top_k=None, pr
     (default: a newline, or ``first``, the training text's first character, if it has no
     newline), then draw ``length`` characters."""
     if not prime:
-        prime = "\n" if "\n" in model.vocabulary else first
+        prime = "\n" if isinstance(model.vocabulary, (str, list, tuple)) and "\n" in model.vocabulary else first
     return generate(model, length, prime, temperature, top_k, seed=rng)
 
 
