@@ -454,6 +454,10 @@ def test_a_text_file_from_a_config_file_is_named_as_its_key_there(tmp_path, caps
     code, _, err = run(capsys, ["train", "--config", str(cfg), "--text", str(tmp_path / "nor.txt"), "--steps", "2",
                                 "--quiet", "--out", str(out)])
     assert code == 2 and err == f"bptt: error: --text: no such file: {tmp_path / 'nor.txt'}\n", err
+    (tmp_path / "short.txt").write_text("a short text\n" * 10)              # too short for 32 streams
+    cfg.write_text('task = "text"\ntext = "short.txt"\nhidden = 8\n')
+    code, _, err = run(capsys, ["train", "--config", str(cfg), "--steps", "2", "--quiet", "--out", str(out)])
+    assert code == 2 and err.startswith(f"bptt: error: text in {cfg}: {tmp_path / 'short.txt'} gives "), err
     assert not out.exists()
 
 

@@ -156,12 +156,12 @@ class Trainer:
         per_stream = len(self.task.train) // c.batch
         need = (c.k2 or self.k1) + 1
         if per_stream < need:
-            source = f"--text: {c.text}" if c.text else "text: the built-in corpus"
             window = f"--seq-len {c.seq_len}" if c.k1 is None and c.k2 is None else f"a window of {need - 1} steps (k2)"
             lower = "--k2" if c.k2 is not None else "--k1" if c.k1 is not None else "--seq-len"
-            raise ValueError(f"{source} gives {len(self.task.train)} training characters, {per_stream} per stream "
-                             f"with --batch {c.batch}; {window} needs at least {need} per stream "
-                             f"(lower --batch or {lower}, or give a longer text)")
+            reason = (f"{c.text if c.text else 'the built-in corpus'} gives {len(self.task.train)} training "
+                      f"characters, {per_stream} per stream with --batch {c.batch}; {window} needs at least {need} "
+                      f"per stream (lower --batch or {lower}, or give a longer text)")
+            raise TextFileError(reason) if c.text else ValueError(f"text: {reason}")   # the CLI names where the file came from
 
     # ---- checkpoints ------------------------------------------------------------------------
 
