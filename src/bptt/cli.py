@@ -2,7 +2,10 @@
 
 Every error is one line on stderr, never a traceback, and leaves what is saved as it was:
 
-    exit 2     a mistake of the user's: a bad option, config file, text file or run folder
+    exit 2     a mistake of the user's: a bad option, config file, text file or run folder;
+               also a gradient that is not finite, sizes too large for the memory ("not
+               enough memory for these sizes"), and a RuntimeError (MPI ranks whose
+               parameters drifted apart, BPTT_STEP_GEMM=mkl without oneMKL)
     exit 1     the file system failed (read-only, full, a file where a folder should be);
                the line names the path
     exit 130   SIGINT (Ctrl-C), 143 SIGTERM: the update in flight is finished and saved,
@@ -76,8 +79,10 @@ def _train_options(p):
     _option(p, "eval_every", int, "updates between validations")
     _option(p, "checkpoint_every", int, "updates between checkpoints")
     _option(p, "patience", int, "stop after this many evaluations without a lower validation loss", unset="never")
-    _option(p, "threads", int, "2: two halves of each batch run at once on two threads, BLAS on one; "
-                               "1: one pass, BLAS on its own threads. The two sum the batch in another order",
+    _option(p, "threads", int, "2: two halves of each batch run at once on two threads, BLAS on one (only "
+                               "with a cell that has compiled kernels, the compiled loops on (BPTT_LOOPS not 0), "
+                               "--batch 2 or more and one MPI rank; else one pass); 1: one pass, BLAS on its own threads. The two sum the batch "
+                               "in another order",
             unset="2 where the compiled loops may use two threads (BPTT_LOOP_THREADS, by default 2 cores or "
                   "more) but the layer is too small to share its rows, else 1")
     p.add_argument("--out", dest="out", default=None, metavar="RUN_DIR",
@@ -115,7 +120,8 @@ def build_parser():
     resume = sub.add_parser("resume", help="continue a run from its latest checkpoint")
     resume.add_argument("run", metavar="RUN", help=RUN_HELP)
     resume.add_argument("--steps", type=POSITIVE_INT, default=None,
-                        help="train until this many updates in all (default: the run's own)")
+                        help="train until this many updates in all; a cosine schedule is stretched over the "
+                             "new total, so the rate rises again in a finished run (default: the run's own)")
     resume.add_argument("--patience", type=POSITIVE_INT, default=None,
                         help="stop after this many evaluations without a lower validation loss (default: the run's own)")
     resume.add_argument("--best", action="store_true",

@@ -32,6 +32,10 @@ INITS = ("default", "orthogonal", "identity", "chrono")
 
 
 class Gradients(NamedTuple):
+    """What ``Model.gradients`` returns: ``loss``; ``params``, ∂L/∂θ keyed as ``model.params``;
+    ``x``, ∂L/∂x (T, B, D), None with ``input_grad=False``; ``state0``, ∂L/∂state0 in the
+    state's structure; ``state``, the final state of the forward pass."""
+
     loss: float
     params: dict      # ∂L/∂θ, same keys as model.params
     x: np.ndarray     # ∂L/∂x (T, B, D), None when input_grad=False

@@ -1,6 +1,6 @@
 """The array module of the inputs (NumPy or CuPy), and a column sum on either.
 
-DESIGN.md's rule 7: the same layer code runs on a GPU. The Python loop (cells/loop.py)
+The same layer code runs on a GPU (docs/gpu.md). The Python loop (cells/loop.py)
 asks ``array_module(x)`` for ``xp``; CuPy is only imported when a CuPy array is passed in.
 """
 from __future__ import annotations

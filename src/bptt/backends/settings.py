@@ -14,9 +14,9 @@
                              may run on 2 cores or more, else 1)
     BPTT_WORKSPACE_MB=N      MiB of freed memory glibc's malloc keeps for reuse (default 512;
                              0: glibc's own thresholds), see keep_freed_memory()
-    BPTT_CACHE_DIR=DIR       where the generated loop modules and their compiled code go
-                             (default $XDG_CACHE_HOME/bptt, else ~/.cache/bptt; the 32 loop modules
-                             used last are kept, cells/compiled.py)
+    BPTT_CACHE_DIR=DIR       where the generated loop modules and their compiled code go, in
+                             DIR/loops (default DIR: $XDG_CACHE_HOME/bptt, else ~/.cache/bptt; the 32
+                             loop modules used last are kept, cells/compiled.py)
 
 One setting is not bptt's: OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when NumPy loads
 it, for how long its idle workers spin on cores a two-thread loop needs

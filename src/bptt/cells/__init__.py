@@ -1,6 +1,6 @@
 """Floor 2: recurrent cells, the time loops that run them, and the output head.
 
-Every layer has the same contract (DESIGN.md, "The layer contract"):
+Every layer has the same contract (docs/architecture.md, the layer contract):
 
     forward(params, x[T,B,D], state0, mask=None, resets=None, noise=None) -> (h[T,B,H], stateT, tape)
     backward(params, dh[T,B,H] | None, dstateT | None, tape, need_dx=True)

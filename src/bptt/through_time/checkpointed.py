@@ -186,6 +186,11 @@ def _unit(T, budget):
 
 
 def checkpoint_plan(T, budget) -> CheckpointPlan:
+    """The plan ``checkpointed(..., budget=budget)`` follows for T steps with at most
+    ``budget`` steps of tape (Gruslys et al.'s optimal splits): ``operations()`` lists its
+    advances and taped segments in order, ``forward_steps()`` counts the forward steps it
+    computes, the taped ones included. T and budget are positive integers (else a
+    ValueError names the argument)."""
     return CheckpointPlan(_checks.positive_int("T", T), _budget(budget))
 
 

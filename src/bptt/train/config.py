@@ -34,6 +34,16 @@ CHANGEABLE_ON_RESUME = ("steps", "patience", "eval_every", "checkpoint_every")
 
 @dataclass
 class Config:
+    """The options of a run: one field per option of `bptt train` (``seq_len`` for
+    --seq-len), with the same defaults; a --config TOML file and a run's config.json use
+    the same keys.
+
+    Building a Config checks nothing. ``check()`` checks every value (its type, its range,
+    the combinations refused) and returns the Config, a bad value being a ValueError that
+    names the option; ``refuse_unused()`` refuses options a new run would not use.
+    ``Trainer`` runs ``check()`` (for a new run, both) before it touches the run folder.
+    """
+
     task: str = "text"
     text: str | None = None            # a UTF-8 file for task=text; None: the built-in corpus
     cell: str = "lstm"
