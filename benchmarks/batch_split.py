@@ -1,4 +1,4 @@
-"""A layer's training step as two half-batch passes on two threads of our own, BLAS single-threaded.
+"""A layer's training step as two half-batch passes on two threads of bptt's own, BLAS single-threaded.
 
 The trainer's way on 2 cores for a small layer (bptt/batch_split.py, `--threads 2`): OpenBLAS limited to one
 thread (threadpoolctl) for the whole measurement, and the batch cut in two halves that

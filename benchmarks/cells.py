@@ -12,17 +12,17 @@ library's idle worker threads spin and steal the other's second core.
     python benchmarks/cells.py --shapes 100,32,64,128
 
 Prints one table: times in ms (the least of three rounds' medians of blocks; each round
-times the two sides one after the other) for our layer (the compiled loop,
+times the two sides one after the other) for bptt's layer (the compiled loop,
 cells/compiled.py) and PyTorch; their ratio (< 1 means faster), the median over the rounds
 of the ratio within a round, since this machine's speed drifts; the achieved GFLOP/s of
 each side's pass (GEMM flops: 2·T·B·G·H·(3H + 3D), less 2·T·B·G·H·D without ∂L/∂x, the
-same count for both); and the memory each side stores for the backward pass (our tape
+same count for both); and the memory each side stores for the backward pass (bptt's tape
 without the input x and the initial state; PyTorch's saved tensors, found with autograd's
 saved-tensor hooks, without parameters, x and h0). Under the table, for the largest
 shape: each side's rate as a share of the float32 GEMM rate NumPy reaches (1024³,
-measured before and after in the same run, the larger taken; ours also against the rate
-measured in each round right after our pass, since the machine's speed drifts), and the
-share ours would need to take 0.85× PyTorch's time.
+measured before and after in the same run, the larger taken; bptt's also against the rate
+measured in each round right after its pass, since the machine's speed drifts), and the
+share bptt would need to take 0.85× PyTorch's time.
 """
 from __future__ import annotations
 

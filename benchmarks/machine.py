@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-# What the AVX2 imitation sets (DESIGN.md); any of them present means the figures are not native.
+# What the AVX2 imitation sets (docs/performance.md); any of them present means the figures are not native.
 IMITATION = ("OPENBLAS_CORETYPE", "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "ATEN_CPU_CAPABILITY",
              "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 

@@ -5,8 +5,9 @@
 
 Peak memory is what the gradient computation allocates above what was allocated before it
 (parameters, inputs, targets), traced by tracemalloc: NumPy reports every array to it. It
-is traced on a second call, as in a training run's later steps: the first use of a shape
-also measures its GEMM orientations, on trial arrays of up to a few tens of MiB.
+is traced on a second call, as in a training run's later steps: the first call also
+compiles the loops (or loads them from the cache), and those allocations are not the
+gradient's.
 Time is measured without tracing, in rounds: each round times full BPTT and then every
 checkpointed schedule once, and the table gives the median over rounds (this machine is
 shared, and single timings move by ±20%). Full BPTT is skipped where its estimated peak
@@ -31,7 +32,7 @@ B, D, H, O = 16, 64, 256, 8
 
 
 def peak_bytes(fn):
-    fn()                             # once untraced: the GEMM orientations are measured at a shape's first use
+    fn()                             # once untraced: the first call compiles (or loads) the loops
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]

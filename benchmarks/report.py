@@ -20,7 +20,9 @@ RESULTS = HERE / "results"
 PAGE = HERE.parent / "docs" / "performance.md"
 ORDER = ("train", "cells", "versus", "lstm_profile", "step_gemm", "gemm_libraries", "bulk", "batch_split", "dropout", "memory", "truncated", "online", "learning",
          "flow", "mpi", "soak", "gpu")
-IMAGES = {"soak": "images/soak_rss.png", "online": "images/influence_balancing.png"}
+IMAGES = {"soak": ("images/soak_rss.png", "resident memory of the soak run, update by update"),
+          "online": ("images/influence_balancing.png",
+                     "influence balancing (--balancing): |θ − θ*| step by step for every method at lr 1e-5")}
 ABS = re.compile(r"\|(Δ[^|]*)\|")         # |Δh| in a header cell: an absolute value, not two cell borders
 
 INTRO = """\
@@ -112,8 +114,9 @@ def render() -> str:
             parts.append("No machine has recorded this script's results.\n")
         for machine, path in found:
             parts.append(f"### {machine}: {path.stem}\n\n{as_page(path.read_text(encoding='utf-8'))}\n")
-        if stem in IMAGES and (PAGE.parent / IMAGES[stem]).exists():
-            parts.append(f"![{title}]({IMAGES[stem]})\n")
+        if stem in IMAGES and (PAGE.parent / IMAGES[stem][0]).exists():
+            image, caption = IMAGES[stem]
+            parts.append(f"![{caption}]({image})\n")
     return re.sub(r"\n{3,}", "\n\n", "\n".join(parts)).rstrip("\n") + "\n"
 
 

@@ -73,7 +73,8 @@ def main():
            title=f"soak: {args.updates} updates, {slope:+.3f} MiB per 1000 in the second half")
     ax.set_ylim(0, rss.max() * 1.2)
     fig.savefig(args.out, dpi=110)
-    print(f"figure: {args.out}")
+    out, root = Path(args.out).resolve(), Path(__file__).resolve().parents[1]
+    print(f"figure: {out.relative_to(root) if out.is_relative_to(root) else args.out}")     # the repository's: relative
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@
     python benchmarks/truncated.py
 
 Each TBPTT(k1, k2) update backpropagates through k2 steps and recomputes the window's
-forward from the state held at its start (docs/through_time.md says why we recompute
-rather than keep stale tapes in a ring buffer). The table gives the time of one sweep
-over T steps (all updates, at fixed parameters), and its ratio to full BPTT over the
-same T. k2 = k1 is plain chunking. The recomputed context costs about (k2 − k1)/k1 of a
+forward from the state held at its start (docs/through_time.md says why the window is
+recomputed rather than its stale tapes kept in a ring buffer). The table gives the time
+of one sweep over T steps (all updates, at fixed parameters), and its ratio to full BPTT
+over the same T. k2 = k1 is plain chunking. The recomputed context costs about (k2 − k1)/k1 of a
 forward and a backward per step, plus a k1-step forward to move the window.
 """
 from __future__ import annotations
