@@ -170,4 +170,4 @@ def _compare(cell, direction, reference, pairs, dtype, H) -> None:
                 f"{what}[{', '.join(map(str, index))}] is {got.ravel()[i]:.6g} against {want.ravel()[i]:.6g} "
                 f"(H = {H}, {np.dtype(dtype).name}, one row of random numbers"
                 f"{'; NaN: the kernel never writes it' if np.isnan(got.ravel()[i]) else ''}); expected the kernels "
-                f"to compute what step and step_backward compute (bptt.Cell's docstring)")
+                f"to compute what step and step_backward compute (bptt.cells.protocol)")

@@ -175,7 +175,7 @@ class CompiledLayer(CellLayer):
                      if ln.strip() and not ln.startswith(("Failed in", "During:"))]
             raise ValueError(f"cell: {type(self.cell).__name__}'s {direction}_kernel does not compile in "
                              f"the time loop: {lines[0] if lines else type(exc).__name__}; expected a Numba "
-                             f"function of the arguments bptt.Cell's docstring lists (BPTT_LOOPS=0 runs "
+                             f"function of the arguments bptt.cells.protocol lists (BPTT_LOOPS=0 runs "
                              f"its NumPy step instead)") from exc
 
 
