@@ -86,6 +86,27 @@ def test_text_task_splits_and_baselines():
         task.encode("xyz")
 
 
+@pytest.mark.parametrize("policy,checkpoint_every", [("stop", 1), ("stop", 100), ("skip", 100)])
+def test_parameters_an_update_made_infinite_are_named_and_never_checkpointed(tmp_path, monkeypatch, policy,
+                                                                             checkpoint_every):
+    """An optimizer step that overflows (a learning rate far too large) is named after that
+    update: by the checkpoint it would have written, else by the next update's loss, under
+    either policy (skipping cannot bring such parameters back)."""
+    from bptt.train.clip import NonFiniteParameters
+    trainer = Trainer(small(tmp_path, "inf", task="adding", hidden=4, seq_len=6, batch=4, steps=5,
+                            on_nonfinite=policy, checkpoint_every=checkpoint_every))
+    real = trainer.optimizer.step
+
+    def overflowing(grads, lr):
+        real(grads, lr)
+        trainer.model.params["layer0.W_h"][1, 2] = -np.inf
+    monkeypatch.setattr(trainer.optimizer, "step", overflowing)
+    with pytest.raises(NonFiniteParameters, match=r"^parameter layer0.W_h: not finite \(-inf\) after update 1: "
+                                                  r"the optimizer's step overflowed; expected a smaller learning rate"):
+        trainer.train(progress=False)
+    assert not list(trainer.run.glob("ckpt-*")) and not (trainer.run / "best.json").exists()
+
+
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_non_finite_gradient_is_never_applied(tmp_path, monkeypatch, policy):
     from bptt.train.clip import NonFiniteGradient

@@ -13,6 +13,23 @@ class NonFiniteGradient(ValueError):
         super().__init__(f"{what}: not finite ({value}); the update was not applied")
 
 
+class NonFiniteParameters(ValueError):
+    """An optimizer step left a parameter NaN or infinite (a learning rate too large for
+    the gradients); ``name`` is the first parameter affected."""
+
+    def __init__(self, name, value, step):
+        self.name = name
+        super().__init__(f"parameter {name}: not finite ({value}) after update {step}: the optimizer's step "
+                         f"overflowed; expected a smaller learning rate")
+
+
+def check_parameters(params: dict, step: int) -> None:
+    """NonFiniteParameters at the first parameter that is not finite after update ``step``."""
+    for name, p in params.items():
+        if not np.isfinite(p).all():
+            raise NonFiniteParameters(name, p[~np.isfinite(p)].flat[0], step)
+
+
 def check_finite(loss, grads: dict) -> None:
     if not np.isfinite(loss):
         raise NonFiniteGradient("the loss", loss)
