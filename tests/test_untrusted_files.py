@@ -2,10 +2,12 @@
 an error that names what is wrong, and nothing in the project can unpickle."""
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
+import bptt
 from bptt.cli import main
 from bptt.train import runs
 from bptt.train.config import Config
@@ -67,12 +69,13 @@ def test_the_intact_previous_checkpoint_resumes_once_the_broken_one_is_moved(run
     (lambda m: m["config"].update(dtype="float32"), r"float64, the model expects .* float32"),
     (lambda m: m["config"].update(cell="lstm"), r"do not match the model of its config"),
     (lambda m: m["config"].update(colour="red"), r"config: unknown key 'colour'"),
-    (lambda m: m.update(step="4"), r"step must be an integer >= 0, got '4'"),
-    (lambda m: m.update(step=-1), r"step must be an integer >= 0, got -1"),
+    (lambda m: m.update(step="4"), r'expected "step" \(4, the update in its name\), got "4"'),
+    (lambda m: m.update(step=-1), r'expected "step" \(4, the update in its name\), got -1'),
     (lambda m: m.update(format=99), r"has format 99, expected 2"),
     (lambda m: m.pop("sha256"), r"checkpoint ckpt-00000004.json records no SHA-256 of ckpt-00000004.safetensors"),
-    (lambda m: m["rng"].update(bit_generator="MT19937"), r"the checkpoint at update 4 holds no valid random-generator"),
-    (lambda m: m.pop("rng"), r"the checkpoint at update 4 holds no valid random-generator state \(rng: 'rng'\)"),
+    (lambda m: m["rng"].update(bit_generator="MT19937"), r'ckpt-00000004.json: expected "rng" \(the state of a PCG64 '
+                                                          r'random generator\), got \{"bit_generator": "MT19937"'),
+    (lambda m: m.pop("rng"), r'ckpt-00000004.json: expected "rng" \(the state of a PCG64 random generator\), got none'),
 ])
 def test_a_json_with_wrong_types_or_another_model_is_refused(run_dir, edit, pattern):
     meta_path = newest(run_dir)
@@ -92,6 +95,109 @@ def test_the_command_reports_a_broken_checkpoint_in_one_line(run_dir, capsys):
     assert main(["resume", str(run_dir), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "SHA-256" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    """A text run of 4 updates: ckpt-00000002, ckpt-00000004 and best.json."""
+    where = tmp_path_factory.mktemp("text")
+    corpus = where / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 60, encoding="utf-8")
+    c = Config(task="text", text=str(corpus), cell="gru", hidden=8, seq_len=8, batch=4, steps=4, checkpoint_every=2,
+               eval_every=2, dtype="float64", out=str(where / "run"))
+    Trainer(c).train(progress=False)
+    return where / "run"
+
+
+def files_of(run_dir) -> dict:
+    """Every file of the folder with its bytes (the lock file's pid aside)."""
+    return {p.name: b"" if p.name == ".lock" else p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def edited(text_run, tmp_path, name, edit) -> Path:
+    """A copy of the text run whose ``name`` (a checkpoint JSON) is edited by ``edit``."""
+    run_dir = shutil.copytree(text_run, tmp_path / "run")
+    path = run_dir / name
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+    return run_dir
+
+
+KEYS = [      # an edit of a checkpoint's JSON, and the key the refusal names
+    (lambda m: m.pop("config"), '"config"'),
+    (lambda m: m.update(config=5), '"config"'),
+    (lambda m: m.pop("position"), '"position"'),
+    (lambda m: m.update(position=None), '"position"'),
+    (lambda m: m["position"].update(start=-5), '"start" of "position"'),
+    (lambda m: m["position"].update(epoch="0"), '"epoch" of "position"'),
+    (lambda m: m.update(text=5), '"text"'),
+    (lambda m: m["text"].update(vocabulary=5), '"vocabulary" of "text"'),
+    (lambda m: m["text"].update(first=""), '"first" of "text"'),
+    (lambda m: m["text"].pop("sha256"), '"sha256" of "text"'),
+    (lambda m: m.update(best=5), '"best"'),
+    (lambda m: m.update(best={"step": "a"}), '"step" of "best"'),
+    (lambda m: m["best"].update(val_loss="x"), '"val_loss" of "best"'),
+    (lambda m: m.update(step=m["step"] + 1), '"step'),       # not its file's update (best.json: its "best"'s)
+    (lambda m: m.pop("rng"), '"rng"'),
+    (lambda m: m.update(skipped=-1), '"skipped"'),
+    (lambda m: m.update(stale="0"), '"stale"'),
+    (lambda m: m.update(row_losses="x"), '"row_losses"'),
+    (lambda m: m["config"].update(hidden="8"), "config: hidden expected an integer"),
+]
+COMMANDS = {"eval": [], "sample": ["--length", "5"], "resume": ["--steps", "8", "--quiet"],
+            "export": ["--onnx", "{tmp}/m.onnx"]}
+
+
+def refused_in_one_line(capsys, run_dir, name, command, key):
+    """``command`` on the run exits 2 with one line naming the checkpoint and the key, and
+    leaves every file of the folder as it was."""
+    before = files_of(run_dir)
+    best = ["--best"] if name == "best.json" else []
+    options = [o.format(tmp=run_dir.parent) for o in COMMANDS[command]]
+    assert main([command, str(run_dir), *best, *options]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"bptt: error: RUN: checkpoint {name}: ") and key in err, err
+    assert ("the previous checkpoint ckpt-00000002.json may be intact" in err) == (name != "best.json"), err
+    assert files_of(run_dir) == before and not (run_dir.parent / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("name", ["ckpt-00000004.json", "best.json"])
+@pytest.mark.parametrize("edit,key", KEYS)
+def test_a_checkpoint_json_with_a_key_missing_or_of_another_type_is_refused_by_every_command(
+        text_run, tmp_path, capsys, edit, key, name, command):
+    refused_in_one_line(capsys, edited(text_run, tmp_path, name, edit), name, command, key)
+
+
+@pytest.mark.parametrize("command", ["eval", "resume"])
+@pytest.mark.parametrize("name", ["ckpt-00000004.json", "best.json"])
+def test_a_data_position_past_the_end_of_the_streams_is_refused(text_run, tmp_path, capsys, name, command):
+    """eval and resume read the text again: the position must lie within its streams."""
+    run_dir = edited(text_run, tmp_path, name, lambda m: m["position"].update(start=10 ** 6))
+    refused_in_one_line(capsys, run_dir, name, command, '"start" of "position" (an integer from 0 to ')
+
+
+@pytest.mark.parametrize("best", [False, True])
+@pytest.mark.parametrize("load", [bptt.load, Trainer.load, Trainer.resume])
+@pytest.mark.parametrize("edit,key", [KEYS[0], KEYS[3], KEYS[6], KEYS[11], KEYS[13]])
+def test_the_python_api_refuses_it_with_the_same_error(text_run, tmp_path, edit, key, load, best):
+    name = "best.json" if best else "ckpt-00000004.json"
+    run_dir = edited(text_run, tmp_path, name, edit)
+    before = files_of(run_dir)
+    prefix = "path" if load is bptt.load else "RUN"
+    with pytest.raises(ValueError, match=rf"^{prefix}: checkpoint {re.escape(name)}: expected {re.escape(key)}"):
+        load(run_dir, best=best)
+    assert files_of(run_dir) == before
+
+
+def test_the_previous_checkpoint_resumes_once_a_json_missing_a_key_is_moved(text_run, tmp_path):
+    run_dir = edited(text_run, tmp_path, "ckpt-00000004.json", lambda m: m.pop("config"))
+    with pytest.raises(ValueError, match=r'expected "config" .* ckpt-00000002.json may be intact'):
+        Trainer.resume(run_dir, steps=6)
+    (run_dir / "ckpt-00000004.json").unlink()            # the user moves the broken one away
+    assert Trainer.resume(run_dir, steps=6).step == 2
 
 
 def test_nothing_in_the_project_can_unpickle():

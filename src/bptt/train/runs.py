@@ -5,9 +5,10 @@ stream state) and ckpt-STEP.json (config, step, random-generator state, data pos
 and the SHA-256 of the safetensors file). Each is written to a temporary name, flushed
 and renamed; the JSON goes last, so a checkpoint counts only once both are whole. The two
 newest are kept; best.safetensors + best.json, the checkpoint with the lowest validation
-loss so far, are kept apart and never pruned. Loading checks the digest first: a
-truncated, corrupted or altered tensor file is refused with its name, never loaded. No
-pickle anywhere.
+loss so far, are kept apart and never pruned. Loading checks the JSON's keys and the
+digest first (check_meta): a JSON with a key missing, of another type or out of range, and
+a truncated, corrupted or altered tensor file, are refused with their names, never loaded.
+No pickle anywhere.
 
 A folder belongs to one run (folder.py claims it and holds its lock); files the run did not
 write are never overwritten: what is in the way is moved into set-aside/ with a word.
@@ -25,6 +26,7 @@ import numpy as np
 from safetensors.numpy import load, save
 
 from .._files import atomic_write  # noqa: F401  (runs.atomic_write: the trainer's and the CLI's too)
+from .config import Config, coerce
 
 FORMAT = 2          # 2: the JSON records the safetensors file's SHA-256
 BEST = "best"       # best.json + best.safetensors
@@ -152,8 +154,7 @@ def load_checkpoint(run, best: bool = False) -> tuple:
             raise ValueError(f"RUN: {run} has no checkpoint (ckpt-*.json with its .safetensors)")
         meta_path = found[-1]
     tensors = meta_path.with_suffix(".safetensors")
-    previous = f"; the previous checkpoint {found[-2].name} may be intact (move the broken one away " \
-               f"to resume from it)" if len(found) > 1 else ""
+    previous = _previous(meta_path)
     try:
         meta = json.loads(meta_path.read_text())
         data = tensors.read_bytes()
@@ -162,8 +163,7 @@ def load_checkpoint(run, best: bool = False) -> tuple:
     if not isinstance(meta, dict) or meta.get("format") not in (1, FORMAT):
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"RUN: checkpoint {meta_path.name} has format {got!r}, expected {FORMAT}")
-    if not isinstance(meta.get("step"), int) or isinstance(meta.get("step"), bool) or meta["step"] < 0:
-        raise ValueError(f"RUN: checkpoint {meta_path.name}: step must be an integer >= 0, got {meta.get('step')!r}")
+    check_meta(meta, meta_path)
     if meta["format"] >= 2:
         if not isinstance(meta.get("sha256"), str):
             raise ValueError(f"RUN: checkpoint {meta_path.name} records no SHA-256 of {tensors.name}, which its "
@@ -178,6 +178,96 @@ def load_checkpoint(run, best: bool = False) -> tuple:
     except Exception as exc:                   # safetensors' own error type is not a ValueError
         raise ValueError(f"RUN: {tensors.name} is not a valid safetensors file: {exc}{previous}") from None
     return meta, arrays, meta_path
+
+
+def _previous(path: Path) -> str:
+    """The end of a refusal of checkpoint ``path``: the checkpoint before it, where there is one."""
+    earlier = [p for p in checkpoints(path.parent) if p.name < path.name] if path.name != f"{BEST}.json" else []
+    return f"; the previous checkpoint {earlier[-1].name} may be intact (move the broken one away to resume " \
+           f"from it)" if earlier else ""
+
+
+_ABSENT = object()
+
+
+def damaged(path: Path, key: str, expected: str, value=_ABSENT) -> ValueError:
+    """The refusal of checkpoint ``path`` whose ``key`` is not ``expected``: one line naming both."""
+    if value is _ABSENT:
+        got = "none"
+    else:
+        got = json.dumps(value, ensure_ascii=False)
+        got = got if len(got) <= 60 else got[:57] + "..."
+    return ValueError(f"RUN: checkpoint {path.name}: expected {key} ({expected}), got {got}; a damaged or "
+                      f"foreign file{_previous(path)}")
+
+
+def _integer(value, low: int, high: int | None = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value and (high is None or value <= high)
+
+
+def check_meta(meta: dict, path: Path) -> None:
+    """Every key of checkpoint JSON ``path`` that eval, sample, export and resume read, with
+    its type and range, or a ValueError naming the file and the key (``damaged``). The data
+    position's end is checked against the text by the trainer, which reads it."""
+    def need(key, test, expected, where=meta, name=None, optional=False):
+        if key not in where:
+            if optional:
+                return
+            raise damaged(path, name or f'"{key}"', expected)
+        if not test(where[key]):
+            raise damaged(path, name or f'"{key}"', expected, where[key])
+
+    step = meta.get("step")
+    if path.name == f"{BEST}.json":
+        need("step", lambda v: _integer(v, 0), "an integer >= 0")
+    else:
+        need("step", lambda v: v == step_of(path) and _integer(v, 0), f"{step_of(path)}, the update in its name")
+    need("config", lambda v: isinstance(v, dict), "a JSON object of options")
+    for key, value in meta["config"].items():
+        try:
+            coerce(key, value)
+        except ValueError as exc:
+            raise ValueError(f"RUN: checkpoint {path.name}: {exc}; a damaged or foreign "
+                             f"file{_previous(path)}") from None
+    need("rng", _generator_state, "the state of a PCG64 random generator")
+    up_to_step = f'an integer from 0 to {step}, its "step"'
+    need("skipped", lambda v: _integer(v, 0, step), up_to_step, optional=True)
+    need("stale", lambda v: _integer(v, 0, step), up_to_step, optional=True)
+    need("row_losses", lambda v: isinstance(v, list) and all(x is None or isinstance(x, (int, float))
+                                                             and not isinstance(x, bool) for x in v),
+         "a list of numbers or nulls", optional=True)
+    need("best", lambda v: v is None or isinstance(v, dict), 'null or an object of "step" and "val_loss"',
+         optional=True)
+    if meta.get("best") is not None:
+        best, name = meta["best"], '"step" of "best"'
+        if path.name == f"{BEST}.json":
+            need("step", lambda v: v == step and _integer(v, 0), f'{step}, its "step"', best, name)
+        else:
+            need("step", lambda v: _integer(v, 0, step), up_to_step, best, name)
+        need("val_loss", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+             "a finite number", best, '"val_loss" of "best"')
+    need("text", lambda v: v is None or isinstance(v, dict), 'null or an object of "vocabulary", "first" and '
+         '"sha256"', optional=True)
+    if meta.get("text") is not None:
+        text = meta["text"]
+        need("vocabulary", lambda v: isinstance(v, str) and len(v) > 0 and len(set(v)) == len(v),
+             "a string of distinct characters", text, '"vocabulary" of "text"')
+        need("first", lambda v: isinstance(v, str) and len(v) == 1 and v in text["vocabulary"],
+             "a character of the vocabulary", text, '"first" of "text"')
+        need("sha256", lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v) is not None,
+             "64 hexadecimal digits", text, '"sha256" of "text"')
+    if meta["config"].get("task", Config.task) == "text":
+        need("position", lambda v: isinstance(v, dict), 'an object of "epoch" and "start"')
+        for key in ("epoch", "start"):
+            need(key, lambda v: _integer(v, 0), "an integer >= 0", meta["position"], f'"{key}" of "position"')
+
+
+def _generator_state(value) -> bool:
+    try:
+        np.random.PCG64().state = value
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 class Metrics:

@@ -224,7 +224,7 @@ class Trainer:
             with _text_of(run, config, text, option):
                 trainer = cls(config, run_dir=run, world=world, _claim="existing")
             trainer._lock = lock
-            trainer._restore(meta, arrays, option)
+            trainer._restore(meta, arrays, path, option)
             # the checkpoint holds together; now what config.json and the options change
             saved = folder.saved_config(run, meta["config"])
             edits = {k: saved[k] for k in CHANGEABLE_ON_RESUME if k in saved and saved[k] != meta["config"].get(k)}
@@ -266,11 +266,11 @@ class Trainer:
         sample: no lock, and nothing in the folder is written. ``text``: where the run's
         text file is now, if it moved (its SHA-256 must be the checkpoint's)."""
         best = _checks.flag("best", best)
-        meta, arrays, _ = runs.load_checkpoint(run, best)
+        meta, arrays, path = runs.load_checkpoint(run, best)
         config, option = _run_config(run, meta, text)
         with _text_of(run, config, text, option):
             trainer = cls(config, run_dir=run, world=world, _claim="read")
-        trainer._restore(meta, arrays, option)
+        trainer._restore(meta, arrays, path, option)
         return trainer
 
     def check_can_continue(self, overrides=()):
@@ -304,9 +304,9 @@ class Trainer:
             runs.atomic_write(target, lambda p: p.write_text(kept))
             self.notes.append(f"metrics.jsonl as it was: {runs.SET_ASIDE}/{target.name}")
 
-    def _restore(self, meta, arrays, option="RUN: the run's text file"):
-        """The checkpoint's state into this trainer; ``option`` names where the text's path
-        came from (--text, config.json or the checkpoint) if it is another text."""
+    def _restore(self, meta, arrays, path, option="RUN: the run's text file"):
+        """The state of checkpoint ``path`` into this trainer; ``option`` names where the
+        text's path came from (--text, config.json or the checkpoint) if it is another text."""
         stored = meta.get("text")
         if self.text and stored is not None and stored.get("sha256") != self.task.sha256:
             c = self.config
@@ -318,14 +318,14 @@ class Trainer:
         self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
         self.step = int(meta["step"])
         self.skipped = int(meta.get("skipped", 0))
-        try:
-            self.rng.bit_generator.state = meta["rng"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"RUN: the checkpoint at update {self.step} holds no valid random-generator state "
-                             f"(rng: {exc}); it was changed") from None
+        self.rng.bit_generator.state = meta["rng"]          # a PCG64 state: runs.check_meta checked it
         self.best, self.stale = meta.get("best"), int(meta.get("stale", 0))
         self.row_losses = [math.nan if v is None else float(v) for v in meta.get("row_losses", [])]
         if self.text:
+            end = self.streams.shape[0] - 1          # runs.check_meta checked the rest of the position
+            if meta["position"]["start"] > end:
+                raise runs.damaged(path, '"start" of "position"', f"an integer from 0 to {end}, the steps of "
+                                   f"each stream", meta["position"]["start"])
             self.position = dict(meta["position"])
             cols = self.world.share(self.config.batch, "batch")      # any number of ranks that divides B
             ws = [arrays[k][:, cols] for k in sorted(k for k in arrays if k.startswith("window_state."))]
