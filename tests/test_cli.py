@@ -1,5 +1,7 @@
 """The `bptt` command as a user meets it: runs that finish with their figures last, and
 one-line errors (exit status 2, no traceback) for every mistake a user can make."""
+import errno
+import os
 import subprocess
 import sys
 
@@ -498,3 +500,89 @@ def test_sizes_beyond_memory_are_one_line_not_a_traceback(tmp_path, capsys, monk
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("bptt: error: not enough memory for these sizes (Unable to allocate 2.84 PiB") and \
         "expected a smaller --hidden, --batch or --seq-len" in err
+
+
+def test_a_config_json_alone_is_not_taken_for_a_run_that_failed_in_its_first_update(tmp_path, capsys, monkeypatch):
+    """Only config.json beside an empty metrics.jsonl (what a run that failed in its first
+    update leaves) is taken over without --fresh; config.json alone is refused, as it was,
+    and --fresh starts over there."""
+    from bptt.train import trainer
+    failed, alone = tmp_path / "failed", tmp_path / "alone"
+    real = trainer.Trainer.update
+    def too_large(self):
+        raise MemoryError("Unable to allocate 2.84 PiB")
+    monkeypatch.setattr(trainer.Trainer, "update", too_large)
+    assert run(capsys, ["train", *SMALL, "--out", str(failed)])[0] == 2
+    monkeypatch.setattr(trainer.Trainer, "update", real)
+    assert sorted(p.name for p in failed.iterdir() if p.name != ".lock") == ["config.json", "metrics.jsonl"]
+    assert (failed / "metrics.jsonl").read_bytes() == b""
+    alone.mkdir()
+    (alone / "config.json").write_bytes((failed / "config.json").read_bytes())
+    short = ["--steps", "2", "--eval-every", "2", "--checkpoint-every", "2", "--hidden", "4"]
+    code, out, err = run(capsys, ["train", *SMALL, *short, "--out", str(alone)])
+    assert (code, out) == (2, "") and err == (f"bptt: error: --out: {alone} holds a run that stopped before its "
+                                              f"first checkpoint (nothing to resume); --fresh deletes it and starts "
+                                              f"over\n"), err
+    assert [p.name for p in alone.iterdir()] == ["config.json"]
+    assert (alone / "config.json").read_bytes() == (failed / "config.json").read_bytes()
+    code, _, err = run(capsys, ["train", *SMALL, *short, "--out", str(failed)])      # the failed run: taken over
+    assert code == 0 and err == "" and (failed / "ckpt-00000002.json").exists()
+    code, _, err = run(capsys, ["train", *SMALL, *short, "--out", str(alone), "--fresh"])
+    assert code == 0 and err == "" and (alone / "ckpt-00000002.json").exists()
+
+
+@pytest.mark.parametrize("command", ["resume", "eval", "sample", "export"])
+@pytest.mark.parametrize("name", ["", " "])
+def test_an_empty_run_name_is_named_as_one(command, name, tmp_path, capsys, monkeypatch):
+    """RUN "" is not the working directory: one line, as train --out "" is, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, [command, name] + (["--onnx", "x.onnx"] if command == "export" else []))
+    assert (code, out) == (2, "") and err == f"bptt: error: RUN: expected a run folder's name, got {name!r}\n", err
+    assert list(tmp_path.iterdir()) == []
+
+
+class _FullStdout:
+    """A stdout on a full disk: a write fails (unbuffered), or only the flush (buffered)."""
+
+    def __init__(self, at="write"):
+        self.at = at
+
+    def write(self, text):
+        if self.at == "write":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return len(text)
+
+    def flush(self):
+        if self.at == "flush":
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("at", ["write", "flush"])
+def test_a_stdout_that_cannot_be_written_is_named(at, tmp_path, capsys, monkeypatch):
+    """sample, eval and explain printing into a full disk: `stdout: No space left on
+    device`, exit 1 (it named None, or the run)."""
+    corpus = tmp_path / "t.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
+    run_dir = tmp_path / "t"
+    assert run(capsys, ["train", "--text", str(corpus), "--hidden", "8", "--seq-len", "16", "--batch", "4",
+                        "--steps", "2", "--quiet", "--out", str(run_dir)])[0] == 0
+    before = sorted(p.name for p in run_dir.iterdir())
+    for argv in (["sample", str(run_dir), "--length", "10", "--seed", "1"], ["eval", str(run_dir)], ["explain"]):
+        monkeypatch.setattr(sys, "stdout", _FullStdout(at))
+        code = main(argv)
+        monkeypatch.undo()
+        assert code == 1 and capsys.readouterr().err == "bptt: error: stdout: No space left on device\n", argv
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("unbuffered", [False, True])
+def test_a_full_stdout_is_one_line_and_exit_status_1(unbuffered):
+    """`bptt explain > /dev/full`, stdout buffered or not: one line naming stdout, exit 1
+    (buffered, the interpreter's flush at exit failed again: a second message, exit 120)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | ({"PYTHONUNBUFFERED": "1"}
+                                                                             if unbuffered else {})
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "bptt", "explain"], stdout=full, stderr=subprocess.PIPE,
+                              text=True, env=env, timeout=120, check=False)
+    assert (done.returncode, done.stderr) == (1, "bptt: error: stdout: No space left on device\n")

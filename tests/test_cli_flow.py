@@ -74,6 +74,7 @@ def test_flow_before_and_after_training_then_on_the_saved_runs(tmp_path, capsys)
     (["flow", "--run", "r", "--lr", "0.1", "--explode"], "--lr: describes the models flow builds"),
     (["flow", "--task", "digits"], "--seq-len: --task digits reads an 8x8 image row by row (--seq-len 8) or "
                                    "pixel by pixel (--seq-len 64), got 200"),
+    (["flow", "--run", ""], "bptt: error: --run: expected a run folder's name, got ''\n"),
 ])
 def test_flow_and_explain_errors_are_one_line(argv, message, tmp_path, capsys):
     code, out, err = run(capsys, argv + (["--out", str(tmp_path / "x")] if argv[0] == "flow" else []))
@@ -122,6 +123,61 @@ def test_flow_refuses_an_out_that_holds_a_run_before_writing(tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err and "lstm" in err
     assert "choose another --out" in err and "--fresh" not in err and "resume" not in err    # flow has neither
     assert sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")) == ["lstm", "lstm/metrics.jsonl"]
+
+
+def _hashes(path):
+    import hashlib
+    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(path.rglob("*"))}
+
+
+def test_flow_refuses_an_out_that_holds_its_report_unless_told_to_overwrite(tmp_path, capsys, monkeypatch):
+    """An --out holding a file the report would write (flow.json, flow.png; clipping.png
+    with --explode, estimators.png with --estimators) is refused before anything is
+    measured, every file as it was; --overwrite replaces them, a folder in their place and
+    a run in OUT/<cell> are refused all the same."""
+    from bptt import cli_flow
+    small = ["flow", "--seq-len", "8", "--hidden", "4", "--cell", "rnn", "--batch", "2", "--quiet"]
+    out_dir = tmp_path / "f"
+    assert run(capsys, small + ["--out", str(out_dir)])[0] == 0
+    report, first = _hashes(out_dir), json.loads((out_dir / "flow.json").read_text())
+    assert sorted(report) == ["flow.json", "flow.png"]
+    measured = cli_flow.flow
+    monkeypatch.setattr(cli_flow, "flow", lambda *a, **k: pytest.fail("measured before the refusal"))
+    code, out, err = run(capsys, small + ["--seq-len", "12", "--out", str(out_dir)])
+    assert (code, out) == (2, "") and err == (
+        f"bptt: error: --out: {out_dir / 'flow.json'}, {out_dir / 'flow.png'} exist; expected a folder without a "
+        f"flow report, got {out_dir}; choose another --out, remove them, or pass --overwrite to replace them\n"), err
+    mine = tmp_path / "mine"                             # a user's own flow.json
+    mine.mkdir()
+    (mine / "flow.json").write_text("my notes")
+    (mine / "clipping.png").write_bytes(b"my figure")
+    code, _, err = run(capsys, small + ["--out", str(mine)])
+    assert code == 2 and err == (f"bptt: error: --out: {mine / 'flow.json'} exists; expected a folder without a "
+                                 f"flow report, got {mine}; choose another --out, remove it, or pass --overwrite "
+                                 f"to replace it\n"), err
+    (mine / "flow.json").unlink()
+    code, _, err = run(capsys, small + ["--explode", "--out", str(mine)])
+    assert code == 2 and err.startswith(f"bptt: error: --out: {mine / 'clipping.png'} exists; "), err
+    (mine / "flow.json").mkdir()                         # a folder where flow.json goes: --overwrite cannot replace it
+    code, _, err = run(capsys, small + ["--overwrite", "--out", str(mine)])
+    assert code == 2 and err == (f"bptt: error: --out: {mine / 'flow.json'} is a folder; expected a file that "
+                                 f"--overwrite replaces, got a folder: choose another --out, or move it away\n"), err
+    (out_dir / "rnn").mkdir()                            # OUT/<cell> holding files: refused with --overwrite too
+    (out_dir / "rnn" / "metrics.jsonl").write_text("{}\n")
+    code, _, err = run(capsys, small + ["--overwrite", "--out", str(out_dir)])
+    assert code == 2 and "choose another --out" in err and f"{out_dir / 'rnn'}" in err, err
+    assert _hashes(out_dir) == report | {"rnn": "dir", "rnn/metrics.jsonl": _hashes(out_dir)["rnn/metrics.jsonl"]}
+    assert _hashes(mine) == {"clipping.png": _hashes(mine)["clipping.png"], "flow.json": "dir"}
+    assert (mine / "clipping.png").read_bytes() == b"my figure"
+    (out_dir / "rnn" / "metrics.jsonl").unlink()
+    (out_dir / "rnn").rmdir()
+    monkeypatch.setattr(cli_flow, "flow", measured)
+    code, out, err = run(capsys, small + ["--seq-len", "12", "--overwrite", "--out", str(out_dir)])
+    assert code == 0 and err == "" and "rnn-tanh, init" in out
+    again = json.loads((out_dir / "flow.json").read_text())
+    assert list(again) == ["rnn-tanh, init"] and again["rnn-tanh, init"]["loss"] != first["rnn-tanh, init"]["loss"]
+    assert _hashes(out_dir)["flow.png"] != report["flow.png"]
 
 
 def test_flow_refuses_to_write_its_report_into_a_training_run(tmp_path, capsys):

@@ -128,6 +128,7 @@ def test_schedules_give_full_bptt_or_a_named_error(data):
 
 FLAG = ["=yes"]            # a flag given a value: argparse's "ignored explicit argument"
 NO_RUN = "/no/such/run"
+NO_RUN_NAME = ""           # RUN "" is not the working directory
 MOVED_TEXT = ["/no/such/text.txt", "", __file__]   # none, no name, another text (its SHA-256 differs)
 BAD = {
     "train": {"--hidden": ["0", "-3", "abc", "1.5"], "--layers": ["0", "x"], "--seq-len": ["0", "-1"],
@@ -141,12 +142,13 @@ BAD = {
               "--recurrent-dropout": ["-1", "nan"], "--zoneout": ["1"], "--layer-norm": FLAG, "--bidirectional": FLAG, "--proj-size": ["-1", "x", "128"],
               "--on-nonfinite": ["ignore"], "--through-time": ["backprop", ""], "--seed": ["-1", "x"], "--threads": ["3", "0"], "--patience": ["0", "-2"],
               "--out": [""], "--config": ["/no/such/file.toml"], "--fresh": FLAG, "--quiet": FLAG},
-    "resume": {"RUN": [NO_RUN], "--steps": ["0", "x"], "--patience": ["0", "-1"], "--best": FLAG, "--quiet": FLAG,
-               "--text": MOVED_TEXT},
-    "sample": {"RUN": [NO_RUN], "--length": ["-5", "0", "x"], "--temperature": ["0", "-1", "nan", "inf"],
+    "resume": {"RUN": [NO_RUN, NO_RUN_NAME], "--steps": ["0", "x"], "--patience": ["0", "-1"], "--best": FLAG,
+               "--quiet": FLAG, "--text": MOVED_TEXT},
+    "sample": {"RUN": [NO_RUN, NO_RUN_NAME], "--length": ["-5", "0", "x"], "--temperature": ["0", "-1", "nan", "inf"],
                "--top-k": ["0", "-2"], "--prime": ["\u2603"], "--seed": ["-1", "x"], "--best": FLAG},
-    "eval": {"RUN": [NO_RUN], "--best": FLAG, "--text": MOVED_TEXT},
-    "export": {"RUN": [NO_RUN], "--onnx": ["", "model.txt"], "--lengths": FLAG, "--best": FLAG, "--overwrite": FLAG},
+    "eval": {"RUN": [NO_RUN, NO_RUN_NAME], "--best": FLAG, "--text": MOVED_TEXT},
+    "export": {"RUN": [NO_RUN, NO_RUN_NAME], "--onnx": ["", "model.txt"], "--lengths": FLAG, "--best": FLAG,
+               "--overwrite": FLAG},
     "explain": {"--cell": ["cnn", ""]},
 }
 

@@ -344,6 +344,38 @@ def test_a_write_that_fails_names_the_path_and_loses_nothing(earlier_run, tmp_pa
     assert done.returncode == 0, done.stderr
 
 
+def test_a_folder_where_the_run_has_a_file_says_what_to_fix_not_the_same_resume(earlier_run, tmp_path):
+    """RUN/.lock or RUN/metrics.jsonl a folder: resume fails before it trains, and the line
+    says what to fix, not `bptt resume RUN` again; the run as it was. A folder where the
+    run writes at its end (loss.png) and a stdout that cannot take the figures: the run is
+    complete, not sent to resume."""
+    for name in (folder.LOCK, "metrics.jsonl"):
+        run = copy_of(earlier_run, tmp_path / name.strip("."))
+        (run / name).unlink(missing_ok=True)
+        (run / name).mkdir()
+        before = snapshot(run)
+        failed = bptt("resume", run, "--steps", 30)
+        expected = f"bptt: error: {run / name}: Is a directory; expected a file there, got a folder (move it away)\n"
+        assert (failed.returncode, failed.stderr) == (1, expected), failed.stderr
+        assert snapshot(run) == before and (run / name).is_dir()
+    run = copy_of(earlier_run, tmp_path / "plot")
+    (run / "loss.png").unlink()
+    (run / "loss.png").mkdir()
+    err = one_line_error(bptt("resume", run, "--steps", 22, "--quiet"), 1)
+    assert err == (f"bptt: error: {run / 'loss.png'}: Is a directory; expected a file there, got a folder (move it "
+                   f"away); the run is complete: its last checkpoint is {run / 'ckpt-00000022.json'}; its final "
+                   f"sample and figures were not printed"), err
+    (run / "loss.png").rmdir()
+    if not os.path.exists("/dev/full"):
+        return
+    with open("/dev/full", "w") as full:
+        failed = subprocess.run(BPTT + ["resume", str(run), "--steps", "24", "--quiet"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=300, check=False)
+    err = one_line_error(failed, 1)
+    assert err == (f"bptt: error: stdout: No space left on device; the run is complete: its last checkpoint is "
+                   f"{run / 'ckpt-00000024.json'}; its final sample and figures were not printed"), err
+
+
 def test_a_file_where_a_folder_should_be_is_one_line(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")

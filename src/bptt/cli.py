@@ -7,7 +7,7 @@ Every error is one line on stderr, never a traceback, and leaves what is saved a
                enough memory for these sizes"), and a RuntimeError (MPI ranks whose
                parameters drifted apart, BPTT_STEP_GEMM=mkl without oneMKL)
     exit 1     the file system failed (read-only, full, a file where a folder should be);
-               the line names the path
+               the line names the path, or stdout where the output cannot be written
     exit 130   SIGINT (Ctrl-C), 143 SIGTERM: the update in flight is finished and saved,
                the line names the checkpoint; a second signal stops at once
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import math
 import os
 import signal
@@ -237,6 +238,51 @@ def _abort_other_ranks(code):
         sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(code)
 
 
+class _StdoutError(OSError):
+    """A write to stdout that failed (a full disk): the error line names stdout."""
+
+
+class _Stdout:
+    """sys.stdout while a command runs: a write or flush that fails names stdout (its
+    OSError carries no file name, and the error line named the run, or None)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def write(self, text):
+        return self._named(self.stream.write, text)
+
+    def flush(self):
+        return self._named(self.stream.flush)
+
+    @staticmethod
+    def _named(call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:                 # output piped into `head` and closed: not an error
+            raise
+        except OSError as exc:
+            raise _StdoutError(exc.errno, exc.strerror or str(exc), "stdout") from None
+
+
+def _drop_stdout(stream):
+    """What stdout could not take is dropped: its descriptor writes to /dev/null from now
+    on, so the interpreter's flush at exit does not fail a second time (a second message,
+    exit status 120). A stream without a descriptor of its own is left as it is."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
 def _note(lines):
     for line in lines:
         print(f"bptt: {line}", file=sys.stderr)
@@ -272,6 +318,11 @@ def _last_checkpoint(run, finished=False) -> str:
     return f"the last complete checkpoint is {found[-1]} (`bptt resume {run}` continues from it)"
 
 
+# OSErrors that a second try meets again until the path is fixed: a folder where a file
+# goes or a file where a folder goes, a file or folder bptt may not read or write.
+SAME_AGAIN = (errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM)
+
+
 class _Terminated(BaseException):
     """SIGTERM outside a training loop (which saves first, train/signals.py): said in one
     line with exit status 143, as SIGINT is."""
@@ -285,9 +336,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    stdout = sys.stdout
+    if stdout is not None:
+        sys.stdout = _Stdout(stdout)
     try:
         return _run(args)
     finally:
+        if isinstance(sys.stdout, _Stdout):
+            sys.stdout = sys.stdout.stream
         if main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
@@ -297,8 +353,10 @@ def _run(args) -> int:
     from .train.clip import NonFiniteGradient
     from .train.tasks import TextFileError
     from .train.trainer import Interrupted, Trainer, load_model, sample
-    trainer = None
+    trainer, code = None, 0
     try:
+        if getattr(args, "run", None) is not None and args.command != "flow" and not args.run.strip():
+            raise ValueError(f"RUN: expected a run folder's name, got {args.run!r}")
         if args.command == "train":
             config = _config_from(args)
             if args.fresh and config.out is None:
@@ -361,10 +419,12 @@ def _run(args) -> int:
             print(f"wrote {args.onnx}: {model.cell_name}, {model.num_layers} layer(s) of {model.hidden_size}"
                   f"{', bidirectional' if model.bidirectional else ''}, head {model.head}, outputs {model.outputs!r}")
         elif args.command == "flow":
-            return cli_flow.run(args)
+            code = cli_flow.run(args)
         elif args.command == "explain":
             from .diagnostics.explain import explain
             explain(args.cell)
+        if sys.stdout is not None:
+            sys.stdout.flush()              # here, where a stdout that cannot take it is one line
     except (ValueError, NonFiniteGradient, RuntimeError) as exc:
         rank = _mpi_rank()
         where = ""
@@ -397,7 +457,16 @@ def _run(args) -> int:
             return 0
         run = getattr(trainer, "run", None) or (args.run if args.command == "resume" else None)
         path = exc.filename if exc.filename is not None else run
-        tail = f"; {_last_checkpoint(run)}" if run is not None and args.command in ("train", "resume") else ""
+        if isinstance(exc, _StdoutError):
+            _drop_stdout(getattr(sys.stdout, "stream", sys.stdout))
+        tail = ""
+        if isinstance(exc, IsADirectoryError):      # a folder where bptt reads or writes a file
+            tail = "; expected a file there, got a folder (move it away)"
+        # A resume that failed before training on a path of the wrong kind, or one it may not
+        # write, would fail the same way again: it is not sent back to itself.
+        same_again = trainer is None and exc.errno in SAME_AGAIN
+        if run is not None and args.command in ("train", "resume") and not same_again:
+            tail += f"; {_last_checkpoint(run, _finished(trainer))}"
         print(f"bptt: error: {path}: {exc.strerror or exc}{tail}", file=sys.stderr)
         _abort_other_ranks(1)
         return 1
@@ -424,7 +493,7 @@ def _run(args) -> int:
         code = 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
         _abort_other_ranks(code)
         return code
-    return 0
+    return code
 
 
 if __name__ == "__main__":                  # pragma: no cover

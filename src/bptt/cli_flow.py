@@ -4,7 +4,9 @@ For each cell it builds the task's model (as `bptt train` would), measures the f
 on a fixed batch of the task at initialisation, trains it for ``--train`` updates into
 OUT/<cell> (a run folder `bptt resume`/`bptt flow --run` can read) and measures again;
 or it measures saved runs (``--run``). It writes OUT/flow.png and OUT/flow.json and prints
-one table row per report. ``--explode`` adds the clipping study (OUT/clipping.png).
+one table row per report. ``--explode`` adds the clipping study (OUT/clipping.png),
+``--estimators`` OUT/estimators.png. An OUT that holds one of the files it would write is
+refused unless ``--overwrite``.
 
 Every option is checked by ``check`` before anything is written or trained: a bad value is
 a ValueError naming the option, what was expected and what came (one line, exit 2).
@@ -82,8 +84,12 @@ def add_parser(sub):
     p.add_argument("--seed", type=integer, default=0,
                    help="random seed of the models, the measured batch and training, >= 0 (default: 0)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="output folder; flow trains each cell into DIR/<cell>, which must be new or empty "
-                        "(default: runs/flow-DATE-TIME)")
+                   help="output folder; flow trains each cell into DIR/<cell>, which must be new or empty, and "
+                        "refuses a DIR that holds the files of its report (default: runs/flow-DATE-TIME)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the report's files where DIR holds them: flow.json, flow.png, and "
+                        "estimators.png and clipping.png where written (default: a DIR holding one is refused, "
+                        "nothing written)")
     p.add_argument("--estimators", default=None, metavar="LIST",
                    help="also measure online methods' influence error against RTRL per step, on the batch's "
                         "first sequence: comma-separated from rtrl, snap1, snap2, uoro, kf-rtrl, eprop, rflo "
@@ -148,9 +154,11 @@ def check(args) -> tuple:
         raise ValueError(f"--gain: the initial gain of --explode, which is not given; got --gain {args.gain} alone")
     for run_dir in args.run:
         where = Path(run_dir)
-        if not str(run_dir).strip() or not where.is_dir():
+        if not str(run_dir).strip():
+            raise ValueError(f"--run: expected a run folder's name, got {run_dir!r}")
+        if not where.is_dir():
             raise ValueError(f"--run: expected a run folder, got {run_dir!r} "
-                             f"({'a file' if where.exists() and str(run_dir).strip() else 'no such folder'})")
+                             f"({'a file' if where.exists() else 'no such folder'})")
         if not runs.checkpoints(where):
             raise ValueError(f"--run: expected a run folder with a checkpoint (ckpt-*.json and its "
                              f".safetensors), got {run_dir!r} (none in it)")
@@ -180,10 +188,35 @@ def check(args) -> tuple:
             except folder.FolderError as exc:
                 raise ValueError(f"{str(exc).split('; ')[0]}; flow trains each cell into a new or empty "
                                  f"OUT/<cell>: choose another --out") from None
+    if out is not None and out.is_dir():
+        _check_report_files(out, args)
     if not args.run and args.task == "text":
         task = make_task("text", args.seq_len)
         _check_text_length(task, args.seq_len, args.batch, "--seq-len")
     return cells, out
+
+
+def _report_files(args) -> list:
+    """The files the report writes in OUT: flow.json and flow.png, estimators.png with
+    --estimators, clipping.png with --explode."""
+    return (["flow.json", "flow.png"] + (["estimators.png"] if args.estimators is not None else [])
+            + (["clipping.png"] if args.explode else []))
+
+
+def _check_report_files(out: Path, args):
+    """An earlier report in OUT is refused unless --overwrite; a folder where a file of the
+    report goes is refused in any case."""
+    found = [out / name for name in _report_files(args) if os.path.lexists(out / name)]
+    for path in found:
+        if path.is_dir():
+            raise ValueError(f"--out: {os.fspath(path)} is a folder; expected a file that --overwrite replaces, "
+                             f"got a folder: choose another --out, or move it away")
+    if found and not args.overwrite:
+        names = ", ".join(os.fspath(p) for p in found)
+        them = "it" if len(found) == 1 else "them"
+        raise ValueError(f"--out: {names} {'exists' if len(found) == 1 else 'exist'}; expected a folder without "
+                         f"a flow report, got {os.fspath(out)}; choose another --out, remove {them}, or pass "
+                         f"--overwrite to replace {them}")
 
 
 def _check_text_length(task, T, B, option):

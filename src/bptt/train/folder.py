@@ -274,7 +274,8 @@ def _refuse_unless_empty(path: Path, fresh: bool, option: str, locked: bool = Fa
         raise FolderError(f"{'--fresh' if fresh else option}: {path} is not empty ({len(names)} "
                           f"{'entry' if len(names) == 1 else 'entries'}: {shown}) and is not a run"
                           f"{' to start over' if fresh else ''}; choose an empty or new folder")
-    if not fresh and set(names) <= {"config.json", "metrics.jsonl"} and not runs.Metrics(path).read():
+    if not fresh and set(names) == {"config.json", "metrics.jsonl"} and (path / "metrics.jsonl").is_file() \
+            and not runs.Metrics(path).read():
         return                  # a run that failed in its first update (memory, a non-finite gradient): nothing to keep
     if not fresh and not runs.checkpoints(path):
         raise FolderError(f"{option}: {path} holds a run that stopped before its first checkpoint (nothing to "
