@@ -74,7 +74,8 @@ def check_on_one_row(cell, hidden_size: int, dtype, kernels: bool = True) -> Non
     rows = (f"with H = {H} it gets rows of G·H = {G * H} (gates = {G}), (S, H) = ({S}, {H}) blocks "
             f"(state = {cell.state})" + (f" and aux of tape_width({H}) = {A}" if kernels else ""))
     if kernels:
-        kernels = _run(cell, "forward", forward_kernel, (z, rec, bias, extra, prev, new, aux, cell.option), rows)
+        kernels = _run(cell, "forward", forward_kernel, (z, rec.copy(), bias, extra, prev, new, aux, cell.option),
+                       rows)                       # rec: the loop's scratch row, which a kernel may reuse
     state, cache = _reference(cell, "step", rows, p, *_read_only(u[None], rec[None]),
                               _read_only(*(prev[s][None] for s in range(S))))
     check_step(cell, state, cache, S, (1, H), dtype)
