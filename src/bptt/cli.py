@@ -396,17 +396,10 @@ def _run(args) -> int:
             _note_cut_short(args.run, args.best)
             print(_figures(trainer, trainer.evaluate()))
         elif args.command == "export":
-            from .interop.onnx import to_onnx
+            from .interop.onnx import check_onnx_path, to_onnx
             from .train.load import read
             from .train.runs import run_folder
-            if not args.onnx.endswith(".onnx") or len(args.onnx) <= len(".onnx"):
-                raise ValueError(f"--onnx: expected a file name ending in .onnx, got {args.onnx!r}")
-            if Path(args.onnx).is_dir():
-                raise ValueError(f"--onnx: expected a file name, got {args.onnx!r} (a folder)")
-            folder = Path(args.onnx).absolute().parent
-            if not folder.is_dir():
-                raise ValueError(f"--onnx: expected a file in an existing folder, got {args.onnx!r} "
-                                 f"({folder} {'is a file' if folder.exists() else 'does not exist'})")
+            check_onnx_path(args.onnx, "--onnx")
             if os.path.lexists(args.onnx) and not args.overwrite:
                 raise ValueError(f"--onnx: expected a new file, got {args.onnx!r} (it exists); remove it, choose "
                                  f"another name, or pass --overwrite to replace it")

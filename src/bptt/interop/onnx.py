@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _checks
 from .._files import atomic_write
 from ..model import check_model
 
@@ -87,16 +88,17 @@ def _layer_weights(model, l):
     return np.stack(Ws), np.stack(Rs), np.stack(Bs)
 
 
-def _onnx_path(path) -> Path:
-    """``path`` as a Path: a file name ending in .onnx, in a folder that exists."""
+def check_onnx_path(path, name: str = "path") -> Path:
+    """``path`` as a Path: a file name ending in .onnx, in a folder that exists (else a
+    ValueError under ``name``: ``path`` here, ``--onnx`` for `bptt export`)."""
     text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
     if not isinstance(text, str) or not text.endswith(".onnx") or Path(text).name == ".onnx":
-        raise ValueError(f"path: expected a file name ending in .onnx, got {path!r}")
+        raise ValueError(f"{name}: expected a file name ending in .onnx, got {path!r}")
     if Path(text).is_dir():
-        raise ValueError(f"path: expected a file name, got {text!r} (a folder)")
+        raise ValueError(f"{name}: expected a file name, got {text!r} (a folder)")
     folder = Path(text).absolute().parent
     if not folder.is_dir():
-        raise ValueError(f"path: expected a file in an existing folder, got {text!r} "
+        raise ValueError(f"{name}: expected a file in an existing folder, got {text!r} "
                          f"({folder} {'is a file' if folder.exists() else 'does not exist'})")
     return Path(text)
 
@@ -109,9 +111,8 @@ def to_onnx(model, path, lengths: bool = False, opset: int = 17):
     that the installed onnx knows. The file is checked with
     ``onnx.checker.check_model(full_check=True)`` before it is written."""
     check_exportable(model)
-    path = _onnx_path(path)
-    if not isinstance(lengths, (bool, np.bool_)):
-        raise ValueError(f"lengths: expected True or False, got {lengths!r}")
+    path = check_onnx_path(path)
+    lengths = _checks.flag("lengths", lengths)
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
     newest = onnx.defs.onnx_opset_version()

@@ -23,7 +23,7 @@ class NonFiniteParameters(ValueError):
                          f"overflowed; expected a smaller learning rate")
 
 
-def check_parameters(params: dict, step: int) -> None:
+def check_finite_parameters(params: dict, step: int) -> None:
     """NonFiniteParameters at the first parameter that is not finite after update ``step``."""
     for name, p in params.items():
         if not np.isfinite(p).all():

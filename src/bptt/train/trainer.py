@@ -37,7 +37,7 @@ from ..through_time import checkpointed, online
 from ..through_time.rtrl import window
 from ..through_time.schedules import stream_updates
 from . import folder, runs
-from .clip import NonFiniteGradient, check_finite, check_parameters, clip_grad_norm, clip_grad_value
+from .clip import NonFiniteGradient, check_finite, check_finite_parameters, clip_grad_norm, clip_grad_value
 from .config import CHANGEABLE_ON_RESUME, Config, from_dict
 from .optim import make_optimizer
 from .schedules import learning_rate
@@ -170,7 +170,7 @@ class Trainer:
         ``best``: best.json + best.safetensors instead, kept apart from the pruned ones.
         Parameters that are not finite are never written (NonFiniteParameters): the last
         checkpoint stays the last good one."""
-        check_parameters(self.model.params, self.step)
+        check_finite_parameters(self.model.params, self.step)
         self.world.check_parameters(self.model.params, self.step)
         window_state = None
         if self.text and self.window_state is not None:
@@ -450,7 +450,7 @@ class Trainer:
         try:
             check_finite(loss, grads)
         except NonFiniteGradient:
-            check_parameters(self.model.params, self.step - 1)   # the cause an update earlier: no policy skips it
+            check_finite_parameters(self.model.params, self.step - 1)   # the cause an update earlier: no policy skips it
             if c.on_nonfinite == "stop":
                 raise
             self.skipped += 1
