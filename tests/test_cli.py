@@ -280,15 +280,18 @@ def test_a_signal_during_the_last_evaluation_says_the_run_is_complete(tmp_path, 
 
 
 @pytest.mark.parametrize("where", ["plot", "figures"])
-@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_a_signal_after_the_last_update_says_the_run_is_complete(tmp_path, capsys, monkeypatch, where, signum):
     """A signal while the loss plot is drawn (the training loop's handlers) or while the
     final figures are printed (after them): exit 128 + the signal, one line, and the run
-    complete rather than waiting for a resume."""
+    complete rather than waiting for a resume. SIGHUP releases the terminal first, once."""
     import os
     import signal
     from bptt import cli
-    from bptt.train import trainer
+    from bptt.train import signals, trainer
+    released = []
+    monkeypatch.setattr(signals, "release_terminal", lambda: released.append(1))
+    monkeypatch.setattr(cli, "release_terminal", lambda: released.append(1))
     def signalled(*args, **kwargs):
         os.kill(os.getpid(), getattr(signal, signum))
         return ""
@@ -297,6 +300,10 @@ def test_a_signal_after_the_last_update_says_the_run_is_complete(tmp_path, capsy
     code, _, err = run(capsys, ["train", *SMALL, "--out", str(tmp_path / "r")])
     assert code == 128 + getattr(signal, signum) and err.count("\n") == 1, err
     assert "the run is complete" in err and "ckpt-00000020.json" in err and "bptt resume" not in err, err
+    assert released == ([1] if signum == "SIGHUP" else [])
+    if where == "figures":
+        assert err.startswith({"SIGINT": "bptt: interrupted;", "SIGTERM": "bptt: terminated;",
+                               "SIGHUP": "bptt: hung up;"}[signum]), err
 
 
 def test_signals_at_the_last_evaluation_name_what_is_left(tmp_path, capsys, monkeypatch):

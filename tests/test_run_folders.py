@@ -1,11 +1,13 @@
 """Runs that never lose work, tried through the `bptt` command in subprocesses as a user
 meets it: a folder belongs to one run and one process, a refusal is one line and leaves
-every byte in the folder as it was, SIGINT and SIGTERM save the update in flight and the
+every byte in the folder as it was, SIGINT, SIGTERM and SIGHUP (a closed terminal) save the
+update in flight and the
 resumed run ends bit for bit where an uninterrupted one does, and a failing file system
 is one line naming the path."""
 import json
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -278,6 +280,48 @@ def test_a_signal_saves_the_update_in_flight_and_resume_is_bit_for_bit(tmp_path,
     rows = [[{k: v for k, v in json.loads(line).items() if not k.endswith("_per_s")}
              for line in (folder_ / "metrics.jsonl").read_text().splitlines()] for folder_ in (run, tmp_path / "ref")]
     assert rows[0] == rows[1]
+
+
+@pytest.mark.parametrize("stderr_to", ["terminal", "file"])
+def test_a_closed_terminal_saves_the_update_in_flight(tmp_path, stderr_to):
+    """The terminal goes away (its window closed, the SSH connection dropped) while the run
+    prints its progress there: SIGHUP, and every later write to it fails. The update in
+    flight is saved all the same, exit 129, and resume continues from it. Where stderr was
+    sent to a file, the line naming the checkpoint is there."""
+    import pty
+    steps, run, log = 100000, tmp_path / "run", tmp_path / "stderr.txt"
+    args = BPTT + ["train", "--task", "adding", "--seq-len", "12", "--hidden", "8", "--batch", "8",
+                   "--steps", str(steps), "--eval-every", "20", "--checkpoint-every", "100000", "--out", str(run)]
+    pid, terminal = pty.fork()                     # the child's controlling terminal is the pty
+    if pid == 0:                                   # pragma: no cover (the child)
+        try:
+            if stderr_to == "file":
+                os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT, 0o644), 2)
+            os.execv(sys.executable, args)
+        finally:
+            os._exit(127)
+    printed = b""
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").exists() or not runs.Metrics(run).read():
+            assert time.monotonic() < deadline, printed[-2000:]
+            ready, _, _ = select.select([terminal], [], [], 0.05)
+            if ready:
+                printed += os.read(terminal, 65536)          # the progress it prints, drained
+        time.sleep(0.2)                                      # a few updates on, printing
+    finally:
+        os.close(terminal)                                   # the terminal goes away: SIGHUP
+    _, status = os.waitpid(pid, 0)
+    saved = runs.checkpoints(run)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + signal.SIGHUP, (status, printed[-2000:])
+    assert len(saved) == 1 and 0 < runs.step_of(saved[0]) < steps, saved
+    if stderr_to == "file":
+        assert log.read_text().strip().splitlines()[-1] == (
+            f"bptt: SIGHUP: stopped after update {runs.step_of(saved[0])}, saved as {saved[0]}; "
+            f"`bptt resume {run}` continues from it")
+    resumed = bptt("resume", run, "--steps", runs.step_of(saved[0]) + 5, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run / f"ckpt-{runs.step_of(saved[0]) + 5:08d}.json").exists()
 
 
 def test_sigint_during_flows_training_is_one_line(tmp_path):

@@ -8,8 +8,9 @@ Every error is one line on stderr, never a traceback, and leaves what is saved a
                parameters drifted apart, BPTT_STEP_GEMM=mkl without oneMKL)
     exit 1     the file system failed (read-only, full, a file where a folder should be);
                the line names the path, or stdout where the output cannot be written
-    exit 130   SIGINT (Ctrl-C), 143 SIGTERM: the update in flight is finished and saved,
-               the line names the checkpoint; a second signal stops at once
+    exit 130   SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP (the terminal closed): the update in
+               flight is finished and saved, the line names the checkpoint; a second
+               signal stops at once
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from . import __version__, _checks, cli_flow
 from .train.config import Config, coerce, load_toml
+from .train.signals import HANGUP, release_terminal
 
 DEFAULTS = Config()
 
@@ -324,18 +326,25 @@ SAME_AGAIN = (errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM)
 
 
 class _Terminated(BaseException):
-    """SIGTERM outside a training loop (which saves first, train/signals.py): said in one
-    line with exit status 143, as SIGINT is."""
+    """SIGTERM or SIGHUP outside a training loop (which saves first, train/signals.py): said
+    in one line with exit status 128 + the signal, as SIGINT is."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _raise_terminated(signum, frame):
-    raise _Terminated()
+    if signum == HANGUP:
+        release_terminal()
+    raise _Terminated(signum)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    ours = [s for s in (signal.SIGTERM, HANGUP) if s is not None] if main_thread else []
+    previous = {s: signal.signal(s, _raise_terminated) for s in ours}
     stdout = sys.stdout
     if stdout is not None:
         sys.stdout = _Stdout(stdout)
@@ -344,8 +353,8 @@ def main(argv=None) -> int:
     finally:
         if isinstance(sys.stdout, _Stdout):
             sys.stdout = sys.stdout.stream
-        if main_thread:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for s, old in previous.items():
+            signal.signal(s, signal.SIG_DFL if old is None else old)
 
 
 def _run(args) -> int:
@@ -480,10 +489,11 @@ def _run(args) -> int:
         return stop.code
     except (KeyboardInterrupt, _Terminated) as exc:      # before or after the training loop
         run = getattr(trainer, "run", None)
-        name = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        signum = exc.signum if isinstance(exc, _Terminated) else signal.SIGINT
+        name = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}.get(signum, "hung up")
         print(f"bptt: {name}; {_last_checkpoint(run, _finished(trainer))}" if args.command in ("train", "resume")
               else f"bptt: {name}", file=sys.stderr)
-        code = 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
+        code = 128 + signum
         _abort_other_ranks(code)
         return code
     return code
