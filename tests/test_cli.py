@@ -262,8 +262,9 @@ def test_a_run_that_failed_before_its_first_update_leaves_its_folder_to_the_next
 
 
 def test_a_signal_during_the_last_evaluation_says_the_run_is_complete(tmp_path, capsys, monkeypatch):
-    """SIGINT while the last update's evaluation runs: the update is saved, exit status 130,
-    and the line says the run is complete rather than sending the user to resume it."""
+    """SIGINT while the last update's evaluation runs: the update is saved, the loss curve
+    drawn, exit status 130, and the line says the run is complete rather than sending the
+    user to resume it."""
     import os
     import signal
     from bptt.train import trainer
@@ -277,6 +278,7 @@ def test_a_signal_during_the_last_evaluation_says_the_run_is_complete(tmp_path, 
     assert code == 130 and out == ""
     assert err.strip() == (f"bptt: SIGINT: stopped after update 20, saved as {tmp_path / 'r' / 'ckpt-00000020.json'}; "
                            f"the run is complete (its last update); its final sample and figures were not printed")
+    assert (tmp_path / "r" / "loss.png").stat().st_size > 0          # the run's curve is drawn all the same
 
 
 @pytest.mark.parametrize("where", ["plot", "figures"])

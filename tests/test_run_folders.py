@@ -151,7 +151,7 @@ def test_a_train_stopped_before_it_writes_leaves_no_folder(tmp_path, capsys, mon
         raise KeyboardInterrupt
 
     def terminated(self, *args):
-        raise cli._Terminated()
+        raise cli._Terminated(signal.SIGTERM)
 
     def left():
         return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))

@@ -510,8 +510,8 @@ class Trainer:
         stops at config.steps.
 
         SIGINT or SIGTERM finish the update in flight, write a checkpoint and raise
-        ``Interrupted``; one after the last update (its evaluation, the plot) raises it
-        with that update's checkpoint; a second signal raises it at once (the checkpoints
+        ``Interrupted``; one during the last update or after it (its evaluation, the plot)
+        raises it with that update's checkpoint, the plot drawn; a second signal raises it at once (the checkpoints
         already written stay whole). The run folder's lock is held until this returns."""
         if self._claim == "read":
             raise ValueError("RUN: Trainer.load gives a read-only trainer; Trainer.resume continues a run")
@@ -583,7 +583,7 @@ class Trainer:
                 if self.step % c.checkpoint_every == 0 or self.step == end or signalled or patience_out:
                     checkpoint = self.save()
                 self.stopped_early = patience_out
-                if signalled:
+                if signalled and self.step < end and not patience_out:     # at the end: the plot first, below
                     raise Interrupted(stop.signum or signal.SIGTERM, self.step, checkpoint)
                 if patience_out:
                     break
