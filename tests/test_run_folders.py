@@ -428,6 +428,13 @@ def test_a_file_where_a_folder_should_be_is_one_line(tmp_path):
     one_line_error(bptt("train", *SMALL, "--steps", 2, "--out", afile / "run"), 2,
                    f"--out: expected a folder for the run, got {afile / 'run'} ({afile} is a file)")
     assert afile.read_text() == "x"
+    dangling = tmp_path / "link"
+    dangling.symlink_to(tmp_path / "gone" / "run")          # a link to a folder that is not there
+    for command in (["train", *SMALL, "--steps", 2], ["flow", "--cell", "rnn", "--hidden", 4, "--seq-len", 5]):
+        one_line_error(bptt(*command, "--out", dangling), 2,
+                       "--out: expected a folder for ", f"got {dangling} (a link to {tmp_path / 'gone' / 'run'}, "
+                       f"which does not exist)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "link"]
 
 
 def _mount(target: Path, options: str) -> bool:

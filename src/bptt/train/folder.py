@@ -104,6 +104,9 @@ def check_folder(path, option: str, writer: str = "the run"):
     folder above it can be written), checked without creating anything: else a FolderError
     naming the option, what came and what was expected."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():      # no folder can be made in its place
+        raise FolderError(f"{option}: expected a folder for {writer}, got {path} (a link to "
+                          f"{os.readlink(path)}, which does not exist)")
     if path.exists() and not path.is_dir():
         raise FolderError(f"{option}: expected a folder for {writer}, got {path} (a file)")
     if path.is_dir():
