@@ -54,12 +54,16 @@ def test_text_run_samples(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["train", "--hidden", "x"], "argument --hidden: invalid int value: 'x'"),
+    (["train", "--hidden", "x"], "bptt: error: --hidden: expected an integer, got 'x'"),
+    (["train", "--lr", "1e"], "bptt: error: --lr: expected a number, got '1e'"),
+    (["train", "--hidden", "-3"], "bptt: error: --hidden: expected a positive integer, got -3"),
+    (["train", "--cell", "rnn", "--init", "chrono"], "bptt: error: --init: 'chrono' sets gate biases of"),
+    (["flow", "--hidden", "x"], "bptt: error: --hidden: expected an integer, got 'x'"),
     (["train", "--colour", "red"], "unrecognized arguments: --colour red"),
-    (["train", "--cell", "transformer"], "cell: expected one of 'rnn', 'lstm', 'gru' or 'package.module:ClassName', got 'transformer'"),
-    (["train", "--task", "adding", "--text", "a.txt"], "text: applies to task='text' only"),
+    (["train", "--cell", "transformer"], "bptt: error: --cell: expected one of 'rnn', 'lstm', 'gru' or 'package.module:ClassName', got 'transformer'"),
+    (["train", "--task", "adding", "--text", "a.txt"], "bptt: error: --text: applies to task='text' only"),
     (["train", "--text", "/no/such/file.txt"], "--text: no such file: /no/such/file.txt"),
-    (["train", "--k1", "8", "--k2", "4"], "k2: expected k2 >= k1 = 8, got 4"),
+    (["train", "--k1", "8", "--k2", "4"], "bptt: error: --k2: expected k2 >= k1 = 8, got 4"),
     (["resume", "/no/such/run"], "RUN: no such run folder: /no/such/run"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["train", "--fresh"], "--fresh: deletes the run in --out to start over; without --out the run gets a new folder"),
@@ -82,6 +86,8 @@ def test_bad_files_give_one_line_errors(tmp_path, capsys):
     binary.write_bytes(b"\xff\xfe\x00 not text" * 20)
     bad_toml = tmp_path / "bad.toml"
     bad_toml.write_text('hidden = "big"\n')
+    bounds = tmp_path / "bounds.toml"
+    bounds.write_text("k1 = 9\nk2 = 3\n")
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("colour = 3\n")
     broken = tmp_path / "broken.toml"
@@ -89,8 +95,11 @@ def test_bad_files_give_one_line_errors(tmp_path, capsys):
     empty_run = tmp_path / "empty"
     empty_run.mkdir()
     cases = [(["train", "--text", str(binary)], "is not UTF-8 text"),
-             (["train", "--config", str(bad_toml)], "config: hidden expected an integer, got 'big'"),
-             (["train", "--config", str(unknown)], "config: unknown key 'colour'"),
+             (["train", "--config", str(bad_toml)], f"bptt: error: hidden in {bad_toml}: expected an integer, got 'big'"),
+             (["train", "--config", str(bounds), "--k1", "2", "--k2", "1"],
+              "bptt: error: --k2: expected k2 >= k1 = 2, got 1"),               # flags win: named as flags
+             (["train", "--config", str(bounds), "--hidden", "8"], f"bptt: error: k2 in {bounds}: expected k2 >= k1"),
+             (["train", "--config", str(unknown)], f"bptt: error: --config: {unknown} has an unknown key 'colour'; known keys: "),
              (["train", "--config", str(broken)], "is not valid TOML"),
              (["sample", str(empty_run)], "has no checkpoint"),
              (["train", "--text", ""], "--text: expected the name of a UTF-8 text file, got ''"),

@@ -99,7 +99,7 @@ def test_a_bad_option_is_reported_once(tmp_path):
     """An option refused before MPI starts: every rank read the same argv; rank 0 alone
     reports it (each rank printed it)."""
     done = run(2, SYNTHETIC[:-3] + ["--lr", "0", "--out", str(tmp_path / "b")])
-    assert done.returncode == 2 and done.stderr.strip() == "bptt: error: lr: expected a positive number, got 0.0"
+    assert done.returncode == 2 and done.stderr.strip() == "bptt: error: --lr: expected a positive number, got 0.0"
 
 
 def test_a_dead_rank_ends_the_job_and_the_last_checkpoint_stays_whole(tmp_path):

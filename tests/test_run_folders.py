@@ -521,7 +521,7 @@ def test_bad_values_that_only_the_data_or_the_run_can_judge(earlier_run, tmp_pat
          f"--text: {short} gives 252 training characters, 7 per stream with --batch 32; --seq-len 64 needs at least 65"),
         (["train", "--text", tmp_path], f"--text: {tmp_path} is a folder; expected a UTF-8 text file"),
         (["train", "--config", tmp_path], f"--config: {tmp_path} is a folder; expected a TOML file"),
-        (["sample", earlier_run, "--length", "-5"], "argument --length: expected a positive integer, got '-5'"),
+        (["sample", earlier_run, "--length", "-5"], "--length: expected a positive integer, got '-5'"),
         (["sample", earlier_run], f"RUN: {earlier_run} is a run of the adding task; sampling needs a text run"),
         (["resume", earlier_run, "--steps", "20"], "--steps: the run is at update 20; expected more than 20"),
         (["resume", earlier_run], "RUN: the run is complete at update 20 of 20; pass --steps N"),

@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -38,6 +39,7 @@ def _option(parser, name, kind, help_text, unset=None):
     flag = "--" + name.replace("_", "-")
     default = getattr(DEFAULTS, name)
     said = f"default: {default}" if default is not None else f"unset: {unset}" if unset else None
+    kind = {int: INTEGER, float: NUMBER}.get(kind, kind)
     parser.add_argument(flag, dest=name, type=kind, default=None,
                         help=f"{help_text} ({said})" if said else help_text)
 
@@ -97,6 +99,7 @@ def _train_options(p):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+INTEGER, NUMBER = _checks.argument(int, "an integer"), _checks.argument(float, "a number")
 POSITIVE_INT = _checks.argument(int, "a positive integer", lambda v: v >= 1)
 SEED = _checks.argument(int, "an integer >= 0", lambda v: v >= 0)
 POSITIVE_FLOAT = _checks.argument(float, "a positive number", lambda v: v > 0 and math.isfinite(v))
@@ -108,6 +111,8 @@ BEST_HELP = "use the best model (best.json: the lowest validation loss) instead 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):                       # one line, exit status 2, no usage dump
+        # "argument --hidden: …" as every other error names an option: "--hidden: …"
+        message = re.sub(r"^argument (\S+): ", r"\1: ", message)
         print(f"bptt: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
@@ -164,12 +169,28 @@ def build_parser():
 def _config_from(args) -> Config:
     if args.out is not None and not args.out.strip():
         raise ValueError("--out: expected a folder name, got ''")
-    values = load_toml(args.config) if args.config else {}
-    for f in dataclasses.fields(Config):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = coerce(f.name, v)
-    return Config(**values).check().refuse_unused()
+    flags = {f.name: coerce(f.name, getattr(args, f.name)) for f in dataclasses.fields(Config)
+             if getattr(args, f.name, None) is not None}
+    in_file = load_toml(args.config) if args.config else {}
+    args.file_keys = set(in_file) - set(flags)              # named "KEY in FILE" in errors (_where_given)
+    return Config(**(in_file | flags)).check().refuse_unused()
+
+
+def _where_given(message, from_file, path) -> str:
+    """An error of `bptt train` as the command names its values (Config's and Model's
+    errors name their arguments): "--hidden: …" for a flag (or a default), "hidden in FILE:
+    …" for a key of the --config file, "--config: FILE has …" for a key that is no option."""
+    if message.startswith("config: unknown key "):
+        return f"--config: {path} has an {message[len('config: '):]}"
+    typed = re.match(r"config: (\w+) expected ", message)
+    if typed:
+        return f"{typed[1]} in {path}: {message[len('config: ') + len(typed[1]) + 1:]}"
+    named = re.match(r"(-{0,2})([a-z][a-z0-9_-]*): ", message)
+    key = named[2].replace("-", "_") if named else None
+    if key not in {f.name for f in dataclasses.fields(Config)}:
+        return message
+    where = f"{key} in {path}" if key in from_file else "--" + key.replace("_", "-")
+    return where + message[named.end() - 2:]
 
 
 def _text_option(args) -> str:
@@ -440,7 +461,9 @@ def _run(args) -> int:
             return 2
         if rank is None and _launcher_rank():
             return 2                              # before MPI starts, every rank reads the same argv: rank 0 says it
-        print(f"bptt: error{'' if rank is None else f' (MPI rank {rank})'}: {exc}{where}", file=sys.stderr)
+        said = _where_given(str(exc), getattr(args, "file_keys", set()), args.config) if args.command == "train" \
+            else str(exc)
+        print(f"bptt: error{'' if rank is None else f' (MPI rank {rank})'}: {said}{where}", file=sys.stderr)
         _abort_other_ranks(2)
         return 2
     except MemoryError as exc:              # sizes the machine cannot hold: what NumPy could not allocate
