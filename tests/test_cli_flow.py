@@ -125,6 +125,40 @@ def test_flow_refuses_an_out_that_holds_a_run_before_writing(tmp_path, capsys):
     assert sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")) == ["lstm", "lstm/metrics.jsonl"]
 
 
+def test_flow_stopped_by_a_signal_continues_where_it_stopped(tmp_path, capsys, monkeypatch):
+    """SIGINT while flow trains: the update in flight is saved, the line says the same
+    command continues it; that command resumes OUT/<cell> from its checkpoint, measures
+    the initial model again from the seed, and writes the report an uninterrupted flow
+    writes (the same figures). Another command's run there is still refused."""
+    import os
+    import signal
+    from bptt.train import runs
+    from bptt.train.trainer import Trainer
+    argv = ["flow", "--cell", "gru", "--seq-len", "10", "--hidden", "6", "--train", "40", "--quiet", "--out"]
+    assert run(capsys, argv + [str(tmp_path / "whole")])[0] == 0
+    update = Trainer.update
+    def signalled(self):
+        if self.step == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+        return update(self)
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "update", signalled)
+        code, _, err = run(capsys, argv + [str(tmp_path / "cut")])
+    saved = runs.checkpoints(tmp_path / "cut" / "gru")
+    assert code == 130 and [runs.step_of(c) for c in saved] == [21], err
+    assert err.strip() == (f"bptt: SIGINT: stopped after update 21, saved as {saved[-1]}; the flow report was not "
+                           f"written; `bptt flow` with the same options and --out {tmp_path / 'cut'} continues it")
+    assert not (tmp_path / "cut" / "flow.json").exists()
+    code, out, err = run(capsys, argv + [str(tmp_path / "cut")])
+    assert code == 0 and err == f"bptt: continuing {tmp_path / 'cut' / 'gru'} from update 21\n", err
+    figures = [{label: {k: v for k, v in row.items() if k != "seconds"}
+                for label, row in json.loads((tmp_path / name / "flow.json").read_text()).items()}
+               for name in ("whole", "cut")]
+    assert list(figures[0]) == ["gru, init", "gru, 40 updates"] and figures[1] == figures[0]
+    code, _, err = run(capsys, argv[:-2] + ["--hidden", "7", "--out", str(tmp_path / "cut"), "--overwrite"])
+    assert code == 2 and "cut/gru holds a run (at update 40)" in err, err      # another command's run
+
+
 def _hashes(path):
     import hashlib
     return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"

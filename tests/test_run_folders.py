@@ -338,7 +338,8 @@ def test_sigint_during_flows_training_is_one_line(tmp_path):
     saved = runs.checkpoints(out / "lstm")
     assert proc.returncode == 130, err
     assert err.strip() == (f"bptt: SIGINT: stopped after update {runs.step_of(saved[-1])}, saved as {saved[-1]}; "
-                           f"the flow report was not written")
+                           f"the flow report was not written; `bptt flow` with the same options and --out {out} "
+                           f"continues it")
 
 
 def test_a_second_sigint_stops_at_once_and_the_last_checkpoint_stays_whole(tmp_path):

@@ -498,14 +498,16 @@ def _run(args) -> int:
     except Interrupted as stop:
         if stop.checkpoint is not None:
             if trainer is None:             # flow --train: its trainers are cli_flow's
-                after = "the flow report was not written"
+                after = (f"the flow report was not written; `bptt flow` with the same options and --out "
+                         f"{Path(stop.checkpoint).parent.parent} continues it")
             else:
                 after = ("the run is complete (its last update); its final sample and figures were not printed"
                          if _finished(trainer) else f"`bptt resume {trainer.run}` continues from it")
             print(f"bptt: {stop.name}: stopped after update {stop.step}, saved as {stop.checkpoint}; {after}",
                   file=sys.stderr)
         elif trainer is None:
-            print(f"bptt: second {stop.name}: stopped at once; the flow report was not written", file=sys.stderr)
+            print(f"bptt: second {stop.name}: stopped at once; the flow report was not written; `bptt flow` with the "
+                  f"same options and the same --out continues from the last complete checkpoint", file=sys.stderr)
         elif trainer.world.root:
             print(f"bptt: second {stop.name}: stopped at once; {_last_checkpoint(trainer.run, _finished(trainer))}",
                   file=sys.stderr)

@@ -2,7 +2,9 @@
 
 For each cell it builds the task's model (as `bptt train` would), measures the flow report
 on a fixed batch of the task at initialisation, trains it for ``--train`` updates into
-OUT/<cell> (a run folder `bptt resume`/`bptt flow --run` can read) and measures again;
+OUT/<cell> (a run folder `bptt resume`/`bptt flow --run` can read) and measures again
+(a run there that the same command started and a signal stopped goes on from its
+checkpoint);
 or it measures saved runs (``--run``). It writes OUT/flow.png and OUT/flow.json and prints
 one table row per report. ``--explode`` adds the clipping study (OUT/clipping.png),
 ``--estimators`` OUT/estimators.png. An OUT that holds one of the files it would write is
@@ -17,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +186,8 @@ def check(args) -> tuple:
                          f"one or an earlier flow report's")
     if not args.run and out is not None:
         for cell in cells:
+            if args.train and _started_here(args, cell, out):
+                continue                                    # its run goes on (_report)
             try:
                 folder.check_new(out / _folder(cell), option="--out")    # flow trains into OUT/<cell>
             except folder.FolderError as exc:
@@ -256,6 +261,28 @@ def _estimators(args, models, out, title):
     print(f"figure: {figure}")
 
 
+def _config(args, cell, out) -> Config:
+    """The run flow trains for ``cell`` in OUT/<cell>."""
+    return Config(task=args.task, cell=cell, hidden=args.hidden, seq_len=args.seq_len, nonlinearity=args.nonlinearity,
+                  steps=max(args.train, 1), seed=args.seed, out=str(out / _folder(cell)),
+                  **({} if args.lr is None else {"lr": args.lr})).check()
+
+
+def _started_here(args, cell, out) -> bool:
+    """Whether OUT/<cell> holds the run this same command trains there (its config.json
+    is the one flow writes, up to the folder's name and the threads it chose), stopped by a
+    signal or a crash: then flow continues it from its latest checkpoint."""
+    run = out / _folder(cell)
+    try:
+        saved = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    ours = _config(args, cell, out).to_dict()
+    same = {k: v for k, v in saved.items() if k not in ("out", "threads")} == \
+        {k: v for k, v in ours.items() if k not in ("out", "threads")}
+    return same and bool(runs.checkpoints(run))
+
+
 def _folder(cell):
     """OUT/<cell>: the cell's name, "package.module.ClassName" for a user's cell."""
     return cell.replace(":", ".")
@@ -315,18 +342,24 @@ def _report(args, cells, out, measured) -> int:
             models[label] = (trainer.model.astype("float64"), x.astype(np.float64))
     if not args.run:
         for cell in cells:
-            config = Config(task=args.task, cell=cell, hidden=args.hidden, seq_len=args.seq_len,
-                            nonlinearity=args.nonlinearity, steps=max(args.train, 1), seed=args.seed,
-                            out=str(out / _folder(cell)), **({} if args.lr is None else {"lr": args.lr}))
+            config, run = _config(args, cell, out), out / _folder(cell)
             # Measured at initialisation only, the model is not trained: its folder is not made.
-            trainer = Trainer(config.check()) if args.train else \
-                Trainer(config.check(), run_dir=out / _folder(cell), _claim="read")
+            # A run this command started there goes on: its initial model is made again from
+            # the seed, to be measured, and the run resumes from its latest checkpoint.
+            going_on = args.train and _started_here(args, cell, out)
+            trainer = Trainer(config) if args.train and not going_on else \
+                Trainer(config, run_dir=run, _claim="read")
             x, y = _batch(trainer, args.batch, args.seed, "--seq-len")
             name = f"rnn-{args.nonlinearity}" if cell == "rnn" else cell
             reports[f"{name}, init"] = flow(trainer.model, x, y)
             if args.estimators is not None:
                 models[f"{name}, init"] = (trainer.model.astype("float64"), x.astype(np.float64))
-            if args.train:
+            if going_on:
+                trainer = Trainer.load(run)
+                if trainer.step < args.train:
+                    trainer = Trainer.resume(run)
+                print(f"bptt: continuing {run} from update {trainer.step}", file=sys.stderr)
+            if args.train and trainer.step < args.train:
                 trainer.train(progress=not args.quiet)
                 reports[f"{name}, {args.train} updates"] = flow(trainer.model, x, y)
                 if args.estimators is not None:
