@@ -324,6 +324,20 @@ def test_a_closed_terminal_saves_the_update_in_flight(tmp_path, stderr_to):
     assert (run / f"ckpt-{runs.step_of(saved[0]) + 5:08d}.json").exists()
 
 
+def test_an_ignored_sighup_stays_ignored(tmp_path):
+    """Under nohup (SIGHUP ignored) a hangup changes nothing: the run trains on to its
+    last update."""
+    run = tmp_path / "nohup"
+    proc = subprocess.Popen(BPTT + ["train", *SMALL, "--steps", "3000", "--eval-every", "20", "--out", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    wait_for_training(run, proc)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert [runs.step_of(c) for c in runs.checkpoints(run)][-1] == 3000
+
+
 def test_sigint_during_flows_training_is_one_line(tmp_path):
     """flow --train runs its trainers inside the flow command: a signal saves the update in
     flight, as train's does, and says the report was not written (there is no trainer of

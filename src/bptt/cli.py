@@ -364,7 +364,8 @@ def _raise_terminated(signum, frame):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
-    ours = [s for s in (signal.SIGTERM, HANGUP) if s is not None] if main_thread else []
+    ours = [s for s in (signal.SIGTERM, HANGUP) if s is not None and signal.getsignal(s) is not signal.SIG_IGN] \
+        if main_thread else []                                  # an ignored one (nohup's SIGHUP) stays ignored
     previous = {s: signal.signal(s, _raise_terminated) for s in ours}
     stdout = sys.stdout
     if stdout is not None:

@@ -70,7 +70,8 @@ class StopRequests:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for s in self.SIGNALS:
-                self._old[s] = signal.signal(s, self._handle)
+                if signal.getsignal(s) is not signal.SIG_IGN:      # nohup's SIGHUP stays ignored
+                    self._old[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc):
