@@ -266,6 +266,32 @@ def test_influence_balancing_truncation_shorter_than_the_dependency_diverges_and
         influence_balancing("bptt", 10, 1e-5)
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(lr=True), "lr: expected a positive number, got True"),
+    (dict(lr="1e-5"), "lr: expected a positive number, got '1e-5'"),
+    (dict(lr=np.nan), "lr: expected a positive number, got nan"),
+    (dict(theta0=np.nan), "theta0: expected a finite number, got nan"),
+    (dict(theta0="0.5"), "theta0: expected a finite number, got '0.5'"),
+    (dict(limit=-1.0), r"limit: expected a positive number \(the \|θ\| that stops the run\), got -1.0"),
+    (dict(limit=np.nan), r"limit: expected a positive number .*, got nan"),
+    (dict(limit="big"), r"limit: expected a positive number .*, got 'big'"),
+])
+def test_influence_balancing_refuses_a_bad_number_by_name(kwargs, message):
+    from bptt.through_time.balancing import influence_balancing
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        influence_balancing("rtrl", 2, **{"lr": 1e-5, **kwargs})
+
+
+def test_influence_balancing_takes_numpy_numbers_and_problem_refuses_a_bad_theta():
+    from bptt.through_time.balancing import influence_balancing, problem
+    plain = influence_balancing("rtrl", 3, 1e-5, theta0=0.5, limit=1e3)
+    numpy = influence_balancing("rtrl", 3, np.float32(1e-5), theta0=np.float32(0.5), limit=np.int64(1000))
+    assert np.allclose(numpy.theta, plain.theta, rtol=1e-7, atol=0)        # float32's 1e-5 is 1e-5 to 3e-8
+    assert numpy.diverged_at is None and numpy.theta[0] < 0.5
+    with pytest.raises(ValueError, match="^theta: expected a finite number, got 'a'$"):
+        problem(theta="a")
+
+
 @pytest.mark.parametrize("kwargs", [dict(cell="rnn"), dict(cell="lstm"), dict(cell="gru"),
                                     dict(cell="lstm", layer_norm=True), dict(cell="gru", zoneout=0.3)])
 def test_immediate_vjp_is_the_contraction_of_the_immediate_influence(kwargs):

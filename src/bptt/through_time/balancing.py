@@ -57,6 +57,7 @@ def problem(n: int = 23, positive: int = 10, theta: float = 0.5):
         raise ValueError(f"positive: expected an integer from 1 to n - 1 = {n - 1}, got {positive!r}")
     if 2 * positive == n:
         raise ValueError(f"positive: with positive = n/2 = {positive} θ has no effect at the fixed point (c = 0)")
+    theta = _checks.number("theta", theta, expected="a finite number")
     sigma = np.r_[np.ones(positive), -np.ones(n - positive)]
     model = Model("rnn", input_size=1, hidden_size=n, output_size=1, nonlinearity="identity", head="identity",
                   loss="mse", outputs="all", dtype="float64")
@@ -82,8 +83,9 @@ def influence_balancing(method: str, steps: int, lr: float, window: int | None =
         window = _checks.positive_int("window", window)
     elif window is not None:
         raise ValueError(f"window: applies to method='tbptt' only, got window={window} with method={method!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and np.isfinite(lr)):
-        raise ValueError(f"lr: expected a positive number, got {lr!r}")
+    lr = _checks.number("lr", lr, lambda v: v > 0, "a positive number")
+    theta0 = _checks.number("theta0", theta0, expected="a finite number")
+    limit = _checks.number("limit", limit, lambda v: v > 0, "a positive number (the |θ| that stops the run)")
     model, sigma, theta_star = problem(n, positive, theta0)
     b_h = model.params["layer0.b_h"]
     state0 = np.ones((1, 1, n))
