@@ -1,5 +1,6 @@
 """A non-finite gradient is traced to its first step, forward or backward, and reported."""
 import numpy as np
+import pytest
 
 import bptt
 from bptt.cli import main
@@ -81,3 +82,14 @@ def test_the_command_names_the_parameter_and_the_step(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "not finite" in err and "left the finite range at step" in err
+
+
+@pytest.mark.parametrize("kwargs,got", [(dict(bidirectional=True), "bidirectional=True, proj_size=0"),
+                                        (dict(cell="lstm", proj_size=2), "bidirectional=False, proj_size=2")])
+def test_a_bidirectional_or_projected_model_is_refused_by_name(kwargs, got):
+    m = bptt.Model(**{"cell": "rnn", "input_size": 3, "hidden_size": 4, "output_size": 2, "dtype": "float64",
+                      **kwargs})
+    x, y = np.zeros((5, 2, 3)), np.zeros((5, 2, 2))
+    with pytest.raises(ValueError, match=rf"^model: first_nonfinite follows one direction's unprojected state "
+                                         rf"through time; got {got}$"):
+        first_nonfinite(m, x, y)

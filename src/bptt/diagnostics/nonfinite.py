@@ -42,6 +42,9 @@ class NonFinite(NamedTuple):
 def first_nonfinite(model, x, targets, state0=None, mask=None) -> NonFinite:
     """Locate the first non-finite state or state gradient of ``model`` on (x, targets)."""
     check_model(model)
+    if model.bidirectional or model.proj_size:
+        raise ValueError("model: first_nonfinite follows one direction's unprojected state through time; "
+                         f"got bidirectional={model.bidirectional}, proj_size={model.proj_size}")
     x, mask, _ = model._check_inputs(x, mask, carried=state0 is not None)
     T, B, _ = x.shape
     targets = model._check_targets(targets, T, B)
