@@ -26,10 +26,10 @@ def estimator_error(model, x, methods=("snap1", "uoro"), mask=None, rng=None) ->
     """{method: (T,) relative error (O5) of its influence against RTRL's}; ``methods``
     from through_time/online.py's ESTIMATORS (one recurrent layer for all but rtrl)."""
     check_model(model)
-    methods = tuple(methods)
-    unknown = [m for m in methods if m not in ESTIMATORS]
-    if unknown or not methods:
-        raise ValueError(f"methods: expected names from {', '.join(ESTIMATORS)}, got {list(methods)!r}")
+    names = tuple(methods) if isinstance(methods, (list, tuple)) else None
+    if not names or not all(isinstance(m, str) and m in ESTIMATORS for m in names):
+        raise ValueError(f"methods: expected a list of names from {', '.join(ESTIMATORS)}, got {methods!r}")
+    methods = names
     if "rflo" in methods or "kf-rtrl" in methods:
         if model.cell != "rnn":
             raise ValueError(f"methods: rflo and kf-rtrl are defined for the Elman layer, got cell={model.cell_name!r}")
