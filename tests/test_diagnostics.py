@@ -282,6 +282,37 @@ def test_flow_names_bad_arguments():
         flow(m, x[:, :, :1], y)
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(lag_grads="yes"), "lag_grads: expected True or False, got 'yes'"),
+    (dict(lag_grads=1), "lag_grads: expected True or False, got 1"),
+])
+def test_flow_refuses_a_lag_grads_that_is_not_a_bool(kwargs, message):
+    m = make_model("rnn", D=2, H=3, O=1)
+    x, y, _ = _data(m, 5, 2)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        flow(m, x, y, **kwargs)
+
+
+@pytest.mark.parametrize("long_lag", ["a", -1, 2.5, True, None])
+def test_summary_refuses_a_long_lag_that_is_not_a_lag(long_lag):
+    m = make_model("rnn", D=2, H=3, O=1)
+    x, y, _ = _data(m, 5, 2)
+    report = flow(m, x, y)
+    with pytest.raises(ValueError, match=rf"^long_lag: expected a lag in steps, an integer >= 0, got {long_lag!r}$"):
+        report.summary(long_lag=long_lag)
+    assert report.summary(long_lag=0)["long_lag_share"] == 1.0
+
+
+@pytest.mark.parametrize("kwargs", [dict(jacobian_steps=[]), dict(jacobian_lags=[]), dict(jacobian_steps=())])
+def test_flow_with_no_jacobian_steps_or_lags_measures_no_products_and_the_rest_as_before(kwargs):
+    m = make_model("lstm", D=2, H=3, O=1, dtype="float64")
+    x, y, _ = _data(m, 6, 2)
+    report, whole = flow(m, x, y, **kwargs), flow(m, x, y)
+    assert np.isnan(report.jacobian_norm).all() and report.summary()["jacobian_rate"] is None
+    assert np.array_equal(report.grad_norm, whole.grad_norm) and np.array_equal(report.lag_norm, whole.lag_norm)
+    assert np.array_equal(report.credit, whole.credit) and np.isfinite(whole.jacobian_norm).any()
+
+
 def test_clipping_keeps_an_exploding_network_trainable(tmp_path):
     study = clipping_study(cell="rnn", seq_len=50, hidden=32, gain=3.0, clip=1.0, updates=120, lr=0.05)
     plain, clipped = study.summary()

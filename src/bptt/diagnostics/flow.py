@@ -112,6 +112,8 @@ class FlowReport:
         = ⟨Σ_{τ≥long_lag} G_τ, G⟩ / ‖G‖² is signed: below 0 when the long lags pull W_h against the total, above 1 when the
         short ones do.
         """
+        if isinstance(long_lag, bool) or not isinstance(long_lag, (int, np.integer)) or long_lag < 0:
+            raise ValueError(f"long_lag: expected a lag in steps, an integer >= 0, got {long_lag!r}")
         g = self.grad_norm[:, 0]
         t, k, norms = self.measured_pairs()
         lags = t - k
@@ -129,8 +131,8 @@ class FlowReport:
             "jacobian_rate": rate,         # per-step factor fitted to log‖∂s_t/∂s_k‖ ≈ τ log(rate), or None
             "above_bound": above,          # share of measured pairs with ‖∂s_t/∂s_k‖ > η^τ
             "grad_first_over_last": float(g[0] / g[-1]) if g[-1] > 0 else float("inf"),
-            "long_lag_share": float(self.lag_norm[max(long_lag, 0):].sum() / magnitude) if magnitude else 0.0,
-            "long_lag_signed_projection": float(self.lag_profile[max(long_lag, 0):].sum() / total) if total else 0.0,
+            "long_lag_share": float(self.lag_norm[long_lag:].sum() / magnitude) if magnitude else 0.0,
+            "long_lag_signed_projection": float(self.lag_profile[long_lag:].sum() / total) if total else 0.0,
             "seconds": self.seconds,
         }
 
@@ -143,6 +145,7 @@ def _targets_and_lags(T, S, jacobian_steps, jacobian_lags):
         steps = np.arange(T)
     else:
         steps = np.asarray(jacobian_steps)
+        steps = steps.astype(int) if isinstance(jacobian_steps, (list, tuple)) and steps.size == 0 else steps
         if steps.ndim != 1 or steps.dtype.kind not in "iu" or (steps.size and (steps.min() < 0 or steps.max() >= T)):
             raise ValueError(f"jacobian_steps: expected 'all' or integer steps in [0, {T}), got {jacobian_steps!r}")
     if jacobian_lags is None:
@@ -155,6 +158,7 @@ def _targets_and_lags(T, S, jacobian_steps, jacobian_lags):
         lags = np.arange(T)
     else:
         lags = np.asarray(jacobian_lags)
+        lags = lags.astype(int) if isinstance(jacobian_lags, (list, tuple)) and lags.size == 0 else lags
         if lags.ndim != 1 or lags.dtype.kind not in "iu" or (lags.size and lags.min() < 0):
             raise ValueError(f"jacobian_lags: expected 'all' or non-negative integer lags, got {jacobian_lags!r}")
     return np.sort(steps.astype(int))[::-1], set(lags.astype(int).tolist())
@@ -168,7 +172,8 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
         model, x, targets, state0, mask: as for ``Model.gradients`` (targets required).
         jacobian_steps: the steps t whose products ∂s_t/∂s_k are formed: None (every step
             up to T = 32; beyond, 2 to 16 spread over the sequence, the last included, as
-            many as about 6e10 flops allow), "all", or a list of step indices.
+            many as about 6e10 flops allow), "all", or a list of step indices (empty: none
+            formed, ``jacobian_norm`` all NaN).
         jacobian_lags: which k = t − τ to take singular values at: None (every lag up to
             T = 32, else lags 0–8 and 24 geometrically spaced up to T − 1), "all", or a list.
         sequence: the batch index whose Jacobians are formed (they are per sequence).
@@ -195,6 +200,7 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
         raise ValueError(f"sequence: expected a batch index in [0, {B}), got {sequence!r}")
     sequence = int(sequence)
     n_singular = _checks.positive_int("n_singular", n_singular)
+    lag_grads = _checks.flag("lag_grads", lag_grads)
     S = model.hidden_size * len(model.layer.STATE)
     steps, lag_set = _targets_and_lags(T, S, jacobian_steps, jacobian_lags)
 
