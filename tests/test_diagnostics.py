@@ -334,6 +334,26 @@ def test_plot_flow_draws_mixed_reports(tmp_path):
     assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="reports"):
         plot_flow({}, tmp_path / "none.png")
+    with pytest.raises(ValueError, match=r"^reports: expected a dict \{label: FlowReport\}, got list$"):
+        plot_flow(list(reports.values()), tmp_path / "list.png")
+    with pytest.raises(ValueError, match=r"^reports: expected a dict \{label: FlowReport\}, got "
+                                         r"\{'rnn': FlowReport, 'lstm': dict\}$"):
+        plot_flow({"rnn": reports["rnn"], "lstm": reports["lstm"].summary()}, tmp_path / "dict.png")
+    assert not list(tmp_path.glob("list.png")) + list(tmp_path.glob("dict.png"))
+
+
+def test_plot_estimator_error_draws_errors_by_label_and_names_a_dict_by_method(tmp_path):
+    from bptt.diagnostics.estimators import estimator_error
+    from bptt.diagnostics.plots import plot_estimator_error
+    m = bptt.Model("rnn", 2, 3, 1, dtype="float64", seed=0)
+    errors = estimator_error(m, np.random.default_rng(0).standard_normal((6, 1, 2)), ["snap1", "uoro"], rng=0)
+    path = plot_estimator_error({"rnn": errors}, tmp_path / "estimators.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match=r"^errors: expected a dict \{label: \{method: \(T,\) errors\}\}, got "
+                                         r"\{'snap1': ndarray, 'uoro': ndarray\}; hint: put estimator_error's dict "
+                                         r"under a label, \{'model': errors\}$"):
+        plot_estimator_error(errors, tmp_path / "flat.png")
+    assert not (tmp_path / "flat.png").exists()
 
 
 @pytest.mark.parametrize("cell,nonlinearity", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .flow import FlowReport
+
 
 def _pyplot():
     import matplotlib
@@ -35,6 +37,10 @@ def _save(plt, fig, path, title=None) -> Path:
 
 
 def plot_flow(reports: dict, path, title: str | None = None) -> Path:
+    if not isinstance(reports, dict) or not all(isinstance(r, FlowReport) for r in reports.values()):
+        shown = type(reports).__name__ if not isinstance(reports, dict) else \
+            "{" + ", ".join(f"{k!r}: {type(r).__name__}" for k, r in reports.items()) + "}"
+        raise ValueError(f"reports: expected a dict {{label: FlowReport}}, got {shown}")
     if not reports:
         raise ValueError("reports: expected at least one FlowReport, got none")
     plt = _pyplot()
@@ -122,6 +128,11 @@ def plot_clipping(study, path) -> Path:
 
 def plot_estimator_error(errors: dict, path, title: str | None = None) -> Path:
     """One panel per label: ‖M̂_t − M_t‖/‖M_t‖ of each method against the step (O5)."""
+    if not isinstance(errors, dict) or not all(isinstance(e, dict) for e in errors.values()):
+        shown = type(errors).__name__ if not isinstance(errors, dict) else \
+            "{" + ", ".join(f"{k!r}: {type(e).__name__}" for k, e in errors.items()) + "}"
+        raise ValueError(f"errors: expected a dict {{label: {{method: (T,) errors}}}}, got {shown}; hint: put "
+                         f"estimator_error's dict under a label, {{'model': errors}}")
     if not errors:
         raise ValueError("errors: expected at least one model's estimator errors, got none")
     plt = _pyplot()
