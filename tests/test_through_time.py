@@ -304,6 +304,14 @@ def test_truncation_bias_vanishes_at_full_length_and_is_positive_below():
     assert "relative error" in str(report)
 
 
+def test_truncation_bias_refuses_no_targets_instead_of_reporting_an_exact_gradient():
+    model = make_model("rnn")
+    x = np.random.default_rng(0).standard_normal((6, 2, 3))
+    with pytest.raises(ValueError, match=r"^targets: the truncation bias compares gradients of a loss, which "
+                                         r"needs targets; got None$"):
+        tt.truncation_bias(model, x, None, [1, 2])
+
+
 # ---- bad input ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,pattern", [

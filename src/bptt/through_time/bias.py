@@ -35,6 +35,8 @@ class TruncationBias(NamedTuple):
 def truncation_bias(model, x, targets, ks, state0=None, mask=None, resets=None) -> TruncationBias:
     """Relative error and cosine similarity of TBPTT(k, k)'s gradient against full BPTT's."""
     check_model(model)
+    if targets is None:
+        raise ValueError("targets: the truncation bias compares gradients of a loss, which needs targets; got None")
     listed = list(ks) if isinstance(ks, (list, tuple, range, np.ndarray)) else None
     if not listed or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in listed):
         raise ValueError(f"ks: expected a list of positive integer truncation lengths, got {ks!r}")
