@@ -47,6 +47,17 @@ def test_explain_returns_the_library_gradients():
         assert np.allclose(ours[k], ref[k], rtol=0, atol=1e-14)
 
 
+
+def test_explain_writes_to_a_file_object_and_names_a_path_given_as_out(tmp_path):
+    import io
+    text = io.StringIO()
+    explain("gru", out=text)
+    assert text.getvalue().startswith("bptt explain: a GRU, gates r, z, n (PyTorch's form)\n")
+    with pytest.raises(ValueError, match=r"^out: expected a text file object \(with a write method\) or None for "
+                                         r"stdout, got str '.*x.txt'; hint: open\(path, 'w'\) for a file$"):
+        explain("rnn", out=str(tmp_path / "x.txt"))
+    assert not (tmp_path / "x.txt").exists()
+
 def test_flow_before_and_after_training_then_on_the_saved_runs(tmp_path, capsys):
     out_dir = tmp_path / "f"
     code, out, _ = run(capsys, ["flow", "--seq-len", "20", "--cell", "rnn,gru", "--hidden", "8", "--batch", "2",

@@ -50,10 +50,14 @@ def _model(cell) -> Model:
 
 
 def explain(cell: str = "rnn", out=None) -> dict:
-    """Print the walk-through for ``cell`` ("rnn", "lstm" or "gru"); return the gradients
-    the printed recursion arrives at (same keys as ``Model.params``)."""
+    """Print the walk-through for ``cell`` ("rnn", "lstm" or "gru") to ``out``, a text file
+    object (None: stdout); return the gradients the printed recursion arrives at (same
+    keys as ``Model.params``)."""
     if cell not in ("rnn", "lstm", "gru"):
         raise ValueError(f"cell: expected one of rnn, lstm, gru, got {cell!r}")
+    if out is not None and not callable(getattr(out, "write", None)):
+        raise ValueError(f"out: expected a text file object (with a write method) or None for stdout, "
+                         f"got {type(out).__name__} {out!r}; hint: open(path, 'w') for a file")
     p = _Printer(out or sys.stdout)
     m = _model(cell)
     P = m.params
