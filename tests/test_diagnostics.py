@@ -276,6 +276,8 @@ def test_flow_names_bad_arguments():
         flow(m, x, y, jacobian_steps=[5])
     with pytest.raises(ValueError, match="jacobian_lags"):
         flow(m, x, y, jacobian_lags=[-1])
+    with pytest.raises(ValueError, match=r"jacobian_lags: expected 'all' or integer lags in \[0, 5\)"):
+        flow(m, x, y, jacobian_lags=[2, 5])                 # a lag of 5 steps never fits in 5 steps
     with pytest.raises(ValueError, match="n_singular"):
         flow(m, x, y, n_singular=0)
     with pytest.raises(ValueError, match="x"):

@@ -198,13 +198,14 @@ def test_online_training_resumes_bit_for_bit_and_refuses_what_it_cannot_run(tmp_
 
 
 @pytest.mark.parametrize("methods,shown", [("uoro", "'uoro'"), (None, "None"), ([], r"\[\]"),
-                                           ([["uoro"]], r"\[\['uoro'\]\]"), (("snap1", "rtlr"), r"\('snap1', 'rtlr'\)")])
+                                           ([["uoro"]], r"\[\['uoro'\]\]"), (("snap1", "rtlr"), r"\('snap1', 'rtlr'\)"),
+                                           (["uoro", "uoro"], r"\['uoro', 'uoro'\]")])
 def test_estimator_error_names_methods_that_are_not_a_list_of_names(methods, shown):
     from bptt.diagnostics.estimators import estimator_error
     model = bptt.Model("rnn", 2, 3, 1, seed=4)
     x = np.zeros((4, 1, 2), np.float32)
     with pytest.raises(ValueError, match=rf"^methods: expected a list of names from rtrl, snap1, snap2, uoro, "
-                                         rf"kf-rtrl, eprop, rflo, got {shown}$"):
+                                         rf"kf-rtrl, eprop, rflo, each once, got {shown}$"):
         estimator_error(model, x, methods)
 
 

@@ -27,8 +27,8 @@ def estimator_error(model, x, methods=("snap1", "uoro"), mask=None, rng=None) ->
     from through_time/online.py's ESTIMATORS (one recurrent layer for all but rtrl)."""
     check_model(model)
     names = tuple(methods) if isinstance(methods, (list, tuple)) else None
-    if not names or not all(isinstance(m, str) and m in ESTIMATORS for m in names):
-        raise ValueError(f"methods: expected a list of names from {', '.join(ESTIMATORS)}, got {methods!r}")
+    if not names or not all(isinstance(m, str) and m in ESTIMATORS for m in names) or len(set(names)) < len(names):
+        raise ValueError(f"methods: expected a list of names from {', '.join(ESTIMATORS)}, each once, got {methods!r}")
     methods = names
     if "rflo" in methods or "kf-rtrl" in methods:
         if model.cell != "rnn":

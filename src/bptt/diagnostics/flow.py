@@ -159,8 +159,9 @@ def _targets_and_lags(T, S, jacobian_steps, jacobian_lags):
     else:
         lags = np.asarray(jacobian_lags)
         lags = lags.astype(int) if isinstance(jacobian_lags, (list, tuple)) and lags.size == 0 else lags
-        if lags.ndim != 1 or lags.dtype.kind not in "iu" or (lags.size and lags.min() < 0):
-            raise ValueError(f"jacobian_lags: expected 'all' or non-negative integer lags, got {jacobian_lags!r}")
+        if lags.ndim != 1 or lags.dtype.kind not in "iu" or (lags.size and (lags.min() < 0 or lags.max() >= T)):
+            raise ValueError(f"jacobian_lags: expected 'all' or integer lags in [0, {T}) (a lag spans at most the "
+                             f"sequence), got {jacobian_lags!r}")
     return np.sort(steps.astype(int))[::-1], set(lags.astype(int).tolist())
 
 
