@@ -441,7 +441,7 @@ def test_an_export_error_names_the_file_asked_for(tmp_path, capsys):
 
 def test_export_refuses_an_existing_file_unless_told_to_overwrite_it(tmp_path, capsys):
     """An existing --onnx FILE is refused before the run is read (nothing written, the file
-    as it was); --overwrite replaces it."""
+    as it was); --overwrite replaces it, through a link to it where --onnx is one."""
     pytest.importorskip("onnx")
     assert run(capsys, ["train", *SMALL, "--out", str(tmp_path / "r")])[0] == 0
     mine = tmp_path / "m.onnx"
@@ -453,8 +453,11 @@ def test_export_refuses_an_existing_file_unless_told_to_overwrite_it(tmp_path, c
         assert code == 2 and out == "" and err == refused, err
     assert mine.read_bytes() == b"my own file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "r"]
-    code, out, err = run(capsys, ["export", str(tmp_path / "r"), "--onnx", str(mine), "--overwrite"])
-    assert code == 0 and err == "" and out.startswith(f"wrote {mine}: ")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(mine)
+    code, out, err = run(capsys, ["export", str(tmp_path / "r"), "--onnx", str(link), "--overwrite"])
+    assert code == 0 and err == "" and out.startswith(f"wrote {link}: ")
+    assert link.is_symlink() and link.resolve() == mine             # written through the link, as open() would
     import onnx
     onnx.checker.check_model(onnx.load(str(mine)))
 

@@ -9,7 +9,9 @@ from pathlib import Path
 def atomic_write(path: Path, write):
     """``write(tmp)`` then rename over ``path``: a reader sees the old file or the whole new
     one. A failed write (a full disk, say) removes its temporary file and leaves ``path``
-    as it was."""
+    as it was. A link at ``path`` is written through, as open(path, "w") would: the file
+    it names is replaced and the link stays."""
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         write(tmp)
