@@ -56,8 +56,9 @@ def _onnx():
 
 
 def check_exportable(model):
-    """Raise a ValueError naming the option that ONNX's operators cannot express."""
-    check_model(model)
+    """Raise a ValueError naming the option that ONNX's operators cannot express, or the
+    parameter of ``model.params`` that a call would refuse."""
+    check_model(model)._check_params()
     if not isinstance(model.cell, str) or model.cell not in OPERATOR:
         raise ValueError(f"model: ONNX's RNN, GRU and LSTM operators express cell='rnn', 'lstm' or 'gru'; "
                          f"got cell={model.cell_name!r}")
