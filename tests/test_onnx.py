@@ -26,7 +26,7 @@ def zero_state(model, state):
 
 def check(outputs, y, states, mask=None):
     y_onnx, *states_onnx = outputs
-    if mask is not None and y.ndim == 3:            # ONNX zeroes y on padded steps; bptt carries the state there
+    if mask is not None and y.ndim == 3:            # padded steps: ONNX's g(b_y), bptt's state carried
         y_onnx, y = y_onnx * mask[..., None], y * mask[..., None]
     return max(np.abs(y_onnx - y).max(), *(np.abs(a - b).max() for a, b in zip(states_onnx, states)))
 
@@ -182,3 +182,17 @@ def test_params_a_call_refuses_are_refused_and_nothing_is_written(tmp_path, edit
     with pytest.raises(ValueError, match=pattern):
         to_onnx(model, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("head,loss", [("identity", "mse"), ("softmax", "cross_entropy"), ("sigmoid", "bce")])
+def test_y_on_padded_steps_is_the_head_of_zero(tmp_path, head, loss):
+    """ONNX's layers output zeros on padded steps; y there is g(b_y), as docs/saving.md says."""
+    model = bptt.Model("gru", D, H, O, head=head, loss=loss, bidirectional=True, seed=5)
+    to_onnx(model, tmp_path / "m.onnx", lengths=True)
+    x = np.random.default_rng(3).standard_normal((T, B, D)).astype(np.float32)
+    feeds = {"x": x, "h0": np.zeros((2, B, H), np.float32), "lengths": LENGTHS}
+    y = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    b_y = model.params["head.b_y"].astype(np.float64)
+    g = {"identity": b_y, "softmax": np.exp(b_y) / np.exp(b_y).sum(), "sigmoid": 1 / (1 + np.exp(-b_y))}[head]
+    assert np.abs(y[~MASK] - g).max() < 1e-6 and np.abs(g).min() > 1e-3      # not zero
+    assert np.abs(y[MASK] - model.forward(x, mask=MASK)[0][MASK]).max() < 1e-5

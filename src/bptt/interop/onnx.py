@@ -13,7 +13,8 @@ reshaped to (T, B, D·H) for the next layer, and the head is MatMul + Add and th
 activation. State and lengths follow PyTorch's layout and bptt's: h0[l·D + d] is layer l,
 direction d. With ``lengths`` (a mask that is a prefix of each column), the reverse
 direction starts at each sequence's last valid step, h_n and outputs="last" are taken
-there, and y is zero on padded steps (ONNX's rule; bptt's y carries the state there).
+there. On padded steps ONNX's layers output zeros (ONNX's rule), so y there is the head of
+zero, g(b_y), not zero; bptt's y carries the state there.
 
 Gate orders (ONNX spec, "LSTM", "GRU", "RNN"): ONNX's LSTM stacks i, o, f, c where bptt (as
 PyTorch) stacks i, f, g, o; ONNX's GRU z, r, h where bptt stacks r, z, n, and
