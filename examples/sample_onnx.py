@@ -43,6 +43,7 @@ def main():
     if unknown:
         parser.error(f"--prime: characters not in the model's vocabulary: {''.join(unknown[:10])!r}")
     state_inputs = [i for i in runtime.get_inputs() if i.name in ("h0", "c0")]
+    with_lengths = any(i.name == "lengths" for i in runtime.get_inputs())     # bptt export --lengths
     state = {i.name: np.zeros((i.shape[0], 1, i.shape[2]), np.float32) for i in state_inputs}
     rng = np.random.default_rng(args.seed)
 
@@ -50,7 +51,8 @@ def main():
         """Feed the characters ``codes``; return the last step's probabilities."""
         x = np.zeros((len(codes), 1, len(chars)), np.float32)
         x[np.arange(len(codes)), 0, codes] = 1
-        y, *final = runtime.run(None, {"x": x} | state)
+        lengths = {"lengths": np.array([len(codes)], np.int32)} if with_lengths else {}
+        y, *final = runtime.run(None, {"x": x} | state | lengths)
         state.update(zip(("h0", "c0"), final))
         return y[-1, 0].astype(np.float64)
 

@@ -196,3 +196,18 @@ def test_y_on_padded_steps_is_the_head_of_zero(tmp_path, head, loss):
     g = {"identity": b_y, "softmax": np.exp(b_y) / np.exp(b_y).sum(), "sigmoid": 1 / (1 + np.exp(-b_y))}[head]
     assert np.abs(y[~MASK] - g).max() < 1e-6 and np.abs(g).min() > 1e-3      # not zero
     assert np.abs(y[MASK] - model.forward(x, mask=MASK)[0][MASK]).max() < 1e-5
+
+
+def test_the_onnxruntime_sampler_reads_an_export_with_lengths(tmp_path):
+    """It fed x and the state alone: onnxruntime's "Required inputs (['lengths']) are missing"."""
+    model = bptt.Model("lstm", 3, 4, 3, head="softmax", loss="cross_entropy", seed=0)
+    model.vocabulary = ["a", "b", "\n"]
+    example = Path(__file__).parents[1] / "examples" / "sample_onnx.py"
+    out = {}
+    for lengths in (False, True):
+        to_onnx(model, tmp_path / f"{lengths}.onnx", lengths=lengths)
+        done = subprocess.run([sys.executable, str(example), str(tmp_path / f"{lengths}.onnx"), "--length", "30",
+                               "--prime", "ab", "--seed", "1"], capture_output=True, text=True)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        out[lengths] = done.stdout
+    assert out[True] == out[False] and out[True].startswith("ab") and len(out[True]) == 33
