@@ -1,8 +1,10 @@
 """model.save and bptt.load: the same parameters, outputs and vocabulary come back, from a
 saved folder or a run; a folder that holds other things is refused and left as it was; a
 changed tensor file is refused by its digest; and text generation from Python."""
+import errno
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,3 +236,46 @@ def test_generate_refuses_what_is_not_a_character_model():
         bptt.generate(bptt.Model("rnn", 3, 4, 3), vocabulary="abc")
     with pytest.raises(ValueError, match="prime: characters not in"):
         bptt.generate(bptt.Model("rnn", 3, 4, 3, head="softmax", loss="cross_entropy"), vocabulary="abc", prime="z")
+
+
+def test_a_save_that_fails_keeps_the_model_saved_there_before(tmp_path, monkeypatch):
+    """The new model.safetensors was renamed in before model.json was written: a full disk
+    then left new tensors beside the old JSON, a folder bptt.load refused by its digest."""
+    model = bptt.Model("gru", 2, 3, 1, seed=0)
+    model.save(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    write_bytes = Path.write_bytes
+
+    def full_disk(self, data):
+        if self.name == "model.json.tmp":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return write_bytes(self, data)
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    model.params["head.b_y"][:] = 7.0
+    with pytest.raises(OSError, match=r"^\[Errno 28\] path: could not write .*m/model\.json \(No space left on "
+                                      r"device\); expected a folder this process may create and write, with room"):
+        model.save(tmp_path / "m")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
+    monkeypatch.undo()
+    assert bptt.load(tmp_path / "m").params["head.b_y"][0] != 7.0
+
+
+def test_a_path_save_cannot_write_is_named(tmp_path, monkeypatch):
+    model = bptt.Model("gru", 2, 3, 1, seed=0)
+    (tmp_path / "notes.txt").write_text("mine")
+    for path in (tmp_path / "notes.txt" / "m", tmp_path / "notes.txt" / "a" / "m"):
+        with pytest.raises(ValueError, match=rf"^path: {path} is inside {tmp_path / 'notes.txt'}, a file; expected "
+                                             r"a folder to hold model\.safetensors and model\.json$"):
+            model.save(path)
+    (tmp_path / "m" / "model.json").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"^path: .*m holds other files \(model\.json/\); expected a new folder"):
+        model.save(tmp_path / "m")
+    assert [p.name for p in (tmp_path / "m").iterdir()] == ["model.json"]
+
+    def refused(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+    monkeypatch.setattr(Path, "mkdir", refused)
+    with pytest.raises(PermissionError, match=r"^\[Errno 13\] path: could not write .*new \(Permission denied\); "
+                                              r"expected a folder this process may create and write"):
+        model.save(tmp_path / "new")
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -11,19 +11,32 @@ def atomic_write(path: Path, write):
     one. A failed write (a full disk, say) removes its temporary file and leaves ``path``
     as it was. A link at ``path`` is written through, as open(path, "w") would: the file
     it names is replaced and the link stays."""
-    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    atomic_write_all([(path, write)])
+
+
+def atomic_write_all(files):
+    """``atomic_write`` for several ``(path, write)``: every file is written to its
+    temporary name and flushed before the first is renamed, so a failed write leaves all
+    of them as they were."""
+    pending = []
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for path, write in files:
+            target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+            pending.append((target.with_name(target.name + ".tmp"), path, target))
+            write(pending[-1][0])
+            with open(pending[-1][0], "rb+") as f:
+                os.fsync(f.fileno())
+        for tmp, _, target in pending:
+            os.replace(tmp, target)
     except BaseException as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(exc, OSError) and exc.filename in (None, str(tmp), tmp):   # name the file asked for
+        for tmp, _, _ in pending:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+        named = {str(tmp): path for tmp, path, _ in pending}
+        if isinstance(exc, OSError) and (exc.filename is None or str(exc.filename) in named):   # name the file asked for
+            path = named.get(str(exc.filename), pending[-1][1] if pending else None)
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
         raise
 

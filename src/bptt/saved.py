@@ -5,8 +5,8 @@ safetensors file's SHA-256). No pickle.
     model.save("my-model")           # my-model/model.safetensors + my-model/model.json
     model = bptt.load("my-model")    # also takes a run folder (train/load.py)
 
-Each file is written to a temporary name, flushed and renamed, the JSON last: a reader
-finds the previous model or the whole new one. A folder that holds anything but a saved
+Both files are written to temporary names and flushed, then renamed, the JSON last: a
+save that fails leaves the previous model whole. A folder that holds anything but a saved
 model is refused rather than written into.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from safetensors.numpy import load as load_tensors, save as save_tensors
 
 from . import _checks
 from .model import check_model
-from ._files import atomic_write
+from ._files import atomic_write_all
 
 KIND = "bptt-model"
 FORMAT = 1
@@ -71,10 +71,13 @@ def save(model, path) -> Path:
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise ValueError(f"path: expected the path of a folder to hold {' and '.join(FILES)}, got {path!r}")
     folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"path: {folder} is a file; expected a folder to hold {' and '.join(FILES)}")
+    above = next((p for p in folder.absolute().parents if p.exists()), None)
+    if folder.exists() and not folder.is_dir() or above is not None and not above.is_dir():
+        raise ValueError(f"path: {folder} {'is' if folder.exists() else f'is inside {above},'} a file; expected "
+                         f"a folder to hold {' and '.join(FILES)}")
     if folder.is_dir():
-        others = sorted(p.name for p in folder.iterdir() if p.name not in FILES)
+        others = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
+                        if p.name not in FILES or not p.is_file())
         if others:
             raise ValueError(f"path: {folder} holds other files ({', '.join(others[:3])}); expected a new folder "
                              f"or one with a saved model only")
@@ -82,10 +85,15 @@ def save(model, path) -> Path:
     data = save_tensors({k: np.asarray(v, order="C") for k, v in model.params.items()})
     meta = {"kind": KIND, "format": FORMAT, "config": config, "vocabulary": model.vocabulary,
             "sha256": hashlib.sha256(data).hexdigest()}
-    folder.mkdir(parents=True, exist_ok=True)
     body = json.dumps(meta, indent=1, ensure_ascii=False).encode()
-    atomic_write(folder / FILES[0], lambda p: p.write_bytes(data))
-    atomic_write(folder / FILES[1], lambda p: p.write_bytes(body))
+    try:                    # both files whole before either is renamed: a failed save keeps the model there
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_all([(folder / FILES[0], lambda p: p.write_bytes(data)),
+                          (folder / FILES[1], lambda p: p.write_bytes(body))])
+    except OSError as exc:
+        raise OSError(exc.errno, f"path: could not write {exc.filename or folder} ({exc.strerror or exc}); "
+                                 f"expected a folder this process may create and write, with room for the "
+                                 f"model") from None
     return folder
 
 
