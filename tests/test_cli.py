@@ -462,6 +462,20 @@ def test_export_refuses_an_existing_file_unless_told_to_overwrite_it(tmp_path, c
     onnx.checker.check_model(onnx.load(str(mine)))
 
 
+def test_export_of_a_model_onnx_cannot_express_names_the_run(tmp_path, capsys):
+    """The error named "model:", which is no argument of the command."""
+    pytest.importorskip("onnx")
+    import bptt
+    bptt.Model("gru", 3, 4, 2, layer_norm=True).save(tmp_path / "m")
+    mine = tmp_path / "m.onnx"
+    mine.write_bytes(b"my own file")
+    code, out, err = run(capsys, ["export", str(tmp_path / "m"), "--onnx", str(mine), "--overwrite"])
+    assert (code, out) == (2, "") and err == (f"bptt: error: RUN: {tmp_path / 'm'}: model: layer_norm=True has no "
+                                              f"ONNX operator (ONNX's GRU computes the plain cell); export a model "
+                                              f"without it\n"), err
+    assert mine.read_bytes() == b"my own file"
+
+
 def test_a_text_file_from_a_config_file_is_named_as_its_key_there(tmp_path, capsys):
     """A text file that cannot be read is named where it was given: the text key of the
     --config file, or --text on the command line (which wins over the file)."""

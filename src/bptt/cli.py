@@ -427,7 +427,7 @@ def _run(args) -> int:
             _note_cut_short(args.run, args.best)
             print(_figures(trainer, trainer.evaluate()))
         elif args.command == "export":
-            from .interop.onnx import check_onnx_path, to_onnx
+            from .interop.onnx import check_exportable, check_onnx_path, to_onnx
             from .train.load import read
             from .train.runs import run_folder
             check_onnx_path(args.onnx, "--onnx")
@@ -436,6 +436,10 @@ def _run(args) -> int:
                                  f"another name, or pass --overwrite to replace it")
             model = read(run_folder(args.run), best=args.best)
             _note_cut_short(args.run, args.best)
+            try:
+                check_exportable(model)
+            except ValueError as exc:               # the model is the one RUN holds
+                raise ValueError(f"RUN: {args.run}: {exc}") from None
             try:
                 to_onnx(model, args.onnx, lengths=args.lengths)
             except ImportError as exc:
