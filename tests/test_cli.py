@@ -476,6 +476,20 @@ def test_export_of_a_model_onnx_cannot_express_names_the_run(tmp_path, capsys):
     assert mine.read_bytes() == b"my own file"
 
 
+def test_eval_of_a_saved_model_says_it_needs_a_run(tmp_path, capsys):
+    """It said only "has no checkpoint", or with --best "it is written at the first evaluation"."""
+    import bptt
+    bptt.Model("gru", 3, 4, 2).save(tmp_path / "m")
+    hint = ("it holds a model.save (model.json), which `bptt sample` and `export` read, where this needs a run "
+            "folder of `bptt train`\n")
+    code, out, err = run(capsys, ["eval", str(tmp_path / "m")])
+    assert (code, out, err) == (2, "", f"bptt: error: RUN: {tmp_path / 'm'} has no checkpoint (ckpt-*.json with its "
+                                       f".safetensors); {hint}")
+    code, out, err = run(capsys, ["eval", str(tmp_path / "m"), "--best"])
+    assert (code, out, err) == (2, "", f"bptt: error: --best: {tmp_path / 'm'} has no best model (best.json with "
+                                       f"best.safetensors); {hint}")
+
+
 def test_a_text_file_from_a_config_file_is_named_as_its_key_there(tmp_path, capsys):
     """A text file that cannot be read is named where it was given: the text key of the
     --config file, or --text on the command line (which wins over the file)."""

@@ -139,19 +139,22 @@ def run_folder(run) -> Path:
 def load_checkpoint(run, best: bool = False) -> tuple:
     """(meta, arrays, path) of the newest complete checkpoint, or of best.json."""
     run = run_folder(run)
+    saved = ("it holds a model.save (model.json), which `bptt sample` and `export` read, where this needs a run "
+             "folder of `bptt train`" if (run / "model.json").is_file() else "")
     if best:
         meta_path = best_path(run)
         if not (meta_path.exists() and meta_path.with_suffix(".safetensors").exists()):
             tensors = meta_path.with_suffix(".safetensors")
             raise ValueError(f"--best: {run} has no best model (best.json with best.safetensors); " +
-                             ("its best.safetensors is missing" if meta_path.exists() else
-                              "its best.safetensors is alone, a best model cut short" if tensors.exists() else
-                              "it is written at the first evaluation"))
+                             (saved or ("its best.safetensors is missing" if meta_path.exists() else
+                                        "its best.safetensors is alone, a best model cut short" if tensors.exists()
+                                        else "it is written at the first evaluation")))
         found = [meta_path]
     else:
         found = checkpoints(run)
         if not found:
-            raise ValueError(f"RUN: {run} has no checkpoint (ckpt-*.json with its .safetensors)")
+            raise ValueError(f"RUN: {run} has no checkpoint (ckpt-*.json with its .safetensors)" +
+                             (f"; {saved}" if saved else ""))
         meta_path = found[-1]
     tensors = meta_path.with_suffix(".safetensors")
     previous = _previous(meta_path)
