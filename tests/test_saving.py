@@ -279,3 +279,22 @@ def test_a_path_save_cannot_write_is_named(tmp_path, monkeypatch):
                                               r"expected a folder this process may create and write"):
         model.save(tmp_path / "new")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_vocabulary_utf8_cannot_encode_is_refused_and_long_ones_shown_short(tmp_path):
+    """A lone surrogate was a UnicodeEncodeError from json's encoding in model.save; a
+    vocabulary of the wrong size or with a character twice was shown whole."""
+    model = bptt.Model("gru", 3, 4, 3, head="softmax", loss="cross_entropy")
+    model.vocabulary = ["\ud800", "a", "b"]
+    with pytest.raises(ValueError, match=r"^model\.vocabulary: expected characters UTF-8 can encode, got "
+                                         r"'\\ud800' \(a lone surrogate\)$"):
+        model.save(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    long = [chr(c) for c in range(32, 132)]
+    shown = re.escape(repr(long)[:57]) + r"\.\.\."
+    for vocabulary, pattern in ((long, rf"^vocabulary: expected 3 characters \(one per output of the model\), got "
+                                       rf"100: {shown}$"),
+                                (long + ["a"], rf"^vocabulary: expected each of the model's characters once, in the "
+                                               rf"order of its inputs, got {shown}$")):
+        with pytest.raises(ValueError, match=pattern):
+            bptt.generate(model, 3, vocabulary=vocabulary)

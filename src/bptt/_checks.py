@@ -171,17 +171,20 @@ def bool_mask(name: str, value, dims: tuple, meaning: str) -> np.ndarray:
 def characters(name: str, value, size: int | None = None) -> list:
     """A vocabulary: a string, or a list or tuple of single characters, each once; with
     ``size``, exactly that many (one per input and output of a character model)."""
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
     if not (isinstance(value, str) or isinstance(value, (list, tuple))
             and all(isinstance(c, str) and len(c) == 1 for c in value)):
-        shown = repr(value)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
         raise ValueError(f"{name}: expected a string or a sequence of single characters (one per output), "
                          f"got {type(value).__name__} {shown}")
     chars = list(value)
     if not chars or len(set(chars)) != len(chars):
         raise ValueError(f"{name}: expected each of the model's characters once, in the order of its inputs, "
-                         f"got {value!r}")
+                         f"got {shown}")
+    unencodable = [c for c in chars if "\ud800" <= c <= "\udfff"]        # a lone surrogate: no UTF-8 for it
+    if unencodable:
+        raise ValueError(f"{name}: expected characters UTF-8 can encode, got {unencodable[0]!r} (a lone surrogate)")
     if size is not None and len(chars) != size:
         raise ValueError(f"{name}: expected {size} characters (one per output of the model), "
-                         f"got {len(chars)}: {value!r}")
+                         f"got {len(chars)}: {shown}")
     return chars
