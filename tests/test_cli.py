@@ -477,7 +477,8 @@ def test_export_of_a_model_onnx_cannot_express_names_the_run(tmp_path, capsys):
 
 
 def test_eval_of_a_saved_model_says_it_needs_a_run(tmp_path, capsys):
-    """It said only "has no checkpoint", or with --best "it is written at the first evaluation"."""
+    """eval and resume of a model.save folder say what the folder holds and what they need
+    (not only "has no checkpoint", "is not a run", or "written at the first evaluation")."""
     import bptt
     bptt.Model("gru", 3, 4, 2).save(tmp_path / "m")
     hint = ("it holds a model.save (model.json), which `bptt sample` and `export` read, where this needs a run "
@@ -488,6 +489,11 @@ def test_eval_of_a_saved_model_says_it_needs_a_run(tmp_path, capsys):
     code, out, err = run(capsys, ["eval", str(tmp_path / "m"), "--best"])
     assert (code, out, err) == (2, "", f"bptt: error: --best: {tmp_path / 'm'} has no best model (best.json with "
                                        f"best.safetensors); {hint}")
+    code, out, err = run(capsys, ["resume", str(tmp_path / "m")])
+    assert (code, out, err) == (2, "", f"bptt: error: RUN: {tmp_path / 'm'} is not a run (no config.json or "
+                                       f"checkpoint of bptt's); it holds a model.save (model.json), which `bptt "
+                                       f"sample` and `export` read: a run of `bptt train` continues\n")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.safetensors"]
 
 
 def test_a_text_file_from_a_config_file_is_named_as_its_key_there(tmp_path, capsys):

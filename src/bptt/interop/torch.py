@@ -79,8 +79,10 @@ def from_torch(rnn, linear, head="identity", loss="mse", outputs="all", reductio
 
 
 def to_torch(model: Model):
-    """(nn.RNN/LSTM/GRU, nn.Linear) computing what ``model`` computes (time-major).
-    ``model.params`` is checked first, as a call checks it."""
+    """(nn.RNN/LSTM/GRU, nn.Linear) with ``model``'s weights (time-major): linear(rnn(x)[0])
+    is what ``model``'s head activation (identity, softmax, sigmoid) takes at every step,
+    outputs="last" the last step of it. ``model.params`` is checked first, as a call
+    checks it."""
     check_model(model)._check_params()
     if model.cell not in ("rnn", "lstm", "gru"):
         raise ValueError(f"model: PyTorch has layers for the cells 'rnn', 'lstm' and 'gru', got {model.cell_name!r}")

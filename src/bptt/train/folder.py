@@ -308,7 +308,9 @@ def claim_existing(path, option: str = "RUN") -> Lock:
         raise FolderError(f"{option}: no such run folder: {path}")
     check_folder(path, option)
     if run_step(path) is None:
-        raise FolderError(f"{option}: {path} is not a run (no config.json or checkpoint of bptt's)")
+        saved = ("; it holds a model.save (model.json), which `bptt sample` and `export` read: a run of "
+                 "`bptt train` continues" if (path / "model.json").is_file() else "")
+        raise FolderError(f"{option}: {path} is not a run (no config.json or checkpoint of bptt's){saved}")
     return Lock(path, option)
 
 
