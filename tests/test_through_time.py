@@ -366,3 +366,19 @@ def test_the_step_api_names_what_it_was_given():
     for B in (0, -1, 2.5):
         with pytest.raises(ValueError, match=r"B: expected a positive integer, got "):
             tt.ExactInfluence(model, B)
+
+
+def test_truncated_takes_a_seed_for_its_masks_as_uoro_does():
+    """rng=0 draws the same dropout masks as rng=np.random.default_rng(0): the same losses
+    and gradients, bit for bit; a bool is refused by name."""
+    model = bptt.Model("lstm", 3, 5, 2, dropout=0.3, num_layers=2, dtype="float64", seed=1)
+    rng = np.random.default_rng(9)
+    x, targets = rng.standard_normal((12, 2, 3)), rng.standard_normal((12, 2, 2))
+    seeded = list(tt.truncated(model, x, targets, 4, 6, rng=0))
+    generated = list(tt.truncated(model, x, targets, 4, 6, rng=np.random.default_rng(0)))
+    plain = list(tt.truncated(model, x, targets, 4, 6))
+    assert len(seeded) == 3 and [u[0] for u in seeded] == [u[0] for u in generated]
+    assert all(np.array_equal(a[1][k], b[1][k]) for a, b in zip(seeded, generated) for k in a[1])
+    assert seeded[0][0] != plain[0][0]                        # the masks do drop units
+    with pytest.raises(ValueError, match="rng"):
+        list(tt.truncated(model, x, targets, 4, 6, rng=True))

@@ -50,11 +50,13 @@ def truncated(model, x, targets, k1, k2=None, state0=None, mask=None, resets=Non
         state0: the streams' state before step 0 (zeros when omitted).
         mask (T, B): valid steps; resets (T, B): a stream's state is set to zero before
             step t (a document boundary in a text stream).
-        rng: a generator for the model's dropout and zoneout masks, drawn once per
-            update for the whole window it backpropagates through; None: no noise.
+        rng: a generator (or a seed, as uoro and kf_rtrl take) for the model's dropout
+            and zoneout masks, drawn once per update for the whole window it
+            backpropagates through; None: no noise.
     The caller may change ``model.params`` between updates (that is what updates are
     for); each update runs with the parameters as they are when it starts.
     """
+    rng = None if rng is None else _checks.generator("rng", rng)
     return (u[:3] for u in _updates(model, x, targets, k1, k2, state0, mask, resets, rng=rng))
 
 
