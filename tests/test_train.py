@@ -407,3 +407,22 @@ def test_fresh_best_progress_and_stop_at_take_only_what_they_say(tmp_path):
     with pytest.raises(ValueError, match=r"^stop_at: .* above the trainer's own \(2\), got 2$"):
         trainer.train(progress=False, stop_at=2)
     assert Trainer(c, fresh=np.True_).step == 0 and not (run / "best.json").exists()      # fresh=True starts over
+
+
+def test_stop_at_between_evaluations_leaves_the_rows_and_best_model_of_the_run_that_never_stopped(tmp_path):
+    """train(stop_at=7) evaluated at update 7: metrics.jsonl gained a val_loss the whole run
+    has not, and best.json and patience weighed an evaluation the whole run never made."""
+    kw = dict(task="adding", cell="gru", hidden=4, seq_len=5, batch=2, steps=12, lr=1e-2, eval_every=4,
+              checkpoint_every=5)
+    whole = Trainer(small(tmp_path, "whole", **kw))
+    whole.train(progress=False)
+    stopped = Trainer(small(tmp_path, "stopped", **kw))
+    figures = stopped.train(progress=False, stop_at=7)
+    assert figures == stopped.evaluate() and stopped.step == 7          # the figures of update 7, not of 4
+    assert [r["step"] for r in stopped.metrics.read() if "val_loss" in r] == [4]
+    resumed = Trainer.resume(tmp_path / "stopped")
+    resumed.train(progress=False)
+    rates = ("steps_per_s", "tokens_per_s")
+    rows = [[{k: v for k, v in r.items() if k not in rates} for r in t.metrics.read()] for t in (whole, resumed)]
+    assert rows[0] == rows[1] and [r["step"] for r in rows[0] if "val_loss" in r] == [4, 8, 12]
+    assert resumed.best == whole.best and resumed.stale == whole.stale

@@ -504,10 +504,12 @@ class Trainer:
     def train(self, progress=True, stop_at=None) -> dict:
         """Run updates until config.steps (or until ``stop_at``, as a stopped run would,
         with a checkpoint there, or until ``patience`` evaluations bring no better
-        validation); returns the last validation figures. ``progress``: True or False (a
-        progress bar). ``stop_at``: an integer update number above the trainer's own
-        (``trainer.step``), which a resumed trainer starts from; one past config.steps
-        stops at config.steps.
+        validation); returns the validation figures of the model where it stops.
+        ``progress``: True or False (a progress bar). ``stop_at``: an integer update number
+        above the trainer's own (``trainer.step``), which a resumed trainer starts from; one
+        past config.steps stops at config.steps. Its figures are not written to
+        metrics.jsonl nor weighed for best.json and ``patience``: the resumed run's rows and
+        best model are those of the run that never stopped.
 
         SIGINT or SIGTERM finish the update in flight, write a checkpoint and raise
         ``Interrupted``; one during the last update or after it (its evaluation, the plot)
@@ -551,7 +553,7 @@ class Trainer:
         # A row averages the losses of its updates, those before a resume included (they
         # come back from the checkpoint); its rates count this process's updates only.
         timed, t0, tokens = 0, time.perf_counter(), 0
-        final = {}
+        final, final_step = {}, None
         try:
             while self.step < end:
                 first = self.step == 0
@@ -570,9 +572,11 @@ class Trainer:
                     self.row_losses, timed, t0, tokens = [], 0, time.perf_counter(), 0
                     if finite:
                         bar.set_postfix(loss=f"{record['loss']:.4f}")
-                evaluated = self.step % c.eval_every == 0 or self.step == end
+                # at config.steps, not at stop_at: a run stopped there evaluates and judges
+                # (best.json, patience) only where the run that never stopped does
+                evaluated = self.step % c.eval_every == 0 or self.step == c.steps
                 if evaluated:
-                    final = self.evaluate()
+                    final, final_step = self.evaluate(), self.step
                     record = (record or {"step": self.step}) | final
                 if record is not None and root:
                     self.metrics.write(record | ({"skipped": self.skipped} if self.skipped else {}))
@@ -589,7 +593,7 @@ class Trainer:
                     break
         finally:
             bar.close()
-        if not final:
+        if not final or final_step != self.step:      # stop_at between evaluations: its figures, unrecorded
             final = self.evaluate()
         if root:
             self.plot()
