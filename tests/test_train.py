@@ -426,3 +426,25 @@ def test_stop_at_between_evaluations_leaves_the_rows_and_best_model_of_the_run_t
     rows = [[{k: v for k, v in r.items() if k not in rates} for r in t.metrics.read()] for t in (whole, resumed)]
     assert rows[0] == rows[1] and [r["step"] for r in rows[0] if "val_loss" in r] == [4, 8, 12]
     assert resumed.best == whole.best and resumed.stale == whole.stale
+
+
+def test_a_trainer_of_load_writes_nothing_into_the_run(tmp_path):
+    """Trainer.load(run).save() moved the run's newest checkpoint into set-aside/ and wrote
+    its own in its place (after an update(), one past the run's last); save(best="no") wrote
+    best.json."""
+    c = small(tmp_path, "run", task="adding", cell="gru", hidden=4, seq_len=5, batch=2, steps=4, eval_every=2,
+              checkpoint_every=2)
+    Trainer(c).train(progress=False)
+    run = tmp_path / "run"
+    before = _files(run)
+    loaded = Trainer.load(run)
+    loaded.update()
+    for best in (False, True):
+        with pytest.raises(ValueError, match=r"^RUN: Trainer.load gives a read-only trainer; Trainer.resume "
+                                             r"continues a run$"):
+            loaded.save(best=best)
+    assert _files(run) == before
+    resumed = Trainer.resume(run, steps=6)
+    with pytest.raises(ValueError, match=r"^best: expected True or False, got 'no'$"):
+        resumed.save(best="no")
+    assert not (run / "set-aside").exists()

@@ -44,6 +44,7 @@ from .schedules import learning_rate
 from .signals import Interrupted, StopRequests
 from .tasks import TextFileError, TextTask, make_task, text_model_kwargs
 
+READ_ONLY = "RUN: Trainer.load gives a read-only trainer; Trainer.resume continues a run"
 LOG_EVERY = 50                  # updates a metrics row averages (fewer in a short run)
 
 
@@ -169,7 +170,10 @@ class Trainer:
         """A checkpoint, written by rank 0; every rank takes part (drift check, stream states).
         ``best``: best.json + best.safetensors instead, kept apart from the pruned ones.
         Parameters that are not finite are never written (NonFiniteParameters): the last
-        checkpoint stays the last good one."""
+        checkpoint stays the last good one. A trainer of ``Trainer.load`` writes nothing."""
+        best = _checks.flag("best", best)              # "no" would write best.json: a string is true
+        if self._claim == "read":
+            raise ValueError(READ_ONLY)
         check_finite_parameters(self.model.params, self.step)
         self.world.check_parameters(self.model.params, self.step)
         window_state = None
@@ -516,7 +520,7 @@ class Trainer:
         raises it with that update's checkpoint, the plot drawn; a second signal raises it at once (the checkpoints
         already written stay whole). The run folder's lock is held until this returns."""
         if self._claim == "read":
-            raise ValueError("RUN: Trainer.load gives a read-only trainer; Trainer.resume continues a run")
+            raise ValueError(READ_ONLY)
         progress = _checks.flag("progress", progress)
         if stop_at is not None and (isinstance(stop_at, (bool, np.bool_)) or not isinstance(stop_at, (int, np.integer))
                                     or stop_at <= self.step):
