@@ -448,3 +448,26 @@ def test_a_trainer_of_load_writes_nothing_into_the_run(tmp_path):
     with pytest.raises(ValueError, match=r"^best: expected True or False, got 'no'$"):
         resumed.save(best="no")
     assert not (run / "set-aside").exists()
+
+
+def test_resume_takes_numpy_integers_and_names_a_wrong_override(tmp_path):
+    """Trainer.resume(run, steps=np.int64(8)) was refused (`config: steps expected an
+    integer, got np.int64(8)`) where Config takes NumPy numbers; a wrong type was named as a
+    key of a config."""
+    import json
+    import re
+    c = small(tmp_path, "run", task="adding", cell="gru", hidden=4, seq_len=5, batch=2, steps=4, eval_every=2,
+              checkpoint_every=2)
+    Trainer(c).train(progress=False)
+    run = tmp_path / "run"
+    for key, value, expected in [("steps", "8", "an integer"), ("steps", True, "an integer"),
+                                 ("steps", 8.0, "an integer"), ("patience", "2", "an integer or None"),
+                                 ("eval_every", np.float64(2.0), "an integer")]:
+        shown = repr(value.item() if isinstance(value, np.generic) else value)
+        with pytest.raises(ValueError, match=rf"^{key.replace('_', '-')}: expected {expected}, got "
+                                             rf"{re.escape(shown)}$"):
+            Trainer.resume(run, **{key: value})
+    trainer = Trainer.resume(run, steps=np.int64(8), patience=np.int32(3))
+    assert (trainer.config.steps, trainer.config.patience) == (8, 3) and type(trainer.config.steps) is int
+    trainer.train(progress=False)
+    assert trainer.step == 8 and json.loads((run / "config.json").read_text())["steps"] == 8

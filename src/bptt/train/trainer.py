@@ -38,7 +38,7 @@ from ..through_time.rtrl import window
 from ..through_time.schedules import stream_updates
 from . import folder, runs
 from .clip import NonFiniteGradient, check_finite, check_finite_parameters, clip_grad_norm, clip_grad_value
-from .config import CHANGEABLE_ON_RESUME, Config, from_dict
+from .config import CHANGEABLE_ON_RESUME, Config, coerce, from_dict
 from .optim import make_optimizer
 from .schedules import learning_rate
 from .signals import Interrupted, StopRequests
@@ -207,10 +207,13 @@ class Trainer:
         it starts and what it set aside. A run with nothing left to train
         (check_can_continue) is refused before anything in the folder moves."""
         best = _checks.flag("best", best)              # True sets aside the checkpoints after the best one
-        overrides = {k: v for k, v in overrides.items() if v is not None}      # None: the run's own
+        overrides = {k: v.item() if isinstance(v, np.generic) else v      # a NumPy number: as Config takes it
+                     for k, v in overrides.items() if v is not None}      # None: the run's own
         bad = sorted(set(overrides) - set(CHANGEABLE_ON_RESUME))
         if bad:
             raise ValueError(f"resume: {bad[0]} cannot change on resume; expected only {', '.join(CHANGEABLE_ON_RESUME)}")
+        for k, v in overrides.items():
+            coerce(k, v, label=k.replace("_", "-") + ":")
         run = runs.run_path(run)
         world = world if world is not None else mpi_world()
         lock, notes, error = None, [], None
