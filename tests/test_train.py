@@ -1,6 +1,7 @@
 """Training: learning that beats stated baselines on small budgets, and resume that repeats
 a run that never stopped, bit for bit."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -471,3 +472,21 @@ def test_resume_takes_numpy_integers_and_names_a_wrong_override(tmp_path):
     assert (trainer.config.steps, trainer.config.patience) == (8, 3) and type(trainer.config.steps) is int
     trainer.train(progress=False)
     assert trainer.step == 8 and json.loads((run / "config.json").read_text())["steps"] == 8
+
+
+def test_an_empty_out_or_a_run_dir_that_is_no_path_is_refused_by_name(tmp_path, monkeypatch):
+    """Config(out="") trained into the working folder where that was empty (Path("") is
+    "."), Trainer(run_dir="") into a new runs/DATE-TIME, and run_dir=3 was a TypeError from
+    pathlib."""
+    monkeypatch.chdir(tmp_path)
+    options = dict(task="adding", cell="gru", hidden=4, seq_len=5, batch=2, steps=2)
+    for out in ("", "  "):
+        with pytest.raises(ValueError, match=rf"^out: expected a folder name, or None for a new runs/DATE-TIME, "
+                                             rf"got '{out}'$"):
+            Trainer(Config(**options, out=out))
+    for run_dir, shown in [(3, "int 3"), ("", "str ''"), (b"run", "bytes b'run'")]:
+        with pytest.raises(ValueError, match=rf"^run_dir: expected the path of a folder \(str or os.PathLike\), "
+                                             rf"or None for config.out, got {re.escape(shown)}$"):
+            Trainer(Config(**options), run_dir=run_dir)
+    assert list(tmp_path.iterdir()) == []
+    assert Trainer(Config(**options), run_dir=tmp_path / "r").run == tmp_path / "r"

@@ -174,6 +174,8 @@ class Config:
         if self.task == "adding" and self.seq_len < 2:
             raise ValueError(f"seq-len: the adding task marks one value in each half of the sequence; "
                              f"expected at least 2, got {self.seq_len}")
+        if self.out is not None and not self.out.strip():      # Path("") would be the working folder
+            raise ValueError(f"out: expected a folder name, or None for a new runs/DATE-TIME, got {self.out!r}")
         if self.text is not None and self.task != "text":
             raise ValueError(f"text: applies to task='text' only, got task={self.task!r}")
         return self

@@ -56,6 +56,9 @@ class Trainer:
 
     def __init__(self, config: Config, run_dir=None, world=None, fresh: bool = False, _claim="new"):
         fresh = _checks.flag("fresh", fresh)           # "False" would delete the run: a string is true
+        if run_dir is not None and not (isinstance(run_dir, (str, os.PathLike)) and str(run_dir).strip()):
+            raise ValueError(f"run_dir: expected the path of a folder (str or os.PathLike), or None for "
+                             f"config.out, got {type(run_dir).__name__} {run_dir!r}")
         if not isinstance(config, Config):
             raise ValueError(f"config: expected a bptt.Config, got {type(config).__name__}"
                              + ("; build one: bptt.Config(**options)" if isinstance(config, dict) else ""))
