@@ -132,3 +132,30 @@ def test_learning_rate_schedules():
     with pytest.raises(ValueError, match="schedule: expected one of"):
         learning_rate(1, 0.1, "exponential")
     assert set(OPTIMIZERS) == {"sgd", "adagrad", "rmsprop", "adam", "adamw"}
+
+
+def test_hyperparameters_of_the_wrong_kind_are_refused_by_name():
+    """nesterov="False" ran Nesterov momentum (a true string); lr=True ran at 1.0 and
+    lr="0.1" at 0.1; betas=None was a TypeError and betas=(0.9,) an unpacking error."""
+    import re
+    params = {"a": np.zeros(3)}
+    for name, kwargs, message in [
+            ("sgd", dict(momentum=0.9, nesterov="False"), "nesterov: expected True or False, got 'False'"),
+            ("sgd", dict(lr=True), "lr: expected a positive number, got True"),
+            ("sgd", dict(lr="0.1"), "lr: expected a positive number, got '0.1'"),
+            ("sgd", dict(lr=float("nan")), "lr: expected a positive number, got nan"),
+            ("sgd", dict(momentum=-0.5), "momentum: expected a non-negative number, got -0.5"),
+            ("rmsprop", dict(alpha=np.True_), "alpha: expected a positive number, got np.True_"),
+            ("adagrad", dict(eps="1e-10"), "eps: expected a positive number, got '1e-10'"),
+            ("adamw", dict(weight_decay=None), "weight_decay: expected a non-negative number, got None"),
+            ("adam", dict(betas=None), "betas: expected two numbers in [0, 1), got None"),
+            ("adam", dict(betas=(0.9,)), "betas: expected two numbers in [0, 1), got (0.9,)"),
+            ("adam", dict(betas=(0.9, True)), "betas: expected two numbers in [0, 1), got (0.9, True)"),
+            ("adam", dict(betas=("0.9", 0.99)), "betas: expected two numbers in [0, 1), got ('0.9', 0.99)"),
+            ("adam", dict(betas=(0.9, 1.0)), "betas: expected two numbers in [0, 1), got (0.9, 1.0)")]:
+        kwargs = {"lr": 0.1} | kwargs
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            make_optimizer(name, params, kwargs.pop("lr"), **kwargs)
+    opt = make_optimizer("adam", params, np.float32(0.5), betas=[np.float64(0.5), 0], weight_decay=np.int64(0))
+    assert (opt.lr, opt.beta1, opt.beta2, opt.weight_decay) == (0.5, 0.5, 0.0, 0.0)
+    assert make_optimizer("sgd", params, 0.1, momentum=0.9, nesterov=np.True_).nesterov is True

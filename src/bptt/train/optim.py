@@ -54,13 +54,9 @@ class Optimizer:
 
 
 def _positive_float(name, value, allow_zero=False):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
-    return v
+    """A finite number > 0 (>= 0 with ``allow_zero``); a bool or a string is refused."""
+    return _checks.number(name, value, lambda v: v > 0 or (allow_zero and v == 0),
+                          f"a {'non-negative' if allow_zero else 'positive'} number")
 
 
 class SGD(Optimizer):
@@ -70,7 +66,7 @@ class SGD(Optimizer):
     def __init__(self, params, lr=1e-2, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(params, lr)
         self.momentum = _positive_float("momentum", momentum, allow_zero=True)
-        self.nesterov = bool(nesterov)
+        self.nesterov = _checks.flag("nesterov", nesterov)       # "False" is a true string
         self.weight_decay = _positive_float("weight_decay", weight_decay, allow_zero=True)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov: needs momentum > 0, got momentum=0")
@@ -139,9 +135,11 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
-        self.beta1, self.beta2 = (float(b) for b in betas)
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+        in_range = (lambda b: isinstance(b, (int, float, np.integer, np.floating))
+                    and not isinstance(b, (bool, np.bool_)) and 0 <= b < 1)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(map(in_range, betas))):
             raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
+        self.beta1, self.beta2 = (float(b) for b in betas)
         self.eps = _positive_float("eps", eps)
         self.weight_decay = _positive_float("weight_decay", weight_decay, allow_zero=True)
 
