@@ -51,3 +51,14 @@ def test_a_short_run_row_by_row_beats_the_baseline_by_far(tmp_path):
     final = trainer.train(progress=False)
     assert final["val_loss"] < 0.25 * trainer.task.baseline
     assert final["val_acc"] > 0.85 and final["test_acc"] > 0.85
+
+
+def test_a_batch_larger_than_the_training_split_is_refused(tmp_path):
+    """batch=5000 trained on the 1257 training images per update and recorded batch 5000."""
+    pytest.importorskip("sklearn")
+    with pytest.raises(ValueError, match=r"^--batch: --task digits draws a batch from its 1257 training images "
+                                         r"without replacement; expected at most 1257, got 5000$"):
+        Trainer(Config(task="digits", seq_len=8, batch=5000, out=str(tmp_path / "r")))
+    assert not (tmp_path / "r").exists()
+    assert Trainer(Config(task="digits", seq_len=8, batch=1257, hidden=4, out=str(tmp_path / "r"))).config.batch == 1257
+    assert DigitsTask(8).batch(np.random.default_rng(0), 1257)[0].shape == (8, 1257, 8)

@@ -196,6 +196,9 @@ class Config:
         elif self.checkpointing:
             raise ValueError("--checkpointing: applies to the synthetic tasks (whole sequences); --task text "
                              "backpropagates through windows of --k2 steps, which bound the memory already")
+        if self.task == "digits" and self.batch > 1257:     # tasks.DigitsTask.SPLIT
+            raise ValueError(f"--batch: --task digits draws a batch from its 1257 training images without "
+                             f"replacement; expected at most 1257, got {self.batch}")
         if self.warmup >= self.steps:
             raise ValueError(f"--warmup: expected fewer updates than --steps {self.steps} (the learning rate reaches "
                              f"--lr at the end of the warm-up), got {self.warmup}")
