@@ -159,3 +159,28 @@ def test_hyperparameters_of_the_wrong_kind_are_refused_by_name():
     opt = make_optimizer("adam", params, np.float32(0.5), betas=[np.float64(0.5), 0], weight_decay=np.int64(0))
     assert (opt.lr, opt.beta1, opt.beta2, opt.weight_decay) == (0.5, 0.5, 0.0, 0.0)
     assert make_optimizer("sgd", params, 0.1, momentum=0.9, nesterov=np.True_).nesterov is True
+
+
+def test_schedules_at_their_boundaries_and_the_warm_up_message_says_what_it_does(tmp_path):
+    """The refusal of --warmup >= --steps said the rate reaches --lr at the end of the
+    warm-up; under cosine (the default) it reaches the cosine's rate there, below --lr."""
+    import math
+    import re
+
+    from bptt import Config, Trainer
+    cos = lambda s, total: 0.5 * (1 + math.cos(math.pi * (s - 1) / (total - 1)))
+    assert learning_rate(1, 2.0, "cosine", total=10) == 2.0                        # the first update: --lr
+    assert learning_rate(10, 2.0, "cosine", total=10) == 0.0                       # the last: min_lr
+    assert learning_rate(11, 2.0, "cosine", total=10) == learning_rate(500, 2.0, "cosine", total=10) == 0.0
+    assert learning_rate(1, 2.0, "cosine", total=1) == 2.0                         # one update: --lr
+    assert learning_rate(4, 2.0, "cosine", total=10, warmup=4) == pytest.approx(2.0 * cos(4, 10), rel=1e-15)
+    assert learning_rate(4, 2.0, "cosine", total=10, warmup=4) == pytest.approx(1.5, rel=1e-15)   # not 2.0
+    assert learning_rate(1, 2.0, "cosine", total=10, warmup=4) == pytest.approx(0.5, rel=1e-15)
+    assert learning_rate(5, 2.0, "cosine", total=10, warmup=4) == pytest.approx(2.0 * cos(5, 10), rel=1e-15)
+    assert [learning_rate(s, 1.0, "step", step_size=3, gamma=0.1) for s in (1, 3, 4, 6, 7)] == \
+        [1.0, 1.0, 0.1, 0.1, pytest.approx(0.01, rel=1e-15)]
+    assert [learning_rate(s, 2.0, warmup=4) for s in (1, 4, 5, 10**6)] == [0.5, 2.0, 2.0, 2.0]
+    message = ("--warmup: expected fewer updates than --steps 40 (the warm-up multiplies the schedule's rate of "
+               "update s by s/50), got 50")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        Trainer(Config(task="adding", warmup=50, steps=40, out=str(tmp_path / "r")))

@@ -200,8 +200,8 @@ class Config:
             raise ValueError(f"--batch: --task digits draws a batch from its 1257 training images without "
                              f"replacement; expected at most 1257, got {self.batch}")
         if self.warmup >= self.steps:
-            raise ValueError(f"--warmup: expected fewer updates than --steps {self.steps} (the learning rate reaches "
-                             f"--lr at the end of the warm-up), got {self.warmup}")
+            raise ValueError(f"--warmup: expected fewer updates than --steps {self.steps} (the warm-up multiplies "
+                             f"the schedule's rate of update s by s/{self.warmup}), got {self.warmup}")
         return self
 
     def to_dict(self) -> dict:
