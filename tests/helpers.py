@@ -52,3 +52,13 @@ def python_loop(run):
     finally:
         del os.environ["BPTT_LOOPS"]
         settings.reset()
+
+
+EDITED_PARAMS = [       # a GRU's params (2, 3, 1, float64) edited as a call refuses them: exports must refuse them too
+    (lambda p: p.__setitem__("layer0.W_h", p["layer0.W_h"][:, :1].copy()),
+     r"^params\['layer0.W_h'\]: expected shape \(9, 3\) and dtype float64, got shape \(9, 1\) and dtype float64$"),
+    (lambda p: p.__setitem__("layer0.W_h", p["layer0.W_h"].astype(np.float32)),
+     r"^params\['layer0.W_h'\]: expected shape \(9, 3\) and dtype float64, got shape \(9, 3\) and dtype float32$"),
+    (lambda p: p.pop("head.b_y"), r"^params\['head.b_y'\]: expected an array of shape \(1,\) \(float64\), got NoneType$"),
+    (lambda p: p.__setitem__("extra", np.ones(2)), r"^params: unexpected key 'extra'; expected the keys layer0.W_x, "),
+]

@@ -6,6 +6,7 @@ torch = pytest.importorskip("torch")
 
 import bptt  # noqa: E402
 from bptt.interop.torch import from_torch, to_torch  # noqa: E402
+from helpers import EDITED_PARAMS  # noqa: E402
 
 TORCH_KINDS = [("RNN", "tanh"), ("RNN", "relu"), ("LSTM", None), ("GRU", None)]
 TOL = {"float64": 1e-9, "float32": 1e-4}
@@ -148,16 +149,6 @@ def test_interop_rejects_what_it_cannot_represent():
         to_torch(bptt.Model("lstm", 2, 3, 1, zoneout=0.5))
     rnn, _ = to_torch(bptt.Model("lstm", 2, 3, 1, num_layers=2, dropout=0.5, recurrent_dropout=0.3))  # evaluation: no noise
     assert isinstance(rnn, torch.nn.LSTM)
-
-
-EDITED_PARAMS = [       # params edited as a call refuses them: PyTorch's copy_ broadcast or cast them
-    (lambda p: p.__setitem__("layer0.W_h", p["layer0.W_h"][:, :1].copy()),
-     r"^params\['layer0.W_h'\]: expected shape \(9, 3\) and dtype float64, got shape \(9, 1\) and dtype float64$"),
-    (lambda p: p.__setitem__("layer0.W_h", p["layer0.W_h"].astype(np.float32)),
-     r"^params\['layer0.W_h'\]: expected shape \(9, 3\) and dtype float64, got shape \(9, 3\) and dtype float32$"),
-    (lambda p: p.pop("head.b_y"), r"^params\['head.b_y'\]: expected an array of shape \(1,\) \(float64\), got NoneType$"),
-    (lambda p: p.__setitem__("extra", np.ones(2)), r"^params: unexpected key 'extra'; expected the keys layer0.W_x, "),
-]
 
 
 @pytest.mark.parametrize("edit,pattern", EDITED_PARAMS)
