@@ -315,6 +315,24 @@ def test_clipping_at_0_is_no_clipping(tmp_path):
         Trainer(small(tmp_path, "bad", task="adding", clip_norm=-1.0))
 
 
+def test_the_reported_gradient_norm_is_the_one_before_any_clipping(tmp_path, monkeypatch):
+    """update() and metrics.jsonl report the global norm before clipping, with --clip-value
+    too: not the norm of the gradients it already clipped entry by entry."""
+    from bptt.train import trainer as trainer_module
+    before = []
+    clip_values = trainer_module.clip_grad_value
+
+    def recorded(grads, limit):
+        before.append(float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))))
+        clip_values(grads, limit)
+    monkeypatch.setattr(trainer_module, "clip_grad_value", recorded)
+    limit = 1e-5
+    trainer = Trainer(small(tmp_path, "v", task="adding", hidden=8, seq_len=10, batch=8, steps=3, clip_value=limit))
+    norms = [trainer.update()[1] for _ in range(3)]
+    n = sum(p.size for p in trainer.model.params.values())
+    assert norms == before and min(norms) > 10 * limit * np.sqrt(n)   # a clipped norm is at most limit·√n
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("lr", True, "lr: expected a number, got True"), ("warmup", True, "warmup: expected an integer, got True"),
     ("threads", 2.0, "threads: expected an integer or None, got 2.0"), ("lr", "0.1", "lr: expected a number, got '0.1'"),

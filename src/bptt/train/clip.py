@@ -38,6 +38,11 @@ def check_finite(loss, grads: dict) -> None:
             raise NonFiniteGradient(name, g[~np.isfinite(g)].flat[0])
 
 
+def global_norm(grads: dict) -> float:
+    """The L2 norm of all gradients together."""
+    return float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+
+
 def clip_grad_norm(grads: dict, max_norm: float) -> float:
     """Scale all gradients together so that their global L2 norm is at most max_norm.
 
@@ -46,7 +51,7 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
     """
     if not max_norm > 0:                       # a negative bound would flip every gradient
         raise ValueError(f"max_norm: expected a positive number, got {max_norm}")
-    norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+    norm = global_norm(grads)
     scale = max_norm / (norm + 1e-6)
     if scale < 1:
         for g in grads.values():

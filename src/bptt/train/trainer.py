@@ -37,7 +37,8 @@ from ..through_time import checkpointed, online
 from ..through_time.rtrl import window
 from ..through_time.schedules import stream_updates
 from . import folder, runs
-from .clip import NonFiniteGradient, check_finite, check_finite_parameters, clip_grad_norm, clip_grad_value
+from .clip import (NonFiniteGradient, check_finite, check_finite_parameters, clip_grad_norm, clip_grad_value,
+                   global_norm)
 from .config import CHANGEABLE_ON_RESUME, Config, coerce, from_dict
 from .optim import make_optimizer
 from .schedules import learning_rate
@@ -465,9 +466,11 @@ class Trainer:
                 raise
             self.skipped += 1
             return loss, float("nan"), 0.0, tokens
+        before = global_norm(grads) if c.clip_value else None     # the norm reported: before any clipping
         if c.clip_value:                                    # None or 0: none
             clip_grad_value(grads, c.clip_value)
         norm = clip_grad_norm(grads, c.clip_norm or math.inf)
+        norm = norm if before is None else before
         lr = learning_rate(self.step, c.lr, c.schedule, c.steps, c.warmup)
         self.optimizer.step(grads, lr)
         return loss, norm, lr, tokens
