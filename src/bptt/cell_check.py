@@ -52,6 +52,7 @@ def check_on_one_row(cell, hidden_size: int, dtype, kernels: bool = True) -> Non
     kernels = kernels and getattr(cell, "kernels", None) is not None
     forward_kernel, backward_kernel = cell.kernels if kernels else (None, None)
     H, G, S = hidden_size, cell.gates, len(cell.state)
+    _check_extra_shapes(cell, H)
     shapes = cell.param_shapes(1, H)                  # checks the extras' names first
     A, extra_shapes = tape_width(cell, H), cell.extra_shapes(H)
     key = (type(cell), forward_kernel, backward_kernel, cell.option, cell.dv_is_du, cell.backward_reads_z,
@@ -105,6 +106,20 @@ def check_on_one_row(cell, hidden_size: int, dtype, kernels: bool = True) -> Non
                  + [(f"ds_prev of state {name!r}", ds_prev[s], back_ref[s][0]) for s, name in enumerate(cell.state)]
                  + [("dextra (what it adds)", dextra - dextra_start, flat_ref)], dtype, H)
     _CHECKED.add(key)
+
+
+def _check_extra_shapes(cell, H) -> None:
+    """extra_shapes(H) must be {name: shape}, each shape a tuple of whole numbers >= 1 (() for a scalar)."""
+    extra = cell.extra_shapes(H)
+    bad = None if isinstance(extra, dict) else extra
+    for name, shape in extra.items() if isinstance(extra, dict) else ():
+        if not (isinstance(name, str) and name and isinstance(shape, tuple)
+                and all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in shape)):
+            bad = {name: shape}
+            break
+    if bad is not None:
+        raise ValueError(f"cell: {type(cell).__name__}.extra_shapes({H}) expected {{name: shape}}, each shape a tuple "
+                         f"of whole numbers >= 1 (say (H,) or (H, H); () for a scalar), got {bad!r}")
 
 
 def _read_only(*arrays) -> tuple:

@@ -244,6 +244,7 @@ class Model:
             layer["b_h"] = uniform(shapes["b_h"])
             layer |= {k: uniform(shape) for k, shape in shapes.items() if k not in ("W_x", "W_h", "b_h")}
             self.layer.cell.initialize(layer, rng, H)
+            _check_initialized(self.layer.cell, layer, shapes, H)
             return {k: layer[k] for k in shapes}
         # PyTorch draws b_ih and b_hh; we keep their sum, except GRU's b_hn (see cells/gru.py).
         b_ih, b_hh = uniform(shapes["b_h"]), uniform(shapes["b_h"])
@@ -549,3 +550,16 @@ def _orthogonal(rng, n):
     """A Haar-random orthogonal (n, n) matrix: QR of a Gaussian, signs fixed by R's diagonal."""
     q, r = np.linalg.qr(rng.standard_normal((n, n)))
     return q * np.sign(np.diag(r))
+
+
+def _check_initialized(cell, layer: dict, shapes: dict, H: int) -> None:
+    """A cell's ``initialize`` changes the values of the parameters it is given in place:
+    the same names, each in its shape, else a ValueError naming the cell and the parameter."""
+    name = f"cell: {type(cell).__name__}.initialize(params, rng, {H})"
+    if set(layer) != set(shapes):
+        raise ValueError(f"{name} expected to keep the parameters {sorted(shapes)}, got {sorted(layer)}; change "
+                         f"their values in place (params[name][...] = …)")
+    for k, shape in shapes.items():
+        if np.shape(layer[k]) != tuple(shape):
+            raise ValueError(f"{name} expected params[{k!r}] of shape {tuple(shape)}, got {np.shape(layer[k])}; "
+                             f"change its values in place (params[{k!r}][...] = …)")

@@ -25,8 +25,10 @@ A cell subclasses ``Cell`` and gives:
     name         a short name (messages, repr)
     gates        G: W_x is (G·H, D), W_h is (G·H, H), b_h is (G·H,)
     state        names of the carried arrays, the output first: ("h",) or ("h", "c")
-    extra_shapes(H) -> {name: shape}   parameters beyond W_x, W_h, b_h (default none)
-    initialize(params, rng, H)         adjust the default U(±1/√H) initialisation (optional)
+    extra_shapes(H) -> {name: shape}   parameters beyond W_x, W_h, b_h (default none), each
+                                       shape a tuple: (H,), (H, H), () for a scalar
+    initialize(params, rng, H)         adjust the default U(±1/√H) initialisation in place
+                                       (optional; the same names and shapes)
     config() -> {argument: value}      a cell built with arguments: its constructor's keyword
                                        arguments, JSON values, which a saved model records
     step(p, u, v, state) -> (new_state, cache)

@@ -1,0 +1,132 @@
+"""Mistakes in a cell of one's own are refused by name when the Model is built or saved:
+a wrong derivative, a write into a parameter, extra_shapes or initialize out of the
+protocol, a constructor's own error, a config() that does not build the cell again."""
+import numpy as np
+import pytest
+
+import bptt
+from bptt.cells import build
+
+
+class _IndRNN(bptt.Cell):
+    """h = act(u + w ⊙ h_prev): a diagonal recurrence in the extra w; W_h kept at zero."""
+    name, gates, state = "indrnn", 1, ("h",)
+
+    def __init__(self, activation="tanh"):
+        if activation not in ("tanh", "relu"):
+            raise ValueError(f"activation: expected 'tanh' or 'relu', got {activation!r}")
+        self.activation = activation
+
+    def config(self):
+        return {"activation": self.activation}
+
+    def extra_shapes(self, H):
+        return {"w": (H,)}
+
+    def initialize(self, params, rng, H):
+        params["W_h"][...] = 0
+        params["w"][...] = rng.uniform(0, 1, H)
+
+    def step(self, p, u, v, state):
+        a = u + p["w"] * state[0]
+        h = np.tanh(a) if self.activation == "tanh" else np.maximum(a, 0)
+        return (h,), (h, state[0])
+
+    def step_backward(self, p, dstate, cache):
+        (dh,), (h, h_prev) = dstate, cache
+        da = dh * (1 - h * h) if self.activation == "tanh" else dh * (h > 0)
+        return da, np.zeros_like(da), (da * p["w"],), {"w": (da * h_prev).sum(axis=0)}
+
+
+class _OffByOnePercent(_IndRNN):
+    def step_backward(self, p, dstate, cache):
+        du, dv, back, dextra = super().step_backward(p, dstate, cache)
+        return du, dv, back, {"w": 1.01 * dextra["w"]}
+
+
+class _Surrogate(_OffByOnePercent):
+    exact_backward = False
+
+
+class _ReluForgetsItsMask(_IndRNN):
+    def step_backward(self, p, dstate, cache):
+        if self.activation == "tanh":
+            return super().step_backward(p, dstate, cache)
+        (dh,), (_, h_prev) = dstate, cache
+        return dh, np.zeros_like(dh), (dh * p["w"],), {"w": (dh * h_prev).sum(axis=0)}
+
+
+class _ClipsItsWeight(_IndRNN):
+    def step(self, p, u, v, state):
+        np.clip(p["w"], -0.5, 0.5, out=p["w"])                  # IndRNN's constraint, in the wrong place
+        return super().step(p, u, v, state)
+
+
+class _NeedsRelu(_IndRNN):
+    def __init__(self, activation="sigmoid"):
+        super().__init__(activation)
+
+
+class _ConfigMisnamed(_IndRNN):
+    def config(self):
+        return {"act": self.activation}
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((6, 3, 3)), rng.standard_normal((6, 3, 2))
+
+
+def test_the_indrnn_builds_and_its_gradient_is_exact():
+    for activation in ("tanh", "relu"):
+        model = bptt.Model(_IndRNN(activation), 3, 8, 2, dtype="float64", seed=0)
+        assert np.all(model.params["layer0.W_h"] == 0)
+        assert bptt.gradcheck(model, *_data()).worst() < 1e-6
+
+
+@pytest.mark.parametrize("shapes,shown", [(lambda H: {"w": H}, "{'w': 8}"),
+                                          (lambda H: [("w", (H,))], "[('w', (8,))]"),
+                                          (lambda H: {"w": (H, -1)}, "{'w': (8, -1)}"),
+                                          (lambda H: {"w": [H]}, "{'w': [8]}")])
+def test_extra_shapes_out_of_the_protocol_are_named(shapes, shown):
+    kind = type("Shaped", (_IndRNN,), {"extra_shapes": lambda self, H: shapes(H)})
+    with pytest.raises(ValueError) as caught:
+        bptt.Model(kind(), 3, 8, 2, seed=0)
+    assert str(caught.value) == (f"cell: Shaped.extra_shapes(8) expected {{name: shape}}, each shape a tuple of "
+                                 f"whole numbers >= 1 (say (H,) or (H, H); () for a scalar), got {shown}")
+
+
+def test_a_scalar_extra_parameter_is_taken():
+    class Shared(_IndRNN):
+        def extra_shapes(self, H):
+            return {"w": ()}
+
+        def initialize(self, params, rng, H):
+            params["w"][...] = 0.5
+
+        def step_backward(self, p, dstate, cache):
+            du, dv, back, dextra = super().step_backward(p, dstate, cache)
+            return du, dv, back, {"w": dextra["w"].sum()}
+
+    model = bptt.Model(Shared(), 3, 8, 2, dtype="float64", seed=0)
+    assert model.params["layer0.w"].shape == () and bptt.gradcheck(model, *_data()).worst() < 1e-6
+
+
+def test_an_initialize_that_replaces_or_drops_a_parameter_is_named():
+    def replaces(self, params, rng, H):
+        params["w"] = np.ones(H + 1)
+
+    def drops(self, params, rng, H):
+        del params["w"]
+
+    with pytest.raises(ValueError) as caught:
+        bptt.Model(type("Replaces", (_IndRNN,), {"initialize": replaces})(), 3, 8, 2)
+    assert str(caught.value) == ("cell: Replaces.initialize(params, rng, 8) expected params['w'] of shape (8,), "
+                                 "got (9,); change its values in place (params['w'][...] = …)")
+    with pytest.raises(ValueError) as caught:
+        bptt.Model(type("Drops", (_IndRNN,), {"initialize": drops})(), 3, 8, 2)
+    assert str(caught.value) == ("cell: Drops.initialize(params, rng, 8) expected to keep the parameters "
+                                 "['W_h', 'W_x', 'b_h', 'w'], got ['W_h', 'W_x', 'b_h']; change their values in "
+                                 "place (params[name][...] = …)")
+
+
