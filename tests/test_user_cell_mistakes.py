@@ -130,3 +130,10 @@ def test_an_initialize_that_replaces_or_drops_a_parameter_is_named():
                                  "place (params[name][...] = …)")
 
 
+def test_a_constructors_own_error_names_the_cell():
+    with pytest.raises(ValueError) as caught:
+        build("test_user_cell_mistakes:_NeedsRelu")
+    assert str(caught.value) == ("cell: test_user_cell_mistakes:_NeedsRelu cannot be built with no arguments: "
+                                 "activation: expected 'tanh' or 'relu', got 'sigmoid'")
+
+

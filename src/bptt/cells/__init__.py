@@ -72,7 +72,7 @@ def build(spec: str, arguments: dict | None = None):
         raise ValueError(f"cell: {spec} is {what}, expected a Cell class")
     try:
         return kind(**(arguments or {}))
-    except TypeError as exc:
+    except Exception as exc:             # TypeError (its arguments), or the constructor's own raise
         how = f"with the arguments {arguments}" if arguments else "with no arguments"
         raise ValueError(f"cell: {spec} cannot be built {how}: {exc}") from None
 
