@@ -137,3 +137,12 @@ def test_a_constructors_own_error_names_the_cell():
                                  "activation: expected 'tanh' or 'relu', got 'sigmoid'")
 
 
+def test_save_refuses_a_config_that_does_not_build_the_cell_again(tmp_path):
+    with pytest.raises(ValueError, match=r"^cell: _ConfigMisnamed.config\(\) expected its constructor's keyword "
+                                         r"arguments, from which bptt.load builds the cell again as "
+                                         r"_ConfigMisnamed\(\*\*config\(\)\), got \{'act': 'tanh'\}, and "
+                                         r"_ConfigMisnamed\(\*\*\{'act': 'tanh'\}\) gives TypeError: .*'act'$"):
+        bptt.Model(_ConfigMisnamed(), 3, 8, 2, seed=0).save(tmp_path / "m")
+    assert not (tmp_path / "m" / "model.json").exists()
+    model = bptt.Model(_IndRNN("relu"), 3, 8, 2, seed=0)
+    assert bptt.load(model.save(tmp_path / "ok")).layer.cell.config() == {"activation": "relu"}

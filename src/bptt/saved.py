@@ -53,6 +53,15 @@ def cell_spec(cell):
         if not ok:
             raise ValueError(f"cell: {kind.__qualname__}.config() expected a dict of keyword arguments with JSON "
                              f"values (numbers, strings, lists), got {arguments!r}")
+        try:                                 # as bptt.load builds it: the same cell again, or refused now
+            again = kind(**arguments).config()
+        except Exception as exc:
+            again = f"{type(exc).__name__}: {exc}"
+        if again != arguments:
+            raise ValueError(f"cell: {kind.__qualname__}.config() expected its constructor's keyword arguments, "
+                             f"from which bptt.load builds the cell again as {kind.__qualname__}(**config()), got "
+                             f"{arguments!r}, and {kind.__qualname__}(**{arguments!r}) gives "
+                             + (again if isinstance(again, str) else f"config() {again!r}"))
         return {"class": name, "arguments": arguments}
     takes = [p.name for p in inspect.signature(kind.__init__).parameters.values()
              if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
