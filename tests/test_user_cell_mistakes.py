@@ -84,6 +84,13 @@ def test_the_indrnn_builds_and_its_gradient_is_exact():
         assert bptt.gradcheck(model, *_data()).worst() < 1e-6
 
 
+def test_a_step_writing_into_a_parameter_is_named():
+    with pytest.raises(ValueError, match=r"^cell: _ClipsItsWeight.step writes into p\['w'\], which it may only "
+                                         r"read \(.*read-only\); return new arrays; the model's parameters change "
+                                         r"only by the optimizer's update$"):
+        bptt.Model(_ClipsItsWeight(), 3, 8, 2, dtype="float64", seed=0)
+
+
 @pytest.mark.parametrize("shapes,shown", [(lambda H: {"w": H}, "{'w': 8}"),
                                           (lambda H: [("w", (H,))], "[('w', (8,))]"),
                                           (lambda H: {"w": (H, -1)}, "{'w': (8, -1)}"),

@@ -77,7 +77,7 @@ def check_on_one_row(cell, hidden_size: int, dtype, kernels: bool = True) -> Non
     if kernels:
         kernels = _run(cell, "forward", forward_kernel, (z, rec.copy(), bias, extra, prev, new, aux, cell.option),
                        rows)                       # rec: the loop's scratch row, which a kernel may reuse
-    state, cache = _reference(cell, "step", rows, p, *_read_only(u[None], rec[None]),
+    state, cache = _reference(cell, "step", rows, _read_only_params(p), *_read_only(u[None], rec[None]),
                               _read_only(*(prev[s][None] for s in range(S))))
     check_step(cell, state, cache, S, (1, H), dtype)
     if kernels:
@@ -95,7 +95,8 @@ def check_on_one_row(cell, hidden_size: int, dtype, kernels: bool = True) -> Non
             rows += ", and z empty (backward_reads_z = False)"
         kernels = _run(cell, "backward", backward_kernel, (ds, z_tape, aux, extra, prev, new, du, dv, ds_prev,
                                                            dextra, cell.option), rows)
-    result = _reference(cell, "step_backward", rows, p, _read_only(*(ds[s][None] for s in range(S))),
+    result = _reference(cell, "step_backward", rows, _read_only_params(p),
+                        _read_only(*(ds[s][None] for s in range(S))),
                         _read_only(*cache) if isinstance(cache, tuple) else cache)
     check_step_backward(cell, result, S, (1, H), (1, G * H), {k: p[k] for k in extra_shapes}, dtype)
     if kernels:
@@ -130,19 +131,55 @@ def _read_only(*arrays) -> tuple:
     return views
 
 
+def _read_only_params(p: dict) -> dict:
+    """p with read-only views: a step that writes into a parameter (clips it, say) is named."""
+    return dict(zip(p, _read_only(*p.values())))
+
+
+INPUTS = {"step": ("p", "u", "v", "state"), "step_backward": ("p", "dstate", "the cache")}
+
+
 def _reference(cell, method, rows, *args):
     """cell.step or cell.step_backward on the row: an error of the cell's own code is a
-    ValueError naming the cell and the sizes it was given."""
+    ValueError naming the cell and the sizes it was given; a write into an input names the input."""
     try:
         return getattr(cell, method)(*args)
     except ValueError as exc:
         if "read-only" not in str(exc):
             raise _failed(cell, method, rows, exc) from exc
-        inputs = "u, v or state" if method == "step" else "dstate or the cache"
+        inputs = _written(cell, method, args)
+        why = "; the model's parameters change only by the optimizer's update" if inputs.startswith("p[") else ""
         raise ValueError(f"cell: {type(cell).__name__}.{method} writes into {inputs}, which it may only read "
-                         f"({exc}); return new arrays") from exc
+                         f"({exc}); return new arrays{why}") from exc
     except Exception as exc:
         raise _failed(cell, method, rows, exc) from exc
+
+
+def _written(cell, method, args) -> str:
+    """The input (for p, the parameter) that ``method`` writes into: the one that fails
+    alone read-only; all of them where none does alone."""
+    def writable(a):
+        if isinstance(a, dict):
+            return {k: np.array(v) for k, v in a.items()}
+        return tuple(np.array(b) for b in a) if isinstance(a, tuple) else np.array(a)
+
+    def writes(i, key=None):
+        trial = [writable(a) for a in args]
+        trial[i] = args[i] if key is None else trial[i] | {key: args[i][key]}
+        try:
+            getattr(cell, method)(*trial)
+        except ValueError as exc:
+            return "read-only" in str(exc)
+        except Exception:
+            return False
+        return False
+
+    names = INPUTS[method]
+    for i, name in enumerate(names):
+        if writes(i):
+            keys = [k for k in args[i] if writes(i, k)] if name == "p" else []
+            return f"p[{keys[0]!r}]" if keys else name
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def _failed(cell, method, rows, exc):

@@ -35,7 +35,7 @@ A cell subclasses ``Cell`` and gives:
     step_backward(p, dstate, cache) -> (du, dv, dstate_prev, dextra)
 
 ``p`` maps parameter names (W_x, W_h, b_h, the extras) to arrays. step must not write
-into u, v or state (views of the tape; the Python loop hands u and state over read-only,
+into p, u, v or state (views of the tape; the Python loop hands u and state over read-only,
 as NumPy views); ``cache`` is a tuple of arrays step_backward needs, each with the batch
 as its first axis (B, …), since RTRL and the flow report take a row of the batch from
 it: a parameter it needs comes from ``p`` again, not from the cache. step_backward gets
@@ -47,7 +47,8 @@ gradient} of the extra parameters summed over the batch ({} when there are none)
 NumPy's array functions; float32 and float64 both occur. These two are the cell's
 reference: the Python loop runs them, for every array the compiled loop cannot take too.
 It checks what each returns at its first step (a ValueError names the cell and the part);
-a Model built with the cell runs both once on one row first (bptt/cell_check.py).
+a Model built with the cell runs both once on one row first (bptt/cell_check.py), p
+read-only too.
 
 Compiled kernels (optional; cells/compiled.py runs them in one compiled loop):
 
