@@ -84,6 +84,24 @@ def test_the_indrnn_builds_and_its_gradient_is_exact():
         assert bptt.gradcheck(model, *_data()).worst() < 1e-6
 
 
+def test_a_wrong_derivative_in_step_backward_is_named_when_the_model_is_built():
+    with pytest.raises(ValueError, match=r"^cell: _OffByOnePercent.step_backward's dextra\['w'\] disagrees with "
+                                         r"central differences of _OffByOnePercent.step: dextra\['w'\]\[\d\] is "
+                                         r"\S+ against \S+ \(H = 8, float64, one row of random numbers\); expected "
+                                         r"step_backward to give the derivative of step .* sets exact_backward = "
+                                         r"False$"):
+        bptt.Model(_OffByOnePercent(), 3, 8, 2, seed=0)          # float32: the check runs in float64
+    model = bptt.Model(_Surrogate(), 3, 8, 2, dtype="float64", seed=0)     # on purpose: built
+    assert bptt.gradcheck(model, *_data()).worst() > 1e-3
+
+
+def test_a_cell_built_with_other_arguments_is_checked_again():
+    bptt.Model(_ReluForgetsItsMask("tanh"), 3, 8, 2, dtype="float64", seed=0)
+    with pytest.raises(ValueError, match=r"^cell: _ReluForgetsItsMask.step_backward's du disagrees with central "
+                                         r"differences"):
+        bptt.Model(_ReluForgetsItsMask("relu"), 3, 8, 2, dtype="float64", seed=0)
+
+
 def test_a_step_writing_into_a_parameter_is_named():
     with pytest.raises(ValueError, match=r"^cell: _ClipsItsWeight.step writes into p\['w'\], which it may only "
                                          r"read \(.*read-only\); return new arrays; the model's parameters change "

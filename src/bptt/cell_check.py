@@ -26,10 +26,14 @@ it instead of adding to it differs. An index outside a row, or a difference beyo
 rounding (1e-4 in float32, 1e-9 in float64, relative to the value's size where it
 exceeds 1), is a ValueError naming the cell, the kernel, and the line or the value. A
 kernel that Python cannot run (Numba-only code) is left to the loop's own first pass.
-The verdict is kept per cell class, kernels, sizes and dtype for the process.
+The verdict is kept per cell class, the arguments its config() gives, kernels, sizes and
+dtype for the process. step_backward is also held to central differences of step, in
+float64 on one row (a cell whose backward is not that derivative on purpose, a surrogate
+gradient, sets exact_backward = False).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import traceback
@@ -56,7 +60,7 @@ def check_on_one_row(cell, hidden_size: int, dtype, kernels: bool = True) -> Non
     shapes = cell.param_shapes(1, H)                  # checks the extras' names first
     A, extra_shapes = tape_width(cell, H), cell.extra_shapes(H)
     key = (type(cell), forward_kernel, backward_kernel, cell.option, cell.dv_is_du, cell.backward_reads_z,
-           G, S, A, H, dtype.str, tuple(extra_shapes.items()))
+           G, S, A, H, dtype.str, tuple(extra_shapes.items()), _arguments(cell))
     if key in _CHECKED:
         return
     rng = np.random.default_rng(0)
@@ -106,7 +110,19 @@ def check_on_one_row(cell, hidden_size: int, dtype, kernels: bool = True) -> Non
                  [("du", du, du_ref[0]), ("dv", dv, dv_ref[0])]
                  + [(f"ds_prev of state {name!r}", ds_prev[s], back_ref[s][0]) for s, name in enumerate(cell.state)]
                  + [("dextra (what it adds)", dextra - dextra_start, flat_ref)], dtype, H)
+    if getattr(cell, "exact_backward", True):
+        _check_derivative(cell, shapes, extra_shapes, H, G, S)
     _CHECKED.add(key)
+
+
+def _arguments(cell) -> str:
+    """The arguments a cell was built with, as its ``config()`` gives them ("" without one):
+    two cells of one class built with other arguments are checked each."""
+    config = getattr(cell, "config", None)
+    try:
+        return json.dumps(config(), sort_keys=True, default=repr) if callable(config) else ""
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _check_extra_shapes(cell, H) -> None:
@@ -224,3 +240,55 @@ def _compare(cell, direction, reference, pairs, dtype, H) -> None:
                 f"(H = {H}, {np.dtype(dtype).name}, one row of random numbers"
                 f"{'; NaN: the kernel never writes it' if np.isnan(got.ravel()[i]) else ''}); expected the kernels "
                 f"to compute what step and step_backward compute (bptt.cells.protocol)")
+
+
+def _check_derivative(cell, shapes, extra_shapes, H, G, S) -> None:
+    """step_backward against central differences of step, in float64 on one row of random
+    numbers: for each input (u, v, each state, each extra parameter) a random direction δ,
+    ⟨gradient, δ⟩ against (L(x + εδ) − L(x − εδ)) / 2ε with L = Σ_s ⟨ds_s, s_t^s⟩. A cell
+    that cannot run in float64, or gives another dtype there, is left to the model's own."""
+    rng = np.random.default_rng(1)
+    p = {k: rng.standard_normal(shape) / (1 if k in ("W_x", "b_h") else H ** 0.5) for k, shape in shapes.items()}
+    u, v = rng.standard_normal((1, G * H)), rng.standard_normal((1, G * H))
+    state, ds = [tuple(rng.standard_normal((1, H)) for _ in range(S)) for _ in range(2)]
+    try:
+        new, cache = cell.step(p, u, v, state)
+        du, dv, back, dextra = cell.step_backward(p, ds, cache)
+        grads = [du, dv, *back, *(dextra[k] for k in extra_shapes)]
+        if not all(isinstance(g, np.ndarray) and g.dtype == np.float64 for g in (*new, *grads)):
+            return
+    except Exception:
+        return
+    noise = sum(float(np.abs(d * n).sum()) for d, n in zip(ds, new))     # the size of L, for its rounding
+
+    def args(i, delta):                   # (p, u, v, state) with input i moved by delta
+        a = [p, u, v, list(state)]
+        if i < 2:
+            a[i + 1] = a[i + 1] + delta
+        elif i < 2 + S:
+            a[3][i - 2] = state[i - 2] + delta
+        else:
+            k = list(extra_shapes)[i - 2 - S]
+            a[0] = p | {k: p[k] + delta}
+        return a[0], a[1], a[2], tuple(a[3])
+
+    def slope(i, delta, eps=1e-6):
+        moved = [sum(float(np.sum(d * n)) for d, n in zip(ds, cell.step(*args(i, sign * eps * delta))[0]))
+                 for sign in (1, -1)]
+        return (moved[0] - moved[1]) / (2 * eps)
+
+    labels = ["du", "dv"] + [f"dstate_prev of state {n!r}" for n in cell.state] + \
+             [f"dextra[{k!r}]" for k in extra_shapes]
+    for i, (label, g) in enumerate(zip(labels, grads)):
+        delta = rng.standard_normal(np.shape(g))
+        if abs(slope(i, delta) - float(np.sum(g * delta))) <= 1e-6 * float(np.abs(g * delta).sum()) + 1e-7 * noise:
+            continue
+        units = np.eye(g.size).reshape((g.size,) + np.shape(g))
+        fd = np.array([slope(i, e) for e in units]).reshape(np.shape(g))
+        j = np.unravel_index(int(np.argmax(np.abs(fd - g))), np.shape(g))
+        raise ValueError(
+            f"cell: {type(cell).__name__}.step_backward's {label} disagrees with central differences of "
+            f"{type(cell).__name__}.step: {label}[{', '.join(map(str, j))}] is {float(g[j]):.6g} against "
+            f"{float(fd[j]):.6g} (H = {H}, float64, one row of random numbers); expected step_backward to give the "
+            f"derivative of step (docs/custom_cell.md); a cell whose backward is not that derivative on purpose "
+            f"(a surrogate gradient) sets exact_backward = False")

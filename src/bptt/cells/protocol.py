@@ -33,6 +33,8 @@ A cell subclasses ``Cell`` and gives:
                                        arguments, JSON values, which a saved model records
     step(p, u, v, state) -> (new_state, cache)
     step_backward(p, dstate, cache) -> (du, dv, dstate_prev, dextra)
+    exact_backward                     False where step_backward is not step's derivative on
+                                       purpose (a surrogate gradient; default True)
 
 ``p`` maps parameter names (W_x, W_h, b_h, the extras) to arrays. step must not write
 into p, u, v or state (views of the tape; the Python loop hands u and state over read-only,
@@ -48,7 +50,7 @@ NumPy's array functions; float32 and float64 both occur. These two are the cell'
 reference: the Python loop runs them, for every array the compiled loop cannot take too.
 It checks what each returns at its first step (a ValueError names the cell and the part);
 a Model built with the cell runs both once on one row first (bptt/cell_check.py), p
-read-only too.
+read-only too, and holds step_backward to central differences of step there, in float64.
 
 Compiled kernels (optional; cells/compiled.py runs them in one compiled loop):
 
