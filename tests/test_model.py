@@ -84,3 +84,17 @@ def test_irnn_and_forget_bias_initialisations():
         bptt.Model("gru", 2, 5, 1, forget_bias=1.0)
     with pytest.raises(ValueError, match="init: 'identity' \\(IRNN\\) applies to cell='rnn' only"):
         bptt.Model("lstm", 2, 5, 1, init="identity")
+
+
+def test_numpy_numbers_are_taken_for_proj_size_and_the_rates_and_saved_as_python_numbers(tmp_path):
+    """proj_size=np.int64(2) was taken but kept, so model.save failed with "Object of type
+    int64 is not JSON serializable"; a rate given as np.float32(0.25) was refused as not a
+    probability in [0, 1)."""
+    m = bptt.Model("lstm", 3, 4, 2, num_layers=2, proj_size=np.int64(2), dropout=np.float32(0.25),
+                   input_dropout=np.int64(0), seed=0)
+    assert type(m.proj_size) is int and m.proj_size == 2
+    assert type(m.dropout) is float and m.dropout == 0.25 and m.input_dropout == 0.0
+    loaded = bptt.load(m.save(tmp_path / "m"))
+    assert loaded.config == m.config
+    for k in m.params:
+        np.testing.assert_array_equal(loaded.params[k], m.params[k])

@@ -76,8 +76,9 @@ class Masks(NamedTuple):
 
 
 def check_rate(name: str, value) -> float:
-    """A probability in [0, 1), else a ValueError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+    """A probability in [0, 1) (Python's or NumPy's number), else a ValueError naming the option."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0 <= value < 1:
         raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
     return float(value)
 

@@ -174,6 +174,7 @@ class Model:
         if isinstance(P, bool) or not isinstance(P, (int, np.integer)) or not 0 < P < self.hidden_size:
             raise ValueError(f"proj_size: expected an integer from 1 to hidden_size - 1 = {self.hidden_size - 1} "
                              f"(0: none), got {P!r}")
+        self.proj_size = int(P)                     # a NumPy integer too; model.json holds Python's
         if self.cell != "lstm" or self.layer_norm:
             raise ValueError(f"proj_size: projects the output of cell='lstm' (without layer_norm), as PyTorch's, "
                              f"got cell={self.cell_name!r}{' with layer_norm=True' if self.layer_norm else ''}")
