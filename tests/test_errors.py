@@ -425,3 +425,13 @@ def test_a_masked_array_among_dropout_masks_is_refused_by_name():
     with pytest.raises(ValueError, match=r"^masks.recurrent\[0\]: expected shape \(2, 4\) and dtype float64 "
                                          r"\(this model's draw_masks\), got MaskedArray$"):
         m.gradients(X, Y, masks=masks)
+
+
+@pytest.mark.parametrize("option", ["dstate", "input_grad", "threads", "loss_weights"])
+def test_gradcheck_names_an_option_it_does_not_pass_on(model, option):
+    """An option other than resets, loss_mask, loss_count or masks ran Model.gradients, then
+    failed with "Model.loss_value() got an unexpected keyword argument", a call never made."""
+    with pytest.raises(ValueError, match=rf"^{option}: expected an option gradcheck passes on to Model.gradients "
+                                         rf"and Model.loss_value \(resets, loss_mask, loss_count, masks\), "
+                                         rf"got {option}$"):
+        bptt.gradcheck(model, X, Y, **{option: 2})

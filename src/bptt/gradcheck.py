@@ -52,6 +52,10 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
                 or not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
     check_model(model)
+    unknown = [k for k in options if k not in OPTIONS]
+    if unknown:
+        raise ValueError(f"{unknown[0]}: expected an option gradcheck passes on to Model.gradients and "
+                         f"Model.loss_value ({', '.join(OPTIONS)}), got {unknown[0]}")
     model._check_params()                  # before the copy reads them
     m = model.astype("float64")
     if targets is None:
@@ -105,6 +109,7 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
     return report
 
 
+OPTIONS = ("resets", "loss_mask", "loss_count", "masks")       # what the loss alone depends on, too
 RETRY_ABOVE = 1e-7          # a tenth of the error the tests call a failure
 
 
