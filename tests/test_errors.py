@@ -435,3 +435,15 @@ def test_gradcheck_names_an_option_it_does_not_pass_on(model, option):
                                          rf"and Model.loss_value \(resets, loss_mask, loss_count, masks\), "
                                          rf"got {option}$"):
         bptt.gradcheck(model, X, Y, **{option: 2})
+
+
+@pytest.mark.parametrize("call,pattern", [
+    (lambda m: m.forward(None), r"^x: expected an array of shape \(T, B, 3\), got None$"),
+    (lambda m: m.gradients(X, Y, (None, np.zeros((2, 2, 4)))), r"^state0\[0\]: expected an array of shape \(2, 2, 4\), got None$"),
+    (lambda m: m.gradients(X, Y, dstate=(np.zeros((2, 2, 4)), None)), r"^dstate\[1\]: expected an array of shape \(2, 2, 4\), got None$"),
+    (lambda m: bptt.gradcheck(m, None, Y), r"^x: expected an array of shape \(T, B, 3\), got None$"),
+])
+def test_none_for_an_array_is_named_as_none(model, call, pattern):
+    """None for x or for one array of a state was reported as "got shape ()"."""
+    with pytest.raises(ValueError, match=pattern):
+        call(model)

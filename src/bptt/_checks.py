@@ -108,6 +108,8 @@ def float_array(name: str, value, dtype: np.dtype, dims: tuple, finite: bool = T
     one is converted to the native order, the same numbers). Empty sizes are refused.
     """
     value = plain(name, value)
+    if value is None:                              # np.asarray(None, float) is a shape-() nan
+        raise ValueError(f"{name}: expected an array of shape {_shape_text(dims)}, got None")
     if isinstance(value, np.ndarray):
         arr, want = value, np.dtype(dtype)
         if arr.dtype != want and not arr.dtype.isnative and arr.dtype.newbyteorder("=") == want:
