@@ -3,6 +3,8 @@ state gradient equal the whole sequence; stepping one step at a time equals the 
 import numpy as np
 import pytest
 
+import bptt
+
 from helpers import KINDS, make_model, make_state, make_targets
 
 
@@ -133,3 +135,23 @@ def test_a_fortran_ordered_state0_gives_the_numbers_of_a_c_ordered_one(cell, kw)
     for k in ref.params:
         np.testing.assert_array_equal(got.params[k], ref.params[k])
     np.testing.assert_array_equal(got.x, ref.x)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_a_layer_reads_fortran_ordered_states_as_c_ordered_ones(cell):
+    """A layer's forward and backward, called directly (as a stack or a user's own loop
+    does), with Fortran-ordered state0 and dstate: the numbers of C-ordered ones, bit for bit."""
+    rng = np.random.default_rng(4)
+    model = bptt.Model(cell, 3, 5, 2, dtype="float64", seed=0)
+    layer, p = model.layer, model.layer_params(0)
+    x = rng.standard_normal((6, 4, 3))
+    state0 = tuple(rng.standard_normal((4, 5)) for _ in layer.STATE)
+    dstate = tuple(rng.standard_normal((4, 5)) for _ in layer.STATE)
+    h, _, tape = layer.forward(p, x, state0)
+    h_f, _, tape_f = layer.forward(p, x, tuple(map(np.asfortranarray, state0)))
+    np.testing.assert_array_equal(h_f, h)
+    dh = rng.standard_normal(h.shape)
+    ref, got = layer.backward(p, dh, dstate, tape), layer.backward(p, dh, tuple(map(np.asfortranarray, dstate)), tape_f)
+    np.testing.assert_array_equal(got[0], ref[0])
+    for k in ref[2]:
+        np.testing.assert_array_equal(got[2][k], ref[2][k])

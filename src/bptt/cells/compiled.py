@@ -101,7 +101,7 @@ class CompiledLayer(CellLayer):
         slab = np.empty((T, B, S, H), dt)
         h = slab.reshape(T, B, H) if S == 1 else np.empty((T, B, H), dt)
         aux = np.empty((T, B, tape_width(self.cell, H)), dt)
-        start = np.stack(state0, axis=1, dtype=dt)                                  # (B, S, H)
+        start = np.ascontiguousarray(np.stack(state0, axis=1, dtype=dt))   # (B, S, H): the loops read rows
         valid, reset_at, resets_c = _flags(mask, resets, T, B)
         keep, zone = _noise_arrays(noise, dt)
         fresh = slab if noise.zone is None else np.empty_like(slab)
@@ -127,7 +127,7 @@ class CompiledLayer(CellLayer):
         GH = W_h.shape[0]
         names = self.extra_names(params)
         extras = [params[k] for k in names]
-        carry = np.zeros((B, S, H), dt) if dstateT is None else np.stack(dstateT, axis=1, dtype=dt)
+        carry = np.zeros((B, S, H), dt) if dstateT is None else np.ascontiguousarray(np.stack(dstateT, axis=1, dtype=dt))
         du = np.empty((T, B, GH), dt)
         dv = du if self.cell.dv_is_du else np.empty((T, B, GH), dt)
         dextra = np.zeros((B, sum(e.size for e in extras)), dt)      # per row: the same sums on 1 or 2 threads
