@@ -98,3 +98,12 @@ def test_numpy_numbers_are_taken_for_proj_size_and_the_rates_and_saved_as_python
     assert loaded.config == m.config
     for k in m.params:
         np.testing.assert_array_equal(loaded.params[k], m.params[k])
+
+
+def test_astype_keeps_how_the_parameters_were_initialised():
+    """A float64 copy of a chrono LSTM says init='chrono' and its chrono_t_max, as the
+    model it copies does (it said 'default' and None), with the same parameters."""
+    model = bptt.Model("lstm", 3, 4, 2, init="chrono", chrono_t_max=10, seed=1)
+    copy = model.astype("float64")
+    assert (copy.init, copy.chrono_t_max) == ("chrono", 10)
+    assert all(np.array_equal(copy.params[k], model.params[k].astype(np.float64)) for k in model.params)

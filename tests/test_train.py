@@ -508,3 +508,15 @@ def test_an_empty_out_or_a_run_dir_that_is_no_path_is_refused_by_name(tmp_path, 
             Trainer(Config(**options), run_dir=run_dir)
     assert list(tmp_path.iterdir()) == []
     assert Trainer(Config(**options), run_dir=tmp_path / "r").run == tmp_path / "r"
+
+
+def test_an_unchecked_config_gives_a_dict_json_and_from_dict_take(tmp_path):
+    """to_dict of a Config holding NumPy numbers and a path gives Python values, which JSON
+    writes and from_dict reads back as the checked Config."""
+    import json
+    import numpy as np
+    from bptt.train.config import from_dict
+    config = Config(zoneout=np.float32(0.25), forget_bias=np.float64(1.0), hidden=np.int64(8), out=tmp_path / "r")
+    values = json.loads(json.dumps(config.to_dict()))
+    assert (values["zoneout"], values["hidden"], values["out"]) == (0.25, 8, str(tmp_path / "r"))
+    assert from_dict(values) == config.check()

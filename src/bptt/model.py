@@ -195,9 +195,11 @@ class Model:
             {"dtype": self.dtype.name}
 
     def astype(self, dtype) -> "Model":
-        """A copy of this model with parameters converted to ``dtype``."""
+        """A copy of this model with parameters converted to ``dtype`` (and how they were
+        initialised: ``init``, ``chrono_t_max``)."""
         other = Model(**(self.config | {"dtype": dtype}))
         other.threads, other.vocabulary = self.threads, self.vocabulary
+        other.init, other.chrono_t_max = self.init, self.chrono_t_max
         for name, value in self.params.items():
             other.params[name] = value.astype(other.dtype, copy=True)
         return other

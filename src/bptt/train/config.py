@@ -205,7 +205,10 @@ class Config:
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as JSON takes them: a NumPy number as its Python value, a path as its
+        string (what ``check`` stores), so that ``from_dict`` reads it back."""
+        return {k: v.item() if isinstance(v, np.generic) else os.fspath(v) if isinstance(v, os.PathLike) else v
+                for k, v in dataclasses.asdict(self).items()}
 
 
 def _types():
