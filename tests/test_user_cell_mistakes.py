@@ -171,3 +171,14 @@ def test_save_refuses_a_config_that_does_not_build_the_cell_again(tmp_path):
     assert not (tmp_path / "m" / "model.json").exists()
     model = bptt.Model(_IndRNN("relu"), 3, 8, 2, seed=0)
     assert bptt.load(model.save(tmp_path / "ok")).layer.cell.config() == {"activation": "relu"}
+
+
+@pytest.mark.parametrize("command", [["train", "--task", "adding", "--steps", "1"], ["flow"]])
+def test_train_and_flow_name_a_cell_that_fails_its_check_as_the_option(command, tmp_path, capsys):
+    """Both commands say --cell, the option the cell came from (flow said cell:)."""
+    from bptt.cli import main
+    code = main([*command, "--cell", "test_user_cell_mistakes:_OffByOnePercent", "--hidden", "4", "--seq-len", "5",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("bptt: error: --cell: _OffByOnePercent.step_backward's dextra['w'] "), err
+    assert not (tmp_path / "o").exists()

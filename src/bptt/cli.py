@@ -177,8 +177,8 @@ def _config_from(args) -> Config:
 
 
 def _where_given(message, from_file, path) -> str:
-    """An error of `bptt train` as the command names its values (Config's and Model's
-    errors name their arguments): "--hidden: …" for a flag (or a default), "hidden in FILE:
+    """An error of `bptt train` or `flow` as the command names its values (Config's and
+    Model's errors name their arguments): "--hidden: …" for a flag (or a default), "hidden in FILE:
     …" for a key of the --config file, "--config: FILE has …" for a key that is no option."""
     if message.startswith("config: unknown key "):
         return f"--config: {path} has an {message[len('config: '):]}"
@@ -466,8 +466,8 @@ def _run(args) -> int:
             return 2
         if rank is None and _launcher_rank():
             return 2                              # before MPI starts, every rank reads the same argv: rank 0 says it
-        said = _where_given(str(exc), getattr(args, "file_keys", set()), args.config) if args.command == "train" \
-            else str(exc)
+        said = _where_given(str(exc), getattr(args, "file_keys", set()), getattr(args, "config", None)) \
+            if args.command in ("train", "flow") else str(exc)
         print(f"bptt: error{'' if rank is None else f' (MPI rank {rank})'}: {said}{where}", file=sys.stderr)
         _abort_other_ranks(2)
         return 2
