@@ -6,7 +6,7 @@ parallel streams of the training split with truncated BPTT(k1, k2) and carries t
 state across updates. Every random number comes from one generator, saved with each
 checkpoint along with the data position and the carried state, so a resumed run repeats,
 bit for bit, the run that never stopped: after a SIGKILL from its last checkpoint, after
-SIGINT or SIGTERM from the update they interrupted (signals.py). Each evaluation that
+SIGINT, SIGTERM or SIGHUP from the update they interrupted (signals.py). Each evaluation that
 lowers the validation loss saves best.json apart; ``patience`` ends a run that stopped
 improving. The run folder is the trainer's alone while it writes (folder.py).
 """
@@ -524,10 +524,12 @@ class Trainer:
         metrics.jsonl nor weighed for best.json and ``patience``: the resumed run's rows and
         best model are those of the run that never stopped.
 
-        SIGINT or SIGTERM finish the update in flight, write a checkpoint and raise
-        ``Interrupted``; one during the last update or after it (its evaluation, the plot)
-        raises it with that update's checkpoint, the plot drawn; a second signal raises it at once (the checkpoints
-        already written stay whole). The run folder's lock is held until this returns."""
+        SIGINT, SIGTERM or SIGHUP (in the main thread; one the process was started ignoring
+        stays ignored) finish the update in flight, write a checkpoint and raise
+        ``Interrupted`` (``code``: 128 + the signal's number); one during the last update or
+        after it (its evaluation, the plot) raises it with that update's checkpoint, the plot
+        drawn; a second signal raises it at once (the checkpoints already written stay
+        whole). The run folder's lock is held until this returns."""
         if self._claim == "read":
             raise ValueError(READ_ONLY)
         progress = _checks.flag("progress", progress)
