@@ -168,6 +168,16 @@ def test_flow_stopped_by_a_signal_continues_where_it_stopped(tmp_path, capsys, m
     assert list(figures[0]) == ["gru, init", "gru, 40 updates"] and figures[1] == figures[0]
     code, _, err = run(capsys, argv[:-2] + ["--hidden", "7", "--out", str(tmp_path / "cut"), "--overwrite"])
     assert code == 2 and "cut/gru holds a run (at update 40)" in err, err      # another command's run
+    assert "or goes on with the run flow with the same options left there" in err
+
+
+def test_flow_help_says_out_may_hold_the_run_a_stopped_flow_left(capsys):
+    """--help's --out says what the command does: OUT/<cell> new or empty, or holding
+    the run this same command left when a signal stopped it, which it continues."""
+    code, out, _ = run(capsys, ["flow", "--help"])
+    text = " ".join(out.split())
+    assert code == 0 and "which must be new or empty, or hold the run that flow with the same options left " \
+        "there when stopped (it goes on from its checkpoint)" in text, text
 
 
 def _hashes(path):

@@ -87,8 +87,10 @@ def add_parser(sub):
     p.add_argument("--seed", type=integer, default=0,
                    help="random seed of the models, the measured batch and training, >= 0 (default: 0)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="output folder; flow trains each cell into DIR/<cell>, which must be new or empty, and "
-                        "refuses a DIR that holds the files of its report (default: runs/flow-DATE-TIME)")
+                   help="output folder; flow trains each cell into DIR/<cell>, which must be new or empty, or "
+                        "hold the run that flow with the same options left there when stopped (it goes on from its "
+                        "checkpoint), and refuses a DIR that holds the files of its report (default: "
+                        "runs/flow-DATE-TIME)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the report's files where DIR holds them: flow.json, flow.png, and "
                         "estimators.png and clipping.png where written (default: a DIR holding one is refused, "
@@ -192,7 +194,8 @@ def check(args) -> tuple:
                 folder.check_new(out / _folder(cell), option="--out")    # flow trains into OUT/<cell>
             except folder.FolderError as exc:
                 raise ValueError(f"{str(exc).split('; ')[0]}; flow trains each cell into a new or empty "
-                                 f"OUT/<cell>: choose another --out") from None
+                                 f"OUT/<cell>, or goes on with the run flow with the same options left there: "
+                                 f"choose another --out") from None
     if out is not None and out.is_dir():
         _check_report_files(out, args)
     if not args.run and args.task == "text":
