@@ -102,6 +102,16 @@ def test_a_bad_option_is_reported_once(tmp_path):
     assert done.returncode == 2 and done.stderr.strip() == "bptt: error: --lr: expected a positive number, got 0.0"
 
 
+@pytest.mark.parametrize("method, cell", [("uoro", "lstm"), ("kf-rtrl", "rnn")])
+def test_random_signs_on_two_ranks_are_those_of_one_rank(tmp_path, method, cell):
+    """UORO's and KF-RTRL's signs are drawn for the whole batch; each rank keeps its rows."""
+    args = SYNTHETIC + ["--through-time", method, "--cell", cell]
+    one = run(1, args + ["--out", str(tmp_path / "one")])
+    two = run(2, args + ["--out", str(tmp_path / "two")])
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    assert_same(params(tmp_path / "one", 8), params(tmp_path / "two", 8))
+
+
 def test_a_dead_rank_ends_the_job_and_the_last_checkpoint_stays_whole(tmp_path):
     out = tmp_path / "dead"
     args = SYNTHETIC[:10] + ["100000"] + SYNTHETIC[11:-5] + ["--checkpoint-every", "50", "--eval-every", "100000",

@@ -332,3 +332,21 @@ def test_immediate_vjp_is_the_contraction_of_the_immediate_influence(kwargs):
         return float((c * np.concatenate(new, axis=1)).sum())
     numeric = (probe(1e-6) - probe(-1e-6)) / 2e-6
     assert numeric == pytest.approx(float(vjp.sum(axis=0) @ flat_delta), rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("method, cell", [("uoro", "gru"), ("kf-rtrl", "rnn")])
+def test_random_signs_drawn_for_the_whole_batch_give_each_half_its_rows(method, cell):
+    """What an MPI rank computes: the signs of all B sequences drawn, its rows kept; two
+    halves' mean gradient is the whole batch's, and the generators end alike."""
+    from bptt.through_time.online import estimate
+    model = bptt.Model(cell, 3, 5, 2, dtype="float64", seed=1)
+    x, y = data(model, 6, 4)
+    whole_rng = np.random.default_rng(7)
+    _, whole, _ = estimate(method, model, x, y, whole_rng)
+    halves, rngs = [], []
+    for rows in (slice(0, 2), slice(2, 4)):
+        rngs.append(np.random.default_rng(7))
+        halves.append(estimate(method, model, x[:, rows], y[:, rows], rngs[-1], draw_rows=(4, rows))[1])
+    for k in whole:
+        assert np.abs((halves[0][k] + halves[1][k]) / 2 - whole[k]).max() < 1e-12, k
+    assert all(r.bit_generator.state == whole_rng.bit_generator.state for r in rngs)

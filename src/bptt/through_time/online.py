@@ -130,12 +130,25 @@ class SnAp(_Dense):
         return (bmm(local.J, M_prev) + local.I) * self.pattern                           # (O1)
 
 
+def _signs(influence, dtype, shape, axis):
+    """Random ±1 of ``shape``, the batch along ``axis``, from the influence's generator.
+    With ``draw_rows`` (n, rows), this process holds rows of a batch of n (an MPI rank):
+    the signs of all n are drawn and its rows kept, so that the draw is one process's."""
+    signs = np.array([-1.0, 1.0], dtype=dtype)
+    if influence.draw_rows is None:
+        return influence.rng.choice(signs, size=shape)
+    n, rows = influence.draw_rows
+    drawn = influence.rng.choice(signs, size=shape[:axis] + (n,) + shape[axis + 1:])
+    return drawn[(slice(None),) * axis + (rows,)]
+
+
 class UORO(Influence):
     """UORO (O2): an unbiased rank-one estimate ũ θ̃ᵀ of the influence, per sequence."""
 
     CARRIED = ("u", "theta")
 
     EPS = 1e-7
+    draw_rows = None                 # (n, rows): this process's rows of a batch of n (_signs)
 
     def __init__(self, model, B: int, state0=None, rng=None):
         _one_layer(model, "UORO")
@@ -153,7 +166,7 @@ class UORO(Influence):
         if reset_t is not None and reset_t.any():                                         # (M4): M = 0
             u, theta = np.where(reset_t[:, None], 0, u), np.where(reset_t[:, None], 0, theta)
         Ju = np.einsum("bkj,bj->bk", J, u)
-        nu = self.rng.choice(np.array([-1.0, 1.0], dtype=u.dtype), size=u.shape)
+        nu = _signs(self, u.dtype, u.shape, 0)
         nu_I = self.immediate_vjp(0, local, nu)                                          # νᵀ I_t: one VJP
         eps = self.EPS
         rho0 = np.sqrt((np.linalg.norm(theta, axis=1) + eps) / (np.linalg.norm(Ju, axis=1) + eps))[:, None]
@@ -206,6 +219,7 @@ class KFRTRL(Influence):
     CARRIED = ("u", "A")
 
     EPS = 1e-7
+    draw_rows = None                 # (n, rows): this process's rows of a batch of n (_signs)
 
     def __init__(self, model, B: int, state0=None, rng=None):
         _one_layer(model, "KF-RTRL")
@@ -230,7 +244,7 @@ class KFRTRL(Influence):
         eps = self.EPS
         p1 = np.sqrt((np.linalg.norm(JA, axis=(1, 2)) + eps) / (np.linalg.norm(u, axis=1) + eps))
         p2 = np.sqrt((np.linalg.norm(du, axis=(1, 2)) + eps) / (np.linalg.norm(x_hat, axis=1) + eps))
-        c1, c2 = self.rng.choice(np.array([-1.0, 1.0], dtype=u.dtype), size=(2, u.shape[0]))
+        c1, c2 = _signs(self, u.dtype, (2, u.shape[0]), 1)
         new_u = (c1 * p1)[:, None] * u + (c2 * p2)[:, None] * x_hat                      # (O4)
         new_A = (c1 / p1)[:, None, None] * JA + (c2 / p2)[:, None, None] * du
         if mask_t is not None and not mask_t.all():                                       # (M1)
@@ -296,10 +310,18 @@ ESTIMATORS = {
 }
 
 
-def estimate(name, model, x, targets, rng=None, loss_mask=None):
-    """(loss, gradient, final state) of the method ``name`` of ESTIMATORS on a batch."""
+def estimate(name, model, x, targets, rng=None, loss_mask=None, draw_rows=None):
+    """(loss, gradient, final state) of the method ``name`` of ESTIMATORS on a batch.
+    ``draw_rows`` (n, rows): x holds those rows of a batch of n, and random signs are drawn
+    for all n (an MPI rank draws what one process would)."""
     check_model(model)
     if name == "rflo" and model.cell != "rnn":
         raise ValueError(f"through-time: rflo is defined for the (leaky) Elman layer, got cell={model.cell_name!r}")
-    return forward_mode(lambda B: ESTIMATORS[name](model, B, rng), model, x, targets, loss_mask=loss_mask)
+
+    def make(B):
+        influence = ESTIMATORS[name](model, B, rng)
+        if draw_rows is not None:
+            influence.draw_rows = draw_rows
+        return influence
+    return forward_mode(make, model, x, targets, loss_mask=loss_mask)
 

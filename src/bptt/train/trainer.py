@@ -411,7 +411,9 @@ class Trainer:
         if self.config.through_time != "bptt":
             # Forward mode, no backward pass through time; with zoneout, its evaluation mix
             # (a leaky state) rather than masks (through_time/online.py).
-            loss, grads, _ = online.estimate(self.config.through_time, self.model, x, y, self.rng)
+            # Random signs (UORO, KF-RTRL) drawn for the global batch, this rank's rows kept.
+            rows = (self.config.batch, self.world.share(self.config.batch, "batch")) if self.world.size > 1 else None
+            loss, grads, _ = online.estimate(self.config.through_time, self.model, x, y, self.rng, draw_rows=rows)
             return loss, grads, x.shape[0] * x.shape[1]
         masks = self._draw_masks(x.shape[0], x.shape[1])
         if self.config.checkpointing:
