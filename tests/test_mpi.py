@@ -91,8 +91,23 @@ def test_ranks_with_different_configurations_stop_with_one_error(tmp_path):
 
 def test_a_batch_that_does_not_split_is_refused(tmp_path):
     done = run(2, SYNTHETIC[:7] + ["--batch", "3"] + SYNTHETIC[9:] + ["--out", str(tmp_path / "b")])
-    assert done.returncode != 0 and "does not split evenly over 2 MPI ranks" in done.stderr, done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr      # rank 0 alone reports it
+    assert done.returncode == 2 and done.stderr.strip() == (                # rank 0 alone reports it
+        "bptt: error: --batch: the global batch of 3 does not split evenly over 2 MPI ranks; expected a batch "
+        "that is a multiple of 2, or a number of ranks that divides 3 (1, 3)"), done.stderr
+    (tmp_path / "c.toml").write_text("batch = 1\n")
+    done = run(2, SYNTHETIC[:7] + SYNTHETIC[9:] + ["--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "c")])
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"bptt: error: batch in {tmp_path / 'c.toml'}: the global batch of 1 does not split evenly over 2 MPI "
+        f"ranks; expected a batch that is a multiple of 2, or a number of ranks that divides 1 (1)"), done.stderr
+
+
+def test_online_text_training_on_two_ranks_is_refused_naming_the_option(tmp_path):
+    corpus = tmp_path / "t.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog; " * 50, encoding="utf-8")
+    done = run(2, ["train", "--text", str(corpus), "--hidden", "4", "--seq-len", "8", "--batch", "2", "--steps", "2",
+                   "--through-time", "rtrl", "--quiet", "--out", str(tmp_path / "o")])
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "bptt: error: --through-time: rtrl over streams runs on one process; got 2 MPI ranks"), done.stderr
 
 
 def test_a_bad_option_is_reported_once(tmp_path):
@@ -100,6 +115,13 @@ def test_a_bad_option_is_reported_once(tmp_path):
     reports it (each rank printed it)."""
     done = run(2, SYNTHETIC[:-3] + ["--lr", "0", "--out", str(tmp_path / "b")])
     assert done.returncode == 2 and done.stderr.strip() == "bptt: error: --lr: expected a positive number, got 0.0"
+
+
+@pytest.mark.parametrize("bad, said", [(["--bogus", "3"], "unrecognized arguments: --bogus 3"),
+                                       (["--hidden", "x"], "--hidden: expected an integer, got 'x'")])
+def test_an_argument_the_parser_refuses_is_reported_once(tmp_path, bad, said):
+    done = run(2, SYNTHETIC + bad + ["--out", str(tmp_path / "b")])
+    assert done.returncode == 2 and done.stderr.strip() == f"bptt: error: {said}", done.stderr
 
 
 @pytest.mark.parametrize("method, cell", [("uoro", "lstm"), ("kf-rtrl", "rnn")])

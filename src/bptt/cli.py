@@ -113,7 +113,8 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):                       # one line, exit status 2, no usage dump
         # "argument --hidden: …" as every other error names an option: "--hidden: …"
         message = re.sub(r"^argument (\S+): ", r"\1: ", message)
-        print(f"bptt: error: {message}", file=sys.stderr)
+        if not _launcher_rank():                    # under mpiexec every rank reads the same argv: rank 0 says it
+            print(f"bptt: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -460,14 +461,14 @@ def _run(args) -> int:
                 and not (trainer.model.bidirectional or trainer.model.proj_size):   # (one direction, unprojected)
             from .diagnostics.nonfinite import first_nonfinite
             where = "; " + first_nonfinite(trainer.model, *trainer.last_batch).describe()
+        said = _where_given(str(exc), getattr(args, "file_keys", set()), getattr(args, "config", None)) \
+            if args.command in ("train", "flow") else str(exc)
         if isinstance(exc, CollectiveError):
             if not rank:                          # every rank raised it: rank 0 says it, all exit
-                print(f"bptt: error: {exc}", file=sys.stderr)
+                print(f"bptt: error: {said}", file=sys.stderr)
             return 2
         if rank is None and _launcher_rank():
             return 2                              # before MPI starts, every rank reads the same argv: rank 0 says it
-        said = _where_given(str(exc), getattr(args, "file_keys", set()), getattr(args, "config", None)) \
-            if args.command in ("train", "flow") else str(exc)
         print(f"bptt: error{'' if rank is None else f' (MPI rank {rank})'}: {said}{where}", file=sys.stderr)
         _abort_other_ranks(2)
         return 2

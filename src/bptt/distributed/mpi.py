@@ -48,7 +48,10 @@ class World:
     def share(self, n: int, name: str) -> slice:
         """This rank's slice of n items (a global batch), n divisible by the number of ranks."""
         if n % self.size:
-            raise CollectiveError(f"{name}: the global batch of {n} does not split evenly over {self.size} MPI ranks")
+            ranks = ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+            raise CollectiveError(f"{name}: the global batch of {n} does not split evenly over {self.size} MPI "
+                                  f"ranks; expected a batch that is a multiple of {self.size}, or a number of "
+                                  f"ranks that divides {n} ({ranks})")
         k = n // self.size
         return slice(self.rank * k, (self.rank + 1) * k)
 
