@@ -134,6 +134,15 @@ def test_random_signs_on_two_ranks_are_those_of_one_rank(tmp_path, method, cell)
     assert_same(params(tmp_path / "one", 8), params(tmp_path / "two", 8))
 
 
+def test_eval_under_mpiexec_prints_the_figures_once(tmp_path):
+    assert run(1, SYNTHETIC + ["--out", str(tmp_path / "r")]).returncode == 0
+    alone = run(1, ["eval", str(tmp_path / "r")])
+    for ranks in (2, 3):                                         # 3 does not divide the batch of 8: nothing is split
+        done = run(ranks, ["eval", str(tmp_path / "r")])
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert done.stdout == alone.stdout and done.stdout.count("validation adding") == 1, done.stdout
+
+
 def test_a_dead_rank_ends_the_job_and_the_last_checkpoint_stays_whole(tmp_path):
     out = tmp_path / "dead"
     args = SYNTHETIC[:10] + ["100000"] + SYNTHETIC[11:-5] + ["--checkpoint-every", "50", "--eval-every", "100000",

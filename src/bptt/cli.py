@@ -424,9 +424,12 @@ def _run(args) -> int:
             print((args.prime or "") + sample(model, first, args.length, args.temperature, args.top_k, args.prime,
                                               np.random.default_rng(args.seed)))      # the prime, then what follows
         elif args.command == "eval":
-            trainer = Trainer.load(args.run, best=args.best, text=args.text)
-            _note_cut_short(args.run, args.best)
-            print(_figures(trainer, trainer.evaluate()))
+            from .distributed import World
+            # under mpiexec each rank evaluates alone (nothing is split) and rank 0 says it
+            trainer = Trainer.load(args.run, best=args.best, text=args.text, world=World())
+            if not _launcher_rank():
+                _note_cut_short(args.run, args.best)
+                print(_figures(trainer, trainer.evaluate()))
         elif args.command == "export":
             from .interop.onnx import check_exportable, check_onnx_path, to_onnx
             from .train.load import read
