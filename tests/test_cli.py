@@ -47,6 +47,9 @@ def test_text_run_samples(tmp_path, capsys):
     assert code == 0 and saved == out
     code, _, err = run(capsys, ["sample", str(tmp_path / "m"), "--best"])
     assert code == 2 and "--best: " in err and "is a saved model, not a run folder with checkpoints" in err
+    code, _, err = run(capsys, ["sample", str(tmp_path / "t"), "--prime", "the Q!"])
+    assert code == 2 and err.strip() == ("bptt: error: --prime: characters not in the model's vocabulary: '!Q'; "
+                                         "expected a text of its 28 characters")
     bptt.Model("lstm", 2, 4, 1).save(tmp_path / "plain")    # no vocabulary: one line, not a traceback
     code, _, err = run(capsys, ["sample", str(tmp_path / "plain")])
     assert code == 2 and err.strip() == (f"bptt: error: RUN: {tmp_path / 'plain'} holds a model without a "

@@ -421,8 +421,12 @@ def _run(args) -> int:
                     raise ValueError(f"RUN: {args.run} is a run of the {meta['config'].get('task')} task; sampling "
                                      f"needs a text run")
                 first = meta["text"]["first"]
-            print((args.prime or "") + sample(model, first, args.length, args.temperature, args.top_k, args.prime,
-                                              np.random.default_rng(args.seed)))      # the prime, then what follows
+            try:
+                drawn = sample(model, first, args.length, args.temperature, args.top_k, args.prime,
+                               np.random.default_rng(args.seed))
+            except ValueError as exc:                   # generate names it prime=; here it is --prime
+                raise ValueError(f"--{exc}" if str(exc).startswith("prime: ") else str(exc)) from None
+            print((args.prime or "") + drawn)           # the prime, then what follows
         elif args.command == "eval":
             from .distributed import World
             # under mpiexec each rank evaluates alone (nothing is split) and rank 0 says it

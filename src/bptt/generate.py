@@ -72,7 +72,8 @@ def generate(model, length: int = 300, prime: str | None = None, temperature: fl
         prime = "\n" if "\n" in index else chars[0]
     unknown = sorted(set(prime) - set(index))
     if unknown:
-        raise ValueError(f"prime: characters not in the model's vocabulary: {''.join(unknown[:10])!r}")
+        raise ValueError(f"prime: characters not in the model's vocabulary: {''.join(unknown[:10])!r}; expected "
+                         f"a text of its {V} characters")
     rng = _checks.generator("seed", seed)
     codes = np.array([index[c] for c in prime], dtype=np.int64)
     y, state = model.forward(one_hot(codes[:, None], V, model.dtype))
