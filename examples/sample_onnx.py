@@ -20,7 +20,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="an ONNX file written by `bptt export RUN --onnx FILE`")
     parser.add_argument("--length", type=int, default=300)
-    parser.add_argument("--prime", default="\n")
+    parser.add_argument("--prime", default="", help="text to start from, printed before the sample "
+                        "(default: a newline, not printed, or the first character where there is none)")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -37,11 +38,11 @@ def main():
                      f"model trained on text")
     chars = json.loads(vocabulary)
     index = {c: i for i, c in enumerate(chars)}
-    if not args.prime:
-        args.prime = "\n" if "\n" in index else chars[0]          # as bptt sample does
-    unknown = sorted(set(args.prime) - set(index))
+    prime = args.prime or ("\n" if "\n" in index else chars[0])          # as bptt sample does
+    unknown = sorted(set(prime) - set(index))
     if unknown:
-        parser.error(f"--prime: characters not in the model's vocabulary: {''.join(unknown[:10])!r}")
+        parser.error(f"--prime: characters not in the model's vocabulary: {''.join(unknown[:10])!r}; expected a "
+                     f"text of its {len(chars)} characters")
     state_inputs = [i for i in runtime.get_inputs() if i.name in ("h0", "c0")]
     with_lengths = any(i.name == "lengths" for i in runtime.get_inputs())     # bptt export --lengths
     state = {i.name: np.zeros((i.shape[0], 1, i.shape[2]), np.float32) for i in state_inputs}
@@ -56,7 +57,7 @@ def main():
         state.update(zip(("h0", "c0"), final))
         return y[-1, 0].astype(np.float64)
 
-    p = step([index[c] for c in args.prime])
+    p = step([index[c] for c in prime])
     out = []
     for _ in range(args.length):
         logits = np.log(np.maximum(p, 1e-30))

@@ -205,3 +205,22 @@ def test_the_onnxruntime_sampler_reads_an_export_with_lengths(tmp_path):
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
         out[lengths] = done.stdout
     assert out[True] == out[False] and out[True].startswith("ab") and len(out[True]) == 33
+
+
+def test_the_onnxruntime_sampler_without_prime_on_a_text_without_newline(tmp_path, capsys):
+    """Its default prime was a newline, refused where the vocabulary has none; bptt sample
+    starts from the first character there, and prints no default prime."""
+    from bptt.train.trainer import sample
+    model = bptt.Model("gru", 3, 4, 3, head="softmax", loss="cross_entropy", seed=0)
+    model.vocabulary = ["a", "b", "c"]
+    to_onnx(model, tmp_path / "m.onnx")
+    example = Path(__file__).parents[1] / "examples" / "sample_onnx.py"
+    done = subprocess.run([sys.executable, str(example), str(tmp_path / "m.onnx"), "--length", "30", "--seed", "1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == sample(model, "a", 30, 0.8, rng=np.random.default_rng(1)) + "\n"
+    done = subprocess.run([sys.executable, str(example), str(tmp_path / "m.onnx"), "--prime", "ad"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.splitlines()[-1] == (
+        "sample_onnx.py: error: --prime: characters not in the model's vocabulary: 'd'; expected a text of its 3 "
+        "characters")
