@@ -90,9 +90,25 @@ def _shape_text(dims) -> str:
     return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
 
 
+def on_gpu(name: str, value) -> None:
+    """Refuse an array on a GPU (CuPy, or any with __cuda_array_interface__): a Model, its
+    trainer, save and the exports run on NumPy arrays; only the layers of bptt.cells take
+    CuPy ones (docs/gpu.md)."""
+    try:
+        gpu = hasattr(value, "__cuda_array_interface__")
+    except Exception:                              # a property that raises anything but AttributeError
+        gpu = False
+    if gpu:
+        kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
+        raise ValueError(f"{name}: expected a NumPy array (a Model runs on the CPU; only the layers of bptt.cells "
+                         f"take CuPy arrays), got a {kind} on the GPU; copy it to the host first "
+                         f"(cupy.asnumpy(a), or a.cpu().numpy() for a torch tensor)")
+
+
 def plain(name: str, value):
     """``value`` with an ndarray subclass (np.matrix, np.memmap) seen as a plain ndarray of
     the same numbers; a masked array is refused, as its mask would be dropped unseen."""
+    on_gpu(name, value)
     if isinstance(value, np.ma.MaskedArray):
         raise ValueError(f"{name}: expected a plain array, got a numpy.ma.MaskedArray, whose mask would be "
                          f"ignored; hint: pass mask= for padded steps, or .filled() for the values")

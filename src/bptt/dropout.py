@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _checks
 from .cells.loop import Noise
 
 RATES = ("dropout", "input_dropout", "recurrent_dropout", "zoneout")
@@ -141,8 +142,9 @@ def check(masks, T: int, B: int, model) -> Masks | None:
                 raise ValueError(f"masks.{kind}[{i}]: expected {'none' if rate == 0 else 'a mask'} ({kind} rate "
                                  f"{rate} in this model), got {'none' if a is None else 'a mask'}; draw them "
                                  f"with this model's draw_masks")
+            _checks.on_gpu(f"masks.{kind}[{i}]", a)
             masked = isinstance(a, np.ma.MaskedArray)                    # its mask would go unseen
-            array = isinstance(a, np.ndarray) and not masked or hasattr(a, "__cuda_array_interface__")  # NumPy, CuPy
+            array = isinstance(a, np.ndarray) and not masked
             if a is not None and (not array or a.shape != want or a.dtype != dtype):
                 got = f"{a.shape} {a.dtype}" if array else type(a).__name__
                 hint = f"; masks.astype('{np.dtype(dtype).name}') casts them" if array and a.shape == want else ""

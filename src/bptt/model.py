@@ -390,7 +390,8 @@ class Model:
             raise ValueError(f"params: unexpected key {extra[0]!r}; expected the keys {', '.join(self._shapes)}")
         for name, shape in self._shapes.items():
             value = self.params.get(name)
-            if not (isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__")):
+            _checks.on_gpu(f"params[{name!r}]", value)
+            if not isinstance(value, np.ndarray):
                 raise ValueError(f"params[{name!r}]: expected an array of shape {shape} ({self.dtype.name}), "
                                  f"got {type(value).__name__}")
             if value.shape != shape or value.dtype != self.dtype:
