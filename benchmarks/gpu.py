@@ -5,9 +5,11 @@
 fp32 with TF32 off on both sides (CUPY_TF32=0; torch's allow_tf32 flags False). First,
 every result is checked against a float64 reference (torch's own layer in float64 on the
 GPU, same weights): the relative error of h, ∂L/∂W_h and ∂L/∂h_0 for ours and for
-cuDNN. Then forward + backward (a training step: every weight gradient and ∂L/∂h_0,
-no ∂L/∂x) is timed with CUDA events after a warm-up, as the median of repeats, for
-ours eager, ours replayed as one CUDA graph (backends/graphs.py) and cuDNN. One table.
+cuDNN; a result further from it than max(1e-3, 10 × cuDNN's error) stops the script
+before anything is recorded. Then forward + backward (a training step: every weight
+gradient and ∂L/∂h_0, no ∂L/∂x) is timed with CUDA events after a warm-up, as the
+median of repeats, for ours eager, ours replayed as one CUDA graph (backends/graphs.py)
+and cuDNN. One table.
 """
 from __future__ import annotations
 
@@ -77,6 +79,17 @@ def _params_of(ref, cell, cp, torch):
     return params
 
 
+def check_error(cell, shape, err_ours, err_cudnn):
+    """Refuse (SystemExit, so nothing is recorded) a result further from the float64
+    reference than max(1e-3, 10 × cuDNN's error), or not a number: a table's times mean
+    nothing when its numbers are wrong."""
+    bound = max(1e-3, 10 * err_cudnn)
+    if not err_ours <= bound:                                     # NaN fails too
+        raise SystemExit(f"benchmarks/gpu.py: {cell} at T, B, D, H = {', '.join(map(str, shape))}: relative error "
+                         f"{err_ours:.1e} against the float64 reference, above {bound:.1e} (cuDNN's: "
+                         f"{err_cudnn:.1e}); nothing recorded")
+
+
 def _rel(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
@@ -115,6 +128,7 @@ def bench(cell, T, B, D, H, repeats, cp, torch, layer, GraphedLayer):
     err_ours = max(_rel(cp.asnumpy(h), ref_out), _rel(cp.asnumpy(grads["W_h"]), ref_gWh),
                    _rel(cp.asnumpy(ds0[0]), ref_gh0[0]))
     err_cudnn = max(_rel(cudnn_out, ref_out), _rel(cudnn_gWh, ref_gWh), _rel(cudnn_gh0, ref_gh0))
+    check_error(cell, (T, B, D, H), err_ours, err_cudnn)
     graphed = GraphedLayer(layer, params, x, state0, dh)
 
     def cupy_time(fn):

@@ -77,3 +77,57 @@ def test_gemm_libraries_times_each_library_at_the_same_product(tmp_path):
     bad = subprocess.run([sys.executable, "gemm_libraries.py", "--shape", "0,2,3,5"], cwd=ROOT / "benchmarks",
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "--shape: expected T,B,D,H, four positive integers, got '0,2,3,5'" in bad.stderr
+
+
+def _stub(tmp_path, nvidia_smi_rc=0, pytest_out="3 passed", pytest_rc=0):
+    """A PATH whose nvidia-smi and python3 stand in for a GPU machine's: python3 -c (the
+    CuPy check) passes, python3 -m pytest prints ``pytest_out``, python3 benchmarks/gpu.py
+    writes a figure."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "nvidia-smi").write_text(f"#!/bin/sh\necho 'Stub GPU, 0.0, 1 MiB'\nexit {nvidia_smi_rc}\n")
+    (bin_ / "python3").write_text(f"#!/bin/sh\ncase \"$1\" in\n  -c) exit 0 ;;\n  -m) echo '{pytest_out}'; "
+                                  f"exit {pytest_rc} ;;\n  *) echo '| lstm | 1.0 ms |'; touch \"$OUT/benchmarked\" ;;\n"
+                                  f"esac\n")
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    out = tmp_path / "out"
+    return os.environ | {"PATH": f"{bin_}:{os.environ['PATH']}", "OUT": str(out)}, out
+
+
+@pytest.mark.parametrize("machine,message", [
+    ({"nvidia_smi_rc": 9}, "nvidia-smi found no NVIDIA GPU"),
+    ({"pytest_out": "1 failed, 2 passed", "pytest_rc": 1}, "a GPU test failed"),
+    ({"pytest_out": "9 passed, 15 skipped"}, "GPU tests were skipped"),
+])
+def test_gpu_check_stops_before_recording_anything_when_a_check_fails(machine, message, tmp_path):
+    env, out = _stub(tmp_path, **machine)
+    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                         env=env)
+    assert run.returncode == 1 and run.stderr.strip().endswith(f"gpu_check.sh: {message}; nothing recorded")
+    assert not (out / "benchmarked").exists() and not (out / "results").exists()
+
+
+def test_gpu_check_records_when_every_check_passes(tmp_path):
+    env, out = _stub(tmp_path)
+    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                         env=env)
+    assert run.returncode == 0, run.stderr
+    assert (out / "benchmarked").exists() and (out / "results").is_dir()
+    assert (out / "gpu_bench.txt").read_text() == "| lstm | 1.0 ms |\n"
+
+
+def test_gpu_benchmark_refuses_a_result_far_from_the_float64_reference():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from gpu import check_error
+    finally:
+        sys.path.pop(0)
+    check_error("lstm", (100, 64, 128, 256), 9e-4, 1e-6)                 # within 1e-3
+    check_error("lstm", (100, 64, 128, 256), 4e-3, 5e-4)                 # within 10 × cuDNN's
+    for err in (2e-3, float("nan")):
+        with pytest.raises(SystemExit) as stop:
+            check_error("gru", (100, 64, 128, 256), err, 1e-6)
+        assert str(stop.value) == (f"benchmarks/gpu.py: gru at T, B, D, H = 100, 64, 128, 256: relative error "
+                                   f"{err:.1e} against the float64 reference, above 1.0e-03 (cuDNN's: 1.0e-06); "
+                                   f"nothing recorded")
