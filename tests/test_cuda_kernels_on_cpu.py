@@ -52,9 +52,9 @@ def test_cuda_kernels_give_the_reference_numbers(cell, nonlinearity, emulated):
         assert a.dtype == b.dtype and np.abs(a - b).max() < 1e-12 * max(1.0, np.abs(b).max())
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_cuda_kernels_in_float32(cell, emulated):
-    cell, *case = _case(cell, "tanh", np.float64, H=16, seed=22)
+@pytest.mark.parametrize("cell,nonlinearity", KINDS)
+def test_cuda_kernels_in_float32(cell, nonlinearity, emulated):
+    cell, *case = _case(cell, nonlinearity, np.float64, H=16, seed=22)
     ref = _run(CellLayer(cell), *case)
     f32 = [{k: v.astype(np.float32) for k, v in case[0].items()}, case[1].astype(np.float32),
            tuple(s.astype(np.float32) for s in case[2]), case[3].astype(np.float32),
