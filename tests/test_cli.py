@@ -494,8 +494,7 @@ def test_eval_of_a_saved_model_says_it_needs_a_run(tmp_path, capsys):
                                        f"best.safetensors); {hint}")
     code, out, err = run(capsys, ["resume", str(tmp_path / "m")])
     assert (code, out, err) == (2, "", f"bptt: error: RUN: {tmp_path / 'm'} is not a run (no config.json or "
-                                       f"checkpoint of bptt's); it holds a model.save (model.json), which `bptt "
-                                       f"sample` and `export` read: a run of `bptt train` continues\n")
+                                       f"checkpoint of bptt's); {hint}")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.safetensors"]
 
 

@@ -179,13 +179,8 @@ def _config_from(args) -> Config:
 
 def _where_given(message, from_file, path) -> str:
     """An error of `bptt train` or `flow` as the command names its values (Config's and
-    Model's errors name their arguments): "--hidden: …" for a flag (or a default), "hidden in FILE:
-    …" for a key of the --config file, "--config: FILE has …" for a key that is no option."""
-    if message.startswith("config: unknown key "):
-        return f"--config: {path} has an {message[len('config: '):]}"
-    typed = re.match(r"config: (\w+) expected ", message)
-    if typed:
-        return f"{typed[1]} in {path}: {message[len('config: ') + len(typed[1]) + 1:]}"
+    Model's errors name their arguments): "--hidden: …" for a flag (or a default), "hidden in
+    FILE: …" for a key of the --config file (load_toml names its own keys so)."""
     named = re.match(r"(-{0,2})([a-z][a-z0-9_-]*): ", message)
     key = named[2].replace("-", "_") if named else None
     if key not in {f.name for f in dataclasses.fields(Config)}:

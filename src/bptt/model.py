@@ -326,7 +326,7 @@ class Model:
             if isinstance(state, (tuple, list)) and len(state) == 1:
                 state = state[0]
             arrays = [_checks.float_array(name, state, self.dtype, dims[0])]
-        return [tuple(np.ascontiguousarray(a[k]) for a in arrays) for k in range(K)]     # the loops read rows
+        return [tuple(a[k] for a in arrays) for k in range(K)]
 
     def _join_state(self, per_layer):
         arrays = tuple(np.stack([s[i] for s in per_layer]) for i in range(len(self.layer.STATE)))

@@ -264,4 +264,7 @@ def load_toml(path) -> dict:
                          f"TOML file") from None
     if isinstance(raw.get("text"), str) and raw["text"]:     # a relative text is read from the file's folder
         raw["text"] = os.path.join(os.path.dirname(os.path.abspath(path)), raw["text"])
-    return {k: coerce(k, v) for k, v in raw.items()}
+    unknown = [k for k in raw if k not in _types()]
+    if unknown:
+        raise ValueError(f"--config: {path} has an unknown key {unknown[0]!r}; known keys: {', '.join(_types())}")
+    return {k: coerce(k, v, label=f"{k} in {path}:") for k, v in raw.items()}     # named where it was written

@@ -308,9 +308,9 @@ def claim_existing(path, option: str = "RUN") -> Lock:
         raise FolderError(f"{option}: no such run folder: {path}")
     check_folder(path, option)
     if run_step(path) is None:
-        saved = ("; it holds a model.save (model.json), which `bptt sample` and `export` read: a run of "
-                 "`bptt train` continues" if (path / "model.json").is_file() else "")
-        raise FolderError(f"{option}: {path} is not a run (no config.json or checkpoint of bptt's){saved}")
+        saved = runs.saved_model_note(path)
+        raise FolderError(f"{option}: {path} is not a run (no config.json or checkpoint of bptt's)"
+                          + (f"; {saved}" if saved else ""))
     return Lock(path, option)
 
 

@@ -136,11 +136,17 @@ def run_folder(run) -> Path:
     return run
 
 
+def saved_model_note(path) -> str:
+    """What a folder of ``model.save`` is, for the error that meets one where a run was
+    wanted; "" for any other folder."""
+    return ("it holds a model.save (model.json), which `bptt sample` and `export` read, where this needs a run "
+            "folder of `bptt train`" if (Path(path) / "model.json").is_file() else "")
+
+
 def load_checkpoint(run, best: bool = False) -> tuple:
     """(meta, arrays, path) of the newest complete checkpoint, or of best.json."""
     run = run_folder(run)
-    saved = ("it holds a model.save (model.json), which `bptt sample` and `export` read, where this needs a run "
-             "folder of `bptt train`" if (run / "model.json").is_file() else "")
+    saved = saved_model_note(run)
     if best:
         meta_path = best_path(run)
         if not (meta_path.exists() and meta_path.with_suffix(".safetensors").exists()):

@@ -468,11 +468,12 @@ class Trainer:
                 raise
             self.skipped += 1
             return loss, float("nan"), 0.0, tokens
-        before = global_norm(grads) if c.clip_value else None     # the norm reported: before any clipping
-        if c.clip_value:                                    # None or 0: none
+        if c.clip_value:                    # None or 0: none; the norm reported is the one before any clipping
+            norm = global_norm(grads)
             clip_grad_value(grads, c.clip_value)
-        norm = clip_grad_norm(grads, c.clip_norm or math.inf)
-        norm = norm if before is None else before
+            clip_grad_norm(grads, c.clip_norm or math.inf)
+        else:
+            norm = clip_grad_norm(grads, c.clip_norm or math.inf)
         lr = learning_rate(self.step, c.lr, c.schedule, c.steps, c.warmup)
         self.optimizer.step(grads, lr)
         return loss, norm, lr, tokens
