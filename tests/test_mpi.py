@@ -143,6 +143,19 @@ def test_eval_under_mpiexec_prints_the_figures_once(tmp_path):
         assert done.stdout == alone.stdout and done.stdout.count("validation adding") == 1, done.stdout
 
 
+def test_sample_and_export_under_mpiexec_run_once(tmp_path):
+    corpus = tmp_path / "t.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 50, encoding="utf-8")
+    assert run(1, ["train", "--text", str(corpus), "--hidden", "8", "--seq-len", "8", "--batch", "4", "--steps", "2",
+                   "--quiet", "--out", str(tmp_path / "t")]).returncode == 0
+    drawn = ["sample", str(tmp_path / "t"), "--length", "30", "--seed", "3"]
+    alone, two = run(1, drawn), run(2, drawn)
+    assert two.returncode == 0 and two.stderr == "" and two.stdout == alone.stdout, two.stdout
+    done = run(2, ["export", str(tmp_path / "t"), "--onnx", str(tmp_path / "m.onnx")])
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.count("wrote ") == 1 and (tmp_path / "m.onnx").exists(), done.stdout
+
+
 def test_a_dead_rank_ends_the_job_and_the_last_checkpoint_stays_whole(tmp_path):
     out = tmp_path / "dead"
     args = SYNTHETIC[:10] + ["100000"] + SYNTHETIC[11:-5] + ["--checkpoint-every", "50", "--eval-every", "100000",

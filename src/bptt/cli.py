@@ -400,6 +400,8 @@ def _run(args) -> int:
             if trainer.world.root:
                 _note(trainer.notes)
             _finish(trainer, trainer.train(progress=not args.quiet))
+        elif args.command in ("sample", "export") and _launcher_rank():
+            pass                                        # under mpiexec rank 0 alone samples or writes the file
         elif args.command == "sample":
             from .saved import is_saved
             from .train.load import read
