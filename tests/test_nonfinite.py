@@ -93,3 +93,24 @@ def test_a_bidirectional_or_projected_model_is_refused_by_name(kwargs, got):
     with pytest.raises(ValueError, match=rf"^model: first_nonfinite follows one direction's unprojected state "
                                          rf"through time; got {got}$"):
         first_nonfinite(m, x, y)
+
+
+@pytest.mark.parametrize("kwargs", [dict(cell="lstm", scale=10.0),
+                                    dict(cell="rnn", nonlinearity="identity", zoneout=0.1, scale=2.0)])
+def test_a_float32_lstm_or_zoneout_backward_overflows_where_the_models_own_backward_does(kwargs):
+    """The linearised steps stay in float32: the LSTM's δz and zoneout's d were float64, so
+    the recursion never overflowed and a gradient of inf was reported finite. Reference:
+    ∂L/∂h_k from the model's own float32 backward over x[k+1:] from s_k."""
+    scale = kwargs.pop("scale")
+    m = bptt.Model(input_size=2, hidden_size=4, output_size=2, head="softmax", loss="cross_entropy",
+                   outputs="last", dtype="float32", seed=0, **kwargs)
+    m.params["layer0.W_h"][:] *= scale
+    m.params["head.W_y"][:] = 1e38 * np.array([[1, -1, 1, -1], [-1, 1, -1, 1]], np.float32) / 4
+    m.params["head.b_y"][:] = 0
+    x = np.random.default_rng(0).standard_normal((6, 1, 2)).astype(np.float32)
+    with np.errstate(all="ignore"):
+        y = np.array([np.argmin(m.forward(x)[0][0])])            # a finite loss of about 1e37
+        own = [k for k in range(5) if not np.isfinite(m.gradients(x[k + 1:], y, m.advance(x[:k + 1])).state0[0]).all()]
+        assert np.isfinite(m.loss_value(x, y)) and own
+    found = first_nonfinite(m, x, y)
+    assert found.loss_finite and found.forward == [None] and found.backward == [max(own)]

@@ -14,7 +14,9 @@ gate order:
          dx      (C, B, D) or None: what reaches the layer below            (R8), (L11), (G11), (K6)
 
 Masks follow (M2)/(M3): a padded step passes the gradient through unchanged. The same
-equations as cells/, written plainly: here clarity beats speed, float64 throughout. The
+equations as cells/, written plainly: here clarity beats speed. Every product stays in
+the dtype of the tape (float64 in the flow report; the model's own in nonfinite.py, where
+float32 must overflow where the model's backward does). The
 built-in cells have their own classes; any other cell gets ``LinearCell``, which applies
 the cell's own NumPy step_backward (K4) to the C vectors at once (its ``total`` is the
 gradient reaching the carried arrays, ds_k of block K).
@@ -124,7 +126,7 @@ class LinearLSTM(_Linear):
         dc += dc_next                                           # (L6)
         if m is not None:
             dc *= m                                             # (M2)
-        delta = np.empty((C, B, 4, H))
+        delta = np.empty((C, B, 4, H), dtype=dh.dtype)           # the model's dtype (nonfinite.py)
         np.multiply(dc[:, :, None, :], self.factors[k, :, :3], out=delta[:, :, :3])   # (L8) i, f, g
         np.multiply(dh, self.factors[k, :, 3], out=delta[:, :, 3])                  # (L7) o
         if m is not None:
@@ -266,4 +268,4 @@ def linearise(model, params, tape):
     linear = (kind or LinearCell)(params, tape, cell)
     if not model.zoneout:
         return linear
-    return Zoned(linear, layer_noise(model, None, 0).zone_at(0, np.float64)[0])       # d = p everywhere
+    return Zoned(linear, layer_noise(model, None, 0).zone_at(0, tape.states[0].dtype)[0])   # d = p everywhere
