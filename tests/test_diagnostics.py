@@ -130,6 +130,34 @@ def test_products_stay_under_the_pmb_bound_when_eta_is_below_one(nonlinearity, g
     assert r.summary()["above_bound"] == 0.0
 
 
+def test_the_bound_counts_padded_steps_as_the_identity_and_zoneout_as_its_mix():
+    """W_h = 0.5 I, identity f, zoneout 0.25: a valid step's J_j is 0.625 I, a padded one's I
+    (M3), so ∂s_t/∂s_k = 0.625^n I with n the valid steps in (k, t] (D5). η^(t−k) = 0.5^(t−k)
+    lies below every pair: above_bound was 1.0. A tanh RNN with random weights stays under."""
+    m = bptt.Model("rnn", 2, 3, 1, nonlinearity="identity", zoneout=0.25, dtype="float64", seed=0)
+    m.params["layer0.W_h"][:] = 0.5 * np.eye(3)
+    T, B = 9, 2
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((T, B, 2)), rng.standard_normal((T, B, 1))
+    mask = np.ones((T, B), dtype=bool)
+    mask[[0, 3, 4, 8], 1] = False                                  # padded first, inside and last
+    r = flow(m, x, y, None, mask, sequence=1)
+    t, k, norms = r.measured_pairs()
+    n = np.array([mask[kk + 1:tt + 1, 1].sum() for tt, kk in zip(t, k)])
+    assert np.allclose(norms, 0.625 ** n, rtol=1e-12, atol=0)
+    assert np.allclose(r.bound()[t, k], 0.625 ** n, rtol=1e-12, atol=0)
+    assert r.summary()["above_bound"] == 0.0 and np.all(norms > 0.5 ** (t - k))
+    by_lag = r.bound_by_lag()
+    assert np.allclose([norms[t - k == tau].max() for tau in range(1, T)], by_lag[1:], rtol=1e-12)
+
+    m = bptt.Model("rnn", 2, 8, 1, zoneout=0.25, dtype="float64", seed=1)
+    m.params["layer0.W_h"][:] *= 0.05 / np.linalg.norm(m.params["layer0.W_h"], 2)      # η = 0.05
+    r = flow(m, x, y, None, mask, sequence=1)
+    t, k, norms = r.measured_pairs()
+    assert np.all(norms <= r.bound()[t, k] * (1 + 1e-12)) and r.summary()["above_bound"] == 0.0
+    assert np.all(norms <= r.bound_by_lag()[t - k] * (1 + 1e-12))
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_lag_profile_sums_to_the_weight_gradient(cell):
     m = make_model(cell, layers=2, D=3, H=4, O=2)

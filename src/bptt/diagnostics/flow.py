@@ -42,6 +42,7 @@ import numpy as np
 from .. import _checks
 from ..model import check_model
 from ..cells import head as head_layer
+from ..dropout import drawn_rate
 from ..ops import ACTIVATIONS
 from .steps import linearise
 
@@ -75,16 +76,36 @@ class FlowReport:
     lag_grads: np.ndarray | None     # (T, G·H, H) the G_τ themselves, when asked for
     sequence: int
     seconds: float
+    valid: np.ndarray | None = None  # (T,) bool: the steps of ``sequence`` the mask keeps (None: all)
+    zoneout: float = 0.0             # the rate p of zoneout's evaluation mix (N3), 0 without
 
     @property
     def T(self) -> int:
         return self.grad_norm.shape[0]
 
+    def _per_step_bound(self):
+        """p + (1 − p)·η, the bound (D5) on a valid step's ‖J_j‖, and (T + 1,): [n] = the
+        valid steps of ``sequence`` before index n."""
+        kept = np.ones(self.T, dtype=bool) if self.valid is None else self.valid
+        return self.zoneout + (1 - self.zoneout) * self.eta, np.concatenate([[0], np.cumsum(kept)])   # (D5)
+
     def bound(self) -> np.ndarray:
-        """(T, T): η^(t−k) below the diagonal (V4), NaN above it."""
+        """(T, T): the bound (D5) on ‖∂s_t/∂s_k‖₂ of ``sequence`` below the diagonal, NaN
+        above it: η^(t−k) (V4), with each step's factor p + (1 − p)·η under zoneout and 1
+        on a padded step (its J_j = I, M3)."""
+        per_step, before = self._per_step_bound()
         t, k = np.indices((self.T, self.T))
         with np.errstate(over="ignore"):
-            return np.where(t >= k, self.eta ** (t - k).astype(float), np.nan)
+            return np.where(t >= k, per_step ** (before[t + 1] - before[k + 1]).astype(float), np.nan)
+
+    def bound_by_lag(self) -> np.ndarray:
+        """(T,): [τ] = the largest ``bound()`` of the pairs t − k = τ, so it bounds every
+        ‖∂s_t/∂s_k‖₂ at lag τ; η^τ without masks and zoneout. plot_flow draws it."""
+        per_step, before = self._per_step_bound()
+        pick = np.max if per_step >= 1 else np.min               # the most or the fewest valid steps
+        steps = [pick(before[tau + 1:] - before[1:self.T - tau + 1]) for tau in range(self.T)]
+        with np.errstate(over="ignore"):
+            return per_step ** np.array(steps, dtype=float)
 
     def measured_pairs(self):
         """(t, k, ‖∂s_t/∂s_k‖) for every pair the Jacobian pass sampled, k < t."""
@@ -119,8 +140,7 @@ class FlowReport:
         lags = t - k
         rate = float(np.exp(np.sum(np.log(np.maximum(norms, 1e-300)) * lags) / np.sum(lags ** 2))) \
             if lags.size else None                       # one step: no pair to fit a rate to
-        with np.errstate(over="ignore"):
-            above = float(np.mean(norms > self.eta ** lags.astype(float) * (1 + 1e-9))) if lags.size else 0.0
+        above = float(np.mean(norms > self.bound()[t, k] * (1 + 1e-9))) if lags.size else 0.0
         total = self.lag_profile.sum()
         magnitude = self.lag_norm.sum()
         return {
@@ -129,7 +149,7 @@ class FlowReport:
             "sigma_max": self.sigma_max,
             "eta": self.eta,
             "jacobian_rate": rate,         # per-step factor fitted to log‖∂s_t/∂s_k‖ ≈ τ log(rate), or None
-            "above_bound": above,          # share of measured pairs with ‖∂s_t/∂s_k‖ > η^τ
+            "above_bound": above,          # share of measured pairs with ‖∂s_t/∂s_k‖ > bound() (D5)
             "grad_first_over_last": float(g[0] / g[-1]) if g[-1] > 0 else float("inf"),
             "long_lag_share": float(self.lag_norm[long_lag:].sum() / magnitude) if magnitude else 0.0,
             "long_lag_signed_projection": float(self.lag_profile[long_lag:].sum() / total) if total else 0.0,
@@ -235,7 +255,8 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
         lag_norm=lag_norm, lag_profile=lag[0], lag_by_layer=lag,
         weight_grad_norm=float(np.linalg.norm(weight_grads["layer0.W_h"])),
         lag_grads=np.ascontiguousarray(lagmats) if lag_grads else None, sequence=sequence,
-        seconds=time.perf_counter() - start)
+        seconds=time.perf_counter() - start, valid=None if mask is None else mask[:, sequence].copy(),
+        zoneout=drawn_rate(m.zoneout))
 
 
 def _credit_pass(m, lin, e, weight_grads, T, B, window, rows):

@@ -2,9 +2,9 @@
 
 ``plot_flow({label: FlowReport})``: several cells or stages in one figure —
 (a) ‖∂L/∂h_k‖ per step, log scale; (b) the measured ‖∂s_t/∂s_k‖ against the lag with
-η^τ (V4) dashed; (c) ``FlowReport.lag_share()``: the share Σ_{τ'≤τ}‖G_τ'‖ / Σ_τ'‖G_τ'‖ of
-the magnitudes of ∂L/∂W_h's lag parts G_τ (D3) from lags up to τ, rising from 0 to 1
-(the signed projections ``lag_profile`` are not drawn: lags that pull against the total
+the bound η^τ dashed (V4; with masks or zoneout ``FlowReport.bound_by_lag``, D5);
+(c) ``FlowReport.lag_share()``: the share Σ_{τ'≤τ}‖G_τ'‖ / Σ_τ'‖G_τ'‖ of the magnitudes
+of ∂L/∂W_h's lag parts G_τ (D3) from lags up to τ, rising from 0 to 1 (the signed projections ``lag_profile`` are not drawn: lags that pull against the total
 would take a cumulative curve below 0 or above 1); then one credit-matrix heatmap (D1)
 per report that has more than one loss step.
 ``plot_clipping(study)``: gradient norm and loss per update, with and without clipping.
@@ -63,9 +63,9 @@ def plot_flow(reports: dict, path, title: str | None = None) -> Path:
         t, k, norms = r.measured_pairs()
         lags = t - k
         ax.scatter(lags, np.maximum(norms, 1e-300), s=6, color=c, alpha=0.5, label=f"{label}")
-        tau = np.arange(0, r.T)
-        with np.errstate(over="ignore", under="ignore"):
-            ax.plot(tau, r.eta ** tau.astype(float), "--", color=c, lw=1, label=f"η^τ, η = {r.eta:.2f}")
+        plain = r.valid is None and not r.zoneout                  # else padded steps and zoneout count (D5)
+        ax.plot(np.arange(r.T), r.bound_by_lag(), "--", color=c, lw=1,
+                label=f"{'η^τ' if plain else 'bound (D5)'}, η = {r.eta:.2f}")
         if norms.size:
             positive = norms[norms > 0]
             if positive.size:
