@@ -52,6 +52,28 @@ def test_credit_rows_and_grad_norm_equal_the_backward_pass_per_step(cell):
     assert np.all(np.triu(r.credit, 1) == 0)
 
 
+@pytest.mark.parametrize("options", [{}, {"layer_norm": True}, {"zoneout": 0.25}])
+def test_cell_grad_norm_is_the_gradient_reaching_the_carried_c_in_every_lstm(options):
+    """‖∂L/∂c_k‖ = ‖dstate0[c]‖ of the model's own backward over the steps after k from s_k
+    (L9), every layer, with steps padded first, inside and last. The built-in LSTM's report
+    took dc of (L6) instead (h_k's own path added, 0 on a padded row), unlike the layer-norm
+    and zoneout LSTMs."""
+    m = make_model("lstm", layers=2, D=3, H=4, O=2, **options)
+    T, B = 7, 3
+    x, y, s0 = _data(m, T, B, seed=3)
+    mask = np.ones((T, B), dtype=bool)
+    mask[[0, 1], 1] = False
+    mask[[3, 6], 2] = False
+    N = int(mask.sum())
+    r = flow(m, x, y, s0, mask)
+    want = np.zeros((T, 2))
+    for k in range(T - 1):
+        s_k = m.advance(x[:k + 1], s0, mask[:k + 1])
+        dc = m.gradients(x[k + 1:], y[k + 1:], s_k, mask[k + 1:], loss_count=N).state0[1]
+        want[k] = np.linalg.norm(dc, axis=(1, 2))
+    assert np.allclose(r.cell_grad_norm, want, rtol=1e-10, atol=1e-15)
+
+
 def test_top_layer_credit_of_a_stack_equals_the_backward_pass():
     m = make_model("gru", layers=2, D=2, H=3, O=2)
     T, B = 6, 2
@@ -275,7 +297,8 @@ def test_outputs_last_has_one_loss_row_and_float32_models_are_measured_in_float6
     r = flow(m32, x, y)
     assert np.all(r.credit[:-1] == 0)
     assert np.allclose(r.credit[-1], r.grad_norm[:, 0], rtol=1e-12)
-    assert r.cell_grad_norm.shape == (30, 1) and np.all(r.cell_grad_norm > 0)
+    assert r.cell_grad_norm.shape == (30, 1) and np.all(r.cell_grad_norm[:-1] > 0)
+    assert r.cell_grad_norm[-1, 0] == 0               # the head reads h_T alone
     r64 = flow(m32.astype("float64"), x.astype(np.float64), y.astype(np.float64))
     assert np.array_equal(r.credit, r64.credit)
     assert np.array_equal(r.jacobian_norm, r64.jacobian_norm, equal_nan=True)

@@ -15,6 +15,7 @@ All in float64 (a float32 model is copied). Indices are 0-based array indices: r
 ``credit`` is the loss at x[t]. Shapes, with T steps, L layers:
 
     grad_norm (T, L)       ‖∂L/∂h_k‖ over batch and units     cell_grad_norm (T, L) LSTM's ‖∂L/∂c_k‖
+                           (s_k = (h_k, c_k) the carried state: c_k reaches L through later steps)
     credit (T, T)          [t, k] = ‖∂L_t/∂h_k‖, 0 above the diagonal (first layer)
     credit_by_layer (L, T, T)
     jacobian_norm (T, T)   [t, k] = σ_max(∂s_t/∂s_k) of the first layer, NaN where not sampled

@@ -10,7 +10,8 @@ gate order:
     vjp(k, ds) with ds = (dh,) or (dh, dc⁺), each (C, B, H)   [dc⁺: ∂/∂c_k from the future]
       -> delta   (C, B, G·H)  the rows that (R6), (L10), (G10), (K6) multiply by h_{k-1}ᵀ for ∂L/∂W_h
          ds_prev (dh⁺_{k-1},) or (dh⁺_{k-1}, dc⁺_{k-1})                   (R3), (L5)/(L9), (G6), (K5)
-         total   (dh_k,) or (dh_k, dc_k): the whole gradient at step k     (R3), (L6)
+         total   (dh_k,) or (dh_k, dc⁺_k): the whole gradient at the carried state s_k,
+                 every cell alike (c_k reaches L through later steps only)  (R3), (L9), (M3)
          dx      (C, B, D) or None: what reaches the layer below            (R8), (L11), (G11), (K6)
 
 Masks follow (M2)/(M3): a padded step passes the gradient through unchanged. The same
@@ -138,7 +139,9 @@ class LinearLSTM(_Linear):
             dh_prev += (1 - m) * dh                             # (M3)
             dc_prev += (1 - m) * dc_next
         dx = _mm(delta, self.W_x) if need_dx else None              # (L11)
-        return delta, (dh_prev, dc_prev), (dh, dc), dx
+        # total: dc⁺_k, the gradient at the carried c_k, as LinearCell's and Zoned's (not dc of
+        # (L6), which adds h_k's own path and is 0 on a padded row)
+        return delta, (dh_prev, dc_prev), (dh, dc_next), dx
 
 
 class LinearGRU(_Linear):
