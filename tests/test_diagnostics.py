@@ -376,6 +376,15 @@ def test_clipping_keeps_an_exploding_network_trainable(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_diverged_run_is_named_by_the_update_the_figure_would_draw_next():
+    """The figure draws update u at x = u, from 1; the run diverged at the first update
+    not drawn (the table printed one less, an update the figure shows as finite)."""
+    study = clipping_study(seq_len=30, updates=120, lr=0.5)
+    drawn = np.flatnonzero(np.isfinite(study.grad_norm[0])) + 1                # x of each point
+    assert study.diverged_at[0] is not None and study.diverged_at[0] == drawn[-1] + 1 == drawn.size + 1
+    assert study.summary()[0]["diverged_at"] == study.diverged_at[0]
+
+
 def test_plot_flow_draws_mixed_reports(tmp_path):
     rng = np.random.default_rng(7)
     reports = {}

@@ -27,7 +27,8 @@ class ClippingStudy:
     clip: float
     grad_norm: np.ndarray        # (2, updates) before clipping: [without, with]; NaN once non-finite
     loss: np.ndarray             # (2, updates)
-    diverged_at: list            # per run, the first update whose gradient was not finite, or None
+    diverged_at: list            # per run, the first update whose gradient was not finite, or None;
+                                 # counted from 1, as plot_clipping's axis and Trainer.step count
     baseline: float | None       # the task's trivial loss
 
     def summary(self) -> list:
@@ -77,7 +78,7 @@ def clipping_study(cell="rnn", task="adding", seq_len=50, hidden=32, gain=3.0, c
                 loss, grads, _ = model.loss_and_grads(x, y)
                 norm = clip_grad_norm(grads, math.inf if max_norm is None else max_norm)   # norm before clipping
             if not (np.isfinite(loss) and np.isfinite(norm)):
-                diverged[run] = u
+                diverged[run] = u + 1                            # update u + 1: u updates went before
                 break
             norms[run, u], losses[run, u] = norm, loss
             optimizer.step(grads)
