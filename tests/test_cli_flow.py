@@ -343,3 +343,20 @@ def test_flow_takes_a_users_cell_as_train_does(tmp_path, capsys):
     assert sorted(p.name for p in out_dir.iterdir()) == ["bptt.cells.gru.GRU", "flow.json", "flow.png", "gru"]
     code, _, err = run(capsys, ["flow", "--cell", "no_such_module_xyz:Cell", "--out", str(tmp_path / "g")])
     assert code == 2 and "--cell: cannot import 'no_such_module_xyz'" in err
+
+
+def test_flow_run_estimators_are_printed_at_the_runs_own_steps(tmp_path, capsys):
+    """--run measures the run's sequences (here 16 steps): the table named steps 50, 100 and
+    200 of the default --seq-len and printed the error at step 16 three times."""
+    from bptt.cli_flow import _batch
+    from bptt.diagnostics.estimators import estimator_error
+    from bptt.train.trainer import Trainer
+    assert run(capsys, ["train", "--task", "adding", "--seq-len", "16", "--hidden", "8", "--cell", "rnn",
+                        "--steps", "2", "--quiet", "--out", str(tmp_path / "r")])[0] == 0
+    code, out, _ = run(capsys, ["flow", "--run", str(tmp_path / "r"), "--estimators", "snap1", "--batch", "2",
+                                "--quiet", "--out", str(tmp_path / "f")])
+    trainer = Trainer.load(tmp_path / "r")
+    x, _ = _batch(trainer, 2, 0, "--batch")
+    e = estimator_error(trainer.model.astype("float64"), x[:, :1].astype(np.float64), ["snap1"], rng=0)["snap1"]
+    assert code == 0 and "first sequence, at steps 4, 8, 16\n" in out
+    assert f"snap1    {e[3]:>9.3g} {e[7]:>9.3g} {e[15]:>9.3g}\n" in out

@@ -255,12 +255,16 @@ def _estimators(args, models, out, title):
     methods = [m.strip() for m in args.estimators.split(",")]
     errors = {label: estimator_error(model, x[:, :1], methods, rng=args.seed) for label, (model, x) in models.items()}
     figure = plot_estimator_error(errors, out / "estimators.png", title=title)
-    T = args.seq_len
-    at = sorted({max(1, T // 4), max(1, T // 2), T})
-    print("\ninfluence error ‖M̂_t − M_t‖/‖M_t‖ against RTRL, first sequence, at steps " + ", ".join(map(str, at)))
+    def steps(T):                     # a quarter, half and all of T steps, counted from 1
+        return sorted({max(1, T // 4), max(1, T // 2), T})
+
+    lengths = {len(e) for by_method in errors.values() for e in by_method.values()}   # --run: each run's own T
+    where = "at steps " + ", ".join(map(str, steps(lengths.pop()))) if len(lengths) == 1 else \
+        "at a quarter, half and all of each run's steps"
+    print(f"\ninfluence error ‖M̂_t − M_t‖/‖M_t‖ against RTRL, first sequence, {where}")
     for label, by_method in errors.items():
         for method, e in by_method.items():
-            print(f"{label:<24} {method:<8} " + " ".join(f"{e[min(t, len(e)) - 1]:>9.3g}" for t in at))
+            print(f"{label:<24} {method:<8} " + " ".join(f"{e[t - 1]:>9.3g}" for t in steps(len(e))))
     print(f"figure: {figure}")
 
 
