@@ -350,3 +350,20 @@ def test_random_signs_drawn_for_the_whole_batch_give_each_half_its_rows(method, 
     for k in whole:
         assert np.abs((halves[0][k] + halves[1][k]) / 2 - whole[k]).max() < 1e-12, k
     assert all(r.bit_generator.state == whole_rng.bit_generator.state for r in rngs)
+
+
+@pytest.mark.parametrize("method", ["rtrl", "snap1", "uoro", "kf-rtrl", "eprop"])
+def test_gradients_kept_from_a_window_stay_as_they_were(method):
+    """window() over a stream: the gradient dict of one window is not changed by the next
+    window (each is its own arrays, not a view of the running sum)."""
+    from bptt.through_time.online import ESTIMATORS
+    from bptt.through_time.rtrl import window
+    model = bptt.Model("rnn", 3, 4, 3, seed=0, dtype="float64")
+    rng = np.random.default_rng(0)
+    influence = ESTIMATORS[method](model, 2, np.random.default_rng(1))
+    x, targets = rng.standard_normal((6, 2, 3)), rng.integers(0, 3, (6, 2))
+    _, first = window(influence, model, x[:3], targets[:3])
+    kept = {k: v.copy() for k, v in first.items()}
+    window(influence, model, x[3:], targets[3:])
+    for k in kept:
+        assert np.array_equal(first[k], kept[k]), k

@@ -335,7 +335,7 @@ def test_schedule_errors_are_named():
         tt.checkpointed(model, x, y, budget=2.5)
     with pytest.raises(ValueError, match=r"truncated BPTT needs outputs='all'"):
         tt.truncated(make_model("rnn", outputs="last"), x, np.zeros((2, 3)), 2)
-    with pytest.raises(ValueError, match=r"RTRL carries one direction's unprojected state .*bidirectional=True"):
+    with pytest.raises(ValueError, match=r"ExactInfluence \(forward mode\) carries one direction's unprojected state .*bidirectional=True"):
         tt.rtrl(bptt.Model("lstm", 3, 4, 3, bidirectional=True, dtype="float64"), x, y)
     for ks in ([0, 2], [2.5, 4], 4, ["a"], [np.nan], []):      # 2.5 was truncated to 2, silently
         with pytest.raises(ValueError, match=r"ks: expected a list of positive integer truncation lengths, got "):
@@ -382,3 +382,22 @@ def test_truncated_takes_a_seed_for_its_masks_as_uoro_does():
     assert seeded[0][0] != plain[0][0]                        # the masks do drop units
     with pytest.raises(ValueError, match="rng"):
         list(tt.truncated(model, x, targets, 4, 6, rng=True))
+
+
+@pytest.mark.parametrize("method", ["checkpointed", "truncated"])
+def test_an_overflow_inside_the_sequence_is_a_non_finite_loss_as_in_full_bptt(method):
+    """A state that overflows inside the sequence reaches the loss, as in one whole pass;
+    it is not refused as if it were a state0 the caller gave."""
+    model = make_model("rnn", "relu", D=3, H=4, O=3, seed=1)
+    model.params["layer0.W_h"][...] = 1e200 * np.eye(4)
+    rng = np.random.default_rng(0)
+    x, targets = np.abs(rng.standard_normal((9, 2, 3))), make_targets(model, 9, 2, rng)
+    with np.errstate(over="ignore", invalid="ignore"):
+        full = tt.full(model, x, targets)[0]
+        if method == "checkpointed":
+            losses = [tt.checkpointed(model, x, targets, budget=2)[0]]
+        else:
+            losses = [u[0] for u in tt.truncated(model, x, targets, k1=3)]
+    assert not np.isfinite(full) and not np.isfinite(losses[-1])
+    with pytest.raises(ValueError, match=r"^state0: expected finite numbers"):     # a given state0 still is
+        tt.checkpointed(model, x, targets, state0=np.full((1, 2, 4), np.inf), budget=2)

@@ -108,6 +108,32 @@ def test_parameters_an_update_made_infinite_are_named_and_never_checkpointed(tmp
     assert not list(trainer.run.glob("ckpt-*")) and not (trainer.run / "best.json").exists()
 
 
+@pytest.mark.parametrize("through_time, k2", [("bptt", None), ("bptt", 12), ("snap1", None)])
+def test_a_text_stream_whose_state_overflowed_restarts_from_zero_under_skip(tmp_path, through_time, k2):
+    """With --on-nonfinite skip, the update that carries a non-finite state is skipped and
+    the streams that overflowed start again from zero state; the others keep theirs, and
+    the next update is finite (the carried state was refused as input before)."""
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(builtin_corpus(20_000), encoding="utf-8")
+    trainer = Trainer(small(tmp_path, "t", task="text", text=str(corpus), cell="rnn", hidden=8, seq_len=8, batch=4,
+                            steps=6, on_nonfinite="skip", through_time=through_time, k2=k2))
+    trainer.update()
+    if through_time == "bptt":
+        trainer.window_state[0, 1, 3] = np.nan                    # stream 1's carried state overflowed (inf − inf)
+        kept = trainer.window_state[:, [0, 2, 3]].copy()
+    else:
+        trainer.influence.state[0][0][1, 3] = np.nan
+    loss, norm, _, _ = trainer.update()
+    assert not np.isfinite(loss) and np.isnan(norm) and trainer.skipped == 1
+    if through_time == "bptt":
+        assert (trainer.window_state[:, 1] == 0).all() and np.isfinite(trainer.window_state).all()
+        assert not np.array_equal(trainer.window_state[:, [0, 2, 3]], kept)   # the others went on
+    else:
+        assert trainer.influence is None
+    loss, norm, _, _ = trainer.update()
+    assert np.isfinite(loss) and np.isfinite(norm) and trainer.skipped == 1
+
+
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_non_finite_gradient_is_never_applied(tmp_path, monkeypatch, policy):
     from bptt.train.clip import NonFiniteGradient

@@ -81,7 +81,8 @@ def gradients(model, x, targets, state0, mask, dstate, input_grad, resets, loss_
             return model.gradients(
                 _rows_of(x, rows, 1), _rows_of(targets, rows, target_axis), _state_rows(model, state0, rows),
                 _rows_of(mask, rows, 1), _state_rows(model, dstate, rows), input_grad, _rows_of(resets, rows, 1),
-                _rows_of(loss_mask, rows, 1), loss_count, threads=1, masks=None if masks is None else masks.rows(rows))
+                _rows_of(loss_mask, rows, 1), loss_count, threads=1, masks=None if masks is None else masks.rows(rows),
+                carried_state=True)                       # checked (or carried) by the caller already
 
     # Each half runs in a copy of the caller's context, so that np.errstate (a context
     # variable) holds there too: the trainer's overflow policy, for one.

@@ -308,8 +308,10 @@ class Model:
         zeros = tuple(np.zeros((self.num_layers * self.directions, B, w), dtype=self.dtype) for w in self.state_widths)
         return zeros if self.tuple_state else zeros[0]
 
-    def _split_state(self, state, B, name="state0"):
-        """Public state -> list of tuples per layer and direction (stack.py), validated."""
+    def _split_state(self, state, B, name="state0", finite=True):
+        """Public state -> list of tuples per layer and direction (stack.py), validated;
+        ``finite=False`` for a state this model carried from an earlier call, where an
+        overflow is the loss's to show (non-finite), not a mistake in the input."""
         K = self.num_layers * self.directions
         dims = [(K, B, w) for w in self.state_widths]
         if state is None:
@@ -321,11 +323,12 @@ class Model:
                 shapes = ", ".join(str(d) for d in dict.fromkeys(dims))
                 raise ValueError(f"{name}: expected a tuple ({names}) of arrays {shapes} for cell={self.cell_name!r}, "
                                  f"got {type(state).__name__}")
-            arrays = [_checks.float_array(f"{name}[{i}]", s, self.dtype, d) for i, (s, d) in enumerate(zip(state, dims))]
+            arrays = [_checks.float_array(f"{name}[{i}]", s, self.dtype, d, finite)
+                      for i, (s, d) in enumerate(zip(state, dims))]
         else:
             if isinstance(state, (tuple, list)) and len(state) == 1:
                 state = state[0]
-            arrays = [_checks.float_array(name, state, self.dtype, dims[0])]
+            arrays = [_checks.float_array(name, state, self.dtype, dims[0], finite)]
         return [tuple(a[k] for a in arrays) for k in range(K)]
 
     def _join_state(self, per_layer):
@@ -407,22 +410,26 @@ class Model:
         top = fw.states[-self.directions:]
         return top[0][0] if self.directions == 1 else np.concatenate([s[0] for s in top], axis=1)
 
-    def forward(self, x, state0=None, mask=None, resets=None, masks=None):
-        """Predictions y = g(o): (T, B, O) or (B, O) with outputs="last"; and the final state."""
+    def forward(self, x, state0=None, mask=None, resets=None, masks=None, carried_state=False):
+        """Predictions y = g(o): (T, B, O) or (B, O) with outputs="last"; and the final state.
+        ``carried_state=True``: state0 is this model's own state from an earlier call, taken
+        even where it is not finite (as ``gradients`` takes it)."""
         x, mask, resets = self._check_inputs(x, mask, resets, carried=state0 is not None)
         T, B, _ = x.shape
-        fw = self._forward(x, self._split_state(state0, B), mask, resets, self._masks(masks, T, B))
+        fw = self._forward(x, self._split_state(state0, B, finite=not carried_state), mask, resets,
+                           self._masks(masks, T, B))
         y = HEADS[self.head][0](head_layer.forward(self.head_params(), self._head_rows(fw)))
         if self.outputs == "all":
             y = y.reshape(T, B, self.output_size)
         return y, self._join_state(fw.states)
 
-    def advance(self, x, state0=None, mask=None, resets=None, masks=None):
-        """The state after running x from state0: no head, no loss (checkpointing uses it)."""
+    def advance(self, x, state0=None, mask=None, resets=None, masks=None, carried_state=False):
+        """The state after running x from state0: no head, no loss (checkpointing uses it);
+        ``carried_state`` as ``forward`` takes it."""
         x, mask, resets = self._check_inputs(x, mask, resets, carried=state0 is not None)
         T, B, _ = x.shape
-        return self._join_state(self._forward(x, self._split_state(state0, B), mask, resets,
-                                              self._masks(masks, T, B)).states)
+        return self._join_state(self._forward(x, self._split_state(state0, B, finite=not carried_state), mask,
+                                              resets, self._masks(masks, T, B)).states)
 
     def _masks(self, masks, T, B):
         return noise.check(masks, T, B, self)
@@ -469,7 +476,8 @@ class Model:
         return w
 
     def gradients(self, x, targets, state0=None, mask=None, dstate=None, input_grad=True,
-                  resets=None, loss_mask=None, loss_count=None, threads=None, masks=None) -> Gradients:
+                  resets=None, loss_mask=None, loss_count=None, threads=None, masks=None,
+                  carried_state=False) -> Gradients:
         """Loss and its exact gradient with respect to every parameter, x and state0.
 
         ``dstate`` (state structure, optional) is a gradient flowing into the final
@@ -485,6 +493,10 @@ class Model:
         rounding; batch_split.py); it pays with BLAS held to one thread, as the trainer
         does it.
         ``masks``: dropout and zoneout masks (``draw_masks``); without them, no noise.
+        ``carried_state=True``: state0 and dstate are this model's own, carried from an
+        earlier call (truncated and checkpointed BPTT pass them so): taken even where they
+        are not finite, so that an overflow shows as a non-finite loss or gradient, as in
+        one whole pass, instead of being refused as input.
         """
         threads = self.threads if threads is None else threads
         if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) \
@@ -495,8 +507,8 @@ class Model:
         T, B, _ = x.shape
         targets = self._check_targets(targets, T, B)
         loss_mask, loss_count = self._check_loss_options(loss_mask, loss_count, mask, T, B)
-        s0 = self._split_state(state0, B)
-        dsT = None if dstate is None else self._split_state(dstate, B, "dstate")
+        s0 = self._split_state(state0, B, finite=not carried_state)
+        dsT = None if dstate is None else self._split_state(dstate, B, "dstate", finite=not carried_state)
         masks = self._masks(masks, T, B)
         if threads == 2 and batch_split.can_split(mask, B):
             return batch_split.gradients(self, x, targets, state0, mask, dstate, input_grad, resets,

@@ -53,6 +53,8 @@ def problem(n: int = 23, positive: int = 10, theta: float = 0.5):
     from ..model import Model
 
     n = _checks.positive_int("n", n)
+    if n < 2:
+        raise ValueError(f"n: expected an integer of at least 2 (units driven by +θ and by −θ), got {n}")
     if isinstance(positive, bool) or not isinstance(positive, (int, np.integer)) or not 0 < positive < n:
         raise ValueError(f"positive: expected an integer from 1 to n - 1 = {n - 1}, got {positive!r}")
     if 2 * positive == n:

@@ -83,7 +83,7 @@ class _Run:
         """The state at b from the state at a, holding at most ``chunk`` steps of tape."""
         for lo in range(a, b, chunk):
             x, mask, resets, masks = self._part(lo, min(lo + chunk, b))
-            state = self.model.advance(x, state, mask, resets, masks)
+            state = self.model.advance(x, state, mask, resets, masks, carried_state=True)
         return state
 
     def segment(self, a, b, state, dstate):
@@ -96,7 +96,7 @@ class _Run:
         else:
             targets = self.targets if b == self.T else None      # the head reads the last state
         g = self.model.gradients(x, targets, state, mask, dstate=dstate, input_grad=False,
-                                 resets=resets, loss_count=self.count, masks=masks)
+                                 resets=resets, loss_count=self.count, masks=masks, carried_state=True)
         self.loss += g.loss
         for k, v in g.params.items():
             self.grads[k] += v

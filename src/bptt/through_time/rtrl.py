@@ -66,7 +66,7 @@ class Influence:
     def __init__(self, model, B: int, state0=None):
         check_model(model)
         if model.bidirectional or model.proj_size:
-            raise ValueError(f"model: RTRL carries one direction's unprojected state forward; got "
+            raise ValueError(f"model: {type(self).__name__} (forward mode) carries one direction's unprojected state forward; got "
                              f"bidirectional={model.bidirectional}, proj_size={model.proj_size}")
         self.model, self.B = model, _checks.positive_int("B", B)
         self.cell = model.layer.cell
@@ -98,8 +98,9 @@ class Influence:
         return x_t, mask_t, reset_t
 
     def _dh(self, dh):
-        """``collect``'s dh (B, H): ∂L_t/∂h_t of the top layer."""
-        return _checks.float_array("dh", dh, self.model.dtype, (self.B, self.H))
+        """``collect``'s dh (B, H): ∂L_t/∂h_t of the top layer. A non-finite one is taken
+        (a state or loss that overflowed) and shows in the gradient, as in BPTT."""
+        return _checks.float_array("dh", dh, self.model.dtype, (self.B, self.H), finite=False)
 
     def local(self, l, inputs, reset_t=None, immediate=True):
         """Layer l's step from ``inputs`` (B, D_l), a ``Local``: prev the state it read (after a
@@ -201,12 +202,13 @@ class Influence:
         return new[0]
 
     def named(self, grad) -> dict:
-        """A flat gradient over every layer's parameters, by name."""
+        """A flat gradient over every layer's parameters, by name: copies, so that a dict
+        kept from ``grads()`` stays as it was when the next steps add to the running sum."""
         out = {}
         for l, block in enumerate(self.blocks):
             start = self.offsets[l][0]
             for name, (n0, shape) in block.items():
-                out[f"{self.model.direction_prefix(l)}.{name}"] = grad[start + n0:start + n0 + int(np.prod(shape))].reshape(shape)
+                out[f"{self.model.direction_prefix(l)}.{name}"] = grad[start + n0:start + n0 + int(np.prod(shape))].reshape(shape).copy()
         return out
 
     def public_state(self):

@@ -111,7 +111,7 @@ def stream_updates(model, T, inputs, targets, k1, context, state0, start=0, wind
         masks = None if draw_masks is None else draw_masks(e - w, B)
         g = model.gradients(x, targets(w, e), window_state, _slice(mask, w, e), input_grad=False,
                             resets=_slice(resets, w, e), loss_mask=loss_mask, loss_count=loss_count,
-                            masks=masks)
+                            masks=masks, carried_state=True)
         # The next window starts k2 − k1 steps before this block's end: take its state from
         # this update's parameters, before the caller changes them.
         w_next = max(0, e - context)
@@ -120,6 +120,6 @@ def stream_updates(model, T, inputs, targets, k1, context, state0, start=0, wind
         elif w_next > w:
             _, window_state = model.forward(x[:w_next - w], window_state, _slice(mask, w, w_next),
                                             _slice(resets, w, w_next),
-                                            None if masks is None else masks.steps(0, w_next - w))
+                                            None if masks is None else masks.steps(0, w_next - w), carried_state=True)
         window_start = w_next
         yield g.loss, g.params, g.state, a, e, window_start, window_state

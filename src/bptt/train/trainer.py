@@ -422,6 +422,26 @@ class Trainer:
             loss, grads, _ = self.model.loss_and_grads(x, y, masks=masks)
         return loss, grads, x.shape[0] * x.shape[1]
 
+    def _restart_streams_that_overflowed(self):
+        """After a skipped update on text: a stream whose carried state is no longer finite
+        starts again from zero state, as at an epoch's start (forward mode: every stream, with
+        a zero influence, where any of what it carries is not finite). Kept, that state would
+        make every later update of the epoch non-finite and skipped too."""
+        if self.config.through_time != "bptt":
+            if self.influence is not None and not all(np.isfinite(a).all() for a in self.influence.carried().values()):
+                self.influence = None
+            return
+        if self.window_state is None:
+            return
+        arrays = self.window_state if self.model.tuple_state else (self.window_state,)     # each (K, B, width)
+        broken = np.zeros(arrays[0].shape[1], dtype=bool)
+        for a in arrays:
+            broken |= ~np.isfinite(a).all(axis=(0, 2))
+        if broken.any():
+            arrays = tuple(np.where(broken[None, :, None], 0, a).astype(a.dtype) for a in arrays)
+            self.window_state = arrays if self.model.tuple_state else arrays[0]
+            self._updates = None                  # the windows go on from the same step, from this state
+
     def _draw_masks(self, T, B):
         """The dropout masks of one update, from the run's generator (saved with every
         checkpoint): drawn for the whole batch, so that every rank takes its own
@@ -467,6 +487,8 @@ class Trainer:
             if c.on_nonfinite == "stop":
                 raise
             self.skipped += 1
+            if self.text:
+                self._restart_streams_that_overflowed()
             return loss, float("nan"), 0.0, tokens
         if c.clip_value:                    # None or 0: none; the norm reported is the one before any clipping
             norm = global_norm(grads)
