@@ -315,6 +315,18 @@ def test_a_key_added_to_params_is_named_by_every_call(model, call):
         getattr(model, call)(*args)
 
 
+@pytest.mark.parametrize("value", [None, [], ("layer0.W_x",)])
+def test_params_replaced_by_something_other_than_a_dict_is_named(model, value, tmp_path):
+    """It was a TypeError ('NoneType' object is not iterable) or an AttributeError ('list'
+    object has no attribute 'get') from inside the check."""
+    model.params = value
+    pattern = (rf"^params: expected a dict of arrays with the keys layer0.W_x, layer0.W_h, .*, head.b_y, "
+               rf"got {type(value).__name__}$")
+    for call in (lambda: model.gradients(X, Y), lambda: model.forward(X), lambda: model.save(tmp_path / "m")):
+        with pytest.raises(ValueError, match=pattern):
+            call()
+
+
 MASKED = r"expected a plain array, got a numpy.ma.MaskedArray, whose mask would be ignored; hint: pass mask= " \
          r"for padded steps, or .filled\(\) for the values$"
 

@@ -388,6 +388,9 @@ class Model:
         """``params`` may be edited or replaced (an optimizer, a user): it must hold the
         model's keys, no others, each still an array of its parameter's shape in the
         model's dtype."""
+        if not isinstance(self.params, dict):         # replaced whole: name it, not a TypeError from below
+            raise ValueError(f"params: expected a dict of arrays with the keys {', '.join(self._shapes)}, got "
+                             f"{type(self.params).__name__}")
         extra = [k for k in self.params if k not in self._shapes]
         if extra:
             raise ValueError(f"params: unexpected key {extra[0]!r}; expected the keys {', '.join(self._shapes)}")
