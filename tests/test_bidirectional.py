@@ -81,6 +81,22 @@ def test_export_round_trip(kind):
         np.testing.assert_allclose(back.params[name], value, rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_export_with_outputs_last_reads_both_directions_h_n(kind):
+    """As to_torch's docstring says: the head reads h_n of the top layer's two directions,
+    not the last step of rnn(x)[0], whose reverse half has read one step only."""
+    model = bptt.Model(kind, 3, 4, 2, num_layers=2, bidirectional=True, outputs="last", dtype="float64", seed=1)
+    rnn, linear = to_torch(model)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    with torch.no_grad():
+        out, h_n = rnn(torch.tensor(x))
+        h_n = h_n[0] if kind == "lstm" else h_n
+        from_h_n = linear(torch.cat([h_n[-2], h_n[-1]], dim=1)).numpy()
+        last_step = linear(out[-1]).numpy()
+    assert rel(model.forward(x)[0], from_h_n) < 1e-12
+    assert rel(model.forward(x)[0], last_step) > 1e-3
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("outputs", ["all", "last"])

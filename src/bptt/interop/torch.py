@@ -80,8 +80,10 @@ def from_torch(rnn, linear, head="identity", loss="mse", outputs="all", reductio
 
 def to_torch(model: Model):
     """(nn.RNN/LSTM/GRU, nn.Linear) with ``model``'s weights (time-major): linear(rnn(x)[0])
-    is what ``model``'s head activation (identity, softmax, sigmoid) takes at every step,
-    outputs="last" the last step of it. ``model.params`` is checked first, as a call
+    is what ``model``'s head activation (identity, softmax, sigmoid) takes at every step.
+    With outputs="last" it takes linear of the top layer's h_n, both directions side by
+    side: rnn(x)[0]'s last step for one direction, but not for two, whose reverse half
+    there has read only the last step. ``model.params`` is checked first, as a call
     checks it."""
     check_model(model)._check_params()
     if model.cell not in ("rnn", "lstm", "gru"):
