@@ -272,6 +272,8 @@ def test_influence_balancing_truncation_shorter_than_the_dependency_diverges_and
         influence_balancing("tbptt", 10, 1e-5)
     with pytest.raises(ValueError, match="positive: with positive = n/2 = 2"):
         problem(n=4, positive=2)
+    with pytest.raises(ValueError, match=r"^n: expected an integer of at least 2 .*got 1$"):
+        problem(n=1)
     with pytest.raises(ValueError, match="lr: expected a positive number, got -0.1"):
         influence_balancing("rtrl", 10, -0.1)
     with pytest.raises(ValueError, match="method: .*'bptt'"):
