@@ -4,8 +4,9 @@
 (a) ‖∂L/∂h_k‖ per step, log scale; (b) the measured ‖∂s_t/∂s_k‖ against the lag with
 the bound η^τ dashed (V4; with masks or zoneout ``FlowReport.bound_by_lag``, D5);
 (c) ``FlowReport.lag_share()``: the share Σ_{τ'≤τ}‖G_τ'‖ / Σ_τ'‖G_τ'‖ of the magnitudes
-of ∂L/∂W_h's lag parts G_τ (D3) from lags up to τ, rising from 0 to 1 (the signed projections ``lag_profile`` are not drawn: lags that pull against the total
-would take a cumulative curve below 0 or above 1); then one credit-matrix heatmap (D1)
+of ∂L/∂W_h's lag parts G_τ (D3) from lags up to τ, rising from 0 to 1 (the signed
+projections ``lag_profile`` are not drawn: lags that pull against the total would take a
+cumulative curve below 0 or above 1); then one credit-matrix heatmap (D1)
 per report that has more than one loss step.
 ``plot_clipping(study)``: gradient norm and loss per update, with and without clipping.
 ``plot_estimator_error({label: {method: (T,)}})``: each online method's influence error
