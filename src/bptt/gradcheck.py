@@ -46,6 +46,10 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
     ``options`` (resets, loss_mask, loss_count, masks) go to ``Model.gradients`` and
     ``Model.loss_value``, ``masks`` cast to float64 with the model: the check holds the
     dropout and zoneout masks fixed.
+
+    Shapes, as ``Model.gradients`` takes them: x (T, B, D); targets (T, B, O), or class
+    indices (T, B) for cross_entropy, and (B, O) or (B,) with outputs="last"; state0
+    (L, B, H), or the tuple (h, c) for an LSTM; mask (T, B) bool.
     """
     for name, value in (("eps", eps), ("floor", floor)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \

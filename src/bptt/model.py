@@ -85,6 +85,15 @@ class Model:
         proj_size: P > 0 projects the LSTM's output to P units, h_t = W_hr (o ⊙ tanh c_t)
             (Sak et al. 2014, PyTorch's proj_size; cells/projection.py): h is (L, B, P),
             c stays (L, B, H).
+
+    Shapes of the arrays the methods take and return (time-major, T steps, B sequences):
+        x: (T, B, D).
+        targets: (T, B, O), or class indices (T, B) for cross_entropy, with outputs="all";
+            (B, O), or (B,), with outputs="last".
+        mask, resets, loss_mask: (T, B) bool.
+        state0, dstate and the final state: (L, B, H) (2L with bidirectional), or a tuple
+            of such arrays, one per name of the cell's state: (h, c) for the LSTM.
+        predictions of ``forward``: (T, B, O), or (B, O) with outputs="last".
     """
 
     def __init__(self, cell, input_size, hidden_size, output_size, num_layers=1,
