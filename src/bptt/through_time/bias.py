@@ -33,7 +33,10 @@ class TruncationBias(NamedTuple):
 
 
 def truncation_bias(model, x, targets, ks, state0=None, mask=None, resets=None) -> TruncationBias:
-    """Relative error and cosine similarity of TBPTT(k, k)'s gradient against full BPTT's."""
+    """Relative error and cosine similarity of TBPTT(k, k)'s gradient against full BPTT's.
+    Shapes as ``Model.gradients`` takes them: x (T, B, D), targets (T, B, O) or class indices
+    (T, B), mask and resets (T, B) bool, state0 (L, B, H) or (h, c).
+    """
     check_model(model)
     if targets is None:
         raise ValueError("targets: the truncation bias compares gradients of a loss, which needs targets; got None")

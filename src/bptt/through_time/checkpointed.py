@@ -39,7 +39,10 @@ _MAX_SLOTS = 200         # more slots than this are not needed to get close to f
 
 def checkpointed(model, x, targets, state0=None, mask=None, budget=None, resets=None, masks=None):
     """(loss, grads, final state), equal to ``full``'s, holding at most ``budget`` steps of
-    tape. ``masks`` (model.draw_masks over all T steps) are cut to each segment's steps."""
+    tape. ``masks`` (model.draw_masks over all T steps) are cut to each segment's steps.
+    Shapes as ``Model.gradients`` takes them: x (T, B, D), targets (T, B, O) or class indices
+    (T, B), mask and resets (T, B) bool, state0 (L, B, H) or (h, c).
+    """
     check_model(model)
     refuse_bidirectional(model, "checkpointed BPTT")
     x, mask, resets = model._check_inputs(x, mask, resets, carried=state0 is not None)

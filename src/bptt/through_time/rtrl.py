@@ -285,7 +285,10 @@ def rtrl(model, x, targets, state0=None, mask=None, resets=None):
     """(loss, grads, final state) of ``model`` on (x, targets) by forward-mode RTRL: the
     same numbers as ``model.loss_and_grads`` (BPTT), computed without a backward pass
     through time. Any cell, stacked layers, masks and resets; evaluation mode (no
-    dropout; zoneout at its expectation)."""
+    dropout; zoneout at its expectation).
+    Shapes as ``Model.gradients`` takes them: x (T, B, D), targets (T, B, O) or class indices
+    (T, B), mask and resets (T, B) bool, state0 (L, B, H) or (h, c).
+    """
     return forward_mode(lambda B: ExactInfluence(model, B, state0), model, x, targets, mask, resets,
                         carried=state0 is not None)
 

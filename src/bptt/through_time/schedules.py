@@ -22,7 +22,10 @@ from ..model import check_model
 
 
 def full(model, x, targets, state0=None, mask=None, resets=None):
-    """The reference schedule: (loss, grads, final state) of one backward over all of x."""
+    """The reference schedule: (loss, grads, final state) of one backward over all of x.
+    Shapes as ``Model.gradients`` takes them: x (T, B, D), targets (T, B, O) or class indices
+    (T, B), mask and resets (T, B) bool, state0 (L, B, H) or (h, c).
+    """
     check_model(model)
     return model.loss_and_grads(x, targets, state0, mask, resets=resets)
 
