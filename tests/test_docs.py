@@ -72,3 +72,24 @@ def test_no_word_of_how_the_project_was_built(folder):
     found = [f"{p.relative_to(ROOT)}:{i + 1}: {line.strip()}" for p in files
              for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()) if NARRATIVE.search(line)]
     assert not found, "\n".join(found[:20])
+
+
+def test_every_exported_callable_that_takes_x_gives_its_shapes():
+    """The API reference is built from the docstrings: whatever bptt and bptt.through_time
+    export that takes arrays x says their shapes (x time-major, (T, B, D))."""
+    import inspect
+
+    import bptt
+    import bptt.through_time
+
+    missing = []
+    for module in (bptt, bptt.through_time):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                continue
+            takes_x = inspect.isfunction(obj) and "x" in inspect.signature(obj).parameters or any(
+                "x" in inspect.signature(f).parameters for _, f in inspect.getmembers(obj, inspect.isfunction))
+            if takes_x and "(T, B, D)" not in (inspect.getdoc(obj) or ""):
+                missing.append(f"{module.__name__}.{name}")
+    assert not missing, missing
