@@ -130,6 +130,26 @@ def test_a_model_whose_vocabulary_loading_would_refuse_is_not_saved(tmp_path):
         save("m", tmp_path / "m")
 
 
+def test_a_vocabulary_of_another_size_than_the_outputs_is_neither_saved_nor_loaded(tmp_path):
+    """One character per output: a vocabulary one short would load and export, and only
+    bptt.generate would find it, without naming the file."""
+    model = bptt.Model("gru", 3, 4, 3, head="softmax", loss="cross_entropy", seed=0)
+    model.vocabulary = "ab"
+    with pytest.raises(ValueError, match=r"^model.vocabulary: expected 3 characters \(one per output of the model\), "
+                                         r"got 2: 'ab'$"):
+        model.save(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    model.vocabulary = "abc"
+    model.save(tmp_path / "m")
+    assert bptt.load(tmp_path / "m").vocabulary == "abc"
+    meta_path = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["vocabulary"] = ["a", "b"]
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^path: .*model.json: vocabulary: expected 3 characters \(one per output "
+                                         r"of the model\), got 2: \['a', 'b'\]$"):
+        bptt.load(tmp_path / "m")
+
 def test_a_cell_class_loading_cannot_import_is_refused_on_save(tmp_path):
     from bptt.cells import GRU
 

@@ -75,8 +75,8 @@ def cell_spec(cell):
 def save(model, path) -> Path:
     """Write ``model`` into the folder ``path`` (created if missing); returns the folder."""
     check_model(model)
-    if model.vocabulary is not None:        # as read() will take it back
-        _checks.characters("model.vocabulary", model.vocabulary)
+    if model.vocabulary is not None:        # as read() will take it back: one character per output
+        _checks.characters("model.vocabulary", model.vocabulary, model.output_size)
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise ValueError(f"path: expected the path of a folder to hold {' and '.join(FILES)}, got {path!r}")
     folder = Path(path)
@@ -130,8 +130,6 @@ def read(path):
                          f"the file gives {digest[:12]}…): it is truncated, corrupted or was changed")
     config = _config(meta, meta_path, Model)
     vocabulary = meta.get("vocabulary")
-    if vocabulary is not None:
-        _checks.characters(f"path: {meta_path}: vocabulary", vocabulary)
     try:
         if isinstance(config.get("cell"), dict):               # a cell built with the arguments of its config()
             spec = config["cell"]
@@ -141,6 +139,8 @@ def read(path):
         model = Model(**config)
     except (ValueError, TypeError) as exc:          # a value Model refuses: named with the file it came from
         raise ValueError(f"path: {meta_path}: {exc}") from None
+    if vocabulary is not None:                      # one character per output, as save() wrote it
+        _checks.characters(f"path: {meta_path}: vocabulary", vocabulary, model.output_size)
     try:
         arrays = load_tensors(data)
     except SafetensorError as exc:
