@@ -133,6 +133,8 @@ KEYS = [      # an edit of a checkpoint's JSON, and the key the refusal names
     (lambda m: m["position"].update(epoch="0"), '"epoch" of "position"'),
     (lambda m: m.update(text=5), '"text"'),
     (lambda m: m["text"].update(vocabulary=5), '"vocabulary" of "text"'),
+    (lambda m: m["text"].update(vocabulary=m["text"]["vocabulary"][:-1]),      # one short of the model's inputs
+     '"vocabulary" of "text" (28 characters, one per input of the model in '),
     (lambda m: m["text"].update(first=""), '"first" of "text"'),
     (lambda m: m["text"].pop("sha256"), '"sha256" of "text"'),
     (lambda m: m.update(best=5), '"best"'),
@@ -177,6 +179,15 @@ def test_a_data_position_past_the_end_of_the_streams_is_refused(text_run, tmp_pa
     """eval and resume read the text again: the position must lie within its streams."""
     run_dir = edited(text_run, tmp_path, name, lambda m: m["position"].update(start=10 ** 6))
     refused_in_one_line(capsys, run_dir, name, command, '"start" of "position" (an integer from 0 to ')
+
+
+@pytest.mark.parametrize("command", ["eval", "resume"])
+def test_a_vocabulary_other_than_the_texts_is_refused(text_run, tmp_path, capsys, command):
+    """eval and resume read the text again: the checkpoint's characters must be the text's."""
+    run_dir = edited(text_run, tmp_path, "ckpt-00000004.json",
+                     lambda m: m["text"].update(vocabulary=m["text"]["vocabulary"][:-1] + "Q"))
+    refused_in_one_line(capsys, run_dir, "ckpt-00000004.json", command,
+                        '"vocabulary" of "text" (the characters of the text it records the SHA-256 of, in their order)')
 
 
 @pytest.mark.parametrize("best", [False, True])

@@ -186,6 +186,11 @@ def load_checkpoint(run, best: bool = False) -> tuple:
         arrays = load(data)
     except Exception as exc:                   # safetensors' own error type is not a ValueError
         raise ValueError(f"RUN: {tensors.name} is not a valid safetensors file: {exc}{previous}") from None
+    w_x = arrays.get("param.layer0.W_x")
+    if meta.get("text") is not None and w_x is not None and w_x.ndim == 2 \
+            and len(meta["text"]["vocabulary"]) != w_x.shape[1]:       # one character per input of a text model
+        raise damaged(meta_path, '"vocabulary" of "text"', f"{w_x.shape[1]} characters, one per input of the "
+                      f"model in {tensors.name}", meta["text"]["vocabulary"])
     return meta, arrays, meta_path
 
 

@@ -325,6 +325,9 @@ class Trainer:
             raise ValueError(f"{source} is not the text this run trained on: its SHA-256 differs from the "
                              f"checkpoint's ({len(self.task.chars)} distinct characters now, "
                              f"{len(stored['vocabulary'])} then); eval and resume need the same text")
+        if self.text and stored is not None and stored["vocabulary"] != "".join(self.task.chars):
+            raise runs.damaged(path, '"vocabulary" of "text"', "the characters of the text it records the SHA-256 "
+                               "of, in their order", stored["vocabulary"])
         runs.restore_params(self.model.params, arrays)
         self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
         self.step = int(meta["step"])
