@@ -136,3 +136,38 @@ def test_checkpointed_bptt_equals_full_bptt(cell):
     assert abs(loss - full.loss) < 1e-12
     for k in model.params:
         np.testing.assert_allclose(grads[k], full.params[k], rtol=0, atol=1e-12, err_msg=k)
+
+
+_BITS = ("import hashlib, numpy as np, bptt; m = bptt.Model('lstm', 3, 8, 2, layer_norm=True, dtype='float64', seed=0);"
+         "x = np.random.default_rng(0).standard_normal((6, 4, 3)); grads = m.loss_and_grads(x, x[..., :2])[1];"
+         "print(hashlib.sha256(b''.join(g.tobytes() for g in grads.values())).hexdigest())")
+
+
+def test_a_process_that_compiles_the_loops_gives_the_bits_of_one_that_loads_them(tmp_path):
+    """The normalisation helpers are inlined into each kernel: the process that compiles
+    the time loops (a new BPTT_CACHE_DIR) and the next one, which loads them from the
+    cache, run one copy of them and give the same gradient bits (float64, where the LSTM's
+    two copies round differently)."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "BPTT_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", _BITS], capture_output=True, text=True,
+                           env=env, check=True).stdout for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_every_compiled_function_a_built_in_kernel_calls_is_inlined():
+    """A kernel's helper compiled as a function of its own has two copies, and which one the
+    loop reaches depends on whether this process compiled the loop (cells/compiled.py
+    _inlined): each helper is inlined instead."""
+    from numba.core.registry import CPUDispatcher
+
+    from bptt.cells.layer_norm import LayerNormGRU, LayerNormLSTM
+    for cell in (bptt.cells.RNN, bptt.cells.LSTM, bptt.cells.GRU, LayerNormLSTM, LayerNormGRU):
+        for kernel in cell.kernels:
+            fn = kernel.py_func
+            called = [fn.__globals__[n] for n in fn.__code__.co_names
+                      if isinstance(fn.__globals__.get(n), CPUDispatcher)]
+            for helper in called:
+                assert helper.targetoptions.get("inline") == "always", (cell.__name__, helper.py_func.__name__)

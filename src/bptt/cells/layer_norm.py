@@ -136,7 +136,7 @@ class LayerNormGRU(_LayerNormCell):
 
 # ---- compiled kernels: one row of the batch ----------------------------------------------------
 
-@_jit
+@njit(inline="always", fastmath=True, error_model="numpy", nogil=True)   # inlined: one copy (compiled.py _inlined)
 def _normalise_row(a, out):
     """(LN1): out = LN(a) for one row; returns 1/σ. Every constant in a's dtype: an int or
     a Python float would widen float32 to float64 (half the vector width)."""
@@ -212,7 +212,7 @@ def lstm_backward_kernel(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, 
     _normalised_pair_back(da, da, gx, gh, nx, nh, ix, ih, du, dv, dgx, dgh, dbeta)
 
 
-@_jit
+@njit(inline="always", fastmath=True, error_model="numpy", nogil=True)   # inlined: one copy (compiled.py _inlined)
 def _normalised_pair_back(da_x, da_h, gx, gh, nx, nh, ix, ih, du, dv, dgx, dgh, dbeta):
     """(LN7) for one row: du from δa on the input side (da_x), dv from δa on the
     recurrent side (da_h), and the gains' and β's gradients. da_x, da_h may be du, dv or
