@@ -517,6 +517,11 @@ def test_resume_honours_or_refuses_an_edited_config(earlier_run, tmp_path):
     one_line_error(bptt("resume", run), 2, f"RUN: {run}/config.json says hidden = 64, the checkpoint hidden = 8",
                    "undo the edit")
     assert snapshot(run) == before
+    (run / "config.json").write_text(json.dumps(config | {"steps": 24, "eval_evry": 1}))     # misspelt
+    before = snapshot(run)
+    one_line_error(bptt("resume", run), 2, f"RUN: {run}/config.json has an unknown key 'eval_evry'; expected the "
+                   "options of a run")
+    assert snapshot(run) == before
     (run / "config.json").write_text(json.dumps(config | {"steps": 24}))
     done = bptt("resume", run)
     assert done.returncode == 0, done.stderr

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from . import runs
-from .config import CHANGEABLE_ON_RESUME
+from .config import CHANGEABLE_ON_RESUME, Config
 
 try:
     import fcntl
@@ -341,6 +341,10 @@ def saved_config(run, checkpoint_config: dict) -> dict:
     if not isinstance(saved, dict):
         raise ValueError(f"RUN: {path} is not a JSON object of options")
     ckpt = checkpoint_config
+    unknown = sorted(k for k in saved if k not in Config.__dataclass_fields__)   # a misspelt key would do nothing
+    if unknown:
+        raise ValueError(f"RUN: {path} has an unknown key {unknown[0]!r}; expected the options of a run (the "
+                         f"keys bptt wrote there), of which resume can change {', '.join(CHANGEABLE_ON_RESUME)}")
     changed = sorted(k for k in saved if k in ckpt and k not in CHANGEABLE_ON_RESUME + ("out", "text")
                      and saved[k] != ckpt[k])
     if changed:
