@@ -546,3 +546,28 @@ def test_an_unchecked_config_gives_a_dict_json_and_from_dict_take(tmp_path):
     values = json.loads(json.dumps(config.to_dict()))
     assert (values["zoneout"], values["hidden"], values["out"]) == (0.25, 8, str(tmp_path / "r"))
     assert from_dict(values) == config.check()
+
+
+def test_a_best_model_whose_write_fails_leaves_the_previous_best_whole(tmp_path, monkeypatch):
+    """A new best model is written as model.save writes: both files to temporary names and
+    flushed before either is renamed, so a full disk at its JSON leaves the previous best
+    (tensors and JSON together) loadable."""
+    import errno
+
+    from bptt.train import runs
+    trainer = Trainer(small(tmp_path, "best", task="adding", hidden=4, seq_len=6, batch=4, steps=4, eval_every=2,
+                            lr=0.05))
+    real = Path.write_text, Path.write_bytes
+
+    def full(path, data, *args, **kwargs):
+        if path.name == "best.json.tmp" and trainer.step == 4:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real[isinstance(data, bytes)](path, data, *args, **kwargs)
+    monkeypatch.setattr(Path, "write_text", full)
+    monkeypatch.setattr(Path, "write_bytes", full)
+    monkeypatch.setattr(trainer, "_judge", lambda figures, judge=trainer._judge: judge({"val_loss": -trainer.step}))
+    with pytest.raises(OSError, match="No space left"):
+        trainer.train(progress=False)
+    meta, arrays, _ = runs.load_checkpoint(tmp_path / "best", best=True)       # the best of update 2, whole
+    assert meta["step"] == 2 and meta["best"] == {"step": 2, "val_loss": -2.0}
+    assert not list((tmp_path / "best").glob("*.tmp"))

@@ -2,8 +2,9 @@
 
 A checkpoint is two files, ckpt-STEP.safetensors (parameters, optimizer state, carried
 stream state) and ckpt-STEP.json (config, step, random-generator state, data position,
-and the SHA-256 of the safetensors file). Each is written to a temporary name, flushed
-and renamed; the JSON goes last, so a checkpoint counts only once both are whole. The two
+and the SHA-256 of the safetensors file). Both are written to temporary names and
+flushed before either is renamed, the JSON last, so a checkpoint counts only once both are
+whole, and a write that fails leaves the one it would replace (best.*) as it was. The two
 newest are kept; best.safetensors + best.json, the checkpoint with the lowest validation
 loss so far, are kept apart and never pruned. Loading checks the JSON's keys and the
 digest first (check_meta): a JSON with a key missing, of another type or out of range, and
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load, save
 
-from .._files import atomic_write  # noqa: F401  (runs.atomic_write: the trainer's and the CLI's too)
+from .._files import atomic_write, atomic_write_all  # noqa: F401  (atomic_write: the trainer's and the CLI's too)
 from .config import Config, coerce
 
 FORMAT = 2          # 2: the JSON records the safetensors file's SHA-256
@@ -64,8 +65,10 @@ def save_checkpoint(run: Path, step: int, arrays: dict, meta: dict, keep: int = 
         path = run / (stem + suffix)
         if written is not None and path.name not in written and path.exists() and name is None:
             set_aside(run, path)
-    _write_bytes(run / f"{stem}.safetensors", data)
-    _write_bytes(run / f"{stem}.json", body.encode())
+    # both flushed before either is renamed, the JSON last: a write that fails (a full disk)
+    # leaves the checkpoint of this name as it was, which matters where one is replaced (best)
+    atomic_write_all([(run / f"{stem}.safetensors", lambda p: p.write_bytes(data)),
+                      (run / f"{stem}.json", lambda p: p.write_bytes(body.encode()))])
     if written is not None:
         written.update({f"{stem}.safetensors", f"{stem}.json"})
     if name is None:
@@ -73,10 +76,6 @@ def save_checkpoint(run: Path, step: int, arrays: dict, meta: dict, keep: int = 
             old.with_suffix(".safetensors").unlink(missing_ok=True)
             old.unlink(missing_ok=True)
     return run / f"{stem}.json"
-
-
-def _write_bytes(path: Path, data: bytes):
-    atomic_write(path, lambda p: p.write_bytes(data))
 
 
 def numbered(run: Path, suffix: str) -> list:
