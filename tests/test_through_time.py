@@ -236,6 +236,43 @@ def test_the_plan_counts_the_steps_the_run_computes_and_they_are_optimal(T, budg
     assert_grads_equal(grads, G, 1e-10)
 
 
+def peak_slots(plan):
+    """The most slots the plan's run holds: a taped segment's steps (its first state among
+    them) and the states kept for later segments."""
+    kept, peak = set(), 0
+    for kind, a, b, _ in plan.operations():
+        if kind == "advance":
+            kept.add(b)
+        else:
+            kept.discard(a)
+            peak = max(peak, b - a + len(kept))
+    return peak
+
+
+@pytest.mark.parametrize("T,budget", [(7100, 4), (7100, 7)])
+def test_a_long_plan_keeps_its_slots_and_is_optimal(T, budget):
+    """Past the programme's work limit the plan kept its optimal cost (it ran 5.5× the
+    optimum's steps at (7100, 4) when it divided the slots among units of steps)."""
+    plan = tt.checkpoint_plan(T, budget)
+    assert plan.forward_steps() == optimal_forward_steps(T, budget)
+    assert peak_slots(plan) <= budget
+    segments = sorted((a, b) for kind, a, b, _ in plan.operations() if kind == "segment")
+    assert segments[0][0] == 0 and segments[-1][1] == T
+    assert all(b == a2 for (_, b), (a2, _) in zip(segments, segments[1:]))
+
+
+@pytest.mark.parametrize("T,budget", [(100000, 4), (100000, 300), (100000, 50000)])
+def test_a_coarse_plan_stays_within_budget_and_covers_every_step(T, budget):
+    """Where the plan splits at units of several steps it still holds at most ``budget``
+    slots and backpropagates every step once."""
+    plan = tt.checkpoint_plan(T, budget)
+    assert plan.unit > 1
+    assert peak_slots(plan) <= budget
+    segments = sorted((a, b) for kind, a, b, _ in plan.operations() if kind == "segment")
+    assert segments[0][0] == 0 and segments[-1][1] == T
+    assert all(b == a2 for (_, b), (a2, _) in zip(segments, segments[1:]))
+
+
 # ---- RTRL --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu", "sigmoid", "identity"])

@@ -15,10 +15,12 @@ stored state (a state is smaller than a step of tape, so this overcounts a littl
       C(t, 1) = t(t + 1)/2                                 (recompute from the start per step)
       C(t, m) = min_{1<=y<t} [ y + C(t − y, m − 1) + C(y, m) ]   otherwise
   (run y steps without tape, store a checkpoint there, do the right part with one slot
-  fewer, then the left part with the slot back). The programme's work grows as
-  units²·slots; where steps² · slots would pass _MAX_WORK, it runs over units of several
-  steps (CheckpointPlan.unit), and its splits, the coarser problem's, can cost more
-  forward steps than the optimum.
+  fewer, then the left part with the slot back). The programme runs compiled, and over
+  the spans a slot count can meet only. Where its work would pass _MAX_WORK, the splits
+  fall on multiples of a unit of several steps (CheckpointPlan.unit); every slot is kept
+  (a checkpoint costs one slot, as in the run), and a span of one unit is split by the
+  exact programme over its steps, so the plan costs a little more than the optimum and
+  never drops to a coarser problem with fewer slots.
   ``CheckpointPlan.operations()`` lists what the run does, so ``forward_steps()`` counts
   the steps it runs.
 """
@@ -28,13 +30,13 @@ import math
 from functools import lru_cache
 
 import numpy as np
+from numba import njit
 
 from .. import _checks
 from ..model import check_model
 from .schedules import refuse_bidirectional
 
-_MAX_WORK = 2 * 10 ** 8  # units² · slots of the programme's largest table (1,000 steps and 200 slots)
-_MAX_SLOTS = 200         # more slots than this are not needed to get close to full speed
+_MAX_WORK = 2 * 10 ** 8  # candidate splits the programme may scan (units² · slots, summed)
 
 
 def checkpointed(model, x, targets, state0=None, mask=None, budget=None, resets=None, masks=None):
@@ -130,23 +132,28 @@ class _Run:
 
 
 class CheckpointPlan:
-    """Gruslys et al.'s optimal splits for T steps and a budget of slots, over units of steps."""
+    """Gruslys et al.'s optimal splits for T steps and a budget of slots, over units of steps.
+
+    ``unit`` is 1 (the exact programme) where its work fits _MAX_WORK; beyond, splits fall
+    on multiples of ``unit`` steps, every slot is kept (a checkpoint costs one slot, as in
+    the run), and a span of one unit with fewer slots than steps follows the exact
+    programme over its steps."""
 
     def __init__(self, T, budget):
         self.T, self.budget = T, budget
-        self.unit = _unit(T, budget)
         self.slots = budget
-        self._units_slots = min(max(1, budget // self.unit), _MAX_SLOTS)
-        n = math.ceil(T / self.unit)
-        self.cost, self._best = _programme(n, self._units_slots)
+        self.unit, self._fine_slots = _unit(T, budget)
+        self._best, self._start, self._fine = _tables(T, budget, self.unit, self._fine_slots)
 
     def split(self, steps, slots):
         """Steps to run before the checkpoint, for a span of ``steps`` with ``slots`` slots."""
         units = math.ceil(steps / self.unit)
-        m = min(max(1, slots // self.unit), self._units_slots)
-        if units <= 1 or m <= 1:
-            return max(1, steps // 2) if m > 1 else steps - 1
-        y = int(self._best[m, min(units, self._best.shape[1] - 1)]) * self.unit
+        if units <= 1:                                     # inside one unit: the exact programme
+            y = int(self._fine[min(slots, self._fine_slots), steps])
+        else:
+            a, b = self._start[slots], self._start[slots + 1]
+            i = min(a + units - (slots // self.unit + 1), b - 1)
+            y = int(self._best[i]) * self.unit if i >= a else steps // 2
         return min(max(1, y), steps - 1)
 
     def operations(self):
@@ -174,18 +181,9 @@ class CheckpointPlan:
             current = stack.pop()
 
     def forward_steps(self):
-        """The forward steps the run computes, the taped ones included: C(T, m) where the
-        programme runs over single steps."""
+        """The forward steps the run computes, the taped ones included: C(T, budget) where
+        ``unit`` is 1."""
         return sum(b - a for _, a, b, _ in self.operations())
-
-
-def _unit(T, budget):
-    """Steps a unit of the programme: 1 where T² · slots fits _MAX_WORK, else the fewest
-    that fit; at most budget // 2, so that a budget of 2 or more can place a checkpoint."""
-    unit = max(1, math.ceil(T / math.sqrt(_MAX_WORK / min(budget, _MAX_SLOTS))))
-    while math.ceil(T / unit) ** 2 * min(max(1, budget // unit), _MAX_SLOTS) > _MAX_WORK:
-        unit += 1
-    return max(1, min(unit, budget // 2))
 
 
 def checkpoint_plan(T, budget) -> CheckpointPlan:
@@ -205,18 +203,96 @@ def _budget(budget):
     return int(budget)
 
 
-@lru_cache(maxsize=16)
-def _programme(n, m_max):
-    """cost[m, t] = C(t, m) for t <= n, m <= m_max, and best[m, t] = the optimal y."""
-    t_all = np.arange(n + 1, dtype=np.float64)
-    cost = np.zeros((m_max + 1, n + 1))
-    best = np.zeros((m_max + 1, n + 1), dtype=np.int64)
-    cost[1] = t_all * (t_all + 1) / 2
+def _unit(T, budget):
+    """(unit, fine slots): the fewest steps a unit such that the programme's candidate
+    splits (summed over the spans each slot count can meet) fit _MAX_WORK, and the slots of
+    the exact programme over one unit's steps, whose work, units² · slots, takes a quarter of
+    it (more slots than that serve a span of one unit as that many do)."""
+    m = np.arange(2, budget + 1, dtype=np.float64)
+    unit = 1
+    while True:
+        n = math.ceil(T / unit)
+        lo, hi = _span_range(n, budget, unit, m)
+        k = np.maximum(hi - lo + 1, 0)
+        if float(np.sum(k * (lo + hi) / 2)) <= _MAX_WORK or n <= 2:
+            break
+        unit = max(unit + 1, int(unit * 1.05))
+    fine = min(budget, unit - 1, int(_MAX_WORK / 2 / (unit * unit)))
+    return unit, max(1, fine)
+
+
+def _span_range(n, budget, unit, m):
+    """The units a span with m slots is split at: more than fit one taped segment, and at
+    most n − (budget − m), as each checkpoint above it holds a unit or more."""
+    return m // unit + 1, np.minimum(n, n - (budget - m))
+
+
+@lru_cache(maxsize=8)
+def _tables(T, budget, unit, fine_slots):
+    """The programme's splits over units (``_coarse``) and over the steps of one unit
+    (fine[m, t] in steps, m <= fine_slots)."""
+    fine_cost, fine = _exact(unit, fine_slots)
+    first = np.full(budget + 1, unit, dtype=np.int64)      # one unit with m >= unit slots: taped
+    for m in range(2, min(budget + 1, unit)):
+        first[m] = fine_cost[min(m, fine_slots), unit]
+    best, start = _coarse(math.ceil(T / unit), budget, unit, first)
+    return best, start, fine
+
+
+@njit(cache=True, nogil=True)
+def _exact(n, m_max):
+    """cost[m, t] = C(t, m) and best[m, t] = its smallest optimal y, for t <= n, m <= m_max."""
+    cost = np.zeros((m_max + 1, n + 1), np.int64)
+    best = np.zeros((m_max + 1, n + 1), np.int32)
+    for t in range(n + 1):
+        cost[1, t], best[1, t] = t * (t + 1) // 2, max(t - 1, 0)
     for m in range(2, m_max + 1):
-        cost[m, :m + 1] = t_all[:m + 1]
-        for t in range(m + 1, n + 1):
-            y = np.arange(1, t)
-            c = y + cost[m - 1, t - y] + cost[m, y]
-            k = int(np.argmin(c))
-            cost[m, t], best[m, t] = c[k], y[k]
+        for t in range(n + 1):
+            if t <= m:
+                cost[m, t] = t
+                continue
+            c_best, y_best = cost[1, t], t - 1
+            for y in range(1, t):
+                if t + y >= c_best:                        # every step runs once: cost >= t + y
+                    break
+                c = y + cost[m - 1, t - y] + cost[m, y]
+                if c < c_best:
+                    c_best, y_best = c, y
+            cost[m, t], best[m, t] = c_best, y_best
     return cost, best
+
+
+@njit(cache=True, nogil=True)
+def _coarse(n, m_max, unit, first):
+    """The programme over k <= n units of ``unit`` steps with m <= m_max slots, a
+    checkpoint costing one slot, first[m] the cost of one unit with m slots. Returns
+    (best, start): the optimal y in units for k units and m slots is
+    best[start[m] + k − lo], for k in the span range of m (``_span_range``)."""
+    start = np.zeros(m_max + 2, np.int64)
+    for m in range(2, m_max + 1):
+        lo, hi = m // unit + 1, min(n, n - (m_max - m))
+        start[m + 1] = start[m] + max(0, hi - lo + 1)
+    best = np.zeros(start[m_max + 1], np.int32)
+    prev = np.empty(n + 1, np.int64)                       # the costs with m − 1 slots
+    cur = np.empty(n + 1, np.int64)
+    for k in range(n + 1):
+        prev[k] = k * unit * (k * unit + 1) // 2           # one slot: from the start per step
+    for m in range(2, m_max + 1):
+        lo, hi = m // unit + 1, min(n, n - (m_max - m))
+        for k in range(lo, hi + 1):
+            if k == 1:
+                cur[1] = first[m]
+                continue
+            c_best, y_best = np.int64(1) << 62, 1
+            for y in range(1, k):
+                if (k + y) * unit >= c_best:               # every step runs once: cost >= (k + y)·unit
+                    break
+                right = (k - y) * unit if (k - y) * unit <= m - 1 else prev[k - y]
+                left = y * unit if y < lo else cur[y]      # fewer than lo units: one taped segment
+                c = y * unit + right + left
+                if c < c_best:
+                    c_best, y_best = c, y
+            cur[k] = c_best
+            best[start[m] + k - lo] = y_best
+        prev, cur = cur, prev
+    return best, start
