@@ -29,13 +29,15 @@ from __future__ import annotations
 import bptt  # noqa: F401  (before NumPy: bptt shortens OpenBLAS's idle spin, backends/settings.py)
 
 import argparse
+import contextlib
 import statistics
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
-from bptt.backends import settings
+from bptt.backends import loop_threads, settings
 from bptt.cells import layer as cell_layer
 from machine import block_time, cores, recorded, stamp
 
@@ -156,13 +158,21 @@ def main():
                      f"got --cells {args.cells} --shapes {' '.join(args.shapes or [])} --threads {args.threads}")
     kept = settings.keep_freed_memory()        # bptt's first pass would set it; here both sides have it
     torch.set_num_threads(args.threads)
+    with threadpool_limits(args.threads, user_api="blas"), \
+            (loop_threads.use(1) if args.threads == 1 else contextlib.nullcontext()):
+        # bptt's side on the same threads as torch's: NumPy's BLAS held to --threads, and the
+        # compiled loops to one thread where --threads is 1 (they use at most two)
+        run(args, shapes, kept)
+
+
+def run(args, shapes, kept):
     shapes = shapes or SHAPES
     min_block_s, blocks = (0.2, 3) if args.quick else (0.4, 5)
 
     what = "forward + backward with ∂L/∂x" if args.input_grad else "forward + backward (training step, no ∂L/∂x)"
     print(f"# {what}")
     print(stamp())
-    print(f"# threads {args.threads}")
+    print(f"# threads {args.threads} (torch, NumPy's BLAS; bptt's loops at most {loop_threads.wanted()})")
     print(f"# malloc: {f'glibc keeps {kept >> 20} MiB of freed memory (both sides)' if kept else 'defaults'}")
     before = gemm_rate()
     print(f"# NumPy float32 GEMM (1024³): {before:.0f} GFLOP/s")

@@ -131,3 +131,15 @@ def test_gpu_benchmark_refuses_a_result_far_from_the_float64_reference():
         assert str(stop.value) == (f"benchmarks/gpu.py: gru at T, B, D, H = 100, 64, 128, 256: relative error "
                                    f"{err:.1e} against the float64 reference, above 1.0e-03 (cuDNN's: 1.0e-06); "
                                    f"nothing recorded")
+
+
+def test_cells_runs_both_sides_on_the_threads_it_names(tmp_path):
+    """--threads 1 holds bptt's side to one thread too (NumPy's BLAS and the compiled loops),
+    not torch's alone, and the stamp's BLAS figure says so."""
+    env = os.environ | {"BPTT_BENCHMARK_RESULTS": str(tmp_path)}
+    out = subprocess.run([sys.executable, "cells.py", "--quick", "--cells", "rnn", "--shapes", "4,2,3,5",
+                          "--threads", "1"], cwd=ROOT / "benchmarks", capture_output=True, text=True, check=True,
+                         env=env).stdout
+    assert re.search(r"^# .* \(\S+, 1 threads\) · ", out, re.M), out
+    assert "# threads 1 (torch, NumPy's BLAS; bptt's loops at most 1)" in out, out
+    assert re.search(r"^\| rnn \| 4, 2, 3, 5 \| ", out, re.M), out
