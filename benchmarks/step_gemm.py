@@ -3,13 +3,14 @@ GEMM and OpenBLAS, against the square GEMM.
 
 A layer's time loop does one (B, H) x (H, G·H) product a step forward and one
 (B, G·H) x (G·H, H) backward, over the same W_h every step, each loop thread on its own
-rows with one BLAS thread. This script times the candidates for that product, each
-called in a compiled loop as cells/compiled.py calls it:
+rows with one BLAS thread. This script times the candidates for that product, packed
+and MKL each called in a compiled loop as cells/compiled.py calls them:
 
     packed   W_h packed once for the micro-kernel (backends/packed_gemm.py)
     MKL      W_h packed once by cblas_sgemm_pack, cblas_sgemm_compute each step
              (backends/mkl.py; the column is empty without the extra ``mkl``)
-    OpenBLAS np.matmul (NumPy's own BLAS, which repacks W_h at every call)
+    OpenBLAS np.matmul called from Python (NumPy's own BLAS, which repacks W_h at every
+             call; the Python call, about a microsecond, is counted in)
 
 and the 1024³ GEMM on one thread right after each shape, in this process:
 
@@ -18,7 +19,7 @@ and the 1024³ GEMM on one thread right after each shape, in this process:
 
 settings.step_gemm() picks packed or MKL by the CPU's vector instructions: this table is
 the measurement behind that rule. Each figure is the median of 7 blocks of about 20 MFLOP
-(float32).
+(at least 4 calls; float32).
 """
 from __future__ import annotations
 
