@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-from machine import recorded, stamp
+from machine import cores, recorded, stamp
 
 CASES = {
     "lstm H=64, adding T=50, B=32": ["--task", "adding", "--cell", "lstm", "--hidden", "64", "--seq-len", "50",
@@ -68,8 +68,10 @@ def main():
     args.ranks = sorted(set(args.ranks))
     mpiexec = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
     print(stamp())
+    # the cores this process may use (its affinity, as taskset or a container's cpuset sets it), not
+    # os.cpu_count(), the machine's: that oversubscribes the cores the ranks share
     print(f"# float32 · {args.steps - 5} updates timed after 5 of warm-up · BLAS threads per rank: "
-          f"{os.cpu_count() or 2} // ranks")
+          f"{cores()} // ranks")
     print("| model and task | ranks | updates/s | all-reduce ms/update | speed-up |")
     print("|---|---:|---:|---:|---:|")
     for name, flags in CASES.items():
@@ -77,7 +79,7 @@ def main():
         for n in args.ranks:
             with tempfile.TemporaryDirectory() as out:
                 cfg = json.dumps(config_of(flags, args.steps, out))
-                threads = str(max(1, (os.cpu_count() or 2) // n))   # one rank per core, no oversubscription
+                threads = str(max(1, cores() // n))             # one rank per core, no oversubscription
                 env = os.environ | {"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
                 cmd = ([mpiexec, "-n", str(n)] if n > 1 else []) + [sys.executable, "-c", WORKER, cfg]
                 done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)

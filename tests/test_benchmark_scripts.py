@@ -143,3 +143,16 @@ def test_cells_runs_both_sides_on_the_threads_it_names(tmp_path):
     assert re.search(r"^# .* \(\S+, 1 threads\) · ", out, re.M), out
     assert "# threads 1 (torch, NumPy's BLAS; bptt's loops at most 1)" in out, out
     assert re.search(r"^\| rnn \| 4, 2, 3, 5 \| ", out, re.M), out
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs the process's CPU affinity (Linux)")
+def test_mpi_gives_each_rank_the_cores_the_process_may_use_not_the_machines(tmp_path):
+    """Under taskset (or a container's cpuset) the ranks share the cores of the affinity:
+    BLAS threads per rank are counted from those, not from os.cpu_count()."""
+    env = os.environ | {"BPTT_BENCHMARK_RESULTS": str(tmp_path)}
+    one = {min(os.sched_getaffinity(0))}
+    out = subprocess.run([sys.executable, "mpi.py", "--ranks", "1", "--steps", "10"], cwd=ROOT / "benchmarks",
+                         capture_output=True, text=True, check=True, env=env,
+                         preexec_fn=lambda: os.sched_setaffinity(0, one)).stdout
+    assert "BLAS threads per rank: 1 // ranks" in out, out
+    assert re.search(r"^\| lstm H=64, adding T=50, B=32 \| 1 \| [\d.]+ \| ", out, re.M), out
