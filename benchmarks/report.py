@@ -34,8 +34,9 @@ the stamp of the machine it ran on: the date, the CPU model, its vector instruct
 the BLAS and its kernel, and the versions of Python, NumPy, Numba, PyTorch and bptt. A
 figure holds on the machine of its stamp; on another CPU, run the script again. The
 speed scripts time bptt and PyTorch in the same process, each side as blocks of repeats
-in alternating rounds (the speed of a shared machine drifts), and report ratios taken
-within a round (bptt / PyTorch time: below 1, bptt is faster; updates/s: above 1).
+in alternating rounds (the speed of a shared machine drifts), and report ratios (bptt /
+PyTorch time: below 1, bptt is faster; updates/s: above 1), taken within a round where
+the method below says so (dropout.py divides the least of the rounds' medians).
 
 An AVX2 machine is imitated on an AVX-512 one, every library at once, with
 
