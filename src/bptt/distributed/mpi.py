@@ -150,5 +150,6 @@ def world() -> World:
     on_this_node = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
     if not _LIMITS:
         from threadpoolctl import threadpool_limits
-        _LIMITS.append(threadpool_limits(limits=max(1, (os.cpu_count() or 1) // on_this_node), user_api="blas"))
+        from ..backends.settings import available_cores          # the cores the ranks may use (taskset, cpuset)
+        _LIMITS.append(threadpool_limits(limits=max(1, available_cores() // on_this_node), user_api="blas"))
     return World(comm)
