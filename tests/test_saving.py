@@ -186,6 +186,21 @@ class LeakyConfig(Leaky):
         return {"rate": self.rate}
 
 
+class LeakyGain(LeakyConfig):
+    """Leaky with a gain inside the tanh, which config() leaves out."""
+    def __init__(self, rate=0.5, gain=1.0):
+        super().__init__(rate)
+        self.gain = gain
+
+    def step(self, p, u, v, state):
+        n = np.tanh(self.gain * (u + v))
+        return ((1 - self.rate) * state[0] + self.rate * n,), (n,)
+
+    def step_backward(self, p, dstate, cache):
+        da = dstate[0] * self.rate * self.gain * (1 - cache[0] ** 2)
+        return da, da, (dstate[0] * (1 - self.rate),), {}
+
+
 class Gain(bptt.Cell):
     """h = tanh(s (u + v)), s one learned scalar of shape ()."""
     name = "gain"
@@ -229,6 +244,25 @@ def test_a_cells_constructor_arguments_are_saved_or_saving_is_refused(tmp_path, 
     assert gain.params["layer0.s"].shape == ()                   # as extra_shapes declares (it was (1,))
     report = bptt.gradcheck(gain, x, y)
     assert "layer0.s" in report and report.worst() < 1e-6
+
+
+def test_a_config_that_leaves_out_an_argument_is_refused_on_save(tmp_path, monkeypatch):
+    """config() {"rate": 0.9} of LeakyGain(rate=0.9, gain=2.0) was saved, and bptt.load built
+    LeakyGain(rate=0.9) with gain 1.0: outputs 0.2 off, without a word."""
+    (tmp_path / "leaky_cells.py").write_text(LEAKY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from leaky_cells import LeakyGain
+    model = bptt.Model(LeakyGain(rate=0.9, gain=2.0), 2, 4, 1, dtype="float64", seed=0)
+    with pytest.raises(ValueError, match=r"^cell: LeakyGain.config\(\) gives \{'rate': 0.9\}, but "
+                                         r"LeakyGain\(\*\*\{'rate': 0.9\}\) computes another step: new state differs "
+                                         r"by 0.\d+ on one row of random numbers; expected config\(\) to give every "
+                                         r"constructor argument that changes what the cell computes"):
+        model.save(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    model = bptt.Model(LeakyGain(rate=0.9), 2, 4, 1, dtype="float32", seed=0)     # its defaults: saved
+    model.save(tmp_path / "m")
+    x = np.random.default_rng(0).standard_normal((5, 3, 2)).astype(np.float32)
+    assert np.array_equal(bptt.load(tmp_path / "m").forward(x)[0], model.forward(x)[0])
 
 
 def test_train_save_load_generate_from_python(tmp_path):

@@ -30,12 +30,14 @@ FORMAT = 1
 FILES = ("model.safetensors", "model.json")
 
 
-def cell_spec(cell):
+def cell_spec(cell, hidden_size: int = 4, dtype=np.float64):
     """What builds the cell again: its name, "module:ClassName" for a class built with no
     arguments, or {"class": "module:ClassName", "arguments": cell.config()} for a cell
     whose ``config()`` gives its constructor's keyword arguments (JSON values). A cell
     whose class takes arguments and has no ``config()`` is refused: loading it with the
-    defaults would build another cell."""
+    defaults would build another cell. So is one that ``Class(**config())`` builds again
+    computing another step on one row at ``hidden_size`` units in ``dtype`` (a config()
+    that leaves out an argument)."""
     if isinstance(cell, str):
         return cell
     kind = type(cell)
@@ -54,9 +56,17 @@ def cell_spec(cell):
             raise ValueError(f"cell: {kind.__qualname__}.config() expected a dict of keyword arguments with JSON "
                              f"values (numbers, strings, lists), got {arguments!r}")
         try:                                 # as bptt.load builds it: the same cell again, or refused now
-            again = kind(**arguments).config()
+            rebuilt = kind(**arguments)
+            again = rebuilt.config()
         except Exception as exc:
             again = f"{type(exc).__name__}: {exc}"
+        if again == arguments:
+            differs = _computes_otherwise(cell, rebuilt, hidden_size, dtype)
+            if differs:
+                raise ValueError(f"cell: {kind.__qualname__}.config() gives {arguments!r}, but "
+                                 f"{kind.__qualname__}(**{arguments!r}) computes another step: {differs}; "
+                                 f"expected config() to give every constructor argument that changes what the "
+                                 f"cell computes, since bptt.load builds the cell again from it")
         if again != arguments:
             raise ValueError(f"cell: {kind.__qualname__}.config() expected its constructor's keyword arguments, "
                              f"from which bptt.load builds the cell again as {kind.__qualname__}(**config()), got "
@@ -70,6 +80,41 @@ def cell_spec(cell):
                          f"would not record; give the class config() -> {{argument: value}}, from which bptt.load "
                          f"builds it again as {kind.__qualname__}(**config())")
     return name
+
+
+def _computes_otherwise(cell, rebuilt, H, dtype):
+    """What ``rebuilt`` computes other than ``cell`` on one row of random numbers (its
+    declared shapes and ``option``, step's new state, step_backward's gradients), or None
+    where both give the same bits."""
+    declared = lambda c: (c.gates, c.state, c.param_shapes(1, H), getattr(c, "option", 0),
+                          getattr(c, "dv_is_du", False))
+    if declared(rebuilt) != declared(cell):
+        return f"gates, state, parameter shapes, option or dv_is_du {declared(rebuilt)} against {declared(cell)}"
+    rng = np.random.default_rng(0)
+    p = {k: rng.standard_normal(shape).astype(dtype) for k, shape in cell.param_shapes(1, H).items()}
+    u, v = (rng.standard_normal((1, cell.gates * H)).astype(dtype) for _ in range(2))
+    state, ds = [tuple(rng.standard_normal((1, H)).astype(dtype) for _ in cell.state) for _ in range(2)]
+
+    def run(c):                       # each on its own copies: a step that writes into them cannot leak
+        new, cache = c.step({k: a.copy() for k, a in p.items()}, u.copy(), v.copy(), tuple(a.copy() for a in state))
+        du, dv, back, dextra = c.step_backward(p, ds, cache)
+        return {"new state": new, "du": (du,), "dv": (dv,), "dstate_prev": back,
+                "dextra": tuple(dextra[k] for k in sorted(dextra))}
+    try:
+        want = run(cell)
+    except Exception:
+        return None                   # the Model's own check of the cell names what fails
+    try:
+        got = run(rebuilt)
+    except Exception as exc:
+        return f"its step or step_backward fails: {type(exc).__name__}: {exc}"
+    for what in want:
+        a, b = ([np.asarray(x, np.float64) for x in arrays] for arrays in (got[what], want[what]))
+        if len(a) != len(b) or any(x.shape != y.shape or not np.array_equal(x, y, equal_nan=True)
+                                   for x, y in zip(a, b)):
+            off = max((float(np.abs(x - y).max()) for x, y in zip(a, b) if x.shape == y.shape), default=np.nan)
+            return f"{what} differs by {off:.3g} on one row of random numbers"
+    return None
 
 
 def save(model, path) -> Path:
@@ -90,7 +135,7 @@ def save(model, path) -> Path:
         if others:
             raise ValueError(f"path: {folder} holds other files ({', '.join(others[:3])}); expected a new folder "
                              f"or one with a saved model only")
-    config = model.config | {"cell": cell_spec(model.cell)}
+    config = model.config | {"cell": cell_spec(model.cell, model.hidden_size, model.dtype)}
     data = save_tensors({k: np.asarray(v, order="C") for k, v in model.params.items()})
     meta = {"kind": KIND, "format": FORMAT, "config": config, "vocabulary": model.vocabulary,
             "sha256": hashlib.sha256(data).hexdigest()}
