@@ -102,6 +102,19 @@ def test_a_cell_built_with_other_arguments_is_checked_again():
         bptt.Model(_ReluForgetsItsMask("relu"), 3, 8, 2, dtype="float64", seed=0)
 
 
+class _NoConfigReluForgetsItsMask(_ReluForgetsItsMask):
+    config = None                                  # the arguments live only in the attributes
+
+
+def test_a_cell_without_config_built_with_other_arguments_is_checked_again():
+    """The verdict was kept per config(): without one, the relu cell built after the tanh one
+    was taken unchecked, and its gradient was off (gradcheck's worst relative error 1.8)."""
+    bptt.Model(_NoConfigReluForgetsItsMask("tanh"), 3, 8, 2, dtype="float64", seed=0)
+    with pytest.raises(ValueError, match=r"^cell: _NoConfigReluForgetsItsMask.step_backward's du disagrees with "
+                                         r"central differences"):
+        bptt.Model(_NoConfigReluForgetsItsMask("relu"), 3, 8, 2, dtype="float64", seed=0)
+
+
 def test_a_step_writing_into_a_parameter_is_named():
     with pytest.raises(ValueError, match=r"^cell: _ClipsItsWeight.step writes into p\['w'\], which it may only "
                                          r"read \(.*read-only\); return new arrays; the model's parameters change "

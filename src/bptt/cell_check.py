@@ -26,8 +26,8 @@ it instead of adding to it differs. An index outside a row, or a difference beyo
 rounding (1e-4 in float32, 1e-9 in float64, relative to the value's size where it
 exceeds 1), is a ValueError naming the cell, the kernel, and the line or the value. A
 kernel that Python cannot run (Numba-only code) is left to the loop's own first pass.
-The verdict is kept per cell class, the arguments its config() gives, kernels, sizes and
-dtype for the process. step_backward is also held to central differences of step, in
+The verdict is kept per cell class, the arguments its config() gives, its attributes,
+kernels, sizes and dtype for the process. step_backward is also held to central differences of step, in
 float64 on one row (a cell whose backward is not that derivative on purpose, a surrogate
 gradient, sets exact_backward = False).
 """
@@ -116,13 +116,15 @@ def check_on_one_row(cell, hidden_size: int, dtype, kernels: bool = True) -> Non
 
 
 def _arguments(cell) -> str:
-    """The arguments a cell was built with, as its ``config()`` gives them ("" without one):
-    two cells of one class built with other arguments are checked each."""
+    """The arguments a cell was built with, as its ``config()`` gives them ("" without one),
+    and its attributes (a cell without config() keeps its arguments there): two cells of one
+    class built with other arguments are checked each."""
     config = getattr(cell, "config", None)
+    attributes = repr(sorted(getattr(cell, "__dict__", {}).items()))
     try:
-        return json.dumps(config(), sort_keys=True, default=repr) if callable(config) else ""
+        return (json.dumps(config(), sort_keys=True, default=repr) if callable(config) else "") + attributes
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}: {exc}" + attributes
 
 
 def _check_extra_shapes(cell, H) -> None:
