@@ -195,3 +195,11 @@ def test_train_and_flow_name_a_cell_that_fails_its_check_as_the_option(command, 
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("bptt: error: --cell: _OffByOnePercent.step_backward's dextra['w'] "), err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_cells_repr_shows_the_arguments_it_was_built_with():
+    """repr(Model(_IndRNN("relu"), …)) said cell=_IndRNN(), the repr of another cell."""
+    model = bptt.Model(_IndRNN("relu"), 3, 8, 2, seed=0)
+    assert repr(model.layer.cell) == "_IndRNN(activation='relu')"
+    assert repr(model).startswith("Model(cell=_IndRNN(activation='relu'), input_size=3,")
+    assert repr(bptt.cells.RNN("relu")) == "RNN(nonlinearity='relu')" and repr(bptt.cells.GRU()) == "GRU()"

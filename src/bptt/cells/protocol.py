@@ -128,8 +128,10 @@ class Cell(ABC):
     def step_backward(self, params: dict, dstate: tuple, cache: tuple):
         """(K4): (du, dv, dstate_prev, dextra)."""
 
-    def __repr__(self):
-        return f"{type(self).__name__}()"
+    def __repr__(self):                     # with the arguments config() gives: what builds it again
+        config = self.config() if callable(getattr(self, "config", None)) else {}
+        shown = ", ".join(f"{k}={v!r}" for k, v in config.items()) if isinstance(config, dict) else "…"
+        return f"{type(self).__name__}({shown})"
 
 
 def tape_width(cell, hidden_size: int) -> int:

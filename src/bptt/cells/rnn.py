@@ -51,9 +51,6 @@ class RNN(Cell):
         delta = dh * ACTIVATIONS[self.nonlinearity].derivative(h)          # (R4), (A2)
         return delta, delta, (np.zeros_like(dh),), {}
 
-    def __repr__(self):
-        return f"RNN({self.nonlinearity!r})"
-
 
 @njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
 def forward_kernel(z, rec, bias, extra, prev, new, aux, option):
