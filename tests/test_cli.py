@@ -643,3 +643,14 @@ def test_a_full_stdout_is_one_line_and_exit_status_1(unbuffered):
         done = subprocess.run([sys.executable, "-m", "bptt", "explain"], stdout=full, stderr=subprocess.PIPE,
                               text=True, env=env, timeout=120, check=False)
     assert (done.returncode, done.stderr) == (1, "bptt: error: stdout: No space left on device\n")
+
+
+def test_a_name_longer_than_the_file_system_takes_is_one_line(tmp_path, capsys, monkeypatch):
+    """A name the OS refuses (ENAMETOOLONG) is named in one line, exit 1, for every command
+    that reads a run, and resume is not sent back to itself."""
+    monkeypatch.chdir(tmp_path)
+    name = "x" * 300
+    for argv in (["resume", name], ["eval", name], ["sample", name], ["export", name, "--onnx", "m.onnx"]):
+        code, out, err = run(capsys, argv)
+        assert (code, out, err) == (1, "", f"bptt: error: {name}: File name too long\n"), argv
+

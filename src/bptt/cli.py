@@ -311,7 +311,7 @@ def _note_cut_short(run, best):
     """sample, eval and export read the newest complete checkpoint and change nothing: a
     half written after it (a save cut short) is named, as resume names it."""
     from .train import runs
-    if best or not Path(run).is_dir():
+    if best or not os.path.isdir(run):
         return
     for half in runs.incomplete(run):
         other = ".json" if half.suffix == ".safetensors" else ".safetensors"
@@ -328,18 +328,21 @@ def _finished(trainer) -> bool:
 
 def _last_checkpoint(run, finished=False) -> str:
     from .train import runs
-    found = runs.checkpoints(run) if run is not None and Path(run).is_dir() else []
+    # os.path.isdir: False for a path the OS refuses (a name too long), where Path.is_dir
+    # raises on the way out of the error that names it
+    found = runs.checkpoints(run) if run is not None and os.path.isdir(run) else []
     if not found:           # a run stopped before it wrote has no folder left to name
         return "no checkpoint was written, nothing to resume" + (f" (in {run})" if run is not None and
-                                                                 Path(run).is_dir() else "")
+                                                                 os.path.isdir(run) else "")
     if finished:
         return f"the run is complete: its last checkpoint is {found[-1]}; its final sample and figures were not printed"
     return f"the last complete checkpoint is {found[-1]} (`bptt resume {run}` continues from it)"
 
 
 # OSErrors that a second try meets again until the path is fixed: a folder where a file
-# goes or a file where a folder goes, a file or folder bptt may not read or write.
-SAME_AGAIN = (errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM)
+# goes or a file where a folder goes, a file or folder bptt may not read or write, a name
+# longer than the file system takes.
+SAME_AGAIN = (errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)
 
 
 class _Terminated(BaseException):

@@ -152,7 +152,7 @@ def save(model, path) -> Path:
 
 
 def is_saved(path) -> bool:
-    return (Path(path) / FILES[1]).is_file()
+    return os.path.isfile(Path(path) / FILES[1])       # False where the folder cannot be read (run_folder says so)
 
 
 def read(path):
