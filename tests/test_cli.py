@@ -654,3 +654,29 @@ def test_a_name_longer_than_the_file_system_takes_is_one_line(tmp_path, capsys, 
         code, out, err = run(capsys, argv)
         assert (code, out, err) == (1, "", f"bptt: error: {name}: File name too long\n"), argv
 
+
+def test_a_run_folder_that_cannot_be_read_is_named_not_said_to_have_no_checkpoint(tmp_path, capsys, monkeypatch):
+    """A run folder whose permissions forbid listing it (chmod a-r) listed no checkpoint, so
+    eval, sample, export, resume and flow --run said it had none; it is refused as
+    unreadable, and nothing in it changes."""
+    run_dir = tmp_path / "r"
+    code, _, _ = run(capsys, ["train", *SMALL, "--out", str(run_dir)])
+    assert code == 0
+    before = sorted(p.name for p in run_dir.iterdir())
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if os.fspath(path) == str(run_dir)
+                        and mode & os.R_OK else real_access(path, mode, **kw))     # root reads any folder
+    expected = (f"expected a run folder bptt can read, got {run_dir} (not readable: its permissions forbid "
+                f"listing or opening its files)")
+    run_dir.chmod(0o300)
+    try:
+        for argv in (["eval", str(run_dir)], ["sample", str(run_dir)], ["resume", str(run_dir), "--steps", "30"],
+                     ["export", str(run_dir), "--onnx", str(tmp_path / "m.onnx")],
+                     ["flow", "--run", str(run_dir), "--out", str(tmp_path / "f")]):
+            code, out, err = run(capsys, argv)
+            option = "--run" if argv[0] == "flow" else "RUN"
+            assert (code, out, err) == (2, "", f"bptt: error: {option}: {expected}\n"), argv
+    finally:
+        run_dir.chmod(0o755)
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+    assert not (tmp_path / "f").exists() and not (tmp_path / "m.onnx").exists()

@@ -164,6 +164,7 @@ def check(args) -> tuple:
         if not where.is_dir():
             raise ValueError(f"--run: expected a run folder, got {run_dir!r} "
                              f"({'a file' if where.exists() else 'no such folder'})")
+        runs.check_readable(where, "--run")
         if not runs.checkpoints(where):
             raise ValueError(f"--run: expected a run folder with a checkpoint (ckpt-*.json and its "
                              f".safetensors), got {run_dir!r} (none in it)")

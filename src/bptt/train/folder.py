@@ -307,6 +307,10 @@ def claim_existing(path, option: str = "RUN") -> Lock:
     if not path.exists():                     # before check_folder: resume creates nothing
         raise FolderError(f"{option}: no such run folder: {path}")
     check_folder(path, option)
+    try:
+        runs.check_readable(path, option)
+    except ValueError as exc:
+        raise FolderError(str(exc)) from None
     if run_step(path) is None:
         saved = runs.saved_model_note(path)
         raise FolderError(f"{option}: {path} is not a run (no config.json or checkpoint of bptt's)"

@@ -132,7 +132,16 @@ def run_folder(run) -> Path:
         raise ValueError(f"RUN: {run} is a file; expected a run folder")
     if not run.is_dir():
         raise ValueError(f"RUN: no such run folder: {run}")
+    check_readable(run)
     return run
+
+
+def check_readable(run: Path, option: str = "RUN") -> None:
+    """A folder whose files cannot be listed or opened is refused as such: its listing
+    would be empty, and the run reported as having no checkpoint."""
+    if not os.access(run, os.R_OK | os.X_OK):
+        raise ValueError(f"{option}: expected a run folder bptt can read, got {run} (not readable: its "
+                         f"permissions forbid listing or opening its files)")
 
 
 def saved_model_note(path) -> str:
