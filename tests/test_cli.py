@@ -680,3 +680,16 @@ def test_a_run_folder_that_cannot_be_read_is_named_not_said_to_have_no_checkpoin
         run_dir.chmod(0o755)
     assert sorted(p.name for p in run_dir.iterdir()) == before
     assert not (tmp_path / "f").exists() and not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("option,value", [("--hidden", "99999999999999999999"), ("--batch", "9223372036854775807"),
+                                          ("--seq-len", "2147483648"), ("--layers", "99999999999999999999")])
+def test_a_size_past_what_an_array_can_hold_names_its_option(tmp_path, capsys, monkeypatch, option, value):
+    """--hidden 99999999999999999999 ended in a TypeError traceback from NumPy, and --batch
+    2**63 - 1 in "Maximum allowed dimension exceeded", naming no option (--layers: a loop
+    building layers until memory ran out); each is refused before anything is made."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, ["train", "--task", "adding", option, value, "--steps", "2", "--quiet"])
+    assert (code, out, err) == (2, "", f"bptt: error: {option}: expected a positive integer up to 2147483647 "
+                                       f"(2**31 - 1), got {value}\n")
+    assert list(tmp_path.iterdir()) == []

@@ -30,6 +30,9 @@ else:                                  # pragma: no cover
 # What resume takes from an edited config.json or its own options; every other key is the
 # checkpoint's (the model, data and optimizer must stay what the checkpoint holds).
 CHANGEABLE_ON_RESUME = ("steps", "patience", "eval_every", "checkpoint_every")
+# The largest size (hidden, seq_len, batch, …): larger ones cannot be allocated, and past 2**63
+# NumPy fails with a TypeError or "Maximum allowed dimension exceeded" that names no option.
+MAX_SIZE = 2 ** 31 - 1
 
 
 @dataclass
@@ -124,6 +127,11 @@ class Config:
         for name in ("k1", "k2", "checkpointing", "patience"):
             if getattr(self, name) is not None:
                 _checks.positive_int(name, getattr(self, name))
+        for name in ("hidden", "layers", "seq_len", "batch", "k1", "k2", "checkpointing"):     # sizes of arrays
+            value = getattr(self, name)
+            if value is not None and value > MAX_SIZE:      # past it, NumPy fails without naming the option
+                raise ValueError(f"{name.replace('_', '-')}: expected a positive integer up to {MAX_SIZE} "
+                                 f"(2**31 - 1), got {value}")
         if self.k2 is not None and self.k2 < (self.k1 or self.seq_len):
             raise ValueError(f"k2: expected k2 >= k1 = {self.k1 or self.seq_len}, got {self.k2}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
