@@ -693,3 +693,16 @@ def test_a_size_past_what_an_array_can_hold_names_its_option(tmp_path, capsys, m
     assert (code, out, err) == (2, "", f"bptt: error: {option}: expected a positive integer up to 2147483647 "
                                        f"(2**31 - 1), got {value}\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_file_with_a_byte_order_mark_is_read(tmp_path, capsys):
+    """A TOML file saved with a UTF-8 byte-order mark (Notepad's UTF-8) was refused as `not
+    valid TOML: Invalid statement (at line 1, column 1)`; the mark is dropped, as from --text."""
+    config = tmp_path / "bom.toml"
+    config.write_bytes(b"\xef\xbb\xbf" + 'hidden = 6\ntask = "adding"\nseq_len = 6\n'.encode())
+    code, _, err = run(capsys, ["train", "--config", str(config), "--steps", "2", "--quiet",
+                                "--out", str(tmp_path / "r")])
+    assert code == 0, err
+    import json
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (saved["hidden"], saved["task"], saved["seq_len"]) == (6, "adding", 6)

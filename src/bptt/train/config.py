@@ -256,9 +256,11 @@ def from_dict(values: dict) -> Config:
 
 
 def load_toml(path) -> dict:
+    """The options of a TOML file, each checked and named as `KEY in FILE`. A byte-order
+    mark that Windows editors write first is dropped, as it is from a --text file."""
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            raw = tomllib.loads(f.read().decode("utf-8").removeprefix("\ufeff"))
     except FileNotFoundError:
         raise ValueError(f"--config: no such file: {path}") from None
     except IsADirectoryError:
