@@ -706,3 +706,16 @@ def test_a_config_file_with_a_byte_order_mark_is_read(tmp_path, capsys):
     import json
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert (saved["hidden"], saved["task"], saved["seq_len"]) == (6, "adding", 6)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["train", "--help"]])
+def test_help_into_a_stdout_that_cannot_take_it_is_one_line(argv):
+    """argparse dropped the error of writing --help or --version and exited 0 with nothing
+    written; it is exit 1 and one line naming stdout, as for every other command."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "bptt", *argv], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120, check=False)
+    assert (done.returncode, done.stderr) == (1, "bptt: error: stdout: No space left on device\n")
+    piped = subprocess.run([sys.executable, "-m", "bptt", *argv], capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and piped.stdout and not piped.stderr

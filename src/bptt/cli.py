@@ -117,6 +117,22 @@ class _Parser(argparse.ArgumentParser):
             print(f"bptt: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
+    def _print_message(self, message, file=None):
+        """--help and --version: a stdout that cannot take them (a full disk) is one line
+        naming stdout and exit status 1, where argparse dropped the error and exited 0."""
+        file = file or sys.stderr
+        if not message or file is None:
+            return
+        try:
+            file.write(message)
+            file.flush()
+        except OSError as exc:
+            _drop_stdout(file)                      # the flush at exit must not fail again
+            if isinstance(exc, BrokenPipeError) or file is not sys.stdout:
+                return                              # piped into `head` and closed: not an error
+            print(f"bptt: error: stdout: {exc.strerror or exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+
 
 def build_parser():
     parser = _Parser(prog="bptt", description="Recurrent networks trained by hand-derived backpropagation "
