@@ -184,3 +184,24 @@ def test_schedules_at_their_boundaries_and_the_warm_up_message_says_what_it_does
                "update s by s/50), got 50")
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         Trainer(Config(task="adding", warmup=50, steps=40, out=str(tmp_path / "r")))
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_a_gradient_of_another_shape_or_missing_is_refused_before_any_state_changes(name):
+    """Adam's compiled pass read 12 entries of a 5-entry gradient (values from past its end
+    written into the parameter); the other optimizers broadcast a (1, 3) gradient over (4, 3)."""
+    import re
+    params = {"a": np.zeros((4, 3)), "b": np.zeros(2)}
+    opt = make_optimizer(name, params, 0.1)
+    for grads, message in [
+            ({"a": np.ones(5), "b": np.ones(2)}, "grads: a expected shape (4, 3) (its parameter's), got (5,)"),
+            ({"a": np.ones((1, 3)), "b": np.ones(2)}, "grads: a expected shape (4, 3) (its parameter's), got (1, 3)"),
+            ({"a": np.ones((4, 3))}, "grads: expected a gradient for every parameter, got none for 'b'"),
+            ([np.ones((4, 3)), np.ones(2)], "grads: expected a dict of arrays keyed by parameter name, got list")]:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            opt.step(grads)
+    with pytest.raises(ValueError, match=r"^lr: expected a non-negative number, got -0\.1$"):
+        opt.step({"a": np.ones((4, 3)), "b": np.ones(2)}, lr=-0.1)
+    assert opt.steps == 0 and not params["a"].any() and not params["b"].any()
+    opt.step({"a": np.ones((4, 3)), "b": np.ones(2), "x": np.ones(7)}, lr=0.0)     # other keys: ignored
+    assert opt.steps == 1 and not params["a"].any()                                 # lr 0: a step that moves nothing

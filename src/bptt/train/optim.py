@@ -26,9 +26,14 @@ class Optimizer:
         self.state = {slot: {k: np.zeros_like(v) for k, v in params.items()} for slot in self.slots}
 
     def step(self, grads: dict, lr: float | None = None) -> None:
-        """One update with learning rate ``lr`` (the constructor's when omitted)."""
+        """One update with learning rate ``lr`` (the constructor's when omitted; 0, where a
+        cosine schedule ends, leaves the parameters). ``grads`` holds an array of each
+        parameter's shape under its name (other keys are ignored); anything else is refused
+        before any state changes: Adam's compiled pass reads as many gradient entries as the
+        parameter has, past the end of a smaller array, and the others would broadcast."""
+        lr = self.lr if lr is None else _positive_float("lr", lr, allow_zero=True)
+        _check_grads(grads, self.params)
         self.steps += 1
-        lr = self.lr if lr is None else lr
         for name, p in self.params.items():
             self._update(name, p, grads[name], lr)
 
@@ -51,6 +56,18 @@ class Optimizer:
                                      f"got {src.shape} {src.dtype}")
                 v[...] = src
         self.steps = int(np.asarray(state["steps"]).reshape(-1)[0])
+
+
+def _check_grads(grads, params):
+    """ValueError naming the first parameter whose gradient is missing or of another shape."""
+    if not isinstance(grads, dict):
+        raise ValueError(f"grads: expected a dict of arrays keyed by parameter name, got {type(grads).__name__}")
+    for name, p in params.items():
+        if name not in grads:
+            raise ValueError(f"grads: expected a gradient for every parameter, got none for {name!r}")
+        shape = np.shape(grads[name])
+        if shape != p.shape:
+            raise ValueError(f"grads: {name} expected shape {p.shape} (its parameter's), got {shape}")
 
 
 def _positive_float(name, value, allow_zero=False):
