@@ -205,3 +205,15 @@ def test_a_gradient_of_another_shape_or_missing_is_refused_before_any_state_chan
     assert opt.steps == 0 and not params["a"].any() and not params["b"].any()
     opt.step({"a": np.ones((4, 3)), "b": np.ones(2), "x": np.ones(7)}, lr=0.0)     # other keys: ignored
     assert opt.steps == 1 and not params["a"].any()                                 # lr 0: a step that moves nothing
+
+
+def test_norm_clipping_of_float32_gradients_whose_squares_overflow_scales_them_to_the_bound():
+    """Finite float32 entries of 1e19 have squares past float32's range: the norm was inf
+    and clipping multiplied every gradient by 0 (an update that learned nothing)."""
+    grads = {"a": np.full((10, 10), 1e19, dtype=np.float32), "b": np.array([3e19, -4e19], dtype=np.float32)}
+    want = np.sqrt(100 * 1e19 ** 2 + 25e38)
+    assert clip.global_norm(grads) == pytest.approx(want, rel=1e-6)
+    assert clip.clip_grad_norm(grads, 5.0) == pytest.approx(want, rel=1e-6)
+    assert all(g.dtype == np.float32 for g in grads.values())
+    np.testing.assert_allclose(grads["b"], np.array([3e19, -4e19]) * 5.0 / want, rtol=1e-6)
+    assert clip.global_norm(grads) == pytest.approx(5.0, rel=1e-6)

@@ -1,6 +1,8 @@
 """Gradient clipping, and the guard that never lets a non-finite gradient through silently."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -39,15 +41,27 @@ def check_finite(loss, grads: dict) -> None:
 
 
 def global_norm(grads: dict) -> float:
-    """The L2 norm of all gradients together."""
-    return float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+    """The L2 norm of all gradients together. A float32 gradient whose sum of squares
+    passes float32's range (entries above about 1.8e19, still finite) is summed again in
+    float64: an infinite norm would make norm clipping scale every gradient by 0."""
+    return float(np.sqrt(sum(_sum_of_squares(g) for g in grads.values())))
+
+
+def _sum_of_squares(g) -> float:
+    total = float(np.vdot(g, g))
+    if math.isinf(total) and g.dtype == np.float32:
+        wide = g.astype(np.float64)
+        total = float(np.vdot(wide, wide))
+    return total
 
 
 def clip_grad_norm(grads: dict, max_norm: float) -> float:
     """Scale all gradients together so that their global L2 norm is at most max_norm.
 
     Returns the norm before clipping, as torch.nn.utils.clip_grad_norm_ does (and scales
-    by max_norm / (norm + 1e-6), as it does).
+    by max_norm / (norm + 1e-6), as it does). Where float32 squares overflow, torch's norm
+    is inf and it scales by 0; here the norm is global_norm's, finite, and the gradients
+    are scaled to max_norm.
     """
     if not max_norm > 0:                       # a negative bound would flip every gradient
         raise ValueError(f"max_norm: expected a positive number, got {max_norm}")
