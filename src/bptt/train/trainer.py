@@ -47,6 +47,7 @@ from .tasks import TextFileError, TextTask, make_task, text_model_kwargs
 
 READ_ONLY = "RUN: Trainer.load gives a read-only trainer; Trainer.resume continues a run"
 LOG_EVERY = 50                  # updates a metrics row averages (fewer in a short run)
+TINY_PROBABILITY = 1e-30        # below it, validation takes a window's cross-entropy from its logits
 
 
 class Trainer:
@@ -522,10 +523,16 @@ class Trainer:
             state, nll, hits, n = None, 0.0, 0, 0
             for lo in range(0, codes.shape[0] - 1, self.config.seq_len):
                 hi = min(lo + self.config.seq_len, codes.shape[0] - 1)
-                y, state = m.forward(self.task.one_hot(codes[lo:hi], m.dtype), state)
+                x = self.task.one_hot(codes[lo:hi], m.dtype)
+                y, after = m.forward(x, state)
                 target = codes[lo + 1:hi + 1]
                 p = np.take_along_axis(y, target[..., None], axis=-1)[..., 0]
-                nll -= float(np.log(np.maximum(p, 1e-30)).sum())
+                if (p < TINY_PROBABILITY).any() and np.isfinite(p).all():
+                    # log of such a p is its rounding's (or -inf): the loss's logsumexp form, (C3)
+                    nll += m.loss_value(x, target, state) * target.size
+                else:
+                    nll -= float(np.log(np.maximum(p, TINY_PROBABILITY)).sum())
+                state = after
                 hits += int((y.argmax(-1) == target).sum())
                 n += target.size
             return {"val_loss": nll / n, "val_bits": nll / n / math.log(2), "val_acc": hits / n}
