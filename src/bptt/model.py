@@ -551,13 +551,15 @@ class Model:
         return g.loss, g.params, g.state
 
     def loss_value(self, x, targets, state0=None, mask=None, resets=None, loss_mask=None,
-                   loss_count=None, masks=None) -> float:
-        """The loss alone, through the same forward pass and loss as ``gradients``."""
+                   loss_count=None, masks=None, carried_state=False) -> float:
+        """The loss alone, through the same forward pass and loss as ``gradients``
+        (``carried_state`` as it takes it)."""
         x, mask, resets = self._check_inputs(x, mask, resets, carried=state0 is not None)
         T, B, _ = x.shape
         targets = self._check_targets(targets, T, B)
         loss_mask, loss_count = self._check_loss_options(loss_mask, loss_count, mask, T, B)
-        fw = self._forward(x, self._split_state(state0, B), mask, resets, self._masks(masks, T, B))
+        fw = self._forward(x, self._split_state(state0, B, finite=not carried_state), mask, resets,
+                           self._masks(masks, T, B))
         return self._loss(self._head_rows(fw), targets, mask, T, B, loss_mask, loss_count)[0]
 
     def _loss(self, rows, targets, mask, T, B, loss_mask=None, loss_count=None):

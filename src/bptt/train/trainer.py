@@ -524,12 +524,12 @@ class Trainer:
             for lo in range(0, codes.shape[0] - 1, self.config.seq_len):
                 hi = min(lo + self.config.seq_len, codes.shape[0] - 1)
                 x = self.task.one_hot(codes[lo:hi], m.dtype)
-                y, after = m.forward(x, state)
+                y, after = m.forward(x, state, carried_state=True)     # an overflow: a NaN figure, not a refusal
                 target = codes[lo + 1:hi + 1]
                 p = np.take_along_axis(y, target[..., None], axis=-1)[..., 0]
                 if (p < TINY_PROBABILITY).any() and np.isfinite(p).all():
                     # log of such a p is its rounding's (or -inf): the loss's logsumexp form, (C3)
-                    nll += m.loss_value(x, target, state) * target.size
+                    nll += m.loss_value(x, target, state, carried_state=True) * target.size
                 else:
                     nll -= float(np.log(np.maximum(p, TINY_PROBABILITY)).sum())
                 state = after
