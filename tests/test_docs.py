@@ -1,6 +1,7 @@
 """The documents: a README of at most 200 lines whose links resolve, a performance page
 generated from benchmarks/results/ and current, a custom-cell notebook that is the page,
-every page of the site's navigation present, and no word of how the project was built."""
+every page of the site's navigation present, no word of how the project was built, and a
+derivation page that holds every equation label the code cites and every code line it quotes."""
 import importlib.util
 import re
 import sys
@@ -93,3 +94,27 @@ def test_every_exported_callable_that_takes_x_gives_its_shapes():
             if takes_x and "(T, B, D)" not in (inspect.getdoc(obj) or ""):
                 missing.append(f"{module.__name__}.{name}")
     assert not missing, missing
+
+
+LABEL = r"\((?:LN|PR|[A-Z])[0-9]+\)"
+
+
+def test_every_equation_label_the_code_cites_is_on_the_derivation_page():
+    """A label counts as defined where it ends a line of docs/derivation.md (an equation's
+    tag), and every code line the page quotes with a label comment is one of the code's."""
+    page = (ROOT / "docs" / "derivation.md").read_text(encoding="utf-8")
+    defined = set()
+    for line in page.splitlines():
+        tail = re.search(rf"((?:{LABEL}[ ,]*)+)$", line.rstrip())
+        if tail:
+            defined.update(re.findall(LABEL, tail.group(1)))
+    src = {p: p.read_text(encoding="utf-8") for p in sorted((ROOT / "src" / "bptt").rglob("*.py"))}
+    missing = sorted({f"{p.relative_to(ROOT)}: {label}" for p, text in src.items()
+                      for label in re.findall(LABEL, text) if label not in defined})
+    assert not missing, missing
+    code = "\n".join(src.values())
+    quoted = re.findall(rf"`([^`]*#\s*{LABEL}[^`]*)`", page)
+    assert quoted
+    for line in quoted:
+        statement, comment = (part.strip() for part in line.split("#", 1))
+        assert re.search(re.escape(statement) + r"\s*#\s*" + re.escape(comment), code), line

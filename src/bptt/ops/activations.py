@@ -30,11 +30,11 @@ def _tanh_d(h):
 
 
 def _sigmoid(a, out):
-    # sigmoid(a) = 0.5·tanh(a/2) + 0.5: one ufunc pass, no overflow for large |a|.
+    # sigmoid(a) = 0.5·tanh(a/2) + 0.5: one transcendental (tanh, no exp), no overflow for large |a|.
     np.multiply(a, 0.5, out=out)
     np.tanh(out, out=out)
     np.multiply(out, 0.5, out=out)
-    return np.add(out, 0.5, out=out)                              # (A1)
+    return np.add(out, 0.5, out=out)                              # (A1) σ, computed by (A3)
 
 
 def _sigmoid_d(h):
