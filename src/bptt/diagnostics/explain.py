@@ -68,7 +68,7 @@ def explain(cell: str = "rnn", out=None) -> dict:
     p(f"D = {D}, H = {H}, T = {T};  y_t = W_y h_t + b_y;  L = Σ_t (y_t − y*_t)²")
     p("Equation numbers refer to docs/derivation.md.")
     p()
-    p("Parameters (PyTorch's layout; rows of W_x, W_h, b_h are gate blocks of H)")
+    p("Parameters, PyTorch's layout (a line: a gate block of W_x or b_h, a row of W_h)")
     for name, value in P.items():
         rows = value.reshape(-1, H) if value.size % H == 0 else value.reshape(1, -1)
         for i, row in enumerate(rows):
