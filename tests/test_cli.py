@@ -56,6 +56,26 @@ def test_text_run_samples(tmp_path, capsys):
                                          f"vocabulary (not a character model); sampling needs a text model")
 
 
+def test_a_sample_reaches_a_stdout_that_cannot_encode_its_characters(tmp_path, capsys, monkeypatch):
+    import io
+
+    import bptt
+    chars = list("\nab é日\u0301")
+    model = bptt.Model("gru", input_size=len(chars), hidden_size=4, output_size=len(chars), head="softmax",
+                       loss="cross_entropy", seed=0)
+    model.vocabulary = chars
+    model.save(tmp_path / "m")
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="ascii"))
+    code = main(["sample", str(tmp_path / "m"), "--length", "200", "--seed", "0", "--prime", "é"])
+    sys.stdout.flush()
+    err = capsys.readouterr().err
+    assert code == 0, err                                 # was: exit 2, the sample lost
+    out = raw.getvalue().decode("ascii")
+    assert out.startswith("\\xe9") and "\\u65e5" in out and "\\u0301" in out
+    assert err.count("bptt: stdout: its encoding (ascii) cannot write some characters") == 1
+
+
 @pytest.mark.parametrize("argv,message", [
     (["train", "--hidden", "x"], "bptt: error: --hidden: expected an integer, got 'x'"),
     (["train", "--lr", "1e"], "bptt: error: --lr: expected a number, got '1e'"),

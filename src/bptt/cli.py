@@ -283,12 +283,24 @@ class _Stdout:
 
     def __init__(self, stream):
         self.stream = stream
+        self.escaped = False
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
 
     def write(self, text):
-        return self._named(self.stream.write, text)
+        try:
+            return self._named(self.stream.write, text)
+        except UnicodeEncodeError:
+            # A stdout whose encoding lacks characters of a sample (PYTHONIOENCODING=ascii, a
+            # Latin-1 locale, a redirect on Windows) takes them as \u escapes, as stderr does,
+            # said once: the sample and the figures printed after it are not lost.
+            encoding = self.stream.encoding
+            if not self.escaped:
+                self.escaped = True
+                print(f"bptt: stdout: its encoding ({encoding}) cannot write some characters; they are written as "
+                      f"\\x, \\u escapes (PYTHONIOENCODING=utf-8 writes them as they are)", file=sys.stderr)
+            return self._named(self.stream.write, text.encode(encoding, "backslashreplace").decode(encoding))
 
     def flush(self):
         return self._named(self.stream.flush)
