@@ -614,3 +614,13 @@ def test_the_sine_tasks_own_baseline_is_its_expectation():
     # noise² + 3·E[a²]·E[1 − cos f]; an estimate from 256 sequences stated 0.0314
     x, y = SineTask(20).batch(np.random.default_rng(0), 40_000, np.float64)
     assert SineTask(20).baseline == pytest.approx(((x - y) ** 2).mean(), rel=0.005)
+
+
+def test_top_k_keeps_exactly_k_characters_when_probabilities_tie():
+    from bptt.generate import tempered
+    assert (tempered(np.full(5, 0.2), 1.0, top_k=1) > 0).sum() == 1        # k = 1 is greedy: was all 5
+    q = tempered(np.array([0.1, 0.3, 0.3, 0.3]), 0.5, top_k=2)
+    assert np.array_equal(q, [0, 0.5, 0.5, 0])                             # was 1/3 on each of three
+    p = np.array([0.05, 0.4, 0.15, 0.3, 0.1])
+    z = np.log(p[[1, 3, 2]]) / 0.7
+    assert np.allclose(tempered(p, 0.7, top_k=3)[[1, 3, 2]], np.exp(z) / np.exp(z).sum(), rtol=1e-12)

@@ -25,8 +25,9 @@ def tempered(p, temperature: float, top_k: int | None = None) -> np.ndarray:
     logits = np.log(np.maximum(np.asarray(p, dtype=np.float64), 1e-30))
     logits -= logits.max()
     if top_k is not None and top_k < logits.size:
-        cut = np.partition(logits, -top_k)[-top_k]
-        logits[logits < cut] = -np.inf
+        # exactly k entries, ties broken by the lower index: a cut by value kept every entry
+        # tied at the k-th (top_k=1 over two equal maxima drew either, not greedily)
+        logits[np.argsort(-logits, kind="stable")[top_k:]] = -np.inf
     with np.errstate(over="ignore", under="ignore"):      # -x/T beyond the range is -inf: weight 0
         q = np.exp(logits / temperature)
     return q / q.sum()
