@@ -372,7 +372,8 @@ def test_schedule_errors_are_named():
         tt.checkpointed(model, x, y, budget=2.5)
     with pytest.raises(ValueError, match=r"truncated BPTT needs outputs='all'"):
         tt.truncated(make_model("rnn", outputs="last"), x, np.zeros((2, 3)), 2)
-    with pytest.raises(ValueError, match=r"ExactInfluence \(forward mode\) carries one direction's unprojected state .*bidirectional=True"):
+    with pytest.raises(ValueError, match=r"ExactInfluence \(forward mode\) carries one direction's unprojected "
+                                         r"state .*bidirectional=True"):
         tt.rtrl(bptt.Model("lstm", 3, 4, 3, bidirectional=True, dtype="float64"), x, y)
     for ks in ([0, 2], [2.5, 4], 4, ["a"], [np.nan], []):      # 2.5 was truncated to 2, silently
         with pytest.raises(ValueError, match=r"ks: expected a list of positive integer truncation lengths, got "):

@@ -27,9 +27,9 @@ rounding (1e-4 in float32, 1e-9 in float64, relative to the value's size where i
 exceeds 1), is a ValueError naming the cell, the kernel, and the line or the value. A
 kernel that Python cannot run (Numba-only code) is left to the loop's own first pass.
 The verdict is kept per cell class, the arguments its config() gives, its attributes,
-kernels, sizes and dtype for the process. step_backward is also held to central differences of step, in
-float64 on one row (a cell whose backward is not that derivative on purpose, a surrogate
-gradient, sets exact_backward = False).
+kernels, sizes and dtype for the process. step_backward is also held to central
+differences of step, in float64 on one row (a cell whose backward is not that derivative
+on purpose, a surrogate gradient, sets exact_backward = False).
 """
 from __future__ import annotations
 

@@ -66,8 +66,8 @@ class Influence:
     def __init__(self, model, B: int, state0=None):
         check_model(model)
         if model.bidirectional or model.proj_size:
-            raise ValueError(f"model: {type(self).__name__} (forward mode) carries one direction's unprojected state forward; got "
-                             f"bidirectional={model.bidirectional}, proj_size={model.proj_size}")
+            raise ValueError(f"model: {type(self).__name__} (forward mode) carries one direction's unprojected "
+                             f"state forward; got bidirectional={model.bidirectional}, proj_size={model.proj_size}")
         self.model, self.B = model, _checks.positive_int("B", B)
         self.cell = model.layer.cell
         self.S, self.H = len(model.layer.STATE), model.hidden_size
@@ -208,7 +208,8 @@ class Influence:
         for l, block in enumerate(self.blocks):
             start = self.offsets[l][0]
             for name, (n0, shape) in block.items():
-                out[f"{self.model.direction_prefix(l)}.{name}"] = grad[start + n0:start + n0 + int(np.prod(shape))].reshape(shape).copy()
+                block = grad[start + n0:start + n0 + int(np.prod(shape))]
+                out[f"{self.model.direction_prefix(l)}.{name}"] = block.reshape(shape).copy()
         return out
 
     def public_state(self):
