@@ -111,7 +111,7 @@ def check_on_one_row(cell, hidden_size: int, dtype, kernels: bool = True) -> Non
                  + [(f"ds_prev of state {name!r}", ds_prev[s], back_ref[s][0]) for s, name in enumerate(cell.state)]
                  + [("dextra (what it adds)", dextra - dextra_start, flat_ref)], dtype, H)
     if getattr(cell, "exact_backward", True):
-        _check_derivative(cell, shapes, extra_shapes, H, G, S)
+        _check_derivative(cell, extra_shapes, H, S)
     _CHECKED.add(key)
 
 
@@ -244,15 +244,24 @@ def _compare(cell, direction, reference, pairs, dtype, H) -> None:
                 f"to compute what step and step_backward compute (bptt.cells.protocol)")
 
 
-def _check_derivative(cell, shapes, extra_shapes, H, G, S) -> None:
+def random_row(cell, H, dtype, rng) -> tuple:
+    """(p, u, v, state, ds): one row of random numbers in ``dtype`` for ``cell``'s step and
+    step_backward at H units, u and v (1, G·H), each state and ds array (1, H); W_h and
+    the extra parameters scaled by 1/√H, so that a step stays in its functions' range."""
+    p = {k: (rng.standard_normal(shape) / (1 if k in ("W_x", "b_h") else H ** 0.5)).astype(dtype)
+         for k, shape in cell.param_shapes(1, H).items()}
+    u, v = (rng.standard_normal((1, cell.gates * H)).astype(dtype) for _ in range(2))
+    state, ds = [tuple(rng.standard_normal((1, H)).astype(dtype) for _ in cell.state) for _ in range(2)]
+    return p, u, v, state, ds
+
+
+def _check_derivative(cell, extra_shapes, H, S) -> None:
     """step_backward against central differences of step, in float64 on one row of random
     numbers: for each input (u, v, each state, each extra parameter) a random direction δ,
     ⟨gradient, δ⟩ against (L(x + εδ) − L(x − εδ)) / 2ε with L = Σ_s ⟨ds_s, s_t^s⟩. A cell
     that cannot run in float64, or gives another dtype there, is left to the model's own."""
     rng = np.random.default_rng(1)
-    p = {k: rng.standard_normal(shape) / (1 if k in ("W_x", "b_h") else H ** 0.5) for k, shape in shapes.items()}
-    u, v = rng.standard_normal((1, G * H)), rng.standard_normal((1, G * H))
-    state, ds = [tuple(rng.standard_normal((1, H)) for _ in range(S)) for _ in range(2)]
+    p, u, v, state, ds = random_row(cell, H, np.float64, rng)
     try:
         new, cache = cell.step(p, u, v, state)
         du, dv, back, dextra = cell.step_backward(p, ds, cache)

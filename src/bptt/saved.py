@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_tensors, save as save_tensors
 
 from . import _checks
+from .cell_check import random_row
 from .model import check_model
 from ._files import atomic_write_all
 
@@ -90,10 +91,7 @@ def _computes_otherwise(cell, rebuilt, H, dtype):
                           getattr(c, "dv_is_du", False))
     if declared(rebuilt) != declared(cell):
         return f"gates, state, parameter shapes, option or dv_is_du {declared(rebuilt)} against {declared(cell)}"
-    rng = np.random.default_rng(0)
-    p = {k: rng.standard_normal(shape).astype(dtype) for k, shape in cell.param_shapes(1, H).items()}
-    u, v = (rng.standard_normal((1, cell.gates * H)).astype(dtype) for _ in range(2))
-    state, ds = [tuple(rng.standard_normal((1, H)).astype(dtype) for _ in cell.state) for _ in range(2)]
+    p, u, v, state, ds = random_row(cell, H, dtype, np.random.default_rng(0))
 
     def run(c):                       # each on its own copies: a step that writes into them cannot leak
         new, cache = c.step({k: a.copy() for k, a in p.items()}, u.copy(), v.copy(), tuple(a.copy() for a in state))
