@@ -12,7 +12,10 @@ and MKL each called in a compiled loop as cells/compiled.py calls them:
     OpenBLAS np.matmul called from Python (NumPy's own BLAS, which repacks W_h at every
              call; the Python call, about a microsecond, is counted in)
 
-and the 1024³ GEMM on one thread right after each shape, in this process:
+and the 1024³ GEMM on one thread right after each shape, in this process. Before a shape is
+timed, each candidate's product is held to the float64 product of the same operands (a
+relative error within float32 rounding of the sum, ``check_product``): a fast wrong kernel
+stops the script rather than winning the table.
 
     python benchmarks/step_gemm.py                   # the core benchmark's shapes
     python benchmarks/step_gemm.py --shapes 32,512,4 16,128,4
@@ -64,6 +67,17 @@ def median_s(run, n, blocks=7):
     return statistics.median(times)
 
 
+def check_product(name, got, a, b):
+    """Refuse a candidate whose product differs from the float64 one by more than float32
+    rounding of a sum of len(b) terms allows (relative to the largest |a_ik b_kj| sum)."""
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+    error = float(np.max(np.abs(got - exact) / np.maximum(scale, np.finfo(np.float64).tiny)))
+    if not error <= 4 * b.shape[0] * np.finfo(np.float32).eps:
+        raise SystemExit(f"step_gemm: {name} gives a wrong product at {a.shape} x {b.shape}: "
+                         f"relative error {error:.2e}")
+
+
 def square_rate(n=1024):
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     out = np.empty_like(a)
@@ -98,11 +112,15 @@ def main():
                 out = np.empty((B, Bm.shape[1]), np.float32)
                 packed = packed_gemm.pack(Bm)
                 tile = np.empty((packed_gemm.MR, packed.shape[2]), np.float32)
+                _repeat_packed(a, packed, out, tile, 1)
+                check_product("packed", out, a, Bm)
                 rate = {"packed": flops / median_s(lambda k: _repeat_packed(a, packed, out, tile, k), n) / 1e9,
                         "OpenBLAS": flops / median_s(lambda k: [np.matmul(a, Bm, out=out) for _ in range(k)], n) / 1e9}
                 if has_mkl:
                     buffer = np.empty(mkl.packed_size(W, forward, B), np.float32)
                     mkl.pack_into(W, forward, B, buffer)
+                    repeat_mkl(a, buffer, out, 1)
+                    check_product("MKL", out, a, Bm)
                     rate["MKL"] = flops / median_s(lambda k: repeat_mkl(a, buffer, out, k), n) / 1e9
                 square = square_rate()
                 product = f"({B}, {H}) x ({H}, {G * H})" if forward else f"({B}, {G * H}) x ({G * H}, {H})"

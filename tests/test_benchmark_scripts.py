@@ -156,3 +156,22 @@ def test_mpi_gives_each_rank_the_cores_the_process_may_use_not_the_machines(tmp_
                          preexec_fn=lambda: os.sched_setaffinity(0, one)).stdout
     assert "BLAS threads per rank: 1 // ranks" in out, out
     assert re.search(r"^\| lstm H=64, adding T=50, B=32 \| 1 \| [\d.]+ \| ", out, re.M), out
+
+
+def test_step_gemm_refuses_a_candidate_whose_product_is_wrong():
+    """step_gemm.py times only candidates that compute a @ b: float32 rounding passes, one
+    entry off by 1e-3 of the sum's scale stops the script, naming the candidate."""
+    import numpy as np
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from step_gemm import check_product
+    finally:
+        sys.path.pop(0)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((16, 512)).astype(np.float32), rng.standard_normal((512, 128)).astype(np.float32)
+    right = a @ b
+    check_product("packed", right, a, b)
+    wrong = right.copy()
+    wrong[3, 7] += 1e-3 * float(np.abs(a[3]) @ np.abs(b[:, 7]))
+    with pytest.raises(SystemExit, match=r"packed gives a wrong product at \(16, 512\) x \(512, 128\)"):
+        check_product("packed", wrong, a, b)
