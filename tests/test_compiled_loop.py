@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import types
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -298,6 +299,21 @@ def test_the_cache_keeps_the_sources_used_last(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(self))
     monkeypatch.setattr(Path, "touch", read_only)
     assert cached_source(tmp_path, "c", "ignored", keep=3).read_text() == "C = 1\n"
+
+
+def test_a_cache_folder_that_cannot_be_written_is_named_once(tmp_path):
+    """Where the loops cannot be written (a file where the folder should be; a read-only
+    disk), the caller compiles them in memory: one RuntimeWarning a process names the
+    folder and BPTT_CACHE_DIR, and the OSError still reaches the caller."""
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.warns(RuntimeWarning, match=r"BPTT_CACHE_DIR: cannot write compiled loops to .*file/loops"):
+        with pytest.raises(OSError):
+            cached_source(blocked / "loops", "a", "A = 1\n", keep=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(OSError):
+            cached_source(blocked / "loops", "b", "B = 1\n", keep=3)
 
 
 def test_the_cached_loop_follows_an_edit_of_a_module_the_kernels_call(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 
@@ -53,10 +54,14 @@ def cached_source(folder, stem: str, text: str, keep: int) -> Path:
     path = folder / f"{stem}.py"
     made = not path.exists()
     if made:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{stem}.py.{os.getpid()}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f"{stem}.py.{os.getpid()}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            _warn_unwritable(folder, exc)
+            raise
     try:
         (folder / f"{stem}.used").touch()
     except OSError:                    # a cache others wrote, read-only here: read it all the same
@@ -64,6 +69,19 @@ def cached_source(folder, stem: str, text: str, keep: int) -> Path:
     if made:
         _keep_recent(folder, keep)
     return path
+
+
+_WARNED: set = set()
+
+
+def _warn_unwritable(folder: Path, exc: OSError) -> None:
+    """Once per folder and process: the caller compiles in memory instead, which every new
+    process pays for again (tens of seconds for a new cell), so the user learns why."""
+    if folder not in _WARNED:
+        _WARNED.add(folder)
+        warnings.warn(f"BPTT_CACHE_DIR: cannot write compiled loops to {folder} ({exc.strerror or exc}); "
+                      f"they are compiled again in every process. Expected a writable folder: set "
+                      f"BPTT_CACHE_DIR to one", RuntimeWarning, stacklevel=3)
 
 
 def _last_use(source: Path) -> float:
