@@ -192,6 +192,26 @@ def test_y_on_padded_steps_is_the_head_of_zero(tmp_path, head, loss):
     assert np.abs(y[MASK] - model.forward(x, mask=MASK)[0][MASK]).max() < 1e-5
 
 
+@pytest.mark.parametrize("outputs", ["all", "last"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_sequence_of_no_steps_keeps_its_carried_state(tmp_path, cell, outputs):
+    """A later chunk where a sequence has ended (lengths 0, its state0 carried): ONNX's
+    layers returned a zero state there, bptt the carried one (M1)."""
+    model = bptt.Model(cell, D, H, O, num_layers=2, bidirectional=True, outputs=outputs, seed=6)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((T, B, D)).astype(np.float32)
+    _, state0 = model.forward(rng.standard_normal((3, B, D)).astype(np.float32))
+    lengths = np.array([0, 3, 6, 0], np.int32)
+    mask = np.arange(T)[:, None] < lengths[None, :]
+    y, state = model.forward(x, state0, mask=mask)
+    to_onnx(model, tmp_path / "m.onnx", lengths=True)
+    states0 = state0 if isinstance(state0, tuple) else (state0,)
+    feeds = {"x": x, "lengths": lengths} | dict(zip(("h0", "c0"), states0))
+    outputs_onnx = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
+    _, states = zero_state(model, state)
+    assert np.abs(outputs_onnx[1][:, 0] - states0[0][:, 0]).max() == 0
+    assert check(outputs_onnx, y, states, mask) < 1e-5
+
 def test_the_onnxruntime_sampler_reads_an_export_with_lengths(tmp_path):
     """It fed x and the state alone: onnxruntime's "Required inputs (['lengths']) are missing"."""
     model = bptt.Model("lstm", 3, 4, 3, head="softmax", loss="cross_entropy", seed=0)

@@ -13,8 +13,10 @@ reshaped to (T, B, D·H) for the next layer, and the head is MatMul + Add and th
 activation. State and lengths follow PyTorch's layout and bptt's: h0[l·D + d] is layer l,
 direction d. With ``lengths`` (a mask that is a prefix of each column), the reverse
 direction starts at each sequence's last valid step, h_n and outputs="last" are taken
-there. On padded steps ONNX's layers output zeros (ONNX's rule), so y there is the head of
-zero, g(b_y), not zero; bptt's y carries the state there.
+there, and a sequence of 0 steps (a later chunk, its state carried in h0) keeps its h0
+(ONNX's layers zero it; a Where after each layer takes h0 back, as bptt's (M1)). On padded
+steps ONNX's layers output zeros (ONNX's rule), so y there is the head of zero, g(b_y),
+not zero; bptt's y carries the state there.
 
 Gate orders (ONNX spec, "LSTM", "GRU", "RNN"): ONNX's LSTM stacks i, o, f, c where bptt (as
 PyTorch) stacks i, f, g, o; ONNX's GRU z, r, h where bptt stacks r, z, n, and
@@ -136,6 +138,11 @@ def to_onnx(model, path, lengths: bool = False, opset: int = 17):
     if lengths:
         inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT32, ["B"]))
     const("merge_directions", np.array([0, 0, -1], dtype=np.int64))
+    if lengths:               # (1, B, 1): which sequences have a valid step, for each layer's Where below
+        zero = const("zero_steps", np.array(0, np.int32))
+        nodes.append(helper.make_node("Greater", ["lengths", zero], ["lengths.some"]))
+        nodes.append(helper.make_node("Unsqueeze", ["lengths.some", const("state_axes", np.array([0, 2], np.int64))],
+                                      ["lengths.started"]))
     activation, alpha_beta = ACTIVATION[model.nonlinearity]
     direction = "bidirectional" if D == 2 else "forward"
     layer_in, finals = "x", {s0: [] for s0, _ in state}
@@ -157,8 +164,12 @@ def to_onnx(model, path, lengths: bool = False, opset: int = 17):
             if alpha_beta:
                 attrs["activation_alpha"], attrs["activation_beta"] = [alpha_beta[0]] * D, [alpha_beta[1]] * D
         node_inputs = [layer_in] + names + ["lengths" if lengths else ""] + initial
-        nodes.append(helper.make_node(OPERATOR[cell], node_inputs, [Y, Yh] + ([Yc] if cell == "lstm" else []),
-                                      name=f"layer{l}", **attrs))
+        finals_of_layer = [Yh] + ([Yc] if cell == "lstm" else [])
+        computed = [f"{n}.computed" for n in finals_of_layer] if lengths else finals_of_layer
+        nodes.append(helper.make_node(OPERATOR[cell], node_inputs, [Y] + computed, name=f"layer{l}", **attrs))
+        if lengths:           # ONNX's layers zero the state of a sequence of 0 steps; bptt carries it (M1)
+            for s_computed, s0, final in zip(computed, initial, finals_of_layer):
+                nodes.append(helper.make_node("Where", ["lengths.started", s_computed, s0], [final]))
         finals["h0"].append(Yh)
         if cell == "lstm":
             finals["c0"].append(Yc)
