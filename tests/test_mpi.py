@@ -231,3 +231,16 @@ def test_ctrl_c_to_mpiexec_stops_every_rank_at_one_update_and_resume_is_bit_for_
     resumed = run(2, ["resume", str(out), "--quiet"])
     assert resumed.returncode == 0, resumed.stderr
     assert_same(params(out, 300), params(tmp_path / "ref", 300), tol=0)
+
+
+def test_a_non_finite_gradient_stops_every_rank_with_the_line_of_one_process(tmp_path):
+    """Every rank judges the same summed gradient: rank 0 alone reports it, without MPI_Abort,
+    and locates the overflow in the global batch, as one process does."""
+    args = ["train", "--task", "adding", "--cell", "rnn", "--nonlinearity", "identity", "--init", "identity",
+            "--seq-len", "400", "--hidden", "8", "--batch", "4", "--steps", "50", "--lr", "0.1",
+            "--clip-norm", "1e30", "--quiet"]
+    one = run(1, args + ["--out", str(tmp_path / "one")])
+    two = run(2, args + ["--out", str(tmp_path / "two")])
+    assert one.returncode == two.returncode == 2
+    assert "left the finite range at step" in one.stderr and len(one.stderr.strip().splitlines()) == 1
+    assert two.stderr == one.stderr

@@ -408,7 +408,7 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     from .distributed import CollectiveError
-    from .train.clip import NonFiniteGradient
+    from .train.clip import NonFiniteGradient, NonFiniteParameters
     from .train.tasks import TextFileError
     from .train.trainer import Interrupted, Trainer, load_model, sample
     trainer, code = None, 0
@@ -491,16 +491,20 @@ def _run(args) -> int:
             sys.stdout.flush()              # here, where a stdout that cannot take it is one line
     except (ValueError, NonFiniteGradient, RuntimeError) as exc:
         rank = _mpi_rank()
+        # Under MPI every rank judges the same summed loss and gradients and the same
+        # parameters: a non-finite one stops every rank at the same update, as a mismatch does.
+        collective = isinstance(exc, CollectiveError) or (
+            rank is not None and isinstance(exc, (NonFiniteGradient, NonFiniteParameters)))
         where = ""
-        if isinstance(exc, NonFiniteGradient) and getattr(trainer, "last_batch", None) is not None \
+        if isinstance(exc, NonFiniteGradient) and not rank and getattr(trainer, "last_batch", None) is not None \
                 and not (trainer.model.bidirectional or trainer.model.proj_size):   # (one direction, unprojected)
             from .diagnostics.nonfinite import first_nonfinite
             where = "; " + first_nonfinite(trainer.model, *trainer.last_batch).describe()
         said = _where_given(str(exc), getattr(args, "file_keys", set()), getattr(args, "config", None)) \
             if args.command in ("train", "flow") else str(exc)
-        if isinstance(exc, CollectiveError):
+        if collective:
             if not rank:                          # every rank raised it: rank 0 says it, all exit
-                print(f"bptt: error: {said}", file=sys.stderr)
+                print(f"bptt: error: {said}{where}", file=sys.stderr)
             return 2
         if rank is None and _launcher_rank():
             return 2                              # before MPI starts, every rank reads the same argv: rank 0 says it

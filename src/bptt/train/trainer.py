@@ -411,11 +411,13 @@ class Trainer:
 
     def _batch_update(self):
         x, y = self.task.batch(self.rng, self.config.batch, self.model.dtype)     # the global batch
+        # For locating a non-finite gradient: the global batch, whose summed gradient
+        # check_finite judged, so that rank 0 names the step one process would name.
+        self.last_batch = (x, y)
         if self.world.size > 1:                                     # this rank's rows of it
             rows = self.world.share(self.config.batch, "batch")
             x = np.ascontiguousarray(x[:, rows])
             y = np.ascontiguousarray(y[rows] if self.model.outputs == "last" else y[:, rows])
-        self.last_batch = (x, y)                  # for locating a non-finite gradient
         if self.config.through_time != "bptt":
             # Forward mode, no backward pass through time; with zoneout, its evaluation mix
             # (a leaky state) rather than masks (through_time/online.py).
