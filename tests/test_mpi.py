@@ -244,3 +244,11 @@ def test_a_non_finite_gradient_stops_every_rank_with_the_line_of_one_process(tmp
     assert one.returncode == two.returncode == 2
     assert "left the finite range at step" in one.stderr and len(one.stderr.strip().splitlines()) == 1
     assert two.stderr == one.stderr
+
+
+def test_flow_under_mpiexec_trains_on_every_rank_and_reports_once(tmp_path):
+    done = run(2, ["flow", "--seq-len", "12", "--hidden", "6", "--cell", "rnn", "--train", "2", "--quiet",
+                   "--out", str(tmp_path / "f")])
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.count("figure: ") == 1 and done.stdout.count("rnn-tanh, init") == 1, done.stdout
+    assert json.loads((tmp_path / "f" / "flow.json").read_text()).keys() == {"rnn-tanh, init", "rnn-tanh, 2 updates"}

@@ -372,6 +372,8 @@ def _report(args, cells, out, measured) -> int:
                 reports[f"{name}, {args.train} updates"] = flow(trainer.model, x, y)
                 if args.estimators is not None:
                     models[f"{name}, {args.train} updates"] = (trainer.model.astype("float64"), x.astype(np.float64))
+    if not trainer.world.root:                # under mpiexec the ranks measured (and trained) alike:
+        return 0                              # rank 0 alone writes and prints the report
     title = f"{args.task}, T = {args.seq_len}" if not args.run else "saved runs"
     figure = plot_flow(reports, out / "flow.png", title=title)
     (out / "flow.json").write_text(json.dumps({k: _strict(r.summary()) for k, r in reports.items()}, indent=1,
