@@ -252,3 +252,11 @@ def test_flow_under_mpiexec_trains_on_every_rank_and_reports_once(tmp_path):
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert done.stdout.count("figure: ") == 1 and done.stdout.count("rnn-tanh, init") == 1, done.stdout
     assert json.loads((tmp_path / "f" / "flow.json").read_text()).keys() == {"rnn-tanh, init", "rnn-tanh, 2 updates"}
+
+
+def test_resuming_a_complete_run_under_mpiexec_is_refused_in_one_line(tmp_path):
+    """Every rank reads the same checkpoint: all refuse together, rank 0 says it, no MPI_Abort."""
+    assert run(1, SYNTHETIC + ["--out", str(tmp_path / "r")]).returncode == 0
+    done = run(2, ["resume", str(tmp_path / "r"), "--quiet"])
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "bptt: error: RUN: the run is complete at update 8 of 8; pass --steps N (N > 8) to continue it"), done.stderr

@@ -293,15 +293,17 @@ class Trainer:
         """Refuse a resume that would train nothing: the run is complete, or stopped early
         and patience says it would stop again."""
         c = self.config
+        # every rank reads the same checkpoint and options: under mpiexec all refuse together
+        refusal = CollectiveError if self.world.size > 1 else ValueError
         if c.steps <= self.step:
             if "steps" in overrides:
-                raise ValueError(f"--steps: the run is at update {self.step}; expected more than {self.step}")
-            raise ValueError(f"RUN: the run is complete at update {self.step} of {c.steps}; "
-                             f"pass --steps N (N > {self.step}) to continue it")
+                raise refusal(f"--steps: the run is at update {self.step}; expected more than {self.step}")
+            raise refusal(f"RUN: the run is complete at update {self.step} of {c.steps}; "
+                          f"pass --steps N (N > {self.step}) to continue it")
         if c.patience is not None and self.stale >= c.patience:
-            raise ValueError(f"RUN: the run stopped early at update {self.step}: no better validation in "
-                             f"{self.stale} evaluations (--patience {c.patience}); pass a larger --patience "
-                             f"to continue it")
+            raise refusal(f"RUN: the run stopped early at update {self.step}: no better validation in "
+                          f"{self.stale} evaluations (--patience {c.patience}); pass a larger --patience "
+                          f"to continue it")
 
     def _set_aside_after(self, step):
         """resume --best: the checkpoints and metrics after the best model belong to the
