@@ -260,3 +260,12 @@ def test_resuming_a_complete_run_under_mpiexec_is_refused_in_one_line(tmp_path):
     done = run(2, ["resume", str(tmp_path / "r"), "--quiet"])
     assert done.returncode == 2 and done.stderr.strip() == (
         "bptt: error: RUN: the run is complete at update 8 of 8; pass --steps N (N > 8) to continue it"), done.stderr
+
+
+def test_flow_of_a_saved_run_under_mpiexec_measures_once_whatever_its_batch(tmp_path):
+    """flow --run measures, it does not train: a batch of 3 on 2 ranks is no error."""
+    assert run(1, SYNTHETIC[:7] + ["--batch", "3", "--steps", "2"] + SYNTHETIC[11:] + ["--out", str(tmp_path / "r")]
+               ).returncode == 0
+    done = run(2, ["flow", "--run", str(tmp_path / "r"), "--out", str(tmp_path / "f")])
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.count("figure: ") == 1 and done.stdout.count("lstm @ 2 (r)") == 1, done.stdout

@@ -431,8 +431,8 @@ def _run(args) -> int:
             if trainer.world.root:
                 _note(trainer.notes)
             _finish(trainer, trainer.train(progress=not args.quiet))
-        elif args.command in ("sample", "export") and _launcher_rank():
-            pass                                        # under mpiexec rank 0 alone samples or writes the file
+        elif (args.command in ("sample", "export") or args.command == "flow" and args.run) and _launcher_rank():
+            pass                          # under mpiexec rank 0 alone samples, writes the file, measures the runs
         elif args.command == "sample":
             from .saved import is_saved
             from .train.load import read

@@ -29,6 +29,7 @@ from .cells import CELLS, resolve
 from .diagnostics import flow
 from .diagnostics.estimators import estimator_error
 from .diagnostics.plots import plot_clipping, plot_estimator_error, plot_flow
+from .distributed import World
 from .ops import ACTIVATIONS
 from .train import folder, runs
 from .train.config import Config
@@ -322,7 +323,7 @@ def run(args) -> int:
     if args.run:                              # every run is read before anything is written
         for run_dir in args.run:
             try:
-                trainer = Trainer.load(run_dir)
+                trainer = Trainer.load(run_dir, world=World())      # measured, not trained: nothing is split
             except ValueError as exc:
                 message = str(exc)
                 raise ValueError(f"--run: {message[5:] if message.startswith('RUN: ') else message}") from None
