@@ -87,6 +87,7 @@ def test_a_sample_reaches_a_stdout_that_cannot_encode_its_characters(tmp_path, c
     (["train", "--task", "adding", "--text", "a.txt"], "bptt: error: --text: applies to task='text' only"),
     (["train", "--text", "/no/such/file.txt"], "--text: no such file: /no/such/file.txt"),
     (["train", "--k1", "8", "--k2", "4"], "bptt: error: --k2: expected k2 >= k1 = 8, got 4"),
+    (["train", "--task", "adding", "--k2", "6"], "bptt: error: --k2: applies to --task text (streams cut into windows)"),
     (["resume", "/no/such/run"], "RUN: no such run folder: /no/such/run"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["train", "--fresh"], "--fresh: deletes the run in --out to start over; without --out the run gets a new folder"),

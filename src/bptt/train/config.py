@@ -132,7 +132,8 @@ class Config:
             if value is not None and value > MAX_SIZE:      # past it, NumPy fails without naming the option
                 raise ValueError(f"{name.replace('_', '-')}: expected a positive integer up to {MAX_SIZE} "
                                  f"(2**31 - 1), got {value}")
-        if self.k2 is not None and self.k2 < (self.k1 or self.seq_len):
+        # text only: a synthetic task has no windows (refuse_unused says --k2 is text's)
+        if self.task == "text" and self.k2 is not None and self.k2 < (self.k1 or self.seq_len):
             raise ValueError(f"k2: expected k2 >= k1 = {self.k1 or self.seq_len}, got {self.k2}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a positive number, got {self.lr}")
