@@ -644,7 +644,7 @@ class Trainer:
                 patience_out = c.patience is not None and self.stale >= c.patience
                 if self.step % c.checkpoint_every == 0 or self.step == end or signalled or patience_out:
                     checkpoint = self.save()
-                self.stopped_early = patience_out
+                self.stopped_early = patience_out and self.step < c.steps     # at the last update: complete
                 if signalled and self.step < end and not patience_out:     # at the end: the plot first, below
                     raise Interrupted(stop.signum or signal.SIGTERM, self.step, checkpoint)
                 if patience_out:
