@@ -641,3 +641,18 @@ def test_patience_running_out_at_the_last_update_is_a_complete_run_not_an_early_
     trainer._evaluate = lambda: {"val_loss": next(losses)}
     trainer.train(progress=False)
     assert (trainer.step, trainer.stale, trainer.stopped_early) == (20, 2, True)
+
+
+def test_resume_refuses_a_total_of_steps_that_the_warm_up_outlasts_as_train_does(tmp_path):
+    run = tmp_path / "run"
+    Trainer(small(tmp_path, "run", task="adding", seq_len=5, hidden=3, steps=100, warmup=50)).train(
+        progress=False, stop_at=20)
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(ValueError, match=r"^--steps: expected more updates than the run's --warmup 50 .*got 40$"):
+        Trainer.resume(run, steps=40)
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(saved | {"steps": 45}))
+    with pytest.raises(ValueError, match=r"config.json: steps: expected more updates than the run's --warmup 50"):
+        Trainer.resume(run)
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert Trainer.resume(run, steps=51).config.steps == 51

@@ -291,7 +291,8 @@ class Trainer:
 
     def check_can_continue(self, overrides=()):
         """Refuse a resume that would train nothing: the run is complete, or stopped early
-        and patience says it would stop again."""
+        and patience says it would stop again; and a total of steps that its warm-up would
+        outlast, which `bptt train` refuses too."""
         c = self.config
         # every rank reads the same checkpoint and options: under mpiexec all refuse together
         refusal = CollectiveError if self.world.size > 1 else ValueError
@@ -304,6 +305,10 @@ class Trainer:
             raise refusal(f"RUN: the run stopped early at update {self.step}: no better validation in "
                           f"{self.stale} evaluations (--patience {c.patience}); pass a larger --patience "
                           f"to continue it")
+        if c.warmup >= c.steps:           # as `bptt train` refuses it: the rate would never reach --lr
+            where = "--steps" if "steps" in overrides else f"RUN: {self.run / 'config.json'}: steps"
+            raise refusal(f"{where}: expected more updates than the run's --warmup {c.warmup} (the warm-up "
+                          f"multiplies the schedule's rate of update s by s/{c.warmup}), got {c.steps}")
 
     def _set_aside_after(self, step):
         """resume --best: the checkpoints and metrics after the best model belong to the
