@@ -79,6 +79,18 @@ def test_a_byte_order_mark_is_not_a_character_of_the_text(tmp_path):
         read_text_file(path)
 
 
+def test_a_byte_that_is_not_utf8_is_named_by_its_place_in_the_file_after_a_byte_order_mark_too(tmp_path):
+    from bptt.train.tasks import read_text_file
+    path = tmp_path / "notes.txt"
+    for bom in (b"", b"\xef\xbb\xbf"):
+        path.write_bytes(bom + b"ab\r\ncd" * 30 + b"\xff")
+        at = len(bom) + 6 * 30
+        with pytest.raises(ValueError, match=rf"is not UTF-8 text \(byte {at}: invalid start byte\)$"):
+            read_text_file(path)
+    path.write_bytes(b"\xef\xbb\xbf" + b"ab\r\ncd\re" * 20)
+    assert read_text_file(path) == "ab\ncd\ne" * 20           # line ends as Python reads text
+
+
 def test_text_task_splits_and_baselines():
     task = TextTask("abababab" * 50 + "c" * 100, seq_len=8)
     assert task.chars == ["a", "b", "c"] and len(task.train) == 450

@@ -217,11 +217,15 @@ def read_text_file(path) -> str:
     if not p.is_file():
         raise TextFileError(f"no such file: {os.fspath(path)}")
     try:
-        text = p.read_text(encoding="utf-8-sig")        # a byte-order mark is not a character of the text
+        data = p.read_bytes()
     except OSError as exc:
         raise TextFileError(f"{os.fspath(path)} cannot be read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")           # utf-8-sig would count an error's byte from after a BOM
     except UnicodeDecodeError as exc:
         raise TextFileError(f"{os.fspath(path)} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    # as Python reads text: a byte-order mark is not a character of it, \r\n and \r end lines as \n
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     if len(text) < 100:
         raise TextFileError(f"{os.fspath(path)} has {len(text)} characters; expected at least 100")
     if len(set(text)) < 2:
