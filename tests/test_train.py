@@ -668,3 +668,28 @@ def test_resume_refuses_a_total_of_steps_that_the_warm_up_outlasts_as_train_does
         Trainer.resume(run)
     assert sorted(p.name for p in run.iterdir()) == before
     assert Trainer.resume(run, steps=51).config.steps == 51
+
+
+def test_a_rows_rates_are_those_of_its_updates_not_of_the_evaluation_before_it(tmp_path, monkeypatch):
+    """On a clock where an update takes 0.5 s and an evaluation 100 s, every row of one
+    update says 2 updates/s: the row after an evaluation said 1/100.5."""
+    import types
+
+    import bptt.train.trainer as trainer_module
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    trainer = Trainer(small(tmp_path, "run", task="adding", seq_len=5, hidden=3, batch=2, steps=8, eval_every=4))
+    update, evaluate = trainer.update, trainer._evaluate
+
+    def timed_update():
+        clock[0] += 0.5
+        return update()
+
+    def timed_evaluate():
+        clock[0] += 100.0
+        return evaluate()
+    trainer.update, trainer._evaluate = timed_update, timed_evaluate
+    trainer.train(progress=False)
+    rows = [r for r in trainer.metrics.read() if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [(r["steps_per_s"], r["tokens_per_s"]) for r in rows] == [(2.0, 2.0 * 5 * 2)] * 8

@@ -614,13 +614,16 @@ class Trainer:
         if self.step == 0:           # Numba compiles the loops once per machine (cached on disk)
             bar.set_description_str(f"{c.task}/{c.cell}: first update (compiles the kernels once, cached after)")
         # A row averages the losses of its updates, those before a resume included (they
-        # come back from the checkpoint); its rates count this process's updates only.
-        timed, t0, tokens = 0, time.perf_counter(), 0
+        # come back from the checkpoint); its rates count this process's updates only, over
+        # the time they took (``busy``): not the evaluations, checkpoints and rows between them.
+        timed, busy, tokens = 0, 0.0, 0
         final, final_step = {}, None
         try:
             while self.step < end:
                 first = self.step == 0
+                started = time.perf_counter()
                 loss, norm, lr, n = self.update()
+                busy += time.perf_counter() - started
                 if first:
                     bar.set_description_str(f"{c.task}/{c.cell}")
                 self.row_losses.append(loss)
@@ -628,11 +631,11 @@ class Trainer:
                 bar.update(1)
                 record = None
                 if self.step % log_every == 0 or self.step == c.steps:
-                    dt = max(time.perf_counter() - t0, 1e-9)
+                    dt = max(busy, 1e-9)
                     finite = [v for v in self.row_losses if math.isfinite(v)]   # skipped updates (--on-nonfinite) apart
                     record = {"step": self.step, "loss": float(np.mean(finite)) if finite else None,
                               "grad_norm": norm, "lr": lr, "steps_per_s": timed / dt, "tokens_per_s": tokens / dt}
-                    self.row_losses, timed, t0, tokens = [], 0, time.perf_counter(), 0
+                    self.row_losses, timed, busy, tokens = [], 0, 0.0, 0
                     if finite:
                         bar.set_postfix(loss=f"{record['loss']:.4f}")
                 # at config.steps, not at stop_at: a run stopped there evaluates and judges
