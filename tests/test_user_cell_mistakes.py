@@ -150,6 +150,22 @@ def test_a_scalar_extra_parameter_is_taken():
     assert model.params["layer0.w"].shape == () and bptt.gradcheck(model, *_data()).worst() < 1e-6
 
 
+def test_a_wrong_derivative_of_a_scalar_parameter_is_named():
+    """A scalar's gradient summed over the batch is a NumPy scalar, not an array: the
+    derivative check skipped the whole cell for it, and a gradient off by a factor 2 was built."""
+    class Doubled(_IndRNN):
+        def extra_shapes(self, H):
+            return {"w": ()}
+
+        def step_backward(self, p, dstate, cache):
+            du, dv, back, dextra = super().step_backward(p, dstate, cache)
+            return du, dv, back, {"w": 2 * dextra["w"].sum()}
+
+    with pytest.raises(ValueError, match=r"^cell: Doubled.step_backward's dextra\['w'\] disagrees with central "
+                                         r"differences of Doubled.step: dextra\['w'\] is \S+ against \S+ \(H = 8,"):
+        bptt.Model(Doubled(), 3, 8, 2, dtype="float64", seed=0)
+
+
 def test_an_initialize_that_replaces_or_drops_a_parameter_is_named():
     def replaces(self, params, rng, H):
         params["w"] = np.ones(H + 1)

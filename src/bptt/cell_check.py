@@ -266,7 +266,8 @@ def _check_derivative(cell, extra_shapes, H, S) -> None:
         new, cache = cell.step(p, u, v, state)
         du, dv, back, dextra = cell.step_backward(p, ds, cache)
         grads = [du, dv, *back, *(dextra[k] for k in extra_shapes)]
-        if not all(isinstance(g, np.ndarray) and g.dtype == np.float64 for g in (*new, *grads)):
+        # a NumPy scalar counts: a scalar parameter's gradient, summed over the batch, is one
+        if not all(isinstance(g, (np.ndarray, np.generic)) and g.dtype == np.float64 for g in (*new, *grads)):
             return
     except Exception:
         return
@@ -299,9 +300,10 @@ def _check_derivative(cell, extra_shapes, H, S) -> None:
         fd = np.array([slope(i, np.eye(1, g.size, k).reshape(np.shape(g))) for k in probed])
         at = int(np.argmax(np.abs(fd - np.ravel(g)[probed])))
         j = np.unravel_index(int(probed[at]), np.shape(g))
+        entry = f"{label}[{', '.join(map(str, j))}]" if j else label          # a scalar has no index
         raise ValueError(
             f"cell: {type(cell).__name__}.step_backward's {label} disagrees with central differences of "
-            f"{type(cell).__name__}.step: {label}[{', '.join(map(str, j))}] is {float(g[j]):.6g} against "
+            f"{type(cell).__name__}.step: {entry} is {float(g[j]):.6g} against "
             f"{float(fd[at]):.6g} (H = {H}, float64, one row of random numbers); expected step_backward to give the "
             f"derivative of step (docs/custom_cell.md); a cell whose backward is not that derivative on purpose "
             f"(a surrogate gradient) sets exact_backward = False")
