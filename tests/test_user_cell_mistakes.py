@@ -166,6 +166,18 @@ def test_a_wrong_derivative_of_a_scalar_parameter_is_named():
         bptt.Model(Doubled(), 3, 8, 2, dtype="float64", seed=0)
 
 
+def test_a_step_that_returns_the_state_alone_is_named():
+    """It was Python's own 'not enough values to unpack (expected 2, got 1)'."""
+    class StateAlone(_IndRNN):
+        def step(self, p, u, v, state):
+            return super().step(p, u, v, state)[0]
+
+    with pytest.raises(ValueError) as caught:
+        bptt.Model(StateAlone(), 3, 8, 2, seed=0)
+    assert str(caught.value) == ("cell: StateAlone.step must return (state, cache), a pair of tuples, got tuple "
+                                 "of length 1")
+
+
 def test_an_initialize_that_replaces_or_drops_a_parameter_is_named():
     def replaces(self, params, rng, H):
         params["w"] = np.ones(H + 1)

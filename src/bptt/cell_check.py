@@ -81,8 +81,8 @@ def check_on_one_row(cell, hidden_size: int, dtype, kernels: bool = True) -> Non
     if kernels:
         kernels = _run(cell, "forward", forward_kernel, (z, rec.copy(), bias, extra, prev, new, aux, cell.option),
                        rows)                       # rec: the loop's scratch row, which a kernel may reuse
-    state, cache = _reference(cell, "step", rows, _read_only_params(p), *_read_only(u[None], rec[None]),
-                              _read_only(*(prev[s][None] for s in range(S))))
+    state, cache = _pair(cell, _reference(cell, "step", rows, _read_only_params(p), *_read_only(u[None], rec[None]),
+                                          _read_only(*(prev[s][None] for s in range(S)))))
     check_step(cell, state, cache, S, (1, H), dtype)
     if kernels:
         _compare(cell, "forward", "step", [(f"new state {name!r}", new[s], state[s][0])
@@ -198,6 +198,15 @@ def _written(cell, method, args) -> str:
             keys = [k for k in args[i] if writes(i, k)] if name == "p" else []
             return f"p[{keys[0]!r}]" if keys else name
     return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _pair(cell, result) -> tuple:
+    """What step returned, if it is the pair (new state, cache); else a ValueError saying so."""
+    if not (isinstance(result, tuple) and len(result) == 2):
+        length = f" of length {len(result)}" if hasattr(result, "__len__") else ""
+        raise ValueError(f"cell: {type(cell).__name__}.step must return (state, cache), a pair of tuples, got "
+                         f"{type(result).__name__}{length}")
+    return result
 
 
 def _failed(cell, method, rows, exc):
