@@ -87,7 +87,7 @@ def test_the_indrnn_builds_and_its_gradient_is_exact():
 def test_a_wrong_derivative_in_step_backward_is_named_when_the_model_is_built():
     with pytest.raises(ValueError, match=r"^cell: _OffByOnePercent.step_backward's dextra\['w'\] disagrees with "
                                          r"central differences of _OffByOnePercent.step: dextra\['w'\]\[\d\] is "
-                                         r"\S+ against \S+ \(H = 8, float64, one row of random numbers\); expected "
+                                         r"\S+ against \S+ \(H = 8, float64, two rows of random numbers\); expected "
                                          r"step_backward to give the derivative of step .* sets exact_backward = "
                                          r"False$"):
         bptt.Model(_OffByOnePercent(), 3, 8, 2, seed=0)          # float32: the check runs in float64
@@ -164,6 +164,19 @@ def test_a_wrong_derivative_of_a_scalar_parameter_is_named():
     with pytest.raises(ValueError, match=r"^cell: Doubled.step_backward's dextra\['w'\] disagrees with central "
                                          r"differences of Doubled.step: dextra\['w'\] is \S+ against \S+ \(H = 8,"):
         bptt.Model(Doubled(), 3, 8, 2, dtype="float64", seed=0)
+
+
+def test_an_extra_gradient_averaged_over_the_batch_is_named():
+    """On one row a mean over the batch equals the sum: such a cell was built, and its
+    gradient of w was 1/B of the true one (gradcheck's relative error 0.75 at B = 4)."""
+    class Averaged(_IndRNN):
+        def step_backward(self, p, dstate, cache):
+            du, dv, back, _ = super().step_backward(p, dstate, cache)
+            return du, dv, back, {"w": (du * cache[1]).mean(axis=0)}
+
+    with pytest.raises(ValueError, match=r"^cell: Averaged.step_backward's dextra\['w'\] disagrees with central "
+                                         r"differences of Averaged.step: .* two rows of random numbers"):
+        bptt.Model(Averaged(), 3, 8, 2, dtype="float64", seed=0)
 
 
 def test_a_step_that_returns_the_state_alone_is_named():

@@ -28,8 +28,9 @@ exceeds 1), is a ValueError naming the cell, the kernel, and the line or the val
 kernel that Python cannot run (Numba-only code) is left to the loop's own first pass.
 The verdict is kept per cell class, the arguments its config() gives, its attributes,
 kernels, sizes and dtype for the process. step_backward is also held to central
-differences of step, in float64 on one row (a cell whose backward is not that derivative
-on purpose, a surrogate gradient, sets exact_backward = False).
+differences of step, in float64 on two rows (a batch of two, where a gradient averaged
+over the batch instead of summed differs; a cell whose backward is not that derivative on
+purpose, a surrogate gradient, sets exact_backward = False).
 """
 from __future__ import annotations
 
@@ -253,24 +254,27 @@ def _compare(cell, direction, reference, pairs, dtype, H) -> None:
                 f"to compute what step and step_backward compute (bptt.cells.protocol)")
 
 
-def random_row(cell, H, dtype, rng) -> tuple:
-    """(p, u, v, state, ds): one row of random numbers in ``dtype`` for ``cell``'s step and
-    step_backward at H units, u and v (1, G·H), each state and ds array (1, H); W_h and
-    the extra parameters scaled by 1/√H, so that a step stays in its functions' range."""
+def random_row(cell, H, dtype, rng, rows: int = 1) -> tuple:
+    """(p, u, v, state, ds): one row (or ``rows``) of random numbers in ``dtype`` for
+    ``cell``'s step and step_backward at H units, u and v (rows, G·H), each state and ds
+    array (rows, H); W_h and the extra parameters scaled by 1/√H, so that a step stays in
+    its functions' range."""
     p = {k: (rng.standard_normal(shape) / (1 if k in ("W_x", "b_h") else H ** 0.5)).astype(dtype)
          for k, shape in cell.param_shapes(1, H).items()}
-    u, v = (rng.standard_normal((1, cell.gates * H)).astype(dtype) for _ in range(2))
-    state, ds = [tuple(rng.standard_normal((1, H)).astype(dtype) for _ in cell.state) for _ in range(2)]
+    u, v = (rng.standard_normal((rows, cell.gates * H)).astype(dtype) for _ in range(2))
+    state, ds = [tuple(rng.standard_normal((rows, H)).astype(dtype) for _ in cell.state) for _ in range(2)]
     return p, u, v, state, ds
 
 
 def _check_derivative(cell, extra_shapes, H, S) -> None:
-    """step_backward against central differences of step, in float64 on one row of random
-    numbers: for each input (u, v, each state, each extra parameter) a random direction δ,
-    ⟨gradient, δ⟩ against (L(x + εδ) − L(x − εδ)) / 2ε with L = Σ_s ⟨ds_s, s_t^s⟩. A cell
-    that cannot run in float64, or gives another dtype there, is left to the model's own."""
+    """step_backward against central differences of step, in float64 on two rows of random
+    numbers (a batch of two: an extra parameter's gradient averaged over the batch instead
+    of summed differs there, and not on one row): for each input (u, v, each state, each
+    extra parameter) a random direction δ, ⟨gradient, δ⟩ against (L(x + εδ) − L(x − εδ)) / 2ε
+    with L = Σ_s ⟨ds_s, s_t^s⟩. A cell that cannot run in float64, or gives another dtype
+    there, is left to the model's own."""
     rng = np.random.default_rng(1)
-    p, u, v, state, ds = random_row(cell, H, np.float64, rng)
+    p, u, v, state, ds = random_row(cell, H, np.float64, rng, rows=2)
     try:
         new, cache = cell.step(p, u, v, state)
         du, dv, back, dextra = cell.step_backward(p, ds, cache)
@@ -313,6 +317,6 @@ def _check_derivative(cell, extra_shapes, H, S) -> None:
         raise ValueError(
             f"cell: {type(cell).__name__}.step_backward's {label} disagrees with central differences of "
             f"{type(cell).__name__}.step: {entry} is {float(g[j]):.6g} against "
-            f"{float(fd[at]):.6g} (H = {H}, float64, one row of random numbers); expected step_backward to give the "
+            f"{float(fd[at]):.6g} (H = {H}, float64, two rows of random numbers); expected step_backward to give the "
             f"derivative of step (docs/custom_cell.md); a cell whose backward is not that derivative on purpose "
             f"(a surrogate gradient) sets exact_backward = False")

@@ -50,7 +50,8 @@ NumPy's array functions; float32 and float64 both occur. These two are the cell'
 reference: the Python loop runs them, for every array the compiled loop cannot take too.
 It checks what each returns at its first step (a ValueError names the cell and the part);
 a Model built with the cell runs both once on one row first (bptt/cell_check.py), p
-read-only too, and holds step_backward to central differences of step there, in float64.
+read-only too, and holds step_backward to central differences of step on two rows, in
+float64 (where an extra parameter's gradient averaged over the batch, not summed, differs).
 
 Compiled kernels (optional; cells/compiled.py runs them in one compiled loop):
 
