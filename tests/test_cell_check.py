@@ -191,3 +191,21 @@ def test_a_numpy_cell_whose_gates_disagree_with_its_step_is_named_when_the_model
                                          r"broadcast .*; with H = 8 it gets rows of G·H = 24 \(gates = 3\), "
                                          r"\(S, H\) = \(1, 8\) blocks \(state = \('h',\)\); expected gates"):
         bptt.Model(cell, 3, 8, 2)
+
+
+@njit
+def _forward_without_option(z, rec, bias, extra, prev, new, aux):
+    for j in range(prev.shape[1]):
+        new[0, j] = z[j]
+
+
+def test_a_kernel_that_does_not_take_the_protocols_arguments_is_named():
+    """Python could not call it, so the check stepped aside, and the loop's first pass
+    named Numba's internal variables instead ('Cannot bind args=[Var($826binary_subscr…')."""
+    cell = _with_kernels(forward=_forward_without_option)
+    with pytest.raises(ValueError) as caught:
+        bptt.Model(cell, 3, 8, 2)
+    assert str(caught.value) == (
+        "cell: MGU's forward_kernel takes _forward_without_option(z, rec, bias, extra, prev, new, aux), which "
+        "cannot take the 8 arguments the loop hands it (too many positional arguments); expected "
+        "forward_kernel(z, rec, bias, extra, prev, new, aux, option) (bptt.cells.protocol)")

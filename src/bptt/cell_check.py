@@ -34,6 +34,7 @@ purpose, a surrogate gradient, sets exact_backward = False).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -215,9 +216,21 @@ def _failed(cell, method, rows, exc):
                       f"{rows}; expected gates and state to match what step and step_backward compute")
 
 
+KERNEL_ARGUMENTS = {"forward": "(z, rec, bias, extra, prev, new, aux, option)",
+                    "backward": "(ds, z, aux, extra, prev, new, du, dv, ds_prev, dextra, option)"}
+
+
 def _run(cell, direction, kernel, args, rows) -> bool:
-    """kernel.py_func(*args) in Python: an index outside a row is a ValueError naming the line;
-    False where Python cannot run it (Numba-only code: the loop's first pass says what fails)."""
+    """kernel.py_func(*args) in Python: an index outside a row is a ValueError naming the line,
+    and so is a kernel that does not take the protocol's arguments; False where Python cannot
+    run it (Numba-only code: the loop's first pass says what fails)."""
+    try:
+        inspect.signature(kernel.py_func).bind(*args)
+    except TypeError as exc:
+        raise ValueError(f"cell: {type(cell).__name__}'s {direction}_kernel takes {kernel.__name__}"
+                         f"{inspect.signature(kernel.py_func)}, which cannot take the {len(args)} arguments the "
+                         f"loop hands it ({exc}); expected {direction}_kernel{KERNEL_ARGUMENTS[direction]} "
+                         f"(bptt.cells.protocol)") from None
     try:
         kernel.py_func(*args)
         return True
