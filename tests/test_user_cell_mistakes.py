@@ -209,6 +209,19 @@ def test_an_initialize_that_replaces_or_drops_a_parameter_is_named():
                                  "place (params[name][...] = …)")
 
 
+def test_an_initialize_that_writes_a_nan_is_named():
+    """The model was built, and training stopped at update 0 blaming the optimizer's step
+    and the learning rate."""
+    def minus_infinity(self, params, rng, H):
+        params["w"][...] = -np.inf
+        params["w"][1:] = 0.5
+
+    with pytest.raises(ValueError) as caught:
+        bptt.Model(type("Infinite", (_IndRNN,), {"initialize": minus_infinity})(), 3, 8, 2)
+    assert str(caught.value) == ("cell: Infinite.initialize(params, rng, 8) expected finite values in params['w'], "
+                                 "got 1 of 8 not finite (NaN or ±inf)")
+
+
 def test_a_constructors_own_error_names_the_cell():
     with pytest.raises(ValueError) as caught:
         build("test_user_cell_mistakes:_NeedsRelu")

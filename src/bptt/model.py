@@ -584,7 +584,8 @@ def _orthogonal(rng, n):
 
 def _check_initialized(cell, layer: dict, shapes: dict, H: int) -> None:
     """A cell's ``initialize`` changes the values of the parameters it is given in place:
-    the same names, each in its shape, else a ValueError naming the cell and the parameter."""
+    the same names, each in its shape, finite, else a ValueError naming the cell and the
+    parameter (a NaN from there was reported as the optimizer's overflow at update 0)."""
     name = f"cell: {type(cell).__name__}.initialize(params, rng, {H})"
     if set(layer) != set(shapes):
         raise ValueError(f"{name} expected to keep the parameters {sorted(shapes)}, got {sorted(layer)}; change "
@@ -593,3 +594,7 @@ def _check_initialized(cell, layer: dict, shapes: dict, H: int) -> None:
         if np.shape(layer[k]) != tuple(shape):
             raise ValueError(f"{name} expected params[{k!r}] of shape {tuple(shape)}, got {np.shape(layer[k])}; "
                              f"change its values in place (params[{k!r}][...] = …)")
+        value = np.asarray(layer[k])
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            raise ValueError(f"{name} expected finite values in params[{k!r}], got "
+                             f"{np.count_nonzero(~np.isfinite(value))} of {value.size} not finite (NaN or ±inf)")
