@@ -222,6 +222,20 @@ def test_an_initialize_that_writes_a_nan_is_named():
                                  "got 1 of 8 not finite (NaN or ±inf)")
 
 
+def test_a_cell_that_does_not_subclass_cell_is_named():
+    """It has every method a cell writes but not the defaults Cell gives: the model failed
+    with AttributeError: 'Duck' object has no attribute 'extra_shapes'."""
+    class Duck:
+        name, gates, state = "duck", 1, ("h",)
+        param_shapes, initialize = bptt.Cell.param_shapes, bptt.Cell.initialize
+        step, step_backward = _IndRNN.step, _IndRNN.step_backward
+
+    with pytest.raises(ValueError) as caught:
+        bptt.Model(Duck(), 3, 8, 2)
+    assert str(caught.value) == ("cell: expected 'rnn', 'lstm', 'gru', 'module:Class' or a bptt.Cell, got Duck, "
+                                 "which does not subclass bptt.Cell")
+
+
 def test_a_constructors_own_error_names_the_cell():
     with pytest.raises(ValueError) as caught:
         build("test_user_cell_mistakes:_NeedsRelu")

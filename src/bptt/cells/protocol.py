@@ -149,11 +149,9 @@ def check_cell(cell) -> Cell:
     if isinstance(cell, type):
         raise ValueError(f"cell: expected a Cell instance, got the class {cell.__name__}; build it: "
                          f"cell={cell.__name__}()")
-    missing = [a for a in ("name", "gates", "state", "param_shapes", "step", "step_backward", "initialize")
-               if not hasattr(cell, a)]
-    if missing:
+    if not isinstance(cell, Cell):          # Cell gives the defaults the loops read (extra_shapes, tape_width, …)
         raise ValueError(f"cell: expected 'rnn', 'lstm', 'gru', 'module:Class' or a bptt.Cell, got "
-                         f"{type(cell).__name__} (it has no {', '.join(missing)})")
+                         f"{type(cell).__name__}, which does not subclass bptt.Cell")
     if isinstance(cell.gates, bool) or not isinstance(cell.gates, int) or cell.gates < 1:
         raise ValueError(f"cell: {type(cell).__name__}.gates expected a positive integer, got {cell.gates!r}")
     if not (isinstance(cell.state, tuple) and cell.state and all(isinstance(s, str) for s in cell.state)
