@@ -108,9 +108,10 @@ def restore_params(params: dict, arrays: dict) -> None:
     """Copy a checkpoint's ``param.*`` arrays into ``params``, which must match them."""
     expected = {f"param.{k}" for k in params}
     got = {k for k in arrays if k.startswith("param.")}
-    if got != expected:
-        raise ValueError(f"RUN: checkpoint parameters {sorted(got - expected)[:3] or sorted(expected - got)[:3]} "
-                         f"do not match the model of its config")
+    if got != expected:             # a cell of one's own whose extra_shapes changed since, say: say which way
+        missing, unexpected = ([k[len("param."):] for k in sorted(names)] for names in (expected - got, got - expected))
+        raise ValueError(f"RUN: the checkpoint's parameters do not match the model of its config (missing "
+                         f"{missing}, unexpected {unexpected})")
     for k, v in params.items():
         src = arrays[f"param.{k}"]
         if src.shape != v.shape or src.dtype != v.dtype:
