@@ -179,6 +179,42 @@ def test_an_extra_gradient_averaged_over_the_batch_is_named():
         bptt.Model(Averaged(), 3, 8, 2, dtype="float64", seed=0)
 
 
+class _Gain(bptt.Cell):
+    """h = √g ⊙ tanh(u + v): a gain the cell keeps positive (initialised to 1)."""
+    name = "gain"
+
+    def extra_shapes(self, H):
+        return {"g": (H,)}
+
+    def initialize(self, params, rng, H):
+        params["g"][...] = 1.0
+
+    def step(self, p, u, v, state):
+        t = np.tanh(u + v)
+        return (np.sqrt(p["g"]) * t,), (t,)
+
+    def step_backward(self, p, dstate, cache):
+        (dh,), (t,) = dstate, cache
+        da = dh * np.sqrt(p["g"]) * (1 - t * t)
+        return da, da, (np.zeros_like(da),), {"g": (dh * t * 0.5 / np.sqrt(p["g"])).sum(axis=0)}
+
+
+def test_a_parameter_kept_in_its_domain_is_checked_where_it_is_defined():
+    """The check drew g from N(0, 1/H), where √g is NaN, and refused the correct cell with
+    'du[0, 0] is nan against nan'; it takes the parameters as initialize gives them there."""
+    model = bptt.Model(_Gain(), 3, 8, 2, dtype="float64", seed=0)
+    assert bptt.gradcheck(model, *_data()).worst() < 1e-6
+
+    class HalfForgotten(_Gain):
+        def step_backward(self, p, dstate, cache):
+            du, dv, back, dextra = super().step_backward(p, dstate, cache)
+            return du, dv, back, {"g": 2 * dextra["g"]}             # without the ½ of d√g/dg
+
+    with pytest.raises(ValueError, match=r"^cell: HalfForgotten.step_backward's dextra\['g'\] disagrees with "
+                                         r"central differences"):
+        bptt.Model(HalfForgotten(), 3, 8, 2, dtype="float64", seed=0)
+
+
 def test_a_step_that_returns_the_state_alone_is_named():
     """It was Python's own 'not enough values to unpack (expected 2, got 1)'."""
     class StateAlone(_IndRNN):

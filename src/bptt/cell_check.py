@@ -1,10 +1,11 @@
 """Floor 3: a user's cell run on one row before a Model uses it.
 
 When a Model is built with a cell of the user's, ``check_on_one_row`` runs the cell's
-``step`` and ``step_backward`` once on one row of random numbers (a batch of one): an
-error they raise there, or arrays of the wrong shape or dtype (cells/loop.py's checks),
-is a ValueError naming the cell and the sizes it got, at construction rather than deep
-in the first pass.
+``step`` and ``step_backward`` once on one row of random numbers (a batch of one; the
+parameters as ``initialize`` gives them where random ones make step's values not finite,
+outside a parameter's domain): an error they raise there, or arrays of the wrong shape
+or dtype (cells/loop.py's checks), is a ValueError naming the cell and the sizes it got,
+at construction rather than deep in the first pass.
 
 Compiled code does not check indices: kernels whose indexing disagrees with the cell's
 ``gates``, ``state`` or ``tape_width`` would write over other memory in the compiled time
@@ -74,8 +75,9 @@ def check_on_one_row(cell, hidden_size: int, dtype, kernels: bool = True) -> Non
         return np.full(shape, np.nan, dtype)
 
     p = {k: normal(*shape) / (1 if k in ("W_x", "b_h") else H ** 0.5) for k, shape in shapes.items()}
-    extra = np.concatenate([p[k].ravel() for k in extra_shapes] or [np.zeros(0, dtype)])
     z, rec, prev = normal(G * H), normal(G * H), normal(S, H)
+    p = _in_domain(cell, p, (z + p["b_h"])[None], rec[None], tuple(prev[s][None] for s in range(S)), H, rng)
+    extra = np.concatenate([np.ravel(p[k]) for k in extra_shapes] or [np.zeros(0, dtype)])
     u, bias = z + p["b_h"], p["b_h"]
     new, aux = unwritten(S, H), unwritten(A)
     rows = (f"with H = {H} it gets rows of G·H = {G * H} (gates = {G}), (S, H) = ({S}, {H}) blocks "
@@ -115,6 +117,21 @@ def check_on_one_row(cell, hidden_size: int, dtype, kernels: bool = True) -> Non
     if getattr(cell, "exact_backward", True):
         _check_derivative(cell, extra_shapes, H, S)
     _CHECKED.add(key)
+
+
+def _in_domain(cell, p, u, v, state, H, rng) -> dict:
+    """``p``, or, where step gives a value that is not finite with it (a parameter drawn
+    outside its domain: the square root or log of a gain the cell keeps positive), the
+    parameters as a Model initialises them: U(±1/√H), then the cell's ``initialize``."""
+    with np.errstate(all="ignore"):
+        try:
+            if all(np.isfinite(s).all() for s in cell.step(p, u, v, state)[0]):
+                return p
+            drawn = {k: rng.uniform(-1, 1, np.shape(a)) / H ** 0.5 for k, a in p.items()}
+            cell.initialize(drawn, rng, H)
+            return {k: np.asarray(drawn[k], np.asarray(a).dtype) for k, a in p.items()}
+        except Exception:
+            return p                      # the checks below name what fails
 
 
 def _arguments(cell) -> str:
@@ -288,6 +305,7 @@ def _check_derivative(cell, extra_shapes, H, S) -> None:
     there, is left to the model's own."""
     rng = np.random.default_rng(1)
     p, u, v, state, ds = random_row(cell, H, np.float64, rng, rows=2)
+    p = _in_domain(cell, p, u, v, state, H, rng)
     try:
         new, cache = cell.step(p, u, v, state)
         du, dv, back, dextra = cell.step_backward(p, ds, cache)
@@ -295,6 +313,8 @@ def _check_derivative(cell, extra_shapes, H, S) -> None:
         # a NumPy scalar counts: a scalar parameter's gradient, summed over the batch, is one
         if not all(isinstance(g, (np.ndarray, np.generic)) and g.dtype == np.float64 for g in (*new, *grads)):
             return
+        if not all(np.isfinite(g).all() for g in (*new, *grads)):
+            return                        # no parameters in the cell's domain: nothing to compare
     except Exception:
         return
     noise = sum(float(np.abs(d * n).sum()) for d, n in zip(ds, new))     # the size of L, for its rounding
