@@ -43,7 +43,8 @@ def gradcheck(model: Model, x, targets, state0=None, mask=None, eps: float = 1e-
 
     Keys: every name of ``model.params``, then ``"x"`` and one per name of the cell's
     state with a 0: ``"h0"``, and ``"c0"`` for an LSTM (a cell of one's own with
-    ``state = ("h", "k")`` gives ``"h0"`` and ``"k0"``). Everything runs in float64 on a copy; ``model`` is not changed.
+    ``state = ("h", "k")`` gives ``"h0"`` and ``"k0"``). Everything runs in float64 on a
+    copy; ``model`` is not changed.
     ``options`` (resets, loss_mask, loss_count, masks) go to ``Model.gradients`` and
     ``Model.loss_value``, ``masks`` cast to float64 with the model: the check holds the
     dropout and zoneout masks fixed.
