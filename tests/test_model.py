@@ -107,3 +107,21 @@ def test_astype_keeps_how_the_parameters_were_initialised():
     copy = model.astype("float64")
     assert (copy.init, copy.chrono_t_max) == ("chrono", 10)
     assert all(np.array_equal(copy.params[k], model.params[k].astype(np.float64)) for k in model.params)
+
+
+@pytest.mark.parametrize("cell,layers", [("rnn", 1), ("gru", 1), ("gru", 2), ("lstm", 1)])
+def test_a_state_of_nested_lists_is_the_array_it_spells(cell, layers):
+    """A one-layer RNN's or GRU's state0 or dstate given as nested lists of shape (1, B, H)
+    was taken for a one-element tuple around the state and refused as shape (B, H)."""
+    m = bptt.Model(cell, 3, 4, 2, num_layers=layers, dtype="float64", seed=0)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 2))
+    zero = m.init_state(2)
+    state = tuple(a + 0.3 for a in zero) if m.tuple_state else zero + 0.3
+    as_lists = tuple(a.tolist() for a in state) if m.tuple_state else state.tolist()
+    want = m.gradients(x, y, state0=state, dstate=state)
+    got = m.gradients(x, y, state0=as_lists, dstate=as_lists)
+    assert got.loss == want.loss
+    assert all(np.array_equal(got.params[k], want.params[k]) for k in m.params)
+    if not m.tuple_state:                    # (s,) around the array is the array too
+        assert m.gradients(x, y, state0=(state,), dstate=[state]).loss == want.loss

@@ -335,8 +335,8 @@ class Model:
             arrays = [_checks.float_array(f"{name}[{i}]", s, self.dtype, d, finite)
                       for i, (s, d) in enumerate(zip(state, dims))]
         else:
-            if isinstance(state, (tuple, list)) and len(state) == 1:
-                state = state[0]
+            if isinstance(state, (tuple, list)) and len(state) == 1 and _depth(state[0]) == len(dims[0]):
+                state = state[0]           # (s,) around the array; a nested list (1, B, H) is the array itself
             arrays = [_checks.float_array(name, state, self.dtype, dims[0], finite)]
         return [tuple(a[k] for a in arrays) for k in range(K)]
 
@@ -574,6 +574,15 @@ class Model:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"Model({args})"
+
+
+def _depth(value) -> int:
+    """The dimensions of an array, or of nested lists and tuples (counted along their first
+    items, without converting them: a ragged list is left for the check that names it)."""
+    depth = 0
+    while isinstance(value, (list, tuple)) and value:
+        value, depth = value[0], depth + 1
+    return depth + np.ndim(value)
 
 
 def _orthogonal(rng, n):
