@@ -98,3 +98,15 @@ def test_the_callers_errstate_holds_in_both_halves():
     assert not np.isfinite(g.loss)
     with np.errstate(over="raise"), pytest.raises(FloatingPointError):
         model.gradients(threads=2, **kw)
+
+
+@pytest.mark.parametrize("cell,layers", [("gru", 2), ("lstm", 1)])
+def test_states_given_as_lists_split_as_arrays(cell, layers):
+    """state0 and dstate as nested lists, which the model takes, reached the halves as they
+    came and failed with "list indices must be integers or slices, not tuple"."""
+    model = make_model(cell, layers=layers, D=2, H=3, O=2, dtype="float64")
+    rng = np.random.default_rng(0)
+    state = make_state(model, 4, rng)
+    as_lists = tuple(a.tolist() for a in state) if isinstance(state, tuple) else state.tolist()
+    _check(model, 1e-13, x=rng.standard_normal((5, 4, 2)), targets=make_targets(model, 5, 4, rng),
+           state0=as_lists, dstate=as_lists)

@@ -523,8 +523,9 @@ class Model:
         dsT = None if dstate is None else self._split_state(dstate, B, "dstate", finite=not carried_state)
         masks = self._masks(masks, T, B)
         if threads == 2 and batch_split.can_split(mask, B):
-            return batch_split.gradients(self, x, targets, state0, mask, dstate, input_grad, resets,
-                                         loss_mask, loss_count, masks)
+            return batch_split.gradients(self, x, targets, None if state0 is None else self._join_state(s0), mask,
+                                         None if dsT is None else self._join_state(dsT), input_grad, resets,
+                                         loss_mask, loss_count, masks)        # the states as checked: arrays
         fw = self._forward(x, s0, mask, resets, masks)
         rows = self._head_rows(fw)
         loss, do = self._loss(rows, targets, mask, T, B, loss_mask, loss_count)
