@@ -459,3 +459,13 @@ def test_none_for_an_array_is_named_as_none(model, call, pattern):
     """None for x or for one array of a state was reported as "got shape ()"."""
     with pytest.raises(ValueError, match=pattern):
         call(model)
+
+
+@pytest.mark.parametrize("method", ["forward", "advance", "loss_value", "gradients"])
+@pytest.mark.parametrize("value", ["no", None, 0])
+def test_carried_state_takes_true_or_false_only(model, method, value):
+    """carried_state="no" (a true string) or None was taken as it tests, silently letting a
+    non-finite state0 through or refusing one, with no word about the option."""
+    args = (X,) if method in ("forward", "advance") else (X, Y)
+    with pytest.raises(ValueError, match=rf"^carried_state: expected True or False, got {value!r}$"):
+        getattr(model, method)(*args, carried_state=value)

@@ -317,10 +317,12 @@ class Model:
         zeros = tuple(np.zeros((self.num_layers * self.directions, B, w), dtype=self.dtype) for w in self.state_widths)
         return zeros if self.tuple_state else zeros[0]
 
-    def _split_state(self, state, B, name="state0", finite=True):
+    def _split_state(self, state, B, name="state0", carried=False):
         """Public state -> list of tuples per layer and direction (stack.py), validated;
-        ``finite=False`` for a state this model carried from an earlier call, where an
-        overflow is the loss's to show (non-finite), not a mistake in the input."""
+        ``carried=True`` (a method's ``carried_state``) for a state this model carried from
+        an earlier call, taken even where it is not finite: an overflow is the loss's to
+        show, not a mistake in the input."""
+        finite = not _checks.flag("carried_state", carried)
         K = self.num_layers * self.directions
         dims = [(K, B, w) for w in self.state_widths]
         if state is None:
@@ -428,7 +430,7 @@ class Model:
         even where it is not finite (as ``gradients`` takes it)."""
         x, mask, resets = self._check_inputs(x, mask, resets, carried=state0 is not None)
         T, B, _ = x.shape
-        fw = self._forward(x, self._split_state(state0, B, finite=not carried_state), mask, resets,
+        fw = self._forward(x, self._split_state(state0, B, carried=carried_state), mask, resets,
                            self._masks(masks, T, B))
         y = HEADS[self.head][0](head_layer.forward(self.head_params(), self._head_rows(fw)))
         if self.outputs == "all":
@@ -440,7 +442,7 @@ class Model:
         ``carried_state`` as ``forward`` takes it."""
         x, mask, resets = self._check_inputs(x, mask, resets, carried=state0 is not None)
         T, B, _ = x.shape
-        return self._join_state(self._forward(x, self._split_state(state0, B, finite=not carried_state), mask,
+        return self._join_state(self._forward(x, self._split_state(state0, B, carried=carried_state), mask,
                                               resets, self._masks(masks, T, B)).states)
 
     def _masks(self, masks, T, B):
@@ -519,8 +521,8 @@ class Model:
         T, B, _ = x.shape
         targets = self._check_targets(targets, T, B)
         loss_mask, loss_count = self._check_loss_options(loss_mask, loss_count, mask, T, B)
-        s0 = self._split_state(state0, B, finite=not carried_state)
-        dsT = None if dstate is None else self._split_state(dstate, B, "dstate", finite=not carried_state)
+        s0 = self._split_state(state0, B, carried=carried_state)
+        dsT = None if dstate is None else self._split_state(dstate, B, "dstate", carried=carried_state)
         masks = self._masks(masks, T, B)
         if threads == 2 and batch_split.can_split(mask, B):
             return batch_split.gradients(self, x, targets, None if state0 is None else self._join_state(s0), mask,
@@ -559,7 +561,7 @@ class Model:
         T, B, _ = x.shape
         targets = self._check_targets(targets, T, B)
         loss_mask, loss_count = self._check_loss_options(loss_mask, loss_count, mask, T, B)
-        fw = self._forward(x, self._split_state(state0, B, finite=not carried_state), mask, resets,
+        fw = self._forward(x, self._split_state(state0, B, carried=carried_state), mask, resets,
                            self._masks(masks, T, B))
         return self._loss(self._head_rows(fw), targets, mask, T, B, loss_mask, loss_count)[0]
 
