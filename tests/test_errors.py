@@ -469,3 +469,17 @@ def test_carried_state_takes_true_or_false_only(model, method, value):
     args = (X,) if method in ("forward", "advance") else (X, Y)
     with pytest.raises(ValueError, match=rf"^carried_state: expected True or False, got {value!r}$"):
         getattr(model, method)(*args, carried_state=value)
+
+
+@pytest.mark.parametrize("kwargs,option", [
+    (dict(forget_bias=1.0), "forget_bias: applies to cell='lstm' only"),
+    (dict(layer_norm=True), "layer_norm: applies to cell='lstm' or 'gru'"),
+    (dict(init="chrono", chrono_t_max=10), "init: 'chrono' sets gate biases of cell='lstm' or 'gru'"),
+    (dict(proj_size=2), r"proj_size: projects the output of cell='lstm' \(without layer_norm\), as PyTorch's"),
+])
+def test_a_built_in_cell_given_as_an_instance_is_named_as_one(kwargs, option):
+    """bptt.cells.LSTM() runs as a cell of one's own; the options of cell='lstm' said
+    "applies to cell='lstm' only, got cell='lstm'", refusing what they named."""
+    with pytest.raises(ValueError, match=rf"^{option}, got cell=LSTM\(\), a Cell instance \(a cell of one's own; "
+                                         rf"the built-in cells go by name\)$"):
+        bptt.Model(bptt.cells.LSTM(), 3, 4, 2, **kwargs)

@@ -108,7 +108,7 @@ class Model:
         self.directions = 2 if bidirectional else 1
         if layer_norm:
             if cell not in ("lstm", "gru"):
-                raise ValueError(f"layer_norm: applies to cell='lstm' or 'gru', got cell={self.cell_name!r}")
+                raise ValueError(f"layer_norm: applies to cell='lstm' or 'gru', got cell={self._named_cell}")
             self.layer = layer_of(LayerNormLSTM() if cell == "lstm" else LayerNormGRU())
         if cell == "rnn":                    # the RNN cell holds its nonlinearity
             self.layer = resolve(cell, _checks.choice("nonlinearity", nonlinearity, tuple(ACTIVATIONS)))[1]
@@ -119,7 +119,7 @@ class Model:
         self.nonlinearity = _checks.choice("nonlinearity", nonlinearity, tuple(ACTIVATIONS))
         if cell != "rnn" and nonlinearity != "tanh":
             raise ValueError(f"nonlinearity: applies to cell='rnn' only, got {nonlinearity!r} with "
-                             f"cell={self.cell_name!r}")
+                             f"cell={self._named_cell}")
         self.head = _checks.choice("head", head, tuple(HEADS))
         self.loss = _checks.choice("loss", loss, tuple(LOSSES))
         if head not in LOSSES[loss].heads:
@@ -131,15 +131,15 @@ class Model:
         self.dtype = _checks.dtype_of("dtype", dtype)
         _checks.choice("init", init, INITS)
         if init == "identity" and cell != "rnn":
-            raise ValueError(f"init: 'identity' (IRNN) applies to cell='rnn' only, got cell={self.cell_name!r}")
+            raise ValueError(f"init: 'identity' (IRNN) applies to cell='rnn' only, got cell={self._named_cell}")
         forget_bias = _checks.number("forget_bias", forget_bias, expected="a finite number")
         if forget_bias and cell != "lstm":
-            raise ValueError(f"forget_bias: applies to cell='lstm' only, got cell={self.cell_name!r}")
+            raise ValueError(f"forget_bias: applies to cell='lstm' only, got cell={self._named_cell}")
         self.init = init
         self.chrono_t_max = None
         if init == "chrono":
             if cell not in ("lstm", "gru"):
-                raise ValueError(f"init: 'chrono' sets gate biases of cell='lstm' or 'gru', got cell={self.cell_name!r}")
+                raise ValueError(f"init: 'chrono' sets gate biases of cell='lstm' or 'gru', got cell={self._named_cell}")
             try:                                            # Python's or NumPy's number, finite
                 self.chrono_t_max = _checks.number("chrono_t_max", chrono_t_max, lambda t: t >= 2)
             except ValueError:
@@ -186,13 +186,21 @@ class Model:
         self.proj_size = int(P)                     # a NumPy integer too; model.json holds Python's
         if self.cell != "lstm" or self.layer_norm:
             raise ValueError(f"proj_size: projects the output of cell='lstm' (without layer_norm), as PyTorch's, "
-                             f"got cell={self.cell_name!r}{' with layer_norm=True' if self.layer_norm else ''}")
+                             f"got cell={self._named_cell}{' with layer_norm=True' if self.layer_norm else ''}")
         if init in ("orthogonal", "identity"):
             raise ValueError(f"init: {init!r} makes W_h square; with proj_size it is (4H, P): use 'default' or 'chrono'")
         for rate in ("recurrent_dropout", "zoneout"):
             if getattr(self, rate):
                 raise ValueError(f"{rate}: not defined with proj_size (the state the step reads is projected); "
                                  f"use dropout or input_dropout")
+
+    @property
+    def _named_cell(self) -> str:
+        """The cell as a message names it: 'lstm' as given by name; a Cell instance by its repr
+        and what it is, since LSTM() runs as a cell of one's own, not as cell='lstm'."""
+        if isinstance(self.cell, str):
+            return repr(self.cell_name)
+        return f"{self.cell!r}, a Cell instance (a cell of one's own; the built-in cells go by name)"
 
     @property
     def config(self) -> dict:
