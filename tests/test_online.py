@@ -64,6 +64,25 @@ def test_snap2_is_rtrl_on_a_dense_relu_layer(seed, bias):
     assert relative(snap2, exact) < 1e-12
 
 
+def test_a_restored_snap_keeps_the_pattern_its_influence_was_carried_under():
+    from bptt.through_time.online import SnAp
+    model = bptt.Model("rnn", 2, 4, 1, nonlinearity="relu", init="identity", dtype="float64", seed=0)
+    x, _ = data(model, 6, 2)
+    first = SnAp(model, 2, n=2)                  # W_h = I: two steps reach a unit's own entries only
+    for t in range(3):
+        first.step(x[t])
+    model.params["layer0.W_h"] += 0.1            # an update fills W_h; a checkpoint is resumed now
+    resumed = SnAp(model, 2, n=2)
+    resumed.restore(first.carried())
+    for t in range(3, 6):
+        first.step(x[t])
+        resumed.step(x[t])
+    assert np.array_equal(resumed.pattern, first.pattern)
+    assert np.array_equal(resumed.influence(), first.influence())
+    older = {k: v for k, v in first.carried().items() if k != "pattern"}     # a checkpoint without it
+    SnAp(model, 2, n=2).restore(older)
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
 def test_uoro_is_unbiased_its_error_shrinks_like_one_over_root_n(cell):
     model = bptt.Model(cell, 2, 3, 1, dtype="float64", seed=3)

@@ -95,6 +95,10 @@ class _Dense(Influence, ABC):
 class SnAp(_Dense):
     """SnAp-n (O1): RTRL's influence kept on the entries n steps reach."""
 
+    # The pattern goes on with M: it is probed from W_h as it is when the method starts (zeros
+    # in W_h, as init="identity" leaves, reach fewer units), so a resumed run keeps its own.
+    CARRIED = ("M", "pattern")
+
     def __init__(self, model, B: int, state0=None, n: int = 1):
         _one_layer(model, "SnAp")
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -128,6 +132,10 @@ class SnAp(_Dense):
 
     def _next(self, local, M_prev):
         return (bmm(local.J, M_prev) + local.I) * self.pattern                           # (O1)
+
+    def restore(self, arrays: dict):
+        """As Influence.restore; a checkpoint without the pattern keeps the one probed now."""
+        super().restore({"pattern": self.pattern} | arrays)
 
 
 def _signs(influence, dtype, shape, axis):
