@@ -360,3 +360,21 @@ def test_flow_run_estimators_are_printed_at_the_runs_own_steps(tmp_path, capsys)
     e = estimator_error(trainer.model.astype("float64"), x[:, :1].astype(np.float64), ["snap1"], rng=0)["snap1"]
     assert code == 0 and "first sequence, at steps 4, 8, 16\n" in out
     assert f"snap1    {e[3]:>9.3g} {e[7]:>9.3g} {e[15]:>9.3g}\n" in out
+
+
+def test_explode_on_digits_trains_at_the_images_length(tmp_path, capsys, monkeypatch):
+    """--task digits --seq-len 64 --explode: the study took T = min(64, 50) = 50, a length
+    digits does not have, and failed after the report was measured and written."""
+    from bptt import cli_flow
+    from bptt.train.explosion import clipping_study
+    lengths = []
+
+    def short_study(**kwargs):
+        lengths.append((kwargs["task"], kwargs["seq_len"]))
+        return clipping_study(**{**kwargs, "updates": 2})
+
+    monkeypatch.setattr(cli_flow, "clipping_study", short_study)
+    code, out, err = run(capsys, ["flow", "--task", "digits", "--seq-len", "64", "--cell", "rnn", "--hidden", "4",
+                                  "--batch", "1", "--explode", "--quiet", "--out", str(tmp_path / "f")])
+    assert (code, err) == (0, "") and lengths == [("digits", 64)]
+    assert "no clipping" in out and (tmp_path / "f" / "clipping.png").exists()

@@ -82,7 +82,8 @@ def add_parser(sub):
     p.add_argument("--explode", action="store_true",
                    help="also train the first --cell (32 units, W_h scaled to η = --gain) twice from that "
                         "initialisation, without and with the gradient norm clipped at 1: 300 SGD updates on "
-                        "the same batches of --task (adding for text), T = min(--seq-len, 50)")
+                        "the same batches of --task (adding for text), T = min(--seq-len, 50) (digits: --seq-len, "
+                        "its only lengths)")
     p.add_argument("--gain", type=number, default=None,
                    help="--explode: η = γ·σ_max(W_h) at init, a positive number (default: clipping_study's, 3)")
     p.add_argument("--seed", type=integer, default=0,
@@ -114,7 +115,7 @@ def check(args) -> tuple:
         value = getattr(args, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}")
-    explode_task = args.task if args.task != "text" else "adding"      # what --explode trains on
+    explode_task, _ = _explode_task(args)
     if args.seq_len < 2 and (args.task == "adding" or (args.explode and explode_task == "adding")):
         raise ValueError(f"--seq-len: expected at least 2 for the adding task (one marked value in each "
                          f"half of the sequence), got {args.seq_len}")
@@ -204,6 +205,14 @@ def check(args) -> tuple:
         task = make_task("text", args.seq_len)
         _check_text_length(task, args.seq_len, args.batch, "--seq-len")
     return cells, out
+
+
+def _explode_task(args) -> tuple:
+    """The task and T that --explode trains on: --task (adding for text) at T = min(--seq-len,
+    50); digits at --seq-len itself, since 8 (rows) and 64 (pixels) are the only lengths an
+    image has."""
+    task = args.task if args.task != "text" else "adding"
+    return task, args.seq_len if task == "digits" else min(args.seq_len, 50)
 
 
 def _report_files(args) -> list:
@@ -342,7 +351,6 @@ def run(args) -> int:
 
 def _report(args, cells, out, measured) -> int:
     """The flow report of the saved runs (``measured``) or of the cells, into ``out``."""
-    explode_task = args.task if args.task != "text" else "adding"
     reports = {}
     models = {}                               # label -> (model at that stage, batch) for --estimators
     for label, trainer, x, y in measured:
@@ -386,8 +394,8 @@ def _report(args, cells, out, measured) -> int:
     if args.estimators is not None:
         _estimators(args, models, out, title)
     if args.explode:
-        study = clipping_study(cell=cells[0], task=explode_task,
-                               seq_len=min(args.seq_len, 50), seed=args.seed,
+        explode_task, explode_len = _explode_task(args)
+        study = clipping_study(cell=cells[0], task=explode_task, seq_len=explode_len, seed=args.seed,
                                nonlinearity=args.nonlinearity, **({} if args.gain is None else {"gain": args.gain}))
         print(f"\nexploding start ({study.label}, η = {study.gain:g}, plain SGD, same batches):")
         print(f"{'':<16} {'median ‖g‖':>11} {'max ‖g‖':>10} {'>10×clip':>9} {'final loss':>11}  diverged at")
