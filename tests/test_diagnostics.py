@@ -404,6 +404,21 @@ def test_plot_flow_draws_mixed_reports(tmp_path):
     assert not list(tmp_path.glob("list.png")) + list(tmp_path.glob("dict.png"))
 
 
+def test_plot_flow_draws_every_report_past_the_colour_cycle(tmp_path, monkeypatch):
+    """12 reports (e.g. 12 --run folders): the panels zipped them with matplotlib's 10
+    colours, and the last two were not drawn."""
+    import matplotlib.pyplot as plt
+    m = make_model("rnn", D=2, H=3, O=1, outputs="last")
+    x, y, _ = _data(m, 5, 2)
+    report = flow(m, x, y)
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_flow({f"run {i}": report for i in range(12)}, tmp_path / "flow.png")
+    a, b, c = figures[0].axes[:3]
+    assert len(a.get_lines()) == 12 and len(b.collections) == 12 and len(c.get_lines()) == 12 + 1   # + the line at 1
+    assert len({tuple(line.get_color()) for line in a.get_lines()}) == 12
+
+
 def test_plot_estimator_error_draws_errors_by_label_and_names_a_dict_by_method(tmp_path):
     from bptt.diagnostics.estimators import estimator_error
     from bptt.diagnostics.plots import plot_estimator_error

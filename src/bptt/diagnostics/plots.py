@@ -37,6 +37,13 @@ def _save(plt, fig, path, title=None) -> Path:
     return path
 
 
+def _colors(plt, n) -> list:
+    """n colours, one per report: matplotlib's cycle, or, for more reports than it has
+    colours, n spread over a colormap (zipped with the cycle, the reports past it went undrawn)."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return cycle if n <= len(cycle) else [plt.get_cmap("turbo")(i / (n - 1)) for i in range(n)]
+
+
 def plot_flow(reports: dict, path, title: str | None = None) -> Path:
     if not isinstance(reports, dict) or not all(isinstance(r, FlowReport) for r in reports.values()):
         shown = type(reports).__name__ if not isinstance(reports, dict) else \
@@ -50,7 +57,7 @@ def plot_flow(reports: dict, path, title: str | None = None) -> Path:
     cols = max(3, len(heat))
     fig = plt.figure(figsize=(4.6 * cols, 4.2 * rows), constrained_layout=True)
     grid = fig.add_gridspec(rows, cols)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = _colors(plt, len(reports))
 
     ax = fig.add_subplot(grid[0, 0])
     for (label, r), c in zip(reports.items(), colors):
