@@ -378,3 +378,21 @@ def test_explode_on_digits_trains_at_the_images_length(tmp_path, capsys, monkeyp
                                   "--batch", "1", "--explode", "--quiet", "--out", str(tmp_path / "f")])
     assert (code, err) == (0, "") and lengths == [("digits", 64)]
     assert "no clipping" in out and (tmp_path / "f" / "clipping.png").exists()
+
+
+def test_nonlinearity_is_the_elman_rnns_and_the_other_cells_keep_tanh(tmp_path, capsys):
+    """--cell rnn,gru --nonlinearity relu trained the RNN, then failed building the GRU
+    (nonlinearity applies to cell='rnn' only); without the RNN among the cells it is refused."""
+    out_dir = tmp_path / "f"
+    code, _, err = run(capsys, ["flow", "--task", "sine", "--seq-len", "6", "--cell", "rnn,gru", "--nonlinearity",
+                                "relu", "--hidden", "4", "--batch", "1", "--train", "2", "--quiet",
+                                "--out", str(out_dir)])
+    assert (code, err) == (0, "")
+    assert list(json.loads((out_dir / "flow.json").read_text())) == [
+        "rnn-relu, init", "rnn-relu, 2 updates", "gru, init", "gru, 2 updates"]
+    assert [json.loads((out_dir / c / "config.json").read_text())["nonlinearity"] for c in ("rnn", "gru")] == \
+        ["relu", "tanh"]
+    code, _, err = run(capsys, ["flow", "--cell", "gru", "--nonlinearity", "relu", "--out", str(tmp_path / "g")])
+    assert code == 2 and err == ("bptt: error: --nonlinearity: the f of the Elman RNN, which --cell gru does not "
+                                 "include; expected tanh (the default) or --cell rnn among the cells, got 'relu'\n")
+    assert not (tmp_path / "g").exists()

@@ -138,6 +138,9 @@ def check(args) -> tuple:
         raise ValueError(f"--cell: expected each cell once (each trains into OUT/<cell>), got {args.cell!r}")
     if args.nonlinearity not in ACTIVATIONS:
         raise ValueError(f"--nonlinearity: expected one of {', '.join(ACTIVATIONS)}, got {args.nonlinearity!r}")
+    if args.nonlinearity != "tanh" and "rnn" not in cells:
+        raise ValueError(f"--nonlinearity: the f of the Elman RNN, which --cell {args.cell} does not include; "
+                         f"expected tanh (the default) or --cell rnn among the cells, got {args.nonlinearity!r}")
     if isinstance(args.train, bool) or not isinstance(args.train, int) or args.train < 0:
         raise ValueError(f"--train: expected a number of updates >= 0, got {args.train!r}")
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
@@ -281,9 +284,9 @@ def _estimators(args, models, out, title):
 
 def _config(args, cell, out) -> Config:
     """The run flow trains for ``cell`` in OUT/<cell>."""
-    return Config(task=args.task, cell=cell, hidden=args.hidden, seq_len=args.seq_len, nonlinearity=args.nonlinearity,
-                  steps=max(args.train, 1), seed=args.seed, out=str(out / _folder(cell)),
-                  **({} if args.lr is None else {"lr": args.lr})).check()
+    return Config(task=args.task, cell=cell, hidden=args.hidden, seq_len=args.seq_len,
+                  nonlinearity=_nonlinearity(args, cell), steps=max(args.train, 1), seed=args.seed,
+                  out=str(out / _folder(cell)), **({} if args.lr is None else {"lr": args.lr})).check()
 
 
 def _started_here(args, cell, out) -> bool:
@@ -299,6 +302,11 @@ def _started_here(args, cell, out) -> bool:
     same = {k: v for k, v in saved.items() if k not in ("out", "threads")} == \
         {k: v for k, v in ours.items() if k not in ("out", "threads")}
     return same and bool(runs.checkpoints(run))
+
+
+def _nonlinearity(args, cell) -> str:
+    """--nonlinearity is the Elman RNN's f: the other cells of the comparison keep their tanh."""
+    return args.nonlinearity if cell == "rnn" else "tanh"
 
 
 def _folder(cell):
@@ -396,7 +404,8 @@ def _report(args, cells, out, measured) -> int:
     if args.explode:
         explode_task, explode_len = _explode_task(args)
         study = clipping_study(cell=cells[0], task=explode_task, seq_len=explode_len, seed=args.seed,
-                               nonlinearity=args.nonlinearity, **({} if args.gain is None else {"gain": args.gain}))
+                               nonlinearity=_nonlinearity(args, cells[0]),
+                               **({} if args.gain is None else {"gain": args.gain}))
         print(f"\nexploding start ({study.label}, η = {study.gain:g}, plain SGD, same batches):")
         print(f"{'':<16} {'median ‖g‖':>11} {'max ‖g‖':>10} {'>10×clip':>9} {'final loss':>11}  diverged at")
         for s in study.summary():
