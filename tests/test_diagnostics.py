@@ -404,6 +404,30 @@ def test_plot_flow_draws_mixed_reports(tmp_path):
     assert not list(tmp_path.glob("list.png")) + list(tmp_path.glob("dict.png"))
 
 
+@pytest.mark.parametrize("gain,x0", [(0.3, 1.0), (2.5, 1e-300)])
+def test_gradient_norms_whose_squares_leave_the_float64_range_are_measured(gain, x0):
+    """‖∂L/∂h_0‖ ≈ 0.3^399 ≈ 1e-209 (vanishing) and 2.5^399 ≈ 1e159 (exploding) are float64
+    numbers, their squares are not: the report gave 0 and inf (np.linalg.norm squares as it
+    goes), and ‖g₁‖/‖g_T‖ 0 at T = 1000 in `bptt flow`. Reference: math.hypot of the model's
+    own ∂L/∂h_k, from s_k over the steps after k."""
+    import math
+    m = bptt.Model("rnn", 1, 3, 1, nonlinearity="identity", outputs="last", dtype="float64", seed=0)
+    m.params["layer0.W_h"][:] = gain * np.eye(3)
+    m.params["layer0.b_h"][:] = 0                    # h_t = gain^t W_x x_0: the state stays small
+    T = 400
+    x = np.zeros((T, 2, 1))
+    x[0] = x0
+    y = np.ones((2, 1))
+    r = flow(m, x, y, jacobian_steps=[])
+    for k in (0, 1, T // 2):
+        dh = m.gradients(x[k + 1:], y, m.advance(x[:k + 1])).state0
+        want = math.hypot(*dh.ravel())
+        if k < T // 2:
+            assert 0 < want < np.inf and not 1e-150 < want < 1e150      # its square leaves float64
+        assert r.grad_norm[k, 0] == pytest.approx(want, rel=1e-12, abs=0)
+        assert r.credit[T - 1, k] == pytest.approx(want, rel=1e-12, abs=0)
+
+
 def test_plot_flow_draws_every_report_past_the_colour_cycle(tmp_path, monkeypatch):
     """12 reports (e.g. 12 --run folders): the panels zipped them with matplotlib's 10
     colours, and the last two were not drawn."""

@@ -158,6 +158,15 @@ class FlowReport:
         }
 
 
+def _norm(a, axis=None):
+    """‖a‖₂ over ``axis`` (every axis by default), a divided by max|a| before it is squared:
+    squares overflow past 1e154 and underflow below 1e-154, where the gradients of networks
+    that explode or vanish over long sequences lie (np.linalg.norm squares a as it is)."""
+    scale = np.max(np.abs(a), axis=axis, keepdims=True)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    return np.sqrt(np.sum((a / scale) ** 2, axis=axis)) * np.squeeze(scale, axis=axis)
+
+
 def _targets_and_lags(T, S, jacobian_steps, jacobian_lags):
     if jacobian_steps is None:
         n = int(np.clip(AUTO_FLOPS // (T * 2 * S ** 3), 2, 16))      # a target's sweep: T products S×S
@@ -237,10 +246,10 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
     block = max(1, LAG_BLOCK_ROWS // B)                               # steps per GEMM into the G_τ
     width = T if lag_grads else int(np.clip(LAG_MEMORY // (8 * GH * (H + block * B)), 1, T))
     credit, gnorm, cnorm, lag, lagmats = _credit_pass(m, lin, e, weight_grads, T, B, (0, width), block)
-    norms = [np.sqrt(np.einsum("tgh,tgh->t", lagmats, lagmats))]
+    norms = [[_norm(g) for g in lagmats]]
     for lo in range(width, T, width):           # beyond LAG_MEMORY: the further lags, one window a pass
         further = _credit_pass(m, lin, e, weight_grads, T, B, (lo, min(lo + width, T)), block)[-1]
-        norms.append(np.sqrt(np.einsum("tgh,tgh->t", further, further)))
+        norms.append([_norm(g) for g in further])
     lag_norm = np.concatenate(norms)
     jnorm, jsing = _jacobian_pass(lin[0].select(sequence), steps, lag_set, n_singular, T, m.hidden_size)
 
@@ -254,7 +263,7 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
         jacobian_norm=jnorm, jacobian_singular=jsing,
         sigma_max=sigma_max, gamma=gamma, eta=gamma * sigma_max,
         lag_norm=lag_norm, lag_profile=lag[0], lag_by_layer=lag,
-        weight_grad_norm=float(np.linalg.norm(weight_grads["layer0.W_h"])),
+        weight_grad_norm=float(_norm(weight_grads["layer0.W_h"])),
         lag_grads=np.ascontiguousarray(lagmats) if lag_grads else None, sequence=sequence,
         seconds=time.perf_counter() - start, valid=None if mask is None else mask[:, sequence].copy(),
         zoneout=drawn_rate(m.zoneout))
@@ -282,7 +291,7 @@ def _credit_pass(m, lin, e, weight_grads, T, B, window, rows):
     cnorm = np.zeros((T, L))
     lag = np.zeros((L, T))
     G = [weight_grads[f"layer{l}.W_h"] for l in range(L)]
-    G_unit = [g / max(np.linalg.norm(g), 1e-300) for g in G]
+    G_unit = [g / max(_norm(g), np.finfo(np.float64).smallest_subnormal) for g in G]     # 0 where G = 0
     lo, hi = window
     GH, n = G[0].shape[0], window[1] - window[0]
     lag_t = np.zeros((H, n * GH))                        # [:, (τ − lo)·GH + g] = G_τ[g, :]
@@ -303,10 +312,10 @@ def _credit_pass(m, lin, e, weight_grads, T, B, window, rows):
             else:
                 dh[act] += from_above                    # (R8), (L11), (G11) from the layer above
             delta, prev, total, from_above = lin[l].vjp(k, tuple(d[act] for d in ds[l]), need_dx=l > 0)
-            credit[l, src, k] = np.sqrt((total[0] ** 2).sum(axis=(1, 2)))            # (D1)
-            gnorm[k, l] = np.linalg.norm(total[0].sum(axis=0))                      # (V1)
+            credit[l, src, k] = _norm(total[0], axis=(1, 2))                          # (D1)
+            gnorm[k, l] = _norm(total[0].sum(axis=0))                                # (V1)
             if len(total) > 1:
-                cnorm[k, l] = np.linalg.norm(total[1].sum(axis=0))
+                cnorm[k, l] = _norm(total[1].sum(axis=0))
             u = lin[l].h_in[k] @ G_unit[l].T                                         # (B, G·H)
             lag[l, src - k] += np.einsum("cbg,bg->c", delta, u)                      # (D3)
             if l == 0:
