@@ -428,6 +428,25 @@ def test_gradient_norms_whose_squares_leave_the_float64_range_are_measured(gain,
         assert r.credit[T - 1, k] == pytest.approx(want, rel=1e-12, abs=0)
 
 
+def test_a_jacobian_product_past_the_float64_range_is_inf_not_a_failed_svd(tmp_path):
+    """W_h = 10·I: ∂h_t/∂h_k = 10^(t−k) I overflows past lag 308, and LAPACK's SVD of it
+    raised LinAlgError ("SVD did not converge"), losing the whole report."""
+    m = bptt.Model("rnn", 1, 3, 1, nonlinearity="identity", outputs="last", dtype="float64", seed=0)
+    m.params["layer0.W_h"][:] = 10 * np.eye(3)
+    m.params["layer0.b_h"][:] = 0
+    T = 400
+    x = np.zeros((T, 1, 1))
+    x[0] = 1e-300                                     # h_T = 10^399 W_x x_0: finite
+    with np.errstate(over="ignore", invalid="ignore"):   # ∂L/∂h_k overflows too, as it should
+        r = flow(m, x, np.ones((1, 1)), jacobian_steps=[T - 1], jacobian_lags=[1, 100, 350])
+    assert r.jacobian_norm[T - 1, [T - 2, T - 101]] == pytest.approx([10, 1e100], rel=1e-12)
+    assert r.jacobian_norm[T - 1, T - 351] == np.inf and np.isnan(r.jacobian_singular[T - 1, T - 351, 1:]).all()
+    t, k, _ = r.measured_pairs()
+    assert sorted(t - k) == [1, 100] and r.summary()["jacobian_rate"] == pytest.approx(10, rel=1e-12)
+    with np.errstate(over="ignore"):                  # matplotlib's log axis over the bound's inf
+        assert plot_flow({"exploding": r}, tmp_path / "flow.png").exists()
+
+
 def test_plot_flow_draws_every_report_past_the_colour_cycle(tmp_path, monkeypatch):
     """12 reports (e.g. 12 --run folders): the panels zipped them with matplotlib's 10
     colours, and the last two were not drawn."""

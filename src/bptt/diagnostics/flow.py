@@ -18,7 +18,8 @@ All in float64 (a float32 model is copied). Indices are 0-based array indices: r
                            (s_k = (h_k, c_k) the carried state: c_k reaches L through later steps)
     credit (T, T)          [t, k] = ‖∂L_t/∂h_k‖, 0 above the diagonal (first layer)
     credit_by_layer (L, T, T)
-    jacobian_norm (T, T)   [t, k] = σ_max(∂s_t/∂s_k) of the first layer, NaN where not sampled
+    jacobian_norm (T, T)   [t, k] = σ_max(∂s_t/∂s_k) of the first layer, NaN where not sampled,
+                           inf where the product left the float64 range
     jacobian_singular (T, T, r)   its top r singular values
     lag_norm (T,)          [τ] = ‖G_τ‖ (Frobenius, D4), G_τ the part of G = ∂L/∂W_h (first layer)
                            that dependencies τ steps long supply, G = Σ_τ G_τ (D3): how much each
@@ -109,7 +110,8 @@ class FlowReport:
             return per_step ** np.array(steps, dtype=float)
 
     def measured_pairs(self):
-        """(t, k, ‖∂s_t/∂s_k‖) for every pair the Jacobian pass sampled, k < t."""
+        """(t, k, ‖∂s_t/∂s_k‖) for every pair the Jacobian pass sampled, k < t, and measured
+        (not those whose product overflowed: inf in ``jacobian_norm``)."""
         t, k = np.nonzero(np.isfinite(self.jacobian_norm) & (np.tri(self.T, k=-1, dtype=bool)))
         return t, k, self.jacobian_norm[t, k]
 
@@ -376,9 +378,17 @@ def _jacobian_pass(lin, steps, lag_set, r, T, H):
 
 
 def _singular(pending, jnorm, jsing, r):
+    """The top r singular values of each product. One that left the float64 range (a network
+    that explodes, at long lags) has σ_max = inf and the others unknown (NaN): LAPACK's SVD
+    does not converge on it."""
     if not pending:
         return
-    sv = np.linalg.svd(np.stack([p[2] for p in pending]), compute_uv=False)
+    products = np.stack([p[2] for p in pending])
+    finite = np.isfinite(products).all(axis=(1, 2))
+    sv = np.full((len(pending), r), np.nan)
+    if finite.any():
+        sv[finite] = np.linalg.svd(products[finite], compute_uv=False)[:, :r]
+    sv[~finite, 0] = np.inf
     for (t, k, _), s in zip(pending, sv):
         jnorm[t, k] = s[0]
-        jsing[t, k] = s[:r]
+        jsing[t, k] = s
