@@ -443,8 +443,24 @@ def test_a_jacobian_product_past_the_float64_range_is_inf_not_a_failed_svd(tmp_p
     assert r.jacobian_norm[T - 1, T - 351] == np.inf and np.isnan(r.jacobian_singular[T - 1, T - 351, 1:]).all()
     t, k, _ = r.measured_pairs()
     assert sorted(t - k) == [1, 100] and r.summary()["jacobian_rate"] == pytest.approx(10, rel=1e-12)
-    with np.errstate(over="ignore"):                  # matplotlib's log axis over the bound's inf
-        assert plot_flow({"exploding": r}, tmp_path / "flow.png").exists()
+    assert plot_flow({"exploding": r}, tmp_path / "flow.png").exists()
+
+
+def test_plot_flow_draws_norms_up_to_the_float64_maximum(tmp_path):
+    """W_h = 10·I over 300 steps: Jacobian products up to 1e290 and credit up to 1e298, all
+    finite; matplotlib's log-axis ticks overflow past about 1e280, and flow.png (and with it
+    `bptt flow`, before flow.json) failed with OverflowError."""
+    m = bptt.Model("rnn", 1, 3, 1, nonlinearity="identity", dtype="float64", seed=0)
+    m.params["layer0.W_h"][:] = 10 * np.eye(3)
+    m.params["layer0.b_h"][:] = 0
+    T = 300
+    x = np.zeros((T, 1, 1))
+    x[0] = 1e-300
+    r = flow(m, x, np.ones((T, 1, 1)), jacobian_steps=[T - 1], jacobian_lags=[1, 290])
+    assert r.jacobian_norm[T - 1, T - 291] == pytest.approx(1e290, rel=1e-12)
+    assert np.isfinite(r.credit).all() and r.credit.max() > 1e280
+    path = plot_flow({"exploding": r}, tmp_path / "flow.png")
+    assert path.stat().st_size > 10_000
 
 
 def test_plot_flow_draws_every_report_past_the_colour_cycle(tmp_path, monkeypatch):

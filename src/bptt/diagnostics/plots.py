@@ -21,6 +21,15 @@ import numpy as np
 from .flow import FlowReport
 
 
+LOG_AXIS_RANGE = (1e-300, 1e250)    # what the log axes draw: matplotlib's log ticks overflow past about 1e280
+
+
+def _on_log_axis(values):
+    """``values`` clipped into LOG_AXIS_RANGE (inf, an overflowed norm, at its top; NaN left
+    out): a network that explodes over a long sequence has norms up to the float64 maximum."""
+    return np.clip(values, *LOG_AXIS_RANGE)
+
+
 def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
@@ -61,7 +70,7 @@ def plot_flow(reports: dict, path, title: str | None = None) -> Path:
 
     ax = fig.add_subplot(grid[0, 0])
     for (label, r), c in zip(reports.items(), colors):
-        ax.semilogy(np.arange(1, r.T + 1), np.maximum(r.grad_norm[:, 0], 1e-300), color=c, label=label)
+        ax.semilogy(np.arange(1, r.T + 1), _on_log_axis(r.grad_norm[:, 0]), color=c, label=label)
     ax.set(xlabel="step k", ylabel="‖∂L/∂h_k‖", title="(a) gradient reaching each step")
     ax.legend(fontsize=8)
 
@@ -70,14 +79,13 @@ def plot_flow(reports: dict, path, title: str | None = None) -> Path:
     for (label, r), c in zip(reports.items(), colors):
         t, k, norms = r.measured_pairs()
         lags = t - k
-        ax.scatter(lags, np.maximum(norms, 1e-300), s=6, color=c, alpha=0.5, label=f"{label}")
+        ax.scatter(lags, _on_log_axis(norms), s=6, color=c, alpha=0.5, label=f"{label}")
         plain = r.valid is None and not r.zoneout                  # else padded steps and zoneout count (D5)
-        ax.plot(np.arange(r.T), r.bound_by_lag(), "--", color=c, lw=1,
+        ax.plot(np.arange(r.T), _on_log_axis(r.bound_by_lag()), "--", color=c, lw=1,
                 label=f"{'η^τ' if plain else 'bound (D5)'}, η = {r.eta:.2f}")
-        if norms.size:
-            positive = norms[norms > 0]
-            if positive.size:
-                lo, hi = min(lo, positive.min()), max(hi, positive.max())
+        positive = _on_log_axis(norms[norms > 0])
+        if positive.size:
+            lo, hi = min(lo, positive.min()), max(hi, positive.max())
     ax.set_yscale("log")
     if np.isfinite(lo):
         ax.set_ylim(lo / 10, max(hi * 10, 10))
@@ -99,8 +107,8 @@ def plot_flow(reports: dict, path, title: str | None = None) -> Path:
     ax.legend(fontsize=8, loc="center right")
 
     if heat:
-        logs = {k: np.log10(np.where(np.tri(r.T, dtype=bool) & (r.credit > 0), r.credit, np.nan))
-                for k, r in heat.items()}
+        logs = {k: np.log10(np.where(np.tri(r.T, dtype=bool) & (r.credit > 0), _on_log_axis(r.credit),
+                                     np.nan)) for k, r in heat.items()}
         vmax = max(np.nanmax(v) for v in logs.values())
         vmin = max(min(np.nanmin(v) for v in logs.values()), vmax - 12)
         for j, (label, v) in enumerate(logs.items()):
