@@ -1,5 +1,6 @@
 """The flow report against independent references: the layers' own backward, finite
 differences of the forward pass, the PMB bound (V4) and the weight gradient itself."""
+import re
 import sys
 
 import numpy as np
@@ -374,6 +375,18 @@ def test_clipping_keeps_an_exploding_network_trainable(tmp_path):
     assert plain["diverged_at"] is not None or plain["final_loss"] > 100 * clipped["final_loss"]
     path = plot_clipping(study, tmp_path / "clip.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(gain="3"), "gain: expected a positive number, got '3'"),
+    (dict(clip=None), "clip: expected a positive number, got None"),
+    (dict(gain=float("inf")), "gain: expected a positive number, got inf"),
+    (dict(batch=0), "batch: expected a positive integer, got 0")])
+def test_clipping_study_names_a_bad_argument(kwargs, message):
+    """A gain or clip that is not a number raised numpy's TypeError (np.isfinite of a str or
+    None), and batch=0 a shape error about x."""
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        clipping_study(updates=1, **kwargs)
 
 
 def test_a_diverged_run_is_named_by_the_update_the_figure_would_draw_next():

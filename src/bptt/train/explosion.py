@@ -60,10 +60,9 @@ def clipping_study(cell="rnn", task="adding", seq_len=50, hidden=32, gain=3.0, c
                    lr=0.05, batch=16, seed=0, nonlinearity="tanh") -> ClippingStudy:
     """Train twice from one exploding initialisation, without and with norm clipping (SGD)."""
     updates = _checks.positive_int("updates", updates)
-    if not (np.isfinite(gain) and gain > 0):
-        raise ValueError(f"gain: expected a positive number, got {gain!r}")
-    if not (np.isfinite(clip) and clip > 0):
-        raise ValueError(f"clip: expected a positive number, got {clip!r}")
+    batch = _checks.positive_int("batch", batch)
+    gain = _checks.number("gain", gain, lambda v: v > 0, "a positive number")
+    clip = _checks.number("clip", clip, lambda v: v > 0, "a positive number")
     the_task = make_task(task, seq_len)
     norms = np.full((2, updates), np.nan)
     losses = np.full((2, updates), np.nan)
