@@ -217,3 +217,16 @@ def test_norm_clipping_of_float32_gradients_whose_squares_overflow_scales_them_t
     assert all(g.dtype == np.float32 for g in grads.values())
     np.testing.assert_allclose(grads["b"], np.array([3e19, -4e19]) * 5.0 / want, rtol=1e-6)
     assert clip.global_norm(grads) == pytest.approx(5.0, rel=1e-6)
+
+
+def test_norm_clipping_of_float64_gradients_whose_squares_overflow_scales_them_to_the_bound():
+    """Finite float64 entries of 1e160 have squares past float64's range: the norm was inf,
+    clipping multiplied every gradient by 0, and clipping_study called a clipped run that
+    had finite gradients diverged."""
+    grads = {"a": np.full((10, 10), 1e160), "b": np.array([3e160, -4e160])}
+    want = 1e160 * np.sqrt(125)
+    assert clip.global_norm(grads) == pytest.approx(want, rel=1e-12)
+    assert clip.clip_grad_norm(grads, 5.0) == pytest.approx(want, rel=1e-12)
+    np.testing.assert_allclose(grads["b"], np.array([3, -4]) * 5.0 / np.sqrt(125), rtol=1e-12)
+    assert clip.global_norm(grads) == pytest.approx(5.0, rel=1e-12)
+    assert clip.global_norm({"a": np.array([1e160, np.inf])}) == np.inf

@@ -43,8 +43,15 @@ def check_finite(loss, grads: dict) -> None:
 def global_norm(grads: dict) -> float:
     """The L2 norm of all gradients together. A float32 gradient whose sum of squares
     passes float32's range (entries above about 1.8e19, still finite) is summed again in
-    float64: an infinite norm would make norm clipping scale every gradient by 0."""
-    return float(np.sqrt(sum(_sum_of_squares(g) for g in grads.values())))
+    float64, and float64 gradients whose squares pass float64's (entries above about
+    1.3e154) again divided by their largest entry: an infinite norm would make norm
+    clipping scale every gradient by 0."""
+    norm = float(np.sqrt(sum(_sum_of_squares(g) for g in grads.values())))
+    if math.isinf(norm):
+        largest = max(float(np.abs(g).max()) for g in grads.values())
+        if math.isfinite(largest):
+            norm = largest * math.sqrt(sum(float(np.vdot(g / largest, g / largest)) for g in grads.values()))
+    return norm
 
 
 def _sum_of_squares(g) -> float:
