@@ -476,6 +476,17 @@ def test_plot_flow_draws_norms_up_to_the_float64_maximum(tmp_path):
     assert path.stat().st_size > 10_000
 
 
+def test_a_cell_objects_report_names_it_and_its_summary_is_json():
+    """FlowReport.cell held the Cell object itself, so json.dumps(report.summary()) raised
+    TypeError; it is the cell's name."""
+    import json
+    from test_cell_protocol import GRUCell
+    m = bptt.Model(GRUCell(), 2, 3, 1, dtype="float64", seed=0)
+    x, y, _ = _data(m, 4, 2)
+    r = flow(m, x, y)
+    assert r.cell == m.cell_name == GRUCell.name and json.loads(json.dumps(r.summary()))["cell"] == GRUCell.name
+
+
 def test_plot_flow_draws_every_report_past_the_colour_cycle(tmp_path, monkeypatch):
     """12 reports (e.g. 12 --run folders): the panels zipped them with matplotlib's 10
     colours, and the last two were not drawn."""

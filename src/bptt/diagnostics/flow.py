@@ -259,7 +259,8 @@ def flow(model, x, targets, state0=None, mask=None, *, jacobian_steps=None, jaco
     sigma_max = float(np.linalg.norm(W_h, 2))
     gamma = ACTIVATIONS[m.nonlinearity].gamma if m.cell == "rnn" else 1.0
     return FlowReport(
-        cell=m.cell, nonlinearity=m.nonlinearity, loss=float(loss),
+        cell=m.cell if isinstance(m.cell, str) else m.cell_name,       # a Cell object: its name
+        nonlinearity=m.nonlinearity, loss=float(loss),
         grad_norm=gnorm, cell_grad_norm=cnorm if m.cell == "lstm" else None,
         credit=credit[0], credit_by_layer=credit,
         jacobian_norm=jnorm, jacobian_singular=jsing,
