@@ -70,7 +70,8 @@ def add_parser(sub):
                                                       "(default: rnn,lstm)")
     p.add_argument("--hidden", type=integer, default=64, help="hidden units, >= 1 (default: 64)")
     p.add_argument("--nonlinearity", default="tanh",
-                   help=f"f of the Elman RNN: {', '.join(ACTIVATIONS)} (default: tanh)")
+                   help=f"f of the Elman RNN (--cell rnn; the other cells keep tanh): {', '.join(ACTIVATIONS)} "
+                        f"(default: tanh)")
     p.add_argument("--batch", type=integer, default=4, help="sequences in the measured batch, >= 1 (default: 4)")
     p.add_argument("--train", type=integer, default=0, metavar="UPDATES",
                    help="also measure after this many updates (>= 0) of `bptt train` defaults (default: 0)")
