@@ -352,3 +352,30 @@ def test_a_vocabulary_utf8_cannot_encode_is_refused_and_long_ones_shown_short(tm
                                                rf"order of its inputs, got {shown}$")):
         with pytest.raises(ValueError, match=pattern):
             bptt.generate(model, 3, vocabulary=vocabulary)
+
+
+def test_a_rename_that_fails_after_the_tensors_are_in_keeps_the_model_before(tmp_path, monkeypatch):
+    """The new model.safetensors was renamed in and model.json's rename then failed (an I/O
+    error): the new tensors stood beside the old JSON, whose digest bptt.load refused; the
+    same befell best.safetensors and best.json of a run."""
+    import os
+    from bptt.train import runs
+    model = bptt.Model("gru", 2, 3, 1, seed=0)
+    model.save(tmp_path / "m")
+    runs.save_checkpoint(tmp_path, 5, {"param.w": np.zeros(2)}, {"config": {}}, name=runs.BEST)
+    before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    replace = os.replace
+
+    def failing_json(src, dst):
+        if str(dst).endswith(".json"):
+            raise OSError(errno.EIO, "Input/output error", str(src))
+        return replace(src, dst)
+    monkeypatch.setattr(os, "replace", failing_json)
+    model.params["head.b_y"][:] = 7.0
+    with pytest.raises(OSError, match=r"could not write .*m/model\.json \(Input/output error\)"):
+        model.save(tmp_path / "m")
+    with pytest.raises(OSError, match=r"best\.json"):
+        runs.save_checkpoint(tmp_path, 9, {"param.w": np.ones(2)}, {"config": {}}, name=runs.BEST)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert bptt.load(tmp_path / "m").params["head.b_y"][0] != 7.0

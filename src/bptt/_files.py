@@ -18,8 +18,10 @@ def atomic_write(path: Path, write):
 def atomic_write_all(files):
     """``atomic_write`` for several ``(path, write)``: every file is written to its
     temporary name and flushed before the first is renamed, so a failed write leaves all
-    of them as they were."""
-    pending = []
+    of them as they were. A rename that fails after others succeeded undoes them (each
+    file they replaced is kept under a second name until all are renamed): new tensors
+    beside the old JSON that records their digest would make a model that loads no more."""
+    pending, kept, new, renamed = [], [], [], 0
     try:
         for path, write in files:
             target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
@@ -27,9 +29,24 @@ def atomic_write_all(files):
             write(pending[-1][0])
             with open(pending[-1][0], "rb+") as f:
                 os.fsync(f.fileno())
+        new = [not target.exists() for _, _, target in pending]
+        kept = [_second_name(target) for _, _, target in pending[:-1]]
         for tmp, _, target in pending:
             os.replace(tmp, target)
+            renamed += 1
+        for link in kept:
+            _unlink(link)
     except BaseException as exc:
+        for (_, _, target), link, made in reversed(list(zip(pending[:renamed], kept, new))):
+            try:                            # the file it replaced back, or the new one gone
+                if link is not None:
+                    os.replace(link, target)
+                elif made:
+                    target.unlink()
+            except OSError:
+                pass
+        for link in kept[renamed:]:
+            _unlink(link)
         for tmp, _, _ in pending:
             try:
                 tmp.unlink(missing_ok=True)
@@ -40,6 +57,27 @@ def atomic_write_all(files):
             path = named.get(str(exc.filename), pending[-1][1] if pending else None)
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
         raise
+
+
+def _second_name(target: Path):
+    """A hard link NAME.old.tmp to the file at ``target``, to put it back if its
+    replacement must be undone; None where there is no file or the file system makes no
+    links."""
+    link = target.with_name(target.name + ".old.tmp")
+    try:
+        link.unlink(missing_ok=True)
+        os.link(target, link)
+    except OSError:
+        return None
+    return link
+
+
+def _unlink(path) -> None:
+    if path is not None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def cached_source(folder, stem: str, text: str, keep: int) -> Path:
