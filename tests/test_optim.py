@@ -1,5 +1,7 @@
 """Optimizers match torch.optim step for step (float64); clipping matches torch.nn.utils;
 optimizer state survives a save and restore; non-finite gradients are named."""
+import re
+
 import numpy as np
 import pytest
 
@@ -96,6 +98,17 @@ def test_load_state_dict_rejects_another_optimizer():
     params = {"a": np.zeros(3)}
     with pytest.raises(ValueError, match="optimizer state: expected the keys of Adam"):
         make_optimizer("adam", params, 0.1).load_state_dict(make_optimizer("sgd", params, 0.1, momentum=0.9).state_dict())
+
+
+@pytest.mark.parametrize("steps", [np.zeros(0, np.int64), np.array([-5]), np.array([np.nan]), np.zeros((2, 3), int)])
+def test_load_state_dict_refuses_a_step_count_that_is_not_one_integer_from_0(steps):
+    """An empty count was an IndexError; -5 was taken, and Adam's bias correction then gave
+    NaN parameters at the next update; NaN was a ValueError of int(); (2, 3) was taken as 0."""
+    params = {"a": np.zeros(3)}
+    state = make_optimizer("adam", params, 0.1).state_dict() | {"steps": steps}
+    with pytest.raises(ValueError, match=r"^optimizer state: steps expected one integer >= 0 \(the updates taken\), "
+                                         + re.escape(f"got {steps.shape} {steps.dtype}")):
+        make_optimizer("adam", params, 0.1).load_state_dict(state)
 
 
 def test_clip_grad_norm_matches_torch_and_returns_the_norm_before():

@@ -48,6 +48,10 @@ class Optimizer:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
             raise ValueError(f"optimizer state: expected the keys of {type(self).__name__}, "
                              f"missing {missing[:3]}, unexpected {extra[:3]}")
+        steps = np.asarray(state["steps"])          # Adam's bias correction divides by 1 - β^steps
+        if steps.size != 1 or steps.dtype.kind not in "iu" or steps.reshape(-1)[0] < 0:
+            raise ValueError(f"optimizer state: steps expected one integer >= 0 (the updates taken), got "
+                             f"{steps.shape} {steps.dtype} {steps.reshape(-1)[:3].tolist()}")
         for slot, arrays in self.state.items():
             for k, v in arrays.items():
                 src = state[f"{slot}.{k}"]

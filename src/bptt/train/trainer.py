@@ -341,7 +341,10 @@ class Trainer:
             raise runs.damaged(path, '"vocabulary" of "text"', "the characters of the text it records the SHA-256 "
                                "of, in their order", stored["vocabulary"])
         runs.restore_params(self.model.params, arrays)
-        self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
+        try:
+            self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
+        except ValueError as exc:                  # a damaged or foreign tensor file: named
+            raise ValueError(f"RUN: {path.with_suffix('.safetensors').name}: {exc}") from None
         self.step = int(meta["step"])
         self.skipped = int(meta.get("skipped", 0))
         self.rng.bit_generator.state = meta["rng"]          # a PCG64 state: runs.check_meta checked it
