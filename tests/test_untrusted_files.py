@@ -9,7 +9,7 @@ import pytest
 
 import bptt
 from bptt.cli import main
-from bptt.train import runs
+from bptt.train import folder, runs
 from bptt.train.config import Config
 from bptt.train.trainer import Trainer
 
@@ -89,6 +89,21 @@ def test_a_json_with_wrong_types_or_another_model_is_refused(run_dir, edit, patt
 def test_a_json_that_is_not_json_is_refused(run_dir):
     newest(run_dir).write_text("{not json")
     refused(run_dir, "ckpt-00000004.json is unreadable")
+
+
+def test_a_json_nested_past_pythons_stack_is_refused_naming_the_file(run_dir, tmp_path):
+    """json.loads raises RecursionError there, which bptt.load, resume and a saved model let
+    through as it came."""
+    nested = "[" * 100_000 + "]" * 100_000
+    newest(run_dir).write_text(nested)
+    refused(run_dir, r"^RUN: checkpoint ckpt-00000004\.json is unreadable: maximum recursion depth")
+    (run_dir / "config.json").write_text(nested)
+    with pytest.raises(ValueError, match=r"^RUN: .*config\.json is unreadable: maximum recursion depth"):
+        folder.saved_config(run_dir, {})
+    bptt.Model("rnn", 1, 2, 1).save(tmp_path / "m")
+    (tmp_path / "m" / "model.json").write_text(nested)
+    with pytest.raises(ValueError, match=r"^path: .*m is not a readable saved model: maximum recursion depth"):
+        bptt.load(tmp_path / "m")
 
 
 def test_the_command_reports_a_broken_checkpoint_in_one_line(run_dir, capsys):

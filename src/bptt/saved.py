@@ -162,7 +162,7 @@ def read(path):
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         data = tensors.read_bytes()
-    except (ValueError, OSError) as exc:
+    except (ValueError, RecursionError, OSError) as exc:      # RecursionError: JSON nested past the stack
         raise ValueError(f"path: {folder} is not a readable saved model: {exc}") from None
     if not isinstance(meta, dict) or meta.get("kind") != KIND or meta.get("format") != FORMAT:
         raise ValueError(f"path: {meta_path} is not a bptt model of format {FORMAT} "

@@ -62,7 +62,7 @@ def _config_of(path: Path):
     """The run configuration in config.json, or None when it is not a bptt run's."""
     try:
         values = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return values if isinstance(values, dict) and {"task", "cell", "hidden", "steps"} <= set(values) else None
 
@@ -340,7 +340,7 @@ def saved_config(run, checkpoint_config: dict) -> dict:
         saved = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ValueError(f"RUN: {path} is unreadable: {exc}") from None
     if not isinstance(saved, dict):
         raise ValueError(f"RUN: {path} is not a JSON object of options")

@@ -176,7 +176,7 @@ def load_checkpoint(run, best: bool = False) -> tuple:
     try:
         meta = json.loads(meta_path.read_text())
         data = tensors.read_bytes()
-    except (ValueError, OSError) as exc:
+    except (ValueError, RecursionError, OSError) as exc:      # RecursionError: JSON nested past the stack
         raise ValueError(f"RUN: checkpoint {meta_path.name} is unreadable: {exc}{previous}") from None
     if not isinstance(meta, dict) or meta.get("format") not in (1, FORMAT):
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
@@ -319,7 +319,7 @@ class Metrics:
         for line in self.path.read_text().splitlines():
             try:
                 records.append(json.loads(line))
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
         return [r for r in records if isinstance(r, dict) and "step" in r]
 
