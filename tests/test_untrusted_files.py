@@ -106,6 +106,23 @@ def test_a_json_nested_past_pythons_stack_is_refused_naming_the_file(run_dir, tm
         bptt.load(tmp_path / "m")
 
 
+def test_a_file_that_is_a_device_is_refused_unread(run_dir, tmp_path):
+    """A link to /dev/zero was read until memory ran out, a FIFO waited for ever; /dev/null,
+    read whole at once, stands in for them here."""
+    for tensors in (newest(run_dir).with_suffix(".safetensors"), run_dir / "best.safetensors"):
+        tensors.unlink()
+        tensors.symlink_to("/dev/null")
+    refused(run_dir, r"^RUN: checkpoint ckpt-00000004\.json is unreadable: \[Errno 22\] expected a regular file, "
+                     r"got a device, FIFO or socket: '.*ckpt-00000004\.safetensors'")
+    with pytest.raises(ValueError, match=r"^path: checkpoint best\.json is unreadable: .*expected a regular file"):
+        bptt.load(run_dir, best=True)
+    bptt.Model("rnn", 1, 2, 1).save(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    (tmp_path / "m" / "model.safetensors").symlink_to("/dev/null")
+    with pytest.raises(ValueError, match=r"^path: .*m is not a readable saved model: .*expected a regular file"):
+        bptt.load(tmp_path / "m")
+
+
 def test_the_command_reports_a_broken_checkpoint_in_one_line(run_dir, capsys):
     newest(run_dir).with_suffix(".safetensors").write_bytes(b"garbage")
     assert main(["resume", str(run_dir), "--quiet"]) == 2

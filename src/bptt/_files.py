@@ -1,7 +1,10 @@
-"""Writing a file so that a reader finds the old one or the whole new one, never a part."""
+"""Writing a file so that a reader finds the old one or the whole new one, never a part;
+reading a saved file only where it is one."""
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import time
 import warnings
 from pathlib import Path
@@ -57,6 +60,15 @@ def atomic_write_all(files):
             path = named.get(str(exc.filename), pending[-1][1] if pending else None)
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
         raise
+
+
+def read_file(path) -> bytes:
+    """The bytes of the regular file at ``path`` (a link is followed). Anything else is an
+    OSError naming it: a link to /dev/zero would be read until memory runs out, and a FIFO
+    waits for a writer for ever."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(errno.EINVAL, "expected a regular file, got a device, FIFO or socket", str(path))
+    return Path(path).read_bytes()
 
 
 def _second_name(target: Path):

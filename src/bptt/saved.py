@@ -24,7 +24,7 @@ from safetensors.numpy import load as load_tensors, save as save_tensors
 from . import _checks
 from .cell_check import random_row
 from .model import check_model
-from ._files import atomic_write_all
+from ._files import atomic_write_all, read_file
 
 KIND = "bptt-model"
 FORMAT = 1
@@ -160,8 +160,8 @@ def read(path):
     folder = Path(path)
     meta_path, tensors = folder / FILES[1], folder / FILES[0]
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        data = tensors.read_bytes()
+        meta = json.loads(read_file(meta_path).decode("utf-8"))
+        data = read_file(tensors)
     except (ValueError, RecursionError, OSError) as exc:      # RecursionError: JSON nested past the stack
         raise ValueError(f"path: {folder} is not a readable saved model: {exc}") from None
     if not isinstance(meta, dict) or meta.get("kind") != KIND or meta.get("format") != FORMAT:

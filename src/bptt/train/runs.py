@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load, save
 
-from .._files import atomic_write, atomic_write_all  # noqa: F401  (atomic_write: the trainer's and the CLI's too)
+from .._files import atomic_write, atomic_write_all, read_file  # noqa: F401  (atomic_write: the trainer's and the CLI's too)
 from .config import Config, coerce
 
 FORMAT = 2          # 2: the JSON records the safetensors file's SHA-256
@@ -174,8 +174,8 @@ def load_checkpoint(run, best: bool = False) -> tuple:
     tensors = meta_path.with_suffix(".safetensors")
     previous = _previous(meta_path)
     try:
-        meta = json.loads(meta_path.read_text())
-        data = tensors.read_bytes()
+        meta = json.loads(read_file(meta_path).decode("utf-8"))
+        data = read_file(tensors)
     except (ValueError, RecursionError, OSError) as exc:      # RecursionError: JSON nested past the stack
         raise ValueError(f"RUN: checkpoint {meta_path.name} is unreadable: {exc}{previous}") from None
     if not isinstance(meta, dict) or meta.get("format") not in (1, FORMAT):
