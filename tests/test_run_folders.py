@@ -509,6 +509,16 @@ def test_resume_says_where_it_starts_and_sets_aside_a_checkpoint_cut_short(earli
     assert [p.name for p in runs.checkpoints(run)][-1] == "ckpt-00000025.json"
 
 
+def test_pruning_keeps_the_newest_checkpoints_past_update_a_hundred_million(tmp_path):
+    """ckpt-100000000 sorted before ckpt-99999999 by name: it was pruned as the oldest the
+    moment it was written, and every later one with it."""
+    for step in (99_999_998, 99_999_999, 100_000_000, 100_000_001):
+        runs.save_checkpoint(tmp_path, step, {"param.w": np.full(1, float(step))}, {"config": {}})
+    assert [runs.step_of(p) for p in runs.checkpoints(tmp_path)] == [100_000_000, 100_000_001]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt-100000000.json", "ckpt-100000000.safetensors", "ckpt-100000001.json", "ckpt-100000001.safetensors"]
+
+
 def test_resume_honours_or_refuses_an_edited_config(earlier_run, tmp_path):
     run = copy_of(earlier_run, tmp_path / "edited")
     config = json.loads((run / "config.json").read_text())

@@ -84,8 +84,9 @@ def numbered(run: Path, suffix: str) -> list:
 
 
 def checkpoints(run: Path) -> list:
-    """The complete checkpoints of a run, oldest first (as their JSON paths)."""
-    return sorted(p for p in numbered(run, ".json") if p.with_suffix(".safetensors").exists())
+    """The complete checkpoints of a run, oldest first (as their JSON paths), by update: a
+    name of nine digits (update 10⁸ on) sorts before the eight-digit ones."""
+    return sorted((p for p in numbered(run, ".json") if p.with_suffix(".safetensors").exists()), key=step_of)
 
 
 def step_of(path: Path) -> int:
@@ -205,7 +206,7 @@ def load_checkpoint(run, best: bool = False) -> tuple:
 
 def _previous(path: Path) -> str:
     """The end of a refusal of checkpoint ``path``: the checkpoint before it, where there is one."""
-    earlier = [p for p in checkpoints(path.parent) if p.name < path.name] if path.name != f"{BEST}.json" else []
+    earlier = [p for p in checkpoints(path.parent) if step_of(p) < step_of(path)] if path.name != f"{BEST}.json" else []
     return f"; the previous checkpoint {earlier[-1].name} may be intact (move the broken one away to resume " \
            f"from it)" if earlier else ""
 
