@@ -379,3 +379,16 @@ def test_a_rename_that_fails_after_the_tensors_are_in_keeps_the_model_before(tmp
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     assert bptt.load(tmp_path / "m").params["head.b_y"][0] != 7.0
+
+
+def test_a_save_killed_midway_leaves_files_the_next_save_takes_over(tmp_path):
+    """The temporary files of a save killed midway (SIGKILL, a power cut) were "other
+    files": every later save into the folder was refused until they were deleted by hand."""
+    model = bptt.Model("gru", 2, 3, 1, seed=0)
+    model.save(tmp_path / "m")
+    for name in ("model.safetensors.tmp", "model.json.tmp", "model.safetensors.old.tmp"):
+        (tmp_path / "m" / name).write_bytes(b"cut short")
+    model.params["head.b_y"][:] = 7.0
+    model.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.safetensors"]
+    assert bptt.load(tmp_path / "m").params["head.b_y"][0] == 7.0

@@ -29,6 +29,7 @@ from ._files import atomic_write_all, read_file
 KIND = "bptt-model"
 FORMAT = 1
 FILES = ("model.safetensors", "model.json")
+CUT_SHORT = ("model.safetensors.tmp", "model.json.tmp", "model.safetensors.old.tmp")   # of a save killed midway
 
 
 def cell_spec(cell, hidden_size: int = 4, dtype=np.float64):
@@ -129,7 +130,7 @@ def save(model, path) -> Path:
                          f"a folder to hold {' and '.join(FILES)}")
     if folder.is_dir():
         others = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
-                        if p.name not in FILES or not p.is_file())
+                        if p.name not in FILES + CUT_SHORT or not p.is_file())
         if others:
             raise ValueError(f"path: {folder} holds other files ({', '.join(others[:3])}); expected a new folder "
                              f"or one with a saved model only")
