@@ -5,6 +5,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import bptt
@@ -46,6 +47,22 @@ def test_one_flipped_bit_in_a_weight_is_refused(run_dir):
     data[-9] ^= 0x01                                  # inside the last tensor's values
     tensors.write_bytes(bytes(data))
     refused(run_dir, "does not match the SHA-256")
+
+
+def test_a_parameter_that_is_not_finite_with_its_digest_recorded_is_refused(run_dir):
+    """Training never saves one (NonFiniteParameters); bptt.load gave a model of NaN outputs
+    and resume a first update whose loss was NaN."""
+    import hashlib
+    from safetensors.numpy import load, save
+    latest = newest(run_dir)
+    arrays = load(latest.with_suffix(".safetensors").read_bytes())
+    arrays["param.head.b_y"][0] = np.nan
+    data = save(arrays)
+    latest.with_suffix(".safetensors").write_bytes(data)
+    latest.write_text(json.dumps(json.loads(latest.read_text()) | {"sha256": hashlib.sha256(data).hexdigest()}))
+    refused(run_dir, r"^RUN: checkpoint head\.b_y holds nan, which training never saves: the tensor file was altered$")
+    with pytest.raises(ValueError, match=r"^path: checkpoint head\.b_y holds nan"):
+        bptt.load(run_dir)
 
 
 def test_a_tensor_file_swapped_for_another_is_refused(run_dir):

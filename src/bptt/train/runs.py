@@ -117,6 +117,9 @@ def restore_params(params: dict, arrays: dict) -> None:
         src = arrays[f"param.{k}"]
         if src.shape != v.shape or src.dtype != v.dtype:
             raise ValueError(f"RUN: checkpoint {k} is {src.shape} {src.dtype}, the model expects {v.shape} {v.dtype}")
+        if not np.isfinite(src).all():          # Trainer.save never writes one (NonFiniteParameters)
+            raise ValueError(f"RUN: checkpoint {k} holds {src[~np.isfinite(src)].flat[0]}, which training never "
+                             f"saves: the tensor file was altered")
         v[...] = src
 
 
