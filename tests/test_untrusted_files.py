@@ -196,6 +196,7 @@ KEYS = [      # an edit of a checkpoint's JSON, and the key the refusal names
     (lambda m: m.update(stale="0"), '"stale"'),
     (lambda m: m.update(row_losses="x"), '"row_losses"'),
     (lambda m: m["config"].update(hidden="8"), "config: hidden expected an integer"),
+    (lambda m: m["config"].update(steps=0), "steps: expected a positive integer, got 0"),    # named no file
 ]
 COMMANDS = {"eval": [], "sample": ["--length", "5"], "resume": ["--steps", "8", "--quiet"],
             "export": ["--onnx", "{tmp}/m.onnx"]}
