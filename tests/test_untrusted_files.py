@@ -232,6 +232,26 @@ def test_a_data_position_past_the_end_of_the_streams_is_refused(text_run, tmp_pa
     refused_in_one_line(capsys, run_dir, name, command, '"start" of "position" (an integer from 0 to ')
 
 
+@pytest.mark.parametrize("state", [np.zeros(3), np.zeros((1, 3, 8))])
+@pytest.mark.parametrize("command", ["eval", "resume"])
+def test_a_carried_stream_state_of_another_shape_is_refused_naming_the_file(text_run, tmp_path, capsys, command,
+                                                                            state):
+    """One of another number of dimensions was an IndexError traceback; another batch made
+    resume fail with the model's state0 error, naming no file, and eval took it."""
+    import hashlib
+    from safetensors.numpy import load, save
+    run_dir = shutil.copytree(text_run, tmp_path / "run")
+    latest = newest(run_dir)
+    arrays = load(latest.with_suffix(".safetensors").read_bytes()) | {"window_state.0": state}
+    data = save(arrays)
+    latest.with_suffix(".safetensors").write_bytes(data)
+    latest.write_text(json.dumps(json.loads(latest.read_text()) | {"sha256": hashlib.sha256(data).hexdigest()}))
+    assert main([command, str(run_dir), *COMMANDS[command]]) == 2
+    assert capsys.readouterr().err == (f"bptt: error: RUN: ckpt-00000004.safetensors: expected the streams' carried "
+                                       f"state as 1 array(s) (1, 4, 8) float64, got window_state.0 {state.shape} "
+                                       f"float64\n")
+
+
 @pytest.mark.parametrize("command", ["eval", "resume"])
 def test_a_vocabulary_other_than_the_texts_is_refused(text_run, tmp_path, capsys, command):
     """eval and resume read the text again: the checkpoint's characters must be the text's."""

@@ -357,7 +357,7 @@ class Trainer:
                                    f"each stream", meta["position"]["start"])
             self.position = dict(meta["position"])
             cols = self.world.share(self.config.batch, "batch")      # any number of ranks that divides B
-            ws = [arrays[k][:, cols] for k in sorted(k for k in arrays if k.startswith("window_state."))]
+            ws = [arrays[k][:, cols] for k in _window_state_keys(self.model, self.config.batch, arrays, path)]
             self.window_state = None if not ws else (tuple(ws) if self.model.tuple_state else ws[0])
             carried = {k[len("influence."):]: v for k, v in arrays.items() if k.startswith("influence.")}
             if carried:
@@ -716,6 +716,21 @@ def model_for(c: Config, model_kwargs: dict, vocabulary=None) -> Model:
     if vocabulary is not None:
         model.vocabulary = list(vocabulary)
     return model
+
+
+def _window_state_keys(model, batch: int, arrays: dict, path: Path) -> list:
+    """The names of the streams' carried state in a checkpoint's tensors (none at an epoch's
+    start): one array (layers·directions, batch, width) of the model's dtype per state of
+    its cell, else a ValueError naming the tensor file (a carried state of another shape
+    failed later, or was an IndexError)."""
+    found = sorted(k for k in arrays if k.startswith("window_state."))
+    shapes = [(model.num_layers * model.directions, batch, w) for w in model.state_widths]
+    if found and (found != [f"window_state.{i}" for i in range(len(shapes))]
+                  or any(arrays[k].shape != s or arrays[k].dtype != model.dtype for k, s in zip(found, shapes))):
+        got = ", ".join(f"{k} {arrays[k].shape} {arrays[k].dtype}" for k in found)
+        raise ValueError(f"RUN: {path.with_suffix('.safetensors').name}: expected the streams' carried state as "
+                         f"{len(shapes)} array(s) {', '.join(map(str, shapes))} {model.dtype}, got {got}")
+    return found
 
 
 def load_model(run, best: bool = False) -> tuple:
