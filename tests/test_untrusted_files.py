@@ -252,6 +252,32 @@ def test_a_carried_stream_state_of_another_shape_is_refused_naming_the_file(text
                                        f"float64\n")
 
 
+def test_a_carried_influence_missing_or_of_another_shape_is_refused_naming_the_file(tmp_path, capsys):
+    """restore raised KeyError for an array missing (a traceback from eval and resume) and
+    took one of another shape, which failed at the next update with NumPy's broadcast error."""
+    import hashlib
+    from safetensors.numpy import load, save
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 60, encoding="utf-8")
+    c = Config(task="text", text=str(corpus), cell="gru", hidden=4, seq_len=8, batch=2, steps=2, checkpoint_every=2,
+               eval_every=2, through_time="uoro", dtype="float64", out=str(tmp_path / "run"))
+    Trainer(c).train(progress=False)
+    latest = newest(tmp_path / "run")
+    arrays = load(latest.with_suffix(".safetensors").read_bytes())
+    for edit, said in [(lambda a: a.pop("influence.u"), "influence.u is none; --through-time uoro carries (2, 4) "
+                                                        "float64 there"),
+                       (lambda a: a.update({"influence.theta": np.zeros(3)}), "influence.theta is (3,) float64; "
+                                                                              "--through-time uoro carries (2, ")]:
+        changed = dict(arrays)
+        edit(changed)
+        data = save(changed)
+        latest.with_suffix(".safetensors").write_bytes(data)
+        latest.write_text(json.dumps(json.loads(latest.read_text()) | {"sha256": hashlib.sha256(data).hexdigest()}))
+        for command in ("eval", "resume"):
+            assert main([command, str(tmp_path / "run"), *COMMANDS[command]]) == 2
+            assert capsys.readouterr().err.startswith(f"bptt: error: RUN: ckpt-00000002.safetensors: {said}")
+
+
 @pytest.mark.parametrize("command", ["eval", "resume"])
 def test_a_vocabulary_other_than_the_texts_is_refused(text_run, tmp_path, capsys, command):
     """eval and resume read the text again: the checkpoint's characters must be the text's."""

@@ -361,7 +361,11 @@ class Trainer:
             self.window_state = None if not ws else (tuple(ws) if self.model.tuple_state else ws[0])
             carried = {k[len("influence."):]: v for k, v in arrays.items() if k.startswith("influence.")}
             if carried:
-                self.influence = online.ESTIMATORS[self.config.through_time](self.model, self.streams.shape[1], self.rng)
+                method = self.config.through_time
+                fresh = online.ESTIMATORS[method](self.model, self.streams.shape[1], self.rng) \
+                    if method in online.ESTIMATORS else None
+                _check_carried(fresh.carried() if fresh is not None else {}, carried, method, path)
+                self.influence = fresh
                 self.influence.restore(carried)
 
     # ---- one update ---------------------------------------------------------------------------
@@ -731,6 +735,18 @@ def _window_state_keys(model, batch: int, arrays: dict, path: Path) -> list:
         raise ValueError(f"RUN: {path.with_suffix('.safetensors').name}: expected the streams' carried state as "
                          f"{len(shapes)} array(s) {', '.join(map(str, shapes))} {model.dtype}, got {got}")
     return found
+
+
+def _check_carried(fresh: dict, stored: dict, method: str, path: Path) -> None:
+    """A checkpoint's influence.* arrays have the names, shapes and dtypes of those a new
+    estimator of ``method`` carries, else a ValueError naming the tensor file and the first
+    that differs (restore raised KeyError for one missing, and took one of another shape)."""
+    want, got = ({k: (v.shape, v.dtype.name) for k, v in arrays.items()} for arrays in (fresh, stored))
+    if want != got:
+        k = min(set(want) ^ set(got) or {k for k in want if want[k] != got[k]})
+        shown = lambda d: "none" if k not in d else f"{d[k][0]} {d[k][1]}"
+        raise ValueError(f"RUN: {path.with_suffix('.safetensors').name}: influence.{k} is {shown(got)}; "
+                         f"--through-time {method} carries {shown(want)} there")
 
 
 def load_model(run, best: bool = False) -> tuple:
