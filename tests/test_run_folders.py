@@ -130,11 +130,13 @@ def test_fresh_starts_over_deleting_only_the_earlier_runs_files(earlier_run, tmp
     run = copy_of(earlier_run, tmp_path / "again")
     (run / "notes.txt").write_text("not a run's file")
     (run / "notes.tmp").write_text("nor this")
-    (run / "ckpt-00000030.safetensors.tmp").write_bytes(b"a write cut short")
+    cut_short = ("ckpt-00000030.safetensors.tmp", "ckpt-00000030.safetensors.old.tmp", "best.safetensors.old.tmp")
+    for name in cut_short:
+        (run / name).write_bytes(b"a write cut short")
     done = bptt("train", *SMALL, "--steps", 4, "--hidden", 4, "--eval-every", 2, "--out", run, "--fresh")
     assert done.returncode == 0, done.stderr
     assert (run / "notes.txt").read_text() == "not a run's file" and (run / "notes.tmp").exists()
-    assert not (run / "ckpt-00000030.safetensors.tmp").exists()
+    assert not any((run / name).exists() for name in cut_short)
     assert [p.name for p in runs.checkpoints(run)] == ["ckpt-00000004.json"]
     assert json.loads((run / "config.json").read_text())["hidden"] == 4
     assert max(r["step"] for r in runs.Metrics(run).read()) == 4

@@ -37,7 +37,7 @@ except ImportError:                            # pragma: no cover - not POSIX: n
 
 LOCK = ".lock"
 OWN_FILES = ("config.json", "metrics.jsonl", "loss.png", "best.json", "best.safetensors")
-CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".json.tmp", ".safetensors.tmp")   # of RUN/ckpt-<update>
+CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".json.tmp", ".safetensors.tmp", ".safetensors.old.tmp")   # ckpt-<update>
 
 
 class FolderError(ValueError):
@@ -292,8 +292,8 @@ def _delete_run(path: Path):
     """--fresh: the earlier run's own files go (checkpoints, best model, metrics, config, plot,
     set-aside/); files that are not a run's stay."""
     for name in OWN_FILES:
-        (path / name).unlink(missing_ok=True)
-        (path / f"{name}.tmp").unlink(missing_ok=True)
+        for end in ("", ".tmp", ".old.tmp"):        # .old.tmp: what a write killed midway kept (_files.py)
+            (path / f"{name}{end}").unlink(missing_ok=True)
     for suffix in CHECKPOINT_SUFFIXES:
         for p in runs.numbered(path, suffix):
             p.unlink(missing_ok=True)
