@@ -3,7 +3,10 @@ saved folder or a run; a folder that holds other things is refused and left as i
 changed tensor file is refused by its digest; and text generation from Python."""
 import errno
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -358,7 +361,6 @@ def test_a_rename_that_fails_after_the_tensors_are_in_keeps_the_model_before(tmp
     """The new model.safetensors was renamed in and model.json's rename then failed (an I/O
     error): the new tensors stood beside the old JSON, whose digest bptt.load refused; the
     same befell best.safetensors and best.json of a run."""
-    import os
     from bptt.train import runs
     model = bptt.Model("gru", 2, 3, 1, seed=0)
     model.save(tmp_path / "m")
@@ -392,3 +394,33 @@ def test_a_save_killed_midway_leaves_files_the_next_save_takes_over(tmp_path):
     model.save(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.safetensors"]
     assert bptt.load(tmp_path / "m").params["head.b_y"][0] == 7.0
+
+
+KILLED_SAVE = """
+import os, signal, sys
+import numpy as np
+import bptt
+model = bptt.load(sys.argv[1])
+model.params["head.b_y"][:] = 7.0
+replace = os.replace
+def killed_before_the_json(src, dst):
+    if str(dst).endswith(".json"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return replace(src, dst)
+os.replace = killed_before_the_json
+model.save(sys.argv[1])
+"""
+
+
+def test_a_save_killed_between_its_two_renames_loads_the_model_saved_before(tmp_path):
+    """The new model.safetensors was in and model.json still the old one: bptt.load refused
+    the folder by its digest, and the model saved before was gone. The file it replaced is
+    kept as model.safetensors.old.tmp until both are renamed, and loading reads it there."""
+    model = bptt.Model("gru", 2, 3, 1, seed=0)
+    model.save(tmp_path / "m")
+    killed = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(tmp_path / "m")], capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    loaded = bptt.load(tmp_path / "m")
+    assert np.array_equal(loaded.params["head.b_y"], model.params["head.b_y"]) and loaded.params["head.b_y"][0] != 7
+    loaded.save(tmp_path / "m")                       # the next save takes the folder over
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.safetensors"]

@@ -3,6 +3,7 @@ reading a saved file only where it is one."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import time
@@ -33,7 +34,7 @@ def atomic_write_all(files):
             with open(pending[-1][0], "rb+") as f:
                 os.fsync(f.fileno())
         new = [not target.exists() for _, _, target in pending]
-        kept = [_second_name(target) for _, _, target in pending[:-1]]
+        kept = [None if made else _second_name(target) for (_, _, target), made in zip(pending[:-1], new)]
         for tmp, _, target in pending:
             os.replace(tmp, target)
             renamed += 1
@@ -62,6 +63,22 @@ def atomic_write_all(files):
         raise
 
 
+def kept_name(path: Path) -> Path:
+    return path.with_name(path.name + ".old.tmp")
+
+
+def kept_instead(path: Path, data: bytes, digest: str, recorded) -> tuple:
+    """(bytes, SHA-256) of the file a write killed between renaming ``path`` and the JSON
+    that records its digest replaced, kept as PATH.old.tmp, where they are the ``recorded``
+    ones: the pair the JSON in place describes. Otherwise ``data`` and its ``digest``."""
+    try:
+        kept = read_file(kept_name(path))
+    except OSError:
+        return data, digest
+    kept_digest = hashlib.sha256(kept).hexdigest()
+    return (kept, kept_digest) if kept_digest == recorded else (data, digest)
+
+
 def read_file(path) -> bytes:
     """The bytes of the regular file at ``path`` (a link is followed). Anything else is an
     OSError naming it: a link to /dev/zero would be read until memory runs out, and a FIFO
@@ -73,9 +90,9 @@ def read_file(path) -> bytes:
 
 def _second_name(target: Path):
     """A hard link NAME.old.tmp to the file at ``target``, to put it back if its
-    replacement must be undone; None where there is no file or the file system makes no
-    links."""
-    link = target.with_name(target.name + ".old.tmp")
+    replacement must be undone (or, after a kill between the renames, for ``kept_instead``
+    to read); None where the file system makes no links."""
+    link = kept_name(target)
     try:
         link.unlink(missing_ok=True)
         os.link(target, link)
