@@ -521,6 +521,17 @@ def test_pruning_keeps_the_newest_checkpoints_past_update_a_hundred_million(tmp_
         "ckpt-100000000.json", "ckpt-100000000.safetensors", "ckpt-100000001.json", "ckpt-100000001.safetensors"]
 
 
+def test_metrics_rows_whose_step_is_not_an_integer_are_left_out(tmp_path):
+    """A row with "step": null or "7" (a hand-edited metrics.jsonl) was kept, and resume's
+    truncate_after then stopped with a TypeError traceback comparing it with the update."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": null}\n{"step": "7"}\n'
+                                            '{"step": true}\n{"step": 3, "loss": 1.0}\n{"step": 2')
+    metrics = runs.Metrics(tmp_path)
+    assert [r["step"] for r in metrics.read()] == [1, 3]
+    metrics.truncate_after(2)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.0}\n'
+
+
 def test_resume_honours_or_refuses_an_edited_config(earlier_run, tmp_path):
     run = copy_of(earlier_run, tmp_path / "edited")
     config = json.loads((run / "config.json").read_text())

@@ -318,7 +318,8 @@ class Metrics:
             raise
 
     def read(self) -> list:
-        """The records; a last line cut short (a process killed, a full disk) is left out."""
+        """The records; a last line cut short (a process killed, a full disk) is left out, and
+        so is one whose "step" is not an integer (resume and the plot compare and sort by it)."""
         if not self.path.exists():
             return []
         records = []
@@ -327,7 +328,7 @@ class Metrics:
                 records.append(json.loads(line))
             except (ValueError, RecursionError):
                 continue
-        return [r for r in records if isinstance(r, dict) and "step" in r]
+        return [r for r in records if isinstance(r, dict) and _integer(r.get("step"), 0)]
 
     def truncate_after(self, step: int):
         """Drop records past ``step`` (a resumed run writes them again); atomically."""
