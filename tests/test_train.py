@@ -645,6 +645,40 @@ def test_the_sine_tasks_own_baseline_is_its_expectation():
     assert SineTask(20).baseline == pytest.approx(((x - y) ** 2).mean(), rel=0.005)
 
 
+def _constant_character_model(b_y, **kw):
+    """A character model whose logits are b_y whatever it reads (W_y = 0)."""
+    import bptt
+    model = bptt.Model("rnn", input_size=len(b_y), hidden_size=2, output_size=len(b_y), head="softmax",
+                       loss="cross_entropy", outputs="all", seed=0, **kw)
+    model.params["head.W_y"][...] = 0
+    model.params["head.b_y"][...] = b_y
+    model.vocabulary = list("abc")
+    return model
+
+
+def test_sampling_at_a_high_temperature_draws_from_the_logits_not_from_clamped_probabilities():
+    """Logits (0, -200, -200): in float32 the softmax gives b and c probability 0, which was
+    clamped to 1e-30 and raised to 1e-30^(1/T): at T = 100 a weight of 0.5 each (b or c in half
+    the draws) where exp(-200/100) = 0.135 is due (21.3% of the draws)."""
+    from bptt.generate import generate
+    model = _constant_character_model([0, -200, -200])
+    n = 4000
+    drawn = generate(model, n, prime="a", temperature=100, seed=0)
+    due = 2 * np.exp(-2) / (1 + 2 * np.exp(-2))                       # 0.2131
+    assert abs((n - drawn.count("a")) - due * n) < 5 * np.sqrt(n * due * (1 - due))
+    assert generate(model, n, prime="a", temperature=20, seed=0).count("a") >= n - 3     # due: 9e-5 of n; was 6%
+
+
+def test_sampling_from_a_model_whose_state_overflows_names_it():
+    from bptt.generate import generate
+    model = _constant_character_model([0, 0, 0], nonlinearity="relu")
+    model.params["layer0.W_h"][...] = 30 * np.eye(2)          # h grows 30-fold a step: inf within 30 steps
+    model.params["layer0.W_x"][...] = 1
+    model.params["head.W_y"][...] = 1
+    with pytest.raises(ValueError, match=r"^model: its output is not finite after \d+ drawn characters"):
+        generate(model, 500, prime="a", seed=0)
+
+
 def test_top_k_keeps_exactly_k_characters_when_probabilities_tie():
     from bptt.generate import tempered
     assert (tempered(np.full(5, 0.2), 1.0, top_k=1) > 0).sum() == 1        # k = 1 is greedy: was all 5

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
+from .cells import head as head_layer
 from .model import check_model
 
 
@@ -20,9 +21,16 @@ def one_hot(codes, size, dtype=np.float32):
 
 def tempered(p, temperature: float, top_k: int | None = None) -> np.ndarray:
     """The distribution ``p`` at ``temperature`` (> 0, finite), ∝ p^(1/T), among its ``top_k``
-    likeliest entries: log-probabilities less their largest, then divided by T, so that the
-    likeliest entry has weight exp(0) = 1 for any T and a tiny T draws it alone (greedy)."""
-    logits = np.log(np.maximum(np.asarray(p, dtype=np.float64), 1e-30))
+    likeliest entries (``tempered_logits`` of log p; a p of 0 keeps weight 0)."""
+    with np.errstate(divide="ignore"):
+        return tempered_logits(np.log(np.asarray(p, dtype=np.float64)), temperature, top_k)
+
+
+def tempered_logits(logits, temperature: float, top_k: int | None = None) -> np.ndarray:
+    """softmax(logits / T) among the ``top_k`` largest logits: the logits less their largest,
+    then divided by T, so that the likeliest entry has weight exp(0) = 1 for any T and a
+    tiny T draws it alone (greedy)."""
+    logits = np.array(logits, dtype=np.float64)
     logits -= logits.max()
     if top_k is not None and top_k < logits.size:
         # exactly k entries, ties broken by the lower index: a cut by value kept every entry
@@ -31,6 +39,21 @@ def tempered(p, temperature: float, top_k: int | None = None) -> np.ndarray:
     with np.errstate(over="ignore", under="ignore"):      # -x/T beyond the range is -inf: weight 0
         q = np.exp(logits / temperature)
     return q / q.sum()
+
+
+def _logits(model, x, state, drawn):
+    """(the head's logits after x from ``state``, in float64; the state after x). Sampling reads
+    logits, not the softmax's probabilities: in float32 those are 0 (or a few bits of a
+    subnormal) past a logit gap of 87, which a high temperature would raise to a weight of
+    exp(-gap/T). The head reads the top layer's h, the first array of the state (the output)."""
+    state = model.advance(x, state, carried_state=state is not None)
+    top = (state[0] if model.tuple_state else state)[-1]
+    logits = head_layer.forward(model.head_params(), top.astype(np.float64))[0]
+    if not np.isfinite(logits).all():
+        raise ValueError(f"model: its output is not finite after {drawn} drawn characters (its state overflowed: "
+                         f"{np.count_nonzero(~np.isfinite(top))} of {top.size} values of the top layer's h); "
+                         f"expected finite logits to draw from")
+    return logits, state
 
 
 def generate(model, length: int = 300, prime: str | None = None, temperature: float = 1.0,
@@ -77,12 +100,10 @@ def generate(model, length: int = 300, prime: str | None = None, temperature: fl
                          f"a text of its {V} characters")
     rng = _checks.generator("seed", seed)
     codes = np.array([index[c] for c in prime], dtype=np.int64)
-    y, state = model.forward(one_hot(codes[:, None], V, model.dtype))
-    p = y[-1, 0].astype(np.float64)
+    logits, state = _logits(model, one_hot(codes[:, None], V, model.dtype), None, 0)
     out = []
     for _ in range(length):
-        code = int(rng.choice(V, p=tempered(p, temperature, top_k)))
+        code = int(rng.choice(V, p=tempered_logits(logits, temperature, top_k)))
         out.append(code)
-        y, state = model.forward(one_hot(np.array([[code]]), V, model.dtype), state)
-        p = y[0, 0].astype(np.float64)
+        logits, state = _logits(model, one_hot(np.array([[code]]), V, model.dtype), state, len(out))
     return "".join(chars[c] for c in out)
