@@ -54,6 +54,16 @@ def test_the_custom_cell_notebook_is_the_page():
         "docs/tutorials/custom_cell.ipynb differs from docs/custom_cell.md: run python tools/notebooks.py"
 
 
+def test_the_notebook_tool_refuses_an_unknown_argument_and_writes_nothing(tmp_path):
+    notebooks = load(ROOT / "tools" / "notebooks.py", "notebooks")
+    notebooks.NOTEBOOK = tmp_path / "custom_cell.ipynb"
+    with pytest.raises(SystemExit) as stop:
+        notebooks.main(["--chek"])
+    assert stop.value.code == 2 and not notebooks.NOTEBOOK.exists()
+    notebooks.main([])
+    assert notebooks.NOTEBOOK.read_text(encoding="utf-8") == notebooks.text()
+
+
 def test_every_page_of_the_navigation_exists():
     nav = re.findall(r":\s+(\S+\.(?:md|ipynb))\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)
     assert len(nav) >= 14

@@ -11,6 +11,7 @@ The documentation build executes the notebook (mkdocs-jupyter); tests/test_custo
 checks that it is current."""
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -67,8 +68,16 @@ def text() -> str:
     return json.dumps(build(PAGE.read_text(encoding="utf-8")), indent=1, ensure_ascii=False) + "\n"
 
 
-if __name__ == "__main__":
-    if "--check" in sys.argv[1:]:
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Build docs/tutorials/custom_cell.ipynb from docs/custom_cell.md.")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the notebook differs from the page; "
+                                                              "write nothing")
+    # an unknown argument (--chek) is an error, not a silent rewrite that exits 0
+    if parser.parse_args(argv).check:
         current = NOTEBOOK.read_text(encoding="utf-8") if NOTEBOOK.exists() else ""
         sys.exit(0 if current == text() else f"{NOTEBOOK} differs from {PAGE}: run python tools/notebooks.py")
     NOTEBOOK.write_text(text(), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
