@@ -171,6 +171,32 @@ def test_flow_stopped_by_a_signal_continues_where_it_stopped(tmp_path, capsys, m
     assert "or goes on with the run flow with the same options left there" in err
 
 
+def test_flow_continued_after_a_stop_in_a_later_cell_keeps_the_finished_cells_trained_row(tmp_path, capsys,
+                                                                                            monkeypatch):
+    """Stopped while the second cell trains, the first cell's run is complete: the command
+    that continues measures its trained model too, and writes the report an uninterrupted
+    flow writes (it had left out the first cell's "40 updates" row)."""
+    import os
+    import signal
+    from bptt.train.trainer import Trainer
+    argv = ["flow", "--cell", "rnn,gru", "--seq-len", "10", "--hidden", "6", "--train", "40", "--quiet", "--out"]
+    assert run(capsys, argv + [str(tmp_path / "whole")])[0] == 0
+    update = Trainer.update
+    def signalled(self):
+        if self.config.cell == "gru" and self.step == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+        return update(self)
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "update", signalled)
+        assert run(capsys, argv + [str(tmp_path / "cut")])[0] == 130
+    assert run(capsys, argv + [str(tmp_path / "cut")])[0] == 0
+    figures = [{label: {k: v for k, v in row.items() if k != "seconds"}
+                for label, row in json.loads((tmp_path / name / "flow.json").read_text()).items()}
+               for name in ("whole", "cut")]
+    assert list(figures[1]) == ["rnn-tanh, init", "rnn-tanh, 40 updates", "gru, init", "gru, 40 updates"]
+    assert figures[1] == figures[0]
+
+
 def test_flow_help_says_out_may_hold_the_run_a_stopped_flow_left(capsys):
     """--help's --out says what the command does: OUT/<cell> new or empty, or holding
     the run this same command left when a signal stopped it, which it continues."""

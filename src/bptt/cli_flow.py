@@ -385,8 +385,11 @@ def _report(args, cells, out, measured) -> int:
                 if trainer.step < args.train:
                     trainer = Trainer.resume(run)
                 print(f"bptt: continuing {run} from update {trainer.step}", file=sys.stderr)
-            if args.train and trainer.step < args.train:
-                trainer.train(progress=not args.quiet)
+            if args.train:
+                # a run that went on may have finished before the stop (an earlier cell, or the
+                # report itself interrupted): its last checkpoint is the trained model to measure
+                if trainer.step < args.train:
+                    trainer.train(progress=not args.quiet)
                 reports[f"{name}, {args.train} updates"] = flow(trainer.model, x, y)
                 if args.estimators is not None:
                     models[f"{name}, {args.train} updates"] = (trainer.model.astype("float64"), x.astype(np.float64))
