@@ -219,6 +219,28 @@ def test_two_threads_give_one_threads_bits(name, monkeypatch, pairs):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("B", [10, 13])
+def test_mkls_step_gemm_gives_the_same_bits_on_one_thread_and_two(B, monkeypatch, pairs):
+    """MKL's float64 product rounds a row differently by the rows of the call (blocks of 4
+    and the rest): one thread multiplies by the two threads' halves too, so the bits do not
+    follow the cores."""
+    if not HAS_MKL:
+        pytest.skip("oneMKL is not installed (the extra mkl)")
+    monkeypatch.setenv("BPTT_STEP_GEMM", "mkl")
+    monkeypatch.setattr(loop_threads, "MIN_LOOP_FLOPS", 0)
+    settings.reset()
+    lay, params, x, state0, dh, dstateT, mask, resets = _case("lstm", "tanh", np.float64, B=B, H=33)
+    with loop_threads.use(1):
+        one, _ = _run(lay, params, x, state0, dh, dstateT, mask, resets)
+    with loop_threads.use(2):
+        two, _ = _run(lay, params, x, state0, dh, dstateT, mask, resets)
+    ref, _ = _run(CellLayer(lay.cell), params, x, state0, dh, dstateT, mask, resets)
+    settings.reset()
+    assert len(pairs) == 2
+    for a, b, r in zip(one, two, ref):
+        assert np.array_equal(a, b) and np.abs(a - r).max() < 1e-12 * max(1.0, np.abs(r).max())
+
+
 def test_arrays_the_compiled_loop_does_not_take_go_to_the_python_loop(monkeypatch):
     lay, params, x, state0, dh, dstateT, mask, resets = _case("lstm", "tanh", np.float32)
     monkeypatch.setenv("BPTT_LOOPS", "0")

@@ -205,20 +205,21 @@ def _gemm(W_h, B, T, forward):
     step to sample from, say), a row of W (W_hᵀ forward, C-ordered; W_h backward, as it
     is) added per input element: over so few rows, packing costs more than it saves;
     2 the micro-kernel over W packed here (W_hᵀ forward, W_h backward; tiles: each
-    thread's scratch for a panel); 3 MKL's packed GEMM, packed for B rows (row 0: one
-    thread) and for each half (rows 1, 2). The rule is by shape alone, as the bits depend
-    on it."""
+    thread's scratch for a panel); 3 MKL's packed GEMM, packed for B rows, or for each
+    half of them where the loop may run on two threads (loop_threads.large_enough): then
+    one thread multiplies by halves too, as MKL's bits for a row depend on the rows of the
+    call (float64: a block of 4 and the 1 to 3 left over take different kernels). The rule
+    is by shape alone, as the bits depend on it."""
     dt = W_h.dtype
     tiles = np.empty((2, packed_gemm.MR, packed_gemm.panel_width(dt)), dt)
     if B <= 2 and B * T <= FEW_ROW_STEPS:      # W_hᵀ copied in blocks where a plain copy strides past the cache
         W = W_h if not forward else transposed(W_h) if W_h.size >= 2 ** 17 else np.ascontiguousarray(W_h.T)
         return 1, np.empty((1, 1, 1), dt), tiles, np.empty((1, 1), dt), W
     if settings.step_gemm() == "mkl":
-        rows = (B, B // 2, B - B // 2)
-        mkl_packed = np.empty((3, max(mkl.packed_size(W_h, forward, max(m, 1)) for m in rows)), dt)
+        rows = (B // 2, B - B // 2) if loop_threads.large_enough(B, *W_h.shape, T) else (B,)
+        mkl_packed = np.empty((len(rows), max(mkl.packed_size(W_h, forward, m) for m in rows)), dt)
         for i, m in enumerate(rows):
-            if m:
-                mkl.pack_into(W_h, forward, m, mkl_packed[i])
+            mkl.pack_into(W_h, forward, m, mkl_packed[i])
         return 3, np.empty((1, 1, 1), dt), tiles, mkl_packed, np.empty((1, 1), dt)
     return 2, packed_gemm.pack(W_h.T if forward else W_h), tiles, np.empty((1, 1), dt), np.empty((1, 1), dt)
 
@@ -268,8 +269,7 @@ def _state_read(prev, resets_t, scratch, r0, r1):
 
 @_jit
 def _times_w(a, out, gemm, part, parts):
-    """out = a · W_hᵀ (forward) or a · W_h (backward), as packed in gemm (_gemm), for this
-    thread's rows a (M, ·) with any row stride."""
+    """out = a · W_hᵀ (forward) or a · W_h (backward) as gemm packs it (_gemm): this thread's rows, any stride."""
     mode, packed, tiles, mkl_packed, W = gemm
     if a.shape[0] == 0:
         return
@@ -407,8 +407,10 @@ _step_forward = _inlined(_find({fwd[0]!r}, {fwd[1]!r}))
 _step_backward = _inlined(_find({bwd[0]!r}, {bwd[1]!r}))
 '''
 
-_MKL_BRANCH = """    if mode == 3:
-        mkl_compute(a, mkl_packed[0 if parts == 1 else 1 + part], out)
+_MKL_BRANCH = """    if mode == 3:                    # by the halves of two threads on one too (_gemm)
+        for i in range(mkl_packed.shape[0] // parts):
+            lo, hi = _share(a.shape[0], i, mkl_packed.shape[0] // parts)
+            mkl_compute(a[lo:hi], mkl_packed[i + part], out[lo:hi])
         return
 """
 _LOOPS: dict = {}
