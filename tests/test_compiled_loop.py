@@ -193,14 +193,19 @@ def test_one_hot_inputs_take_a_gather_and_equal_the_reference(name, threads, mon
         assert np.abs(a - b).max() < 1e-12 * max(1.0, np.abs(b).max())
 
 
-@pytest.mark.parametrize("change", ["a 2", "two ones", "a zero row", "-1", "a strided view"])
-def test_only_rows_of_one_1_and_zeros_count_as_one_hot(change):
-    x = np.eye(5)[np.random.default_rng(0).integers(0, 5, (4, 3))]
+@pytest.mark.parametrize("change", ["a 2", "two ones", "a zero row", "-1", "a NaN beside the 1", "a strided view"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_only_rows_of_one_1_and_zeros_count_as_one_hot(change, dtype):
+    """-0.0 counts as a zero (the product is the same); a NaN beside the 1 does not, or
+    the gather would drop it where x W_xᵀ carries it."""
+    x = np.eye(5, dtype=dtype)[np.random.default_rng(0).integers(0, 5, (4, 3))]
+    x[x == 0] = -0.0
     assert bulk.one_hot_codes(x) is not None
     if change == "a strided view":
         x = np.concatenate([x, x], axis=2)[:, :, :5]
     else:
-        x[3, 2] = {"a 2": 2 * x[3, 2], "two ones": 1.0, "a zero row": 0.0, "-1": -x[3, 2]}[change]
+        x[3, 2] = {"a 2": 2 * x[3, 2], "two ones": 1.0, "a zero row": 0.0, "-1": -x[3, 2],
+                   "a NaN beside the 1": x[3, 2] + [np.nan, 0, 0, 0, 0]}[change]
     assert bulk.one_hot_codes(x) is None
 
 

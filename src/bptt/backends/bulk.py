@@ -46,9 +46,10 @@ def one_hot_codes(x):
     return codes if rows.flags.c_contiguous and _find_ones(rows, codes) else None
 
 
-@_jit
+@njit(error_model="numpy", cache=True, nogil=True)
 def _find_ones(rows, codes):
-    """codes[r] = k for rows[r] = e_k; False at the first row that is not a unit vector."""
+    """codes[r] = k for rows[r] = e_k; False at the first row that is not a unit vector.
+    Without fastmath: under it, NaN != 0 may fold to False and a NaN beside a 1 pass."""
     for r in range(rows.shape[0]):
         found = -1
         for k in range(rows.shape[1]):
