@@ -570,6 +570,20 @@ def test_mkls_packed_gemm_gives_the_same_bits_wherever_its_arrays_lie(dtype):
         assert np.array_equal(out, first), offset
 
 
+def test_mkl_takes_32_bit_integers_whatever_mkl_interface_layer_says():
+    """The calls pass 32-bit MKL_INT: under MKL_INTERFACE_LAYER=ILP64 MKL would read 64-bit
+    ones (a crash), so load() sets LP64 itself."""
+    if not HAS_MKL:
+        pytest.skip("oneMKL is not installed (the extra mkl)")
+    code = ("import numpy as np; from bptt.backends import mkl; from numba import njit\n"
+            "a, W = np.arange(12.).reshape(3, 4), np.arange(20.).reshape(5, 4)\n"
+            "buf = np.empty(mkl.packed_size(W, True, 3)); mkl.pack_into(W, True, 3, buf); out = np.empty((3, 5))\n"
+            "njit(lambda a, b, o: mkl.compute(a, b, o))(a, buf, out); print(np.array_equal(out, a @ W.T))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "MKL_INTERFACE_LAYER": "ILP64"})
+    assert (run.returncode, run.stdout.strip()) == (0, "True"), run.stderr[-500:]
+
+
 def test_the_step_gemm_default_follows_the_cpu(monkeypatch):
     """MKL where installed on Intel with AVX-512; bptt's micro-kernel elsewhere, AMD's
     AVX-512 included (benchmarks/results/amd-epyc-f25-m17-avx-512-2-cores/step_gemm.md)."""

@@ -23,7 +23,7 @@ from numba import types
 from numba.extending import overload
 
 ROW_MAJOR, NO_TRANS, TRANS, PACKED, B_MATRIX = 101, 111, 112, 151, 162
-SEQUENTIAL = 1                                   # MKL_THREADING_SEQUENTIAL
+SEQUENTIAL, LP64 = 1, 0                          # MKL_THREADING_SEQUENTIAL, MKL_INTERFACE_LP64
 _lib = None
 
 
@@ -38,13 +38,15 @@ def library_path() -> str | None:
 
 
 def load():
-    """Load libmkl_rt once (sequential), register its packed GEMM with LLVM; the library."""
+    """Load libmkl_rt once (sequential; LP64, the 32-bit MKL_INT the calls pass, whatever
+    MKL_INTERFACE_LAYER says), register its packed GEMM with LLVM; the library."""
     global _lib
     if _lib is None:
         path = library_path()
         if path is None:
             raise RuntimeError("BPTT_STEP_GEMM=mkl needs oneMKL: pip install 'bptt[mkl]'")
         lib = ctypes.CDLL(path)
+        lib.MKL_Set_Interface_Layer(ctypes.c_int(LP64))
         lib.MKL_Set_Threading_Layer(ctypes.c_int(SEQUENTIAL))
         import llvmlite.binding as llvm
         for kind in "sd":
@@ -56,8 +58,7 @@ def load():
 
 
 def _dims(W_h, forward):
-    GH, H = W_h.shape
-    return (GH, H) if forward else (H, GH)                      # (N, K) of B
+    return W_h.shape if forward else W_h.shape[::-1]            # (N, K) of B: W_hᵀ (G·H, H) or W_h
 
 
 def packed_size(W_h, forward: bool, m: int) -> int:
@@ -78,7 +79,7 @@ def pack_into(W_h, forward: bool, m: int, buffer) -> None:
 
 
 def _compute_type(real):
-    I = types.int32                               # MKL_INT of the LP64 interface libmkl_rt defaults to
+    I = types.int32                               # MKL_INT of the LP64 interface load() sets
     return types.void(I, I, I, I, I, I, types.voidptr, I, types.voidptr, I, real, types.voidptr, I)
 
 
