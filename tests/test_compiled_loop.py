@@ -6,6 +6,7 @@ import inspect
 import os
 import subprocess
 import sys
+import textwrap
 import time
 import types
 import warnings
@@ -606,6 +607,36 @@ def test_a_busy_worker_turns_a_second_caller_away_at_once():
     with loop_threads._PAIR:                       # another thread's loop holds the worker
         assert loop_threads.run_pair(lambda *a: ran.append(a), ()) is False
     assert ran == []
+
+
+def test_a_forked_child_runs_two_thread_loops_after_its_parent_did():
+    """The child of a fork (multiprocessing's default on Linux) has no worker thread: its
+    two-thread loops must make one, not queue a part for the parent's and wait for ever."""
+    code = textwrap.dedent("""
+        import os, signal, sys, time, numpy as np
+        from bptt.backends import loop_threads, settings
+        from bptt.cells import layer
+        settings.blas_workers_sleep = lambda: True
+        loop_threads.MIN_LOOP_FLOPS = 0
+        lay, x = layer("rnn"), np.ones((3, 16, 2))
+        params = {k: np.full(s, 0.1) for k, s in lay.param_shapes(2, 8).items()}
+        def h():
+            with loop_threads.use(2):
+                return lay.forward(params, x, (np.zeros((16, 8)),))[0]
+        first = h()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if np.array_equal(h(), first) else 3)
+        for _ in range(300):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                sys.exit(print(os.waitstatus_to_exitcode(status), loop_threads._POOL is not None))
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        print("the child hangs")
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.stdout.split() == ["0", "True"], run.stdout + run.stderr[-500:]
 
 
 def test_layers_called_from_two_threads_at_once_give_their_own_results(monkeypatch):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -68,6 +69,8 @@ def parts_for(B: int, GH: int, H: int, T: int = 1) -> int:
 
 _POOL: ThreadPoolExecutor | None = None
 _PAIR = threading.Lock()                 # held while the worker runs a part
+# A forked child has no worker thread (the pool would queue its part for ever): a fresh one.
+os.register_at_fork(after_in_child=lambda: globals().update(_POOL=None, _PAIR=threading.Lock()))
 
 
 def run_pair(loop, args) -> bool:
@@ -95,8 +98,6 @@ def run_pair(loop, args) -> bool:
 def run(loop, args, parts) -> None:
     """loop(*args, part, parts): with parts = 2 on two threads where the worker is free,
     else both parts one after the other here; with parts = 1 whole, here."""
-    if parts == 2 and not run_pair(loop, args):
-        loop(*args, 0, 2)
-        loop(*args, 1, 2)
-    elif parts == 1:
-        loop(*args, 0, 1)
+    if parts == 1 or not run_pair(loop, args):
+        for part in range(parts):
+            loop(*args, part, parts)
