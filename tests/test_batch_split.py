@@ -1,4 +1,8 @@
 """Model.gradients(threads=2): two halves of the batch on two threads, the same numbers."""
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -110,3 +114,26 @@ def test_states_given_as_lists_split_as_arrays(cell, layers):
     as_lists = tuple(a.tolist() for a in state) if isinstance(state, tuple) else state.tolist()
     _check(model, 1e-13, x=rng.standard_normal((5, 4, 2)), targets=make_targets(model, 5, 4, rng),
            state0=as_lists, dstate=as_lists)
+
+
+def test_a_forked_child_splits_the_batch_after_its_parent_did():
+    """The child of a fork (multiprocessing's default on Linux) has none of the pool's
+    threads: its halves must run on a pool of its own, not wait for ever."""
+    code = textwrap.dedent("""
+        import os, signal, sys, time, numpy as np, bptt
+        m = bptt.Model("lstm", 3, 8, 2, seed=0)
+        x, y = np.ones((4, 6, 3), np.float32), np.zeros((4, 6, 2), np.float32)
+        loss = m.gradients(x, y, threads=2).loss
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if m.gradients(x, y, threads=2).loss == loss else 3)
+        for _ in range(300):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                sys.exit(print(os.waitstatus_to_exitcode(status)))
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        print("the child hangs")
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.stdout.split() == ["0"], run.stdout + run.stderr[-500:]

@@ -17,6 +17,7 @@ sums (float32: about 5e-7 relative), so a run keeps one way throughout.
 from __future__ import annotations
 
 import contextvars
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -24,6 +25,8 @@ import numpy as np
 from .backends import loop_threads
 
 _POOL: ThreadPoolExecutor | None = None
+# A forked child has none of the pool's threads (a half queued there would wait for ever): a fresh pool.
+os.register_at_fork(after_in_child=lambda: globals().update(_POOL=None))
 
 
 def _pool() -> ThreadPoolExecutor:
