@@ -329,6 +329,21 @@ def test_the_cache_keeps_the_sources_used_last(tmp_path, monkeypatch):
     assert cached_source(tmp_path, "c", "ignored", keep=3).read_text() == "C = 1\n"
 
 
+def test_the_cache_prunes_only_its_own_files(tmp_path):
+    """BPTT_CACHE_DIR may name a folder of the user's: in its loops/ only the loop modules
+    and what was made from them are pruned, never another file however old."""
+    old = time.time() - 7200
+    for name in ("notes.txt", "mine.py", "__pycache__/mine.cpython-311.pyc", "loops_gone.used"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("")
+        os.utime(tmp_path / name, (old, old))
+    cached_source(tmp_path, "loops_a", "A = 1\n", keep=1)
+    os.utime(tmp_path / "loops_a.used", (old, old))
+    cached_source(tmp_path, "loops_b", "B = 1\n", keep=1)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == \
+        ["__pycache__/mine.cpython-311.pyc", "loops_b.py", "loops_b.used", "mine.py", "notes.txt"]
+
+
 def test_a_cache_folder_that_cannot_be_written_is_named_once(tmp_path):
     """Where the loops cannot be written (a file where the folder should be; a read-only
     disk), the caller compiles them in memory: one RuntimeWarning a process names the

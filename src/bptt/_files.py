@@ -112,10 +112,11 @@ def _unlink(path) -> None:
 def cached_source(folder, stem: str, text: str, keep: int) -> Path:
     """folder/stem.py holding ``text`` (stem names the text by a hash of it, so an existing
     file is never rewritten), written whole where it is missing; each call records a use in
-    folder/stem.used. Writing a new one prunes the folder to the ``keep`` sources used last:
-    the others go, with what was compiled from them in __pycache__ (Python's bytecode,
-    Numba's index and code), so that the cache stays bounded however many versions of a
-    cell or of bptt have run. The use is marked beside the source, never on it: Numba keys
+    folder/stem.used. Writing a new one prunes the folder to the ``keep`` sources used last
+    of stem's family (names that begin as stem does up to its last "_": "loops_" for the
+    loops; other files in the folder are the user's and stay): the others go, with what
+    was compiled from them in __pycache__ (Python's bytecode, Numba's index and code), so
+    that the cache stays bounded however many versions of a cell or of bptt have run. The use is marked beside the source, never on it: Numba keys
     its cache by the source's mtime."""
     folder = Path(folder)
     path = folder / f"{stem}.py"
@@ -134,7 +135,7 @@ def cached_source(folder, stem: str, text: str, keep: int) -> Path:
     except OSError:                    # a cache others wrote, read-only here: read it all the same
         pass
     if made:
-        _keep_recent(folder, keep)
+        _keep_recent(folder, keep, stem[:stem.rfind("_") + 1])
     return path
 
 
@@ -165,16 +166,17 @@ def _last_use(source: Path) -> float:
 ORPHAN_AGE_S = 3600
 
 
-def _keep_recent(folder: Path, keep: int):
-    """Delete all but the ``keep`` sources of folder used last, with their markers and
-    compiled files; then, an hour after their last change, files that no source kept owns
-    (a marker or compiled code a process wrote for a source deleted meanwhile) and writes
-    cut short (*.tmp). A file another process deletes first is no error."""
-    doomed = []
-    for source in sorted(folder.glob("*.py"), key=_last_use, reverse=True)[keep:]:
+def _keep_recent(folder: Path, keep: int, family: str):
+    """Delete all but the ``keep`` sources of folder used last whose names begin with
+    ``family``, with their markers and compiled files; then, an hour after their last
+    change, files of the family that no source kept owns (a marker or compiled code a
+    process wrote for a source deleted meanwhile) and writes cut short (*.tmp). A file
+    another process deletes first is no error."""
+    doomed, sources = [], list(folder.glob(f"{family}*.py"))
+    for source in sorted(sources, key=_last_use, reverse=True)[keep:]:
         doomed += [source, source.with_suffix(".used"), *folder.glob(f"__pycache__/{source.stem}.*")]
-    owners = {p.stem for p in folder.glob("*.py")} - {p.stem for p in doomed}
-    for f in [*folder.glob("*"), *folder.glob("__pycache__/*")]:
+    owners = {p.stem for p in sources} - {p.stem for p in doomed}
+    for f in [*folder.glob(f"{family}*"), *folder.glob(f"__pycache__/{family}*")]:
         if f.is_file() and (f.name.split(".")[0] not in owners or f.suffix == ".tmp") and f not in doomed:
             try:
                 if time.time() - f.stat().st_mtime > ORPHAN_AGE_S:
