@@ -269,7 +269,8 @@ def _state_read(prev, resets_t, scratch, r0, r1):
 
 @_jit
 def _times_w(a, out, gemm, part, parts):
-    """out = a · W_hᵀ (forward) or a · W_h (backward) as gemm packs it (_gemm): this thread's rows, any stride."""
+    """out = a · W_hᵀ (forward) or a · W_h (backward), as packed in gemm (_gemm), for this
+    thread's rows a (M, ·) with any row stride."""
     mode, packed, tiles, mkl_packed, W = gemm
     if a.shape[0] == 0:
         return
