@@ -692,18 +692,13 @@ def test_top_k_keeps_exactly_k_characters_when_probabilities_tie():
 def test_patience_running_out_at_the_last_update_is_a_complete_run_not_an_early_stop(tmp_path):
     """Validation worse at the last two evaluations of 20 updates, --patience 2: the run did
     all its updates; `bptt train` must not say it stopped early."""
-    trainer = Trainer(small(tmp_path, "run", task="adding", seq_len=6, hidden=4, batch=3, steps=20, eval_every=5,
-                            patience=2))
-    losses = iter([1.0, 0.5, 0.6, 0.7])
-    trainer._evaluate = lambda: {"val_loss": next(losses)}
-    trainer.train(progress=False)
-    assert (trainer.step, trainer.stale, trainer.stopped_early) == (20, 2, False)
-    trainer = Trainer(small(tmp_path, "early", task="adding", seq_len=6, hidden=4, batch=3, steps=30, eval_every=5,
-                            patience=2))
-    losses = iter([1.0, 0.5, 0.6, 0.7])
-    trainer._evaluate = lambda: {"val_loss": next(losses)}
-    trainer.train(progress=False)
-    assert (trainer.step, trainer.stale, trainer.stopped_early) == (20, 2, True)
+    for name, steps, early in (("run", 20, False), ("early", 30, True)):
+        trainer = Trainer(small(tmp_path, name, task="adding", seq_len=6, hidden=4, batch=3, steps=steps,
+                                eval_every=5, patience=2))
+        losses = iter([1.0, 0.5, 0.6, 0.7])
+        trainer._evaluate = lambda: {"val_loss": next(losses)}
+        trainer.train(progress=False)
+        assert (trainer.step, trainer.stale, trainer.stopped_early) == (20, 2, early), name
 
 
 def test_resume_refuses_a_total_of_steps_that_the_warm_up_outlasts_as_train_does(tmp_path):
