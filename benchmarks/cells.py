@@ -101,8 +101,7 @@ def bench_shape(cell, T, B, D, H, min_block_s, blocks, input_grad, measure_rate=
     with torch.no_grad():
         out, _ = ref(xt, s0t)
     err = float(np.abs(h - out.numpy()).max())
-    tape_mib = sum(v.nbytes for k, v in tape._asdict().items()
-                   if isinstance(v, np.ndarray) and k not in ("x", "start", "mask", "resets")) / 2 ** 20
+    tape_mib = tape_bytes(tape) / 2 ** 20
     torch_mib = torch_saved_mib(ref, xt, s0t)
     times = {"ours": [], "torch": []}
     rates = []
@@ -118,6 +117,15 @@ def bench_shape(cell, T, B, D, H, min_block_s, blocks, input_grad, measure_rate=
     ratio = statistics.median(a / b for a, b in zip(times["ours"], times["torch"]))
     share = statistics.median(flops / t / 1e9 / r for t, r in zip(times["ours"], rates)) if rates else None
     return best, ratio, flops / best["ours"] / 1e9, flops / best["torch"] / 1e9, err, tape_mib, torch_mib, share
+
+
+def tape_bytes(tape) -> int:
+    """Bytes of the arrays bptt's tape keeps for the backward pass, less the input x and the
+    initial state; an array held under two fields (``fresh`` is ``slab`` without zoneout)
+    counted once."""
+    arrays = {id(v): v for k, v in tape._asdict().items()
+              if isinstance(v, np.ndarray) and k not in ("x", "start", "mask", "resets")}
+    return sum(v.nbytes for v in arrays.values())
 
 
 def torch_saved_mib(ref, xt, s0t):

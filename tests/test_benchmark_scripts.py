@@ -145,6 +145,21 @@ def test_cells_runs_both_sides_on_the_threads_it_names(tmp_path):
     assert re.search(r"^\| rnn \| 4, 2, 3, 5 \| ", out, re.M), out
 
 
+def test_cells_counts_each_array_of_the_tape_once():
+    """Without zoneout the tape holds ``slab`` under ``fresh`` too: the tape MiB column counts
+    it once (the LSTM's states, its gates; x and the initial state left out)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from cells import make_pair, tape_bytes
+    finally:
+        sys.path.pop(0)
+    T, B, D, H = 5, 3, 4, 8
+    pair = make_pair("lstm", T, B, D, H)
+    tape = pair.layer.forward(pair.params, pair.x, pair.state0)[2]
+    assert tape.fresh is tape.slab
+    assert tape_bytes(tape) == 4 * (T * B * 2 * H + T * B * 4 * H + tape.aux.size)
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs the process's CPU affinity (Linux)")
 def test_mpi_gives_each_rank_the_cores_the_process_may_use_not_the_machines(tmp_path):
     """Under taskset (or a container's cpuset) the ranks share the cores of the affinity:
