@@ -74,14 +74,20 @@ def torch_side(trainer):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, c.clip_norm)
         position["step"] += 1
-        for group in optimizer.param_groups:                      # cosine, as train/schedules.py
-            group["lr"] = c.lr * 0.5 * (1 + math.cos(math.pi * min(position["step"], c.steps) / c.steps))
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(c, position["step"])
         optimizer.step()
         position["state"] = tuple(s.detach() for s in state)
         position["start"] = lo + T
         return loss.item()
 
     return update
+
+
+def cosine_lr(c, step) -> float:
+    """The learning rate of update ``step`` (1-based) on bptt's cosine schedule (train/schedules.py):
+    c.lr at the first update, 0 at update c.steps and after."""
+    return c.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - 1) / max(1, c.steps - 1))))
 
 
 def update_gflop(c, vocab, gates=4) -> float:

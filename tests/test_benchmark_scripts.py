@@ -160,6 +160,20 @@ def test_cells_counts_each_array_of_the_tape_once():
     assert tape_bytes(tape) == 4 * (T * B * 2 * H + T * B * 4 * H + tape.aux.size)
 
 
+def test_train_gives_the_pytorch_side_the_learning_rate_of_each_bptt_update():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from train import cosine_lr
+    finally:
+        sys.path.pop(0)
+    from bptt.train.config import Config
+    from bptt.train.schedules import learning_rate
+    c = Config(steps=10, out="unused")
+    for step in (1, 2, 5, 9, 10, 12):
+        assert cosine_lr(c, step) == pytest.approx(learning_rate(step, c.lr, "cosine", c.steps), abs=1e-15)
+    assert cosine_lr(c, 1) == c.lr
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs the process's CPU affinity (Linux)")
 def test_mpi_gives_each_rank_the_cores_the_process_may_use_not_the_machines(tmp_path):
     """Under taskset (or a container's cpuset) the ranks share the cores of the affinity:
