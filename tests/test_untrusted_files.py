@@ -314,3 +314,26 @@ def test_nothing_in_the_project_can_unpickle():
     hits = [f"{p.relative_to(SRC)}:{i + 1}" for p in SRC.rglob("*.py")
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()) if risky.search(line)]
     assert hits == []
+
+
+def test_a_snap_checkpoint_written_before_the_pattern_was_carried_resumes(tmp_path, capsys):
+    """SnAp carries its pattern since checkpoints hold it; one written before has no
+    influence.pattern, which the check of the carried arrays must not take for damage:
+    resume probes the pattern again, as it did when that checkpoint was written."""
+    import hashlib
+    from safetensors.numpy import load, save
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 60, encoding="utf-8")
+    c = Config(task="text", text=str(corpus), cell="rnn", hidden=4, seq_len=8, batch=2, steps=4, checkpoint_every=2,
+               eval_every=4, through_time="snap2", dtype="float64", out=str(tmp_path / "run"))
+    Trainer(c).train(progress=False, stop_at=2)
+    latest = newest(tmp_path / "run")
+    arrays = load(latest.with_suffix(".safetensors").read_bytes())
+    assert arrays.pop("influence.pattern").dtype == bool
+    data = save(arrays)
+    latest.with_suffix(".safetensors").write_bytes(data)
+    latest.write_text(json.dumps(json.loads(latest.read_text()) | {"sha256": hashlib.sha256(data).hexdigest()}))
+    resumed = Trainer.resume(tmp_path / "run")
+    assert resumed.step == 2 and resumed.influence.pattern.dtype == bool
+    resumed.train(progress=False)
+    assert resumed.step == 4

@@ -70,7 +70,10 @@ def kept_name(path: Path) -> Path:
 def kept_instead(path: Path, data: bytes, digest: str, recorded) -> tuple:
     """(bytes, SHA-256) of the file a write killed between renaming ``path`` and the JSON
     that records its digest replaced, kept as PATH.old.tmp, where they are the ``recorded``
-    ones: the pair the JSON in place describes. Otherwise ``data`` and its ``digest``."""
+    ones: the pair the JSON in place describes. Otherwise ``data`` and its ``digest`` (at once
+    where they are the recorded ones: the usual case)."""
+    if digest == recorded:
+        return data, digest
     try:
         kept = read_file(kept_name(path))
     except OSError:

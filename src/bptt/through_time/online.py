@@ -133,9 +133,12 @@ class SnAp(_Dense):
     def _next(self, local, M_prev):
         return (bmm(local.J, M_prev) + local.I) * self.pattern                           # (O1)
 
+    def completed(self, arrays: dict) -> dict:
+        """A checkpoint without the pattern (written before it was carried) keeps the one probed now."""
+        return {"pattern": self.pattern} | arrays
+
     def restore(self, arrays: dict):
-        """As Influence.restore; a checkpoint without the pattern keeps the one probed now."""
-        super().restore({"pattern": self.pattern} | arrays)
+        super().restore(self.completed(arrays))
 
 
 def _signs(influence, dtype, shape, axis):

@@ -225,6 +225,12 @@ class Influence:
         out = {f"state.{l}.{i}": s for l, layer in enumerate(self.state) for i, s in enumerate(layer)}
         return out | {name: getattr(self, name) for name in self.CARRIED}
 
+    def completed(self, arrays: dict) -> dict:
+        """A checkpoint's ``arrays`` with what one written before a method carried it lacks,
+        taken from this estimator (``restore`` and the trainer's check read this); by
+        default they are complete as they are."""
+        return arrays
+
     def restore(self, arrays: dict):
         self.state = [tuple(arrays[f"state.{l}.{i}"].copy() for i in range(self.S))
                       for l in range(self.model.num_layers)]

@@ -364,6 +364,7 @@ class Trainer:
                 method = self.config.through_time
                 fresh = online.ESTIMATORS[method](self.model, self.streams.shape[1], self.rng) \
                     if method in online.ESTIMATORS else None
+                carried = carried if fresh is None else fresh.completed(carried)    # an older format's gaps
                 _check_carried(fresh.carried() if fresh is not None else {}, carried, method, path)
                 self.influence = fresh
                 self.influence.restore(carried)
